@@ -1,0 +1,62 @@
+//! exec: the new image's executable (resolved path of mm->exe_file) and its argv.
+use agent_guard_common::{
+    kind, ExecEvent, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
+};
+use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+
+use crate::{event, kernel, run};
+
+/// sched:sched_process_exec fires after the new image is set up and before it runs one
+/// instruction; `current` is the new image, so its mm holds the argv the kernel copied.
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn ag_exec(_ctx: TracePointContext) -> u32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(mut entry) = event::reserve::<ExecEvent>() else { return 0 };
+    let ev = entry.as_mut_ptr();
+    let o = kernel::offsets();
+    let mut flags = 0u32;
+    // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written one by one to
+    // keep the 512-byte stack free.
+    unsafe {
+        (*ev).hdr = event::header(kind::EXEC, &run);
+        (*ev).path_len = 0;
+        (*ev).argv_len = 0;
+        (*ev)._pad = 0;
+        let mm: u64 = kernel::read(kernel::current_task(), o.task_mm).unwrap_or(0);
+        let exe_file: u64 = kernel::read(mm, o.mm_exe_file).unwrap_or(0);
+        match event::scratch() {
+            Some(buf) if exe_file != 0 => {
+                match kernel::path_to_buf(&o, exe_file + o.file_f_path as u64, buf) {
+                    Ok(w) => {
+                        if w.truncated {
+                            flags |= FLAG_PATH_TRUNCATED;
+                        }
+                        (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
+                    }
+                    Err(()) => flags |= FLAG_READ_ERROR,
+                }
+            }
+            _ => flags |= FLAG_READ_ERROR,
+        }
+        let start: u64 = kernel::read(mm, o.mm_arg_start).unwrap_or(0);
+        let end: u64 = kernel::read(mm, o.mm_arg_end).unwrap_or(0);
+        if start != 0 && end > start {
+            let mut len = end - start;
+            if len > ARGV_MAX as u64 {
+                len = ARGV_MAX as u64;
+                flags |= FLAG_ARGV_TRUNCATED;
+            }
+            let len = (len as u32) & (2 * ARGV_MAX as u32 - 1);
+            if len <= ARGV_MAX as u32
+                && bpf_probe_read_user((*ev).argv.as_mut_ptr().cast(), len, start as *const _) == 0
+            {
+                (*ev).argv_len = len;
+            } else {
+                flags |= FLAG_READ_ERROR;
+            }
+        }
+        (*ev).hdr.flags = flags;
+    }
+    entry.submit(0);
+    0
+}

@@ -1,0 +1,203 @@
+//! Reading kernel structures at offsets taken from the running kernel's BTF, and rebuilding
+//! the path of a `struct path` by walking dentries and mounts.
+use agent_guard_common::{KernelOffsets, PATH_DEPTH_MAX, PATH_MAX};
+use aya_ebpf::helpers::generated::{bpf_get_current_task, bpf_loop, bpf_probe_read_kernel};
+
+/// Set by the daemon at load time from /sys/kernel/btf/vmlinux.
+#[unsafe(no_mangle)]
+static AG_OFFSETS: KernelOffsets = KernelOffsets {
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_files: 0,
+    task_mm: 0,
+    task_exit_code: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_f_path: 0,
+    file_private_data: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    dentry_d_parent: 0,
+    dentry_d_name: 0,
+    qstr_len: 0,
+    qstr_name: 0,
+    vfsmount_mnt_root: 0,
+    mount_mnt: 0,
+    mount_mnt_parent: 0,
+    mount_mnt_mountpoint: 0,
+    mm_exe_file: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    socket_type: 0,
+    socket_sk: 0,
+    sock_protocol: 0,
+    sock_protocol_size: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> KernelOffsets {
+    // SAFETY: read of a constant the loader rewrote.
+    unsafe { core::ptr::read_volatile(&AG_OFFSETS) }
+}
+
+/// Reads a `T` at `base + off` from kernel memory. A null base is an error, not a read.
+#[inline(always)]
+pub fn read<T: Copy>(base: u64, off: u32) -> Result<T, ()> {
+    if base == 0 {
+        return Err(());
+    }
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: bpf_probe_read_kernel checks the source address and fails instead of faulting.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            v.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + off as u64) as *const _,
+        )
+    };
+    if rc == 0 {
+        // SAFETY: the helper filled all of `v`.
+        Ok(unsafe { v.assume_init() })
+    } else {
+        Err(())
+    }
+}
+
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_current_task() }
+}
+
+/// tgid of the current task's parent (the real parent, as getppid(2) reports it).
+#[inline(always)]
+pub fn current_ppid(o: &KernelOffsets) -> u32 {
+    let parent: u64 = read(current_task(), o.task_real_parent).unwrap_or(0);
+    read::<i32>(parent, o.task_tgid).unwrap_or(0) as u32
+}
+
+/// `struct file *` for descriptor `fd` of the current task.
+#[inline(always)]
+pub fn fd_file(o: &KernelOffsets, fd: i32) -> Result<u64, ()> {
+    if fd < 0 {
+        return Err(());
+    }
+    let files: u64 = read(current_task(), o.task_files)?;
+    let fdt: u64 = read(files, o.files_fdt)?;
+    let max: u32 = read(fdt, o.fdt_max_fds)?;
+    if fd as u32 >= max {
+        return Err(());
+    }
+    let arr: u64 = read(fdt, o.fdt_fd)?;
+    read(arr + (fd as u64) * 8, 0)
+}
+
+/// Output of [`path_to_buf`]: the path is `scratch[start..PATH_MAX]`.
+pub struct Walked {
+    pub start: u32,
+    pub truncated: bool,
+}
+
+const WALK_RUNNING: u32 = 0;
+const WALK_DONE: u32 = 1;
+const WALK_TRUNCATED: u32 = 2;
+const WALK_ERROR: u32 = 3;
+
+#[repr(C)]
+struct WalkState {
+    dentry: u64,
+    mnt: u64,
+    /// Exclusive end of the free space in scratch[0..PATH_MAX]; the path is [pos..PATH_MAX].
+    pos: u32,
+    state: u32,
+}
+
+/// One step of the walk, run by bpf_loop: the verifier checks it once, not once per
+/// iteration (an unrolled 64-step walk exceeds the verifier's 1M-instruction budget).
+extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes the WalkState that path_to_buf handed it.
+    let w = unsafe { &mut *(ctx as *mut WalkState) };
+    match step(w) {
+        Ok(WALK_RUNNING) => 0,
+        Ok(s) => {
+            w.state = s;
+            1
+        }
+        Err(()) => {
+            w.state = WALK_ERROR;
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn step(w: &mut WalkState) -> Result<u32, ()> {
+    let o = offsets();
+    let buf = crate::event::scratch().ok_or(())?;
+    let mnt_root: u64 = read(w.mnt + o.mount_mnt as u64, o.vfsmount_mnt_root)?;
+    let parent: u64 = read(w.dentry, o.dentry_d_parent)?;
+    if w.dentry == mnt_root || w.dentry == parent {
+        // At the root of this mount: step to the mount point in the parent mount.
+        let mnt_parent: u64 = read(w.mnt, o.mount_mnt_parent)?;
+        if w.dentry != mnt_root || mnt_parent == w.mnt || mnt_parent == 0 {
+            return Ok(WALK_DONE); // the root of the mount tree (or of a detached fs)
+        }
+        w.dentry = read(w.mnt, o.mount_mnt_mountpoint)?;
+        w.mnt = mnt_parent;
+        return Ok(WALK_RUNNING);
+    }
+    let len: u32 = read(w.dentry + o.dentry_d_name as u64, o.qstr_len)?;
+    let name: u64 = read(w.dentry + o.dentry_d_name as u64, o.qstr_name)?;
+    let len = len & (PATH_MAX as u32 - 1);
+    // Keep pos >= 1 so a result is at most PATH_MAX - 1 bytes (the masks below stay exact).
+    if len + 2 > w.pos {
+        return Ok(WALK_TRUNCATED); // the kept tail is still a valid suffix
+    }
+    let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
+    // SAFETY: pos < PATH_MAX and len < PATH_MAX: the write stays inside 2 * PATH_MAX.
+    let rc = unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, name as *const _) };
+    if rc != 0 {
+        return Err(());
+    }
+    let pos = (pos - 1) & (PATH_MAX as u32 - 1);
+    // SAFETY: as above.
+    unsafe { *buf.add(pos as usize) = b'/' };
+    w.pos = pos;
+    w.dentry = parent;
+    Ok(WALK_RUNNING)
+}
+
+/// Rebuilds the absolute path of the `struct path` at `path_ptr` into the per-CPU scratch
+/// buffer, right to left, crossing mount points up to the root of the mount tree.
+#[inline(always)]
+pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Walked, ()> {
+    let dentry: u64 = read(path_ptr, o.path_dentry)?;
+    let vfsmnt: u64 = read(path_ptr, o.path_mnt)?;
+    let mut w = WalkState {
+        dentry,
+        mnt: vfsmnt.wrapping_sub(o.mount_mnt as u64), // container_of(vfsmnt, struct mount, mnt)
+        pos: PATH_MAX as u32,
+        state: WALK_RUNNING,
+    };
+    // SAFETY: bpf_loop calls walk_step with &mut w, which outlives the call.
+    unsafe {
+        bpf_loop(
+            PATH_DEPTH_MAX,
+            walk_step as *const () as *mut _,
+            (&mut w as *mut WalkState).cast(),
+            0,
+        )
+    };
+    if w.state == WALK_ERROR {
+        return Err(());
+    }
+    if w.pos == PATH_MAX as u32 {
+        // The root itself.
+        w.pos -= 1;
+        // SAFETY: buf has 2 * PATH_MAX bytes.
+        unsafe { *buf.add(PATH_MAX - 1) = b'/' };
+    }
+    Ok(Walked { start: w.pos, truncated: w.state != WALK_DONE })
+}

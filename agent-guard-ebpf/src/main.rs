@@ -1,0 +1,25 @@
+//! agent-guard kernel programs (tracepoint backend, observation).
+//!
+//! Every program starts with [`run::current_run`]: one helper call and one compare decide
+//! whether the current task lives under this daemon's managed cgroup root. Every other process
+//! on the host returns right there.
+#![no_std]
+#![no_main]
+
+mod event;
+mod exec;
+mod exit;
+mod files;
+mod kernel;
+mod net;
+mod run;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,156 @@
+//! Kernel structure offsets from the running kernel's BTF (/sys/kernel/btf/vmlinux).
+//! rustc emits no CO-RE relocations, so the kernel programs read fields at offsets the daemon
+//! looks up here and hands over as a global (`AG_OFFSETS`) at load time.
+use agent_guard_common::KernelOffsets;
+use btf_rs::{Btf, Type};
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read kernel BTF from {path}: {source} (agent-guard needs a kernel built with CONFIG_DEBUG_INFO_BTF)")]
+    Read { path: String, source: btf_rs::Error },
+    #[error("kernel BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("kernel BTF: struct {strukt} has no field {field}")]
+    NoField { strukt: String, field: String },
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] btf_rs::Error),
+}
+
+/// Where a field lives: byte offset and size in bytes (0 for a bitfield).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Field {
+    pub offset: u32,
+    pub size: u32,
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn load() -> Result<Self, BtfError> {
+        Btf::from_file(VMLINUX)
+            .map(|btf| Self { btf })
+            .map_err(|source| BtfError::Read { path: VMLINUX.into(), source })
+    }
+
+    /// Offset of `field` in `struct strukt`, looking through anonymous structs and unions.
+    pub fn field(&self, strukt: &str, field: &str) -> Result<Field, BtfError> {
+        let s = self
+            .btf
+            .resolve_types_by_name(strukt)?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        self.find_in(&s, field, 0)?.ok_or_else(|| BtfError::NoField {
+            strukt: strukt.into(),
+            field: field.into(),
+        })
+    }
+
+    fn find_in(&self, s: &btf_rs::Struct, field: &str, base_bits: u32) -> Result<Option<Field>, BtfError> {
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let bits = base_bits + m.bit_offset();
+            let ty = self.strip(self.btf.resolve_chained_type(m)?)?;
+            if name == field {
+                let size = match (m.bitfield_size(), &ty) {
+                    (Some(n), _) if n > 0 => 0,
+                    (_, Type::Int(i)) => i.size() as u32,
+                    (_, Type::Ptr(_)) => 8,
+                    (_, Type::Enum(e)) => e.size() as u32,
+                    (_, Type::Struct(st)) | (_, Type::Union(st)) => st.size() as u32,
+                    _ => 0,
+                };
+                return Ok(Some(Field { offset: bits / 8, size }));
+            }
+            if name.is_empty() {
+                if let Type::Struct(inner) | Type::Union(inner) = &ty {
+                    if let Some(f) = self.find_in(inner, field, bits)? {
+                        return Ok(Some(f));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers to the underlying type.
+    fn strip(&self, mut ty: Type) -> Result<Type, BtfError> {
+        for _ in 0..16 {
+            ty = match &ty {
+                Type::Typedef(t) => self.btf.resolve_chained_type(t)?,
+                Type::Const(t) => self.btf.resolve_chained_type(t)?,
+                Type::Volatile(t) => self.btf.resolve_chained_type(t)?,
+                Type::Restrict(t) => self.btf.resolve_chained_type(t)?,
+                Type::TypeTag(t) => self.btf.resolve_chained_type(t)?,
+                _ => return Ok(ty),
+            };
+        }
+        Ok(ty)
+    }
+
+    /// Every offset the kernel programs need.
+    pub fn offsets(&self) -> Result<KernelOffsets, BtfError> {
+        let f = |s: &str, m: &str| self.field(s, m).map(|f| f.offset);
+        let protocol = self.field("sock", "sk_protocol")?;
+        Ok(KernelOffsets {
+            task_real_parent: f("task_struct", "real_parent")?,
+            task_tgid: f("task_struct", "tgid")?,
+            task_files: f("task_struct", "files")?,
+            task_mm: f("task_struct", "mm")?,
+            task_exit_code: f("task_struct", "exit_code")?,
+            files_fdt: f("files_struct", "fdt")?,
+            fdt_max_fds: f("fdtable", "max_fds")?,
+            fdt_fd: f("fdtable", "fd")?,
+            file_f_path: f("file", "f_path")?,
+            file_private_data: f("file", "private_data")?,
+            path_mnt: f("path", "mnt")?,
+            path_dentry: f("path", "dentry")?,
+            dentry_d_parent: f("dentry", "d_parent")?,
+            dentry_d_name: f("dentry", "d_name")?,
+            qstr_len: f("qstr", "len")?,
+            qstr_name: f("qstr", "name")?,
+            vfsmount_mnt_root: f("vfsmount", "mnt_root")?,
+            mount_mnt: f("mount", "mnt")?,
+            mount_mnt_parent: f("mount", "mnt_parent")?,
+            mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
+            mm_exe_file: f("mm_struct", "exe_file")?,
+            mm_arg_start: f("mm_struct", "arg_start")?,
+            mm_arg_end: f("mm_struct", "arg_end")?,
+            socket_type: f("socket", "type")?,
+            socket_sk: f("socket", "sk")?,
+            sock_protocol: protocol.offset,
+            sock_protocol_size: protocol.size,
+            _pad: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the host's BTF: needs no privilege, only a kernel with BTF (CI machines have it).
+    #[test]
+    fn offsets_come_from_the_running_kernel() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but {VMLINUX} is missing");
+            eprintln!("skip: {VMLINUX} missing");
+            return;
+        }
+        let btf = KernelBtf::load().unwrap();
+        let o = btf.offsets().unwrap();
+        // struct path is { struct vfsmount *mnt; struct dentry *dentry; } on every kernel.
+        assert_eq!((o.path_mnt, o.path_dentry), (0, 8));
+        // qstr: { u32 hash; u32 len } inside an anonymous union, then the name pointer.
+        assert_eq!((o.qstr_len, o.qstr_name), (4, 8));
+        assert!(o.file_f_path > 0 && o.task_real_parent > 0 && o.mm_arg_end > o.mm_arg_start);
+        assert!(btf.field("task_struct", "no_such_field").is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! The daemon's configuration file (TOML). Every key is optional; unknown keys and bad values
+//! are errors naming the file, line and column. A broken file never falls back to defaults.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Where the CLI and the daemon look when neither `--config` nor AGENT_GUARD_CONFIG is given.
+pub const DEFAULT_PATH: &str = "/etc/agent-guard/config.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    Auto,
+    Lsm,
+    Tracepoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub control_socket: PathBuf,
+    pub events_log: PathBuf,
+    pub policy_dir: PathBuf,
+    pub metrics_listen: SocketAddr,
+    /// Relative to the cgroup2 mount.
+    pub cgroup_root: String,
+    pub bpffs_dir: PathBuf,
+    pub backend: BackendChoice,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            control_socket: "/run/agent-guard/control.sock".into(),
+            events_log: "/var/log/agent-guard/events.jsonl".into(),
+            policy_dir: "/etc/agent-guard/policies.d".into(),
+            metrics_listen: "127.0.0.1:9464".parse().expect("valid default"),
+            cgroup_root: "agent-guard".into(),
+            bpffs_dir: "/sys/fs/bpf/agent-guard".into(),
+            backend: BackendChoice::Auto,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads `path`. When `explicit` is false and the file does not exist, the defaults apply
+    /// (a host without /etc/agent-guard/config.toml); an explicit path must exist.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+        };
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let (line, col) = line_col(text, s.start);
+                    format!("line {line}, column {col}: ")
+                })
+                .unwrap_or_default();
+            invalid(format!("{at}{}", e.message()))
+        })?;
+        cfg.validate().map_err(invalid)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (field, p) in [
+            ("control_socket", &self.control_socket),
+            ("events_log", &self.events_log),
+            ("policy_dir", &self.policy_dir),
+            ("bpffs_dir", &self.bpffs_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(format!("{field}: {} is not an absolute path", p.display()));
+            }
+        }
+        let root = Path::new(&self.cgroup_root);
+        if self.cgroup_root.trim_matches('/').is_empty()
+            || root.is_absolute()
+            || root.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(format!(
+                "cgroup_root: {:?} must be a relative path below the cgroup2 mount (like \"agent-guard\"), \
+                 never the root cgroup and without \"..\"",
+                self.cgroup_root
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+pub fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.control_socket, Path::new("/run/agent-guard/control.sock"));
+        assert_eq!(c.cgroup_root, "agent-guard");
+        assert_eq!(c.backend, BackendChoice::Auto);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_column() {
+        let e = Config::parse("events_log = \"/tmp/x\"\ncontrol_sokcet = \"/x\"\n", Path::new("/etc/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/c.toml"), "{e}");
+        assert!(e.contains("line 2, column 1"), "{e}");
+        assert!(e.contains("control_sokcet"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (text, field) in [
+            ("backend = \"ebpf\"", "line 1"),
+            ("metrics_listen = \"nope\"", "line 1"),
+            ("events_log = \"relative.jsonl\"", "events_log"),
+            ("cgroup_root = \"\"", "cgroup_root"),
+            ("cgroup_root = \"/\"", "cgroup_root"),
+            ("cgroup_root = \"../escape\"", "cgroup_root"),
+        ] {
+            let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_missing_explicit_file_is_an_error() {
+        let p = Path::new("/nonexistent/agent-guard.toml");
+        assert_eq!(Config::load(p, false).unwrap(), Config::default());
+        assert!(Config::load(p, true).unwrap_err().to_string().contains("/nonexistent"));
+    }
+}

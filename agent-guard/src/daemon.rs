@@ -1,0 +1,436 @@
+//! `agent-guard daemon`: loads the kernel programs, registers runs, streams events.
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_guard_common::{drop_slot, Config as KernelConfig, RunEntry};
+use anyhow::{bail, Context, Result};
+use tokio::{
+    io::{unix::AsyncFd, AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::mpsc,
+};
+use tracing::{info, warn};
+
+use crate::{
+    btf::KernelBtf,
+    cgroup,
+    config::Config,
+    control::{self, Request, Response},
+    ebpf,
+    event::{self, Detail, Event},
+};
+
+/// Events waiting for the writer; beyond this they are counted as `userspace_queue` drops.
+const QUEUE: usize = 65536;
+/// How long a finished run's metadata is kept for events still in the ring buffer.
+const RUN_LINGER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+struct RunInfo {
+    id: String,
+    name: Option<String>,
+    labels: BTreeMap<String, String>,
+    /// Absolute path of the run's cgroup directory.
+    dir: PathBuf,
+    cgroup_id: u64,
+    ended: Option<Instant>,
+}
+
+/// The one owner of the kernel run map and the run registry.
+struct Runs {
+    map: aya::maps::HashMap<aya::maps::MapData, u64, RunEntry>,
+    by_cgroup: HashMap<u64, RunInfo>,
+    next_index: u32,
+}
+
+struct Shared {
+    runs: Mutex<Runs>,
+    root: PathBuf,
+    mount: PathBuf,
+    host: String,
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel timestamps into wall time.
+    boot_offset_ns: i128,
+    tx: mpsc::Sender<Event>,
+    queue_drops: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn run_for(&self, cgroup_id: u64) -> Option<RunInfo> {
+        self.runs.lock().expect("runs lock").by_cgroup.get(&cgroup_id).cloned()
+    }
+
+    fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
+        Event {
+            ts: event::rfc3339(SystemTime::now()),
+            host: self.host.clone(),
+            kind,
+            verdict: "allow",
+            run: run.map(|r| r.id.clone()),
+            run_name: run.and_then(|r| r.name.clone()),
+            labels: run.map(|r| r.labels.clone()).unwrap_or_default(),
+            cgroup: run.map(|r| self.rel(&r.dir)),
+            ..Default::default()
+        }
+    }
+
+    /// cgroup path as shown in events: relative to the cgroup2 mount, with a leading /.
+    fn rel(&self, dir: &Path) -> String {
+        format!("/{}", dir.strip_prefix(&self.mount).unwrap_or(dir).display())
+    }
+
+    fn emit(&self, e: Event) {
+        if self.tx.try_send(e).is_err() {
+            self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
+}
+
+/// Mounts `fstype` at `dir` unless something of that type is mounted there already.
+fn ensure_mounted(fstype: &str, dir: &str) -> Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mounted = info.lines().any(|l| {
+        let Some((left, right)) = l.split_once(" - ") else { return false };
+        left.split_whitespace().nth(4) == Some(dir) && right.split_whitespace().next() == Some(fstype)
+    });
+    if !mounted {
+        info!("mounting {fstype} at {dir}");
+        nix::mount::mount(Some(fstype), dir, Some(fstype), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mount {fstype} at {dir}"))?;
+    }
+    Ok(())
+}
+
+pub fn run(cfg: Config) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    let started = Instant::now();
+    if !nix::unistd::geteuid().is_root() {
+        bail!("agent-guard daemon must run as root (it loads eBPF programs and manages cgroups)");
+    }
+    ensure_mounted("tracefs", "/sys/kernel/tracing")?;
+    ensure_mounted("bpf", "/sys/fs/bpf")?;
+    let mount = cgroup::cgroup2_mount().context("finding the cgroup2 mount")?;
+    let root = mount.join(&cfg.cgroup_root);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating the managed cgroup root {}", root.display()))?;
+    let kcfg = KernelConfig {
+        root_id: cgroup::cgroup_id(&root)?,
+        root_level: cgroup::level(&mount, &root)?,
+        _pad: 0,
+    };
+    let offsets = KernelBtf::load()?.offsets()?;
+    let loaded = ebpf::load(&kcfg, &offsets).context("loading the kernel programs")?;
+    let ebpf::Loaded { ebpf: _ebpf_alive, runs, drops, events } = loaded;
+    let _ebpf_alive = _ebpf_alive; // dropping it detaches every program
+
+    for p in [&cfg.control_socket, &cfg.events_log] {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cfg.events_log)
+        .with_context(|| format!("opening events_log {}", cfg.events_log.display()))?;
+
+    match std::fs::remove_file(&cfg.control_socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing stale {}", cfg.control_socket.display()))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(&cfg.control_socket)
+        .with_context(|| format!("binding control_socket {}", cfg.control_socket.display()))?;
+    std::fs::set_permissions(&cfg.control_socket, std::fs::Permissions::from_mode(0o660))?;
+
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let shared = Arc::new(Shared {
+        runs: Mutex::new(Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 }),
+        root: root.clone(),
+        mount,
+        host: hostname(),
+        boot_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+        tx,
+        queue_drops: Default::default(),
+    });
+
+    let writer = tokio::spawn(write_events(rx, log));
+    tokio::spawn(read_ring(shared.clone(), events));
+    tokio::spawn(watch_drops(shared.clone(), drops));
+    tokio::spawn(accept(shared.clone(), listener));
+    info!(
+        "ready in {} ms: managed cgroup root {}, events to {}, control socket {}",
+        started.elapsed().as_millis(),
+        root.display(),
+        cfg.events_log.display(),
+        cfg.control_socket.display()
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    info!("stopping: detaching programs");
+    let _ = std::fs::remove_file(&cfg.control_socket);
+    drop(shared);
+    // Give the writer a moment to flush what is queued.
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    match std::fs::remove_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            warn!("{} still holds runs; left in place", root.display())
+        }
+        Err(e) => warn!("removing {}: {e}", root.display()),
+    }
+    Ok(())
+}
+
+async fn write_events(mut rx: mpsc::Receiver<Event>, log: std::fs::File) {
+    let mut log = tokio::fs::File::from_std(log);
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut stderr = std::io::stderr();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        for e in &batch {
+            serde_json::to_writer(&mut buf, e).expect("events serialize");
+            buf.push(b'\n');
+            let _ = writeln!(stderr, "{}", event::human(e));
+        }
+        if let Err(e) = log.write_all(&buf).await {
+            warn!("writing events_log: {e}; {} events lost", batch.len());
+        }
+        let _ = log.flush().await;
+    }
+}
+
+async fn read_ring(shared: Arc<Shared>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+    // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both drop.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("cannot poll the ring buffer: {}", e.into_parts().1);
+            return;
+        }
+    };
+    let mut exes: HashMap<u32, String> = HashMap::new();
+    let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!("ring buffer poll: {e}");
+                return;
+            }
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match event::decode(&item) {
+                Ok(raw) => {
+                    let e = enrich(&shared, raw, &mut exes, &mut cgroup_paths);
+                    shared.emit(e);
+                }
+                Err(e) => warn!("undecodable kernel record: {e}"),
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+fn enrich(
+    shared: &Shared,
+    raw: event::Raw,
+    exes: &mut HashMap<u32, String>,
+    cgroup_paths: &mut HashMap<u64, String>,
+) -> Event {
+    let h = raw.hdr;
+    let run = shared.run_for(h.run_cgroup);
+    let mut e = shared.base_event(raw.kind, run.as_ref());
+    let wall = shared.boot_offset_ns + h.ts_ns as i128;
+    e.ts = event::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
+    e.pid = Some(h.pid);
+    e.tgid = Some(h.tgid);
+    e.ppid = Some(h.ppid);
+    e.uid = Some(h.uid);
+    e.gid = Some(h.gid);
+    let comm = h.comm.split(|b| *b == 0).next().unwrap_or_default();
+    e.comm = Some(String::from_utf8_lossy(comm).into_owned());
+    if let Detail::Exec { path, .. } = &raw.detail {
+        exes.insert(h.tgid, path.clone());
+    }
+    e.exe = exes
+        .get(&h.tgid)
+        .cloned()
+        .or_else(|| std::fs::read_link(format!("/proc/{}/exe", h.tgid)).ok().map(|p| p.display().to_string()));
+    if matches!(raw.detail, Detail::Exit { .. }) {
+        exes.remove(&h.tgid);
+    }
+    if let (Some(run), true) = (&run, h.cgroup != h.run_cgroup) {
+        let path = cgroup_paths.entry(h.cgroup).or_insert_with(|| {
+            cgroup::find_by_id(&run.dir, h.cgroup, 8).map(|d| shared.rel(&d)).unwrap_or_default()
+        });
+        if !path.is_empty() {
+            e.cgroup = Some(path.clone());
+        }
+    }
+    e.detail = raw.detail;
+    e
+}
+
+async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::maps::MapData, u64>) {
+    let stages = [(drop_slot::RINGBUF_FULL, "kernel_ringbuf"), (drop_slot::PENDING_FULL, "kernel_pending")];
+    let mut seen = [0u64; 2];
+    let mut queue_seen = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for (i, (slot, stage)) in stages.iter().enumerate() {
+            let Ok(values) = drops.get(slot, 0) else { continue };
+            let total: u64 = values.iter().sum();
+            if total > seen[i] {
+                let count = total - seen[i];
+                seen[i] = total;
+                warn!("{count} events lost at {stage}");
+                let mut e = shared.base_event("drop", None);
+                e.detail = Detail::Drop { count, stage };
+                shared.emit(e);
+            }
+        }
+        let q = shared.queue_drops.load(std::sync::atomic::Ordering::Relaxed);
+        if q > queue_seen {
+            let mut e = shared.base_event("drop", None);
+            e.detail = Detail::Drop { count: q - queue_seen, stage: "userspace_queue" };
+            queue_seen = q;
+            // Reported through the queue once it has room again: never silently.
+            if shared.tx.send(e).await.is_err() {
+                return;
+            }
+        }
+        // Forget runs that ended a while ago.
+        let mut runs = shared.runs.lock().expect("runs lock");
+        runs.by_cgroup.retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < RUN_LINGER));
+    }
+}
+
+async fn accept(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle_client(shared.clone(), stream));
+            }
+            Err(e) => {
+                warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
+    let Ok(cred) = stream.peer_cred() else { return };
+    let (uid, pid) = (cred.uid(), cred.pid().unwrap_or(0) as u32);
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd.take(control::MAX_LINE as u64 * 16)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let resp = if line.len() > control::MAX_LINE {
+            Response::err(format!("request longer than {} bytes", control::MAX_LINE))
+        } else if uid != 0 {
+            Response::err("permission denied: only root may use the control socket")
+        } else {
+            match control::parse_request(&line) {
+                Ok(req) => handle(&shared, req, uid, pid),
+                Err(msg) => Response::err(msg),
+            }
+        };
+        let mut out = serde_json::to_string(&resp).expect("serializable");
+        out.push('\n');
+        if wr.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+fn valid_run_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
+    match req {
+        Request::Ping => Response { cgroup_root: Some(shared.root.display().to_string()), ..Response::ok() },
+        Request::Register { run, name, labels, argv } => {
+            if !valid_run_id(&run) {
+                return Response::err(format!("invalid run id {run:?}"));
+            }
+            let dir = shared.root.join(&run);
+            let id = match cgroup::cgroup_id(&dir) {
+                Ok(id) => id,
+                Err(e) => return Response::err(format!("run cgroup {}: {e}", dir.display())),
+            };
+            let info = RunInfo { id: run.clone(), name, labels, dir, cgroup_id: id, ended: None };
+            {
+                let mut runs = shared.runs.lock().expect("runs lock");
+                if runs.by_cgroup.values().any(|r| r.id == run && r.ended.is_none()) {
+                    return Response::err(format!("run {run} is already registered"));
+                }
+                let entry = RunEntry { run_index: runs.next_index, flags: 0 };
+                if let Err(e) = runs.map.insert(id, entry, 0) {
+                    return Response::err(format!("kernel run map: {e}"));
+                }
+                runs.next_index = runs.next_index.wrapping_add(1).max(1);
+                runs.by_cgroup.insert(id, info.clone());
+            }
+            let mut e = shared.base_event("run_start", Some(&info));
+            e.detail = Detail::RunStart { cgroup_id: id, requested_by_uid: uid, requested_by_pid: pid, argv };
+            shared.emit(e);
+            Response::ok()
+        }
+        Request::End { run, exit_status } => {
+            let info = {
+                let mut runs = shared.runs.lock().expect("runs lock");
+                let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none()) else {
+                    return Response::err(format!("no active run {run}"));
+                };
+                info.ended = Some(Instant::now());
+                let info = info.clone();
+                let _ = runs.map.remove(&info.cgroup_id);
+                info
+            };
+            let mut e = shared.base_event("run_end", Some(&info));
+            e.detail = Detail::RunEnd { exit_status };
+            shared.emit(e);
+            Response::ok()
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Events: decoding the kernel's records and the JSON-lines form of the contract.
+use std::{collections::BTreeMap, mem::size_of, net::IpAddr};
+
+use agent_guard_common::{
+    kind, ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, FLAG_ARGV_TRUNCATED,
+    FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
+};
+use serde::Serialize;
+
+/// One event as written to the log (one JSON object per line). Kind-specific fields are
+/// omitted when they do not apply.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Event {
+    pub ts: String,
+    pub host: String,
+    pub kind: &'static str,
+    pub verdict: &'static str,
+    pub rule: Option<String>,
+    pub run: Option<String>,
+    pub run_name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub policy: Option<String>,
+    pub policy_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tgid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(flatten)]
+    pub detail: Detail,
+}
+
+/// The kind-specific part of an event.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Detail {
+    #[default]
+    None,
+    Exec {
+        path: String,
+        argv: Vec<String>,
+        argv_truncated: bool,
+        path_truncated: bool,
+    },
+    Open {
+        path: String,
+        access: &'static str,
+        flags: u32,
+        /// The new descriptor, or -errno.
+        result: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// false when the open failed and `path` is the string the process passed.
+        path_resolved: bool,
+        path_truncated: bool,
+    },
+    Connect {
+        family: &'static str,
+        addr: String,
+        port: u16,
+        proto: &'static str,
+        result: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    Exit {
+        exit_code: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+    },
+    RunStart {
+        cgroup_id: u64,
+        requested_by_uid: u32,
+        requested_by_pid: u32,
+        argv: Vec<String>,
+    },
+    RunEnd {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit_status: Option<i32>,
+    },
+    Drop {
+        count: u64,
+        stage: &'static str,
+    },
+}
+
+/// A kernel record, decoded but not yet enriched with run metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Raw {
+    pub hdr: EventHeader,
+    pub kind: &'static str,
+    pub detail: Detail,
+    pub read_error: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event header")]
+    Short(usize),
+    #[error("record of kind {kind} has {len} bytes, expected {want}")]
+    Size { kind: u32, len: usize, want: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+}
+
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Size { kind, len: bytes.len(), want: size_of::<T>() });
+    }
+    // SAFETY: length checked; T is a #[repr(C)] plain-old-data record from agent-guard-common.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn text(bytes: &[u8], len: u32) -> String {
+    let len = (len as usize).min(bytes.len());
+    String::from_utf8_lossy(&bytes[..len]).into_owned()
+}
+
+pub fn errno_name(neg: i32) -> Option<String> {
+    (neg < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(-neg)))
+}
+
+pub fn access_of(flags: u32) -> &'static str {
+    match flags & libc::O_ACCMODE as u32 {
+        0 => "read",
+        1 => "write",
+        _ => "read_write",
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    let hdr: EventHeader = read(bytes, 0)?;
+    let f = hdr.flags;
+    let (kind, detail) = match hdr.kind {
+        kind::EXEC => {
+            let e: ExecEvent = read(bytes, hdr.kind)?;
+            let raw = &e.argv[..(e.argv_len as usize).min(e.argv.len())];
+            let argv = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>();
+            // argv ends with a NUL, which leaves one empty piece at the end.
+            let argv = match argv.split_last() {
+                Some((last, rest)) if last.is_empty() => rest.to_vec(),
+                _ => argv,
+            };
+            ("exec", Detail::Exec {
+                path: text(&e.path, e.path_len),
+                argv,
+                argv_truncated: f & FLAG_ARGV_TRUNCATED != 0,
+                path_truncated: f & FLAG_PATH_TRUNCATED != 0,
+            })
+        }
+        kind::OPEN => {
+            let e: OpenEvent = read(bytes, hdr.kind)?;
+            ("open", Detail::Open {
+                path: text(&e.path, e.path_len),
+                access: access_of(e.open_flags),
+                flags: e.open_flags,
+                result: e.result,
+                error: errno_name(e.result),
+                path_resolved: f & FLAG_PATH_UNRESOLVED == 0,
+                path_truncated: f & FLAG_PATH_TRUNCATED != 0,
+            })
+        }
+        kind::CONNECT => {
+            let e: ConnectEvent = read(bytes, hdr.kind)?;
+            let (family, addr) = if e.family == libc::AF_INET as u16 {
+                ("inet", IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]]))
+            } else {
+                ("inet6", IpAddr::from(e.addr))
+            };
+            let proto = match (e.protocol as i32, e.sock_type as i32) {
+                (libc::IPPROTO_TCP, _) => "tcp",
+                (libc::IPPROTO_UDP, _) => "udp",
+                (libc::IPPROTO_MPTCP, _) => "mptcp",
+                (libc::IPPROTO_SCTP, _) => "sctp",
+                (libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6, _) => "icmp",
+                (0, libc::SOCK_STREAM) => "tcp",
+                (0, libc::SOCK_DGRAM) => "udp",
+                _ => "other",
+            };
+            ("connect", Detail::Connect {
+                family,
+                addr: addr.to_string(),
+                port: e.port,
+                proto,
+                result: e.result,
+                error: errno_name(e.result),
+            })
+        }
+        kind::EXIT => {
+            let e: ExitEvent = read(bytes, hdr.kind)?;
+            let sig = (e.exit_code & 0x7f) as i32;
+            ("exit", Detail::Exit {
+                exit_code: ((e.exit_code >> 8) & 0xff) as i32,
+                signal: (sig != 0).then_some(sig),
+            })
+        }
+        other => return Err(DecodeError::Kind(other)),
+    };
+    Ok(Raw { hdr, kind, detail, read_error: f & FLAG_READ_ERROR != 0 })
+}
+
+/// RFC 3339 UTC with microseconds, e.g. 2026-11-22T01:02:03.123456Z.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.microsecond()
+    )
+}
+
+/// A concise human line for stderr.
+pub fn human(e: &Event) -> String {
+    let who = format!(
+        "{} {}",
+        e.run.as_deref().unwrap_or("-"),
+        e.pid.map(|p| format!("pid={p}")).unwrap_or_default()
+    );
+    let what = match &e.detail {
+        Detail::Exec { argv, .. } => argv.join(" "),
+        Detail::Open { path, access, error, .. } => {
+            format!("{path} ({access}){}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
+        }
+        Detail::Connect { addr, port, proto, error, .. } => format!(
+            "{proto} {addr}:{port}{}",
+            error.as_deref().map(|e| format!(" {e}")).unwrap_or_default()
+        ),
+        Detail::Exit { exit_code, signal } => match signal {
+            Some(s) => format!("signal {s}"),
+            None => format!("code {exit_code}"),
+        },
+        Detail::RunStart { argv, .. } => format!("name={} {}", e.run_name.as_deref().unwrap_or("-"), argv.join(" ")),
+        Detail::RunEnd { exit_status } => format!("status {}", exit_status.map_or("-".into(), |s| s.to_string())),
+        Detail::Drop { count, stage } => format!("{count} events lost at {stage}"),
+        Detail::None => String::new(),
+    };
+    format!("{} {:<7} {} {}", e.ts, e.kind, who.trim_end(), what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_guard_common::{ARGV_MAX, PATH_MAX};
+
+    fn hdr(kind: u32, flags: u32) -> EventHeader {
+        EventHeader {
+            kind,
+            flags,
+            ts_ns: 1,
+            run_cgroup: 7,
+            cgroup: 7,
+            pid: 42,
+            tgid: 42,
+            ppid: 1,
+            uid: 0,
+            gid: 0,
+            _pad: 0,
+            comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test records are plain-old-data.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn exec_record_decodes_path_and_argv() {
+        let mut e = ExecEvent { hdr: hdr(kind::EXEC, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, _pad: 0, path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
+        e.path[..12].copy_from_slice(b"/usr/bin/cat");
+        let argv = b"cat\0/etc/hostname\0";
+        e.argv[..argv.len()].copy_from_slice(argv);
+        e.argv_len = argv.len() as u32;
+        let r = decode(&bytes_of(&e)).unwrap();
+        assert_eq!(r.kind, "exec");
+        assert_eq!(r.detail, Detail::Exec {
+            path: "/usr/bin/cat".into(),
+            argv: vec!["cat".into(), "/etc/hostname".into()],
+            argv_truncated: true,
+            path_truncated: false,
+        });
+    }
+
+    #[test]
+    fn open_and_connect_records_decode() {
+        let mut o = OpenEvent { hdr: hdr(kind::OPEN, FLAG_PATH_UNRESOLVED), open_flags: libc::O_RDWR as u32, result: -2, path_len: 4, _pad: 0, path: [0; PATH_MAX] };
+        o.path[..4].copy_from_slice(b"/nox");
+        match decode(&bytes_of(&o)).unwrap().detail {
+            Detail::Open { path, access, error, path_resolved, .. } => {
+                assert_eq!((path.as_str(), access, error.as_deref(), path_resolved), ("/nox", "read_write", Some("ENOENT"), false));
+            }
+            d => panic!("{d:?}"),
+        }
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let c = ConnectEvent { hdr: hdr(kind::CONNECT, 0), result: 0, family: libc::AF_INET as u16, port: 8080, protocol: libc::IPPROTO_TCP as u16, sock_type: 1, _pad: 0, addr };
+        match decode(&bytes_of(&c)).unwrap().detail {
+            Detail::Connect { addr, port, proto, family, .. } => assert_eq!((addr.as_str(), port, proto, family), ("127.0.0.1", 8080, "tcp", "inet")),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_errors_not_panics() {
+        assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
+        let h = hdr(99, 0);
+        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::Kind(99)));
+        let h = hdr(kind::EXEC, 0);
+        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Size { .. })));
+    }
+
+    #[test]
+    fn json_line_has_the_contract_fields() {
+        let e = Event {
+            ts: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_000_001)),
+            kind: "exit",
+            verdict: "allow",
+            run: Some("r-abc123".into()),
+            detail: Detail::Exit { exit_code: 0, signal: None },
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:01.000001Z");
+        assert_eq!(v["kind"], "exit");
+        assert_eq!(v["run"], "r-abc123");
+        assert_eq!(v["exit_code"], 0);
+        assert!(v.get("signal").is_none());
+    }
+}

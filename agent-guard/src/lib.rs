@@ -1,0 +1,12 @@
+//! agent-guard: a host-level sandbox monitor for AI-agent runs.
+//!
+//! Kernel programs (agent-guard-ebpf) watch the processes of runs (cgroups below the managed
+//! root); the daemon loads them, registers runs and streams their events as JSON lines.
+pub mod btf;
+pub mod cgroup;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod ebpf;
+pub mod event;
+pub mod run;

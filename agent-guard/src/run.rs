@@ -1,0 +1,161 @@
+//! `agent-guard run`: a command in its own cgroup below the managed root, registered with the
+//! daemon before its first instruction.
+use std::{
+    collections::BTreeMap,
+    ffi::CString,
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicI32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cgroup, config::Config, control};
+
+/// Exit status when agent-guard itself fails before the command runs (as env(1) and
+/// docker do: 125 for our own errors, 126 not executable, 127 not found).
+pub const EXIT_SETUP_FAILED: i32 = 125;
+
+pub struct RunArgs {
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub argv: Vec<String>,
+}
+
+/// Parses `K=V` as given to --label.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?} is not K=V"))?;
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b)) {
+        return Err(format!("label key {k:?} must be non-empty and use only letters, digits, _ . - /"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn new_run_id() -> String {
+    format!("r-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Runs the command and returns the exit status `agent-guard run` should exit with.
+pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
+    if args.argv.is_empty() {
+        bail!("no command given: agent-guard run [OPTIONS] -- CMD [ARG]...");
+    }
+    let pong = control::call(&cfg.control_socket, control::Request::Ping)?;
+    let root = PathBuf::from(pong.cgroup_root.context("daemon did not report its cgroup root")?);
+    let (id, dir) = create_run_cgroup(&root)?;
+    let registered = control::call(
+        &cfg.control_socket,
+        control::Request::Register {
+            run: id.clone(),
+            name: args.name.clone(),
+            labels: args.labels.clone(),
+            argv: args.argv.clone(),
+        },
+    );
+    if let Err(e) = registered {
+        let _ = cgroup::remove_tree(&dir);
+        return Err(e.into());
+    }
+    let status = spawn_in(&dir, &args.argv);
+    // The run is over when its command is: whatever it left behind goes with the cgroup.
+    if let Err(e) = cgroup::kill_and_remove(&dir, Duration::from_secs(10)) {
+        eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
+    }
+    let exit_status = status.as_ref().ok().copied();
+    if let Err(e) = control::call(&cfg.control_socket, control::Request::End { run: id, exit_status }) {
+        eprintln!("agent-guard: telling the daemon the run ended: {e}");
+    }
+    status
+}
+
+fn create_run_cgroup(root: &Path) -> Result<(String, PathBuf)> {
+    for _ in 0..16 {
+        let id = new_run_id();
+        let dir = root.join(&id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating run cgroup {}", dir.display())),
+        }
+    }
+    bail!("could not find a free run id below {}", root.display())
+}
+
+/// Starts argv with the child moving itself into `dir` between fork and exec, so the command
+/// is inside the run from its first instruction. Returns the shell-style exit status.
+fn spawn_in(dir: &Path, argv: &[String]) -> Result<i32> {
+    let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
+        .context("cgroup path contains NUL")?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    // SAFETY: the closure only calls async-signal-safe libc functions on data prepared above.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent-guard: cannot run {}: {e}", argv[0]);
+            return Ok(match e.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                std::io::ErrorKind::PermissionDenied => 126,
+                _ => EXIT_SETUP_FAILED,
+            });
+        }
+    };
+    CHILD.store(child.id() as i32, Ordering::Relaxed);
+    // SAFETY: installing handlers that only call kill(2); the terminal already delivers
+    // SIGINT/SIGQUIT to the command's process group, so this process only ignores those.
+    unsafe {
+        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let status = child.wait().context("waiting for the command")?;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_parse_and_bad_ones_say_why() {
+        assert_eq!(parse_label("task=T-42").unwrap(), ("task".into(), "T-42".into()));
+        assert_eq!(parse_label("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert!(parse_label("novalue").unwrap_err().contains("K=V"));
+        assert!(parse_label("=v").unwrap_err().contains("non-empty"));
+        assert!(parse_label("sp ace=v").is_err());
+    }
+
+    #[test]
+    fn run_ids_look_like_the_contract() {
+        let id = new_run_id();
+        assert!(id.starts_with("r-") && id.len() == 8, "{id}");
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what building agent-guard needs, and nothing more. Idempotent: when everything is
+# already there it only checks and returns within a second or two.
+#
+#   - Debian packages: LLVM 22 dev files (bpf-linker links against the LLVM that rustc uses),
+#     and the libraries bpf-linker's build needs;
+#   - the nightly toolchain with rust-src (the eBPF crate is built with -Z build-std=core);
+#   - bpf-linker 0.13.0 built against LLVM 22.
+#
+# Runs as root (apt). Set AG_SETUP_QUIET=1 to silence the "already there" lines.
+set -euo pipefail
+
+LLVM_VERSION=22
+BPF_LINKER_VERSION=0.13.0
+NIGHTLY=nightly
+APT_PACKAGES=(llvm-${LLVM_VERSION}-dev libpolly-${LLVM_VERSION}-dev libzstd-dev zlib1g-dev pkg-config)
+
+say() { [ "${AG_SETUP_QUIET:-0}" = 1 ] || echo "setup-build: $*" >&2; }
+die() { echo "setup-build: error: $*" >&2; exit 1; }
+
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v rustup >/dev/null || die "rustup is not installed; install it from https://rustup.rs first"
+
+# 1. Debian packages.
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "need root to install: ${missing[*]}"
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null; then
+        apt-get update >/dev/null
+        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+else
+    say "debian packages present"
+fi
+
+# 2. Nightly with rust-src.
+if ! rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1; then
+    say "installing the $NIGHTLY toolchain"
+    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+fi
+if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q '^rust-src'; then
+    say "adding rust-src to $NIGHTLY"
+    rustup component add rust-src --toolchain "$NIGHTLY"
+else
+    say "$NIGHTLY with rust-src present"
+fi
+
+# 3. bpf-linker against LLVM 22.
+if bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    say "bpf-linker $BPF_LINKER_VERSION present"
+else
+    say "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM_VERSION (about a minute)"
+    env "LLVM_SYS_${LLVM_VERSION}1_PREFIX=/usr/lib/llvm-${LLVM_VERSION}" \
+        RUSTFLAGS="-L /usr/lib/llvm-${LLVM_VERSION}/lib" \
+        cargo +stable install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+            --no-default-features --features llvm-${LLVM_VERSION} --force
+fi
