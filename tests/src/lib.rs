@@ -1,1 +1,161 @@
-//! Integration tests live in tests/.
+//! Helpers for the integration tests: a real `agent-guard daemon` with a temporary config,
+//! its own cgroup root and log, stopped and cleaned up on drop.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// True when privileged tests can run. Under CI=true a missing privilege is a failure;
+/// elsewhere the test prints why it skips.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let why = match (root, btf) {
+        (true, true) => return true,
+        (false, _) => "not root (loading eBPF programs and creating cgroups need root)",
+        (true, false) => "the kernel has no BTF (/sys/kernel/btf/vmlinux)",
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: CI=true and {why}");
+    }
+    eprintln!("skip {test}: {why}");
+    false
+}
+
+/// The agent-guard binary under test: AGENT_GUARD_BIN, or the workspace's target/debug one.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("AGENT_GUARD_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agent-guard");
+    assert!(p.exists(), "{} is missing: build it first (cargo build -p agent-guard), or run `cargo xtask test`", p.display());
+    p
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("a cgroup2 mount")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub cgroup_root: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts a daemon with a config of its own and waits until it is ready.
+    pub fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let config = dir.path().join("config.toml");
+        let log = dir.path().join("events.jsonl");
+        std::fs::write(
+            &config,
+            format!(
+                "control_socket = \"{d}/control.sock\"\nevents_log = \"{l}\"\ncgroup_root = \"{name}\"\n\
+                 bpffs_dir = \"/sys/fs/bpf/{name}\"\npolicy_dir = \"{d}/policies\"\n",
+                d = dir.path().display(),
+                l = log.display()
+            ),
+        )
+        .unwrap();
+        let stderr = std::fs::File::create(dir.path().join("daemon.stderr")).unwrap();
+        let child = Command::new(binary())
+            .args(["--config", config.to_str().unwrap(), "daemon"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let d = Daemon { cgroup_root: cgroup2_mount().join(&name), dir, config, log, child };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stderr = self.dir.path().join("daemon.stderr");
+        loop {
+            let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+            if text.contains("ready in") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready after 60 s:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.stderr")).unwrap_or_default()
+    }
+
+    /// `agent-guard run ARGS...` against this daemon.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Every event written so far.
+    pub fn events(&self) -> Vec<Value> {
+        let Ok(f) = std::fs::File::open(&self.log) else { return vec![] };
+        BufReader::new(f)
+            .lines()
+            .map(|l| serde_json::from_str(&l.unwrap()).expect("every line of the log is JSON"))
+            .collect()
+    }
+
+    /// Waits until `pred` holds for some event, and returns all events.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ev = self.events();
+            if ev.iter().any(&pred) {
+                return ev;
+            }
+            assert!(Instant::now() < deadline, "no event {what} after 20 s; log:\n{ev:#?}\ndaemon:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Our own child, by pid.
+        // SAFETY: plain kill(2) on a pid we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.cgroup_root);
+    }
+}
+
+/// The run id printed by a `run_start` event for `name`.
+pub fn run_id(events: &[Value], name: &str) -> String {
+    events
+        .iter()
+        .find(|e| e["kind"] == "run_start" && e["run_name"] == name)
+        .and_then(|e| e["run"].as_str())
+        .unwrap_or_else(|| panic!("no run_start for {name}: {events:#?}"))
+        .to_string()
+}

@@ -1,0 +1,204 @@
+//! The foundation on the real kernel: a real daemon, real runs in real cgroups, real
+//! processes and a real loopback socket; assertions on the JSON lines the daemon wrote.
+use std::{net::TcpListener, process::Command};
+
+use agent_guard_tests::{cgroup2_mount, privileged, run_id, Daemon};
+use serde_json::Value;
+
+fn of_kind<'a>(events: &'a [Value], run: &str, kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["run"] == run && e["kind"] == kind).collect()
+}
+
+#[test]
+fn a_run_is_watched_exec_open_connect_exit_and_nothing_outside_it() {
+    if !privileged("a_run_is_watched") {
+        return;
+    }
+    let d = Daemon::start();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = std::thread::spawn(move || listener.accept().map(|_| ()));
+
+    // A process outside every run, doing the same things at the same time.
+    let outside = Command::new("cat").arg("/etc/hostname").output().unwrap();
+    assert!(outside.status.success());
+
+    let script = format!("cat /etc/hostname; bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'; exit 7");
+    let out = d.run(&["--name", "walk", "--label", "task=T-42", "--", "sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(7), "run exits with the command's status; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), std::fs::read_to_string("/etc/hostname").unwrap().trim());
+    accept.join().unwrap().unwrap();
+
+    let ev = d.wait_for("run_end of walk", |e| e["kind"] == "run_end" && e["run_name"] == "walk");
+    let run = run_id(&ev, "walk");
+    assert!(run.starts_with("r-"), "{run}");
+
+    // exec of cat with its argv, resolved exe, ppid and labels.
+    let execs = of_kind(&ev, &run, "exec");
+    let cat = execs.iter().find(|e| e["comm"] == "cat").unwrap_or_else(|| panic!("no exec of cat: {execs:#?}"));
+    assert_eq!(cat["argv"], serde_json::json!(["cat", "/etc/hostname"]));
+    assert_eq!(cat["argv_truncated"], false);
+    let cat_exe = std::fs::canonicalize(which("cat")).unwrap();
+    assert_eq!(cat["path"], cat_exe.to_str().unwrap(), "exe path is the resolved one");
+    assert_eq!(cat["labels"]["task"], "T-42");
+    assert_eq!(cat["run_name"], "walk");
+    let sh = execs.iter().find(|e| e["argv"][0] == "sh").expect("exec of sh");
+    assert_eq!(cat["ppid"], sh["pid"], "cat's parent is the run's shell");
+    let cat_pid = cat["pid"].as_u64().unwrap();
+
+    // open of /etc/hostname for read, by cat, successful.
+    let opens = of_kind(&ev, &run, "open");
+    let host_open = opens
+        .iter()
+        .find(|e| e["pid"].as_u64() == Some(cat_pid) && e["path"] == "/etc/hostname")
+        .unwrap_or_else(|| panic!("no open of /etc/hostname by cat: {opens:#?}"));
+    assert_eq!(host_open["access"], "read");
+    assert!(host_open["result"].as_i64().unwrap() >= 0);
+    assert_eq!(host_open["path_resolved"], true);
+
+    // connect to 127.0.0.1:PORT over TCP, successful.
+    let connects = of_kind(&ev, &run, "connect");
+    let c = connects
+        .iter()
+        .find(|e| e["port"] == port)
+        .unwrap_or_else(|| panic!("no connect to port {port}: {connects:#?}"));
+    assert_eq!((c["addr"].as_str(), c["family"].as_str(), c["proto"].as_str()), (Some("127.0.0.1"), Some("inet"), Some("tcp")));
+    assert_eq!(c["result"], 0);
+
+    // exit of cat (status 0) and of the shell (status 7).
+    let exits = of_kind(&ev, &run, "exit");
+    assert!(exits.iter().any(|e| e["pid"].as_u64() == Some(cat_pid) && e["exit_code"] == 0), "{exits:#?}");
+    assert!(exits.iter().any(|e| e["pid"] == sh["pid"] && e["exit_code"] == 7), "{exits:#?}");
+
+    // Nothing from outside the run: every kernel event belongs to this run, and the outside
+    // cat (whose pid we do not know, but whose parent is this test) left no trace.
+    let me = std::process::id() as u64;
+    for e in &ev {
+        if ["exec", "open", "connect", "exit"].contains(&e["kind"].as_str().unwrap()) {
+            assert_eq!(e["run"], run, "event outside the run: {e}");
+            assert_ne!(e["ppid"].as_u64(), Some(me), "event of a process outside the run: {e}");
+        }
+    }
+    // The run's cgroup is gone once the run is over.
+    let cg = ev.iter().find(|e| e["kind"] == "run_start").unwrap()["cgroup"].as_str().unwrap().to_string();
+    assert!(!cgroup2_mount().join(cg.trim_start_matches('/')).exists(), "run cgroup {cg} left behind");
+}
+
+fn which(cmd: &str) -> std::path::PathBuf {
+    std::env::var("PATH")
+        .unwrap()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(cmd))
+        .find(|p| p.exists())
+        .unwrap()
+}
+
+#[test]
+fn children_grandchildren_and_child_cgroups_are_covered() {
+    if !privileged("children_and_child_cgroups") {
+        return;
+    }
+    let d = Daemon::start();
+    let mount = cgroup2_mount();
+    // The grandchild moves itself into a child cgroup of the run before it opens a file.
+    let script = d.dir.path().join("grandchild.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "d={m}$(grep ^0:: /proc/self/cgroup | cut -d: -f3)\nmkdir $d/sub && echo $$ > $d/sub/cgroup.procs && head -c1 /etc/os-release >/dev/null\n",
+            m = mount.display()
+        ),
+    )
+    .unwrap();
+    let script = format!("sh -c 'sh {}'", script.display());
+    let out = d.run(&["--name", "tree", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ev = d.wait_for("run_end of tree", |e| e["kind"] == "run_end" && e["run_name"] == "tree");
+    let run = run_id(&ev, "tree");
+    // /etc/os-release is a symlink on Debian: the event names the file the kernel opened.
+    let target = std::fs::canonicalize("/etc/os-release").unwrap();
+    let open = ev
+        .iter()
+        .find(|e| e["kind"] == "open" && e["path"] == target.to_str().unwrap())
+        .unwrap_or_else(|| panic!("open in the child cgroup not seen: {ev:#?}"));
+    assert_eq!(open["run"], run);
+    assert!(open["cgroup"].as_str().unwrap().ends_with(&format!("{run}/sub")), "{open}");
+    assert_eq!(open["comm"], "head");
+}
+
+#[test]
+fn exit_status_follows_the_command_and_signals_are_128_plus_n() {
+    if !privileged("exit_status") {
+        return;
+    }
+    let d = Daemon::start();
+    assert_eq!(d.run(&["--", "sh", "-c", "exit 0"]).status.code(), Some(0));
+    assert_eq!(d.run(&["--", "sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
+    let missing = d.run(&["--", "/nonexistent/agent-guard-test-cmd"]);
+    assert_eq!(missing.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/agent-guard-test-cmd"));
+}
+
+#[test]
+fn long_argv_is_bounded_and_flagged() {
+    if !privileged("long_argv") {
+        return;
+    }
+    let d = Daemon::start();
+    let long = "x".repeat(3000);
+    let out = d.run(&["--name", "long", "--", "/bin/echo", &long]);
+    assert!(out.status.success());
+    let ev = d.wait_for("exec of echo", |e| e["kind"] == "exec" && e["run_name"] == "long");
+    let exec = ev.iter().find(|e| e["kind"] == "exec" && e["run_name"] == "long").unwrap();
+    assert_eq!(exec["argv_truncated"], true);
+    let kept: usize = exec["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().len() + 1).sum();
+    assert!(kept <= 1024 + 1, "argv bound is 1024 bytes, kept {kept}");
+    assert_eq!(exec["argv"][0], "/bin/echo");
+}
+
+#[test]
+fn two_daemons_side_by_side_see_only_their_own_runs() {
+    if !privileged("two_daemons") {
+        return;
+    }
+    let a = Daemon::start();
+    let b = Daemon::start();
+    assert!(a.run(&["--name", "in-a", "--", "cat", "/etc/hostname"]).status.success());
+    assert!(b.run(&["--name", "in-b", "--", "cat", "/etc/hostname"]).status.success());
+    let ea = a.wait_for("run_end in a", |e| e["kind"] == "run_end" && e["run_name"] == "in-a");
+    let eb = b.wait_for("run_end in b", |e| e["kind"] == "run_end" && e["run_name"] == "in-b");
+    let (ra, rb) = (run_id(&ea, "in-a"), run_id(&eb, "in-b"));
+    assert!(ea.iter().all(|e| e["run"] != rb && e["run_name"] != "in-b"), "a saw b's run");
+    assert!(eb.iter().all(|e| e["run"] != ra && e["run_name"] != "in-a"), "b saw a's run");
+    assert!(ea.iter().any(|e| e["kind"] == "exec" && e["run"] == ra));
+    assert!(eb.iter().any(|e| e["kind"] == "exec" && e["run"] == rb));
+}
+
+#[test]
+fn run_without_a_daemon_fails_clearly_and_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, format!("control_socket = \"{}/none.sock\"\n", dir.path().display())).unwrap();
+    let marker = dir.path().join("ran");
+    let out = Command::new(agent_guard_tests::binary())
+        .args(["--config", cfg.to_str().unwrap(), "run", "--", "touch", marker.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent-guard daemon"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!marker.exists(), "the command ran unwatched");
+}
+
+#[test]
+fn bad_config_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "events_log = \"/tmp/x\"\nbakend = \"lsm\"\n").unwrap();
+    let out = Command::new(agent_guard_tests::binary())
+        .args(["--config", cfg.to_str().unwrap(), "daemon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 2") && err.contains("bakend"), "{err}");
+}
