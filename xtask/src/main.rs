@@ -1,1 +1,83 @@
-fn main(){}
+//! Chores: `cargo xtask test` (everything CI runs) and `cargo xtask daemon` (build and start
+//! the daemon in the foreground). Both first run deploy/setup-build.sh, so a fresh machine
+//! needs nothing installed by hand beyond rustup.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the build prerequisites, build, and run every test (unit and on the real kernel)
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter)
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Install the build prerequisites, build, and run the daemon in the foreground (root)
+    Daemon {
+        /// Configuration file (default: /etc/agent-guard/config.toml, or built-in defaults)
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    let status = c.status().with_context(|| format!("starting {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    let mut c = Command::new(root().join("deploy/setup-build.sh"));
+    c.env("AG_SETUP_QUIET", "1");
+    run(c)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Test { args } => {
+            setup()?;
+            let mut build = cargo();
+            build.args(["build", "--package", "agent-guard"]);
+            run(build)?;
+            let mut test = cargo();
+            test.arg("test").env("AGENT_GUARD_BIN", root().join("target/debug/agent-guard")).args(args);
+            run(test)
+        }
+        Cmd::Daemon { config } => {
+            setup()?;
+            let mut build = cargo();
+            build.args(["build", "--release", "--package", "agent-guard"]);
+            run(build)?;
+            let mut d = Command::new(root().join("target/release/agent-guard"));
+            if let Some(c) = config {
+                d.arg("--config").arg(c);
+            }
+            d.arg("daemon");
+            run(d)
+        }
+    }
+}
