@@ -83,18 +83,21 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let d = Daemon { cgroup_root: cgroup2_mount().join(&name), dir, config, log, child };
+        let mut d = Daemon { cgroup_root: cgroup2_mount().join(&name), dir, config, log, child };
         d.wait_ready();
         d
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let stderr = self.dir.path().join("daemon.stderr");
         loop {
             let text = std::fs::read_to_string(&stderr).unwrap_or_default();
             if text.contains("ready in") {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited ({status}) before it was ready:\n{text}");
             }
             assert!(Instant::now() < deadline, "daemon not ready after 60 s:\n{text}");
             std::thread::sleep(Duration::from_millis(20));

@@ -20,8 +20,9 @@ fn a_run_is_watched_exec_open_connect_exit_and_nothing_outside_it() {
     let accept = std::thread::spawn(move || listener.accept().map(|_| ()));
 
     // A process outside every run, doing the same things at the same time.
-    let outside = Command::new("cat").arg("/etc/hostname").output().unwrap();
-    assert!(outside.status.success());
+    let outside = Command::new("cat").arg("/etc/hostname").stdout(std::process::Stdio::null()).spawn().unwrap();
+    let outside_pid = outside.id() as u64;
+    assert!(outside.wait_with_output().unwrap().status.success());
 
     let script = format!("cat /etc/hostname; bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'; exit 7");
     let out = d.run(&["--name", "walk", "--label", "task=T-42", "--", "sh", "-c", &script]);
@@ -71,12 +72,13 @@ fn a_run_is_watched_exec_open_connect_exit_and_nothing_outside_it() {
     assert!(exits.iter().any(|e| e["pid"] == sh["pid"] && e["exit_code"] == 7), "{exits:#?}");
 
     // Nothing from outside the run: every kernel event belongs to this run, and the outside
-    // cat (whose pid we do not know, but whose parent is this test) left no trace.
+    // cat (a child of this test) left no trace.
     let me = std::process::id() as u64;
     for e in &ev {
         if ["exec", "open", "connect", "exit"].contains(&e["kind"].as_str().unwrap()) {
             assert_eq!(e["run"], run, "event outside the run: {e}");
             assert_ne!(e["ppid"].as_u64(), Some(me), "event of a process outside the run: {e}");
+            assert_ne!(e["pid"].as_u64(), Some(outside_pid), "event of the outside cat: {e}");
         }
     }
     // The run's cgroup is gone once the run is over.
