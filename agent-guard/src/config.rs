@@ -29,6 +29,9 @@ pub struct Config {
     pub cgroup_root: String,
     pub bpffs_dir: PathBuf,
     pub backend: BackendChoice,
+    /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
+    /// least one page). Losses when it is full are counted and reported as `drop` events.
+    pub events_ring_bytes: u32,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             cgroup_root: "agent-guard".into(),
             bpffs_dir: "/sys/fs/bpf/agent-guard".into(),
             backend: BackendChoice::Auto,
+            events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
         }
     }
 }
@@ -93,6 +97,12 @@ impl Config {
             if !p.is_absolute() {
                 return Err(format!("{field}: {} is not an absolute path", p.display()));
             }
+        }
+        if !self.events_ring_bytes.is_power_of_two() || self.events_ring_bytes < 4096 {
+            return Err(format!(
+                "events_ring_bytes: {} must be a power of two of at least 4096",
+                self.events_ring_bytes
+            ));
         }
         let root = Path::new(&self.cgroup_root);
         if self.cgroup_root.trim_matches('/').is_empty()
@@ -149,6 +159,8 @@ mod tests {
             ("cgroup_root = \"\"", "cgroup_root"),
             ("cgroup_root = \"/\"", "cgroup_root"),
             ("cgroup_root = \"../escape\"", "cgroup_root"),
+            ("events_ring_bytes = 5000", "events_ring_bytes"),
+            ("events_ring_bytes = 1024", "events_ring_bytes"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

@@ -141,7 +141,7 @@ async fn serve(cfg: Config) -> Result<()> {
         _pad: 0,
     };
     let offsets = KernelBtf::load()?.offsets()?;
-    let loaded = ebpf::load(&kcfg, &offsets).context("loading the kernel programs")?;
+    let loaded = ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes).context("loading the kernel programs")?;
     let ebpf::Loaded { ebpf: _ebpf_alive, runs, drops, events } = loaded;
     let _ebpf_alive = _ebpf_alive; // dropping it detaches every program
 

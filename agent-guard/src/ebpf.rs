@@ -58,8 +58,9 @@ pub struct Loaded {
 
 /// Loads the object with this daemon's cgroup root and the kernel's offsets, and attaches
 /// every program. Errors carry the verifier log.
-pub fn load(cfg: &KernelConfig, offsets: &KernelOffsets) -> Result<Loaded, LoadError> {
+pub fn load(cfg: &KernelConfig, offsets: &KernelOffsets, ring_bytes: u32) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
+        .map_max_entries(names::EVENTS, ring_bytes)
         .override_global(names::CONFIG, cfg, true)
         .override_global(names::OFFSETS, offsets, true)
         .load(OBJECT)

@@ -61,6 +61,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with a config of its own and waits until it is ready.
     pub fn start() -> Daemon {
+        Self::start_with("")
+    }
+
+    /// Starts a daemon whose config also holds `extra` (TOML lines).
+    pub fn start_with(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let config = dir.path().join("config.toml");
@@ -69,7 +74,7 @@ impl Daemon {
             &config,
             format!(
                 "control_socket = \"{d}/control.sock\"\nevents_log = \"{l}\"\ncgroup_root = \"{name}\"\n\
-                 bpffs_dir = \"/sys/fs/bpf/{name}\"\npolicy_dir = \"{d}/policies\"\n",
+                 bpffs_dir = \"/sys/fs/bpf/{name}\"\npolicy_dir = \"{d}/policies\"\n{extra}\n",
                 d = dir.path().display(),
                 l = log.display()
             ),
