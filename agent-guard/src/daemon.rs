@@ -75,6 +75,7 @@ impl Shared {
             run_name: run.and_then(|r| r.name.clone()),
             labels: run.map(|r| r.labels.clone()).unwrap_or_default(),
             cgroup: run.map(|r| self.rel(&r.dir)),
+            cgroup_id: run.map(|r| r.cgroup_id),
             ..Default::default()
         }
     }
@@ -295,13 +296,18 @@ fn enrich(
     if matches!(raw.detail, Detail::Exit { .. }) {
         exes.remove(&h.tgid);
     }
+    e.cgroup_id = Some(h.cgroup);
     if let (Some(run), true) = (&run, h.cgroup != h.run_cgroup) {
-        let path = cgroup_paths.entry(h.cgroup).or_insert_with(|| {
-            cgroup::find_by_id(&run.dir, h.cgroup, 8).map(|d| shared.rel(&d)).unwrap_or_default()
-        });
-        if !path.is_empty() {
-            e.cgroup = Some(path.clone());
-        }
+        // A child cgroup of the run: find its path (it may already be gone, then say nothing
+        // rather than name the wrong cgroup).
+        e.cgroup = match cgroup_paths.get(&h.cgroup) {
+            Some(p) => Some(p.clone()),
+            None => cgroup::find_by_id(&run.dir, h.cgroup, 8).map(|d| {
+                let p = shared.rel(&d);
+                cgroup_paths.insert(h.cgroup, p.clone());
+                p
+            }),
+        };
     }
     e.detail = raw.detail;
     e
@@ -412,7 +418,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 runs.by_cgroup.insert(id, info.clone());
             }
             let mut e = shared.base_event("run_start", Some(&info));
-            e.detail = Detail::RunStart { cgroup_id: id, requested_by_uid: uid, requested_by_pid: pid, argv };
+            e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
             Response::ok()
         }

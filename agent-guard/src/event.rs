@@ -35,8 +35,12 @@ pub struct Event {
     pub comm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// cgroup path relative to the cgroup2 mount; absent when the cgroup was already gone
+    /// by the time the daemon looked it up (`cgroup_id` always says which one it was).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
     #[serde(flatten)]
     pub detail: Detail,
 }
@@ -80,7 +84,6 @@ pub enum Detail {
         signal: Option<i32>,
     },
     RunStart {
-        cgroup_id: u64,
         requested_by_uid: u32,
         requested_by_pid: u32,
         argv: Vec<String>,
