@@ -11,7 +11,7 @@ use std::{
 use agent_guard_common::{drop_slot, Config as KernelConfig, RunEntry};
 use anyhow::{bail, Context, Result};
 use tokio::{
-    io::{unix::AsyncFd, AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{unix::AsyncFd, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::mpsc,
 };
@@ -143,8 +143,8 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     let offsets = KernelBtf::load()?.offsets()?;
     let loaded = ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes).context("loading the kernel programs")?;
-    let ebpf::Loaded { ebpf: _ebpf_alive, runs, drops, events } = loaded;
-    let _ebpf_alive = _ebpf_alive; // dropping it detaches every program
+    // `_programs` keeps programs and links alive until serve returns; dropping it detaches them.
+    let ebpf::Loaded { ebpf: _programs, runs, drops, events } = loaded;
 
     for p in [&cfg.control_socket, &cfg.events_log] {
         if let Some(dir) = p.parent() {
@@ -385,8 +385,6 @@ async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
         }
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 fn valid_run_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
