@@ -19,6 +19,27 @@ pub const PENDING_MAX: u32 = 16384;
 /// Ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const EVENTS_RING_BYTES: u32 = 16 << 20;
 
+/// Policies loaded at once (policy slots).
+pub const POLICIES_MAX: u32 = 64;
+/// Compiled rule sets alive at once: one per slot plus the previous generation of each slot
+/// while a reload drains.
+pub const RULESETS_MAX: u32 = 2 * POLICIES_MAX;
+/// Rules per list (files.read, files.write, files.deny, exec.allow, network.connect,
+/// syscalls.deny) in one policy.
+pub const RULES_MAX: usize = 4096;
+/// Path-trie nodes across all loaded rule sets (one node per distinct path prefix).
+pub const FILE_NODES_MAX: u32 = 1 << 18;
+/// CIDR entries across all loaded rule sets.
+pub const NET_RULES_MAX: u32 = 1 << 16;
+/// Bytes of one path component in a trie key: NAME_MAX (255) plus a zero.
+pub const NAME_BYTES: usize = 256;
+/// Port ranges one CIDR entry can carry (after merging the ranges of enclosing CIDRs).
+pub const PORT_RANGES_MAX: usize = 16;
+/// 64-bit words of a syscall bitmap: syscall numbers 0..512.
+pub const SYSCALL_WORDS: usize = 8;
+/// `RunEntry::policy` of a run without a policy (observed, never enforced).
+pub const NO_POLICY: u32 = u32::MAX;
+
 /// Map and global names, as the kernel object exports them.
 pub mod names {
     pub const RUNS: &str = "AG_RUNS";
@@ -26,6 +47,10 @@ pub mod names {
     pub const DROPS: &str = "AG_DROPS";
     pub const CONFIG: &str = "AG_CONFIG";
     pub const OFFSETS: &str = "AG_OFFSETS";
+    pub const POLICY_CUR: &str = "AG_POLICY_CUR";
+    pub const RULESETS: &str = "AG_RULESETS";
+    pub const FILE_NODES: &str = "AG_FILE_NODES";
+    pub const NET_RULES: &str = "AG_NET_RULES";
 }
 
 /// Event kinds (`EventHeader::kind`).
@@ -34,7 +59,71 @@ pub mod kind {
     pub const OPEN: u32 = 2;
     pub const CONNECT: u32 = 3;
     pub const EXIT: u32 = 4;
+    /// A syscall a policy denies, or one this backend cannot see through (io_uring, ...).
+    pub const SYSCALL: u32 = 5;
+    /// A UDP send to an explicit address that the policy does not allow.
+    pub const SENDMSG: u32 = 6;
+    /// Creation of a raw or ICMP socket the policy does not allow.
+    pub const SOCKET: u32 = 7;
 }
+
+/// `EventHeader::verdict`: what the kernel did.
+pub mod verdict {
+    pub const ALLOW: u32 = 0;
+    /// Refused with an error (EPERM), the process goes on.
+    pub const DENY: u32 = 1;
+    /// The process was sent SIGKILL; it does not return to user space.
+    pub const KILL: u32 = 2;
+    /// Monitor mode: the policy would have denied it; it was allowed.
+    pub const WOULD_DENY: u32 = 3;
+}
+
+/// `EventHeader::rule`: which part of the policy decided.
+pub mod rule {
+    pub const NONE: u32 = 0;
+    pub const FILES_READ: u32 = 1;
+    pub const FILES_WRITE: u32 = 2;
+    pub const FILES_DENY: u32 = 3;
+    pub const EXEC: u32 = 4;
+    pub const NETWORK: u32 = 5;
+    pub const SYSCALLS: u32 = 6;
+    /// An operation the tracepoint backend cannot check (io_uring, hard links, mounts,
+    /// namespaces, open_by_handle_at, 32-bit syscalls): refused in enforce mode.
+    pub const UNSEEN: u32 = 7;
+    /// The path was too long or too deep for the kernel matcher: never allowed by truncation.
+    pub const PATH_TOO_LONG: u32 = 8;
+    pub const RAW_SOCKET: u32 = 9;
+}
+
+/// `RulesetHeader::mode`.
+pub mod mode {
+    pub const ENFORCE: u32 = 1;
+    pub const MONITOR: u32 = 2;
+}
+
+/// `RulesetHeader::on_violation`.
+pub mod action {
+    pub const DENY: u32 = 1;
+    pub const KILL: u32 = 2;
+    /// Hold for review; until the control plane implements it, handled like DENY.
+    pub const FREEZE: u32 = 3;
+}
+
+/// `FileNode::flags` and `RulesetHeader::root_flags`: the rules that end at a trie node.
+pub mod file_rule {
+    pub const READ: u32 = 1 << 0;
+    /// Write also grants read.
+    pub const WRITE: u32 = 1 << 1;
+    pub const DENY: u32 = 1 << 2;
+    /// exec.allow of exactly this file.
+    pub const EXEC_FILE: u32 = 1 << 3;
+    /// exec.allow of everything below this directory ("dir/").
+    pub const EXEC_DIR: u32 = 1 << 4;
+    pub const ACCESS_MASK: u32 = READ | WRITE | DENY;
+}
+
+/// `RulesetHeader::flags`.
+pub const RS_RAW_SOCKETS: u32 = 1 << 0;
 
 /// Index into the per-CPU `AG_DROPS` array.
 pub mod drop_slot {
@@ -97,6 +186,10 @@ pub struct KernelOffsets {
     pub sock_protocol: u32,
     /// Size in bytes of `sock.sk_protocol`; 0 when it is a bitfield (older kernels).
     pub sock_protocol_size: u32,
+    /// task_struct.thread_info.status (x86: TS_COMPAT marks a 32-bit syscall in progress).
+    pub task_ti_status: u32,
+    /// file.f_mode (FMODE_READ = 1, FMODE_WRITE = 2).
+    pub file_f_mode: u32,
     pub _pad: u32,
 }
 
@@ -107,6 +200,72 @@ pub struct RunEntry {
     /// Daemon-assigned number of the run (the daemon maps it to the run id and metadata).
     pub run_index: u32,
     pub flags: u32,
+    /// Policy slot (index into AG_POLICY_CUR), or [`NO_POLICY`].
+    pub policy: u32,
+    pub _pad: u32,
+}
+
+/// One compiled policy generation (AG_RULESETS value, keyed by rule set id). The daemon
+/// fills every map entry of a rule set before it publishes the id in AG_POLICY_CUR, and a
+/// program reads AG_POLICY_CUR once per decision: a decision uses exactly one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RulesetHeader {
+    pub mode: u32,
+    pub on_violation: u32,
+    /// `file_rule` bits of rules on "/" itself.
+    pub root_flags: u32,
+    /// `RS_*` bits.
+    pub flags: u32,
+    /// Bitmap of syscall numbers `[syscalls] deny` names.
+    pub syscalls: [u64; SYSCALL_WORDS],
+    /// Bitmap of syscall numbers refused because this backend cannot see what they do.
+    pub unseen: [u64; SYSCALL_WORDS],
+}
+
+/// Key of the path trie (AG_FILE_NODES): a path component below a parent node. Node 0 of
+/// each rule set is "/".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileNodeKey {
+    pub ruleset: u32,
+    pub parent: u32,
+    /// The component's bytes, zero-padded.
+    pub name: [u8; NAME_BYTES],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileNode {
+    pub id: u32,
+    /// `file_rule` bits of the rules that end here (0: an inner node only).
+    pub flags: u32,
+}
+
+/// Data of an AG_NET_RULES LPM-trie key: the rule set id (big-endian, so that it is the
+/// first 32 bits of every prefix) then the address, IPv4 as IPv4-mapped IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetKey {
+    pub ruleset_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+/// The ports allowed for a CIDR, including those of every enclosing CIDR of the same rule
+/// set (an LPM lookup returns only the longest prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    pub count: u32,
+    pub _pad: u32,
+    pub ranges: [PortRange; PORT_RANGES_MAX],
 }
 
 /// Common prefix of every event.
@@ -126,7 +285,12 @@ pub struct EventHeader {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    pub _pad: u32,
+    /// `verdict::*`.
+    pub verdict: u32,
+    /// `rule::*`.
+    pub rule: u32,
+    /// Rule set id that decided (0: none, the run has no policy).
+    pub ruleset: u32,
     pub comm: [u8; 16],
 }
 
@@ -182,6 +346,27 @@ pub struct ExitEvent {
     pub _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallEvent {
+    pub hdr: EventHeader,
+    /// Syscall number (x86_64 table).
+    pub nr: u32,
+    pub _pad: u32,
+    /// First argument (flags of clone/unshare).
+    pub arg0: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketEvent {
+    pub hdr: EventHeader,
+    pub family: u32,
+    pub sock_type: u32,
+    pub protocol: u32,
+    pub _pad: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -189,6 +374,11 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for RunEntry {}
+    unsafe impl aya::Pod for RulesetHeader {}
+    unsafe impl aya::Pod for FileNodeKey {}
+    unsafe impl aya::Pod for FileNode {}
+    unsafe impl aya::Pod for NetKey {}
+    unsafe impl aya::Pod for NetRule {}
 }
 
 #[cfg(test)]
@@ -199,7 +389,14 @@ mod tests {
 
     #[test]
     fn layouts_have_no_holes() {
-        assert_eq!(size_of::<EventHeader>(), 4 * 2 + 8 * 3 + 4 * 6 + 16);
+        assert_eq!(size_of::<EventHeader>(), 4 * 2 + 8 * 3 + 4 * 8 + 16);
+        assert_eq!(size_of::<SyscallEvent>(), size_of::<EventHeader>() + 16);
+        assert_eq!(size_of::<SocketEvent>(), size_of::<EventHeader>() + 16);
+        assert_eq!(size_of::<RunEntry>(), 16);
+        assert_eq!(size_of::<RulesetHeader>(), 16 + 16 * SYSCALL_WORDS);
+        assert_eq!(size_of::<FileNodeKey>(), 8 + NAME_BYTES);
+        assert_eq!(size_of::<NetKey>(), 20);
+        assert_eq!(size_of::<NetRule>(), 8 + 4 * PORT_RANGES_MAX);
         assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + 16 + PATH_MAX + ARGV_MAX);
         assert_eq!(size_of::<OpenEvent>(), size_of::<EventHeader>() + 16 + PATH_MAX);
         assert_eq!(size_of::<ConnectEvent>(), size_of::<EventHeader>() + 32);

@@ -2,7 +2,7 @@
 //! descriptor's `struct file` (the path the kernel resolved: symlinks, `..`, relative paths
 //! and dirfds are already applied). A failed open reports the string the process passed.
 use agent_guard_common::{
-    drop_slot, kind, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
+    drop_slot, kind, rule, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
     FLAG_READ_ERROR, PATH_MAX,
 };
 use aya_ebpf::{
@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 
-use crate::{event, kernel, run};
+use crate::{event, kernel, policy, run};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -84,47 +84,87 @@ pub fn ag_enter_openat2(ctx: TracePointContext) -> u32 {
     0
 }
 
+const O_ACCMODE: u32 = 0o3;
+const O_PATH: u32 = 0o10000000;
+const FMODE_READ: u32 = 1;
+const FMODE_WRITE: u32 = 2;
+
+/// At syscall exit the new descriptor exists but the process has not seen it yet: an open
+/// outside the policy gets SIGKILL here and never returns to user space with it. The
+/// decision uses the path the kernel resolved and the descriptor's real access mode, so it
+/// does not depend on the entry record (which can be lost under pressure) nor on the ring
+/// buffer having room.
 #[inline(always)]
 fn finish(ctx: &TracePointContext) -> u32 {
     let Some(run) = run::current_run() else { return 0 };
+    let rs = run::ruleset(&run);
     let key = bpf_get_current_pid_tgid();
     // SAFETY: the entry is copied out before it is removed.
-    let Some(p) = (unsafe { AG_PENDING_OPEN.get(&key) }).copied() else { return 0 };
-    let _ = AG_PENDING_OPEN.remove(&key);
+    let pending = (unsafe { AG_PENDING_OPEN.get(&key) }).copied();
+    if pending.is_some() {
+        let _ = AG_PENDING_OPEN.remove(&key);
+    }
     // SAFETY: offset inside the sys_exit_* record.
     let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1);
-    let Some(mut entry) = event::reserve::<OpenEvent>() else { return 0 };
-    let ev = entry.as_mut_ptr();
+    if pending.is_none() && (ret < 0 || rs.is_none()) {
+        return 0; // nothing was opened, or nothing to enforce: the lost entry is counted
+    }
+    let p = pending.unwrap_or(PendingOpen { filename: 0, flags: 0, _pad: 0 });
     let o = kernel::offsets();
     let mut flags = 0u32;
+    let file = if ret >= 0 { kernel::fd_file(&o, ret as i32).unwrap_or(0) } else { 0 };
+    let buf = event::scratch();
+    let mut walked = None;
+    let mut decision = policy::ALLOWED;
+    if ret >= 0 {
+        match buf {
+            Some(buf) if file != 0 => walked = kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
+            _ => {}
+        }
+        if walked.is_none() {
+            flags |= FLAG_READ_ERROR;
+        }
+        if let Some(rs) = &rs {
+            let fmode: u32 = kernel::read(file, o.file_f_mode).unwrap_or(FMODE_READ | FMODE_WRITE);
+            let acc = p.flags & O_ACCMODE;
+            let write = fmode & FMODE_WRITE != 0 || acc != 0 || p.flags & (O_CREAT | O_TRUNC) != 0;
+            let read = fmode & FMODE_READ != 0 || acc != 1;
+            // O_PATH grants no access to the contents; reopening it is another open.
+            let path_only = pending.is_some() && p.flags & O_PATH != 0;
+            decision = match &walked {
+                _ if path_only => policy::ALLOWED,
+                Some(w) => policy::file_decision(rs, w, read, write, false),
+                // The file could not be identified: never allowed by default.
+                None => policy::violation(rs, rule::UNSEEN, false),
+            };
+        }
+    }
+    if let Some(w) = &walked {
+        if w.truncated {
+            flags |= FLAG_PATH_TRUNCATED;
+        }
+    }
+    let Some(mut entry) = event::reserve::<OpenEvent>() else { return 0 };
+    let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
     unsafe {
         (*ev).hdr = event::header(kind::OPEN, &run);
+        (*ev).hdr.verdict = decision.verdict;
+        (*ev).hdr.rule = decision.rule;
+        (*ev).hdr.ruleset = rs.as_ref().map(|r| r.id).unwrap_or(0);
         (*ev).open_flags = p.flags;
         (*ev).result = ret as i32;
         (*ev).path_len = 0;
         (*ev)._pad = 0;
         let dst = (*ev).path.as_mut_ptr();
-        let file = if ret >= 0 { kernel::fd_file(&o, ret as i32).unwrap_or(0) } else { 0 };
-        let buf = event::scratch();
-        if let (true, Some(buf)) = (file != 0, buf) {
-            match kernel::path_to_buf(&o, file + o.file_f_path as u64, buf) {
-                Ok(w) => {
-                    if w.truncated {
-                        flags |= FLAG_PATH_TRUNCATED;
-                    }
-                    (*ev).path_len = event::copy_walked(buf, w.start, dst);
+        match (&walked, buf) {
+            (Some(w), Some(buf)) => (*ev).path_len = event::copy_walked(buf, w.start, dst),
+            _ => {
+                flags |= FLAG_PATH_UNRESOLVED;
+                let n = bpf_probe_read_user_str(dst.cast(), PATH_MAX as u32, p.filename as *const _);
+                if n > 0 {
+                    (*ev).path_len = (n as u32 - 1) & (PATH_MAX as u32 - 1);
                 }
-                Err(()) => flags |= FLAG_READ_ERROR,
-            }
-        } else {
-            if ret >= 0 {
-                flags |= FLAG_READ_ERROR;
-            }
-            flags |= FLAG_PATH_UNRESOLVED;
-            let n = bpf_probe_read_user_str(dst.cast(), PATH_MAX as u32, p.filename as *const _);
-            if n > 0 {
-                (*ev).path_len = (n as u32 - 1) & (PATH_MAX as u32 - 1);
             }
         }
         (*ev).hdr.flags = flags;

@@ -33,6 +33,8 @@ static AG_OFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     sock_protocol: 0,
     sock_protocol_size: 0,
+    task_ti_status: 0,
+    file_f_mode: 0,
     _pad: 0,
 };
 
@@ -98,6 +100,8 @@ pub fn fd_file(o: &KernelOffsets, fd: i32) -> Result<u64, ()> {
 pub struct Walked {
     pub start: u32,
     pub truncated: bool,
+    /// Components recorded in `Scratch::comps` (leaf first).
+    pub ncomps: u32,
 }
 
 const WALK_RUNNING: u32 = 0;
@@ -164,6 +168,13 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
     let pos = (pos - 1) & (PATH_MAX as u32 - 1);
     // SAFETY: as above.
     unsafe { *buf.add(pos as usize) = b'/' };
+    let s = crate::event::scratch_all().ok_or(())?;
+    // SAFETY: per-CPU scratch; the index is masked into the array.
+    unsafe {
+        let n = (*s).ncomps;
+        (*s).comps[(n & (PATH_DEPTH_MAX - 1)) as usize] = pos;
+        (*s).ncomps = n + 1;
+    }
     w.pos = pos;
     w.dentry = parent;
     Ok(WALK_RUNNING)
@@ -181,6 +192,9 @@ pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Wal
         pos: PATH_MAX as u32,
         state: WALK_RUNNING,
     };
+    let s = crate::event::scratch_all().ok_or(())?;
+    // SAFETY: per-CPU scratch.
+    unsafe { (*s).ncomps = 0 };
     // SAFETY: bpf_loop calls walk_step with &mut w, which outlives the call.
     unsafe {
         bpf_loop(
@@ -199,5 +213,7 @@ pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Wal
         // SAFETY: buf has 2 * PATH_MAX bytes.
         unsafe { *buf.add(PATH_MAX - 1) = b'/' };
     }
-    Ok(Walked { start: w.pos, truncated: w.state != WALK_DONE })
+    // SAFETY: per-CPU scratch.
+    let ncomps = unsafe { (*s).ncomps };
+    Ok(Walked { start: w.pos, truncated: w.state != WALK_DONE, ncomps })
 }

@@ -12,7 +12,9 @@ mod exit;
 mod files;
 mod kernel;
 mod net;
+mod policy;
 mod run;
+mod syscalls;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,15 +1,198 @@
-//! connect: the destination is copied from the caller's sockaddr at syscall entry, the result
-//! and the socket's type and protocol are taken at exit. IPv4 and IPv6 only; the cgroup
-//! sock_addr programs (enforcement) see the same connects from the kernel side.
-use agent_guard_common::{drop_slot, kind, ConnectEvent, PENDING_MAX, FLAG_READ_ERROR};
+//! Network. Enforcement: cgroup sock_addr programs on the managed root refuse connect(2) and
+//! UDP sends to destinations outside `[network] connect` with EPERM, and the sock_create
+//! program refuses raw and ICMP sockets. Observation: the destination is copied from the
+//! caller's sockaddr at syscall entry, the result and the socket's type and protocol are
+//! taken at exit (IPv4 and IPv6 only).
+use agent_guard_common::{
+    action, drop_slot, kind, mode, rule, verdict, ConnectEvent, SocketEvent, PENDING_MAX,
+    FLAG_READ_ERROR, RS_RAW_SOCKETS,
+};
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
-    macros::{map, tracepoint},
+    macros::{cgroup_sock, cgroup_sock_addr, map, tracepoint},
     maps::LruHashMap,
-    programs::TracePointContext,
+    programs::{SockAddrContext, SockContext, TracePointContext},
 };
 
-use crate::{event, kernel, run};
+use crate::{event, kernel, policy, run};
+
+const SOCK_DGRAM: u32 = 2;
+const SOCK_RAW: u32 = 3;
+const IPPROTO_ICMP: u32 = 1;
+const IPPROTO_ICMPV6: u32 = 58;
+/// cgroup sock programs: 1 lets the operation go on, 0 fails it with EPERM.
+const PASS: i32 = 1;
+const REFUSE: i32 = 0;
+
+/// Processes whose refused send must end in SIGKILL (`on_violation = "kill"`): sock_addr
+/// programs cannot send signals, so the syscall's exit tracepoint does it.
+#[map]
+static AG_KILL_PENDING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(PENDING_MAX, 0);
+
+/// The network decision for the current task. `act`: take the consequences (SIGKILL is
+/// deferred to syscall exit); otherwise only compute what was decided.
+#[inline(always)]
+fn net_decision(run: &run::CurrentRun, addr: &[u8; 16], port: u16) -> (policy::Decision, u32) {
+    let Some(rs) = run::ruleset(run) else { return (policy::ALLOWED, 0) };
+    if policy::net_allowed(&rs, addr, port) {
+        return (policy::ALLOWED, rs.id);
+    }
+    let v = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
+    (policy::Decision { verdict: v, rule: rule::NETWORK }, rs.id)
+}
+
+#[inline(always)]
+fn kill_later(run: &run::CurrentRun) {
+    if let Some(rs) = run::ruleset(run) {
+        if rs.hdr.mode == mode::ENFORCE && rs.hdr.on_violation == action::KILL {
+            let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &1, 0);
+        }
+    }
+}
+
+/// IPv4 address of a sock_addr context as IPv4-mapped bytes, and the port (host order).
+#[inline(always)]
+fn v4_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
+    // SAFETY: the context pointer the kernel passed; fields read as the verifier allows.
+    unsafe { (policy::mapped_v4((*sa).user_ip4), u16::from_be((*sa).user_port as u16)) }
+}
+
+#[inline(always)]
+fn v6_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
+    let mut a = [0u8; 16];
+    // SAFETY: as above; user_ip6 is read as four u32 words.
+    unsafe {
+        for i in 0..4 {
+            let w = (*sa).user_ip6[i].to_ne_bytes();
+            a[i * 4..i * 4 + 4].copy_from_slice(&w);
+        }
+        (a, u16::from_be((*sa).user_port as u16))
+    }
+}
+
+#[inline(always)]
+fn check_connect(addr: [u8; 16], port: u16) -> i32 {
+    let Some(run) = run::current_run() else { return PASS };
+    let (d, _) = net_decision(&run, &addr, port);
+    if d.verdict == verdict::DENY {
+        kill_later(&run);
+        return REFUSE;
+    }
+    PASS
+}
+
+/// UDP send to an explicit address: refused sends are reported here (allowed ones are not,
+/// to keep DNS-heavy agents quiet); connect()ed sends are reported by the connect event.
+#[inline(always)]
+fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
+    let Some(run) = run::current_run() else { return PASS };
+    let (d, rs) = net_decision(&run, &addr, port);
+    if d.verdict == verdict::ALLOW {
+        return PASS;
+    }
+    if let Some(mut entry) = event::reserve::<ConnectEvent>() {
+        let mut hdr = event::header(kind::SENDMSG, &run);
+        hdr.verdict = d.verdict;
+        hdr.rule = d.rule;
+        hdr.ruleset = rs;
+        // SAFETY: context fields the verifier allows reading.
+        let (family, sock_type, protocol) = unsafe { ((*sa).family as u16, (*sa).type_ as u16, (*sa).protocol as u16) };
+        entry.write(ConnectEvent { hdr, result: 0, family, port, protocol, sock_type, _pad: 0, addr });
+        entry.submit(0);
+    }
+    if d.verdict == verdict::DENY {
+        kill_later(&run);
+        return REFUSE;
+    }
+    PASS
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn ag_connect4(ctx: SockAddrContext) -> i32 {
+    let (a, p) = v4_of(ctx.sock_addr);
+    check_connect(a, p)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn ag_connect6(ctx: SockAddrContext) -> i32 {
+    let (a, p) = v6_of(ctx.sock_addr);
+    check_connect(a, p)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ag_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let (a, p) = v4_of(ctx.sock_addr);
+    check_sendmsg(ctx.sock_addr, a, p)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn ag_sendmsg6(ctx: SockAddrContext) -> i32 {
+    let (a, p) = v6_of(ctx.sock_addr);
+    check_sendmsg(ctx.sock_addr, a, p)
+}
+
+/// Raw sockets and ICMP datagram sockets, unless `[network] raw_sockets = true`. (Packet
+/// sockets never reach this hook: see syscalls.rs.)
+#[cgroup_sock(sock_create)]
+pub fn ag_sock_create(ctx: SockContext) -> i32 {
+    let Some(run) = run::current_run() else { return PASS };
+    let Some(rs) = run::ruleset(&run) else { return PASS };
+    // SAFETY: context fields the verifier allows reading.
+    let (family, ty, proto) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
+    let raw = ty == SOCK_RAW || (ty == SOCK_DGRAM && (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6));
+    if !raw || rs.hdr.flags & RS_RAW_SOCKETS != 0 {
+        return PASS;
+    }
+    let v = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
+    if let Some(mut entry) = event::reserve::<SocketEvent>() {
+        let mut hdr = event::header(kind::SOCKET, &run);
+        hdr.verdict = v;
+        hdr.rule = rule::RAW_SOCKET;
+        hdr.ruleset = rs.id;
+        entry.write(SocketEvent { hdr, family, sock_type: ty, protocol: proto, _pad: 0 });
+        entry.submit(0);
+    }
+    if v == verdict::DENY {
+        kill_later(&run);
+        return REFUSE;
+    }
+    PASS
+}
+
+#[inline(always)]
+fn kill_if_pending() -> u32 {
+    if run::current_run().is_none() {
+        return 0;
+    }
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: presence test only.
+    if unsafe { AG_KILL_PENDING.get(&key) }.is_some() {
+        let _ = AG_KILL_PENDING.remove(&key);
+        policy::kill_current();
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
+pub fn ag_exit_sendto(_ctx: TracePointContext) -> u32 {
+    kill_if_pending()
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
+pub fn ag_exit_sendmsg(_ctx: TracePointContext) -> u32 {
+    kill_if_pending()
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmmsg")]
+pub fn ag_exit_sendmmsg(_ctx: TracePointContext) -> u32 {
+    kill_if_pending()
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_socket")]
+pub fn ag_exit_socket(_ctx: TracePointContext) -> u32 {
+    kill_if_pending()
+}
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -54,6 +237,12 @@ pub fn ag_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(run) = run::current_run() else { return 0 };
     let key = bpf_get_current_pid_tgid();
+    // SAFETY: presence test only.
+    let killed = unsafe { AG_KILL_PENDING.get(&key) }.is_some();
+    if killed {
+        let _ = AG_KILL_PENDING.remove(&key);
+        policy::kill_current();
+    }
     // SAFETY: copied out before removal.
     let Some(p) = (unsafe { AG_PENDING_CONNECT.get(&key) }).copied() else { return 0 };
     let _ = AG_PENDING_CONNECT.remove(&key);
@@ -81,9 +270,17 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
     } else {
         addr.copy_from_slice(&p.sa[8..24]);
     }
+    let mapped = if family == AF_INET { policy::mapped_v4(u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])) } else { addr };
+    let (mut d, rs) = net_decision(&run, &mapped, port);
+    if d.verdict == verdict::DENY && killed {
+        d.verdict = verdict::KILL;
+    }
     let Some(mut entry) = event::reserve::<ConnectEvent>() else { return 0 };
     let mut hdr = event::header(kind::CONNECT, &run);
     hdr.flags = flags;
+    hdr.verdict = d.verdict;
+    hdr.rule = d.rule;
+    hdr.ruleset = rs;
     entry.write(ConnectEvent {
         hdr,
         result: ret as i32,

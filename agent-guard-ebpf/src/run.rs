@@ -1,9 +1,12 @@
-//! Which run, if any, the current task belongs to.
-use agent_guard_common::{Config, RunEntry, RUNS_MAX};
+//! Which run, if any, the current task belongs to, and the rule set that governs it.
+use agent_guard_common::{
+    action, mode, Config, RulesetHeader, RunEntry, NO_POLICY, POLICIES_MAX, RULESETS_MAX, RUNS_MAX,
+    SYSCALL_WORDS,
+};
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     macros::map,
-    maps::HashMap,
+    maps::{Array, HashMap},
 };
 
 /// Set by the daemon at load time (see `agent_guard_common::Config`).
@@ -15,9 +18,19 @@ static AG_CONFIG: Config = Config { root_id: 0, root_level: 0, _pad: 0 };
 #[map]
 static AG_RUNS: HashMap<u64, RunEntry> = HashMap::with_max_entries(RUNS_MAX, 0);
 
+/// Policy slot -> id of the rule set in force (0: none). The daemon swaps this one u32 to
+/// reload a policy, after the new rule set is complete in the other maps.
+#[map]
+static AG_POLICY_CUR: Array<u32> = Array::with_max_entries(POLICIES_MAX, 0);
+
+/// Rule set id -> its header (mode, action, syscall bitmaps).
+#[map]
+static AG_RULESETS: HashMap<u32, RulesetHeader> = HashMap::with_max_entries(RULESETS_MAX, 0);
+
 pub struct CurrentRun {
     pub run_cgroup: u64,
     pub cgroup: u64,
+    pub policy: u32,
 }
 
 /// The run the current task is in, or None for every process outside the managed root.
@@ -35,8 +48,42 @@ pub fn current_run() -> Option<CurrentRun> {
         return None;
     }
     let run_cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32 + 1) };
-    // SAFETY: the value is only tested for presence.
-    unsafe { AG_RUNS.get(&run_cgroup) }?;
+    // SAFETY: the value is copied out at once.
+    let entry = unsafe { AG_RUNS.get(&run_cgroup) }.copied()?;
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    Some(CurrentRun { run_cgroup, cgroup })
+    Some(CurrentRun { run_cgroup, cgroup, policy: entry.policy })
 }
+
+/// The rule set that decides for `run` right now: read once per decision, so one decision
+/// never mixes two generations of a policy.
+pub struct Ruleset {
+    pub id: u32,
+    pub hdr: RulesetHeader,
+}
+
+/// None for a run without a policy. A run whose policy cannot be found (which the daemon
+/// never allows to happen) fails closed: an enforcing rule set with no rules.
+#[inline(always)]
+pub fn ruleset(run: &CurrentRun) -> Option<Ruleset> {
+    if run.policy == NO_POLICY {
+        return None;
+    }
+    let id = AG_POLICY_CUR.get(run.policy).copied().unwrap_or(0);
+    // SAFETY: copied out at once.
+    match unsafe { AG_RULESETS.get(&id) } {
+        Some(hdr) if id != 0 => Some(Ruleset { id, hdr: *hdr }),
+        _ => Some(Ruleset {
+            id: 0,
+            hdr: RulesetHeader { mode: mode::ENFORCE, on_violation: action::DENY, ..RULESET_NONE },
+        }),
+    }
+}
+
+const RULESET_NONE: RulesetHeader = RulesetHeader {
+    mode: 0,
+    on_violation: 0,
+    root_flags: 0,
+    flags: 0,
+    syscalls: [0; SYSCALL_WORDS],
+    unseen: [0; SYSCALL_WORDS],
+};

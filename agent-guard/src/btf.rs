@@ -127,6 +127,8 @@ impl KernelBtf {
             socket_sk: f("socket", "sk")?,
             sock_protocol: protocol.offset,
             sock_protocol_size: protocol.size,
+            task_ti_status: f("task_struct", "thread_info")? + f("thread_info", "status")?,
+            file_f_mode: f("file", "f_mode")?,
             _pad: 0,
         })
     }

@@ -1,7 +1,9 @@
 //! The control socket protocol: one JSON object per line each way, versioned by `v`.
 //!
-//! Requests (`op`): `ping`; `register` (a run's cgroup, before its command starts);
-//! `end` (the run is over). Every response has `v`, `ok` and, when `ok` is false, `error`.
+//! Requests (`op`): `ping`; `register` (a run's cgroup, before its command starts, with the
+//! policy to bind: a loaded policy's name, or a policy file's text); `end` (the run is over);
+//! `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
+//! Every response has `v`, `ok` and, when `ok` is false, `error`.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line the daemon reads; longer ones are refused.
-pub const MAX_LINE: usize = 64 * 1024;
+pub const MAX_LINE: usize = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -29,12 +31,33 @@ pub enum Request {
         labels: BTreeMap<String, String>,
         #[serde(default)]
         argv: Vec<String>,
+        /// Name of a loaded policy to bind the run to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy: Option<String>,
+        /// Or the text of a policy file (loaded if its name is new).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        policy_file: Option<PolicyText>,
     },
     End {
         run: String,
         #[serde(default)]
         exit_status: Option<i32>,
     },
+    PolicyApply {
+        file: PolicyText,
+    },
+    PolicyList,
+    PolicyShow {
+        name: String,
+    },
+}
+
+/// A policy file's text and the name it is known by in messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyText {
+    pub source: String,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +76,17 @@ pub struct Response {
     /// The managed cgroup root (absolute path) on `ping`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_root: Option<String>,
+    /// The policy a `register` bound or a `policy_apply` loaded: name and version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policies::PolicySummary>,
+    /// `policy_apply`: ok | unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<Vec<crate::policies::PolicySummary>>,
+    /// `policy_show`: the policy file's text as loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 impl Response {
@@ -110,7 +144,14 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_bad_ones_say_why() {
-        let r = Request::Register { run: "r-1".into(), name: Some("n".into()), labels: BTreeMap::new(), argv: vec![] };
+        let r = Request::Register {
+            run: "r-1".into(),
+            name: Some("n".into()),
+            labels: BTreeMap::new(),
+            argv: vec![],
+            policy: Some("p".into()),
+            policy_file: None,
+        };
         let line = serde_json::to_string(&Envelope { v: 1, req: r.clone() }).unwrap();
         assert!(line.contains("\"op\":\"register\""), "{line}");
         assert_eq!(parse_request(&line).unwrap(), r);

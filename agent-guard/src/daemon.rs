@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agent_guard_common::{drop_slot, Config as KernelConfig, RunEntry};
+use agent_guard_common::{drop_slot, Config as KernelConfig, RunEntry, NO_POLICY};
 use anyhow::{bail, Context, Result};
 use tokio::{
     io::{unix::AsyncFd, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -21,9 +21,11 @@ use crate::{
     btf::KernelBtf,
     cgroup,
     config::Config,
-    control::{self, Request, Response},
+    control::{self, PolicyText, Request, Response},
     ebpf,
     event::{self, Detail, Event},
+    policies::{Installed, PolicyStore},
+    policy,
 };
 
 /// Events waiting for the writer; beyond this they are counted as `userspace_queue` drops.
@@ -39,6 +41,8 @@ struct RunInfo {
     /// Absolute path of the run's cgroup directory.
     dir: PathBuf,
     cgroup_id: u64,
+    /// Policy slot the run is bound to.
+    policy: Option<u32>,
     ended: Option<Instant>,
 }
 
@@ -51,6 +55,8 @@ struct Runs {
 
 struct Shared {
     runs: Mutex<Runs>,
+    policies: Mutex<PolicyStore>,
+    policy_dir: PathBuf,
     root: PathBuf,
     mount: PathBuf,
     host: String,
@@ -66,7 +72,19 @@ impl Shared {
     }
 
     fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
+        let (policy, policy_version) = match run.and_then(|r| r.policy) {
+            Some(slot) => {
+                let store = self.policies.lock().expect("policies lock");
+                match store.by_slot(slot) {
+                    Some(s) => (Some(s.policy.name.clone()), Some(s.policy.version.clone())),
+                    None => (None, None),
+                }
+            }
+            None => (None, None),
+        };
         Event {
+            policy,
+            policy_version,
             ts: event::rfc3339(SystemTime::now()),
             host: self.host.clone(),
             kind,
@@ -142,9 +160,10 @@ async fn serve(cfg: Config) -> Result<()> {
         _pad: 0,
     };
     let offsets = KernelBtf::load()?.offsets()?;
-    let loaded = ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes).context("loading the kernel programs")?;
+    let loaded =
+        ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root).context("loading the kernel programs")?;
     // `_programs` keeps programs and links alive until serve returns; dropping it detaches them.
-    let ebpf::Loaded { ebpf: _programs, runs, drops, events } = loaded;
+    let ebpf::Loaded { ebpf: _programs, runs, drops, events, policy: policy_maps } = loaded;
 
     for p in [&cfg.control_socket, &cfg.events_log] {
         if let Some(dir) = p.parent() {
@@ -170,6 +189,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let shared = Arc::new(Shared {
         runs: Mutex::new(Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 }),
+        policies: Mutex::new(PolicyStore::new(policy_maps)),
+        policy_dir: cfg.policy_dir.clone(),
         root: root.clone(),
         mount,
         host: hostname(),
@@ -179,6 +200,7 @@ async fn serve(cfg: Config) -> Result<()> {
     });
 
     let writer = tokio::spawn(write_events(rx, log));
+    load_policy_dir(&shared);
     tokio::spawn(read_ring(shared.clone(), events));
     tokio::spawn(watch_drops(shared.clone(), drops));
     tokio::spawn(accept(shared.clone(), listener));
@@ -191,9 +213,16 @@ async fn serve(cfg: Config) -> Result<()> {
     );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading policies from {}", shared.policy_dir.display());
+                load_policy_dir(&shared);
+            }
+        }
     }
     info!("stopping: detaching programs");
     let _ = std::fs::remove_file(&cfg.control_socket);
@@ -277,6 +306,15 @@ fn enrich(
     let h = raw.hdr;
     let run = shared.run_for(h.run_cgroup);
     let mut e = shared.base_event(raw.kind, run.as_ref());
+    e.verdict = event::verdict_name(h.verdict);
+    e.rule = event::rule_name(h.rule).map(str::to_string);
+    if h.ruleset != 0 {
+        // The generation that decided, which may be older than the run's current policy.
+        if let Some((name, version)) = shared.policies.lock().expect("policies lock").describe(h.ruleset) {
+            e.policy = Some(name.clone());
+            e.policy_version = Some(version.clone());
+        }
+    }
     let wall = shared.boot_offset_ns + h.ts_ns as i128;
     e.ts = event::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.pid = Some(h.pid);
@@ -342,6 +380,7 @@ async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::map
                 return;
             }
         }
+        shared.policies.lock().expect("policies lock").reap(false);
         // Forget runs that ended a while ago.
         let mut runs = shared.runs.lock().expect("runs lock");
         runs.by_cgroup.retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < RUN_LINGER));
@@ -393,22 +432,57 @@ fn valid_run_id(id: &str) -> bool {
 fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
     match req {
         Request::Ping => Response { cgroup_root: Some(shared.root.display().to_string()), ..Response::ok() },
-        Request::Register { run, name, labels, argv } => {
+        Request::Register { run, name, labels, argv, policy, policy_file } => {
             if !valid_run_id(&run) {
                 return Response::err(format!("invalid run id {run:?}"));
             }
+            let bound = match (policy, policy_file) {
+                (Some(_), Some(_)) => return Response::err("give a policy name or a policy file, not both"),
+                (None, None) => None,
+                (Some(name), None) => {
+                    let store = shared.policies.lock().expect("policies lock");
+                    match store.get(&name) {
+                        Some(s) => Some(summary_of(&store, store.slot_of(&name).expect("present"), s)),
+                        None => {
+                            let loaded: Vec<_> = store.list().into_iter().map(|p| p.name).collect();
+                            return Response::err(format!(
+                                "no policy named {name:?} is loaded (loaded: {}); give a policy file or put it in {}",
+                                if loaded.is_empty() { "none".to_string() } else { loaded.join(", ") },
+                                shared.policy_dir.display()
+                            ));
+                        }
+                    }
+                }
+                (None, Some(file)) => match install_for_run(shared, file) {
+                    Ok(s) => Some(s),
+                    Err(e) => return Response::err(e),
+                },
+            };
             let dir = shared.root.join(&run);
             let id = match cgroup::cgroup_id(&dir) {
                 Ok(id) => id,
                 Err(e) => return Response::err(format!("run cgroup {}: {e}", dir.display())),
             };
-            let info = RunInfo { id: run.clone(), name, labels, dir, cgroup_id: id, ended: None };
+            let info = RunInfo {
+                id: run.clone(),
+                name,
+                labels,
+                dir,
+                cgroup_id: id,
+                policy: bound.as_ref().map(|p| p.slot),
+                ended: None,
+            };
             {
                 let mut runs = shared.runs.lock().expect("runs lock");
                 if runs.by_cgroup.values().any(|r| r.id == run && r.ended.is_none()) {
                     return Response::err(format!("run {run} is already registered"));
                 }
-                let entry = RunEntry { run_index: runs.next_index, flags: 0 };
+                let entry = RunEntry {
+                    run_index: runs.next_index,
+                    flags: 0,
+                    policy: bound.as_ref().map_or(NO_POLICY, |p| p.slot),
+                    _pad: 0,
+                };
                 if let Err(e) = runs.map.insert(id, entry, 0) {
                     return Response::err(format!("kernel run map: {e}"));
                 }
@@ -418,7 +492,33 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
             let mut e = shared.base_event("run_start", Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
-            Response::ok()
+            Response { policy: bound, ..Response::ok() }
+        }
+        Request::PolicyApply { file } => {
+            let source = file.source.clone();
+            match apply(shared, file) {
+                Ok((summary, installed)) => Response {
+                    result: Some(if matches!(installed, Installed::Unchanged { .. }) { "unchanged" } else { "ok" }.into()),
+                    policy: Some(summary),
+                    ..Response::ok()
+                },
+                Err(e) => Response::err(format!("{source}: policy not applied, the previous one stays in force:\n{e}")),
+            }
+        }
+        Request::PolicyList => {
+            let store = shared.policies.lock().expect("policies lock");
+            Response { policies: Some(store.list()), ..Response::ok() }
+        }
+        Request::PolicyShow { name } => {
+            let store = shared.policies.lock().expect("policies lock");
+            match (store.slot_of(&name), store.get(&name)) {
+                (Some(slot), Some(s)) => Response {
+                    policy: Some(summary_of(&store, slot, s)),
+                    text: Some(s.text.clone()),
+                    ..Response::ok()
+                },
+                _ => Response::err(format!("no policy named {name:?} is loaded")),
+            }
         }
         Request::End { run, exit_status } => {
             let info = {
@@ -436,5 +536,123 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
             shared.emit(e);
             Response::ok()
         }
+    }
+}
+
+fn summary_of(store: &PolicyStore, slot: u32, s: &crate::policies::Slot) -> crate::policies::PolicySummary {
+    store.list().into_iter().find(|p| p.slot == slot).unwrap_or_else(|| crate::policies::PolicySummary {
+        name: s.policy.name.clone(),
+        version: s.policy.version.clone(),
+        mode: String::new(),
+        on_violation: String::new(),
+        source: s.policy.source.clone(),
+        slot,
+    })
+}
+
+/// Parses and validates a policy's text; every problem in one message, one per line.
+fn check(file: &PolicyText) -> Result<policy::Policy, String> {
+    let checked = policy::parse(&file.text, &file.source);
+    match checked.policy {
+        Some(p) if checked.errors.is_empty() => Ok(p),
+        _ => Err(checked.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
+    }
+}
+
+/// Loads or replaces a policy and records a `policy_reload` event either way.
+fn apply(shared: &Shared, file: PolicyText) -> Result<(crate::policies::PolicySummary, Installed), String> {
+    let parsed = check(&file);
+    let mut e = shared.base_event("policy_reload", None);
+    let outcome = parsed.and_then(|p| {
+        let (name, version) = (p.name.clone(), p.version.clone());
+        e.policy = Some(name.clone());
+        e.policy_version = Some(version);
+        let mut store = shared.policies.lock().expect("policies lock");
+        let installed = store.install(p, file.text.clone())?;
+        let slot = installed.slot();
+        let s = store.by_slot(slot).expect("installed");
+        Ok((summary_of(&store, slot, s), installed))
+    });
+    e.detail = match &outcome {
+        Ok((_, installed)) => Detail::PolicyReload {
+            result: if matches!(installed, Installed::Unchanged { .. }) { "unchanged" } else { "ok" },
+            previous_version: match installed {
+                Installed::Replaced { previous, .. } => Some(previous.clone()),
+                _ => None,
+            },
+            source: file.source.clone(),
+            error: None,
+        },
+        Err(msg) => Detail::PolicyReload { result: "error", previous_version: None, source: file.source.clone(), error: Some(msg.clone()) },
+    };
+    if let Err(msg) = &outcome {
+        warn!("policy {} not applied: {msg}", file.source);
+    } else if let Ok((s, i)) = &outcome {
+        if !matches!(i, Installed::Unchanged { .. }) {
+            info!("policy {} {} loaded from {}", s.name, s.version, file.source);
+        }
+    }
+    shared.emit(e);
+    outcome
+}
+
+/// `run --policy FILE`: the file's policy is loaded if its name is new, reused if the same
+/// version is loaded, and refused if another version of it is in force (that is a reload,
+/// which `policy apply` does for every run of the policy).
+fn install_for_run(shared: &Shared, file: PolicyText) -> Result<crate::policies::PolicySummary, String> {
+    let p = check(&file)?;
+    {
+        let store = shared.policies.lock().expect("policies lock");
+        if let Some(s) = store.get(&p.name) {
+            if s.policy.version != p.version {
+                return Err(format!(
+                    "{}: policy {:?} is loaded with version {}, this file is version {}; \
+                     use `agent-guard policy apply {}` to replace it for every run",
+                    file.source, p.name, s.policy.version, p.version, file.source
+                ));
+            }
+            return Ok(summary_of(&store, store.slot_of(&p.name).expect("present"), s));
+        }
+    }
+    apply(shared, file).map(|(s, _)| s)
+}
+
+/// Loads every `*.toml` in policy_dir. A broken file is reported (log and event) and skipped:
+/// its policy is not loaded, so runs cannot be started under it.
+fn load_policy_dir(shared: &Shared) {
+    let dir = &shared.policy_dir;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!("policy_dir {} does not exist: no policies loaded from it", dir.display());
+            return;
+        }
+        Err(e) => {
+            warn!("policy_dir {}: {e}", dir.display());
+            return;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut seen: HashMap<String, PathBuf> = HashMap::new();
+    for path in files {
+        let source = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("policy {source}: {e}");
+                continue;
+            }
+        };
+        if let Ok(p) = check(&PolicyText { source: source.clone(), text: text.clone() }) {
+            if let Some(first) = seen.insert(p.name.clone(), path.clone()) {
+                warn!("policy {source}: name {:?} is already used by {}; skipped", p.name, first.display());
+                continue;
+            }
+        }
+        let _ = apply(shared, PolicyText { source, text });
     }
 }

@@ -1,10 +1,14 @@
 //! Loading and attaching the kernel programs. One owner (the daemon's core) holds the result.
+use std::path::Path;
+
 use agent_guard_common::{names, Config as KernelConfig, KernelOffsets, RunEntry};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
     Ebpf, EbpfLoader,
 };
+
+use crate::policies::PolicyMaps;
 
 /// The object built by build.rs from agent-guard-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-guard-ebpf"));
@@ -23,7 +27,18 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("ag_enter_connect", "syscalls", "sys_enter_connect"),
     ("ag_exit_connect", "syscalls", "sys_exit_connect"),
+    ("ag_exit_sendto", "syscalls", "sys_exit_sendto"),
+    ("ag_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+    ("ag_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
+    ("ag_exit_socket", "syscalls", "sys_exit_socket"),
+    ("ag_sys_enter", "raw_syscalls", "sys_enter"),
 ];
+
+/// cgroup sock_addr programs, attached to the managed root (never to any other cgroup).
+/// aya attaches them with bpf_link, which always lets other links coexist on the cgroup
+/// and refuses attach flags: hence `CgroupAttachMode::Single` (no flags).
+const SOCK_ADDR: &[&str] = &["ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6"];
+const SOCK_CREATE: &str = "ag_sock_create";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -37,6 +52,8 @@ pub enum LoadError {
     },
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(String),
+    #[error("cannot open the managed cgroup {0}: {1}")]
+    Cgroup(String, #[source] std::io::Error),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -54,11 +71,17 @@ pub struct Loaded {
     pub runs: HashMap<MapData, u64, RunEntry>,
     pub drops: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
+    pub policy: PolicyMaps,
 }
 
 /// Loads the object with this daemon's cgroup root and the kernel's offsets, and attaches
 /// every program. Errors carry the verifier log.
-pub fn load(cfg: &KernelConfig, offsets: &KernelOffsets, ring_bytes: u32) -> Result<Loaded, LoadError> {
+pub fn load(
+    cfg: &KernelConfig,
+    offsets: &KernelOffsets,
+    ring_bytes: u32,
+    root: &Path,
+) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::EVENTS, ring_bytes)
         .override_global(names::CONFIG, cfg, true)
@@ -75,11 +98,40 @@ pub fn load(cfg: &KernelConfig, offsets: &KernelOffsets, ring_bytes: u32) -> Res
         prog.attach(category, event)
             .map_err(|source| LoadError::Program { name: format!("{name} ({category}:{event})"), source })?;
     }
+    let cgroup = std::fs::File::open(root).map_err(|e| LoadError::Cgroup(root.display().to_string(), e))?;
+    for name in SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        prog.load().map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program { name: format!("{name} (cgroup {})", root.display()), source })?;
+    }
+    {
+        let prog: &mut CgroupSock = ebpf
+            .program_mut(SOCK_CREATE)
+            .ok_or_else(|| LoadError::MissingProgram(SOCK_CREATE.to_string()))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: SOCK_CREATE.to_string(), source })?;
+        prog.load().map_err(|source| LoadError::Program { name: SOCK_CREATE.to_string(), source })?;
+        prog.attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|source| LoadError::Program { name: format!("{SOCK_CREATE} (cgroup {})", root.display()), source })?;
+    }
     let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
     let runs = take(&mut ebpf, names::RUNS)?;
     let drops = take(&mut ebpf, names::DROPS)?;
     let events = take(&mut ebpf, names::EVENTS)?;
+    let map_err = |name: &'static str| move |source| LoadError::Map { name, source };
+    let policy = PolicyMaps {
+        cur: Array::try_from(take(&mut ebpf, names::POLICY_CUR)?).map_err(map_err(names::POLICY_CUR))?,
+        rulesets: HashMap::try_from(take(&mut ebpf, names::RULESETS)?).map_err(map_err(names::RULESETS))?,
+        files: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
+        net: LpmTrie::try_from(take(&mut ebpf, names::NET_RULES)?).map_err(map_err(names::NET_RULES))?,
+    };
     Ok(Loaded {
+        policy,
         runs: HashMap::try_from(runs).map_err(|source| LoadError::Map { name: names::RUNS, source })?,
         drops: PerCpuArray::try_from(drops).map_err(|source| LoadError::Map { name: names::DROPS, source })?,
         events: RingBuf::try_from(events).map_err(|source| LoadError::Map { name: names::EVENTS, source })?,

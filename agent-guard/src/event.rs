@@ -2,8 +2,8 @@
 use std::{collections::BTreeMap, mem::size_of, net::IpAddr};
 
 use agent_guard_common::{
-    kind, ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, FLAG_ARGV_TRUNCATED,
-    FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
+    kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent,
+    SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
 };
 use serde::Serialize;
 
@@ -78,6 +78,25 @@ pub enum Detail {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    Syscall {
+        name: String,
+        nr: u32,
+        arg0: u64,
+    },
+    Socket {
+        family: u32,
+        sock_type: u32,
+        protocol: u32,
+    },
+    PolicyReload {
+        /// ok | unchanged | error
+        result: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        previous_version: Option<String>,
+        source: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     Exit {
         exit_code: i32,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +161,58 @@ pub fn access_of(flags: u32) -> &'static str {
     }
 }
 
+/// The contract's verdict names.
+pub fn verdict_name(v: u32) -> &'static str {
+    match v {
+        verdict::DENY => "deny",
+        verdict::KILL => "kill",
+        verdict::WOULD_DENY => "would_deny",
+        _ => "allow",
+    }
+}
+
+/// The policy part that decided, as events name it (None when nothing was violated).
+pub fn rule_name(r: u32) -> Option<&'static str> {
+    Some(match r {
+        rule::FILES_READ => "files.read",
+        rule::FILES_WRITE => "files.write",
+        rule::FILES_DENY => "files.deny",
+        rule::EXEC => "exec.allow",
+        rule::NETWORK => "network.connect",
+        rule::SYSCALLS => "syscalls.deny",
+        rule::UNSEEN => "unseen",
+        rule::PATH_TOO_LONG => "files.path_too_long",
+        rule::RAW_SOCKET => "network.raw_sockets",
+        _ => return None,
+    })
+}
+
+fn inet(family: u16, addr: &[u8; 16]) -> (&'static str, String) {
+    if family == libc::AF_INET as u16 {
+        ("inet", IpAddr::from([addr[0], addr[1], addr[2], addr[3]]).to_string())
+    } else {
+        let v6 = std::net::Ipv6Addr::from(*addr);
+        // sock_addr programs see IPv4 as IPv4-mapped; show it as the IPv4 it is.
+        match v6.to_ipv4_mapped() {
+            Some(v4) if family != libc::AF_INET6 as u16 => ("inet", v4.to_string()),
+            _ => ("inet6", v6.to_string()),
+        }
+    }
+}
+
+fn proto_name(protocol: u16, sock_type: u16) -> &'static str {
+    match (protocol as i32, sock_type as i32) {
+        (libc::IPPROTO_TCP, _) => "tcp",
+        (libc::IPPROTO_UDP, _) => "udp",
+        (libc::IPPROTO_MPTCP, _) => "mptcp",
+        (libc::IPPROTO_SCTP, _) => "sctp",
+        (libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6, _) => "icmp",
+        (0, libc::SOCK_STREAM) => "tcp",
+        (0, libc::SOCK_DGRAM) => "udp",
+        _ => "other",
+    }
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
     if bytes.len() < size_of::<EventHeader>() {
         return Err(DecodeError::Short(bytes.len()));
@@ -180,31 +251,27 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 path_truncated: f & FLAG_PATH_TRUNCATED != 0,
             })
         }
-        kind::CONNECT => {
+        kind::CONNECT | kind::SENDMSG => {
             let e: ConnectEvent = read(bytes, hdr.kind)?;
-            let (family, addr) = if e.family == libc::AF_INET as u16 {
-                ("inet", IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]]))
-            } else {
-                ("inet6", IpAddr::from(e.addr))
-            };
-            let proto = match (e.protocol as i32, e.sock_type as i32) {
-                (libc::IPPROTO_TCP, _) => "tcp",
-                (libc::IPPROTO_UDP, _) => "udp",
-                (libc::IPPROTO_MPTCP, _) => "mptcp",
-                (libc::IPPROTO_SCTP, _) => "sctp",
-                (libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6, _) => "icmp",
-                (0, libc::SOCK_STREAM) => "tcp",
-                (0, libc::SOCK_DGRAM) => "udp",
-                _ => "other",
-            };
-            ("connect", Detail::Connect {
+            let (family, addr) = inet(e.family, &e.addr);
+            let result = if hdr.kind == kind::SENDMSG && hdr.verdict == verdict::DENY { -libc::EPERM } else { e.result };
+            (if hdr.kind == kind::CONNECT { "connect" } else { "sendmsg" }, Detail::Connect {
                 family,
-                addr: addr.to_string(),
+                addr,
                 port: e.port,
-                proto,
-                result: e.result,
-                error: errno_name(e.result),
+                proto: proto_name(e.protocol, e.sock_type),
+                result,
+                error: errno_name(result),
             })
+        }
+        kind::SYSCALL => {
+            let e: SyscallEvent = read(bytes, hdr.kind)?;
+            let name = crate::policy::syscall_name(e.nr).map(str::to_string).unwrap_or_else(|| format!("syscall_{}", e.nr));
+            ("syscall", Detail::Syscall { name, nr: e.nr, arg0: e.arg0 })
+        }
+        kind::SOCKET => {
+            let e: SocketEvent = read(bytes, hdr.kind)?;
+            ("socket", Detail::Socket { family: e.family, sock_type: e.sock_type, protocol: e.protocol })
         }
         kind::EXIT => {
             let e: ExitEvent = read(bytes, hdr.kind)?;
@@ -257,9 +324,17 @@ pub fn human(e: &Event) -> String {
         Detail::RunStart { argv, .. } => format!("name={} {}", e.run_name.as_deref().unwrap_or("-"), argv.join(" ")),
         Detail::RunEnd { exit_status } => format!("status {}", exit_status.map_or("-".into(), |s| s.to_string())),
         Detail::Drop { count, stage } => format!("{count} events lost at {stage}"),
+        Detail::Syscall { name, .. } => name.clone(),
+        Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
+        Detail::PolicyReload { result, source, error, .. } => format!(
+            "{} {result} ({source}){}",
+            e.policy.as_deref().unwrap_or("-"),
+            error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        ),
         Detail::None => String::new(),
     };
-    format!("{} {:<7} {} {}", e.ts, e.kind, who.trim_end(), what)
+    let verdict = if e.verdict == "allow" { String::new() } else { format!(" [{} {}]", e.verdict.to_uppercase(), e.rule.as_deref().unwrap_or("")) };
+    format!("{} {:<7} {} {}{}", e.ts, e.kind, who.trim_end(), what, verdict)
 }
 
 #[cfg(test)]
@@ -279,7 +354,9 @@ mod tests {
             ppid: 1,
             uid: 0,
             gid: 0,
-            _pad: 0,
+            verdict: 0,
+            rule: 0,
+            ruleset: 0,
             comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
         }
     }

@@ -9,4 +9,6 @@ pub mod control;
 pub mod daemon;
 pub mod ebpf;
 pub mod event;
+pub mod policies;
+pub mod policy;
 pub mod run;

@@ -1,6 +1,6 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
-use agent_guard::{config, daemon, run};
+use agent_guard::{config, control, daemon, policy, run};
 use clap::{Parser, Subcommand};
 
 /// Host-level sandbox monitor for AI-agent runs.
@@ -21,6 +21,9 @@ enum Cmd {
     /// Run a command as an agent run in its own cgroup, watched from its first instruction
     #[command(arg_required_else_help = true)]
     Run {
+        /// Policy to enforce: the name of a loaded policy, or a policy file (a path)
+        #[arg(long, value_name = "NAME|FILE")]
+        policy: Option<String>,
         /// A human name for the run, carried by its events
         #[arg(long)]
         name: Option<String>,
@@ -31,10 +34,40 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
+    /// Check, apply, list and show policies
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate policy files without a daemon: errors name file:line:column (exit 1)
+    #[command(arg_required_else_help = true)]
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Load or replace a policy in the running daemon, atomically for every run bound to it
+    Apply {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// The policies the daemon has loaded
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A loaded policy's text and version
+    Show { name: String },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Policy(PolicyCmd::Check { files }) = &cli.command {
+        // Needs no daemon and no config.
+        let code = policy::check_files(files, &mut std::io::stdout(), &mut std::io::stderr());
+        return ExitCode::from(code.clamp(0, 255) as u8);
+    }
     let (path, explicit) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(config::DEFAULT_PATH), false),
@@ -64,9 +97,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Run { name, labels, argv } => {
+        Cmd::Policy(cmd) => match policy_cmd(&cfg, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent-guard policy: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Run { policy, name, labels, argv } => {
             let labels: BTreeMap<_, _> = labels.into_iter().collect();
-            match run::run(&cfg, run::RunArgs { name, labels, argv }) {
+            match run::run(&cfg, run::RunArgs { policy, name, labels, argv }) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
                     eprintln!("agent-guard run: {e:#}");
@@ -75,4 +115,41 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn policy_cmd(cfg: &config::Config, cmd: PolicyCmd) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match cmd {
+        PolicyCmd::Check { .. } => unreachable!("handled before the config is read"),
+        PolicyCmd::Apply { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let source = file.display().to_string();
+            let r = control::call(&cfg.control_socket, control::Request::PolicyApply { file: control::PolicyText { source, text } })?;
+            let p = r.policy.context("daemon did not describe the policy")?;
+            match r.result.as_deref() {
+                Some("unchanged") => println!("policy {} unchanged ({})", p.name, p.version),
+                _ => println!("policy {} applied: {} ({} mode)", p.name, p.version, p.mode),
+            }
+        }
+        PolicyCmd::List { json } => {
+            let r = control::call(&cfg.control_socket, control::Request::PolicyList)?;
+            let list = r.policies.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:<8} {:<8} {:<20} SOURCE", "NAME", "MODE", "ACTION", "VERSION");
+                for p in list {
+                    let short: String = p.version.chars().take(19).collect();
+                    println!("{:<24} {:<8} {:<8} {:<20} {}", p.name, p.mode, p.on_violation, short, p.source);
+                }
+            }
+        }
+        PolicyCmd::Show { name } => {
+            let r = control::call(&cfg.control_socket, control::Request::PolicyShow { name })?;
+            let p = r.policy.context("daemon did not describe the policy")?;
+            println!("# {} {} (from {})", p.name, p.version, p.source);
+            print!("{}", r.text.unwrap_or_default());
+        }
+    }
+    Ok(())
 }

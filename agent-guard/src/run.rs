@@ -19,6 +19,8 @@ use crate::{cgroup, config::Config, control};
 pub const EXIT_SETUP_FAILED: i32 = 125;
 
 pub struct RunArgs {
+    /// A loaded policy's name, or a policy file (a path: contains '/' or ends in .toml).
+    pub policy: Option<String>,
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub argv: Vec<String>,
@@ -52,6 +54,14 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
     if args.argv.is_empty() {
         bail!("no command given: agent-guard run [OPTIONS] -- CMD [ARG]...");
     }
+    let (policy, policy_file) = match &args.policy {
+        None => (None, None),
+        Some(p) if p.contains('/') || p.ends_with(".toml") => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading policy file {p}"))?;
+            (None, Some(control::PolicyText { source: p.clone(), text }))
+        }
+        Some(name) => (Some(name.clone()), None),
+    };
     let pong = control::call(&cfg.control_socket, control::Request::Ping)?;
     let root = PathBuf::from(pong.cgroup_root.context("daemon did not report its cgroup root")?);
     let (id, dir) = create_run_cgroup(&root)?;
@@ -62,6 +72,8 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
             name: args.name.clone(),
             labels: args.labels.clone(),
             argv: args.argv.clone(),
+            policy,
+            policy_file,
         },
     );
     if let Err(e) = registered {

@@ -1,0 +1,223 @@
+//! Policy decisions in the kernel: the path trie (files and exec), the CIDR trie (network),
+//! syscall bitmaps, and the one place where a violation becomes EPERM, SIGKILL or a
+//! would_deny report. The userspace compiler side is agent-guard/src/policy.rs.
+use agent_guard_common::{
+    action, file_rule, mode, rule, verdict, FileNode, FileNodeKey, NetKey, NetRule, FILE_NODES_MAX,
+    NAME_BYTES, NET_RULES_MAX, PATH_MAX, PORT_RANGES_MAX, SYSCALL_WORDS,
+};
+use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_send_signal},
+    macros::map,
+    maps::{lpm_trie::Key, HashMap, LpmTrie},
+};
+
+use crate::{event, kernel::Walked, run::Ruleset};
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+const SIGKILL: u32 = 9;
+
+/// (rule set, parent node, component) -> node. Node 0 of every rule set is "/".
+#[map]
+static AG_FILE_NODES: HashMap<FileNodeKey, FileNode> =
+    HashMap::with_max_entries(FILE_NODES_MAX, BPF_F_NO_PREALLOC);
+
+/// (rule set, address prefix) -> allowed ports. IPv4 is stored IPv4-mapped.
+#[map]
+static AG_NET_RULES: LpmTrie<NetKey, NetRule> =
+    LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
+
+/// A decision: the `verdict::*` taken and the `rule::*` that decided.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    pub verdict: u32,
+    pub rule: u32,
+}
+
+pub const ALLOWED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::NONE };
+
+/// Turns a violation of `rule` into what happens. `can_refuse`: the hook can fail the
+/// operation with EPERM (the caller does that when the verdict is DENY). Otherwise, or with
+/// `on_violation = "kill"`, the whole process gets SIGKILL, which it receives before it
+/// returns to user space. Monitor mode only reports.
+#[inline(always)]
+pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool) -> Decision {
+    if rs.hdr.mode == mode::MONITOR {
+        return Decision { verdict: verdict::WOULD_DENY, rule };
+    }
+    if can_refuse && rs.hdr.on_violation != action::KILL {
+        return Decision { verdict: verdict::DENY, rule };
+    }
+    kill_current();
+    Decision { verdict: verdict::KILL, rule }
+}
+
+#[inline(always)]
+pub fn kill_current() {
+    // SAFETY: helper without pointer arguments; signals the current process (all threads).
+    unsafe { bpf_send_signal(SIGKILL) };
+}
+
+/// Result of matching a walked path against a rule set's trie.
+pub struct PathMatch {
+    /// `file_rule` access bits of the longest matching rule (0: no rule matched).
+    pub access: u32,
+    /// An exec rule allows this exact file or a directory above it.
+    pub exec: bool,
+}
+
+#[repr(C)]
+pub struct MatchState {
+    ruleset: u32,
+    node: u32,
+    /// Components matched so far (from the root).
+    i: u32,
+    n: u32,
+    access: u32,
+    exec: u32,
+}
+
+/// One trie step, run by bpf_loop (so the verifier checks it once).
+extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(s) = event::scratch_all() else { return 1 };
+    // SAFETY: per-CPU scratch holds the loop state (see `event::Scratch`).
+    let st = unsafe { &mut (*s).m };
+    if st.i >= st.n || st.n > 64 {
+        return 1;
+    }
+    // Components are recorded leaf first; the i-th from the root is at n-1-i.
+    let idx = (st.n - 1 - st.i) & 63;
+    // SAFETY: per-CPU scratch; indices are masked into the arrays.
+    let (start, end) = unsafe {
+        let start = (*s).comps[idx as usize] + 1;
+        let end = if idx == 0 { PATH_MAX as u32 } else { (*s).comps[((idx - 1) & 63) as usize] };
+        (start, end)
+    };
+    if end <= start || end - start >= NAME_BYTES as u32 || start >= PATH_MAX as u32 {
+        return 1; // no rule has such a component
+    }
+    // The volatile reads hide the checks above from the optimiser, so the masks below stay
+    // in the code for the verifier to see.
+    // SAFETY: reads of local variables.
+    let (start, len) = unsafe {
+        (
+            core::ptr::read_volatile(&start) & (PATH_MAX as u32 - 1),
+            core::ptr::read_volatile(&(end - start)) & (NAME_BYTES as u32 - 1),
+        )
+    };
+    // SAFETY: the key lives in per-CPU scratch; the copy reads `len` < 256 bytes from
+    // buf[start..] with start < PATH_MAX inside a 2 * PATH_MAX buffer.
+    let node = unsafe {
+        let key = &mut (*s).key;
+        key.ruleset = st.ruleset;
+        key.parent = st.node;
+        let words = key.name.as_mut_ptr().cast::<u64>();
+        for i in 0..NAME_BYTES / 8 {
+            *words.add(i) = 0;
+        }
+        let src = (*s).buf.as_ptr().add(start as usize);
+        if bpf_probe_read_kernel(key.name.as_mut_ptr().cast(), len, src.cast()) != 0 {
+            return 1;
+        }
+        match AG_FILE_NODES.get(&*key) {
+            Some(n) => *n,
+            None => return 1,
+        }
+    };
+    st.node = node.id;
+    st.i += 1;
+    if node.flags & file_rule::ACCESS_MASK != 0 {
+        st.access = node.flags & file_rule::ACCESS_MASK;
+    }
+    if node.flags & file_rule::EXEC_DIR != 0 && st.i < st.n {
+        st.exec = 1; // a directory rule covers everything strictly below it
+    }
+    if node.flags & file_rule::EXEC_FILE != 0 && st.i == st.n {
+        st.exec = 1;
+    }
+    0
+}
+
+/// Matches the path just walked into scratch (see `kernel::path_to_buf`).
+#[inline(always)]
+pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
+    let root = rs.hdr.root_flags;
+    let none = PathMatch { access: 0, exec: false };
+    let Some(s) = event::scratch_all() else { return none };
+    // SAFETY: per-CPU scratch; the loop state is written before and read after the loop.
+    unsafe {
+        (*s).m = MatchState {
+            ruleset: rs.id,
+            node: 0,
+            i: 0,
+            n: w.ncomps,
+            access: root & file_rule::ACCESS_MASK,
+            exec: (root & file_rule::EXEC_DIR != 0) as u32,
+        };
+        bpf_loop(agent_guard_common::PATH_DEPTH_MAX, match_step as *const () as *mut _, core::ptr::null_mut(), 0);
+        PathMatch { access: (*s).m.access, exec: (*s).m.exec != 0 }
+    }
+}
+
+/// Decision for opening a walked path with `write` and/or `read` access.
+#[inline(always)]
+pub fn file_decision(rs: &Ruleset, w: &Walked, read: bool, write: bool, can_refuse: bool) -> Decision {
+    if w.truncated {
+        return violation(rs, rule::PATH_TOO_LONG, can_refuse);
+    }
+    let m = match_path(rs, w);
+    if m.access & file_rule::DENY != 0 {
+        return violation(rs, rule::FILES_DENY, can_refuse);
+    }
+    if write && m.access & file_rule::WRITE == 0 {
+        return violation(rs, rule::FILES_WRITE, can_refuse);
+    }
+    if read && m.access & (file_rule::READ | file_rule::WRITE) == 0 {
+        return violation(rs, rule::FILES_READ, can_refuse);
+    }
+    ALLOWED
+}
+
+/// Decision for running the walked executable (always a kill when violated: the image is
+/// already loaded when the tracepoint fires).
+#[inline(always)]
+pub fn exec_decision(rs: &Ruleset, w: &Walked) -> Decision {
+    if w.truncated {
+        return violation(rs, rule::PATH_TOO_LONG, false);
+    }
+    if match_path(rs, w).exec {
+        ALLOWED
+    } else {
+        violation(rs, rule::EXEC, false)
+    }
+}
+
+/// Whether `[network] connect` allows `addr` (16 bytes, IPv4 as IPv4-mapped) and `port`.
+#[inline(always)]
+pub fn net_allowed(rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
+    let key = Key::new(32 + 128, NetKey { ruleset_be: rs.id.to_be_bytes(), addr: *addr });
+    let Some(r) = AG_NET_RULES.get(&key) else { return false };
+    let n = if r.count as usize > PORT_RANGES_MAX { PORT_RANGES_MAX } else { r.count as usize };
+    for i in 0..PORT_RANGES_MAX {
+        if i >= n {
+            break;
+        }
+        let pr = r.ranges[i];
+        if port >= pr.lo && port <= pr.hi {
+            return true;
+        }
+    }
+    false
+}
+
+/// IPv4 (network byte order, as the kernel stores it) to IPv4-mapped IPv6 bytes.
+#[inline(always)]
+pub fn mapped_v4(ip_be: u32) -> [u8; 16] {
+    let b = ip_be.to_ne_bytes();
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]]
+}
+
+#[inline(always)]
+pub fn bit_set(bits: &[u64; SYSCALL_WORDS], nr: u32) -> bool {
+    let w = (nr / 64) as usize;
+    w < SYSCALL_WORDS && bits[w] & (1u64 << (nr % 64)) != 0
+}

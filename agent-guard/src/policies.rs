@@ -1,0 +1,227 @@
+//! The daemon's loaded policies and their kernel maps.
+//!
+//! Each policy name owns a slot (index into AG_POLICY_CUR); runs point at slots. Installing
+//! a policy compiles it under a fresh rule set id, writes every map entry of that rule set,
+//! and only then stores the id in the slot: one u32 write switches every run of the policy
+//! from exactly the old rules to exactly the new ones. The old rule set's entries are
+//! removed a little later, once no program can still be using them. A failure before the
+//! switch removes what was written and leaves the old policy in force.
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agent_guard_common::{
+    FileNode, FileNodeKey, NetKey, NetRule, RulesetHeader, FILE_NODES_MAX, NET_RULES_MAX,
+    POLICIES_MAX, RULESETS_MAX,
+};
+use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Compiled, Policy};
+
+/// How long a replaced rule set stays in the maps: far longer than any program runs.
+const RETIRE_AFTER: Duration = Duration::from_secs(2);
+
+pub struct PolicyMaps {
+    pub cur: Array<MapData, u32>,
+    pub rulesets: BpfHashMap<MapData, u32, RulesetHeader>,
+    pub files: BpfHashMap<MapData, FileNodeKey, FileNode>,
+    pub net: LpmTrie<MapData, NetKey, NetRule>,
+}
+
+pub struct Slot {
+    pub policy: Arc<Policy>,
+    pub ruleset: u32,
+    /// The policy file's text, as loaded.
+    pub text: String,
+    pub loaded_at: std::time::SystemTime,
+    compiled: Compiled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySummary {
+    pub name: String,
+    pub version: String,
+    pub mode: String,
+    pub on_violation: String,
+    pub source: String,
+    pub slot: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    New { slot: u32 },
+    Replaced { slot: u32, previous: String },
+    Unchanged { slot: u32 },
+}
+
+impl Installed {
+    pub fn slot(&self) -> u32 {
+        match self {
+            Installed::New { slot } | Installed::Replaced { slot, .. } | Installed::Unchanged { slot } => *slot,
+        }
+    }
+}
+
+pub struct PolicyStore {
+    maps: PolicyMaps,
+    slots: Vec<Option<Slot>>,
+    /// Rule set id -> (policy name, version), kept for events decided by old generations.
+    described: HashMap<u32, (String, String)>,
+    next_id: u32,
+    retired: Vec<(Instant, u32, Compiled)>,
+}
+
+fn mode_name(p: &Policy) -> String {
+    format!("{:?}", p.mode).to_lowercase()
+}
+
+impl PolicyStore {
+    pub fn new(maps: PolicyMaps) -> Self {
+        Self {
+            maps,
+            slots: (0..POLICIES_MAX).map(|_| None).collect(),
+            described: HashMap::new(),
+            next_id: 1,
+            retired: Vec::new(),
+        }
+    }
+
+    pub fn slot_of(&self, name: &str) -> Option<u32> {
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.policy.name == name))
+            .map(|i| i as u32)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Slot> {
+        self.slot_of(name).and_then(|i| self.slots[i as usize].as_ref())
+    }
+
+    pub fn by_slot(&self, slot: u32) -> Option<&Slot> {
+        self.slots.get(slot as usize).and_then(|s| s.as_ref())
+    }
+
+    /// (name, version) of the policy a rule set id belongs to.
+    pub fn describe(&self, ruleset: u32) -> Option<&(String, String)> {
+        self.described.get(&ruleset)
+    }
+
+    pub fn list(&self) -> Vec<PolicySummary> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let s = s.as_ref()?;
+                Some(PolicySummary {
+                    name: s.policy.name.clone(),
+                    version: s.policy.version.clone(),
+                    mode: mode_name(&s.policy),
+                    on_violation: format!("{:?}", s.policy.on_violation).to_lowercase(),
+                    source: s.policy.source.clone(),
+                    slot: i as u32,
+                })
+            })
+            .collect()
+    }
+
+    fn entries_in_use(&self) -> (usize, usize, usize) {
+        let live = self.slots.iter().flatten().map(|s| &s.compiled);
+        let old = self.retired.iter().map(|(_, _, c)| c);
+        live.chain(old).fold((0, 0, 0), |(f, n, r), c| (f + c.file_nodes.len(), n + c.net_rules.len(), r + 1))
+    }
+
+    /// Installs `policy` (new, or replacing the one with its name). On error nothing changed.
+    pub fn install(&mut self, policy: Policy, text: String) -> Result<Installed, String> {
+        self.reap(false);
+        let existing = self.slot_of(&policy.name);
+        if let Some(i) = existing {
+            let cur = self.slots[i as usize].as_ref().expect("slot in use");
+            if cur.policy.version == policy.version {
+                return Ok(Installed::Unchanged { slot: i });
+            }
+        }
+        let slot = match existing {
+            Some(i) => i,
+            None => self
+                .slots
+                .iter()
+                .position(Option::is_none)
+                .ok_or_else(|| format!("{POLICIES_MAX} policies are loaded already (the limit)"))?
+                as u32,
+        };
+        let id = self.next_id;
+        let compiled = policy.compile(id);
+        let (files, nets, sets) = self.entries_in_use();
+        if files + compiled.file_nodes.len() > FILE_NODES_MAX as usize {
+            return Err(format!(
+                "policy {} needs {} path-trie nodes; {files} of {FILE_NODES_MAX} are in use",
+                policy.name,
+                compiled.file_nodes.len()
+            ));
+        }
+        if nets + compiled.net_rules.len() > NET_RULES_MAX as usize {
+            return Err(format!(
+                "policy {} needs {} network entries; {nets} of {NET_RULES_MAX} are in use",
+                policy.name,
+                compiled.net_rules.len()
+            ));
+        }
+        if sets + 1 > RULESETS_MAX as usize {
+            return Err("too many policy reloads in flight; retry in a few seconds".into());
+        }
+        if let Err(e) = self.write(id, &compiled) {
+            self.erase(id, &compiled);
+            return Err(format!("writing policy {} to the kernel maps: {e}", policy.name));
+        }
+        // The switch: from here on every decision for this slot uses rule set `id`.
+        if let Err(e) = self.maps.cur.set(slot, id, 0) {
+            self.erase(id, &compiled);
+            return Err(format!("publishing policy {}: {e}", policy.name));
+        }
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.described.insert(id, (policy.name.clone(), policy.version.clone()));
+        let new = Slot { policy: Arc::new(policy), ruleset: id, text, loaded_at: std::time::SystemTime::now(), compiled };
+        let old = self.slots[slot as usize].replace(new);
+        Ok(match old {
+            Some(old) => {
+                let previous = old.policy.version.clone();
+                self.retired.push((Instant::now(), old.ruleset, old.compiled));
+                Installed::Replaced { slot, previous }
+            }
+            None => Installed::New { slot },
+        })
+    }
+
+    fn write(&mut self, id: u32, c: &Compiled) -> Result<(), aya::maps::MapError> {
+        for (k, v) in &c.file_nodes {
+            self.maps.files.insert(k, v, 0)?;
+        }
+        for (len, k, v) in &c.net_rules {
+            self.maps.net.insert(&Key::new(*len, *k), v, 0)?;
+        }
+        self.maps.rulesets.insert(id, c.header, 0)
+    }
+
+    fn erase(&mut self, id: u32, c: &Compiled) {
+        let _ = self.maps.rulesets.remove(&id);
+        for (k, _) in &c.file_nodes {
+            let _ = self.maps.files.remove(k);
+        }
+        for (len, k, _) in &c.net_rules {
+            let _ = self.maps.net.remove(&Key::new(*len, *k));
+        }
+    }
+
+    /// Removes the entries of rule sets replaced long enough ago (all of them with `all`).
+    pub fn reap(&mut self, all: bool) {
+        let (due, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.retired).into_iter().partition(|(t, _, _)| all || t.elapsed() >= RETIRE_AFTER);
+        self.retired = keep;
+        for (_, id, c) in due {
+            self.erase(id, &c);
+        }
+    }
+}
