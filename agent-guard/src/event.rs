@@ -188,6 +188,11 @@ pub fn rule_name(r: u32) -> Option<&'static str> {
 }
 
 fn inet(family: u16, addr: &[u8; 16]) -> (&'static str, String) {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    if let (true, Some(v4)) = (family == libc::AF_INET as u16, v6.to_ipv4_mapped()) {
+        // sock_addr programs report IPv4 as IPv4-mapped.
+        return ("inet", v4.to_string());
+    }
     if family == libc::AF_INET as u16 {
         ("inet", IpAddr::from([addr[0], addr[1], addr[2], addr[3]]).to_string())
     } else {

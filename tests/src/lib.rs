@@ -125,6 +125,21 @@ impl Daemon {
             .unwrap()
     }
 
+    /// `agent-guard ARGS...` (any subcommand) against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary()).arg("--config").arg(&self.config).args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// The daemon's pid (to signal it, e.g. SIGHUP).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The policy_dir of this daemon's config (not created by the daemon).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
     /// Every event written so far.
     pub fn events(&self) -> Vec<Value> {
         let Ok(f) = std::fs::File::open(&self.log) else { return vec![] };
@@ -156,6 +171,23 @@ impl Drop for Daemon {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir(&self.cgroup_root);
     }
+}
+
+/// The probe program the enforcement tests run inside runs (tests/src/bin/agprobe.rs).
+pub fn probe() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agprobe");
+    // Canonical, because policies name the path the kernel resolves.
+    p.canonicalize().unwrap_or_else(|e| panic!("{}: {e} (cargo builds it for the tests)", p.display()))
+}
+
+/// stdout of a finished command, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The shell-style status of `agent-guard run`: the command's code, 128+N for signal N.
+pub fn status(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
 }
 
 /// The run id printed by a `run_start` event for `name`.

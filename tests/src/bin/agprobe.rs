@@ -1,0 +1,155 @@
+//! A small program the enforcement tests run inside runs: each subcommand performs one
+//! operation with plain syscalls and prints what the kernel answered, so a test can tell
+//! EPERM from SIGKILL from success.
+//!
+//! Output: `ok ...` on success (exit 0) or `err ERRNO` (exit 1). A process the kernel kills
+//! prints nothing after the operation.
+use std::{
+    ffi::CString,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    os::fd::FromRawFd,
+    process::ExitCode,
+};
+
+fn errno() -> std::io::Error {
+    std::io::Error::last_os_error()
+}
+
+fn fail(e: std::io::Error) -> ExitCode {
+    let name = match e.raw_os_error() {
+        Some(libc::EPERM) => "EPERM".to_string(),
+        Some(libc::EACCES) => "EACCES".to_string(),
+        Some(libc::ENOENT) => "ENOENT".to_string(),
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".to_string(),
+        Some(n) => format!("errno{n}"),
+        None => e.to_string(),
+    };
+    println!("err {name}");
+    ExitCode::from(1)
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL")
+}
+
+fn open(dirfd: i32, path: &str, flags: i32) -> Result<i32, std::io::Error> {
+    // SAFETY: valid C string; the mode is used only with O_CREAT.
+    let fd = unsafe { libc::openat(dirfd, c(path).as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+    if fd < 0 { Err(errno()) } else { Ok(fd) }
+}
+
+fn read_fd(fd: i32) -> String {
+    // SAFETY: we own fd.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    s
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let r: Result<String, std::io::Error> = (|| match a(0) {
+        "read" => open(libc::AT_FDCWD, a(1), libc::O_RDONLY).map(|fd| format!("ok {}", read_fd(fd).trim_end())),
+        // chdir DIR, then read a relative path.
+        "read-rel" => {
+            std::env::set_current_dir(a(1))?;
+            open(libc::AT_FDCWD, a(2), libc::O_RDONLY).map(|fd| format!("ok {}", read_fd(fd).trim_end()))
+        }
+        // Open DIR, then read a path relative to that descriptor.
+        "read-at" => {
+            let dir = open(libc::AT_FDCWD, a(1), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            open(dir, a(2), libc::O_RDONLY).map(|fd| format!("ok {}", read_fd(fd).trim_end()))
+        }
+        // O_PATH descriptor, then reopen it through /proc/self/fd.
+        "read-procfd" => {
+            let fd = open(libc::AT_FDCWD, a(1), libc::O_PATH)?;
+            open(libc::AT_FDCWD, &format!("/proc/self/fd/{fd}"), libc::O_RDONLY)
+                .map(|fd| format!("ok {}", read_fd(fd).trim_end()))
+        }
+        "read-openat2" => {
+            // struct open_how { u64 flags; u64 mode; u64 resolve; }
+            let how: [u64; 3] = [libc::O_RDONLY as u64, 0, 0];
+            let p = c(a(1));
+            // SAFETY: valid pointers for the duration of the call.
+            let fd = unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, p.as_ptr(), how.as_ptr(), 24usize) };
+            if fd < 0 { Err(errno()) } else { Ok(format!("ok {}", read_fd(fd as i32).trim_end())) }
+        }
+        "write" => open(libc::AT_FDCWD, a(1), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC).map(|fd| {
+            // SAFETY: we own fd.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            let _ = f.write_all(b"written\n");
+            "ok".into()
+        }),
+        "connect" => {
+            let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
+            TcpStream::connect(addr).map(|_| "ok connected".into())
+        }
+        "udp" => {
+            let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
+            let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let s = UdpSocket::bind(bind)?;
+            s.send_to(b"ping", addr).map(|n| format!("ok sent {n}"))
+        }
+        "raw" => {
+            // SAFETY: plain socket(2).
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+            if fd < 0 { Err(errno()) } else { Ok("ok raw".into()) }
+        }
+        "ptrace" => {
+            // SAFETY: PTRACE_TRACEME has no pointer arguments.
+            let r = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+            if r < 0 { Err(errno()) } else { Ok("ok traced".into()) }
+        }
+        "io_uring" => {
+            let mut params = [0u8; 120];
+            // SAFETY: params is a zeroed io_uring_params-sized buffer.
+            let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
+            if fd < 0 { Err(errno()) } else { Ok("ok io_uring".into()) }
+        }
+        "link" => {
+            // SAFETY: valid C strings.
+            let r = unsafe { libc::link(c(a(1)).as_ptr(), c(a(2)).as_ptr()) };
+            if r < 0 { Err(errno()) } else { Ok("ok linked".into()) }
+        }
+        "unshare-mnt" => {
+            // SAFETY: plain unshare(2).
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUSER) };
+            if r < 0 { Err(errno()) } else { Ok("ok unshared".into()) }
+        }
+        // Opens A then B, N times, printing a line per open: the reload-under-load loop.
+        "loop" => {
+            let n: usize = a(3).parse().unwrap_or(100);
+            let mut out = std::io::stdout().lock();
+            for i in 0..n {
+                for p in [a(1), a(2)] {
+                    match open(libc::AT_FDCWD, p, libc::O_RDONLY) {
+                        Ok(fd) => {
+                            // SAFETY: we own fd.
+                            unsafe { libc::close(fd) };
+                            let _ = writeln!(out, "{i} ok {p}");
+                        }
+                        Err(e) => {
+                            let _ = writeln!(out, "{i} err {p} {e}");
+                        }
+                    }
+                    let _ = out.flush();
+                }
+            }
+            Ok("ok done".into())
+        }
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_secs_f64(a(1).parse().unwrap_or(1.0)));
+            Ok("ok slept".into())
+        }
+        other => Err(std::io::Error::other(format!("unknown probe {other:?}"))),
+    })();
+    match r {
+        Ok(s) => {
+            println!("{s}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
