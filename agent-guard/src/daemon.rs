@@ -492,7 +492,11 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
             let mut e = shared.base_event("run_start", Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
-            Response { policy: bound, ..Response::ok() }
+            // The policy's text goes back too: `run` builds its Landlock layer from it.
+            let text = bound.as_ref().and_then(|b| {
+                shared.policies.lock().expect("policies lock").by_slot(b.slot).map(|s| s.text.clone())
+            });
+            Response { policy: bound, text, ..Response::ok() }
         }
         Request::PolicyApply { file } => {
             let source = file.source.clone();
