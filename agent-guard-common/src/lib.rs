@@ -21,9 +21,9 @@ pub const EVENTS_RING_BYTES: u32 = 16 << 20;
 
 /// Policies loaded at once (policy slots).
 pub const POLICIES_MAX: u32 = 64;
-/// Compiled rule sets alive at once: one per slot plus the previous generation of each slot
-/// while a reload drains.
-pub const RULESETS_MAX: u32 = 2 * POLICIES_MAX;
+/// Compiled rule sets alive at once: one per slot plus replaced generations while they
+/// drain (a replaced rule set is removed a quarter of a second later).
+pub const RULESETS_MAX: u32 = 1024;
 /// Rules per list (files.read, files.write, files.deny, exec.allow, network.connect,
 /// syscalls.deny) in one policy.
 pub const RULES_MAX: usize = 4096;

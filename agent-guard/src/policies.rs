@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Compiled, Policy};
 
-/// How long a replaced rule set stays in the maps: far longer than any program runs.
-const RETIRE_AFTER: Duration = Duration::from_secs(2);
+/// How long a replaced rule set stays in the maps. A program that read the old id is inside
+/// one RCU read-side section (microseconds); this is many grace periods longer.
+const RETIRE_AFTER: Duration = Duration::from_millis(250);
 
 pub struct PolicyMaps {
     pub cur: Array<MapData, u32>,

@@ -70,11 +70,16 @@ impl Daemon {
         let name = format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let config = dir.path().join("config.toml");
         let log = dir.path().join("events.jsonl");
+        let policy_dir = if extra.contains("policy_dir") {
+            String::new()
+        } else {
+            format!("policy_dir = \"{}/policies\"\n", dir.path().display())
+        };
         std::fs::write(
             &config,
             format!(
                 "control_socket = \"{d}/control.sock\"\nevents_log = \"{l}\"\ncgroup_root = \"{name}\"\n\
-                 bpffs_dir = \"/sys/fs/bpf/{name}\"\npolicy_dir = \"{d}/policies\"\n{extra}\n",
+                 bpffs_dir = \"/sys/fs/bpf/{name}\"\n{policy_dir}{extra}\n",
                 d = dir.path().display(),
                 l = log.display()
             ),

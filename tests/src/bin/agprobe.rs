@@ -118,9 +118,11 @@ fn main() -> ExitCode {
             let r = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUSER) };
             if r < 0 { Err(errno()) } else { Ok("ok unshared".into()) }
         }
-        // Opens A then B, N times, printing a line per open: the reload-under-load loop.
+        // Opens A then B, N times (pausing MS milliseconds between rounds), printing a line
+        // per open: the reload-under-load loop.
         "loop" => {
             let n: usize = a(3).parse().unwrap_or(100);
+            let pause = std::time::Duration::from_millis(a(4).parse().unwrap_or(0));
             let mut out = std::io::stdout().lock();
             for i in 0..n {
                 for p in [a(1), a(2)] {
@@ -136,6 +138,7 @@ fn main() -> ExitCode {
                     }
                     let _ = out.flush();
                 }
+                std::thread::sleep(pause);
             }
             Ok("ok done".into())
         }
