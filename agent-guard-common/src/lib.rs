@@ -51,7 +51,12 @@ pub mod names {
     pub const RULESETS: &str = "AG_RULESETS";
     pub const FILE_NODES: &str = "AG_FILE_NODES";
     pub const NET_RULES: &str = "AG_NET_RULES";
+    pub const BOUND: &str = "AG_BOUND";
+    pub const BIND_ON: &str = "AG_BIND_ON";
 }
+
+/// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).
+pub const BIND_DEPTH_MAX: i32 = 16;
 
 /// Event kinds (`EventHeader::kind`).
 pub mod kind {

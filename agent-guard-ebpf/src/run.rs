@@ -1,6 +1,6 @@
 //! Which run, if any, the current task belongs to, and the rule set that governs it.
 use agent_guard_common::{
-    action, mode, Config, RulesetHeader, RunEntry, NO_POLICY, POLICIES_MAX, RULESETS_MAX, RUNS_MAX,
+    action, mode, Config, RulesetHeader, RunEntry, BIND_DEPTH_MAX, NO_POLICY, POLICIES_MAX, RULESETS_MAX, RUNS_MAX,
     SYSCALL_WORDS,
 };
 use aya_ebpf::{
@@ -17,6 +17,16 @@ static AG_CONFIG: Config = Config { root_id: 0, root_level: 0, _pad: 0 };
 /// cgroup below a run belongs to that run.
 #[map]
 static AG_RUNS: HashMap<u64, RunEntry> = HashMap::with_max_entries(RUNS_MAX, 0);
+
+/// cgroups bound to a policy by `[bind] cgroups` (outside the managed root): cgroup id ->
+/// entry. A process in a bound cgroup or any cgroup below it belongs to that binding.
+#[map]
+static AG_BOUND: HashMap<u64, RunEntry> = HashMap::with_max_entries(RUNS_MAX, 0);
+
+/// [0] is non-zero while any cgroup is bound: only then do other processes pay for the
+/// ancestor search.
+#[map]
+static AG_BIND_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Policy slot -> id of the rule set in force (0: none). The daemon swaps this one u32 to
 /// reload a policy, after the new rule set is complete in the other maps.
@@ -45,13 +55,34 @@ pub fn current_run() -> Option<CurrentRun> {
     // SAFETY: plain helper calls without pointer arguments.
     let root = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32) };
     if root != cfg.root_id {
-        return None;
+        return bound_run();
     }
     let run_cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32 + 1) };
     // SAFETY: the value is copied out at once.
     let entry = unsafe { AG_RUNS.get(&run_cgroup) }.copied()?;
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     Some(CurrentRun { run_cgroup, cgroup, policy: entry.policy })
+}
+
+/// The binding the current task is under, searching its cgroup's ancestors from the top.
+#[inline(always)]
+fn bound_run() -> Option<CurrentRun> {
+    if AG_BIND_ON.get(0).copied().unwrap_or(0) == 0 {
+        return None;
+    }
+    for level in 1..=BIND_DEPTH_MAX {
+        // SAFETY: helper without pointer arguments; 0 past the task's own level.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return None;
+        }
+        // SAFETY: copied out at once.
+        if let Some(e) = unsafe { AG_BOUND.get(&id) }.copied() {
+            let cgroup = unsafe { bpf_get_current_cgroup_id() };
+            return Some(CurrentRun { run_cgroup: id, cgroup, policy: e.policy });
+        }
+    }
+    None
 }
 
 /// The rule set that decides for `run` right now: read once per decision, so one decision

@@ -24,6 +24,7 @@ use crate::{
     control::{self, PolicyText, Request, Response},
     ebpf,
     event::{self, Detail, Event},
+    bind::Binder,
     policies::{Installed, PolicyStore},
     policy,
 };
@@ -56,6 +57,7 @@ struct Runs {
 struct Shared {
     runs: Mutex<Runs>,
     policies: Mutex<PolicyStore>,
+    binder: Mutex<Binder>,
     policy_dir: PathBuf,
     root: PathBuf,
     mount: PathBuf,
@@ -163,7 +165,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let loaded =
         ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root).context("loading the kernel programs")?;
     // `_programs` keeps programs and links alive until serve returns; dropping it detaches them.
-    let ebpf::Loaded { ebpf: _programs, runs, drops, events, policy: policy_maps } = loaded;
+    let ebpf::Loaded { ebpf: programs, runs, drops, events, policy: policy_maps, bound, bind_on } = loaded;
 
     for p in [&cfg.control_socket, &cfg.events_log] {
         if let Some(dir) = p.parent() {
@@ -190,6 +192,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let shared = Arc::new(Shared {
         runs: Mutex::new(Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 }),
         policies: Mutex::new(PolicyStore::new(policy_maps)),
+        // Owns the programs: they stay attached until the daemon stops.
+        binder: Mutex::new(Binder::new(programs, bound, bind_on)),
         policy_dir: cfg.policy_dir.clone(),
         root: root.clone(),
         mount,
@@ -201,6 +205,7 @@ async fn serve(cfg: Config) -> Result<()> {
 
     let writer = tokio::spawn(write_events(rx, log));
     load_policy_dir(&shared);
+    rebind(&shared);
     tokio::spawn(read_ring(shared.clone(), events));
     tokio::spawn(watch_drops(shared.clone(), drops));
     tokio::spawn(accept(shared.clone(), listener));
@@ -221,6 +226,7 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading policies from {}", shared.policy_dir.display());
                 load_policy_dir(&shared);
+                rebind(&shared);
             }
         }
     }
@@ -381,6 +387,7 @@ async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::map
             }
         }
         shared.policies.lock().expect("policies lock").reap(false);
+        rebind(&shared);
         // Forget runs that ended a while ago.
         let mut runs = shared.runs.lock().expect("runs lock");
         runs.by_cgroup.retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < RUN_LINGER));
@@ -500,7 +507,9 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
         }
         Request::PolicyApply { file } => {
             let source = file.source.clone();
-            match apply(shared, file) {
+            let applied = apply(shared, file);
+            rebind(shared);
+            match applied {
                 Ok((summary, installed)) => Response {
                     result: Some(if matches!(installed, Installed::Unchanged { .. }) { "unchanged" } else { "ok" }.into()),
                     policy: Some(summary),
@@ -658,5 +667,62 @@ fn load_policy_dir(shared: &Shared) {
             }
         }
         let _ = apply(shared, PolicyText { source, text });
+    }
+}
+
+/// Brings `[bind] cgroups` bindings up to date and reports each change as a run start/end.
+fn rebind(shared: &Shared) {
+    let globs: Vec<(u32, globset::GlobSet)> = {
+        let store = shared.policies.lock().expect("policies lock");
+        store
+            .list()
+            .iter()
+            .filter_map(|p| {
+                let slot = store.by_slot(p.slot)?;
+                (!slot.policy.bind_cgroups.is_empty()).then(|| (p.slot, slot.policy.bind_matcher()))
+            })
+            .collect()
+    };
+    let mut binder = shared.binder.lock().expect("binder lock");
+    if globs.is_empty() && binder.bound.is_empty() {
+        return;
+    }
+    let desired = crate::bind::scan(&shared.mount, &shared.root, &globs);
+    let changes = binder.apply(desired);
+    drop(binder);
+    for msg in &changes.errors {
+        warn!("{msg}");
+    }
+    for (id, dir, slot) in changes.removed {
+        let info = {
+            let mut runs = shared.runs.lock().expect("runs lock");
+            runs.by_cgroup.get_mut(&id).map(|r| {
+                r.ended = Some(Instant::now());
+                r.clone()
+            })
+        };
+        if let Some(info) = info {
+            info!("unbound {} (policy slot {slot})", dir.display());
+            let mut e = shared.base_event("run_end", Some(&info));
+            e.detail = Detail::RunEnd { exit_status: None };
+            shared.emit(e);
+        }
+    }
+    for (id, dir, slot) in changes.added {
+        let rel = shared.rel(&dir);
+        let info = RunInfo {
+            id: format!("b-{id}"),
+            name: Some(rel.clone()),
+            labels: BTreeMap::from([("bound".to_string(), "true".to_string())]),
+            dir: dir.clone(),
+            cgroup_id: id,
+            policy: Some(slot),
+            ended: None,
+        };
+        shared.runs.lock().expect("runs lock").by_cgroup.insert(id, info.clone());
+        info!("bound {rel} to policy slot {slot}");
+        let mut e = shared.base_event("run_start", Some(&info));
+        e.detail = Detail::RunStart { requested_by_uid: 0, requested_by_pid: std::process::id(), argv: vec![] };
+        shared.emit(e);
     }
 }

@@ -72,6 +72,61 @@ pub struct Loaded {
     pub drops: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
     pub policy: PolicyMaps,
+    pub bound: HashMap<MapData, u64, RunEntry>,
+    pub bind_on: Array<MapData, u32>,
+}
+
+/// The links of the network programs on one cgroup (for `[bind] cgroups`).
+pub struct CgroupLinks {
+    sock_addr: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
+    sock: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
+}
+
+/// Attaches the network programs to a bound cgroup (the daemon only binds cgroups a policy
+/// names; on this project's test machines, only cgroups the tests created).
+pub fn attach_cgroup(ebpf: &mut Ebpf, dir: &Path) -> Result<CgroupLinks, LoadError> {
+    let cgroup = std::fs::File::open(dir).map_err(|e| LoadError::Cgroup(dir.display().to_string(), e))?;
+    let mut links = CgroupLinks { sock_addr: Vec::new(), sock: None };
+    for name in SOCK_ADDR {
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        match prog.attach(&cgroup, CgroupAttachMode::Single) {
+            Ok(id) => links.sock_addr.push((name, id)),
+            Err(source) => {
+                detach_cgroup(ebpf, links);
+                return Err(LoadError::Program { name: format!("{name} (cgroup {})", dir.display()), source });
+            }
+        }
+    }
+    let prog: &mut CgroupSock = ebpf
+        .program_mut(SOCK_CREATE)
+        .ok_or_else(|| LoadError::MissingProgram(SOCK_CREATE.to_string()))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name: SOCK_CREATE.to_string(), source })?;
+    match prog.attach(&cgroup, CgroupAttachMode::Single) {
+        Ok(id) => links.sock = Some(id),
+        Err(source) => {
+            detach_cgroup(ebpf, links);
+            return Err(LoadError::Program { name: format!("{SOCK_CREATE} (cgroup {})", dir.display()), source });
+        }
+    }
+    Ok(links)
+}
+
+pub fn detach_cgroup(ebpf: &mut Ebpf, links: CgroupLinks) {
+    for (name, id) in links.sock_addr {
+        if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut CgroupSockAddr>::try_from) {
+            let _ = p.detach(id);
+        }
+    }
+    if let Some(id) = links.sock {
+        if let Some(Ok(p)) = ebpf.program_mut(SOCK_CREATE).map(<&mut CgroupSock>::try_from) {
+            let _ = p.detach(id);
+        }
+    }
 }
 
 /// Loads the object with this daemon's cgroup root and the kernel's offsets, and attaches
@@ -130,8 +185,12 @@ pub fn load(
         files: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
         net: LpmTrie::try_from(take(&mut ebpf, names::NET_RULES)?).map_err(map_err(names::NET_RULES))?,
     };
+    let bound = HashMap::try_from(take(&mut ebpf, names::BOUND)?).map_err(map_err(names::BOUND))?;
+    let bind_on = Array::try_from(take(&mut ebpf, names::BIND_ON)?).map_err(map_err(names::BIND_ON))?;
     Ok(Loaded {
         policy,
+        bound,
+        bind_on,
         runs: HashMap::try_from(runs).map_err(|source| LoadError::Map { name: names::RUNS, source })?,
         drops: PerCpuArray::try_from(drops).map_err(|source| LoadError::Map { name: names::DROPS, source })?,
         events: RingBuf::try_from(events).map_err(|source| LoadError::Map { name: names::EVENTS, source })?,

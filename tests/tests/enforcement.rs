@@ -294,3 +294,104 @@ fn processes_outside_runs_are_never_touched() {
     let run = run_id(&events, "busy");
     assert!(events.iter().all(|e| e["run"].is_null() || e["run"] == run.as_str()), "only the run's events");
 }
+
+/// A cgroup tree the test owns below the cgroup2 mount, removed on drop.
+struct TestCgroups(PathBuf);
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        // Deepest first; only directories this test created.
+        let mut dirs = vec![];
+        let mut stack = vec![self.0.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Runs `probe ARGS` with the child moving itself into `cgroup` before exec.
+fn probe_in(cgroup: &Path, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
+    let mut cmd = std::process::Command::new(probe());
+    cmd.args(args);
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn bind_cgroups_by_glob_covers_subtrees_and_new_matches() {
+    if !privileged("bind_cgroups_by_glob_covers_subtrees_and_new_matches") {
+        return;
+    }
+    let top_name = format!("agent-guard-bindtest-{}", std::process::id());
+    let top = agent_guard_tests::cgroup2_mount().join(&top_name);
+    std::fs::create_dir(&top).unwrap();
+    let _cleanup = TestCgroups(top.clone());
+    std::fs::create_dir(top.join("a.scope")).unwrap();
+    let l = layout();
+    let bad = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pdir = l._tmp.path().join("policies.d");
+    std::fs::create_dir(&pdir).unwrap();
+    let text = format!("{}\n[bind]\ncgroups = [\"{top_name}/*.scope\"]\n", policy("bound", &l, "", &[]));
+    std::fs::write(pdir.join("bound.toml"), text).unwrap();
+    let d = Daemon::start_with(&format!("policy_dir = {:?}", pdir.display().to_string()));
+    let name_a = format!("/{top_name}/a.scope");
+    d.wait_for("binding of a.scope", |e| e["kind"] == "run_start" && e["run_name"] == name_a.as_str());
+
+    // A child cgroup created after the binding is covered at once.
+    let child = top.join("a.scope/late");
+    std::fs::create_dir(&child).unwrap();
+    let secret = s(&l.outside.join("secret.txt"));
+    let o = probe_in(&child, &["read", &secret]);
+    assert_eq!(o.status.signal_or_code(), KILLED, "{o:?}");
+    assert!(!stdout(&o).contains("TOPSECRET"));
+    let o = probe_in(&child, &["connect", &bad.local_addr().unwrap().to_string()]);
+    assert_eq!(stdout(&o).trim(), "err EPERM", "{o:?}");
+    let e = d.wait_for("kill in a.scope", |e| e["kind"] == "open" && e["verdict"] == "kill");
+    let e = e.iter().find(|e| e["kind"] == "open" && e["verdict"] == "kill").unwrap();
+    assert_eq!((e["run_name"].as_str(), e["policy"].as_str()), (Some(name_a.as_str()), Some("bound")), "{e}");
+
+    // A cgroup that starts matching later is bound at the next scan.
+    std::fs::create_dir(top.join("b.scope")).unwrap();
+    let name_b = format!("/{top_name}/b.scope");
+    d.wait_for("binding of b.scope", |e| e["kind"] == "run_start" && e["run_name"] == name_b.as_str());
+    let o = probe_in(&top.join("b.scope"), &["read", &secret]);
+    assert_eq!(o.status.signal_or_code(), KILLED, "{o:?}");
+
+    // The parent does not match: a process there is not touched.
+    let o = probe_in(&top, &["read", &secret]);
+    assert_eq!((o.status.code(), stdout(&o).trim()), (Some(0), "ok TOPSECRET"), "{o:?}");
+}
+
+trait SignalOrCode {
+    fn signal_or_code(&self) -> i32;
+}
+
+impl SignalOrCode for std::process::ExitStatus {
+    fn signal_or_code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        self.signal().map_or_else(|| self.code().unwrap_or(-1), |s| 128 + s)
+    }
+}

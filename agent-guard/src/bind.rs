@@ -1,0 +1,126 @@
+//! `[bind] cgroups`: policies bound to existing cgroups (systemd slices and scopes) by glob,
+//! relative to the cgroup2 mount.
+//!
+//! The daemon scans the cgroup tree when policies change and then every second, and binds
+//! each matching cgroup: an AG_BOUND entry (the kernel programs search a task's cgroup
+//! ancestors for one, so the whole subtree is covered at once, including cgroups created
+//! below it later) and the network programs attached to it. A cgroup that newly matches a
+//! glob is bound at the next scan: up to a second later. Runs started with
+//! `agent-guard run --policy` have no such window.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use agent_guard_common::{RunEntry, BIND_DEPTH_MAX};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData},
+    Ebpf,
+};
+
+use crate::{cgroup, ebpf};
+
+pub struct Bound {
+    pub dir: PathBuf,
+    pub slot: u32,
+    links: ebpf::CgroupLinks,
+}
+
+/// Owns the loaded programs (attachments to bound cgroups need them) and the bind maps.
+pub struct Binder {
+    pub ebpf: Ebpf,
+    map: BpfHashMap<MapData, u64, RunEntry>,
+    on: Array<MapData, u32>,
+    pub bound: HashMap<u64, Bound>,
+}
+
+/// What a scan changed.
+#[derive(Default)]
+pub struct Changes {
+    pub added: Vec<(u64, PathBuf, u32)>,
+    pub removed: Vec<(u64, PathBuf, u32)>,
+    pub errors: Vec<String>,
+}
+
+impl Binder {
+    pub fn new(ebpf: Ebpf, map: BpfHashMap<MapData, u64, RunEntry>, on: Array<MapData, u32>) -> Self {
+        Self { ebpf, map, on, bound: HashMap::new() }
+    }
+
+    /// Makes the bindings match `desired` (cgroup id -> (dir, policy slot)).
+    pub fn apply(&mut self, desired: HashMap<u64, (PathBuf, u32)>) -> Changes {
+        let mut ch = Changes::default();
+        let stale: Vec<u64> = self
+            .bound
+            .iter()
+            .filter(|(id, b)| desired.get(id).is_none_or(|(_, slot)| *slot != b.slot))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            let b = self.bound.remove(&id).expect("present");
+            let _ = self.map.remove(&id);
+            ebpf::detach_cgroup(&mut self.ebpf, b.links);
+            ch.removed.push((id, b.dir, b.slot));
+        }
+        for (id, (dir, slot)) in desired {
+            if self.bound.contains_key(&id) {
+                continue;
+            }
+            let links = match ebpf::attach_cgroup(&mut self.ebpf, &dir) {
+                Ok(l) => l,
+                Err(e) => {
+                    ch.errors.push(format!("binding {}: {e}", dir.display()));
+                    continue;
+                }
+            };
+            let entry = RunEntry { run_index: 0, flags: 0, policy: slot, _pad: 0 };
+            if let Err(e) = self.map.insert(id, entry, 0) {
+                ebpf::detach_cgroup(&mut self.ebpf, links);
+                ch.errors.push(format!("binding {}: kernel map: {e}", dir.display()));
+                continue;
+            }
+            ch.added.push((id, dir.clone(), slot));
+            self.bound.insert(id, Bound { dir, slot, links });
+        }
+        let _ = self.on.set(0, u32::from(!self.bound.is_empty()), 0);
+        ch
+    }
+}
+
+/// Cgroups below `mount` matching some policy's globs, outside `managed_root`. A match's
+/// subtree is not searched further (the binding covers it).
+pub fn scan(
+    mount: &Path,
+    managed_root: &Path,
+    policies: &[(u32, globset::GlobSet)],
+) -> HashMap<u64, (PathBuf, u32)> {
+    let mut found = HashMap::new();
+    if policies.is_empty() {
+        return found;
+    }
+    let mut stack = vec![(mount.to_path_buf(), 0)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) || path.starts_with(managed_root) {
+                continue; // the managed root and its runs are never bound
+            }
+            if managed_root.starts_with(&path) {
+                stack.push((path, depth + 1)); // an ancestor of the root: look below only
+                continue;
+            }
+            let rel = path.strip_prefix(mount).unwrap_or(&path).to_string_lossy().into_owned();
+            match policies.iter().find(|(_, g)| g.is_match(&rel)) {
+                Some((slot, _)) => {
+                    if let Ok(id) = cgroup::cgroup_id(&path) {
+                        found.insert(id, (path, *slot));
+                    }
+                }
+                None if depth + 1 < BIND_DEPTH_MAX => stack.push((path, depth + 1)),
+                None => {}
+            }
+        }
+    }
+    found
+}
