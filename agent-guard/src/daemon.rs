@@ -354,7 +354,32 @@ fn enrich(
         };
     }
     e.detail = raw.detail;
+    if h.ruleset != 0 {
+        judge_refused_open(shared, h.ruleset, &mut e);
+    }
     e
+}
+
+/// An open the kernel refused with EACCES for a run under an enforcing policy is, in
+/// practice, the Landlock layer of `agent-guard run` refusing a write: the eBPF programs saw
+/// only the failure. The daemon judges the path the process passed with the same policy so
+/// the event says which rule refused it (only for absolute paths; the others stay as the
+/// kernel reported them).
+fn judge_refused_open(shared: &Shared, ruleset: u32, e: &mut Event) {
+    let Detail::Open { path, flags, result, path_resolved: false, .. } = &e.detail else { return };
+    if *result != -libc::EACCES || e.verdict != "allow" || !path.starts_with('/') {
+        return;
+    }
+    let Some(p) = shared.policies.lock().expect("policies lock").policy_of(ruleset) else { return };
+    if p.mode != policy::Mode::Enforce {
+        return;
+    }
+    let write = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
+    let access = if write { policy::Access::Write } else { policy::Access::Read };
+    if let policy::FileVerdict::Deny { rule, .. } = p.file_access(path, access) {
+        e.verdict = "deny";
+        e.rule = Some(rule.to_string());
+    }
 }
 
 async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::maps::MapData, u64>) {

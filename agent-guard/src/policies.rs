@@ -71,6 +71,8 @@ pub struct PolicyStore {
     slots: Vec<Option<Slot>>,
     /// Rule set id -> (policy name, version), kept for events decided by old generations.
     described: HashMap<u32, (String, String)>,
+    /// Rule set id -> the policy it was compiled from.
+    compiled_from: HashMap<u32, Arc<Policy>>,
     next_id: u32,
     retired: Vec<(Instant, u32, Compiled)>,
 }
@@ -85,6 +87,7 @@ impl PolicyStore {
             maps,
             slots: (0..POLICIES_MAX).map(|_| None).collect(),
             described: HashMap::new(),
+            compiled_from: HashMap::new(),
             next_id: 1,
             retired: Vec::new(),
         }
@@ -108,6 +111,11 @@ impl PolicyStore {
     /// (name, version) of the policy a rule set id belongs to.
     pub fn describe(&self, ruleset: u32) -> Option<&(String, String)> {
         self.described.get(&ruleset)
+    }
+
+    /// The policy a rule set id was compiled from.
+    pub fn policy_of(&self, ruleset: u32) -> Option<Arc<Policy>> {
+        self.compiled_from.get(&ruleset).cloned()
     }
 
     pub fn list(&self) -> Vec<PolicySummary> {
@@ -184,7 +192,9 @@ impl PolicyStore {
         }
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.described.insert(id, (policy.name.clone(), policy.version.clone()));
-        let new = Slot { policy: Arc::new(policy), ruleset: id, text, loaded_at: std::time::SystemTime::now(), compiled };
+        let policy = Arc::new(policy);
+        self.compiled_from.insert(id, policy.clone());
+        let new = Slot { policy, ruleset: id, text, loaded_at: std::time::SystemTime::now(), compiled };
         let old = self.slots[slot as usize].replace(new);
         Ok(match old {
             Some(old) => {

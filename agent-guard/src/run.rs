@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cgroup, config::Config, control};
+use crate::{cgroup, config::Config, control, landlock};
 
 /// Exit status when agent-guard itself fails before the command runs (as env(1) and
 /// docker do: 125 for our own errors, 126 not executable, 127 not found).
@@ -76,11 +76,20 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
             policy_file,
         },
     );
-    if let Err(e) = registered {
-        let _ = cgroup::remove_tree(&dir);
-        return Err(e.into());
+    let registered = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = cgroup::remove_tree(&dir);
+            return Err(e.into());
+        }
+    };
+    // Built before the fork: opening the write paths is not async-signal-safe.
+    let origin = registered.policy.as_ref().map_or_else(|| "policy".to_string(), |p| p.source.clone());
+    let layer = landlock::prepare(registered.text.as_deref(), &origin);
+    for w in &layer.warnings {
+        eprintln!("agent-guard: {w}");
     }
-    let status = spawn_in(&dir, &args.argv);
+    let status = spawn_in(&dir, &args.argv, layer.layer);
     // The run is over when its command is: whatever it left behind goes with the cgroup.
     if let Err(e) = cgroup::kill_and_remove(&dir, Duration::from_secs(10)) {
         eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
@@ -106,8 +115,10 @@ fn create_run_cgroup(root: &Path) -> Result<(String, PathBuf)> {
 }
 
 /// Starts argv with the child moving itself into `dir` between fork and exec, so the command
-/// is inside the run from its first instruction. Returns the shell-style exit status.
-fn spawn_in(dir: &Path, argv: &[String]) -> Result<i32> {
+/// is inside the run from its first instruction, then (after that move, which is itself a file
+/// write) restricting itself with the Landlock `layer`, if any. Returns the shell-style exit
+/// status.
+fn spawn_in(dir: &Path, argv: &[String], layer: Option<landlock::Layer>) -> Result<i32> {
     let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
         .context("cgroup path contains NUL")?;
     let mut cmd = Command::new(&argv[0]);
@@ -124,6 +135,15 @@ fn spawn_in(dir: &Path, argv: &[String]) -> Result<i32> {
             libc::close(fd);
             if n != 1 {
                 return Err(err);
+            }
+            if let Some(layer) = &layer {
+                // The parent applied the same ruleset to a thread of its own already, so this
+                // does not fail in practice; if it does, the command does not run unprotected.
+                if let Err(e) = layer.apply() {
+                    let msg = b"agent-guard: applying the Landlock layer failed\n";
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                    return Err(e);
+                }
             }
             Ok(())
         });

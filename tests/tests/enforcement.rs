@@ -134,13 +134,15 @@ fn files_allowed_denied_and_bypass_attempts() {
     let e = event_of(&d, "env", "open", |e| e["verdict"] != "allow");
     assert_eq!(e["rule"], "files.deny");
 
-    // Writes: allowed below out/, killed elsewhere (ws is read-only).
+    // Writes: allowed below out/; elsewhere (ws is read-only) `run`'s Landlock layer refuses
+    // them with EACCES before anything is truncated (tests/tests/landlock.rs has more).
     let o = probe_run(&d, &pol, "w-ok", &["write", &s(&l.ws.join("out/new.txt"))]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok"), "{o:?}");
     let o = probe_run(&d, &pol, "w-bad", &["write", &s(&l.ws.join("ok.txt"))]);
-    assert_eq!(status(&o), KILLED, "{o:?}");
+    assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
+    assert_eq!(std::fs::read_to_string(l.ws.join("ok.txt")).unwrap(), "hello\n", "not truncated");
     let e = event_of(&d, "w-bad", "open", |e| e["verdict"] != "allow");
-    assert_eq!((e["verdict"].as_str(), e["rule"].as_str()), (Some("kill"), Some("files.write")));
+    assert_eq!((e["verdict"].as_str(), e["rule"].as_str(), e["error"].as_str()), (Some("deny"), Some("files.write"), Some("EACCES")));
 
     // Hard links: creating one inside a run is refused (the link syscall is one this
     // backend cannot judge); one made outside the run is a second name, and the path model
