@@ -153,27 +153,17 @@ pub fn load(
         prog.attach(category, event)
             .map_err(|source| LoadError::Program { name: format!("{name} ({category}:{event})"), source })?;
     }
-    let cgroup = std::fs::File::open(root).map_err(|e| LoadError::Cgroup(root.display().to_string(), e))?;
-    for name in SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name: name.to_string(), source })?;
-        prog.load().map_err(|source| LoadError::Program { name: name.to_string(), source })?;
-        prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program { name: format!("{name} (cgroup {})", root.display()), source })?;
+    for name in SOCK_ADDR.iter().chain([&SOCK_CREATE]) {
+        let prog = ebpf.program_mut(name).ok_or_else(|| LoadError::MissingProgram(name.to_string()))?;
+        let loaded = match prog {
+            aya::programs::Program::CgroupSockAddr(p) => p.load(),
+            aya::programs::Program::CgroupSock(p) => p.load(),
+            _ => return Err(LoadError::MissingProgram(format!("{name} (not a cgroup socket program)"))),
+        };
+        loaded.map_err(|source| LoadError::Program { name: name.to_string(), source })?;
     }
-    {
-        let prog: &mut CgroupSock = ebpf
-            .program_mut(SOCK_CREATE)
-            .ok_or_else(|| LoadError::MissingProgram(SOCK_CREATE.to_string()))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name: SOCK_CREATE.to_string(), source })?;
-        prog.load().map_err(|source| LoadError::Program { name: SOCK_CREATE.to_string(), source })?;
-        prog.attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| LoadError::Program { name: format!("{SOCK_CREATE} (cgroup {})", root.display()), source })?;
-    }
+    // On the managed root: the links live as long as `ebpf`.
+    attach_cgroup(&mut ebpf, root)?;
     let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
     let runs = take(&mut ebpf, names::RUNS)?;
     let drops = take(&mut ebpf, names::DROPS)?;

@@ -145,6 +145,21 @@ impl Daemon {
         self.dir.path().join("policies")
     }
 
+    /// Writes a policy file named NAME.toml in the daemon's temporary directory.
+    pub fn write_policy(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Runs the probe (tests/src/bin/agprobe.rs) under the policy file, as a run named `name`.
+    pub fn probe_run(&self, policy: &Path, name: &str, args: &[&str]) -> Output {
+        let probe = probe();
+        let mut v = vec!["--policy", policy.to_str().unwrap(), "--name", name, "--", probe.to_str().unwrap()];
+        v.extend_from_slice(args);
+        self.run(&v)
+    }
+
     /// Every event written so far.
     pub fn events(&self) -> Vec<Value> {
         let Ok(f) = std::fs::File::open(&self.log) else { return vec![] };
@@ -183,6 +198,11 @@ pub fn probe() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agprobe");
     // Canonical, because policies name the path the kernel resolves.
     p.canonicalize().unwrap_or_else(|e| panic!("{}: {e} (cargo builds it for the tests)", p.display()))
+}
+
+/// A path as text.
+pub fn s(p: &Path) -> String {
+    p.display().to_string()
 }
 
 /// stdout of a finished command, as text.

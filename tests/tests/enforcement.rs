@@ -11,7 +11,7 @@ use std::{
     process::Output,
 };
 
-use agent_guard_tests::{privileged, probe, run_id, status, stdout, Daemon};
+use agent_guard_tests::{privileged, probe, run_id, s, status, stdout, Daemon};
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
@@ -60,30 +60,12 @@ deny = ["ptrace"]
     )
 }
 
-fn write_policy(d: &Daemon, name: &str, text: &str) -> PathBuf {
-    let p = d.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-/// Runs the probe under `policy` (a file) with a run name.
-fn probe_run(d: &Daemon, policy: &Path, name: &str, args: &[&str]) -> Output {
-    let probe = probe();
-    let mut v = vec!["--policy", policy.to_str().unwrap(), "--name", name, "--", probe.to_str().unwrap()];
-    v.extend_from_slice(args);
-    d.run(&v)
-}
-
 /// The first event of `kind` of the run named `name` that matches `pred`.
 fn event_of(d: &Daemon, name: &str, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let events = d.wait_for(&format!("{kind} of {name}"), |e| {
         e["run_name"] == name && e["kind"] == kind && pred(e)
     });
     events.into_iter().find(|e| e["run_name"] == name && e["kind"] == kind && pred(e)).unwrap()
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
 }
 
 #[test]
@@ -93,11 +75,11 @@ fn files_allowed_denied_and_bypass_attempts() {
     }
     let d = Daemon::start();
     let l = layout();
-    let pol = write_policy(&d, "files", &policy("files", &l, "", &[]));
+    let pol = d.write_policy("files", &policy("files", &l, "", &[]));
     let secret = s(&l.outside.join("secret.txt"));
 
     // Allowed read: content printed, open allowed.
-    let o = probe_run(&d, &pol, "ok", &["read", &s(&l.ws.join("ok.txt"))]);
+    let o = d.probe_run(&pol, "ok", &["read", &s(&l.ws.join("ok.txt"))]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok hello"), "{o:?}");
     let e = event_of(&d, "ok", "open", |e| e["path"] == s(&l.ws.join("ok.txt")));
     assert_eq!(e["verdict"], "allow");
@@ -119,7 +101,7 @@ fn files_allowed_denied_and_bypass_attempts() {
     ];
     for (name, args) in &attempts {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = probe_run(&d, &pol, name, &args);
+        let o = d.probe_run(&pol, name, &args);
         assert_eq!(status(&o), KILLED, "{name}: {o:?}");
         assert!(!stdout(&o).contains("TOPSECRET"), "{name}: content leaked: {o:?}");
         let e = event_of(&d, name, "open", |e| e["verdict"] != "allow");
@@ -128,7 +110,7 @@ fn files_allowed_denied_and_bypass_attempts() {
     }
 
     // A deny rule inside an allowed tree.
-    let o = probe_run(&d, &pol, "env", &["read", &s(&l.ws.join(".env"))]);
+    let o = d.probe_run(&pol, "env", &["read", &s(&l.ws.join(".env"))]);
     assert_eq!(status(&o), KILLED, "{o:?}");
     assert!(!stdout(&o).contains("envsecret"));
     let e = event_of(&d, "env", "open", |e| e["verdict"] != "allow");
@@ -136,9 +118,9 @@ fn files_allowed_denied_and_bypass_attempts() {
 
     // Writes: allowed below out/; elsewhere (ws is read-only) `run`'s Landlock layer refuses
     // them with EACCES before anything is truncated (tests/tests/landlock.rs has more).
-    let o = probe_run(&d, &pol, "w-ok", &["write", &s(&l.ws.join("out/new.txt"))]);
+    let o = d.probe_run(&pol, "w-ok", &["write", &s(&l.ws.join("out/new.txt"))]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok"), "{o:?}");
-    let o = probe_run(&d, &pol, "w-bad", &["write", &s(&l.ws.join("ok.txt"))]);
+    let o = d.probe_run(&pol, "w-bad", &["write", &s(&l.ws.join("ok.txt"))]);
     assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
     assert_eq!(std::fs::read_to_string(l.ws.join("ok.txt")).unwrap(), "hello\n", "not truncated");
     let e = event_of(&d, "w-bad", "open", |e| e["verdict"] != "allow");
@@ -147,7 +129,7 @@ fn files_allowed_denied_and_bypass_attempts() {
     // Hard links: creating one inside a run is refused (the link syscall is one this
     // backend cannot judge); one made outside the run is a second name, and the path model
     // decides on names: it is readable through the allowed name.
-    let o = probe_run(&d, &pol, "hardlink", &["link", &secret, &s(&l.ws.join("hl"))]);
+    let o = d.probe_run(&pol, "hardlink", &["link", &secret, &s(&l.ws.join("hl"))]);
     assert_eq!(status(&o), KILLED, "{o:?}");
     let e = event_of(&d, "hardlink", "syscall", |_| true);
     assert_eq!((e["rule"].as_str(), e["name"].as_str()), (Some("unseen"), Some("link")), "{e}");
@@ -160,14 +142,14 @@ fn exec_syscalls_and_unseen_operations() {
     }
     let d = Daemon::start();
     let l = layout();
-    let pol = write_policy(&d, "exec", &policy("exec", &l, "", &[]));
+    let pol = d.write_policy("exec", &policy("exec", &l, "", &[]));
 
     // The probe is allowed; /usr/bin/true is not, and never runs.
     let o = d.run(&["--policy", pol.to_str().unwrap(), "--name", "true", "--", "/usr/bin/true"]);
     assert_eq!(status(&o), KILLED, "{o:?}");
     let e = event_of(&d, "true", "exec", |_| true);
     assert_eq!((e["verdict"].as_str(), e["rule"].as_str(), e["path"].as_str()), (Some("kill"), Some("exec.allow"), Some("/usr/bin/true")));
-    let o = probe_run(&d, &pol, "probe", &["sleep", "0"]);
+    let o = d.probe_run(&pol, "probe", &["sleep", "0"]);
     assert_eq!(status(&o), 0, "{o:?}");
     assert_eq!(event_of(&d, "probe", "exec", |_| true)["verdict"], "allow");
 
@@ -176,14 +158,14 @@ fn exec_syscalls_and_unseen_operations() {
         ("uring", vec!["io_uring"], "unseen", "io_uring_setup"),
         ("userns", vec!["unshare-mnt"], "unseen", "unshare"),
     ] {
-        let o = probe_run(&d, &pol, name, &args);
+        let o = d.probe_run(&pol, name, &args);
         assert_eq!(status(&o), KILLED, "{name}: {o:?}");
         let e = event_of(&d, name, "syscall", |_| true);
         assert_eq!((e["verdict"].as_str(), e["rule"].as_str(), e["name"].as_str()), (Some("kill"), Some(rule), Some(syscall)), "{e}");
     }
 
     // Raw sockets: refused with EPERM by the cgroup sock_create program.
-    let o = probe_run(&d, &pol, "raw", &["raw"]);
+    let o = d.probe_run(&pol, "raw", &["raw"]);
     assert_eq!((status(&o), stdout(&o).trim()), (1, "err EPERM"), "{o:?}");
     let e = event_of(&d, "raw", "socket", |_| true);
     assert_eq!((e["verdict"].as_str(), e["rule"].as_str()), (Some("deny"), Some("network.raw_sockets")));
@@ -210,7 +192,7 @@ fn network_connect_and_udp_on_loopback() {
         format!("127.0.0.1:{u_ok}"),
         format!("[::1]/128:{p_ok6}"),
     ];
-    let pol = write_policy(&d, "net", &policy("net", &l, "", &net));
+    let pol = d.write_policy("net", &policy("net", &l, "", &net));
     let cases = [
         ("v4-ok", "connect", format!("127.0.0.1:{p_ok4}"), "ok connected"),
         ("v4-bad", "connect", format!("127.0.0.1:{p_bad4}"), "err EPERM"),
@@ -222,7 +204,7 @@ fn network_connect_and_udp_on_loopback() {
         ("udp-bad", "udp", format!("127.0.0.1:{u_bad}"), "err EPERM"),
     ];
     for (name, op, addr, want) in &cases {
-        let o = probe_run(&d, &pol, name, &[op, addr]);
+        let o = d.probe_run(&pol, name, &[op, addr]);
         assert_eq!(stdout(&o).trim(), *want, "{name}: {o:?}\n{}", d.stderr());
     }
     for name in ["v4-bad", "v6-bad", "mapped-bad"] {
@@ -236,8 +218,8 @@ fn network_connect_and_udp_on_loopback() {
     assert_eq!(event_of(&d, "v4-ok", "connect", |_| true)["verdict"], "allow");
 
     // on_violation = "kill": the refused connect also ends the process.
-    let pol = write_policy(&d, "net-kill", &policy("net-kill", &l, "on_violation = \"kill\"", &net));
-    let o = probe_run(&d, &pol, "kill", &["connect", &format!("127.0.0.1:{p_bad4}")]);
+    let pol = d.write_policy("net-kill", &policy("net-kill", &l, "on_violation = \"kill\"", &net));
+    let o = d.probe_run(&pol, "kill", &["connect", &format!("127.0.0.1:{p_bad4}")]);
     assert_eq!(status(&o), KILLED, "{o:?}");
     assert_eq!(event_of(&d, "kill", "connect", |_| true)["verdict"], "kill");
 }
@@ -250,16 +232,16 @@ fn monitor_mode_allows_and_reports_would_deny() {
     let d = Daemon::start();
     let l = layout();
     let bad = TcpListener::bind("127.0.0.1:0").unwrap();
-    let pol = write_policy(&d, "mon", &policy("mon", &l, "mode = \"monitor\"", &[]));
+    let pol = d.write_policy("mon", &policy("mon", &l, "mode = \"monitor\"", &[]));
     let secret = s(&l.outside.join("secret.txt"));
-    let o = probe_run(&d, &pol, "m-read", &["read", &secret]);
+    let o = d.probe_run(&pol, "m-read", &["read", &secret]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok TOPSECRET"), "{o:?}");
     let e = event_of(&d, "m-read", "open", |e| e["path"] == secret.as_str());
     assert_eq!((e["verdict"].as_str(), e["rule"].as_str()), (Some("would_deny"), Some("files.read")));
-    let o = probe_run(&d, &pol, "m-net", &["connect", &bad.local_addr().unwrap().to_string()]);
+    let o = d.probe_run(&pol, "m-net", &["connect", &bad.local_addr().unwrap().to_string()]);
     assert_eq!(stdout(&o).trim(), "ok connected", "{o:?}");
     assert_eq!(event_of(&d, "m-net", "connect", |_| true)["verdict"], "would_deny");
-    let o = probe_run(&d, &pol, "m-ptrace", &["ptrace"]);
+    let o = d.probe_run(&pol, "m-ptrace", &["ptrace"]);
     assert_eq!(status(&o), 0, "{o:?}");
     assert_eq!(event_of(&d, "m-ptrace", "syscall", |_| true)["verdict"], "would_deny");
 }
@@ -274,7 +256,7 @@ fn processes_outside_runs_are_never_touched() {
     let d = Daemon::start();
     let l = layout();
     let bad = TcpListener::bind("127.0.0.1:0").unwrap();
-    let pol = write_policy(&d, "strict", &policy("strict", &l, "on_violation = \"kill\"", &[]));
+    let pol = d.write_policy("strict", &policy("strict", &l, "on_violation = \"kill\"", &[]));
     let probe = probe();
     let mut inside = std::process::Command::new(agent_guard_tests::binary())
         .args(["--config", d.config.to_str().unwrap(), "run", "--policy", pol.to_str().unwrap(), "--name", "busy", "--"])

@@ -5,11 +5,11 @@
 //! Each test starts its own daemon and runs tests/src/bin/agprobe.rs inside runs, as
 //! tests/tests/enforcement.rs does.
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Output,
 };
 
-use agent_guard_tests::{privileged, probe, status, stdout, Daemon};
+use agent_guard_tests::{privileged, probe, s, status, stdout, Daemon};
 
 struct Layout {
     _tmp: tempfile::TempDir,
@@ -43,23 +43,6 @@ allow = ["{probe}"]
     )
 }
 
-fn write_policy(d: &Daemon, name: &str, text: &str) -> PathBuf {
-    let p = d.dir.path().join(format!("{name}.toml"));
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn probe_run(d: &Daemon, policy: &Path, name: &str, args: &[&str]) -> Output {
-    let probe = probe();
-    let mut v = vec!["--policy", policy.to_str().unwrap(), "--name", name, "--", probe.to_str().unwrap()];
-    v.extend_from_slice(args);
-    d.run(&v)
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -71,11 +54,11 @@ fn enforce_refuses_writes_outside_write_paths_before_they_happen() {
     }
     let d = Daemon::start();
     let l = layout();
-    let pol = write_policy(&d, "ll", &policy("ll", &l, "mode = \"enforce\""));
+    let pol = d.write_policy("ll", &policy("ll", &l, "mode = \"enforce\""));
 
     // A new file below the write path: created.
     let new_out = l.ws.join("out/new.txt");
-    let o = probe_run(&d, &pol, "w-ok", &["write", &s(&new_out)]);
+    let o = d.probe_run(&pol, "w-ok", &["write", &s(&new_out)]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok"), "{o:?}");
     assert_eq!(std::fs::read_to_string(&new_out).unwrap(), "written\n");
     assert!(!stderr(&o).contains("Landlock"), "no warning where Landlock works: {o:?}");
@@ -83,18 +66,18 @@ fn enforce_refuses_writes_outside_write_paths_before_they_happen() {
     // A new file in the read-only tree: refused by Landlock, so nothing was opened, nothing
     // was created, and the process lives to report it.
     let new_ws = l.ws.join("new.txt");
-    let o = probe_run(&d, &pol, "w-create", &["write", &s(&new_ws)]);
+    let o = d.probe_run(&pol, "w-create", &["write", &s(&new_ws)]);
     assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
     assert!(!new_ws.exists(), "the refused create left a file behind");
 
     // Truncating an existing read-only file: refused, content unchanged.
     let ok = l.ws.join("ok.txt");
-    let o = probe_run(&d, &pol, "w-trunc", &["write", &s(&ok)]);
+    let o = d.probe_run(&pol, "w-trunc", &["write", &s(&ok)]);
     assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
     assert_eq!(std::fs::read_to_string(&ok).unwrap(), "hello\n");
 
     // Reads are not the layer's business.
-    let o = probe_run(&d, &pol, "r-ok", &["read", &s(&ok)]);
+    let o = d.probe_run(&pol, "r-ok", &["read", &s(&ok)]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok hello"), "{o:?}");
 }
 
@@ -105,10 +88,10 @@ fn monitor_mode_has_no_landlock_layer() {
     }
     let d = Daemon::start();
     let l = layout();
-    let pol = write_policy(&d, "llmon", &policy("llmon", &l, "mode = \"monitor\""));
+    let pol = d.write_policy("llmon", &policy("llmon", &l, "mode = \"monitor\""));
 
     let new_ws = l.ws.join("new.txt");
-    let o = probe_run(&d, &pol, "mon-create", &["write", &s(&new_ws)]);
+    let o = d.probe_run(&pol, "mon-create", &["write", &s(&new_ws)]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok"), "{o:?}");
     assert_eq!(std::fs::read_to_string(&new_ws).unwrap(), "written\n");
     assert!(!stderr(&o).contains("Landlock"), "{o:?}");
@@ -126,9 +109,9 @@ fn missing_write_paths_are_noted_and_refused() {
         &format!("write = [\"{}/out\"]", l.ws.display()),
         &format!("write = [\"{0}/out\", \"{0}/later\"]", l.ws.display()),
     );
-    let pol = write_policy(&d, "llmiss", &text);
+    let pol = d.write_policy("llmiss", &text);
     let later = l.ws.join("later");
-    let o = probe_run(&d, &pol, "miss", &["write", &s(&l.ws.join("out/x.txt"))]);
+    let o = d.probe_run(&pol, "miss", &["write", &s(&l.ws.join("out/x.txt"))]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok"), "{o:?}");
     let err = stderr(&o);
     assert!(
