@@ -195,7 +195,8 @@ pub struct KernelOffsets {
     pub task_ti_status: u32,
     /// file.f_mode (FMODE_READ = 1, FMODE_WRITE = 2).
     pub file_f_mode: u32,
-    pub _pad: u32,
+    /// pt_regs.di: the first syscall argument on x86_64.
+    pub pt_regs_di: u32,
 }
 
 /// What the kernel keeps per run cgroup.

@@ -35,7 +35,7 @@ static AG_OFFSETS: KernelOffsets = KernelOffsets {
     sock_protocol_size: 0,
     task_ti_status: 0,
     file_f_mode: 0,
-    _pad: 0,
+    pt_regs_di: 0,
 };
 
 #[inline(always)]

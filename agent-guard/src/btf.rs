@@ -129,7 +129,7 @@ impl KernelBtf {
             sock_protocol_size: protocol.size,
             task_ti_status: f("task_struct", "thread_info")? + f("thread_info", "status")?,
             file_f_mode: f("file", "f_mode")?,
-            _pad: 0,
+            pt_regs_di: f("pt_regs", "di")?,
         })
     }
 }

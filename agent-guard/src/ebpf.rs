@@ -31,8 +31,11 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
     ("ag_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
     ("ag_exit_socket", "syscalls", "sys_exit_socket"),
-    ("ag_sys_enter", "raw_syscalls", "sys_enter"),
 ];
+
+/// Raw tracepoint programs (cheaper per hit than perf-event tracepoints: used where every
+/// syscall on the host passes).
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("ag_sys_enter", "sys_enter")];
 
 /// cgroup sock_addr programs, attached to the managed root (never to any other cgroup).
 /// aya attaches them with bpf_link, which always lets other links coexist on the cgroup
@@ -152,6 +155,15 @@ pub fn load(
         prog.load().map_err(|source| LoadError::Program { name: name.to_string(), source })?;
         prog.attach(category, event)
             .map_err(|source| LoadError::Program { name: format!("{name} ({category}:{event})"), source })?;
+    }
+    for (name, tp) in RAW_TRACEPOINTS {
+        let prog: &mut aya::programs::RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        prog.load().map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        prog.attach(tp).map_err(|source| LoadError::Program { name: format!("{name} (raw {tp})"), source })?;
     }
     for name in SOCK_ADDR.iter().chain([&SOCK_CREATE]) {
         let prog = ebpf.program_mut(name).ok_or_else(|| LoadError::MissingProgram(name.to_string()))?;
