@@ -85,9 +85,9 @@ pub fn ag_enter_openat2(ctx: TracePointContext) -> u32 {
 }
 
 const O_ACCMODE: u32 = 0o3;
-const O_PATH: u32 = 0o10000000;
 const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
+const FMODE_PATH: u32 = 0x4000;
 
 /// At syscall exit the new descriptor exists but the process has not seen it yet: an open
 /// outside the policy gets SIGKILL here and never returns to user space with it. The
@@ -129,8 +129,9 @@ fn finish(ctx: &TracePointContext) -> u32 {
             let acc = p.flags & O_ACCMODE;
             let write = fmode & FMODE_WRITE != 0 || acc != 0 || p.flags & (O_CREAT | O_TRUNC) != 0;
             let read = fmode & FMODE_READ != 0 || acc != 1;
-            // O_PATH grants no access to the contents; reopening it is another open.
-            let path_only = pending.is_some() && p.flags & O_PATH != 0;
+            // O_PATH grants no access to the contents; reopening it is another open. Taken
+            // from the file, not from flags a racing thread could change after entry.
+            let path_only = fmode & FMODE_PATH != 0;
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
                 Some(w) => policy::file_decision(rs, w, read, write, false),

@@ -100,6 +100,8 @@ pub fn fd_file(o: &KernelOffsets, fd: i32) -> Result<u64, ()> {
 pub struct Walked {
     pub start: u32,
     pub truncated: bool,
+    /// Not a file in the tree (see `WALK_PSEUDO`); the text is its name, without a '/'.
+    pub pseudo: bool,
     /// Components recorded in `Scratch::comps` (leaf first).
     pub ncomps: u32,
 }
@@ -108,6 +110,9 @@ const WALK_RUNNING: u32 = 0;
 const WALK_DONE: u32 = 1;
 const WALK_TRUNCATED: u32 = 2;
 const WALK_ERROR: u32 = 3;
+/// A disconnected dentry that is not a mount root: pipes, sockets, anonymous inodes and
+/// memfds (reachable again through /proc/PID/fd). Not a path in the file tree.
+const WALK_PSEUDO: u32 = 4;
 
 #[repr(C)]
 struct WalkState {
@@ -142,6 +147,19 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
     let buf = crate::event::scratch().ok_or(())?;
     let mnt_root: u64 = read(w.mnt + o.mount_mnt as u64, o.vfsmount_mnt_root)?;
     let parent: u64 = read(w.dentry, o.dentry_d_parent)?;
+    if w.dentry == parent && w.dentry != mnt_root {
+        let len: u32 = read(w.dentry + o.dentry_d_name as u64, o.qstr_len)?;
+        let name: u64 = read(w.dentry + o.dentry_d_name as u64, o.qstr_name)?;
+        let len = len & 255;
+        if len + 1 < w.pos {
+            let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
+            // SAFETY: pos < PATH_MAX and len < 256: inside the 2 * PATH_MAX scratch.
+            if unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, name as *const _) } == 0 {
+                w.pos = pos;
+            }
+        }
+        return Ok(WALK_PSEUDO);
+    }
     if w.dentry == mnt_root || w.dentry == parent {
         // At the root of this mount: step to the mount point in the parent mount.
         let mnt_parent: u64 = read(w.mnt, o.mount_mnt_parent)?;
@@ -207,7 +225,7 @@ pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Wal
     if w.state == WALK_ERROR {
         return Err(());
     }
-    if w.pos == PATH_MAX as u32 {
+    if w.pos == PATH_MAX as u32 && w.state != WALK_PSEUDO {
         // The root itself.
         w.pos -= 1;
         // SAFETY: buf has 2 * PATH_MAX bytes.
@@ -215,5 +233,6 @@ pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Wal
     }
     // SAFETY: per-CPU scratch.
     let ncomps = unsafe { (*s).ncomps };
-    Ok(Walked { start: w.pos, truncated: w.state != WALK_DONE, ncomps })
+    let pseudo = w.state == WALK_PSEUDO;
+    Ok(Walked { start: w.pos, truncated: w.state != WALK_DONE && !pseudo, pseudo, ncomps })
 }

@@ -21,6 +21,10 @@ const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
 const IPPROTO_ICMP: u32 = 1;
 const IPPROTO_ICMPV6: u32 = 58;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
+const IPPROTO_UDPLITE: u32 = 136;
+const IPPROTO_MPTCP: u32 = 262;
 /// cgroup sock programs: 1 lets the operation go on, 0 fails it with EPERM.
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
@@ -141,14 +145,24 @@ pub fn ag_sock_create(ctx: SockContext) -> i32 {
     // SAFETY: context fields the verifier allows reading.
     let (family, ty, proto) = unsafe { ((*ctx.sock).family, (*ctx.sock).type_, (*ctx.sock).protocol) };
     let raw = ty == SOCK_RAW || (ty == SOCK_DGRAM && (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6));
-    if !raw || rs.hdr.flags & RS_RAW_SOCKETS != 0 {
+    // Protocols whose sends the sock_addr hooks see; others (SCTP, L2TP, ...) could reach
+    // peers without passing connect4/sendmsg4.
+    let checked = matches!(proto, 0 | IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_MPTCP);
+    let rule = if raw {
+        if rs.hdr.flags & RS_RAW_SOCKETS != 0 {
+            return PASS;
+        }
+        rule::RAW_SOCKET
+    } else if !checked {
+        rule::UNSEEN
+    } else {
         return PASS;
-    }
+    };
     let v = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
     if let Some(mut entry) = event::reserve::<SocketEvent>() {
         let mut hdr = event::header(kind::SOCKET, &run);
         hdr.verdict = v;
-        hdr.rule = rule::RAW_SOCKET;
+        hdr.rule = rule;
         hdr.ruleset = rs.id;
         entry.write(SocketEvent { hdr, family, sock_type: ty, protocol: proto, _pad: 0 });
         entry.submit(0);

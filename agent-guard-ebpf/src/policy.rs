@@ -164,6 +164,10 @@ pub fn file_decision(rs: &Ruleset, w: &Walked, read: bool, write: bool, can_refu
     if w.truncated {
         return violation(rs, rule::PATH_TOO_LONG, can_refuse);
     }
+    if w.pseudo {
+        // Reopening a pipe, socket or anonymous inode the process already holds.
+        return ALLOWED;
+    }
     let m = match_path(rs, w);
     if m.access & file_rule::DENY != 0 {
         return violation(rs, rule::FILES_DENY, can_refuse);
@@ -183,6 +187,9 @@ pub fn file_decision(rs: &Ruleset, w: &Walked, read: bool, write: bool, can_refu
 pub fn exec_decision(rs: &Ruleset, w: &Walked) -> Decision {
     if w.truncated {
         return violation(rs, rule::PATH_TOO_LONG, false);
+    }
+    if w.pseudo {
+        return violation(rs, rule::EXEC, false); // memfd and other fileless executables
     }
     if match_path(rs, w).exec {
         ALLOWED

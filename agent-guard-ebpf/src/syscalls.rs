@@ -17,6 +17,10 @@ const AF_PACKET: u64 = 17;
 /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a new namespace
 /// would let the process remount paths under names the policy allows.
 const CLONE_NEW_ANY: u64 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
+/// A child sharing the file table without being a thread: it would keep a descriptor whose
+/// opener was killed for opening it.
+const CLONE_FILES: u64 = 0x0000_0400;
+const CLONE_THREAD: u64 = 0x0001_0000;
 /// x86 thread_info.status bit of a 32-bit (int 0x80 / compat) syscall, whose numbers are
 /// another table.
 const TS_COMPAT: u32 = 0x0002;
@@ -29,8 +33,13 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
     let id: i64 = ctx.arg(1);
     let o = kernel::offsets();
-    let arg0: u64 = kernel::read(regs, o.pt_regs_di).unwrap_or(0);
+    let arg0 = kernel::read::<u64>(regs, o.pt_regs_di);
     let nr = id as u32;
+    let needs_arg = nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_SOCKET;
+    let Ok(arg0) = arg0.or(if needs_arg { Err(()) } else { Ok(0) }) else {
+        // The argument that decides could not be read: refused, not guessed.
+        return report(&run, &rs, rule::UNSEEN, nr, 0);
+    };
     let status: u32 = kernel::read(kernel::current_task(), o.task_ti_status).unwrap_or(0);
     let rule = if status & TS_COMPAT != 0 || id < 0 || id >= 512 {
         rule::UNSEEN
@@ -38,9 +47,9 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
         rule::SYSCALLS
     } else if policy::bit_set(&rs.hdr.unseen, nr) {
         rule::UNSEEN
-    } else if nr == NR_CLONE && arg0 & CLONE_NEW_ANY != 0 {
+    } else if nr == NR_CLONE && refused_clone(arg0) {
         rule::UNSEEN
-    } else if nr == NR_CLONE3 && clone3_flags(arg0) & CLONE_NEW_ANY != 0 {
+    } else if nr == NR_CLONE3 && clone3_flags(arg0).is_none_or(refused_clone) {
         rule::UNSEEN
     } else if nr == NR_SOCKET && arg0 == AF_PACKET && rs.hdr.flags & RS_RAW_SOCKETS == 0 {
         // Packet sockets never reach the cgroup sock_create hook.
@@ -48,24 +57,33 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
     } else {
         return 0;
     };
-    let d = policy::violation(&rs, rule, false);
+    report(&run, &rs, rule, nr, arg0)
+}
+
+#[inline(always)]
+fn report(run: &run::CurrentRun, rs: &run::Ruleset, rule: u32, nr: u32, arg0: u64) -> i32 {
+    let d = policy::violation(rs, rule, false);
     let Some(mut entry) = event::reserve::<SyscallEvent>() else { return 0 };
-    let mut hdr = event::header(kind::SYSCALL, &run);
+    let mut hdr = event::header(kind::SYSCALL, run);
     hdr.verdict = d.verdict;
     hdr.rule = d.rule;
     hdr.ruleset = rs.id;
-    entry.write(SyscallEvent { hdr, nr: id as u32, _pad: 0, arg0 });
+    entry.write(SyscallEvent { hdr, nr, _pad: 0, arg0 });
     entry.submit(0);
     0
 }
 
-/// clone_args.flags (the first u64 of the struct clone3 is given).
 #[inline(always)]
-fn clone3_flags(args: u64) -> u64 {
+fn refused_clone(flags: u64) -> bool {
+    flags & CLONE_NEW_ANY != 0 || (flags & CLONE_FILES != 0 && flags & CLONE_THREAD == 0)
+}
+
+/// clone_args.flags (the first u64 of the struct clone3 is given); None if unreadable.
+#[inline(always)]
+fn clone3_flags(args: u64) -> Option<u64> {
     if args == 0 {
-        return 0;
+        return None;
     }
-    // SAFETY: user read; a failure is treated as "no new namespace" because the kernel then
-    // fails the clone3 with EFAULT as well.
-    unsafe { bpf_probe_read_user(args as *const u64) }.unwrap_or(0)
+    // SAFETY: user read; failure is reported as None (refused).
+    unsafe { bpf_probe_read_user(args as *const u64) }.ok()
 }

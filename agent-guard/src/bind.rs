@@ -23,7 +23,7 @@ use crate::{cgroup, ebpf};
 pub struct Bound {
     pub dir: PathBuf,
     pub slot: u32,
-    links: ebpf::CgroupLinks,
+    links: Option<ebpf::CgroupLinks>,
 }
 
 /// Owns the loaded programs (attachments to bound cgroups need them) and the bind maps.
@@ -59,26 +59,29 @@ impl Binder {
         for id in stale {
             let b = self.bound.remove(&id).expect("present");
             let _ = self.map.remove(&id);
-            ebpf::detach_cgroup(&mut self.ebpf, b.links);
+            if let Some(links) = b.links {
+                ebpf::detach_cgroup(&mut self.ebpf, links);
+            }
             ch.removed.push((id, b.dir, b.slot));
         }
         for (id, (dir, slot)) in desired {
             if self.bound.contains_key(&id) {
                 continue;
             }
-            let links = match ebpf::attach_cgroup(&mut self.ebpf, &dir) {
-                Ok(l) => l,
-                Err(e) => {
-                    ch.errors.push(format!("binding {}: {e}", dir.display()));
-                    continue;
-                }
-            };
             let entry = RunEntry { run_index: 0, flags: 0, policy: slot, _pad: 0 };
             if let Err(e) = self.map.insert(id, entry, 0) {
-                ebpf::detach_cgroup(&mut self.ebpf, links);
                 ch.errors.push(format!("binding {}: kernel map: {e}", dir.display()));
                 continue;
             }
+            // Files, exec and syscalls are enforced from here on; a failed attach leaves the
+            // network unenforced for this cgroup, which is reported, never silent.
+            let links = match ebpf::attach_cgroup(&mut self.ebpf, &dir) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    ch.errors.push(format!("binding {}: network programs not attached, network NOT enforced there: {e}", dir.display()));
+                    None
+                }
+            };
             ch.added.push((id, dir.clone(), slot));
             self.bound.insert(id, Bound { dir, slot, links });
         }
@@ -87,17 +90,29 @@ impl Binder {
     }
 }
 
+/// The cgroup directories of PID 1 and of this daemon: never bound (nor their ancestors).
+fn protected(mount: &Path) -> Vec<PathBuf> {
+    ["/proc/1/cgroup", "/proc/self/cgroup"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(|p| mount.join(p.trim_start_matches('/')))))
+        .collect()
+}
+
 /// Cgroups below `mount` matching some policy's globs, outside `managed_root`. A match's
-/// subtree is not searched further (the binding covers it).
+/// subtree is not searched further (the binding covers it). A binding in `current` stays
+/// unless its cgroup is gone or no longer matches: a failed directory read never unbinds.
 pub fn scan(
     mount: &Path,
     managed_root: &Path,
     policies: &[(u32, globset::GlobSet)],
+    current: &HashMap<u64, (PathBuf, u32)>,
 ) -> HashMap<u64, (PathBuf, u32)> {
     let mut found = HashMap::new();
     if policies.is_empty() {
         return found;
     }
+    let protected = protected(mount);
     let mut stack = vec![(mount.to_path_buf(), 0)];
     while let Some((dir, depth)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -111,6 +126,11 @@ pub fn scan(
                 continue;
             }
             let rel = path.strip_prefix(mount).unwrap_or(&path).to_string_lossy().into_owned();
+            if protected.iter().any(|p| p.starts_with(&path)) {
+                // Holds PID 1 or the daemon: binding it would put them under a policy.
+                stack.push((path, depth + 1));
+                continue;
+            }
             match policies.iter().find(|(_, g)| g.is_match(&rel)) {
                 Some((slot, _)) => {
                     if let Ok(id) = cgroup::cgroup_id(&path) {
@@ -120,6 +140,17 @@ pub fn scan(
                 None if depth + 1 < BIND_DEPTH_MAX => stack.push((path, depth + 1)),
                 None => {}
             }
+        }
+    }
+    for (id, (dir, slot)) in current {
+        if found.contains_key(id) {
+            continue;
+        }
+        let rel = dir.strip_prefix(mount).unwrap_or(dir).to_string_lossy().into_owned();
+        let still = cgroup::cgroup_id(dir).is_ok_and(|i| i == *id)
+            && policies.iter().any(|(s, g)| s == slot && g.is_match(&rel));
+        if still {
+            found.insert(*id, (dir.clone(), *slot));
         }
     }
     found

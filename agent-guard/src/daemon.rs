@@ -367,16 +367,16 @@ fn enrich(
 /// kernel reported them).
 fn judge_refused_open(shared: &Shared, ruleset: u32, e: &mut Event) {
     let Detail::Open { path, flags, result, path_resolved: false, .. } = &e.detail else { return };
-    if *result != -libc::EACCES || e.verdict != "allow" || !path.starts_with('/') {
+    let write = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
+    // Landlock handles writes only: a refused read is the file's own permissions.
+    if *result != -libc::EACCES || e.verdict != "allow" || !path.starts_with('/') || !write {
         return;
     }
     let Some(p) = shared.policies.lock().expect("policies lock").policy_of(ruleset) else { return };
     if p.mode != policy::Mode::Enforce {
         return;
     }
-    let write = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
-    let access = if write { policy::Access::Write } else { policy::Access::Read };
-    if let policy::FileVerdict::Deny { rule, .. } = p.file_access(path, access) {
+    if let policy::FileVerdict::Deny { rule, .. } = p.file_access(path, policy::Access::Write) {
         e.verdict = "deny";
         e.rule = Some(rule.to_string());
     }
@@ -566,7 +566,13 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 };
                 info.ended = Some(Instant::now());
                 let info = info.clone();
-                let _ = runs.map.remove(&info.cgroup_id);
+                // Processes that survived the run's cleanup stay under its policy: the kernel
+                // entry goes only once the cgroup is empty or gone.
+                if matches!(cgroup::populated(&info.dir), Ok(true)) {
+                    warn!("run {run} ended with processes still in {}; its policy stays on them", info.dir.display());
+                } else {
+                    let _ = runs.map.remove(&info.cgroup_id);
+                }
                 info
             };
             let mut e = shared.base_event("run_end", Some(&info));
@@ -712,7 +718,8 @@ fn rebind(shared: &Shared) {
     if globs.is_empty() && binder.bound.is_empty() {
         return;
     }
-    let desired = crate::bind::scan(&shared.mount, &shared.root, &globs);
+    let current = binder.bound.iter().map(|(id, b)| (*id, (b.dir.clone(), b.slot))).collect();
+    let desired = crate::bind::scan(&shared.mount, &shared.root, &globs, &current);
     let changes = binder.apply(desired);
     drop(binder);
     for msg in &changes.errors {

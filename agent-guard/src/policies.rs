@@ -75,7 +75,13 @@ pub struct PolicyStore {
     compiled_from: HashMap<u32, Arc<Policy>>,
     next_id: u32,
     retired: Vec<(Instant, u32, Compiled)>,
+    /// Rule sets removed from the kernel: their description is kept a while for events still
+    /// queued, then forgotten.
+    forgotten: Vec<(Instant, u32)>,
 }
+
+/// How long a removed rule set's name and version stay known to the event enricher.
+const DESCRIBE_AFTER_REMOVAL: Duration = Duration::from_secs(60);
 
 fn mode_name(p: &Policy) -> String {
     format!("{:?}", p.mode).to_lowercase()
@@ -90,6 +96,7 @@ impl PolicyStore {
             compiled_from: HashMap::new(),
             next_id: 1,
             retired: Vec::new(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -233,6 +240,15 @@ impl PolicyStore {
         self.retired = keep;
         for (_, id, c) in due {
             self.erase(id, &c);
+            self.forgotten.push((Instant::now(), id));
+        }
+        let (old, recent): (Vec<_>, Vec<_>) = std::mem::take(&mut self.forgotten)
+            .into_iter()
+            .partition(|(t, _)| t.elapsed() >= DESCRIBE_AFTER_REMOVAL);
+        self.forgotten = recent;
+        for (_, id) in old {
+            self.described.remove(&id);
+            self.compiled_from.remove(&id);
         }
     }
 }

@@ -109,6 +109,21 @@ fn files_allowed_denied_and_bypass_attempts() {
         assert_eq!(e["path"], secret.as_str(), "{name}: {e}");
     }
 
+    // A pipe reopened through /proc/self/fd (`cat /dev/stdin`, bash's <(...)) is not a file
+    // in the tree: allowed, whatever the rules on "/" say.
+    let mut child = std::process::Command::new(agent_guard_tests::binary())
+        .args(["--config", d.config.to_str().unwrap(), "run", "--policy", pol.to_str().unwrap(), "--name", "pipe", "--"])
+        .arg(probe())
+        .args(["read", "/proc/self/fd/0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"through a pipe\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!((status(&o), stdout(&o).trim()), (0, "ok through a pipe"), "{o:?}");
+
     // A deny rule inside an allowed tree.
     let o = d.probe_run(&pol, "env", &["read", &s(&l.ws.join(".env"))]);
     assert_eq!(status(&o), KILLED, "{o:?}");

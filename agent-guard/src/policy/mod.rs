@@ -118,6 +118,9 @@ pub const UNSEEN_SYSCALLS: &[&str] = &[
     "setns",
     "unshare",
     "chroot",
+    "pidfd_getfd",
+    "process_vm_readv",
+    "process_vm_writev",
 ];
 
 /// Longest policy name.
