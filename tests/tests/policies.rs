@@ -182,3 +182,54 @@ fn reload_under_load_never_mixes_versions() {
     let oks = reloads(&d).iter().filter(|e| e["result"] == "ok").count();
     assert!(oks >= 200, "every reload is an event: {oks}");
 }
+
+/// The limits: a policy with 4,096 rules in each of files.read and network.connect loads and
+/// decides correctly, and 64 policies load at once while a 65th is refused with the reason.
+#[test]
+fn limits_4096_rules_and_64_policies() {
+    if !privileged("limits_4096_rules_and_64_policies") {
+        return;
+    }
+    let d = Daemon::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let last = tmp.path().join("d4000");
+    std::fs::create_dir(&last).unwrap();
+    std::fs::write(last.join("f"), "deep\n").unwrap();
+    let probe = probe();
+    let mut read: Vec<String> = ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null"].iter().map(|s| s.to_string()).collect();
+    read.push(probe.parent().unwrap().display().to_string());
+    for i in read.len()..4096 {
+        read.push(format!("{}/d{i}", tmp.path().display()));
+    }
+    let net: Vec<String> = (0..4096).map(|i| format!("10.{}.{}.0/24:443", i / 256, i % 256)).collect();
+    let text = format!(
+        "name = \"big\"\n[files]\nread = {read:?}\n[exec]\nallow = [{:?}]\n[network]\nconnect = {net:?}\n",
+        probe.display().to_string()
+    );
+    let big = tmp.path().join("big.toml");
+    std::fs::write(&big, text).unwrap();
+    let t = std::time::Instant::now();
+    let o = d.cli(&["policy", "apply", big.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    eprintln!("4096+4096-rule policy applied in {:?}", t.elapsed());
+    let o = d.run(&["--policy", "big", "--", probe.to_str().unwrap(), "read", last.join("f").to_str().unwrap()]);
+    assert_eq!((status(&o), stdout(&o).trim()), (0, "ok deep"), "{o:?}");
+    std::fs::write(tmp.path().join("other"), "x").unwrap();
+    let o = d.run(&["--policy", "big", "--", probe.to_str().unwrap(), "read", tmp.path().join("other").to_str().unwrap()]);
+    assert_eq!(status(&o), 137, "{o:?}");
+
+    for i in 1..64 {
+        let f = tmp.path().join(format!("p{i}.toml"));
+        std::fs::write(&f, format!("name = \"p{i}\"\n[files]\nread = [\"/usr\"]\n")).unwrap();
+        let o = d.cli(&["policy", "apply", f.to_str().unwrap()]);
+        assert!(o.status.success(), "policy {i}: {o:?}");
+    }
+    let f = tmp.path().join("p64.toml");
+    std::fs::write(&f, "name = \"p64\"\n").unwrap();
+    let o = d.cli(&["policy", "apply", f.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("64 policies are loaded already"), "{o:?}");
+    let o = d.cli(&["policy", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 64);
+}
