@@ -32,6 +32,7 @@ pub struct Binder {
     map: BpfHashMap<MapData, u64, RunEntry>,
     on: Array<MapData, u32>,
     pub bound: HashMap<u64, Bound>,
+    syscall_hook: Option<ebpf::SyscallHook>,
 }
 
 /// What a scan changed.
@@ -44,7 +45,26 @@ pub struct Changes {
 
 impl Binder {
     pub fn new(ebpf: Ebpf, map: BpfHashMap<MapData, u64, RunEntry>, on: Array<MapData, u32>) -> Self {
-        Self { ebpf, map, on, bound: HashMap::new() }
+        Self { ebpf, map, on, bound: HashMap::new(), syscall_hook: None }
+    }
+
+    /// Attaches (`needed`) or detaches the syscall check. Callers hold this Binder's lock
+    /// while they add a policied run, so a concurrent "nothing needs it" check cannot detach
+    /// it under a new run.
+    pub fn syscall_hook(&mut self, needed: bool) -> Result<(), String> {
+        match (needed, self.syscall_hook.take()) {
+            (true, Some(l)) => self.syscall_hook = Some(l),
+            (true, None) => {
+                self.syscall_hook = Some(ebpf::attach_syscall_hook(&mut self.ebpf).map_err(|e| e.to_string())?);
+                tracing::info!("syscall check attached (a run or cgroup under a policy)");
+            }
+            (false, Some(l)) => {
+                ebpf::detach_syscall_hook(&mut self.ebpf, l);
+                tracing::info!("syscall check detached (no run or cgroup under a policy)");
+            }
+            (false, None) => {}
+        }
+        Ok(())
     }
 
     /// Makes the bindings match `desired` (cgroup id -> (dir, policy slot)).

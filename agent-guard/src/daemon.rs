@@ -505,6 +505,14 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 ended: None,
             };
             {
+                // Lock order: binder, then runs. The syscall check is attached before the
+                // run's entry exists, and cannot be detached while we hold the binder.
+                let mut binder = shared.binder.lock().expect("binder lock");
+                if bound.is_some() {
+                    if let Err(e) = binder.syscall_hook(true) {
+                        return Response::err(format!("cannot attach the syscall check, run refused: {e}"));
+                    }
+                }
                 let mut runs = shared.runs.lock().expect("runs lock");
                 if runs.by_cgroup.values().any(|r| r.id == run && r.ended.is_none()) {
                     return Response::err(format!("run {run} is already registered"));
@@ -716,6 +724,14 @@ fn rebind(shared: &Shared) {
     };
     let mut binder = shared.binder.lock().expect("binder lock");
     if globs.is_empty() && binder.bound.is_empty() {
+        let policied = shared.runs.lock().expect("runs lock").map.iter().flatten().any(|(_, e)| e.policy != NO_POLICY);
+        if let Err(e) = binder.syscall_hook(policied) {
+            warn!("syscall check: {e}");
+        }
+        return;
+    }
+    if let Err(e) = binder.syscall_hook(true) {
+        warn!("cannot attach the syscall check; cgroups are not bound: {e}");
         return;
     }
     let current = binder.bound.iter().map(|(id, b)| (*id, (b.dir.clone(), b.slot))).collect();

@@ -33,9 +33,10 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_exit_socket", "syscalls", "sys_exit_socket"),
 ];
 
-/// Raw tracepoint programs (cheaper per hit than perf-event tracepoints: used where every
-/// syscall on the host passes).
-const RAW_TRACEPOINTS: &[(&str, &str)] = &[("ag_sys_enter", "sys_enter")];
+/// The syscall check: a raw tracepoint (cheaper per hit than a perf-event tracepoint), run by
+/// every syscall on the host. Loaded at start, attached only while some run or bound cgroup
+/// has a policy (see `attach_syscall_hook`): idle hosts do not pay for it.
+const SYS_ENTER: (&str, &str) = ("ag_sys_enter", "sys_enter");
 
 /// cgroup sock_addr programs, attached to the managed root (never to any other cgroup).
 /// aya attaches them with bpf_link, which always lets other links coexist on the cgroup
@@ -83,6 +84,30 @@ pub struct Loaded {
 pub struct CgroupLinks {
     sock_addr: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
     sock: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
+}
+
+fn sys_enter(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, LoadError> {
+    let (name, _) = SYS_ENTER;
+    ebpf.program_mut(name)
+        .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
+        .try_into()
+        .map_err(|source| LoadError::Program { name: name.to_string(), source })
+}
+
+pub type SyscallHook = aya::programs::raw_trace_point::RawTracePointLinkId;
+
+/// Attaches the syscall check (`[syscalls] deny`, unseen operations).
+pub fn attach_syscall_hook(ebpf: &mut Ebpf) -> Result<SyscallHook, LoadError> {
+    let (name, tp) = SYS_ENTER;
+    sys_enter(ebpf)?
+        .attach(tp)
+        .map_err(|source| LoadError::Program { name: format!("{name} (raw {tp})"), source })
+}
+
+pub fn detach_syscall_hook(ebpf: &mut Ebpf, link: SyscallHook) {
+    if let Ok(p) = sys_enter(ebpf) {
+        let _ = p.detach(link);
+    }
 }
 
 /// Attaches the network programs to a bound cgroup (the daemon only binds cgroups a policy
@@ -156,15 +181,9 @@ pub fn load(
         prog.attach(category, event)
             .map_err(|source| LoadError::Program { name: format!("{name} ({category}:{event})"), source })?;
     }
-    for (name, tp) in RAW_TRACEPOINTS {
-        let prog: &mut aya::programs::RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name: name.to_string(), source })?;
-        prog.load().map_err(|source| LoadError::Program { name: name.to_string(), source })?;
-        prog.attach(tp).map_err(|source| LoadError::Program { name: format!("{name} (raw {tp})"), source })?;
-    }
+    sys_enter(&mut ebpf)?
+        .load()
+        .map_err(|source| LoadError::Program { name: SYS_ENTER.0.to_string(), source })?;
     for name in SOCK_ADDR.iter().chain([&SOCK_CREATE]) {
         let prog = ebpf.program_mut(name).ok_or_else(|| LoadError::MissingProgram(name.to_string()))?;
         let loaded = match prog {

@@ -96,6 +96,15 @@ fn policy_dir_apply_sighup_and_bad_policies_keep_the_old_one() {
     let o = d.cli(&["policy", "list", "--json"]);
     let list: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list[0]["mode"], "monitor");
+
+    // The syscall check (run by every syscall on the host) was attached for the policied
+    // run and is detached once no run is under a policy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.stderr().contains("syscall check detached") {
+        assert!(std::time::Instant::now() < deadline, "syscall check still attached:\n{}", d.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(d.stderr().contains("syscall check attached"), "{}", d.stderr());
 }
 
 /// A loop opens two files while the policy flips 100 times between a version that allows
