@@ -34,24 +34,28 @@ const REFUSE: i32 = 0;
 #[map]
 static AG_KILL_PENDING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(PENDING_MAX, 0);
 
-/// The network decision for the current task. `act`: take the consequences (SIGKILL is
-/// deferred to syscall exit); otherwise only compute what was decided.
+/// The network decision for the current task, and the rule set that took it (None: the run
+/// has no policy).
 #[inline(always)]
-fn net_decision(run: &run::CurrentRun, addr: &[u8; 16], port: u16) -> (policy::Decision, u32) {
-    let Some(rs) = run::ruleset(run) else { return (policy::ALLOWED, 0) };
+fn net_decision(run: &run::CurrentRun, addr: &[u8; 16], port: u16) -> (policy::Decision, Option<run::Ruleset>) {
+    let Some(rs) = run::ruleset(run) else { return (policy::ALLOWED, None) };
     if policy::net_allowed(&rs, addr, port) {
-        return (policy::ALLOWED, rs.id);
+        return (policy::ALLOWED, Some(rs));
     }
-    let v = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
-    (policy::Decision { verdict: v, rule: rule::NETWORK }, rs.id)
+    (policy::refusal(&rs, rule::NETWORK), Some(rs))
 }
 
 #[inline(always)]
-fn kill_later(run: &run::CurrentRun) {
-    if let Some(rs) = run::ruleset(run) {
-        if rs.hdr.mode == mode::ENFORCE && rs.hdr.on_violation == action::KILL {
-            let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &1, 0);
-        }
+fn ruleset_id(rs: &Option<run::Ruleset>) -> u32 {
+    rs.as_ref().map_or(0, |r| r.id)
+}
+
+/// With `on_violation = "kill"`, a refused operation also ends the process, at the exit of
+/// its syscall. Takes the rule set that refused, so the whole decision is one generation's.
+#[inline(always)]
+fn kill_later(rs: &run::Ruleset) {
+    if rs.hdr.mode == mode::ENFORCE && rs.hdr.on_violation == action::KILL {
+        let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &1, 0);
     }
 }
 
@@ -78,12 +82,13 @@ fn v6_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
 #[inline(always)]
 fn check_connect(addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
-    let (d, _) = net_decision(&run, &addr, port);
-    if d.verdict == verdict::DENY {
-        kill_later(&run);
-        return REFUSE;
+    match net_decision(&run, &addr, port) {
+        (d, Some(rs)) if d.verdict == verdict::DENY => {
+            kill_later(&rs);
+            REFUSE
+        }
+        _ => PASS,
     }
-    PASS
 }
 
 /// UDP send to an explicit address: refused sends are reported here (allowed ones are not,
@@ -99,17 +104,19 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
         let mut hdr = event::header(kind::SENDMSG, &run);
         hdr.verdict = d.verdict;
         hdr.rule = d.rule;
-        hdr.ruleset = rs;
+        hdr.ruleset = ruleset_id(&rs);
         // SAFETY: context fields the verifier allows reading.
         let (family, sock_type, protocol) = unsafe { ((*sa).family as u16, (*sa).type_ as u16, (*sa).protocol as u16) };
         entry.write(ConnectEvent { hdr, result: 0, family, port, protocol, sock_type, _pad: 0, addr });
         entry.submit(0);
     }
-    if d.verdict == verdict::DENY {
-        kill_later(&run);
-        return REFUSE;
+    match rs {
+        Some(rs) if d.verdict == verdict::DENY => {
+            kill_later(&rs);
+            REFUSE
+        }
+        _ => PASS,
     }
-    PASS
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -158,17 +165,17 @@ pub fn ag_sock_create(ctx: SockContext) -> i32 {
     } else {
         return PASS;
     };
-    let v = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
+    let d = policy::refusal(&rs, rule);
     if let Some(mut entry) = event::reserve::<SocketEvent>() {
         let mut hdr = event::header(kind::SOCKET, &run);
-        hdr.verdict = v;
-        hdr.rule = rule;
+        hdr.verdict = d.verdict;
+        hdr.rule = d.rule;
         hdr.ruleset = rs.id;
         entry.write(SocketEvent { hdr, family, sock_type: ty, protocol: proto, _pad: 0 });
         entry.submit(0);
     }
-    if v == verdict::DENY {
-        kill_later(&run);
+    if d.verdict == verdict::DENY {
+        kill_later(&rs);
         return REFUSE;
     }
     PASS
@@ -294,7 +301,7 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
     hdr.flags = flags;
     hdr.verdict = d.verdict;
     hdr.rule = d.rule;
-    hdr.ruleset = rs;
+    hdr.ruleset = ruleset_id(&rs);
     entry.write(ConnectEvent {
         hdr,
         result: ret as i32,

@@ -41,14 +41,20 @@ pub const ALLOWED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::NO
 /// returns to user space. Monitor mode only reports.
 #[inline(always)]
 pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool) -> Decision {
-    if rs.hdr.mode == mode::MONITOR {
-        return Decision { verdict: verdict::WOULD_DENY, rule };
-    }
-    if can_refuse && rs.hdr.on_violation != action::KILL {
-        return Decision { verdict: verdict::DENY, rule };
+    let d = refusal(rs, rule);
+    if d.verdict == verdict::WOULD_DENY || (can_refuse && rs.hdr.on_violation != action::KILL) {
+        return d;
     }
     kill_current();
     Decision { verdict: verdict::KILL, rule }
+}
+
+/// A violation as far as a hook that cannot send signals takes it (the cgroup socket
+/// programs): `would_deny` in monitor mode, otherwise `deny` (the hook returns EPERM).
+#[inline(always)]
+pub fn refusal(rs: &Ruleset, rule: u32) -> Decision {
+    let verdict = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
+    Decision { verdict, rule }
 }
 
 #[inline(always)]
