@@ -316,9 +316,9 @@ fn enrich(
     e.rule = event::rule_name(h.rule).map(str::to_string);
     if h.ruleset != 0 {
         // The generation that decided, which may be older than the run's current policy.
-        if let Some((name, version)) = shared.policies.lock().expect("policies lock").describe(h.ruleset) {
-            e.policy = Some(name.clone());
-            e.policy_version = Some(version.clone());
+        if let Some(p) = shared.policies.lock().expect("policies lock").policy_of(h.ruleset) {
+            e.policy = Some(p.name.clone());
+            e.policy_version = Some(p.version.clone());
         }
     }
     let wall = shared.boot_offset_ns + h.ts_ns as i128;
@@ -473,8 +473,8 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 (None, None) => None,
                 (Some(name), None) => {
                     let store = shared.policies.lock().expect("policies lock");
-                    match store.get(&name) {
-                        Some(s) => Some(summary_of(&store, store.slot_of(&name).expect("present"), s)),
+                    match store.slot_of(&name).and_then(|slot| store.summary(slot)) {
+                        Some(summary) => Some(summary),
                         None => {
                             let loaded: Vec<_> = store.list().into_iter().map(|p| p.name).collect();
                             return Response::err(format!(
@@ -544,7 +544,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
             rebind(shared);
             match applied {
                 Ok((summary, installed)) => Response {
-                    result: Some(if matches!(installed, Installed::Unchanged { .. }) { "unchanged" } else { "ok" }.into()),
+                    result: Some(installed.result().into()),
                     policy: Some(summary),
                     ..Response::ok()
                 },
@@ -557,12 +557,8 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
         }
         Request::PolicyShow { name } => {
             let store = shared.policies.lock().expect("policies lock");
-            match (store.slot_of(&name), store.get(&name)) {
-                (Some(slot), Some(s)) => Response {
-                    policy: Some(summary_of(&store, slot, s)),
-                    text: Some(s.text.clone()),
-                    ..Response::ok()
-                },
+            match (store.slot_of(&name).and_then(|slot| store.summary(slot)), store.get(&name)) {
+                (Some(summary), Some(s)) => Response { policy: Some(summary), text: Some(s.text.clone()), ..Response::ok() },
                 _ => Response::err(format!("no policy named {name:?} is loaded")),
             }
         }
@@ -591,17 +587,6 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
     }
 }
 
-fn summary_of(store: &PolicyStore, slot: u32, s: &crate::policies::Slot) -> crate::policies::PolicySummary {
-    store.list().into_iter().find(|p| p.slot == slot).unwrap_or_else(|| crate::policies::PolicySummary {
-        name: s.policy.name.clone(),
-        version: s.policy.version.clone(),
-        mode: String::new(),
-        on_violation: String::new(),
-        source: s.policy.source.clone(),
-        slot,
-    })
-}
-
 /// Parses and validates a policy's text; every problem in one message, one per line.
 fn check(file: &PolicyText) -> Result<policy::Policy, String> {
     let checked = policy::parse(&file.text, &file.source);
@@ -614,6 +599,15 @@ fn check(file: &PolicyText) -> Result<policy::Policy, String> {
 /// Loads or replaces a policy and records a `policy_reload` event either way.
 fn apply(shared: &Shared, file: PolicyText) -> Result<(crate::policies::PolicySummary, Installed), String> {
     let parsed = check(&file);
+    apply_checked(shared, file, parsed)
+}
+
+/// `apply` for a policy text already parsed (`parsed` is `check(&file)`).
+fn apply_checked(
+    shared: &Shared,
+    file: PolicyText,
+    parsed: Result<policy::Policy, String>,
+) -> Result<(crate::policies::PolicySummary, Installed), String> {
     let mut e = shared.base_event("policy_reload", None);
     let outcome = parsed.and_then(|p| {
         let (name, version) = (p.name.clone(), p.version.clone());
@@ -621,13 +615,12 @@ fn apply(shared: &Shared, file: PolicyText) -> Result<(crate::policies::PolicySu
         e.policy_version = Some(version);
         let mut store = shared.policies.lock().expect("policies lock");
         let installed = store.install(p, file.text.clone())?;
-        let slot = installed.slot();
-        let s = store.by_slot(slot).expect("installed");
-        Ok((summary_of(&store, slot, s), installed))
+        let summary = store.summary(installed.slot()).expect("installed");
+        Ok((summary, installed))
     });
     e.detail = match &outcome {
         Ok((_, installed)) => Detail::PolicyReload {
-            result: if matches!(installed, Installed::Unchanged { .. }) { "unchanged" } else { "ok" },
+            result: installed.result(),
             previous_version: match installed {
                 Installed::Replaced { previous, .. } => Some(previous.clone()),
                 _ => None,
@@ -655,18 +648,18 @@ fn install_for_run(shared: &Shared, file: PolicyText) -> Result<crate::policies:
     let p = check(&file)?;
     {
         let store = shared.policies.lock().expect("policies lock");
-        if let Some(s) = store.get(&p.name) {
-            if s.policy.version != p.version {
+        if let Some(loaded) = store.slot_of(&p.name).and_then(|slot| store.summary(slot)) {
+            if loaded.version != p.version {
                 return Err(format!(
                     "{}: policy {:?} is loaded with version {}, this file is version {}; \
                      use `agent-guard policy apply {}` to replace it for every run",
-                    file.source, p.name, s.policy.version, p.version, file.source
+                    file.source, p.name, loaded.version, p.version, file.source
                 ));
             }
-            return Ok(summary_of(&store, store.slot_of(&p.name).expect("present"), s));
+            return Ok(loaded);
         }
     }
-    apply(shared, file).map(|(s, _)| s)
+    apply_checked(shared, file, Ok(p)).map(|(s, _)| s)
 }
 
 /// Loads every `*.toml` in policy_dir. A broken file is reported (log and event) and skipped:
@@ -699,13 +692,15 @@ fn load_policy_dir(shared: &Shared) {
                 continue;
             }
         };
-        if let Ok(p) = check(&PolicyText { source: source.clone(), text: text.clone() }) {
+        let file = PolicyText { source, text };
+        let parsed = check(&file);
+        if let Ok(p) = &parsed {
             if let Some(first) = seen.insert(p.name.clone(), path.clone()) {
-                warn!("policy {source}: name {:?} is already used by {}; skipped", p.name, first.display());
+                warn!("policy {}: name {:?} is already used by {}; skipped", file.source, p.name, first.display());
                 continue;
             }
         }
-        let _ = apply(shared, PolicyText { source, text });
+        let _ = apply_checked(shared, file, parsed);
     }
 }
 

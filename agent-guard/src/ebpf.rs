@@ -86,12 +86,25 @@ pub struct CgroupLinks {
     sock: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
 }
 
-fn sys_enter(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, LoadError> {
-    let (name, _) = SYS_ENTER;
+/// Wraps a program error with the program's name (and where it attaches, when given).
+fn program_error(name: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> LoadError {
+    let name = name.into();
+    move |source| LoadError::Program { name, source }
+}
+
+/// The program `name` of the object, as the program type `T` it must be.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
         .try_into()
-        .map_err(|source| LoadError::Program { name: name.to_string(), source })
+        .map_err(program_error(name))
+}
+
+fn sys_enter(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, LoadError> {
+    program(ebpf, SYS_ENTER.0)
 }
 
 pub type SyscallHook = aya::programs::raw_trace_point::RawTracePointLinkId;
@@ -101,7 +114,7 @@ pub fn attach_syscall_hook(ebpf: &mut Ebpf) -> Result<SyscallHook, LoadError> {
     let (name, tp) = SYS_ENTER;
     sys_enter(ebpf)?
         .attach(tp)
-        .map_err(|source| LoadError::Program { name: format!("{name} (raw {tp})"), source })
+        .map_err(program_error(format!("{name} (raw {tp})")))
 }
 
 pub fn detach_syscall_hook(ebpf: &mut Ebpf, link: SyscallHook) {
@@ -116,11 +129,7 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, dir: &Path) -> Result<CgroupLinks, LoadErr
     let cgroup = std::fs::File::open(dir).map_err(|e| LoadError::Cgroup(dir.display().to_string(), e))?;
     let mut links = CgroupLinks { sock_addr: Vec::new(), sock: None };
     for name in SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
         match prog.attach(&cgroup, CgroupAttachMode::Single) {
             Ok(id) => links.sock_addr.push((name, id)),
             Err(source) => {
@@ -129,11 +138,7 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, dir: &Path) -> Result<CgroupLinks, LoadErr
             }
         }
     }
-    let prog: &mut CgroupSock = ebpf
-        .program_mut(SOCK_CREATE)
-        .ok_or_else(|| LoadError::MissingProgram(SOCK_CREATE.to_string()))?
-        .try_into()
-        .map_err(|source| LoadError::Program { name: SOCK_CREATE.to_string(), source })?;
+    let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE)?;
     match prog.attach(&cgroup, CgroupAttachMode::Single) {
         Ok(id) => links.sock = Some(id),
         Err(source) => {
@@ -146,12 +151,12 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, dir: &Path) -> Result<CgroupLinks, LoadErr
 
 pub fn detach_cgroup(ebpf: &mut Ebpf, links: CgroupLinks) {
     for (name, id) in links.sock_addr {
-        if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut CgroupSockAddr>::try_from) {
+        if let Ok(p) = program::<CgroupSockAddr>(ebpf, name) {
             let _ = p.detach(id);
         }
     }
     if let Some(id) = links.sock {
-        if let Some(Ok(p)) = ebpf.program_mut(SOCK_CREATE).map(<&mut CgroupSock>::try_from) {
+        if let Ok(p) = program::<CgroupSock>(ebpf, SOCK_CREATE) {
             let _ = p.detach(id);
         }
     }
@@ -172,27 +177,18 @@ pub fn load(
         .load(OBJECT)
         .map_err(LoadError::Object)?;
     for (name, category, event) in TRACEPOINTS {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
-            .try_into()
-            .map_err(|source| LoadError::Program { name: name.to_string(), source })?;
-        prog.load().map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        let prog: &mut TracePoint = program(&mut ebpf, name)?;
+        prog.load().map_err(program_error(*name))?;
         prog.attach(category, event)
-            .map_err(|source| LoadError::Program { name: format!("{name} ({category}:{event})"), source })?;
+            .map_err(program_error(format!("{name} ({category}:{event})")))?;
     }
     sys_enter(&mut ebpf)?
         .load()
-        .map_err(|source| LoadError::Program { name: SYS_ENTER.0.to_string(), source })?;
-    for name in SOCK_ADDR.iter().chain([&SOCK_CREATE]) {
-        let prog = ebpf.program_mut(name).ok_or_else(|| LoadError::MissingProgram(name.to_string()))?;
-        let loaded = match prog {
-            aya::programs::Program::CgroupSockAddr(p) => p.load(),
-            aya::programs::Program::CgroupSock(p) => p.load(),
-            _ => return Err(LoadError::MissingProgram(format!("{name} (not a cgroup socket program)"))),
-        };
-        loaded.map_err(|source| LoadError::Program { name: name.to_string(), source })?;
+        .map_err(program_error(SYS_ENTER.0))?;
+    for name in SOCK_ADDR {
+        program::<CgroupSockAddr>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
     }
+    program::<CgroupSock>(&mut ebpf, SOCK_CREATE)?.load().map_err(program_error(SOCK_CREATE))?;
     // On the managed root: the links live as long as `ebpf`.
     attach_cgroup(&mut ebpf, root)?;
     let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));

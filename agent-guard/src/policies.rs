@@ -37,7 +37,6 @@ pub struct Slot {
     pub ruleset: u32,
     /// The policy file's text, as loaded.
     pub text: String,
-    pub loaded_at: std::time::SystemTime,
     compiled: Compiled,
 }
 
@@ -59,6 +58,11 @@ pub enum Installed {
 }
 
 impl Installed {
+    /// The `result` a reload reports: "unchanged" or "ok".
+    pub fn result(&self) -> &'static str {
+        if matches!(self, Installed::Unchanged { .. }) { "unchanged" } else { "ok" }
+    }
+
     pub fn slot(&self) -> u32 {
         match self {
             Installed::New { slot } | Installed::Replaced { slot, .. } | Installed::Unchanged { slot } => *slot,
@@ -69,8 +73,6 @@ impl Installed {
 pub struct PolicyStore {
     maps: PolicyMaps,
     slots: Vec<Option<Slot>>,
-    /// Rule set id -> (policy name, version), kept for events decided by old generations.
-    described: HashMap<u32, (String, String)>,
     /// Rule set id -> the policy it was compiled from.
     compiled_from: HashMap<u32, Arc<Policy>>,
     next_id: u32,
@@ -83,16 +85,11 @@ pub struct PolicyStore {
 /// How long a removed rule set's name and version stay known to the event enricher.
 const DESCRIBE_AFTER_REMOVAL: Duration = Duration::from_secs(60);
 
-fn mode_name(p: &Policy) -> String {
-    format!("{:?}", p.mode).to_lowercase()
-}
-
 impl PolicyStore {
     pub fn new(maps: PolicyMaps) -> Self {
         Self {
             maps,
             slots: (0..POLICIES_MAX).map(|_| None).collect(),
-            described: HashMap::new(),
             compiled_from: HashMap::new(),
             next_id: 1,
             retired: Vec::new(),
@@ -115,32 +112,27 @@ impl PolicyStore {
         self.slots.get(slot as usize).and_then(|s| s.as_ref())
     }
 
-    /// (name, version) of the policy a rule set id belongs to.
-    pub fn describe(&self, ruleset: u32) -> Option<&(String, String)> {
-        self.described.get(&ruleset)
-    }
-
-    /// The policy a rule set id was compiled from.
+    /// The policy a rule set id was compiled from (kept a while after it is replaced, for
+    /// the events it decided).
     pub fn policy_of(&self, ruleset: u32) -> Option<Arc<Policy>> {
         self.compiled_from.get(&ruleset).cloned()
     }
 
+    /// What `policy list` shows of the policy in `slot`.
+    pub fn summary(&self, slot: u32) -> Option<PolicySummary> {
+        let p = &self.by_slot(slot)?.policy;
+        Some(PolicySummary {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            mode: p.mode.as_str().to_string(),
+            on_violation: p.on_violation.as_str().to_string(),
+            source: p.source.clone(),
+            slot,
+        })
+    }
+
     pub fn list(&self) -> Vec<PolicySummary> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                Some(PolicySummary {
-                    name: s.policy.name.clone(),
-                    version: s.policy.version.clone(),
-                    mode: mode_name(&s.policy),
-                    on_violation: format!("{:?}", s.policy.on_violation).to_lowercase(),
-                    source: s.policy.source.clone(),
-                    slot: i as u32,
-                })
-            })
-            .collect()
+        (0..POLICIES_MAX).filter_map(|slot| self.summary(slot)).collect()
     }
 
     fn entries_in_use(&self) -> (usize, usize, usize) {
@@ -198,10 +190,9 @@ impl PolicyStore {
             return Err(format!("publishing policy {}: {e}", policy.name));
         }
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.described.insert(id, (policy.name.clone(), policy.version.clone()));
         let policy = Arc::new(policy);
         self.compiled_from.insert(id, policy.clone());
-        let new = Slot { policy, ruleset: id, text, loaded_at: std::time::SystemTime::now(), compiled };
+        let new = Slot { policy, ruleset: id, text, compiled };
         let old = self.slots[slot as usize].replace(new);
         Ok(match old {
             Some(old) => {
@@ -247,7 +238,6 @@ impl PolicyStore {
             .partition(|(t, _)| t.elapsed() >= DESCRIBE_AFTER_REMOVAL);
         self.forgotten = recent;
         for (_, id) in old {
-            self.described.remove(&id);
             self.compiled_from.remove(&id);
         }
     }
