@@ -200,6 +200,41 @@ pub fn probe() -> PathBuf {
     p.canonicalize().unwrap_or_else(|e| panic!("{}: {e} (cargo builds it for the tests)", p.display()))
 }
 
+/// What the probe needs to start under a policy: its libraries, /proc, /dev/null and its
+/// own directory.
+pub fn probe_reads() -> Vec<String> {
+    let mut v: Vec<String> =
+        ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null"].iter().map(|s| s.to_string()).collect();
+    v.push(probe().parent().unwrap().display().to_string());
+    v
+}
+
+/// Strings as the inside of a TOML array: `"a", "b"`.
+pub fn toml_items<S: AsRef<str>>(items: &[S]) -> String {
+    items.iter().map(|i| format!("{:?}", i.as_ref())).collect::<Vec<_>>().join(", ")
+}
+
+/// A temporary tree for enforcement tests.
+pub struct Layout {
+    pub tmp: tempfile::TempDir,
+    /// Readable tree: ok.txt ("hello"), .env, out/.
+    pub ws: PathBuf,
+    /// Outside every rule: secret.txt ("TOPSECRET").
+    pub outside: PathBuf,
+}
+
+pub fn layout() -> Layout {
+    let tmp = tempfile::Builder::new().prefix("ag-enf-").tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(ws.join("out")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(ws.join("ok.txt"), "hello\n").unwrap();
+    std::fs::write(ws.join(".env"), "TOKEN=envsecret\n").unwrap();
+    std::fs::write(outside.join("secret.txt"), "TOPSECRET\n").unwrap();
+    Layout { tmp, ws, outside }
+}
+
 /// A path as text.
 pub fn s(p: &Path) -> String {
     p.display().to_string()

@@ -11,30 +11,10 @@ use std::{
     process::Output,
 };
 
-use agent_guard_tests::{privileged, probe, run_id, s, status, stdout, Daemon};
+use agent_guard_tests::{layout, privileged, probe, probe_reads, run_id, s, status, stdout, toml_items, Daemon, Layout};
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
-
-struct Layout {
-    _tmp: tempfile::TempDir,
-    /// Readable tree: ok.txt, .env (denied), out/ (writable).
-    ws: PathBuf,
-    /// Outside every rule: secret.txt.
-    outside: PathBuf,
-}
-
-fn layout() -> Layout {
-    let tmp = tempfile::Builder::new().prefix("ag-enf-").tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    let outside = tmp.path().join("outside");
-    std::fs::create_dir_all(ws.join("out")).unwrap();
-    std::fs::create_dir_all(&outside).unwrap();
-    std::fs::write(ws.join("ok.txt"), "hello\n").unwrap();
-    std::fs::write(ws.join(".env"), "TOKEN=envsecret\n").unwrap();
-    std::fs::write(outside.join("secret.txt"), "TOPSECRET\n").unwrap();
-    Layout { _tmp: tmp, ws, outside }
-}
 
 /// A policy that lets the probe start (its libraries, /proc) and allows `ws`.
 fn policy(name: &str, l: &Layout, header: &str, network: &[String]) -> String {
@@ -43,7 +23,7 @@ fn policy(name: &str, l: &Layout, header: &str, network: &[String]) -> String {
         r#"name = "{name}"
 {header}
 [files]
-read = ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null", "{probe_dir}", "{ws}"]
+read = [{base}, "{ws}"]
 write = ["{ws}/out"]
 deny = ["{ws}/.env"]
 [exec]
@@ -53,7 +33,7 @@ connect = [{net}]
 [syscalls]
 deny = ["ptrace"]
 "#,
-        probe_dir = probe.parent().unwrap().display(),
+        base = toml_items(&probe_reads()),
         ws = l.ws.display(),
         probe = probe.display(),
         net = network.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
@@ -351,7 +331,7 @@ fn bind_cgroups_by_glob_covers_subtrees_and_new_matches() {
     std::fs::create_dir(top.join("a.scope")).unwrap();
     let l = layout();
     let bad = TcpListener::bind("127.0.0.1:0").unwrap();
-    let pdir = l._tmp.path().join("policies.d");
+    let pdir = l.tmp.path().join("policies.d");
     std::fs::create_dir(&pdir).unwrap();
     let text = format!("{}\n[bind]\ncgroups = [\"{top_name}/*.scope\"]\n", policy("bound", &l, "", &[]));
     std::fs::write(pdir.join("bound.toml"), text).unwrap();

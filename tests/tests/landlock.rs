@@ -4,26 +4,9 @@
 //!
 //! Each test starts its own daemon and runs tests/src/bin/agprobe.rs inside runs, as
 //! tests/tests/enforcement.rs does.
-use std::{
-    path::PathBuf,
-    process::Output,
-};
+use std::process::Output;
 
-use agent_guard_tests::{privileged, probe, s, status, stdout, Daemon};
-
-struct Layout {
-    _tmp: tempfile::TempDir,
-    /// Readable tree: ok.txt ("hello"), out/ (writable).
-    ws: PathBuf,
-}
-
-fn layout() -> Layout {
-    let tmp = tempfile::Builder::new().prefix("ag-ll-").tempdir().unwrap();
-    let ws = tmp.path().join("ws");
-    std::fs::create_dir_all(ws.join("out")).unwrap();
-    std::fs::write(ws.join("ok.txt"), "hello\n").unwrap();
-    Layout { _tmp: tmp, ws }
-}
+use agent_guard_tests::{layout, privileged, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
 
 /// A policy that lets the probe start (its libraries, /proc), reads `ws`, writes `ws/out`.
 fn policy(name: &str, l: &Layout, header: &str) -> String {
@@ -32,12 +15,12 @@ fn policy(name: &str, l: &Layout, header: &str) -> String {
         r#"name = "{name}"
 {header}
 [files]
-read = ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null", "{probe_dir}", "{ws}"]
+read = [{base}, "{ws}"]
 write = ["{ws}/out"]
 [exec]
 allow = ["{probe}"]
 "#,
-        probe_dir = probe.parent().unwrap().display(),
+        base = toml_items(&probe_reads()),
         ws = l.ws.display(),
         probe = probe.display(),
     )

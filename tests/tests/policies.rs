@@ -2,7 +2,7 @@
 //! SIGHUP, and atomic reloads under load.
 use std::{path::Path, process::Command};
 
-use agent_guard_tests::{binary, privileged, probe, status, stdout, Daemon};
+use agent_guard_tests::{binary, privileged, probe, probe_reads, status, stdout, toml_items, Daemon};
 use serde_json::Value;
 
 /// A policy that lets the probe run and read `allowed` (plus whatever `extra_read` adds).
@@ -13,11 +13,11 @@ fn policy(name: &str, header: &str, extra_read: &[&Path]) -> String {
         r#"name = "{name}"
 {header}
 [files]
-read = ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null", "{dir}"{extra}]
+read = [{base}{extra}]
 [exec]
 allow = ["{probe}"]
 "#,
-        dir = probe.parent().unwrap().display(),
+        base = toml_items(&probe_reads()),
         probe = probe.display(),
     )
 }
@@ -205,8 +205,7 @@ fn limits_4096_rules_and_64_policies() {
     std::fs::create_dir(&last).unwrap();
     std::fs::write(last.join("f"), "deep\n").unwrap();
     let probe = probe();
-    let mut read: Vec<String> = ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null"].iter().map(|s| s.to_string()).collect();
-    read.push(probe.parent().unwrap().display().to_string());
+    let mut read = probe_reads();
     for i in read.len()..4096 {
         read.push(format!("{}/d{i}", tmp.path().display()));
     }
