@@ -23,16 +23,18 @@ use crate::{cgroup, ebpf};
 pub struct Bound {
     pub dir: PathBuf,
     pub slot: u32,
-    links: Option<ebpf::CgroupLinks>,
+    /// Whether the network programs are attached to it.
+    pub network: bool,
 }
 
 /// Owns the loaded programs (attachments to bound cgroups need them) and the bind maps.
+/// Every attachment is a pinned link (see `ebpf::Pins`), so it outlives this daemon.
 pub struct Binder {
     pub ebpf: Ebpf,
+    pub pins: ebpf::Pins,
     map: BpfHashMap<MapData, u64, RunEntry>,
     on: Array<MapData, u32>,
     pub bound: HashMap<u64, Bound>,
-    syscall_hook: Option<ebpf::SyscallHook>,
 }
 
 /// What a scan changed.
@@ -44,27 +46,60 @@ pub struct Changes {
 }
 
 impl Binder {
-    pub fn new(ebpf: Ebpf, map: BpfHashMap<MapData, u64, RunEntry>, on: Array<MapData, u32>) -> Self {
-        Self { ebpf, map, on, bound: HashMap::new(), syscall_hook: None }
+    pub fn new(ebpf: Ebpf, pins: ebpf::Pins, map: BpfHashMap<MapData, u64, RunEntry>, on: Array<MapData, u32>) -> Self {
+        Self { ebpf, pins, map, on, bound: HashMap::new() }
+    }
+
+    /// Takes over the bindings an earlier daemon left in the kernel: each one whose cgroup
+    /// still exists is kept as it is (no second attachment); the others are removed.
+    pub fn adopt(&mut self, mount: &Path) -> Vec<(u64, PathBuf, u32)> {
+        let entries: Vec<(u64, RunEntry)> = self.map.iter().flatten().collect();
+        let mut adopted = Vec::new();
+        for (id, entry) in entries {
+            let prefix = ebpf::cgroup_prefix(id);
+            match cgroup::find_by_id(mount, id, BIND_DEPTH_MAX as u32) {
+                Some(dir) => {
+                    let network = self.pins.links(&prefix).len() == ebpf::CGROUP_PROGRAMS;
+                    adopted.push((id, dir.clone(), entry.policy));
+                    self.bound.insert(id, Bound { dir, slot: entry.policy, network });
+                }
+                None => {
+                    let _ = self.map.remove(&id);
+                    ebpf::detach_cgroup(&self.pins, &prefix);
+                }
+            }
+        }
+        // Links of bindings without a map entry (a daemon killed half-way through a bind).
+        for name in self.pins.links("cg") {
+            let id = name.trim_start_matches("cg").split('-').next().and_then(|i| i.parse::<u64>().ok());
+            if id.is_none_or(|id| !self.bound.contains_key(&id)) {
+                ebpf::detach_cgroup(&self.pins, &name);
+            }
+        }
+        let _ = self.on.set(0, u32::from(!self.bound.is_empty()), 0);
+        adopted
     }
 
     /// Attaches (`needed`) or detaches the syscall check. Callers hold this Binder's lock
     /// while they add a policied run, so a concurrent "nothing needs it" check cannot detach
     /// it under a new run.
     pub fn syscall_hook(&mut self, needed: bool) -> Result<(), String> {
-        match (needed, self.syscall_hook.take()) {
-            (true, Some(l)) => self.syscall_hook = Some(l),
-            (true, None) => {
-                self.syscall_hook = Some(ebpf::attach_syscall_hook(&mut self.ebpf).map_err(|e| e.to_string())?);
+        match (needed, ebpf::syscall_hook_attached(&self.pins)) {
+            (true, false) => {
+                ebpf::attach_syscall_hook(&mut self.ebpf, &self.pins).map_err(|e| e.to_string())?;
                 tracing::info!("syscall check attached (a run or cgroup under a policy)");
             }
-            (false, Some(l)) => {
-                ebpf::detach_syscall_hook(&mut self.ebpf, l);
+            (false, true) => {
+                ebpf::detach_syscall_hook(&self.pins).map_err(|e| format!("detaching the syscall check: {e}"))?;
                 tracing::info!("syscall check detached (no run or cgroup under a policy)");
             }
-            (false, None) => {}
+            _ => {}
         }
         Ok(())
+    }
+
+    pub fn syscall_hook_attached(&self) -> bool {
+        ebpf::syscall_hook_attached(&self.pins)
     }
 
     /// Makes the bindings match `desired` (cgroup id -> (dir, policy slot)).
@@ -79,13 +114,12 @@ impl Binder {
         for id in stale {
             let b = self.bound.remove(&id).expect("present");
             let _ = self.map.remove(&id);
-            if let Some(links) = b.links {
-                ebpf::detach_cgroup(&mut self.ebpf, links);
-            }
+            ebpf::detach_cgroup(&self.pins, &ebpf::cgroup_prefix(id));
             ch.removed.push((id, b.dir, b.slot));
         }
         for (id, (dir, slot)) in desired {
-            if self.bound.contains_key(&id) {
+            if let Some(b) = self.bound.get_mut(&id) {
+                b.dir = dir; // an adopted binding learns where its cgroup is now
                 continue;
             }
             let entry = RunEntry { run_index: 0, flags: 0, policy: slot, _pad: 0 };
@@ -95,15 +129,15 @@ impl Binder {
             }
             // Files, exec and syscalls are enforced from here on; a failed attach leaves the
             // network unenforced for this cgroup, which is reported, never silent.
-            let links = match ebpf::attach_cgroup(&mut self.ebpf, &dir) {
-                Ok(l) => Some(l),
+            let network = match ebpf::attach_cgroup(&mut self.ebpf, &self.pins, &dir, &ebpf::cgroup_prefix(id)) {
+                Ok(()) => true,
                 Err(e) => {
                     ch.errors.push(format!("binding {}: network programs not attached, network NOT enforced there: {e}", dir.display()));
-                    None
+                    false
                 }
             };
             ch.added.push((id, dir.clone(), slot));
-            self.bound.insert(id, Bound { dir, slot, links });
+            self.bound.insert(id, Bound { dir, slot, network });
         }
         let _ = self.on.set(0, u32::from(!self.bound.is_empty()), 0);
         ch

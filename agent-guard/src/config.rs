@@ -28,6 +28,12 @@ pub struct Config {
     /// Relative to the cgroup2 mount.
     pub cgroup_root: String,
     pub bpffs_dir: PathBuf,
+    /// What a restarted daemon needs besides the pinned kernel state: run records and the
+    /// text of loaded policies. On tmpfs by default: it lives exactly as long as the pins.
+    pub state_dir: PathBuf,
+    /// A hold for review (`on_violation = "freeze"`) not answered within this time is denied.
+    #[serde(with = "humantime_serde")]
+    pub hold_timeout: std::time::Duration,
     pub backend: BackendChoice,
     /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
     /// least one page). Losses when it is full are counted and reported as `drop` events.
@@ -43,6 +49,8 @@ impl Default for Config {
             metrics_listen: "127.0.0.1:9464".parse().expect("valid default"),
             cgroup_root: "agent-guard".into(),
             bpffs_dir: "/sys/fs/bpf/agent-guard".into(),
+            state_dir: "/run/agent-guard/state".into(),
+            hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
         }
@@ -93,10 +101,20 @@ impl Config {
             ("events_log", &self.events_log),
             ("policy_dir", &self.policy_dir),
             ("bpffs_dir", &self.bpffs_dir),
+            ("state_dir", &self.state_dir),
         ] {
             if !p.is_absolute() {
                 return Err(format!("{field}: {} is not an absolute path", p.display()));
             }
+        }
+        if !self.bpffs_dir.starts_with("/sys/fs/bpf") || self.bpffs_dir == Path::new("/sys/fs/bpf") {
+            return Err(format!(
+                "bpffs_dir: {} must be a directory below /sys/fs/bpf (the daemon pins its programs there)",
+                self.bpffs_dir.display()
+            ));
+        }
+        if self.hold_timeout.is_zero() {
+            return Err("hold_timeout: must be longer than 0 (like \"5m\")".into());
         }
         if !self.events_ring_bytes.is_power_of_two() || self.events_ring_bytes < 4096 {
             return Err(format!(
@@ -138,6 +156,9 @@ mod tests {
         assert_eq!(c.control_socket, Path::new("/run/agent-guard/control.sock"));
         assert_eq!(c.cgroup_root, "agent-guard");
         assert_eq!(c.backend, BackendChoice::Auto);
+        assert_eq!(c.hold_timeout, std::time::Duration::from_secs(300));
+        let c = Config::parse("hold_timeout = \"90s\"", Path::new("c.toml")).unwrap();
+        assert_eq!(c.hold_timeout, std::time::Duration::from_secs(90));
     }
 
     #[test]
@@ -161,6 +182,10 @@ mod tests {
             ("cgroup_root = \"../escape\"", "cgroup_root"),
             ("events_ring_bytes = 5000", "events_ring_bytes"),
             ("events_ring_bytes = 1024", "events_ring_bytes"),
+            ("bpffs_dir = \"/sys/fs/bpf\"", "bpffs_dir"),
+            ("bpffs_dir = \"/tmp/pins\"", "bpffs_dir"),
+            ("hold_timeout = \"soon\"", "line 1"),
+            ("hold_timeout = \"0s\"", "hold_timeout"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

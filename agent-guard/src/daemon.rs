@@ -21,6 +21,7 @@ use crate::{
     btf::KernelBtf,
     cgroup,
     config::Config,
+    state::{PolicyRecord, State},
     control::{self, PolicyText, Request, Response},
     ebpf,
     event::{self, Detail, Event},
@@ -44,7 +45,21 @@ struct RunInfo {
     cgroup_id: u64,
     /// Policy slot the run is bound to.
     policy: Option<u32>,
+    started: SystemTime,
     ended: Option<Instant>,
+}
+
+impl RunInfo {
+    fn record(&self) -> crate::state::RunRecord {
+        crate::state::RunRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            dir: self.dir.clone(),
+            cgroup_id: self.cgroup_id,
+            started_ms: self.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        }
+    }
 }
 
 /// The one owner of the kernel run map and the run registry.
@@ -65,7 +80,12 @@ struct Shared {
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel timestamps into wall time.
     boot_offset_ns: i128,
     tx: mpsc::Sender<Event>,
+    /// Events emitted once the ring buffer has been drained (see `read_ring`).
+    after_ring: mpsc::UnboundedSender<Event>,
     queue_drops: std::sync::atomic::AtomicU64,
+    state: State,
+    /// Set once the daemon is shutting down: no new registrations or bindings.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -162,10 +182,32 @@ async fn serve(cfg: Config) -> Result<()> {
         _pad: 0,
     };
     let offsets = KernelBtf::load()?.offsets()?;
-    let loaded =
-        ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root).context("loading the kernel programs")?;
-    // `_programs` keeps programs and links alive until serve returns; dropping it detaches them.
-    let ebpf::Loaded { ebpf: programs, runs, drops, events, policy: policy_maps, bound, bind_on } = loaded;
+    let pins = ebpf::Pins::new(&cfg.bpffs_dir, kcfg.root_id, cfg.events_ring_bytes);
+    let foreign = ebpf::foreign_state(&cfg.bpffs_dir, pins.dir())
+        .with_context(|| format!("reading bpffs_dir {}", cfg.bpffs_dir.display()))?;
+    if !foreign.is_empty() {
+        bail!(
+            "bpffs_dir {} holds pinned state this daemon cannot adopt: {} (this build and configuration pin \
+             {}). It comes from another agent-guard build, ring size or managed cgroup root, and mixing them is \
+             refused. If its runs no longer need enforcing, remove it with `agent-guard daemon --uninstall` \
+             (with the config that created it), then start again.",
+            cfg.bpffs_dir.display(),
+            foreign.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            pins.dir().display()
+        );
+    }
+    let adopting = pins.exist();
+    let state = State::open(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
+    if !adopting {
+        state.clear().with_context(|| format!("clearing state_dir {}", cfg.state_dir.display()))?;
+    }
+    let loaded = ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins)
+        .context("loading the kernel programs")?;
+    let ebpf::Loaded { ebpf: programs, runs, drops, events, policy: policy_maps, bound, bind_on, adopted_links } =
+        loaded;
+    if adopting {
+        info!("adopting the pinned state in {} ({adopted_links} links attached by an earlier daemon)", pins.dir().display());
+    }
 
     for p in [&cfg.control_socket, &cfg.events_log] {
         if let Some(dir) = p.parent() {
@@ -189,24 +231,31 @@ async fn serve(cfg: Config) -> Result<()> {
     std::fs::set_permissions(&cfg.control_socket, std::fs::Permissions::from_mode(0o660))?;
 
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (after_ring, after_ring_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         runs: Mutex::new(Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 }),
         policies: Mutex::new(PolicyStore::new(policy_maps)),
-        // Owns the programs: they stay attached until the daemon stops.
-        binder: Mutex::new(Binder::new(programs, bound, bind_on)),
+        // Owns the programs; their attachments are pinned and outlive the daemon.
+        binder: Mutex::new(Binder::new(programs, pins.clone(), bound, bind_on)),
         policy_dir: cfg.policy_dir.clone(),
         root: root.clone(),
         mount,
         host: hostname(),
         boot_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
         tx,
+        after_ring,
         queue_drops: Default::default(),
+        state,
+        stopping: Default::default(),
     });
 
     let writer = tokio::spawn(write_events(rx, log));
+    if adopting {
+        adopt(&shared);
+    }
     load_policy_dir(&shared);
     rebind(&shared);
-    tokio::spawn(read_ring(shared.clone(), events));
+    tokio::spawn(read_ring(shared.clone(), events, after_ring_rx));
     tokio::spawn(watch_drops(shared.clone(), drops));
     tokio::spawn(accept(shared.clone(), listener));
     info!(
@@ -230,17 +279,171 @@ async fn serve(cfg: Config) -> Result<()> {
             }
         }
     }
-    info!("stopping: detaching programs");
     let _ = std::fs::remove_file(&cfg.control_socket);
+    // Enforcement outlives the daemon while anything is under it; with nothing left, the
+    // programs are detached so an idle host does not pay for them. `stopping` is set under the
+    // binder lock, which registrations and rebinds take and then check it: none comes after
+    // the decision.
+    let idle = {
+        let binder = shared.binder.lock().expect("binder lock");
+        shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        let live: Vec<String> = {
+            let runs = shared.runs.lock().expect("runs lock");
+            runs.by_cgroup
+                .values()
+                // A registered run may not have its first process in its cgroup yet.
+                .filter(|r| r.ended.is_none() || matches!(cgroup::populated(&r.dir), Ok(true)))
+                .map(|r| r.id.clone())
+                .collect()
+        };
+        let bound = binder.bound.len();
+        let idle = live.is_empty() && bound == 0;
+        if idle {
+            info!("stopping: no run or bound cgroup left, detaching the programs");
+            if let Err(e) = ebpf::remove_state(pins.dir()) {
+                warn!("removing pinned state {}: {e}", pins.dir().display());
+            }
+            if let Err(e) = shared.state.clear() {
+                warn!("clearing {}: {e}", shared.state.dir().display());
+            }
+        } else {
+            info!(
+                "stopping: {} run(s) and {bound} bound cgroup(s) stay enforced by the programs pinned in {} \
+                 (a restarted daemon adopts them; `agent-guard daemon --uninstall` removes them): {}",
+                live.len(),
+                pins.dir().display(),
+                live.join(", ")
+            );
+        }
+        idle
+    };
     drop(shared);
     // Give the writer a moment to flush what is queued.
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-    match std::fs::remove_dir(&root) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-            warn!("{} still holds runs; left in place", root.display())
+    if idle {
+        match std::fs::remove_dir(&root) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                warn!("{} still holds runs; left in place", root.display())
+            }
+            Err(e) => warn!("removing {}: {e}", root.display()),
         }
-        Err(e) => warn!("removing {}: {e}", root.display()),
+    }
+    Ok(())
+}
+
+/// Takes over what an earlier daemon left pinned: its policies (same rule set ids, nothing
+/// rewritten), its runs whose cgroups still exist, and its bound cgroups.
+fn adopt(shared: &Shared) {
+    let (records, errors) = shared.state.policies();
+    for e in errors {
+        warn!("state: {e}");
+    }
+    let n = records.len();
+    for msg in shared.policies.lock().expect("policies lock").adopt(records) {
+        warn!("{msg}");
+    }
+    let (records, errors) = shared.state.runs();
+    for e in errors {
+        warn!("state: {e}");
+    }
+    let mut runs = shared.runs.lock().expect("runs lock");
+    let entries: HashMap<u64, RunEntry> = runs.map.iter().flatten().collect();
+    runs.next_index = entries.values().map(|e| e.run_index).max().unwrap_or(0).wrapping_add(1).max(1);
+    let mut adopted = 0;
+    for r in records {
+        let alive = cgroup::cgroup_id(&r.dir).is_ok_and(|id| id == r.cgroup_id);
+        match entries.get(&r.cgroup_id) {
+            Some(entry) if alive => {
+                let info = RunInfo {
+                    id: r.id,
+                    name: r.name,
+                    labels: r.labels,
+                    dir: r.dir,
+                    cgroup_id: r.cgroup_id,
+                    policy: (entry.policy != NO_POLICY).then_some(entry.policy),
+                    started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
+                    ended: None,
+                };
+                runs.by_cgroup.insert(r.cgroup_id, info);
+                adopted += 1;
+            }
+            _ => shared.state.remove_run(&r.id),
+        }
+    }
+    // Kernel entries of runs that are gone (or never recorded, which a kill between the map
+    // write and the record write leaves): a cgroup that still exists keeps its entry.
+    for id in entries.keys() {
+        if !runs.by_cgroup.contains_key(id) && cgroup::find_by_id(&shared.root, *id, 1).is_none() {
+            let _ = runs.map.remove(id);
+        }
+    }
+    drop(runs);
+    let bound = shared.binder.lock().expect("binder lock").adopt(&shared.mount);
+    for (id, dir, slot) in &bound {
+        let info = bound_run_info(shared, *id, dir, *slot);
+        shared.runs.lock().expect("runs lock").by_cgroup.insert(*id, info);
+    }
+    info!("adopted {n} policies, {adopted} runs and {} bound cgroups", bound.len());
+}
+
+fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
+    RunInfo {
+        id: format!("b-{id}"),
+        name: Some(shared.rel(dir)),
+        labels: BTreeMap::from([("bound".to_string(), "true".to_string())]),
+        dir: dir.to_path_buf(),
+        cgroup_id: id,
+        policy: Some(slot),
+        started: SystemTime::now(),
+        ended: None,
+    }
+}
+
+/// `agent-guard daemon --uninstall`: detaches and removes every pinned program, link and map
+/// under `bpffs_dir`, and the daemon's state records. Refused while the daemon answers.
+pub fn uninstall(cfg: &Config) -> Result<()> {
+    if control::call(&cfg.control_socket, Request::Ping).is_ok() {
+        bail!(
+            "the daemon is running (it answers on {}): stop it first (systemctl stop agent-guard, or SIGTERM)",
+            cfg.control_socket.display()
+        );
+    }
+    let mut removed = 0;
+    for dir in ebpf::foreign_state(&cfg.bpffs_dir, Path::new(""))? {
+        let links = ebpf::remove_state(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        println!("removed {} ({links} links detached)", dir.display());
+        removed += 1;
+    }
+    match std::fs::remove_dir(&cfg.bpffs_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => warn!("{}: {e}", cfg.bpffs_dir.display()),
+        _ => {}
+    }
+    if cfg.state_dir.exists() {
+        State::open(&cfg.state_dir)?.clear()?;
+    }
+    if removed == 0 {
+        println!("nothing pinned under {}", cfg.bpffs_dir.display());
+    }
+    if let Ok(mount) = cgroup::cgroup2_mount() {
+        let root = mount.join(&cfg.cgroup_root);
+        let live: Vec<String> = std::fs::read_dir(&root)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir() && matches!(cgroup::populated(&e.path()), Ok(true)))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if live.is_empty() {
+            let _ = std::fs::remove_dir(&root);
+        } else {
+            println!(
+                "warning: {} run(s) still have processes and are no longer enforced: {} (`agent-guard kill RUN` ends them)",
+                live.len(),
+                live.join(", ")
+            );
+        }
     }
     Ok(())
 }
@@ -270,7 +473,14 @@ async fn write_events(mut rx: mpsc::Receiver<Event>, log: std::fs::File) {
     }
 }
 
-async fn read_ring(shared: Arc<Shared>, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+/// Reads the kernel ring buffer. Events that must follow everything the kernel has recorded
+/// so far (a run's `run_end`) arrive on `after_ring`: the ring is drained first, then they are
+/// emitted, so a run's last exec/open/exit events always come before its run_end.
+async fn read_ring(
+    shared: Arc<Shared>,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    mut after_ring: mpsc::UnboundedReceiver<Event>,
+) {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both drop.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
         Ok(fd) => fd,
@@ -281,15 +491,7 @@ async fn read_ring(shared: Arc<Shared>, ring: aya::maps::RingBuf<aya::maps::MapD
     };
     let mut exes: HashMap<u32, String> = HashMap::new();
     let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
-    loop {
-        let mut guard = match fd.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                warn!("ring buffer poll: {e}");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
                 Ok(raw) => {
@@ -299,7 +501,25 @@ async fn read_ring(shared: Arc<Shared>, ring: aya::maps::RingBuf<aya::maps::MapD
                 Err(e) => warn!("undecodable kernel record: {e}"),
             }
         }
-        guard.clear_ready();
+    };
+    loop {
+        tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = match ready {
+                    Ok(g) => g,
+                    Err(e) => {
+                        warn!("ring buffer poll: {e}");
+                        return;
+                    }
+                };
+                drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            Some(e) = after_ring.recv() => {
+                drain(fd.get_mut());
+                shared.emit(e);
+            }
+        }
     }
 }
 
@@ -502,12 +722,16 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 dir,
                 cgroup_id: id,
                 policy: bound.as_ref().map(|p| p.slot),
+                started: SystemTime::now(),
                 ended: None,
             };
             {
                 // Lock order: binder, then runs. The syscall check is attached before the
                 // run's entry exists, and cannot be detached while we hold the binder.
                 let mut binder = shared.binder.lock().expect("binder lock");
+                if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Response::err("the daemon is stopping; run refused");
+                }
                 if bound.is_some() {
                     if let Err(e) = binder.syscall_hook(true) {
                         return Response::err(format!("cannot attach the syscall check, run refused: {e}"));
@@ -523,7 +747,13 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                     policy: bound.as_ref().map_or(NO_POLICY, |p| p.slot),
                     _pad: 0,
                 };
+                // Recorded before the kernel entry: a daemon killed in between leaves a record
+                // without an entry, which the next one drops, never an unnamed enforced run.
+                if let Err(e) = shared.state.save_run(&info.record()) {
+                    return Response::err(format!("recording the run in {}: {e}", shared.state.dir().display()));
+                }
                 if let Err(e) = runs.map.insert(id, entry, 0) {
+                    shared.state.remove_run(&run);
                     return Response::err(format!("kernel run map: {e}"));
                 }
                 runs.next_index = runs.next_index.wrapping_add(1).max(1);
@@ -576,12 +806,15 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                     warn!("run {run} ended with processes still in {}; its policy stays on them", info.dir.display());
                 } else {
                     let _ = runs.map.remove(&info.cgroup_id);
+                    shared.state.remove_run(&info.id);
                 }
                 info
             };
             let mut e = shared.base_event("run_end", Some(&info));
             e.detail = Detail::RunEnd { exit_status };
-            shared.emit(e);
+            if let Err(e) = shared.after_ring.send(e) {
+                shared.emit(e.0);
+            }
             Response::ok()
         }
     }
@@ -635,6 +868,10 @@ fn apply_checked(
     } else if let Ok((s, i)) = &outcome {
         if !matches!(i, Installed::Unchanged { .. }) {
             info!("policy {} {} loaded from {}", s.name, s.version, file.source);
+            let rec = PolicyRecord { slot: s.slot, source: file.source.clone(), text: file.text.clone() };
+            if let Err(e) = shared.state.save_policy(&rec) {
+                warn!("recording policy {} in {}: {e} (a restarted daemon will not know its text)", s.name, shared.state.dir().display());
+            }
         }
     }
     shared.emit(e);
@@ -718,6 +955,9 @@ fn rebind(shared: &Shared) {
             .collect()
     };
     let mut binder = shared.binder.lock().expect("binder lock");
+    if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     if globs.is_empty() && binder.bound.is_empty() {
         let policied = shared.runs.lock().expect("runs lock").map.iter().flatten().any(|(_, e)| e.policy != NO_POLICY);
         if let Err(e) = binder.syscall_hook(policied) {
@@ -753,15 +993,7 @@ fn rebind(shared: &Shared) {
     }
     for (id, dir, slot) in changes.added {
         let rel = shared.rel(&dir);
-        let info = RunInfo {
-            id: format!("b-{id}"),
-            name: Some(rel.clone()),
-            labels: BTreeMap::from([("bound".to_string(), "true".to_string())]),
-            dir: dir.clone(),
-            cgroup_id: id,
-            policy: Some(slot),
-            ended: None,
-        };
+        let info = bound_run_info(shared, id, &dir, slot);
         shared.runs.lock().expect("runs lock").by_cgroup.insert(id, info.clone());
         info!("bound {rel} to policy slot {slot}");
         let mut e = shared.base_event("run_start", Some(&info));

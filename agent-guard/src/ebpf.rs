@@ -1,10 +1,10 @@
 //! Loading and attaching the kernel programs. One owner (the daemon's core) holds the result.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use agent_guard_common::{names, Config as KernelConfig, KernelOffsets, RunEntry};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
     Ebpf, EbpfLoader,
 };
 
@@ -43,6 +43,8 @@ const SYS_ENTER: (&str, &str) = ("ag_sys_enter", "sys_enter");
 /// and refuses attach flags: hence `CgroupAttachMode::Single` (no flags).
 const SOCK_ADDR: &[&str] = &["ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6"];
 const SOCK_CREATE: &str = "ag_sock_create";
+/// How many programs `attach_cgroup` attaches to a cgroup.
+pub const CGROUP_PROGRAMS: usize = SOCK_ADDR.len() + 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -60,6 +62,10 @@ pub enum LoadError {
     Cgroup(String, #[source] std::io::Error),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("pinning {0}: {1}")]
+    Pin(String, String),
+    #[error("map {0} of the eBPF object is not in PINNED_MAPS (it would not survive a restart)")]
+    Unpinned(String),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -70,7 +76,8 @@ pub enum LoadError {
 
 /// The loaded programs and the maps userspace works with.
 pub struct Loaded {
-    /// Keeps programs and links alive; dropping it detaches everything.
+    /// The programs (attachments to bound cgroups and the syscall check need them). Every
+    /// attachment is a link pinned under `Pins`: dropping this detaches nothing.
     pub ebpf: Ebpf,
     pub runs: HashMap<MapData, u64, RunEntry>,
     pub drops: PerCpuArray<MapData, u64>,
@@ -78,12 +85,130 @@ pub struct Loaded {
     pub policy: PolicyMaps,
     pub bound: HashMap<MapData, u64, RunEntry>,
     pub bind_on: Array<MapData, u32>,
+    /// Links found pinned by an earlier daemon and kept as they are (0 on a fresh start).
+    pub adopted_links: usize,
 }
 
-/// The links of the network programs on one cgroup (for `[bind] cgroups`).
-pub struct CgroupLinks {
-    sock_addr: Vec<(&'static str, aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId)>,
-    sock: Option<aya::programs::cgroup_sock::CgroupSockLinkId>,
+/// Every map of the object, all pinned: a restarted daemon (and the programs an earlier one
+/// left attached) share them. `load` refuses an object with a map missing from this list.
+const PINNED_MAPS: &[&str] = &[
+    names::RUNS,
+    names::BOUND,
+    names::BIND_ON,
+    names::POLICY_CUR,
+    names::RULESETS,
+    names::FILE_NODES,
+    names::NET_RULES,
+    names::EVENTS,
+    names::DROPS,
+    "AG_SCRATCH",
+    "AG_PENDING_OPEN",
+    "AG_PENDING_CONNECT",
+    "AG_KILL_PENDING",
+];
+
+/// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
+///
+/// `<state>` names the eBPF object's digest, the managed root's cgroup id and the ring size,
+/// so a daemon only ever adopts state its own programs and layout created.
+#[derive(Debug, Clone)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+impl Pins {
+    pub fn new(bpffs_dir: &Path, root_id: u64, ring_bytes: u32) -> Self {
+        Self { dir: bpffs_dir.join(state_name(root_id, ring_bytes)) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether an earlier daemon left this state pinned (then it is adopted).
+    pub fn exist(&self) -> bool {
+        self.dir.join("links").is_dir()
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    fn link(&self, name: &str) -> PathBuf {
+        self.dir.join("links").join(name)
+    }
+
+    pub fn has_link(&self, name: &str) -> bool {
+        self.link(name).exists()
+    }
+
+    /// Pins `link` as `name`: from here on it stays attached until the pin is removed.
+    fn pin(&self, name: &str, link: FdLink) -> Result<(), LoadError> {
+        let path = self.link(name);
+        link.pin(&path).map(drop).map_err(|e| LoadError::Pin(path.display().to_string(), e.to_string()))
+    }
+
+    /// Detaches the link pinned as `name` (removing the pin drops the last reference).
+    fn unpin(&self, name: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.link(name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Names of the pinned links starting with `prefix`.
+    pub fn links(&self, prefix: &str) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.dir.join("links")) else { return vec![] };
+        dir.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+}
+
+/// The first 12 hex digits of the eBPF object's SHA-256.
+pub fn object_digest() -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(OBJECT).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn state_name(root_id: u64, ring_bytes: u32) -> String {
+    format!("v1-{}-root{root_id}-ring{ring_bytes}", object_digest())
+}
+
+/// Entries of `bpffs_dir` other than `mine`: pinned state of another build or configuration.
+pub fn foreign_state(bpffs_dir: &Path, mine: &Path) -> std::io::Result<Vec<PathBuf>> {
+    match std::fs::read_dir(bpffs_dir) {
+        Ok(d) => Ok(d.flatten().map(|e| e.path()).filter(|p| p != mine).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes pinned state under `dir`: the links first (which detaches every program), then
+/// the maps. Returns how many links were detached.
+pub fn remove_state(dir: &Path) -> std::io::Result<usize> {
+    let mut links = 0;
+    for sub in ["links", "maps"] {
+        let d = dir.join(sub);
+        match std::fs::read_dir(&d) {
+            Ok(entries) => {
+                for e in entries {
+                    std::fs::remove_file(e?.path())?;
+                    if sub == "links" {
+                        links += 1;
+                    }
+                }
+                std::fs::remove_dir(&d)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(links),
+    }
 }
 
 /// Wraps a program error with the program's name (and where it attaches, when given).
@@ -107,80 +232,118 @@ fn sys_enter(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, LoadE
     program(ebpf, SYS_ENTER.0)
 }
 
-pub type SyscallHook = aya::programs::raw_trace_point::RawTracePointLinkId;
+/// The pin name of the syscall check's link.
+const SYS_ENTER_LINK: &str = "sys_enter";
 
-/// Attaches the syscall check (`[syscalls] deny`, unseen operations).
-pub fn attach_syscall_hook(ebpf: &mut Ebpf) -> Result<SyscallHook, LoadError> {
+pub fn syscall_hook_attached(pins: &Pins) -> bool {
+    pins.has_link(SYS_ENTER_LINK)
+}
+
+/// Attaches the syscall check (`[syscalls] deny`, unseen operations) and pins it.
+pub fn attach_syscall_hook(ebpf: &mut Ebpf, pins: &Pins) -> Result<(), LoadError> {
     let (name, tp) = SYS_ENTER;
-    sys_enter(ebpf)?
-        .attach(tp)
-        .map_err(program_error(format!("{name} (raw {tp})")))
+    let prog = sys_enter(ebpf)?;
+    let id = prog.attach(tp).map_err(program_error(format!("{name} (raw {tp})")))?;
+    let link = prog.take_link(id).map_err(program_error(name))?;
+    pins.pin(SYS_ENTER_LINK, link.into())
 }
 
-pub fn detach_syscall_hook(ebpf: &mut Ebpf, link: SyscallHook) {
-    if let Ok(p) = sys_enter(ebpf) {
-        let _ = p.detach(link);
-    }
+pub fn detach_syscall_hook(pins: &Pins) -> std::io::Result<()> {
+    pins.unpin(SYS_ENTER_LINK)
 }
 
-/// Attaches the network programs to a bound cgroup (the daemon only binds cgroups a policy
-/// names; on this project's test machines, only cgroups the tests created).
-pub fn attach_cgroup(ebpf: &mut Ebpf, dir: &Path) -> Result<CgroupLinks, LoadError> {
+/// Pin-name prefix of the network programs' links on a bound cgroup.
+pub fn cgroup_prefix(cgroup_id: u64) -> String {
+    format!("cg{cgroup_id}-")
+}
+
+/// Attaches the network programs to the cgroup `dir` and pins the links as
+/// `<prefix><program>`. Links already pinned under those names are left as they are (an
+/// earlier daemon attached them). On error, what this call attached is detached again.
+pub fn attach_cgroup(ebpf: &mut Ebpf, pins: &Pins, dir: &Path, prefix: &str) -> Result<(), LoadError> {
     let cgroup = std::fs::File::open(dir).map_err(|e| LoadError::Cgroup(dir.display().to_string(), e))?;
-    let mut links = CgroupLinks { sock_addr: Vec::new(), sock: None };
-    for name in SOCK_ADDR {
-        let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-        match prog.attach(&cgroup, CgroupAttachMode::Single) {
-            Ok(id) => links.sock_addr.push((name, id)),
-            Err(source) => {
-                detach_cgroup(ebpf, links);
-                return Err(LoadError::Program { name: format!("{name} (cgroup {})", dir.display()), source });
+    let mut done: Vec<String> = Vec::new();
+    let mut attach_one = |ebpf: &mut Ebpf, name: &'static str| -> Result<(), LoadError> {
+        let pin = format!("{prefix}{name}");
+        if pins.has_link(&pin) {
+            return Ok(());
+        }
+        let at = |source| LoadError::Program { name: format!("{name} (cgroup {})", dir.display()), source };
+        let link: FdLink = if name == SOCK_CREATE {
+            let prog: &mut CgroupSock = program(ebpf, name)?;
+            let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(at)?;
+            let link = prog.take_link(id).map_err(program_error(name))?;
+            FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?
+        } else {
+            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+            let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(at)?;
+            let link = prog.take_link(id).map_err(program_error(name))?;
+            FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?
+        };
+        pins.pin(&pin, link)?;
+        done.push(pin);
+        Ok(())
+    };
+    for name in SOCK_ADDR.iter().copied().chain([SOCK_CREATE]) {
+        if let Err(e) = attach_one(ebpf, name) {
+            for pin in &done {
+                let _ = pins.unpin(pin);
             }
+            return Err(e);
         }
     }
-    let prog: &mut CgroupSock = program(ebpf, SOCK_CREATE)?;
-    match prog.attach(&cgroup, CgroupAttachMode::Single) {
-        Ok(id) => links.sock = Some(id),
-        Err(source) => {
-            detach_cgroup(ebpf, links);
-            return Err(LoadError::Program { name: format!("{SOCK_CREATE} (cgroup {})", dir.display()), source });
-        }
-    }
-    Ok(links)
+    Ok(())
 }
 
-pub fn detach_cgroup(ebpf: &mut Ebpf, links: CgroupLinks) {
-    for (name, id) in links.sock_addr {
-        if let Ok(p) = program::<CgroupSockAddr>(ebpf, name) {
-            let _ = p.detach(id);
-        }
-    }
-    if let Some(id) = links.sock {
-        if let Ok(p) = program::<CgroupSock>(ebpf, SOCK_CREATE) {
-            let _ = p.detach(id);
+/// Detaches every link pinned with `prefix`.
+pub fn detach_cgroup(pins: &Pins, prefix: &str) {
+    for name in pins.links(prefix) {
+        if let Err(e) = pins.unpin(&name) {
+            tracing::warn!("removing pinned link {name}: {e}");
         }
     }
 }
 
-/// Loads the object with this daemon's cgroup root and the kernel's offsets, and attaches
-/// every program. Errors carry the verifier log.
+/// Loads the object with this daemon's cgroup root and the kernel's offsets, with every map
+/// pinned under `pins` (reused when an earlier daemon pinned them), and attaches every program
+/// that is not attached already. Errors carry the verifier log.
 pub fn load(
     cfg: &KernelConfig,
     offsets: &KernelOffsets,
     ring_bytes: u32,
     root: &Path,
+    pins: &Pins,
 ) -> Result<Loaded, LoadError> {
-    let mut ebpf = EbpfLoader::new()
+    for sub in ["maps", "links"] {
+        let d = pins.dir.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| LoadError::Pin(d.display().to_string(), e.to_string()))?;
+    }
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(names::EVENTS, ring_bytes)
         .override_global(names::CONFIG, cfg, true)
-        .override_global(names::OFFSETS, offsets, true)
-        .load(OBJECT)
-        .map_err(LoadError::Object)?;
+        .override_global(names::OFFSETS, offsets, true);
+    for name in PINNED_MAPS {
+        loader.map_pin_path(name, pins.map(name));
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+    if let Some((name, _)) = ebpf.maps().find(|(n, _)| !n.starts_with('.') && !PINNED_MAPS.contains(n)) {
+        return Err(LoadError::Unpinned(name.to_string()));
+    }
+    let mut adopted_links = 0;
     for (name, category, event) in TRACEPOINTS {
+        let pin = format!("tp-{name}");
+        if pins.has_link(&pin) {
+            adopted_links += 1;
+            continue;
+        }
         let prog: &mut TracePoint = program(&mut ebpf, name)?;
         prog.load().map_err(program_error(*name))?;
-        prog.attach(category, event)
+        let id = prog
+            .attach(category, event)
             .map_err(program_error(format!("{name} ({category}:{event})")))?;
+        let link = prog.take_link(id).map_err(program_error(*name))?;
+        pins.pin(&pin, FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?)?;
     }
     sys_enter(&mut ebpf)?
         .load()
@@ -189,12 +352,10 @@ pub fn load(
         program::<CgroupSockAddr>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
     }
     program::<CgroupSock>(&mut ebpf, SOCK_CREATE)?.load().map_err(program_error(SOCK_CREATE))?;
-    // On the managed root: the links live as long as `ebpf`.
-    attach_cgroup(&mut ebpf, root)?;
+    adopted_links += pins.links(ROOT_PREFIX).len() + usize::from(syscall_hook_attached(pins));
+    // On the managed root (never any other cgroup): pinned like everything else.
+    attach_cgroup(&mut ebpf, pins, root, ROOT_PREFIX)?;
     let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::MissingMap(name));
-    let runs = take(&mut ebpf, names::RUNS)?;
-    let drops = take(&mut ebpf, names::DROPS)?;
-    let events = take(&mut ebpf, names::EVENTS)?;
     let map_err = |name: &'static str| move |source| LoadError::Map { name, source };
     let policy = PolicyMaps {
         cur: Array::try_from(take(&mut ebpf, names::POLICY_CUR)?).map_err(map_err(names::POLICY_CUR))?,
@@ -202,15 +363,17 @@ pub fn load(
         files: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
         net: LpmTrie::try_from(take(&mut ebpf, names::NET_RULES)?).map_err(map_err(names::NET_RULES))?,
     };
-    let bound = HashMap::try_from(take(&mut ebpf, names::BOUND)?).map_err(map_err(names::BOUND))?;
-    let bind_on = Array::try_from(take(&mut ebpf, names::BIND_ON)?).map_err(map_err(names::BIND_ON))?;
     Ok(Loaded {
         policy,
-        bound,
-        bind_on,
-        runs: HashMap::try_from(runs).map_err(|source| LoadError::Map { name: names::RUNS, source })?,
-        drops: PerCpuArray::try_from(drops).map_err(|source| LoadError::Map { name: names::DROPS, source })?,
-        events: RingBuf::try_from(events).map_err(|source| LoadError::Map { name: names::EVENTS, source })?,
+        bound: HashMap::try_from(take(&mut ebpf, names::BOUND)?).map_err(map_err(names::BOUND))?,
+        bind_on: Array::try_from(take(&mut ebpf, names::BIND_ON)?).map_err(map_err(names::BIND_ON))?,
+        runs: HashMap::try_from(take(&mut ebpf, names::RUNS)?).map_err(map_err(names::RUNS))?,
+        drops: PerCpuArray::try_from(take(&mut ebpf, names::DROPS)?).map_err(map_err(names::DROPS))?,
+        events: RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?,
         ebpf,
+        adopted_links,
     })
 }
+
+/// Pin-name prefix of the network programs' links on the managed root.
+const ROOT_PREFIX: &str = "root-";

@@ -14,3 +14,4 @@ pub mod landlock;
 pub mod policies;
 pub mod policy;
 pub mod run;
+pub mod state;

@@ -17,7 +17,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the kernel programs and stream the events of runs (foreground; needs root)
-    Daemon,
+    Daemon {
+        /// Instead: detach and remove every program, link and map pinned under bpffs_dir, and
+        /// the state records (the daemon must be stopped; live runs lose enforcement)
+        #[arg(long)]
+        uninstall: bool,
+    },
     /// Run a command as an agent run in its own cgroup, watched from its first instruction
     #[command(arg_required_else_help = true)]
     Run {
@@ -80,7 +85,14 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Cmd::Daemon => {
+        Cmd::Daemon { uninstall: true } => match daemon::uninstall(&cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("agent-guard daemon --uninstall: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Daemon { uninstall: false } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()

@@ -7,7 +7,7 @@
 //! removed a little later, once no program can still be using them. A failure before the
 //! switch removes what was written and leaves the old policy in force.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -80,6 +80,9 @@ pub struct PolicyStore {
     /// Rule sets removed from the kernel: their description is kept a while for events still
     /// queued, then forgotten.
     forgotten: Vec<(Instant, u32)>,
+    /// Slots the kernel enforces a policy in that this daemon has no text for (state lost):
+    /// never given to another policy, so the runs bound to them keep their rules.
+    reserved: HashSet<u32>,
 }
 
 /// How long a removed rule set's name and version stay known to the event enricher.
@@ -94,7 +97,70 @@ impl PolicyStore {
             next_id: 1,
             retired: Vec::new(),
             forgotten: Vec::new(),
+            reserved: HashSet::new(),
         }
+    }
+
+    /// Takes over the policies an earlier daemon left in the (pinned) kernel maps: each
+    /// recorded policy is parsed and compiled again under the rule set id in force for its
+    /// slot, which reproduces exactly the entries in the maps, so nothing is written and no
+    /// run sees a change. Rule sets not in force (a replacement the earlier daemon had not
+    /// yet cleaned up) are removed. Returns a message for each problem.
+    pub fn adopt(&mut self, records: Vec<crate::state::PolicyRecord>) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut live: HashSet<u32> = HashSet::new();
+        for r in records {
+            let cur = self.maps.cur.get(&r.slot, 0).unwrap_or(0);
+            if cur == 0 || r.slot >= POLICIES_MAX {
+                continue; // recorded, but never switched on in the kernel
+            }
+            let checked = crate::policy::parse(&r.text, &r.source);
+            match checked.policy {
+                Some(p) if checked.errors.is_empty() => {
+                    let compiled = p.compile(cur);
+                    let policy = Arc::new(p);
+                    self.compiled_from.insert(cur, policy.clone());
+                    self.slots[r.slot as usize] = Some(Slot { policy, ruleset: cur, text: r.text, compiled });
+                    live.insert(cur);
+                }
+                _ => problems.push(format!("recorded policy {} (slot {}) no longer parses", r.source, r.slot)),
+            }
+        }
+        for slot in 0..POLICIES_MAX {
+            let cur = self.maps.cur.get(&slot, 0).unwrap_or(0);
+            if cur != 0 && self.slots[slot as usize].is_none() {
+                problems.push(format!(
+                    "policy slot {slot} is enforced in the kernel (rule set {cur}) but its text was not recorded: \
+                     kept as it is for the runs bound to it, and not reused"
+                ));
+                self.reserved.insert(slot);
+                live.insert(cur);
+            }
+        }
+        let ids: Vec<u32> = self.maps.rulesets.keys().flatten().collect();
+        self.next_id = ids.iter().chain(live.iter()).max().map_or(1, |m| m.wrapping_add(1).max(1));
+        let stale: HashSet<u32> = ids.into_iter().filter(|id| !live.contains(id)).collect();
+        if !stale.is_empty() {
+            for id in &stale {
+                let _ = self.maps.rulesets.remove(id);
+            }
+            let nodes: Vec<FileNodeKey> =
+                self.maps.files.keys().flatten().filter(|k| stale.contains(&k.ruleset)).collect();
+            for k in nodes {
+                let _ = self.maps.files.remove(&k);
+            }
+            let nets: Vec<Key<NetKey>> = self
+                .maps
+                .net
+                .keys()
+                .flatten()
+                .filter(|k| stale.contains(&u32::from_be_bytes(k.data().ruleset_be)))
+                .collect();
+            for k in nets {
+                let _ = self.maps.net.remove(&k);
+            }
+        }
+        problems
     }
 
     pub fn slot_of(&self, name: &str) -> Option<u32> {
@@ -156,7 +222,8 @@ impl PolicyStore {
             None => self
                 .slots
                 .iter()
-                .position(Option::is_none)
+                .enumerate()
+                .position(|(i, s)| s.is_none() && !self.reserved.contains(&(i as u32)))
                 .ok_or_else(|| format!("{POLICIES_MAX} policies are loaded already (the limit)"))?
                 as u32,
         };

@@ -55,7 +55,21 @@ pub struct Daemon {
     pub config: PathBuf,
     pub log: PathBuf,
     pub cgroup_root: PathBuf,
+    pub bpffs_dir: PathBuf,
     child: Child,
+    /// Whether `child` is running (not yet reaped: its pid is still ours to signal).
+    alive: bool,
+}
+
+fn spawn_daemon(config: &Path, stderr: &Path) -> Child {
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr).unwrap();
+    Command::new(binary())
+        .args(["--config", config.to_str().unwrap(), "daemon"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
 }
 
 impl Daemon {
@@ -79,23 +93,70 @@ impl Daemon {
             &config,
             format!(
                 "control_socket = \"{d}/control.sock\"\nevents_log = \"{l}\"\ncgroup_root = \"{name}\"\n\
-                 bpffs_dir = \"/sys/fs/bpf/{name}\"\n{policy_dir}{extra}\n",
+                 bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\n{policy_dir}{extra}\n",
                 d = dir.path().display(),
                 l = log.display()
             ),
         )
         .unwrap();
-        let stderr = std::fs::File::create(dir.path().join("daemon.stderr")).unwrap();
-        let child = Command::new(binary())
-            .args(["--config", config.to_str().unwrap(), "daemon"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut d = Daemon { cgroup_root: cgroup2_mount().join(&name), dir, config, log, child };
+        let child = spawn_daemon(&config, &dir.path().join("daemon.stderr"));
+        let mut d = Daemon {
+            cgroup_root: cgroup2_mount().join(&name),
+            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{name}")),
+            dir,
+            config,
+            log,
+            child,
+            alive: true,
+        };
         d.wait_ready();
         d
+    }
+
+    /// SIGKILLs the daemon (as a crash would) and reaps it.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if self.alive {
+            // SAFETY: plain kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(self.child.id() as i32, sig) };
+            let _ = self.child.wait();
+            self.alive = false;
+        }
+    }
+
+    /// SIGTERMs the daemon and waits until it exits.
+    pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Starts the daemon again with the same config (after `kill9` or `stop`); returns how
+    /// long it took to be ready. Its stderr goes on after the earlier daemon's.
+    pub fn restart(&mut self) -> Duration {
+        let t = Instant::now();
+        let log = self.dir.path().join("daemon.stderr");
+        let before = std::fs::read_to_string(&log).unwrap_or_default();
+        std::fs::write(&log, "").unwrap();
+        std::fs::write(self.dir.path().join("daemon.stderr.before"), before).unwrap();
+        self.signal(libc::SIGTERM);
+        self.child = spawn_daemon(&self.config, &log);
+        self.alive = true;
+        self.wait_ready();
+        t.elapsed()
+    }
+
+    /// The links pinned under this daemon's bpffs_dir.
+    pub fn pinned_links(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for state in std::fs::read_dir(&self.bpffs_dir).into_iter().flatten().flatten() {
+            for l in std::fs::read_dir(state.path().join("links")).into_iter().flatten().flatten() {
+                v.push(l.file_name().to_string_lossy().into_owned());
+            }
+        }
+        v.sort();
+        v
     }
 
     fn wait_ready(&mut self) {
@@ -185,10 +246,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // Our own child, by pid.
-        // SAFETY: plain kill(2) on a pid we spawned and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        self.stop();
+        // A test that left a run behind also left the programs pinned: remove them.
+        if self.bpffs_dir.exists() {
+            let _ = self.cli(&["daemon", "--uninstall"]);
+        }
         let _ = std::fs::remove_dir(&self.cgroup_root);
     }
 }
