@@ -53,6 +53,7 @@ pub mod names {
     pub const NET_RULES: &str = "AG_NET_RULES";
     pub const BOUND: &str = "AG_BOUND";
     pub const BIND_ON: &str = "AG_BIND_ON";
+    pub const GRANTS: &str = "AG_GRANTS";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).
@@ -81,6 +82,9 @@ pub mod verdict {
     pub const KILL: u32 = 2;
     /// Monitor mode: the policy would have denied it; it was allowed.
     pub const WOULD_DENY: u32 = 3;
+    /// `on_violation = "freeze"`: the process was sent SIGSTOP at the violation and its run
+    /// is held for review (an open or exec has happened, a network operation was refused).
+    pub const HOLD: u32 = 4;
 }
 
 /// `EventHeader::rule`: which part of the policy decided.
@@ -98,7 +102,32 @@ pub mod rule {
     /// The path was too long or too deep for the kernel matcher: never allowed by truncation.
     pub const PATH_TOO_LONG: u32 = 8;
     pub const RAW_SOCKET: u32 = 9;
+    /// Allowed by a responder's approval of a hold (`agent-guard approve`), not by the policy.
+    pub const GRANT: u32 = 10;
 }
+
+/// A responder's approval of one access for one run (`agent-guard approve`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    /// The run's cgroup id (a bound cgroup's id for bindings).
+    pub run: u64,
+    /// `kind::OPEN` or `kind::EXEC` (id: the file's device and inode) or `kind::CONNECT`
+    /// (id: the IPv4-mapped address, with `port`; UDP sends use it too).
+    pub kind: u32,
+    pub port: u32,
+    pub id: [u8; 16],
+}
+
+/// `AG_GRANTS` values.
+pub mod grant {
+    /// Used up by the first access it allows.
+    pub const ONCE: u32 = 1;
+    /// For the rest of the run.
+    pub const RUN: u32 = 2;
+}
+
+pub const GRANTS_MAX: u32 = 4096;
 
 /// `RulesetHeader::mode`.
 pub mod mode {
@@ -110,7 +139,8 @@ pub mod mode {
 pub mod action {
     pub const DENY: u32 = 1;
     pub const KILL: u32 = 2;
-    /// Hold for review; until the control plane implements it, handled like DENY.
+    /// Hold for review: SIGSTOP at the violation, then the daemon freezes the run. Syscalls in
+    /// `[syscalls] deny` and unseen operations are killed instead (they run before a stop).
     pub const FREEZE: u32 = 3;
 }
 
@@ -197,6 +227,10 @@ pub struct KernelOffsets {
     pub file_f_mode: u32,
     /// pt_regs.di: the first syscall argument on x86_64.
     pub pt_regs_di: u32,
+    pub file_f_inode: u32,
+    pub inode_i_ino: u32,
+    pub inode_i_sb: u32,
+    pub super_block_s_dev: u32,
 }
 
 /// What the kernel keeps per run cgroup.
@@ -380,6 +414,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for RunEntry {}
+    unsafe impl aya::Pod for GrantKey {}
     unsafe impl aya::Pod for RulesetHeader {}
     unsafe impl aya::Pod for FileNodeKey {}
     unsafe impl aya::Pod for FileNode {}

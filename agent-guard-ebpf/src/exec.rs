@@ -1,6 +1,6 @@
 //! exec: the new image's executable (resolved path of mm->exe_file) and its argv.
 use agent_guard_common::{
-    kind, rule, ExecEvent, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
+    kind, rule, ExecEvent, GrantKey, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
 };
 use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 
@@ -33,14 +33,15 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
                 flags |= FLAG_PATH_TRUNCATED;
             }
             if let Some(rs) = &rs {
-                decision = policy::exec_decision(rs, w);
+                let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: kernel::file_id(&o, exe_file) };
+                decision = policy::exec_decision(rs, w, Some(&key));
             }
         }
         None => {
             flags |= FLAG_READ_ERROR;
             if let Some(rs) = &rs {
                 // The executable could not be identified: never allowed by default.
-                decision = policy::violation(rs, rule::UNSEEN, false);
+                decision = policy::violation(rs, rule::UNSEEN, false, None);
             }
         }
     }

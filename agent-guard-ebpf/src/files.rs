@@ -2,7 +2,7 @@
 //! descriptor's `struct file` (the path the kernel resolved: symlinks, `..`, relative paths
 //! and dirfds are already applied). A failed open reports the string the process passed.
 use agent_guard_common::{
-    drop_slot, kind, rule, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
+    drop_slot, kind, rule, GrantKey, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
     FLAG_READ_ERROR, PATH_MAX,
 };
 use aya_ebpf::{
@@ -132,11 +132,12 @@ fn finish(ctx: &TracePointContext) -> u32 {
             // O_PATH grants no access to the contents; reopening it is another open. Taken
             // from the file, not from flags a racing thread could change after entry.
             let path_only = fmode & FMODE_PATH != 0;
+            let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: 0, id: kernel::file_id(&o, file) };
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
-                Some(w) => policy::file_decision(rs, w, read, write, false),
+                Some(w) => policy::file_decision(rs, w, read, write, false, Some(&key)),
                 // The file could not be identified: never allowed by default.
-                None => policy::violation(rs, rule::UNSEEN, false),
+                None => policy::violation(rs, rule::UNSEEN, false, None),
             };
         }
     }

@@ -36,6 +36,10 @@ static AG_OFFSETS: KernelOffsets = KernelOffsets {
     task_ti_status: 0,
     file_f_mode: 0,
     pt_regs_di: 0,
+    file_f_inode: 0,
+    inode_i_ino: 0,
+    inode_i_sb: 0,
+    super_block_s_dev: 0,
 };
 
 #[inline(always)]
@@ -235,4 +239,21 @@ pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Wal
     let ncomps = unsafe { (*s).ncomps };
     let pseudo = w.state == WALK_PSEUDO;
     Ok(Walked { start: w.pos, truncated: w.state != WALK_DONE && !pseudo, pseudo, ncomps })
+}
+
+/// The identity of an open file for grants: its device (the kernel's dev_t) and inode
+/// number, little-endian, 8 bytes each. Zero when unreadable (then no grant matches).
+#[inline(always)]
+pub fn file_id(o: &KernelOffsets, file: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if file == 0 {
+        return id;
+    }
+    let inode: u64 = read(file, o.file_f_inode).unwrap_or(0);
+    let ino: u64 = read(inode, o.inode_i_ino).unwrap_or(0);
+    let sb: u64 = read(inode, o.inode_i_sb).unwrap_or(0);
+    let dev: u32 = read(sb, o.super_block_s_dev).unwrap_or(0);
+    id[..8].copy_from_slice(&(dev as u64).to_le_bytes());
+    id[8..].copy_from_slice(&ino.to_le_bytes());
+    id
 }

@@ -4,7 +4,7 @@
 //! caller's sockaddr at syscall entry, the result and the socket's type and protocol are
 //! taken at exit (IPv4 and IPv6 only).
 use agent_guard_common::{
-    action, drop_slot, kind, mode, rule, verdict, ConnectEvent, SocketEvent, PENDING_MAX,
+    action, drop_slot, kind, mode, rule, verdict, ConnectEvent, GrantKey, SocketEvent, PENDING_MAX,
     FLAG_READ_ERROR, RS_RAW_SOCKETS,
 };
 use aya_ebpf::{
@@ -29,20 +29,41 @@ const IPPROTO_MPTCP: u32 = 262;
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
 
-/// Processes whose refused send must end in SIGKILL (`on_violation = "kill"`): sock_addr
-/// programs cannot send signals, so the syscall's exit tracepoint does it.
+/// What the exit of a network syscall must do for a thread whose operation a sock_addr
+/// program judged (those programs cannot send signals): `PENDING_*`.
 #[map]
 static AG_KILL_PENDING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(PENDING_MAX, 0);
 
+/// Refused, and `on_violation = "kill"`: SIGKILL.
+const PENDING_KILL: u32 = 1;
+/// Refused, and `on_violation = "freeze"`: SIGSTOP, the run is held for review.
+const PENDING_STOP: u32 = 2;
+/// Allowed by a one-time approval, which the sock_addr program used up.
+const PENDING_GRANTED: u32 = 3;
+
 /// The network decision for the current task, and the rule set that took it (None: the run
-/// has no policy).
+/// has no policy). `grants`: look up (and use up) approvals; the exit tracepoints recompute
+/// without them and learn from AG_KILL_PENDING what the hook decided.
 #[inline(always)]
-fn net_decision(run: &run::CurrentRun, addr: &[u8; 16], port: u16) -> (policy::Decision, Option<run::Ruleset>) {
+fn net_decision(
+    run: &run::CurrentRun,
+    addr: &[u8; 16],
+    port: u16,
+    grants: bool,
+) -> (policy::Decision, Option<run::Ruleset>) {
     let Some(rs) = run::ruleset(run) else { return (policy::ALLOWED, None) };
     if policy::net_allowed(&rs, addr, port) {
         return (policy::ALLOWED, Some(rs));
     }
-    (policy::refusal(&rs, rule::NETWORK), Some(rs))
+    let d = policy::refusal(&rs, rule::NETWORK);
+    if grants && d.verdict == verdict::DENY {
+        let key = GrantKey { run: run.run_cgroup, kind: kind::CONNECT, port: port as u32, id: *addr };
+        if policy::granted(&key) {
+            let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_GRANTED, 0);
+            return (policy::GRANTED, Some(rs));
+        }
+    }
+    (d, Some(rs))
 }
 
 #[inline(always)]
@@ -51,12 +72,20 @@ fn ruleset_id(rs: &Option<run::Ruleset>) -> u32 {
 }
 
 /// With `on_violation = "kill"`, a refused operation also ends the process, at the exit of
-/// its syscall. Takes the rule set that refused, so the whole decision is one generation's.
+/// its syscall; with "freeze" (`holdable`: an address the responder can approve) it stops
+/// there. Takes the rule set that refused, so the whole decision is one generation's.
+/// Returns the verdict to report.
 #[inline(always)]
-fn kill_later(rs: &run::Ruleset) {
+fn kill_later(rs: &run::Ruleset, holdable: bool) -> u32 {
     if rs.hdr.mode == mode::ENFORCE && rs.hdr.on_violation == action::KILL {
-        let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &1, 0);
+        let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_KILL, 0);
+        return verdict::KILL;
     }
+    if holdable && policy::holds(rs) {
+        let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_STOP, 0);
+        return verdict::HOLD;
+    }
+    verdict::DENY
 }
 
 /// IPv4 address of a sock_addr context as IPv4-mapped bytes, and the port (host order).
@@ -82,9 +111,9 @@ fn v6_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
 #[inline(always)]
 fn check_connect(addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
-    match net_decision(&run, &addr, port) {
+    match net_decision(&run, &addr, port, true) {
         (d, Some(rs)) if d.verdict == verdict::DENY => {
-            kill_later(&rs);
+            kill_later(&rs, true);
             REFUSE
         }
         _ => PASS,
@@ -96,13 +125,18 @@ fn check_connect(addr: [u8; 16], port: u16) -> i32 {
 #[inline(always)]
 fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
-    let (d, rs) = net_decision(&run, &addr, port);
+    let (d, rs) = net_decision(&run, &addr, port, true);
     if d.verdict == verdict::ALLOW {
         return PASS;
     }
+    let refused = d.verdict == verdict::DENY;
+    let reported = match &rs {
+        Some(rs) if refused => kill_later(rs, true),
+        _ => d.verdict,
+    };
     if let Some(mut entry) = event::reserve::<ConnectEvent>() {
         let mut hdr = event::header(kind::SENDMSG, &run);
-        hdr.verdict = d.verdict;
+        hdr.verdict = reported;
         hdr.rule = d.rule;
         hdr.ruleset = ruleset_id(&rs);
         // SAFETY: context fields the verifier allows reading.
@@ -110,12 +144,10 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
         entry.write(ConnectEvent { hdr, result: 0, family, port, protocol, sock_type, _pad: 0, addr });
         entry.submit(0);
     }
-    match rs {
-        Some(rs) if d.verdict == verdict::DENY => {
-            kill_later(&rs);
-            REFUSE
-        }
-        _ => PASS,
+    if refused && rs.is_some() {
+        REFUSE
+    } else {
+        PASS
     }
 }
 
@@ -175,7 +207,7 @@ pub fn ag_sock_create(ctx: SockContext) -> i32 {
         entry.submit(0);
     }
     if d.verdict == verdict::DENY {
-        kill_later(&rs);
+        kill_later(&rs, false);
         return REFUSE;
     }
     PASS
@@ -186,13 +218,24 @@ fn kill_if_pending() -> u32 {
     if run::current_run().is_none() {
         return 0;
     }
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: presence test only.
-    if unsafe { AG_KILL_PENDING.get(&key) }.is_some() {
-        let _ = AG_KILL_PENDING.remove(&key);
-        policy::kill_current();
-    }
+    act_on_pending();
     0
+}
+
+/// Carries out what a sock_addr program decided for this thread's syscall (`PENDING_*`, 0:
+/// nothing) and returns it.
+#[inline(always)]
+fn act_on_pending() -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let Some(p) = unsafe { AG_KILL_PENDING.get(&key) }.copied() else { return 0 };
+    let _ = AG_KILL_PENDING.remove(&key);
+    match p {
+        PENDING_KILL => policy::kill_current(),
+        PENDING_STOP => policy::stop_current(),
+        _ => {}
+    }
+    p
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_sendto")]
@@ -257,13 +300,8 @@ pub fn ag_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
     let Some(run) = run::current_run() else { return 0 };
+    let pending = act_on_pending();
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: presence test only.
-    let killed = unsafe { AG_KILL_PENDING.get(&key) }.is_some();
-    if killed {
-        let _ = AG_KILL_PENDING.remove(&key);
-        policy::kill_current();
-    }
     // SAFETY: copied out before removal.
     let Some(p) = (unsafe { AG_PENDING_CONNECT.get(&key) }).copied() else { return 0 };
     let _ = AG_PENDING_CONNECT.remove(&key);
@@ -292,9 +330,14 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
         addr.copy_from_slice(&p.sa[8..24]);
     }
     let mapped = if family == AF_INET { policy::mapped_v4(u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])) } else { addr };
-    let (mut d, rs) = net_decision(&run, &mapped, port);
-    if d.verdict == verdict::DENY && killed {
-        d.verdict = verdict::KILL;
+    let (mut d, rs) = net_decision(&run, &mapped, port, false);
+    if d.verdict == verdict::DENY {
+        match pending {
+            PENDING_KILL => d.verdict = verdict::KILL,
+            PENDING_STOP => d.verdict = verdict::HOLD,
+            PENDING_GRANTED => d = policy::GRANTED,
+            _ => {}
+        }
     }
     let Some(mut entry) = event::reserve::<ConnectEvent>() else { return 0 };
     let mut hdr = event::header(kind::CONNECT, &run);

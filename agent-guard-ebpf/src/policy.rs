@@ -2,8 +2,8 @@
 //! syscall bitmaps, and the one place where a violation becomes EPERM, SIGKILL or a
 //! would_deny report. The userspace compiler side is agent-guard/src/policy.rs.
 use agent_guard_common::{
-    action, file_rule, mode, rule, verdict, FileNode, FileNodeKey, NetKey, NetRule, FILE_NODES_MAX,
-    NAME_BYTES, NET_RULES_MAX, PATH_MAX, PORT_RANGES_MAX, SYSCALL_WORDS,
+    action, file_rule, grant, mode, rule, verdict, FileNode, FileNodeKey, GrantKey, NetKey, NetRule,
+    FILE_NODES_MAX, GRANTS_MAX, NAME_BYTES, NET_RULES_MAX, PATH_MAX, PORT_RANGES_MAX, SYSCALL_WORDS,
 };
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_send_signal},
@@ -15,6 +15,35 @@ use crate::{event, kernel::Walked, run::Ruleset};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
+
+/// Accesses a responder approved for a run (`agent-guard approve`): written by the daemon,
+/// looked up only when an access violates the policy.
+#[map]
+static AG_GRANTS: HashMap<GrantKey, u32> = HashMap::with_max_entries(GRANTS_MAX, 0);
+
+/// Whether `key` was approved; a one-time approval is used up here.
+#[inline(always)]
+pub fn granted(key: &GrantKey) -> bool {
+    // SAFETY: copied out at once.
+    match unsafe { AG_GRANTS.get(key) }.copied() {
+        Some(flags) => {
+            if flags & grant::ONCE != 0 {
+                let _ = AG_GRANTS.remove(key);
+            }
+            true
+        }
+        None => false,
+    }
+}
+
+pub const GRANTED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::GRANT };
+
+/// Whether the run's policy holds violations for review (enforce mode, on_violation freeze).
+#[inline(always)]
+pub fn holds(rs: &Ruleset) -> bool {
+    rs.hdr.mode == mode::ENFORCE && rs.hdr.on_violation == action::FREEZE
+}
 
 /// (rule set, parent node, component) -> node. Node 0 of every rule set is "/".
 #[map]
@@ -39,10 +68,27 @@ pub const ALLOWED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::NO
 /// operation with EPERM (the caller does that when the verdict is DENY). Otherwise, or with
 /// `on_violation = "kill"`, the whole process gets SIGKILL, which it receives before it
 /// returns to user space. Monitor mode only reports.
+///
+/// `hold`: the access as a responder can approve it. An approved access is allowed; under
+/// `on_violation = "freeze"` the process gets SIGSTOP (it stops before it returns to user
+/// space) and the daemon holds the run for review. Without it (syscalls, unidentified
+/// files), freeze kills: a stop after the fact would let the operation run.
 #[inline(always)]
-pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool) -> Decision {
+pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool, hold: Option<&GrantKey>) -> Decision {
     let d = refusal(rs, rule);
-    if d.verdict == verdict::WOULD_DENY || (can_refuse && rs.hdr.on_violation != action::KILL) {
+    if d.verdict == verdict::WOULD_DENY {
+        return d;
+    }
+    if let Some(key) = hold {
+        if granted(key) {
+            return GRANTED;
+        }
+        if holds(rs) {
+            stop_current();
+            return Decision { verdict: verdict::HOLD, rule };
+        }
+    }
+    if can_refuse && rs.hdr.on_violation != action::KILL {
         return d;
     }
     kill_current();
@@ -55,6 +101,12 @@ pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool) -> Decision {
 pub fn refusal(rs: &Ruleset, rule: u32) -> Decision {
     let verdict = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
     Decision { verdict, rule }
+}
+
+#[inline(always)]
+pub fn stop_current() {
+    // SAFETY: as kill_current.
+    unsafe { bpf_send_signal(SIGSTOP) };
 }
 
 #[inline(always)]
@@ -166,9 +218,16 @@ pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
 
 /// Decision for opening a walked path with `write` and/or `read` access.
 #[inline(always)]
-pub fn file_decision(rs: &Ruleset, w: &Walked, read: bool, write: bool, can_refuse: bool) -> Decision {
+pub fn file_decision(
+    rs: &Ruleset,
+    w: &Walked,
+    read: bool,
+    write: bool,
+    can_refuse: bool,
+    hold: Option<&GrantKey>,
+) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, can_refuse);
+        return violation(rs, rule::PATH_TOO_LONG, can_refuse, None);
     }
     if w.pseudo {
         // Reopening a pipe, socket or anonymous inode the process already holds.
@@ -176,13 +235,13 @@ pub fn file_decision(rs: &Ruleset, w: &Walked, read: bool, write: bool, can_refu
     }
     let m = match_path(rs, w);
     if m.access & file_rule::DENY != 0 {
-        return violation(rs, rule::FILES_DENY, can_refuse);
+        return violation(rs, rule::FILES_DENY, can_refuse, hold);
     }
     if write && m.access & file_rule::WRITE == 0 {
-        return violation(rs, rule::FILES_WRITE, can_refuse);
+        return violation(rs, rule::FILES_WRITE, can_refuse, hold);
     }
     if read && m.access & (file_rule::READ | file_rule::WRITE) == 0 {
-        return violation(rs, rule::FILES_READ, can_refuse);
+        return violation(rs, rule::FILES_READ, can_refuse, hold);
     }
     ALLOWED
 }
@@ -190,17 +249,17 @@ pub fn file_decision(rs: &Ruleset, w: &Walked, read: bool, write: bool, can_refu
 /// Decision for running the walked executable (always a kill when violated: the image is
 /// already loaded when the tracepoint fires).
 #[inline(always)]
-pub fn exec_decision(rs: &Ruleset, w: &Walked) -> Decision {
+pub fn exec_decision(rs: &Ruleset, w: &Walked, hold: Option<&GrantKey>) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, false);
+        return violation(rs, rule::PATH_TOO_LONG, false, None);
     }
     if w.pseudo {
-        return violation(rs, rule::EXEC, false); // memfd and other fileless executables
+        return violation(rs, rule::EXEC, false, None); // memfd and other fileless executables
     }
     if match_path(rs, w).exec {
         ALLOWED
     } else {
-        violation(rs, rule::EXEC, false)
+        violation(rs, rule::EXEC, false, hold)
     }
 }
 

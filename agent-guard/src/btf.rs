@@ -130,6 +130,10 @@ impl KernelBtf {
             task_ti_status: f("task_struct", "thread_info")? + f("thread_info", "status")?,
             file_f_mode: f("file", "f_mode")?,
             pt_regs_di: f("pt_regs", "di")?,
+            file_f_inode: f("file", "f_inode")?,
+            inode_i_ino: f("inode", "i_ino")?,
+            inode_i_sb: f("inode", "i_sb")?,
+            super_block_s_dev: f("super_block", "s_dev")?,
         })
     }
 }

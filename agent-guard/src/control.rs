@@ -50,6 +50,18 @@ pub enum Request {
     PolicyShow {
         name: String,
     },
+    /// Answer a hold for review: grant the held accesses (once, or for the rest of the run).
+    Approve {
+        run: String,
+        #[serde(default)]
+        for_run: bool,
+    },
+    /// Answer a hold for review: the violation stands (and with `kill`, the run ends).
+    Deny {
+        run: String,
+        #[serde(default)]
+        kill: bool,
+    },
 }
 
 /// A policy file's text and the name it is known by in messages.

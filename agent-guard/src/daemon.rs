@@ -47,6 +47,15 @@ struct RunInfo {
     policy: Option<u32>,
     started: SystemTime,
     ended: Option<Instant>,
+    /// Held for review: what it waits for.
+    hold: Option<Hold>,
+}
+
+#[derive(Debug, Clone)]
+struct Hold {
+    id: u64,
+    since: Instant,
+    attempts: Vec<crate::hold::Attempt>,
 }
 
 impl RunInfo {
@@ -86,6 +95,11 @@ struct Shared {
     state: State,
     /// Set once the daemon is shutting down: no new registrations or bindings.
     stopping: std::sync::atomic::AtomicBool,
+    grants: Mutex<aya::maps::HashMap<aya::maps::MapData, agent_guard_common::GrantKey, u32>>,
+    hold_timeout: Duration,
+    /// The last few events of each run (human form), for a hold's evidence.
+    recent: Mutex<HashMap<u64, std::collections::VecDeque<String>>>,
+    next_hold: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -203,7 +217,7 @@ async fn serve(cfg: Config) -> Result<()> {
     }
     let loaded = ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins)
         .context("loading the kernel programs")?;
-    let ebpf::Loaded { ebpf: programs, runs, drops, events, policy: policy_maps, bound, bind_on, adopted_links } =
+    let ebpf::Loaded { ebpf: programs, runs, drops, events, policy: policy_maps, bound, bind_on, grants, adopted_links } =
         loaded;
     if adopting {
         info!("adopting the pinned state in {} ({adopted_links} links attached by an earlier daemon)", pins.dir().display());
@@ -247,6 +261,10 @@ async fn serve(cfg: Config) -> Result<()> {
         queue_drops: Default::default(),
         state,
         stopping: Default::default(),
+        grants: Mutex::new(grants),
+        hold_timeout: cfg.hold_timeout,
+        recent: Default::default(),
+        next_hold: Default::default(),
     });
 
     let writer = tokio::spawn(write_events(rx, log));
@@ -364,6 +382,7 @@ fn adopt(shared: &Shared) {
                     policy: (entry.policy != NO_POLICY).then_some(entry.policy),
                     started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
                     ended: None,
+                    hold: None,
                 };
                 runs.by_cgroup.insert(r.cgroup_id, info);
                 adopted += 1;
@@ -397,6 +416,7 @@ fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
         policy: Some(slot),
         started: SystemTime::now(),
         ended: None,
+        hold: None,
     }
 }
 
@@ -495,8 +515,16 @@ async fn read_ring(
         while let Some(item) = ring.next() {
             match event::decode(&item) {
                 Ok(raw) => {
+                    let run_cgroup = raw.hdr.run_cgroup;
                     let e = enrich(&shared, raw, &mut exes, &mut cgroup_paths);
+                    if e.run.is_some() {
+                        remember(&shared, run_cgroup, &e);
+                    }
+                    let held = (e.verdict == "hold").then(|| e.clone());
                     shared.emit(e);
+                    if let Some(e) = held {
+                        on_hold(&shared, run_cgroup, e);
+                    }
                 }
                 Err(e) => warn!("undecodable kernel record: {e}"),
             }
@@ -724,6 +752,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 policy: bound.as_ref().map(|p| p.slot),
                 started: SystemTime::now(),
                 ended: None,
+                hold: None,
             };
             {
                 // Lock order: binder, then runs. The syscall check is attached before the
@@ -792,6 +821,16 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 _ => Response::err(format!("no policy named {name:?} is loaded")),
             }
         }
+        Request::Approve { run, for_run } => {
+            match answer(shared, &run, None, Answer::Approve { for_run }, Some((uid, pid))) {
+                Ok(text) => Response { text: Some(text), ..Response::ok() },
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Deny { run, kill } => match answer(shared, &run, None, Answer::Deny { kill }, Some((uid, pid))) {
+            Ok(text) => Response { text: Some(text), ..Response::ok() },
+            Err(e) => Response::err(e),
+        },
         Request::End { run, exit_status } => {
             let info = {
                 let mut runs = shared.runs.lock().expect("runs lock");
@@ -810,6 +849,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 }
                 info
             };
+            forget_run(shared, info.cgroup_id);
             let mut e = shared.base_event("run_end", Some(&info));
             e.detail = Detail::RunEnd { exit_status };
             if let Err(e) = shared.after_ring.send(e) {
@@ -1000,4 +1040,201 @@ fn rebind(shared: &Shared) {
         e.detail = Detail::RunStart { requested_by_uid: 0, requested_by_pid: std::process::id(), argv: vec![] };
         shared.emit(e);
     }
+}
+
+/// Keeps the last few events of a run for a hold's evidence.
+fn remember(shared: &Shared, run_cgroup: u64, e: &Event) {
+    const KEEP: usize = 10;
+    let mut recent = shared.recent.lock().expect("recent lock");
+    let q = recent.entry(run_cgroup).or_default();
+    if q.len() == KEEP {
+        q.pop_front();
+    }
+    q.push_back(format!("{} {} {} {}", e.ts, e.kind, e.verdict, event::human(e)));
+}
+
+/// What a run leaves behind in the daemon and the kernel when it ends: its grants and its
+/// recent events.
+fn forget_run(shared: &Shared, run_cgroup: u64) {
+    shared.recent.lock().expect("recent lock").remove(&run_cgroup);
+    let mut grants = shared.grants.lock().expect("grants lock");
+    let keys: Vec<_> = grants.keys().flatten().filter(|k| k.run == run_cgroup).collect();
+    for k in keys {
+        let _ = grants.remove(&k);
+    }
+}
+
+/// A `hold` verdict from the kernel: the process is stopped (SIGSTOP); freeze its whole run,
+/// record the evidence and wait for an answer (or the timeout).
+fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
+    let Some(attempt) = crate::hold::attempt(&e, run_cgroup) else { return };
+    let (info, new_hold) = {
+        let mut runs = shared.runs.lock().expect("runs lock");
+        let Some(info) = runs.by_cgroup.get_mut(&run_cgroup) else {
+            warn!("hold for an unknown run (cgroup {run_cgroup}): process {} stays stopped until a responder acts", attempt.tgid);
+            return;
+        };
+        match &mut info.hold {
+            Some(h) => {
+                h.attempts.push(attempt.clone());
+                (info.clone(), None)
+            }
+            None => {
+                let id = shared.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                info.hold = Some(Hold { id, since: Instant::now(), attempts: vec![attempt.clone()] });
+                (info.clone(), Some(id))
+            }
+        }
+    };
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let freeze = match new_hold {
+            Some(_) => match crate::hold::set_frozen(&info.dir, true, Duration::from_secs(10)) {
+                Ok(t) => Some(t.as_secs_f64() * 1000.0),
+                Err(err) => {
+                    warn!("hold of {}: freezing {}: {err}", info.id, info.dir.display());
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut ev = shared.base_event("hold", Some(&info));
+        ev.verdict = "hold";
+        ev.rule = attempt.rule.clone();
+        ev.pid = Some(attempt.pid);
+        ev.tgid = Some(attempt.tgid);
+        ev.comm = attempt.comm.clone();
+        ev.exe = e.exe.clone();
+        let recent = shared
+            .recent
+            .lock()
+            .expect("recent lock")
+            .get(&run_cgroup)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default();
+        ev.detail = Detail::Hold {
+            hold: "held",
+            held_argv: crate::hold::argv(attempt.tgid),
+            ancestry: crate::hold::ancestry(attempt.tgid, &shared.mount, &info.dir),
+            recent_events: recent,
+            attempts: vec![attempt],
+            freeze_ms: freeze,
+            grant: None,
+            held_ms: None,
+            requested_by_uid: None,
+            requested_by_pid: None,
+        };
+        info!("run {} held for review: {}", info.id, event::human(&ev));
+        shared.emit(ev);
+        if let Some(id) = new_hold {
+            let timeout = shared.hold_timeout;
+            let handle = tokio::runtime::Handle::current();
+            handle.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let run = info.id.clone();
+                let _ = tokio::task::spawn_blocking(move || answer(&shared, &run, Some(id), Answer::Timeout, None)).await;
+            });
+        }
+    });
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Approve { for_run: bool },
+    Deny { kill: bool },
+    Timeout,
+}
+
+/// Answers the hold of `run` (a run id or name): approve (grant the held accesses, once or
+/// for the rest of the run, and let the processes go on) or deny (the held opens and execs
+/// end with their process, refused network operations stay refused; `kill` ends the run),
+/// then thaws the run. `only`: answer only this hold (the timeout of an earlier hold must
+/// not answer a later one).
+fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option<(u32, u32)>) -> Result<String, String> {
+    use nix::sys::signal::Signal;
+    let (info, hold) = {
+        let mut runs = shared.runs.lock().expect("runs lock");
+        let matches: Vec<u64> = runs
+            .by_cgroup
+            .iter()
+            .filter(|(_, r)| r.ended.is_none() && (r.id == run || r.name.as_deref() == Some(run)))
+            .map(|(id, _)| *id)
+            .collect();
+        let id = match matches.as_slice() {
+            [id] => *id,
+            [] => return Err(format!("no active run {run:?}")),
+            _ => return Err(format!("{run:?} names {} runs; give the run id", matches.len())),
+        };
+        let info = runs.by_cgroup.get_mut(&id).expect("found");
+        match (&info.hold, only) {
+            (None, _) => return Err(format!("run {} is not held", info.id)),
+            (Some(h), Some(only)) if h.id != only => return Err("answered already".into()),
+            _ => {}
+        }
+        let hold = info.hold.take().expect("held");
+        (info.clone(), hold)
+    };
+    let mount = &shared.mount;
+    let mut notes = Vec::new();
+    match how {
+        Answer::Approve { for_run } => {
+            let flags = if for_run { agent_guard_common::grant::RUN } else { agent_guard_common::grant::ONCE };
+            let mut grants = shared.grants.lock().expect("grants lock");
+            for a in &hold.attempts {
+                // A held open or exec has happened: approving once is letting it go on.
+                if let (Some(key), true) = (&a.grant, for_run || !a.happened) {
+                    if let Err(e) = grants.insert(key, flags, 0) {
+                        notes.push(format!("grant for {} not recorded: {e}", a.what));
+                    }
+                }
+            }
+        }
+        Answer::Deny { .. } | Answer::Timeout => {
+            for a in hold.attempts.iter().filter(|a| a.happened) {
+                if crate::hold::signal_in(a.tgid, Signal::SIGKILL, mount, &info.dir) {
+                    notes.push(format!("process {} killed ({} was already open or loaded)", a.tgid, a.what));
+                }
+            }
+        }
+    }
+    if let Answer::Deny { kill: true } = how {
+        if let Err(e) = std::fs::write(info.dir.join("cgroup.kill"), "1") {
+            notes.push(format!("cgroup.kill: {e}"));
+        }
+    }
+    for a in &hold.attempts {
+        crate::hold::signal_in(a.tgid, Signal::SIGCONT, mount, &info.dir);
+    }
+    if let Err(e) = crate::hold::set_frozen(&info.dir, false, Duration::from_secs(10)) {
+        if info.dir.exists() {
+            notes.push(format!("thawing: {e}"));
+        }
+    }
+    let (state, grant) = match how {
+        Answer::Approve { for_run } => ("approved", Some(if for_run { "run" } else { "once" })),
+        Answer::Deny { .. } => ("denied", None),
+        Answer::Timeout => ("timeout", None),
+    };
+    let mut ev = shared.base_event("hold", Some(&info));
+    ev.verdict = if state == "approved" { "allow" } else { "deny" };
+    ev.detail = Detail::Hold {
+        hold: state,
+        attempts: hold.attempts.clone(),
+        held_argv: vec![],
+        ancestry: vec![],
+        recent_events: vec![],
+        freeze_ms: None,
+        grant,
+        held_ms: Some(hold.since.elapsed().as_millis() as u64),
+        requested_by_uid: by.map(|b| b.0),
+        requested_by_pid: by.map(|b| b.1),
+    };
+    info!("run {} hold {state}{}", info.id, if notes.is_empty() { String::new() } else { format!(": {}", notes.join("; ")) });
+    shared.emit(ev);
+    let what: Vec<String> = hold.attempts.iter().map(|a| format!("{} {}", a.kind, a.what)).collect();
+    let mut text = format!("run {} {state} after {} ms: {}", info.id, hold.since.elapsed().as_millis(), what.join("; "));
+    for n in notes {
+        text.push_str(&format!("\n  {n}"));
+    }
+    Ok(text)
 }

@@ -1,7 +1,7 @@
 //! Loading and attaching the kernel programs. One owner (the daemon's core) holds the result.
 use std::path::{Path, PathBuf};
 
-use agent_guard_common::{names, Config as KernelConfig, KernelOffsets, RunEntry};
+use agent_guard_common::{names, Config as KernelConfig, GrantKey, KernelOffsets, RunEntry};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
@@ -85,6 +85,7 @@ pub struct Loaded {
     pub policy: PolicyMaps,
     pub bound: HashMap<MapData, u64, RunEntry>,
     pub bind_on: Array<MapData, u32>,
+    pub grants: HashMap<MapData, GrantKey, u32>,
     /// Links found pinned by an earlier daemon and kept as they are (0 on a fresh start).
     pub adopted_links: usize,
 }
@@ -105,6 +106,7 @@ const PINNED_MAPS: &[&str] = &[
     "AG_PENDING_OPEN",
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
+    names::GRANTS,
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -367,6 +369,7 @@ pub fn load(
         policy,
         bound: HashMap::try_from(take(&mut ebpf, names::BOUND)?).map_err(map_err(names::BOUND))?,
         bind_on: Array::try_from(take(&mut ebpf, names::BIND_ON)?).map_err(map_err(names::BIND_ON))?,
+        grants: HashMap::try_from(take(&mut ebpf, names::GRANTS)?).map_err(map_err(names::GRANTS))?,
         runs: HashMap::try_from(take(&mut ebpf, names::RUNS)?).map_err(map_err(names::RUNS))?,
         drops: PerCpuArray::try_from(take(&mut ebpf, names::DROPS)?).map_err(map_err(names::DROPS))?,
         events: RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?,

@@ -115,6 +115,29 @@ pub enum Detail {
         count: u64,
         stage: &'static str,
     },
+    /// A hold for review: `held` when it starts (with the evidence), then `approved`,
+    /// `denied` or `timeout`.
+    Hold {
+        hold: &'static str,
+        attempts: Vec<crate::hold::Attempt>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        held_argv: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        ancestry: Vec<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        recent_events: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        freeze_ms: Option<f64>,
+        /// approved: once | run
+        #[serde(skip_serializing_if = "Option::is_none")]
+        grant: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        held_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requested_by_uid: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requested_by_pid: Option<u32>,
+    },
 }
 
 /// A kernel record, decoded but not yet enriched with run metadata.
@@ -167,6 +190,7 @@ pub fn verdict_name(v: u32) -> &'static str {
         verdict::DENY => "deny",
         verdict::KILL => "kill",
         verdict::WOULD_DENY => "would_deny",
+        verdict::HOLD => "hold",
         _ => "allow",
     }
 }
@@ -183,6 +207,7 @@ pub fn rule_name(r: u32) -> Option<&'static str> {
         rule::UNSEEN => "unseen",
         rule::PATH_TOO_LONG => "files.path_too_long",
         rule::RAW_SOCKET => "network.raw_sockets",
+        rule::GRANT => "grant",
         _ => return None,
     })
 }
@@ -329,6 +354,14 @@ pub fn human(e: &Event) -> String {
         Detail::RunStart { argv, .. } => format!("name={} {}", e.run_name.as_deref().unwrap_or("-"), argv.join(" ")),
         Detail::RunEnd { exit_status } => format!("status {}", exit_status.map_or("-".into(), |s| s.to_string())),
         Detail::Drop { count, stage } => format!("{count} events lost at {stage}"),
+        Detail::Hold { hold, attempts, .. } => format!(
+            "{hold}: {}",
+            attempts
+                .iter()
+                .map(|a| format!("{} {} by pid {} ({})", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
         Detail::Syscall { name, .. } => name.clone(),
         Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
         Detail::PolicyReload { result, source, error, .. } => format!(

@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod ebpf;
 pub mod event;
+pub mod hold;
 pub mod landlock;
 pub mod policies;
 pub mod policy;

@@ -42,6 +42,22 @@ enum Cmd {
     /// Check, apply, list and show policies
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Answer a hold for review: grant the held access and let the run go on
+    Approve {
+        /// The held run: its id or name
+        run: String,
+        /// Grant the access for the rest of the run (default: once)
+        #[arg(long)]
+        for_run: bool,
+    },
+    /// Answer a hold for review: the violation stands, and the run goes on without it
+    Deny {
+        /// The held run: its id or name
+        run: String,
+        /// Also kill the whole run
+        #[arg(long)]
+        kill: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +132,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Approve { run, for_run } => answer(&cfg, control::Request::Approve { run, for_run }),
+        Cmd::Deny { run, kill } => answer(&cfg, control::Request::Deny { run, kill }),
         Cmd::Run { policy, name, labels, argv } => {
             let labels: BTreeMap<_, _> = labels.into_iter().collect();
             match run::run(&cfg, run::RunArgs { policy, name, labels, argv }) {
@@ -125,6 +143,19 @@ fn main() -> ExitCode {
                     ExitCode::from(run::EXIT_SETUP_FAILED as u8)
                 }
             }
+        }
+    }
+}
+
+fn answer(cfg: &config::Config, req: control::Request) -> ExitCode {
+    match control::call(&cfg.control_socket, req) {
+        Ok(r) => {
+            println!("{}", r.text.unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent-guard: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -27,8 +27,8 @@
 //! **Modes.** `enforce` applies the verdicts below; `monitor` allows everything and reports
 //! what would have been denied. `on_violation` says what a denial does: `deny` refuses the
 //! operation (or kills the process where the backend cannot refuse it), `kill` kills the
-//! process, `freeze` is meant to hold the run for review and is handled like `deny` until the
-//! control plane implements it.
+//! process, `freeze` stops the process at the violation and holds its run for review
+//! (`agent-guard approve|deny`; see `crate::hold`).
 //!
 //! **Files.** Rules are absolute path prefixes on directory boundaries: `/usr` matches `/usr`
 //! and `/usr/bin/x`, never `/usrx`; `/` matches everything; a trailing slash is ignored
@@ -639,7 +639,13 @@ pub fn parse(text: &str, origin: &str) -> Checked {
     if on_violation == OnViolation::Freeze {
         if let Some(v) = &raw.on_violation {
             let item = Item { field: "on_violation".into(), span: v.span(), value: () };
-            ctx.warn(&item, "hold for review is not implemented yet; violations are denied".into());
+            ctx.warn(
+                &item,
+                "opens, execs, connects and UDP sends outside the policy hold the run for review; \
+                 [syscalls] deny, unseen operations and raw sockets are killed or refused instead (a stop \
+                 would come after they ran)"
+                    .into(),
+            );
         }
     }
 

@@ -505,7 +505,7 @@ connect = ["0.0.0.0/0:1-65535", "[::]/0:1-65535", "0.0.0.0/0:443"]
     assert!(c.errors.is_empty(), "{:#?}", c.errors);
     let got: Vec<(String, String)> = c.warnings.iter().map(|w| (w.field.clone(), w.message.clone())).collect();
     let has = |field: &str, needle: &str| got.iter().any(|(f, m)| f == field && m.contains(needle));
-    assert!(has("on_violation", "not implemented"), "{got:#?}");
+    assert!(has("on_violation", "hold the run for review"), "{got:#?}");
     assert!(has("files.write[0]", "write access to \"/\""), "{got:#?}");
     assert!(has("files.read[1]", "longest match wins"), "{got:#?}");
     assert!(has("exec.allow[0]", "a shell can run anything"), "{got:#?}");

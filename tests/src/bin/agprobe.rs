@@ -86,6 +86,24 @@ fn main() -> ExitCode {
             let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
             TcpStream::connect(addr).map(|_| "ok connected".into())
         }
+        // Connect, retrying after a refusal: N attempts MS apart, each result printed.
+        "connect-retry" => {
+            let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
+            let n: usize = a(2).parse().unwrap_or(10);
+            let pause = std::time::Duration::from_millis(a(3).parse().unwrap_or(100));
+            let mut out = std::io::stdout().lock();
+            for i in 0..n {
+                match TcpStream::connect(addr) {
+                    Ok(_) => return Ok(format!("ok connected on attempt {i}")),
+                    Err(e) => {
+                        let _ = writeln!(out, "attempt {i}: {}", if e.raw_os_error() == Some(libc::EPERM) { "EPERM".into() } else { e.to_string() });
+                        let _ = out.flush();
+                    }
+                }
+                std::thread::sleep(pause);
+            }
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        }
         "udp" => {
             let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
             let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };

@@ -1,0 +1,171 @@
+//! Hold for review (`on_violation = "freeze"`): the kernel stops the offending process with
+//! SIGSTOP at the violation; the daemon freezes the whole run, records the evidence, and
+//! waits for `agent-guard approve` or `deny` (or `hold_timeout`, which denies).
+//!
+//! This module has what does not need the daemon's state: the access a responder approves
+//! (as the kernel's grant key), the evidence a responder reads, and freezing a cgroup.
+use std::{
+    os::unix::fs::MetadataExt,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use agent_guard_common::{kind, GrantKey};
+use serde::Serialize;
+
+use crate::event::{Detail, Event};
+
+/// One held access.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempt {
+    /// open | exec | connect | sendmsg
+    pub kind: &'static str,
+    /// What was attempted, as a person reads it: a path with its access, or addr:port.
+    pub what: String,
+    pub rule: Option<String>,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: Option<String>,
+    /// The grant approving it, when the access can be identified (None: it cannot be
+    /// approved, only let go on or denied).
+    #[serde(skip)]
+    pub grant: Option<GrantKey>,
+    /// The access already happened when the process was stopped (open, exec): approving
+    /// lets it go on; denying kills the process. Otherwise (network) it was refused with
+    /// EPERM and approving lets a retry through.
+    pub happened: bool,
+}
+
+/// The access in a `hold` event, or None when the event is not one a responder can answer.
+pub fn attempt(e: &Event, run_cgroup: u64) -> Option<Attempt> {
+    let (pid, tgid) = (e.pid?, e.tgid?);
+    let (kind_name, what, grant, happened) = match &e.detail {
+        Detail::Open { path, access, result, .. } => {
+            let id = (*result >= 0).then(|| file_id(&format!("/proc/{tgid}/fd/{result}"))).flatten();
+            let grant = id.map(|id| GrantKey { run: run_cgroup, kind: kind::OPEN, port: 0, id });
+            ("open", format!("{path} ({access})"), grant, true)
+        }
+        Detail::Exec { path, .. } => {
+            let grant = file_id(&format!("/proc/{tgid}/exe")).map(|id| GrantKey { run: run_cgroup, kind: kind::EXEC, port: 0, id });
+            ("exec", path.clone(), grant, true)
+        }
+        Detail::Connect { addr, port, proto, .. } => {
+            let grant = addr.parse::<std::net::IpAddr>().ok().map(|ip| GrantKey {
+                run: run_cgroup,
+                kind: kind::CONNECT,
+                port: *port as u32,
+                id: mapped(ip),
+            });
+            (if e.kind == "sendmsg" { "sendmsg" } else { "connect" }, format!("{proto} {addr}:{port}"), grant, false)
+        }
+        _ => return None,
+    };
+    Some(Attempt { kind: kind_name, what, rule: e.rule.clone(), pid, tgid, comm: e.comm.clone(), grant, happened })
+}
+
+/// IPv6 bytes, IPv4 as IPv4-mapped (as the kernel programs key addresses).
+fn mapped(ip: std::net::IpAddr) -> [u8; 16] {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A file's identity as the kernel programs compute it: the kernel's dev_t (major << 20 |
+/// minor) and the inode number, little-endian.
+fn file_id(path: &str) -> Option<[u8; 16]> {
+    let m = std::fs::metadata(path).ok()?;
+    let dev = m.dev();
+    let kdev = (libc::major(dev) as u64) << 20 | libc::minor(dev) as u64;
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&kdev.to_le_bytes());
+    id[8..].copy_from_slice(&m.ino().to_le_bytes());
+    Some(id)
+}
+
+/// A process's argv (from /proc; empty when it is gone).
+pub fn argv(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The process and its ancestors up to the first one outside `run_dir` (the launcher), as
+/// `PID COMM ARGV...`, the process first.
+pub fn ancestry(pid: u32, mount: &Path, run_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut p = pid;
+    for _ in 0..32 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { break };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let Some((head, tail)) = stat.rsplit_once(')') else { break };
+        let comm = head.split_once('(').map_or("", |(_, c)| c);
+        let ppid: u32 = tail.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+        let inside = in_cgroup(p, mount, run_dir);
+        out.push(format!("{p} {comm}{} {}", if inside { "" } else { " (outside the run)" }, argv(p).join(" ")));
+        if !inside || ppid <= 1 {
+            break;
+        }
+        p = ppid;
+    }
+    out
+}
+
+/// Whether process `pid` is in `dir` or a cgroup below it.
+pub fn in_cgroup(pid: u32, mount: &Path, dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return false };
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .is_some_and(|rel| mount.join(rel.trim_start_matches('/')).starts_with(dir))
+}
+
+/// Writes cgroup.freeze and waits until cgroup.events says the cgroup got there. Returns
+/// the time it took.
+pub fn set_frozen(dir: &Path, frozen: bool, timeout: Duration) -> std::io::Result<Duration> {
+    let t = Instant::now();
+    std::fs::write(dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+    let want = if frozen { "frozen 1" } else { "frozen 0" };
+    loop {
+        let events = std::fs::read_to_string(dir.join("cgroup.events"))?;
+        if events.lines().any(|l| l == want) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > timeout {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{} not {want} after {timeout:?}", dir.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Sends `sig` to `pid` only if it is still inside the run's cgroup `dir`.
+pub fn signal_in(pid: u32, sig: nix::sys::signal::Signal, mount: &Path, dir: &Path) -> bool {
+    if !in_cgroup(pid, mount, dir) {
+        return false;
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_keyed_like_the_kernel_keys_them() {
+        let v4 = mapped("10.1.2.3".parse().unwrap());
+        assert_eq!(v4, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
+        assert_eq!(mapped("::1".parse().unwrap())[15], 1);
+    }
+
+    #[test]
+    fn file_ids_use_the_kernel_dev_t() {
+        let id = file_id("/proc/self/exe").unwrap();
+        let m = std::fs::metadata("/proc/self/exe").unwrap();
+        assert_eq!(u64::from_le_bytes(id[8..].try_into().unwrap()), m.ino());
+        let kdev = u64::from_le_bytes(id[..8].try_into().unwrap());
+        assert_eq!(kdev >> 20, libc::major(m.dev()) as u64);
+        assert_eq!(kdev & 0xfffff, libc::minor(m.dev()) as u64);
+    }
+}

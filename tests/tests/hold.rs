@@ -1,0 +1,170 @@
+//! Hold for review (`on_violation = "freeze"`): the offending process is stopped in the kernel
+//! at the violation, the daemon freezes the run and records the evidence, and a responder
+//! approves or denies from the CLI; no answer within hold_timeout denies.
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent_guard_tests::{layout, privileged, probe, probe_reads, run_id, s, stdout, toml_items, Daemon, Layout};
+use serde_json::Value;
+
+fn policy(l: &Layout) -> String {
+    format!(
+        r#"name = "review"
+on_violation = "freeze"
+[files]
+read = [{base}, "{ws}"]
+[exec]
+allow = ["{probe}"]
+"#,
+        base = toml_items(&probe_reads()),
+        ws = l.ws.display(),
+        probe = probe().display(),
+    )
+}
+
+/// `agent-guard run` of the probe in the background, its output captured.
+fn start(d: &Daemon, pol: &Path, name: &str, args: &[&str]) -> Child {
+    let probe = probe();
+    Command::new(agent_guard_tests::binary())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["run", "--policy", pol.to_str().unwrap(), "--name", name, "--", probe.to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the run to finish (at most 20 s; then it is ended and the test fails).
+fn finish(mut c: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let o = c.wait_with_output().unwrap();
+            panic!("the run did not finish: {o:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.wait_with_output().unwrap()
+}
+
+/// The `held` event of the run named `name`.
+fn held(d: &Daemon, name: &str) -> Value {
+    let ev = d.wait_for("hold", |e| e["kind"] == "hold" && e["hold"] == "held" && e["run_name"] == name);
+    ev.into_iter().find(|e| e["kind"] == "hold" && e["hold"] == "held" && e["run_name"] == name).unwrap()
+}
+
+fn state_of(pid: u64) -> String {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    st.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string()
+}
+
+#[test]
+fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
+    if !privileged("a_held_connect_is_frozen_until_approved_and_the_retry_goes_through") {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let run = start(&d, &pol, "approve-me", &["connect-retry", &target, "50", "100"]);
+
+    let h = held(&d, "approve-me");
+    let id = run_id(&d.events(), "approve-me");
+    let dir = d.cgroup_root.join(&id);
+    assert_eq!(h["verdict"], "hold");
+    assert_eq!(h["rule"], "network.connect");
+    assert_eq!(h["attempts"][0]["kind"], "connect");
+    assert_eq!(h["attempts"][0]["what"], format!("tcp {target}"));
+    assert!(h["held_argv"][1] == "connect-retry", "{h:#}");
+    assert!(h["ancestry"].as_array().unwrap().len() >= 2, "the probe and the launcher: {h:#}");
+    assert!(h["freeze_ms"].as_f64().is_some(), "{h:#}");
+    // Stopped in the kernel and frozen with its run.
+    let pid = h["tgid"].as_u64().unwrap();
+    assert!(std::fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1"));
+    let st = state_of(pid);
+    assert!(st.starts_with('T') || st.starts_with('t'), "stopped: {st}");
+    // It stays held: nothing runs on.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1"));
+
+    let o = d.cli(&["approve", &id]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("approved"), "{}", stdout(&o));
+    let out = finish(run);
+    let text = stdout(&out);
+    assert!(text.contains("attempt 0: EPERM"), "the held connect itself was refused: {text}");
+    assert!(text.contains("ok connected on attempt 1"), "the retry went through: {text}");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let ev = d.wait_for("approved", |e| e["kind"] == "hold" && e["hold"] == "approved");
+    let a = ev.iter().find(|e| e["kind"] == "hold" && e["hold"] == "approved").unwrap();
+    assert_eq!(a["grant"], "once");
+    assert_eq!(a["requested_by_uid"], 0);
+    let granted = ev.iter().find(|e| e["kind"] == "connect" && e["rule"] == "grant");
+    assert!(granted.is_some_and(|g| g["verdict"] == "allow"), "the retry is allowed by the grant: {ev:#?}");
+}
+
+#[test]
+fn deny_keeps_it_denied_and_a_held_open_never_reaches_the_process() {
+    if !privileged("deny_keeps_it_denied_and_a_held_open_never_reaches_the_process") {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l));
+    let secret = s(&l.outside.join("secret.txt"));
+    let run = start(&d, &pol, "deny-open", &["read", &secret]);
+    held(&d, "deny-open");
+    let id = run_id(&d.events(), "deny-open");
+    let o = d.cli(&["deny", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert_eq!(out.status.code(), Some(137), "the held open ends with its process: {out:?}");
+    assert!(!stdout(&out).contains("TOPSECRET"), "{out:?}");
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let run = start(&d, &pol, "deny-net", &["connect", &target]);
+    held(&d, "deny-net");
+    let id = run_id(&d.events(), "deny-net");
+    assert!(d.cli(&["deny", &id]).status.success());
+    let out = finish(run);
+    assert_eq!(stdout(&out).trim(), "err EPERM", "{out:?}");
+    let ev = d.wait_for("denied", |e| e["kind"] == "hold" && e["hold"] == "denied" && e["run_name"] == "deny-net");
+    assert!(!ev.iter().any(|e| e["rule"] == "grant"), "nothing was granted");
+    // Answering a run that is not held says so.
+    let o = d.cli(&["approve", "no-such-run"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no active run"), "{o:?}");
+}
+
+#[test]
+fn an_unanswered_hold_is_denied_at_the_timeout() {
+    if !privileged("an_unanswered_hold_is_denied_at_the_timeout") {
+        return;
+    }
+    let d = Daemon::start_with("hold_timeout = \"1s\"");
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let t = Instant::now();
+    let run = start(&d, &pol, "late", &["connect", &target]);
+    let out = finish(run);
+    assert_eq!(stdout(&out).trim(), "err EPERM", "{out:?}");
+    assert!(t.elapsed() >= Duration::from_secs(1), "held for the timeout first: {:?}", t.elapsed());
+    let ev = d.wait_for("timeout", |e| e["kind"] == "hold" && e["hold"] == "timeout");
+    let e = ev.iter().find(|e| e["kind"] == "hold" && e["hold"] == "timeout").unwrap();
+    assert_eq!(e["verdict"], "deny");
+    assert!(e["held_ms"].as_u64().unwrap() >= 1000, "{e:#}");
+}
