@@ -321,6 +321,7 @@ async fn serve(cfg: Config) -> Result<()> {
             if let Err(e) = ebpf::remove_state(pins.dir()) {
                 warn!("removing pinned state {}: {e}", pins.dir().display());
             }
+            let _ = std::fs::remove_dir(&cfg.bpffs_dir); // only when empty
             if let Err(e) = shared.state.clear() {
                 warn!("clearing {}: {e}", shared.state.dir().display());
             }
