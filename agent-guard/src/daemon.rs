@@ -1,4 +1,6 @@
 //! `agent-guard daemon`: loads the kernel programs, registers runs, streams events.
+mod incident;
+
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write,
@@ -18,10 +20,12 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    access,
     btf::KernelBtf,
     cgroup,
     config::Config,
     control::{self, PolicyText, Request, Response},
+    respond::Action,
     ebpf,
     event::{self, Detail, Event},
     bind::Binder,
@@ -45,6 +49,11 @@ struct RunInfo {
     /// Policy slot the run is bound to.
     policy: Option<u32>,
     ended: Option<Instant>,
+    /// Why the run is held for review, while it is.
+    held: Option<String>,
+    /// Events of the run with verdict deny, kill, would_deny or hold.
+    violations: u64,
+    started: SystemTime,
 }
 
 /// The one owner of the kernel run map and the run registry.
@@ -64,8 +73,10 @@ struct Shared {
     host: String,
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel timestamps into wall time.
     boot_offset_ns: i128,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Arc<Event>>,
     queue_drops: std::sync::atomic::AtomicU64,
+    /// Incident response: recent events, followers, control access.
+    ctl: incident::Control,
 }
 
 impl Shared {
@@ -106,8 +117,11 @@ impl Shared {
     }
 
     fn emit(&self, e: Event) {
-        if self.tx.try_send(e).is_err() {
+        let e = Arc::new(e);
+        if self.tx.try_send(e.clone()).is_err() {
             self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.record(&e);
         }
     }
 }
@@ -187,6 +201,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let listener = UnixListener::bind(&cfg.control_socket)
         .with_context(|| format!("binding control_socket {}", cfg.control_socket.display()))?;
     std::fs::set_permissions(&cfg.control_socket, std::fs::Permissions::from_mode(0o660))?;
+    let control_gid = access::secure_socket(&cfg.control_socket, &cfg.control_group)
+        .with_context(|| format!("setting the owner of control_socket {}", cfg.control_socket.display()))?;
 
     let (tx, rx) = mpsc::channel(QUEUE);
     let shared = Arc::new(Shared {
@@ -201,6 +217,7 @@ async fn serve(cfg: Config) -> Result<()> {
         boot_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
         tx,
         queue_drops: Default::default(),
+        ctl: incident::Control::new(&cfg, control_gid),
     });
 
     let writer = tokio::spawn(write_events(rx, log));
@@ -245,7 +262,7 @@ async fn serve(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-async fn write_events(mut rx: mpsc::Receiver<Event>, log: std::fs::File) {
+async fn write_events(mut rx: mpsc::Receiver<Arc<Event>>, log: std::fs::File) {
     let mut log = tokio::fs::File::from_std(log);
     let mut buf = Vec::with_capacity(1 << 16);
     let mut stderr = std::io::stderr();
@@ -259,7 +276,7 @@ async fn write_events(mut rx: mpsc::Receiver<Event>, log: std::fs::File) {
         }
         buf.clear();
         for e in &batch {
-            serde_json::to_writer(&mut buf, e).expect("events serialize");
+            serde_json::to_writer(&mut buf, &**e).expect("events serialize");
             buf.push(b'\n');
             let _ = writeln!(stderr, "{}", event::human(e));
         }
@@ -407,9 +424,11 @@ async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::map
             e.detail = Detail::Drop { count: q - queue_seen, stage: "userspace_queue" };
             queue_seen = q;
             // Reported through the queue once it has room again: never silently.
-            if shared.tx.send(e).await.is_err() {
+            let e = Arc::new(e);
+            if shared.tx.send(e.clone()).await.is_err() {
                 return;
             }
+            shared.record(&e);
         }
         shared.policies.lock().expect("policies lock").reap(false);
         rebind(&shared);
@@ -435,16 +454,41 @@ async fn accept(shared: Arc<Shared>, listener: UnixListener) {
 
 async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
     let Ok(cred) = stream.peer_cred() else { return };
-    let (uid, pid) = (cred.uid(), cred.pid().unwrap_or(0) as u32);
+    let peer = access::Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0).max(0) as u32 };
+    let (uid, pid) = (peer.uid, peer.pid);
+    // Checked once, when the peer connects (see `access`).
+    let denied = incident::admit(&shared, peer).err();
+    if let Some(why) = &denied {
+        info!("control socket: refused uid {uid} pid {pid}: {why}");
+    }
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd.take(control::MAX_LINE as u64 * 16)).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let resp = if line.len() > control::MAX_LINE {
             Response::err(format!("request longer than {} bytes", control::MAX_LINE))
-        } else if uid != 0 {
-            Response::err("permission denied: only root may use the control socket")
+        } else if let Some(why) = &denied {
+            Response::err(why.clone())
         } else {
             match control::parse_request(&line) {
+                Ok(Request::Events { run, follow, json }) => {
+                    incident::stream_events(shared.clone(), run, follow, json, lines, wr).await;
+                    return;
+                }
+                Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
+                    // Waits for the kernel: off the async workers.
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let (action, run) = match req {
+                            Request::Freeze { run } => (Action::Freeze, run),
+                            Request::Thaw { run } => (Action::Thaw, run),
+                            Request::Kill { run } => (Action::Kill, run),
+                            _ => return Response::err("unexpected request"),
+                        };
+                        incident::act(shared, action, &run, uid, pid)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+                }
                 Ok(req) => handle(&shared, req, uid, pid),
                 Err(msg) => Response::err(msg),
             }
@@ -503,6 +547,9 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 cgroup_id: id,
                 policy: bound.as_ref().map(|p| p.slot),
                 ended: None,
+                held: None,
+                violations: 0,
+                started: SystemTime::now(),
             };
             {
                 // Lock order: binder, then runs. The syscall check is attached before the
@@ -561,6 +608,11 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 (Some(summary), Some(s)) => Response { policy: Some(summary), text: Some(s.text.clone()), ..Response::ok() },
                 _ => Response::err(format!("no policy named {name:?} is loaded")),
             }
+        }
+        Request::Ps => incident::ps(shared),
+        Request::Status => incident::status(shared),
+        Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
+            Response::err("this request is handled by the connection, not here")
         }
         Request::End { run, exit_status } => {
             let info = {
@@ -761,6 +813,9 @@ fn rebind(shared: &Shared) {
             cgroup_id: id,
             policy: Some(slot),
             ended: None,
+            held: None,
+            violations: 0,
+            started: SystemTime::now(),
         };
         shared.runs.lock().expect("runs lock").by_cgroup.insert(id, info.clone());
         info!("bound {rel} to policy slot {slot}");

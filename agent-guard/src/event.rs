@@ -115,6 +115,18 @@ pub enum Detail {
         count: u64,
         stage: &'static str,
     },
+    /// `freeze`, `thaw` and `kill` of a run by a responder.
+    Action {
+        requested_by_uid: u32,
+        requested_by_pid: u32,
+        /// From the write to cgroupfs to the kernel's report that it is done.
+        latency_ms: f64,
+        /// Processes in the run when the action started.
+        processes: u64,
+        /// Absent when the action succeeded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// A kernel record, decoded but not yet enriched with run metadata.
@@ -329,6 +341,11 @@ pub fn human(e: &Event) -> String {
         Detail::RunStart { argv, .. } => format!("name={} {}", e.run_name.as_deref().unwrap_or("-"), argv.join(" ")),
         Detail::RunEnd { exit_status } => format!("status {}", exit_status.map_or("-".into(), |s| s.to_string())),
         Detail::Drop { count, stage } => format!("{count} events lost at {stage}"),
+        Detail::Action { requested_by_uid, requested_by_pid, latency_ms, processes, error } => format!(
+            "name={} {processes} processes in {latency_ms:.3} ms, by uid {requested_by_uid} pid {requested_by_pid}{}",
+            e.run_name.as_deref().unwrap_or("-"),
+            error.as_deref().map(|e| format!(": FAILED: {e}")).unwrap_or_default()
+        ),
         Detail::Syscall { name, .. } => name.clone(),
         Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
         Detail::PolicyReload { result, source, error, .. } => format!(
