@@ -23,7 +23,10 @@ pub const EXIT_DAEMON_DOWN: u8 = 3;
 pub type Code = u8;
 
 fn down_message(e: &ClientError) -> String {
-    format!("agent-guard daemon is not running: {e}")
+    match e {
+        ClientError::Connect { path, source } => format!("the agent-guard daemon is not running ({path}: {source})"),
+        e => format!("the agent-guard daemon is not running: {e}"),
+    }
 }
 
 /// `ps`: the daemon's runs and bound cgroups.
@@ -133,10 +136,7 @@ fn managed_root(cfg: &Config) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn act_direct(cfg: &Config, action: Action, spec: &str, why: &ClientError) -> Result<Code> {
-    eprintln!(
-        "agent-guard: {}; acting on cgroupfs directly: no event will be recorded",
-        down_message(why)
-    );
+    eprintln!("agent-guard {}: {}; acting on cgroupfs directly, no event is recorded", action.name(), down_message(why));
     if !nix::unistd::geteuid().is_root() {
         bail!("{} on cgroupfs without the daemon needs root", action.name());
     }
@@ -297,7 +297,7 @@ fn down_runs(root: &Path, runs: &[DownRun]) -> String {
         return format!("managed root {}: no runs", root.display());
     }
     let mut s = format!(
-        "managed root {}: {} run cgroups left (freeze, thaw and kill still work on them as root):",
+        "managed root {}: run cgroups left: {} (freeze, thaw and kill still work on them, as root)",
         root.display(),
         runs.len()
     );

@@ -76,7 +76,7 @@ impl Config {
             Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
         };
         let mut cfg = Self::parse(&text, path)?;
-        cfg.source = Some(path.to_path_buf());
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
         Ok(cfg)
     }
 

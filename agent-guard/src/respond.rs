@@ -150,7 +150,12 @@ fn wait_for(dir: &Path, key: &str, want: bool, deadline: Instant, what: &'static
     let events = dir.join("cgroup.events");
     let mut pause = Duration::from_micros(100);
     loop {
-        let text = std::fs::read_to_string(&events).map_err(io_err("reading", &events))?;
+        let text = match std::fs::read_to_string(&events) {
+            Ok(t) => t,
+            // Emptied and removed already (the run's launcher cleans up when its command dies).
+            Err(e) if e.kind() == io::ErrorKind::NotFound && key == "populated" && !want => return Ok(()),
+            Err(e) => return Err(io_err("reading", &events)(e)),
+        };
         if event_flag(&text, key) == Some(want) {
             return Ok(());
         }
@@ -318,7 +323,8 @@ pub fn cgroup_path(spec: &str, mount: &Path) -> PathBuf {
 pub fn pid_cgroup(pid: u32, mount: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let rel = crate::access::parse_cgroup(&text)?;
-    Some(mount.join(rel.trim_start_matches('/')))
+    let rel = rel.trim_matches('/');
+    Some(if rel.is_empty() { mount.to_path_buf() } else { mount.join(rel) })
 }
 
 /// The run cgroups directly below the managed root (what the CLI can see with no daemon:

@@ -175,7 +175,6 @@ pub(super) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
         Err(_) => (start.elapsed(), respond::procs(&info.dir).map(|p| p.len()).unwrap_or(0)),
     };
     let mut e = shared.base_event(action.name(), Some(&info));
-    e.uid = Some(uid);
     e.detail = Detail::Action {
         requested_by_uid: uid,
         requested_by_pid: pid,
