@@ -176,23 +176,25 @@ pub fn events(cfg: &Config, run: Option<String>, follow: bool, json: bool) -> Re
         }
         Err(e) => return Err(e.into()),
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Block-buffered: stdout alone flushes at every newline.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut line = Vec::new();
     loop {
         line.clear();
         match lines.read_until(b'\n', &mut line) {
             Ok(0) => break,
             Ok(_) => {
-                // Line by line, so a follower sees each event at once; a closed stdout
-                // (`| head`) ends the command quietly.
-                if out.write_all(&line).and_then(|_| out.flush()).is_err() {
+                // Flushed whenever nothing more has arrived, so a follower sees each event at
+                // once; a closed stdout (`| head`) ends the command quietly.
+                let more = !lines.buffer().is_empty();
+                if out.write_all(&line).and_then(|_| if more { Ok(()) } else { out.flush() }).is_err() {
                     return Ok(0);
                 }
             }
             Err(e) => bail!("reading events from {}: {e}", cfg.control_socket.display()),
         }
     }
+    let _ = out.flush();
     if follow {
         eprintln!("agent-guard events: the daemon closed the stream (stopped?)");
         return Ok(1);

@@ -450,4 +450,21 @@ mod tests {
         assert_eq!(v["exit_code"], 0);
         assert!(v.get("signal").is_none());
     }
+
+    #[test]
+    fn control_actions_name_who_asked_and_how_long_it_took() {
+        let e = Event {
+            kind: "freeze",
+            run: Some("r-abc123".into()),
+            run_name: Some("coding-1".into()),
+            detail: Detail::Action { requested_by_uid: 1000, requested_by_pid: 42, latency_ms: 3.217, processes: 101, error: None },
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!((v["kind"].as_str(), v["requested_by_uid"].as_u64(), v["requested_by_pid"].as_u64()), (Some("freeze"), Some(1000), Some(42)));
+        assert_eq!((v["latency_ms"].as_f64(), v["processes"].as_u64()), (Some(3.217), Some(101)));
+        assert!(v.get("error").is_none());
+        let h = human(&e);
+        assert!(h.contains("freeze  r-abc123 name=coding-1 101 processes in 3.217 ms, by uid 1000 pid 42"), "{h}");
+    }
 }

@@ -17,7 +17,7 @@ use crate::event::Event;
 /// Events kept in memory.
 pub const BUFFER: usize = 10_000;
 /// Events a follower may fall behind before it is told it lost some.
-pub const FOLLOW_QUEUE: usize = 4096;
+pub const FOLLOW_QUEUE: usize = 16384;
 
 pub struct Feed {
     recent: Mutex<VecDeque<Arc<Event>>>,

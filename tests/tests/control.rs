@@ -441,3 +441,174 @@ fn status_and_ps_report_runs_policies_and_violations() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(run.wait_exit(Duration::from_secs(10)), Some(137));
 }
+
+/// Kills what is left in a test's own cgroup tree and removes it.
+struct CgroupTree(PathBuf);
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent_guard_tests::cgroup_populated(&self.0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agent_guard_tests::remove_cgroup_tree(&self.0);
+    }
+}
+
+/// A command whose child moves itself into `cgroup` before exec.
+fn command_in(cgroup: &Path, program: &Path, args: &[&str]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    cmd
+}
+
+#[test]
+fn a_bound_cgroup_is_listed_frozen_and_killed_but_left_in_place() {
+    if !privileged("bound_cgroup") {
+        return;
+    }
+    let top_name = format!("agent-guard-ctltest-{}", std::process::id());
+    let top = cgroup2_mount().join(&top_name);
+    std::fs::create_dir(&top).unwrap();
+    let _cleanup = CgroupTree(top.clone());
+    let scope = top.join("a.scope");
+    std::fs::create_dir(&scope).unwrap();
+    let d = Daemon::start();
+    // Monitor mode: the processes there are only watched.
+    let policy = d.write_policy("bound", &format!("name = \"bound\"\nmode = \"monitor\"\n[bind]\ncgroups = [\"{top_name}/*.scope\"]\n"));
+    let out = d.cli(&["policy", "apply", policy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut sleeps: Vec<std::process::Child> =
+        (0..3).map(|_| command_in(&scope, Path::new("/bin/sleep"), &["600"]).spawn().unwrap()).collect();
+    let name = format!("/{top_name}/a.scope");
+    let row = wait_run(&d, &name, 3);
+    let id = row["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("b-"), "{row}");
+    assert_eq!((row["bound"].as_bool(), row["policy"].as_str()), (Some(true), Some("bound")), "{row}");
+
+    // A process in a bound cgroup may not use the control socket either.
+    let out = command_in(&scope, &binary(), &["--config", d.config.to_str().unwrap(), "ps"]).output().unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("inside an agent run"), "{}", stderr(&out));
+
+    let out = d.cli(&["freeze", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(cgroup_frozen(&scope));
+    let out = d.cli(&["thaw", &name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.cli(&["kill", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with(&format!("killed {id} ({name}): 3 processes in ")), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("removed"), "{}", stdout(&out));
+    for s in &mut sleeps {
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&s.wait().unwrap()), Some(9));
+    }
+    // The cgroup belongs to whoever made it: emptied, still there.
+    assert!(scope.is_dir() && cgroup_procs(&scope).is_empty());
+    let ev = d.wait_for("kill of the bound cgroup", |e| e["kind"] == "kill" && e["run"] == id.as_str());
+    assert!(ev.iter().any(|e| e["kind"] == "freeze" && e["run"] == id.as_str() && e["run_name"] == name.as_str()));
+}
+
+#[test]
+fn a_slow_follower_is_told_what_it_missed_and_slows_nobody() {
+    if !privileged("slow_follower") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let d = Daemon::start();
+    // A follower that asks and then does not read.
+    let mut slow = std::os::unix::net::UnixStream::connect(d.dir.path().join("control.sock")).unwrap();
+    slow.write_all(b"{\"v\":1,\"op\":\"events\",\"follow\":true,\"json\":true}\n").unwrap();
+    // A follower that keeps up, through the CLI.
+    let mut fast = d.command(&["events", "--follow", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let fast_out = fast.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(fast_out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Both connected before the burst (a late one would start from the buffer's last 10000).
+    wait_until("two followers", Duration::from_secs(10), || {
+        let st: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap_or_default();
+        st["followers"] == 2
+    });
+    // Tens of thousands of events: every file open of a walk through /usr.
+    let script = "find /usr -type f 2>/dev/null | head -n 20000 | xargs cat > /dev/null 2>&1; true";
+    let out = d.run(&["--name", "burst", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The daemon answers while the slow follower is stuck.
+    let st = d.cli(&["status", "--json"]);
+    assert!(st.status.success(), "{}", stderr(&st));
+    d.wait_for("run_end of burst", |e| e["kind"] == "run_end" && e["run_name"] == "burst");
+    // The ring buffer may still hold events of the run when run_end is logged: wait until the
+    // log stops growing.
+    let opens = || d.events().iter().filter(|e| e["kind"] == "open" && e["run_name"] == "burst").count();
+    let mut logged_opens = opens();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = opens();
+        if now == logged_opens {
+            break;
+        }
+        logged_opens = now;
+    }
+    assert!(logged_opens > 5000, "only {logged_opens} opens: not a burst");
+
+    // The fast follower saw every event of the run the log has, and no loss notice.
+    let mut fast_opens = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fast_opens < logged_opens {
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            panic!("the fast follower saw {fast_opens} of the {logged_opens} opens the log has");
+        };
+        let e: Value = serde_json::from_str(&line).unwrap();
+        assert!(!(e["kind"] == "drop" && e["stage"] == "follower"), "the fast follower lost events: {e}");
+        if e["run_name"] == "burst" && e["kind"] == "open" {
+            fast_opens += 1;
+        }
+    }
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(fast.id() as i32, libc::SIGTERM) };
+    let _ = fast.wait();
+    reader.join().unwrap();
+
+    // The slow one, reading at last, is told how many it missed.
+    slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let missed = loop {
+        match slow.read(&mut buf) {
+            Ok(0) => panic!("the daemon closed the slow follower"),
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+        let s = String::from_utf8_lossy(&text);
+        let drop = s.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|e| e["kind"] == "drop" && e["stage"] == "follower");
+        if let Some(e) = drop {
+            break e["count"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no drop notice for the slow follower");
+    };
+    assert!(missed > 0);
+    eprintln!("burst of {logged_opens} opens: the slow follower was told it missed {missed} events");
+}

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{
     io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, Lines},
-    sync::broadcast::error::RecvError,
+    sync::broadcast::error::{RecvError, TryRecvError},
 };
 use tracing::{info, warn};
 
@@ -407,27 +407,37 @@ pub(super) async fn stream_events<R, W>(
     loop {
         buf.clear();
         tokio::select! {
-            got = rx.recv() => match got {
-                Ok(e) => {
-                    if wanted(&e) {
-                        line(&e, json, &mut buf);
-                    }
-                    // Whatever else is already there, in one write.
-                    while buf.len() < 1 << 16 {
-                        match rx.try_recv() {
-                            Ok(e) if wanted(&e) => line(&e, json, &mut buf),
-                            Ok(_) => {}
-                            Err(_) => break,
+            got = rx.recv() => {
+                let mut got = got.map_err(|e| match e {
+                    RecvError::Lagged(n) => Some(n),
+                    RecvError::Closed => None,
+                });
+                // This one and whatever else is already there, in one write.
+                loop {
+                    match got {
+                        Ok(e) => {
+                            if wanted(&e) {
+                                line(&e, json, &mut buf);
+                            }
                         }
+                        Err(Some(missed)) => {
+                            let mut e = shared.base_event("drop", None);
+                            e.detail = Detail::Drop { count: missed, stage: "follower" };
+                            line(&e, json, &mut buf);
+                        }
+                        Err(None) => return,
                     }
+                    if buf.len() >= 1 << 16 {
+                        break;
+                    }
+                    got = match rx.try_recv() {
+                        Ok(e) => Ok(e),
+                        Err(TryRecvError::Lagged(n)) => Err(Some(n)),
+                        Err(TryRecvError::Closed) => Err(None),
+                        Err(TryRecvError::Empty) => break,
+                    };
                 }
-                Err(RecvError::Lagged(n)) => {
-                    let mut e = shared.base_event("drop", None);
-                    e.detail = Detail::Drop { count: n, stage: "follower" };
-                    line(&e, json, &mut buf);
-                }
-                Err(RecvError::Closed) => return,
-            },
+            }
             req = requests.next_line() => match req {
                 Ok(Some(_)) => continue, // nothing more to ask on this connection
                 _ => return,             // the client closed
