@@ -280,7 +280,8 @@ pub fn resolve<'a>(spec: &str, candidates: &'a [Candidate], mount: &Path, how: L
             push(c, &mut found);
         }
     }
-    if spec.contains('/') {
+    // A path with `..` or `.` names nothing: no guessing which cgroup was meant.
+    if spec.contains('/') && !spec.split('/').any(|c| c == ".." || c == ".") {
         let dir = cgroup_path(spec, mount);
         if let Some(c) = deepest(candidates, &dir) {
             push(c, &mut found);
@@ -391,6 +392,8 @@ mod tests {
         assert!(e.contains("ambiguous") && e.contains("r-000002") && e.contains("r-000003") && !e.contains("r-000001"), "{e}");
         let e = resolve("nope", &c, m, names).unwrap_err().to_string();
         assert!(e.contains("no run matches") && e.contains("r-000001") && e.contains("b-77"), "{e}");
+        assert!(resolve("/cg/ag/r-000001/../r-000002", &c, m, names).is_err());
+        assert!(resolve("ag/r-000001/./x", &c, m, names).is_err());
         let e = resolve("/cg/ag", &c, m, names).unwrap_err().to_string();
         assert!(e.contains("no run matches"), "{e}");
         assert!(resolve("", &c, m, names).is_err());
