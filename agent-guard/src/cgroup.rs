@@ -74,9 +74,14 @@ pub fn kill_and_remove(dir: &Path, timeout: Duration) -> io::Result<()> {
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
-    if populated(dir)? {
-        std::fs::write(dir.join("cgroup.kill"), "1")?;
-        while populated(dir)? {
+    // NotFound: someone else (`agent-guard kill`) emptied and removed it meanwhile.
+    let gone = |e: io::Error| if e.kind() == io::ErrorKind::NotFound { Ok(false) } else { Err(e) };
+    if populated(dir).or_else(gone)? {
+        match std::fs::write(dir.join("cgroup.kill"), "1") {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            r => r?,
+        }
+        while populated(dir).or_else(gone)? {
             if Instant::now() > deadline {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{} did not empty", dir.display())));
             }
@@ -88,7 +93,11 @@ pub fn kill_and_remove(dir: &Path, timeout: Duration) -> io::Result<()> {
 
 /// Removes an empty cgroup and its (empty) descendants, deepest first.
 pub fn remove_tree(dir: &Path) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r?,
+    };
+    for entry in entries {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
             remove_tree(&entry.path())?;

@@ -25,6 +25,8 @@ pub struct Config {
     pub events_log: PathBuf,
     pub policy_dir: PathBuf,
     pub metrics_listen: SocketAddr,
+    /// Group (besides root) whose members may use the control socket.
+    pub control_group: String,
     /// Relative to the cgroup2 mount.
     pub cgroup_root: String,
     pub bpffs_dir: PathBuf,
@@ -38,6 +40,9 @@ pub struct Config {
     /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
     /// least one page). Losses when it is full are counted and reported as `drop` events.
     pub events_ring_bytes: u32,
+    /// The file this configuration was read from (None: the defaults, no file).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -47,12 +52,14 @@ impl Default for Config {
             events_log: "/var/log/agent-guard/events.jsonl".into(),
             policy_dir: "/etc/agent-guard/policies.d".into(),
             metrics_listen: "127.0.0.1:9464".parse().expect("valid default"),
+            control_group: "agent-guard".into(),
             cgroup_root: "agent-guard".into(),
             bpffs_dir: "/sys/fs/bpf/agent-guard".into(),
             state_dir: "/run/agent-guard/state".into(),
             hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
+            source: None,
         }
     }
 }
@@ -76,7 +83,9 @@ impl Config {
             }
             Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
         };
-        Self::parse(&text, path)
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(cfg)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -122,6 +131,14 @@ impl Config {
                 self.events_ring_bytes
             ));
         }
+        if self.control_group.is_empty()
+            || !self.control_group.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(format!(
+                "control_group: {:?} must be a group name (letters, digits, _ . -)",
+                self.control_group
+            ));
+        }
         let root = Path::new(&self.cgroup_root);
         if self.cgroup_root.trim_matches('/').is_empty()
             || root.is_absolute()
@@ -155,6 +172,7 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.control_socket, Path::new("/run/agent-guard/control.sock"));
         assert_eq!(c.cgroup_root, "agent-guard");
+        assert_eq!(c.control_group, "agent-guard");
         assert_eq!(c.backend, BackendChoice::Auto);
         assert_eq!(c.hold_timeout, std::time::Duration::from_secs(300));
         let c = Config::parse("hold_timeout = \"90s\"", Path::new("c.toml")).unwrap();
@@ -186,6 +204,8 @@ mod tests {
             ("bpffs_dir = \"/tmp/pins\"", "bpffs_dir"),
             ("hold_timeout = \"soon\"", "line 1"),
             ("hold_timeout = \"0s\"", "hold_timeout"),
+            ("control_group = \"\"", "control_group"),
+            ("control_group = \"a b\"", "control_group"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

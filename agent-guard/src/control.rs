@@ -1,9 +1,32 @@
 //! The control socket protocol: one JSON object per line each way, versioned by `v`.
 //!
-//! Requests (`op`): `ping`; `register` (a run's cgroup, before its command starts, with the
-//! policy to bind: a loaded policy's name, or a policy file's text); `end` (the run is over);
-//! `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
-//! Every response has `v`, `ok` and, when `ok` is false, `error`.
+//! Access (see [`crate::access`]): the socket file is mode 0660, owner root, group
+//! `control_group`; per connection the daemon allows root or a member of that group
+//! (SO_PEERCRED, and the peer's supplementary groups from /proc), and refuses any process inside
+//! a run (its cgroup at or below the managed root or a bound cgroup), even root. A refused
+//! connection gets `{"v":1,"ok":false,"error":"permission denied: ..."}` for each request.
+//!
+//! Requests (`op`), several per connection:
+//! - `ping`: the managed cgroup root (`cgroup_root`).
+//! - `register` (a run's cgroup, before its command starts, with the policy to bind: a loaded
+//!   policy's name, or a policy file's text); `end` (the run is over).
+//! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
+//! - `ps`: the runs and bound cgroups (`runs`).
+//! - `status`: the daemon's state (`status`).
+//! - `freeze`, `thaw`, `kill` with `run` (a run id, name, cgroup path or pid): the action is
+//!   done when the response comes (`action`: run, latency, processes) and is recorded as an
+//!   event of that kind naming the requester.
+//! - `events` with optional `run`, `follow`, `json`: the response has `stream: "events"`, then
+//!   the daemon writes the buffered events (the run's only, with `run`), one per line: the
+//!   event's JSON object (`json`) or its human line. Without `follow` it then closes the
+//!   connection; with `follow` it goes on writing new events until the client closes. A
+//!   follower too slow to keep up gets a `drop` event (stage `follower`, with the count it
+//!   missed); the daemon and other clients never wait for it. `events` is the last request on
+//!   its connection.
+//!
+//! Every response has `v`, `ok` and, when `ok` is false, `error`. Fields a request does not
+//! produce are omitted; clients ignore fields they do not know, so new ones can be added
+//! without a version bump.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
@@ -62,6 +85,102 @@ pub enum Request {
         #[serde(default)]
         kill: bool,
     },
+    Ps,
+    Status,
+    Freeze {
+        run: String,
+    },
+    Thaw {
+        run: String,
+    },
+    Kill {
+        run: String,
+    },
+    Events {
+        /// Only this run's events (id, name, cgroup path or pid).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
+        /// Keep streaming new events until the client closes.
+        #[serde(default)]
+        follow: bool,
+        /// JSON lines (else the human lines).
+        #[serde(default)]
+        json: bool,
+    },
+}
+
+/// One run (or bound cgroup) as `ps` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStatus {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// running | frozen | held
+    pub state: String,
+    /// Why the run is held for review, when it is.
+    #[serde(default)]
+    pub held: Option<String>,
+    /// Processes in the run's cgroup and below.
+    pub processes: u64,
+    /// Events of the run with verdict deny, kill, would_deny or hold.
+    pub violations: u64,
+    pub age_secs: u64,
+    /// RFC 3339.
+    pub started: String,
+    /// Relative to the cgroup2 mount, with a leading /.
+    pub cgroup: String,
+    /// A cgroup bound by a policy's `[bind] cgroups` (not started by `agent-guard run`).
+    pub bound: bool,
+    /// A cgroup below the managed root that the daemon has no record of.
+    #[serde(default)]
+    pub unregistered: bool,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config_file: Option<String>,
+    pub control_socket: String,
+    pub control_group: String,
+    /// None: the group does not exist, only root may use the socket.
+    pub control_group_gid: Option<u32>,
+    pub events_log: String,
+    pub policy_dir: String,
+    pub bpffs_dir: String,
+    pub cgroup_mount: String,
+    pub managed_root: String,
+    pub runs_running: u64,
+    pub runs_frozen: u64,
+    pub runs_held: u64,
+    pub bound_cgroups: u64,
+    pub policies: u64,
+    /// The host-wide syscall check (raw tracepoint sys_enter) is attached in the kernel.
+    pub syscall_check_attached: bool,
+    /// Events lost (kernel ring buffer and queues) since the daemon started.
+    pub events_dropped: u64,
+    pub events_buffered: u64,
+    pub followers: u64,
+}
+
+/// What a `freeze`, `thaw` or `kill` did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionReport {
+    pub run: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub cgroup: String,
+    pub latency_ms: f64,
+    pub processes: u64,
+    /// kill: the run's cgroup tree was removed.
+    #[serde(default)]
+    pub removed: bool,
 }
 
 /// A policy file's text and the name it is known by in messages.
@@ -99,6 +218,18 @@ pub struct Response {
     /// `policy_show`: the policy file's text as loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// `ps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<Vec<RunStatus>>,
+    /// `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<DaemonStatus>,
+    /// `freeze`, `thaw`, `kill`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionReport>,
+    /// `events`: what the lines after this response are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
 }
 
 impl Response {
@@ -123,6 +254,8 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
 pub enum ClientError {
     #[error("cannot reach the agent-guard daemon at {path}: {source} (is `agent-guard daemon` running with this config?)")]
     Connect { path: String, source: std::io::Error },
+    #[error("permission denied: cannot connect to the control socket {path}: only root and members of the daemon's control_group may use it")]
+    Denied { path: String },
     #[error("control socket {path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("control socket {path}: bad response: {message}")]
@@ -131,23 +264,65 @@ pub enum ClientError {
     Refused(String),
 }
 
-/// Sends one request and waits for its response.
-pub fn call(socket: &Path, req: Request) -> Result<Response, ClientError> {
+impl ClientError {
+    /// No daemon listens on the socket (missing, or nobody accepting): the CLI may act on
+    /// cgroupfs itself where that makes sense.
+    pub fn daemon_down(&self) -> bool {
+        matches!(self, ClientError::Connect { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+    }
+}
+
+/// How long a request may take; freeze and kill wait up to `respond::TIMEOUT` in the daemon.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn send(socket: &Path, req: Request) -> Result<BufReader<UnixStream>, ClientError> {
     let path = socket.display().to_string();
     let io = |source| ClientError::Io { path: path.clone(), source };
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect { path: path.clone(), source })?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    let mut s = UnixStream::connect(socket).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClientError::Denied { path: path.clone() }
+        } else {
+            ClientError::Connect { path: path.clone(), source }
+        }
+    })?;
+    s.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req }).expect("serializable");
     line.push('\n');
     s.write_all(line.as_bytes()).map_err(io)?;
+    Ok(BufReader::new(s))
+}
+
+fn response(socket: &Path, r: &mut BufReader<UnixStream>) -> Result<Response, ClientError> {
+    let path = socket.display().to_string();
     let mut resp = String::new();
-    BufReader::new(&s).read_line(&mut resp).map_err(io)?;
-    let resp: Response = serde_json::from_str(&resp)
-        .map_err(|e| ClientError::Protocol { path: path.clone(), message: e.to_string() })?;
+    r.read_line(&mut resp).map_err(|source| ClientError::Io { path: path.clone(), source })?;
+    if resp.is_empty() {
+        return Err(ClientError::Protocol { path, message: "the daemon closed the connection".into() });
+    }
+    let resp: Response =
+        serde_json::from_str(&resp).map_err(|e| ClientError::Protocol { path: path.clone(), message: e.to_string() })?;
     if !resp.ok {
         return Err(ClientError::Refused(resp.error.unwrap_or_default()));
     }
     Ok(resp)
+}
+
+/// Sends one request and waits for its response.
+pub fn call(socket: &Path, req: Request) -> Result<Response, ClientError> {
+    let mut r = send(socket, req)?;
+    response(socket, &mut r)
+}
+
+/// Sends a request whose response is followed by a stream of lines (`events`): returns the
+/// response and the reader positioned at the first line, with no read timeout.
+pub fn stream(socket: &Path, req: Request) -> Result<(Response, BufReader<UnixStream>), ClientError> {
+    let mut r = send(socket, req)?;
+    let resp = response(socket, &mut r)?;
+    r.get_ref()
+        .set_read_timeout(None)
+        .map_err(|source| ClientError::Io { path: socket.display().to_string(), source })?;
+    Ok((resp, r))
 }
 
 #[cfg(test)]
@@ -171,5 +346,11 @@ mod tests {
         assert!(parse_request("{\"v\":1,\"op\":\"explode\"}").unwrap_err().contains("explode"));
         assert!(parse_request("not json").unwrap_err().starts_with("bad request"));
         assert!(parse_request("{\"v\":1,\"op\":\"end\",\"run\":\"r\",\"bogus\":1}").is_err());
+        assert_eq!(parse_request("{\"v\":1,\"op\":\"freeze\",\"run\":\"r-1\"}").unwrap(), Request::Freeze { run: "r-1".into() });
+        assert_eq!(
+            parse_request("{\"v\":1,\"op\":\"events\",\"follow\":true}").unwrap(),
+            Request::Events { run: None, follow: true, json: false }
+        );
+        assert!(parse_request("{\"v\":1,\"op\":\"kill\"}").unwrap_err().contains("run"));
     }
 }

@@ -1,4 +1,6 @@
 //! `agent-guard daemon`: loads the kernel programs, registers runs, streams events.
+mod incident;
+
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write,
@@ -18,11 +20,13 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    access,
     btf::KernelBtf,
     cgroup,
     config::Config,
     state::{PolicyRecord, State},
     control::{self, PolicyText, Request, Response},
+    respond::Action,
     ebpf,
     event::{self, Detail, Event},
     bind::Binder,
@@ -47,6 +51,8 @@ struct RunInfo {
     policy: Option<u32>,
     started: SystemTime,
     ended: Option<Instant>,
+    /// Events of the run with verdict deny, kill, would_deny or hold.
+    violations: u64,
     /// Held for review: what it waits for.
     hold: Option<Hold>,
 }
@@ -56,6 +62,20 @@ struct Hold {
     id: u64,
     since: Instant,
     attempts: Vec<crate::hold::Attempt>,
+}
+
+impl Hold {
+    /// What the run waits for, as `ps` shows it.
+    fn summary(&self) -> String {
+        let what: Vec<String> = self
+            .attempts
+            .iter()
+            .map(|a| {
+                format!("{} {} by pid {} ({}), rule {}", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?"), a.rule.as_deref().unwrap_or("-"))
+            })
+            .collect();
+        format!("{}; held {} s", what.join("; "), self.since.elapsed().as_secs())
+    }
 }
 
 impl RunInfo {
@@ -88,7 +108,7 @@ struct Shared {
     host: String,
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel timestamps into wall time.
     boot_offset_ns: i128,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Arc<Event>>,
     /// Events emitted once the ring buffer has been drained (see `read_ring`).
     after_ring: mpsc::UnboundedSender<Event>,
     queue_drops: std::sync::atomic::AtomicU64,
@@ -97,9 +117,9 @@ struct Shared {
     stopping: std::sync::atomic::AtomicBool,
     grants: Mutex<aya::maps::HashMap<aya::maps::MapData, agent_guard_common::GrantKey, u32>>,
     hold_timeout: Duration,
-    /// The last few events of each run (human form), for a hold's evidence.
-    recent: Mutex<HashMap<u64, std::collections::VecDeque<String>>>,
     next_hold: std::sync::atomic::AtomicU64,
+    /// Incident response: recent events, followers, control access.
+    ctl: incident::Control,
 }
 
 impl Shared {
@@ -140,8 +160,11 @@ impl Shared {
     }
 
     fn emit(&self, e: Event) {
-        if self.tx.try_send(e).is_err() {
+        let e = Arc::new(e);
+        if self.tx.try_send(e.clone()).is_err() {
             self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.record(&e);
         }
     }
 }
@@ -243,6 +266,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let listener = UnixListener::bind(&cfg.control_socket)
         .with_context(|| format!("binding control_socket {}", cfg.control_socket.display()))?;
     std::fs::set_permissions(&cfg.control_socket, std::fs::Permissions::from_mode(0o660))?;
+    let control_gid = access::secure_socket(&cfg.control_socket, &cfg.control_group)
+        .with_context(|| format!("setting the owner of control_socket {}", cfg.control_socket.display()))?;
 
     let (tx, rx) = mpsc::channel(QUEUE);
     let (after_ring, after_ring_rx) = mpsc::unbounded_channel();
@@ -263,8 +288,8 @@ async fn serve(cfg: Config) -> Result<()> {
         stopping: Default::default(),
         grants: Mutex::new(grants),
         hold_timeout: cfg.hold_timeout,
-        recent: Default::default(),
         next_hold: Default::default(),
+        ctl: incident::Control::new(&cfg, control_gid),
     });
 
     let writer = tokio::spawn(write_events(rx, log));
@@ -384,6 +409,7 @@ fn adopt(shared: &Shared) {
                     started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
                     ended: None,
                     hold: None,
+                    violations: 0,
                 };
                 runs.by_cgroup.insert(r.cgroup_id, info);
                 adopted += 1;
@@ -418,6 +444,7 @@ fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
         started: SystemTime::now(),
         ended: None,
         hold: None,
+        violations: 0,
     }
 }
 
@@ -469,7 +496,7 @@ pub fn uninstall(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn write_events(mut rx: mpsc::Receiver<Event>, log: std::fs::File) {
+async fn write_events(mut rx: mpsc::Receiver<Arc<Event>>, log: std::fs::File) {
     let mut log = tokio::fs::File::from_std(log);
     let mut buf = Vec::with_capacity(1 << 16);
     let mut stderr = std::io::stderr();
@@ -483,7 +510,7 @@ async fn write_events(mut rx: mpsc::Receiver<Event>, log: std::fs::File) {
         }
         buf.clear();
         for e in &batch {
-            serde_json::to_writer(&mut buf, e).expect("events serialize");
+            serde_json::to_writer(&mut buf, &**e).expect("events serialize");
             buf.push(b'\n');
             let _ = writeln!(stderr, "{}", event::human(e));
         }
@@ -518,9 +545,6 @@ async fn read_ring(
                 Ok(raw) => {
                     let run_cgroup = raw.hdr.run_cgroup;
                     let e = enrich(&shared, raw, &mut exes, &mut cgroup_paths);
-                    if e.run.is_some() {
-                        remember(&shared, run_cgroup, &e);
-                    }
                     let held = (e.verdict == "hold").then(|| e.clone());
                     shared.emit(e);
                     if let Some(e) = held {
@@ -656,9 +680,11 @@ async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::map
             e.detail = Detail::Drop { count: q - queue_seen, stage: "userspace_queue" };
             queue_seen = q;
             // Reported through the queue once it has room again: never silently.
-            if shared.tx.send(e).await.is_err() {
+            let e = Arc::new(e);
+            if shared.tx.send(e.clone()).await.is_err() {
                 return;
             }
+            shared.record(&e);
         }
         shared.policies.lock().expect("policies lock").reap(false);
         rebind(&shared);
@@ -684,16 +710,41 @@ async fn accept(shared: Arc<Shared>, listener: UnixListener) {
 
 async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
     let Ok(cred) = stream.peer_cred() else { return };
-    let (uid, pid) = (cred.uid(), cred.pid().unwrap_or(0) as u32);
+    let peer = access::Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0).max(0) as u32 };
+    let (uid, pid) = (peer.uid, peer.pid);
+    // Checked once, when the peer connects (see `access`).
+    let denied = incident::admit(&shared, peer).err();
+    if let Some(why) = &denied {
+        info!("control socket: refused uid {uid} pid {pid}: {why}");
+    }
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd.take(control::MAX_LINE as u64 * 16)).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let resp = if line.len() > control::MAX_LINE {
             Response::err(format!("request longer than {} bytes", control::MAX_LINE))
-        } else if uid != 0 {
-            Response::err("permission denied: only root may use the control socket")
+        } else if let Some(why) = &denied {
+            Response::err(why.clone())
         } else {
             match control::parse_request(&line) {
+                Ok(Request::Events { run, follow, json }) => {
+                    incident::stream_events(shared.clone(), run, follow, json, lines, wr).await;
+                    return;
+                }
+                Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
+                    // Waits for the kernel: off the async workers.
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let (action, run) = match req {
+                            Request::Freeze { run } => (Action::Freeze, run),
+                            Request::Thaw { run } => (Action::Thaw, run),
+                            Request::Kill { run } => (Action::Kill, run),
+                            _ => return Response::err("unexpected request"),
+                        };
+                        incident::act(shared, action, &run, uid, pid)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+                }
                 Ok(req) => handle(&shared, req, uid, pid),
                 Err(msg) => Response::err(msg),
             }
@@ -754,6 +805,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 started: SystemTime::now(),
                 ended: None,
                 hold: None,
+                violations: 0,
             };
             {
                 // Lock order: binder, then runs. The syscall check is attached before the
@@ -832,6 +884,11 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
             Ok(text) => Response { text: Some(text), ..Response::ok() },
             Err(e) => Response::err(e),
         },
+        Request::Ps => incident::ps(shared),
+        Request::Status => incident::status(shared),
+        Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
+            Response::err("this request is handled by the connection, not here")
+        }
         Request::End { run, exit_status } => {
             let info = {
                 let mut runs = shared.runs.lock().expect("runs lock");
@@ -1043,21 +1100,8 @@ fn rebind(shared: &Shared) {
     }
 }
 
-/// Keeps the last few events of a run for a hold's evidence.
-fn remember(shared: &Shared, run_cgroup: u64, e: &Event) {
-    const KEEP: usize = 10;
-    let mut recent = shared.recent.lock().expect("recent lock");
-    let q = recent.entry(run_cgroup).or_default();
-    if q.len() == KEEP {
-        q.pop_front();
-    }
-    q.push_back(format!("{} {} {} {}", e.ts, e.kind, e.verdict, event::human(e)));
-}
-
-/// What a run leaves behind in the daemon and the kernel when it ends: its grants and its
-/// recent events.
+/// What a run leaves behind in the kernel when it ends: its grants.
 fn forget_run(shared: &Shared, run_cgroup: u64) {
-    shared.recent.lock().expect("recent lock").remove(&run_cgroup);
     let mut grants = shared.grants.lock().expect("grants lock");
     let keys: Vec<_> = grants.keys().flatten().filter(|k| k.run == run_cgroup).collect();
     for k in keys {
@@ -1106,13 +1150,12 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
         ev.tgid = Some(attempt.tgid);
         ev.comm = attempt.comm.clone();
         ev.exe = e.exe.clone();
+        const EVIDENCE_EVENTS: usize = 10;
         let recent = shared
-            .recent
-            .lock()
-            .expect("recent lock")
-            .get(&run_cgroup)
-            .map(|q| q.iter().cloned().collect())
-            .unwrap_or_default();
+            .last_events(&info.id, EVIDENCE_EVENTS)
+            .iter()
+            .map(|e| format!("{} {} {}", e.kind, e.verdict, event::human(e)))
+            .collect();
         ev.detail = Detail::Hold {
             hold: "held",
             held_argv: crate::hold::argv(attempt.tgid),

@@ -138,6 +138,18 @@ pub enum Detail {
         #[serde(skip_serializing_if = "Option::is_none")]
         requested_by_pid: Option<u32>,
     },
+    /// `freeze`, `thaw` and `kill` of a run by a responder.
+    Action {
+        requested_by_uid: u32,
+        requested_by_pid: u32,
+        /// From the write to cgroupfs to the kernel's report that it is done.
+        latency_ms: f64,
+        /// Processes in the run when the action started.
+        processes: u64,
+        /// Absent when the action succeeded.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// A kernel record, decoded but not yet enriched with run metadata.
@@ -362,6 +374,11 @@ pub fn human(e: &Event) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
+        Detail::Action { requested_by_uid, requested_by_pid, latency_ms, processes, error } => format!(
+            "name={} {processes} processes in {latency_ms:.3} ms, by uid {requested_by_uid} pid {requested_by_pid}{}",
+            e.run_name.as_deref().unwrap_or("-"),
+            error.as_deref().map(|e| format!(": FAILED: {e}")).unwrap_or_default()
+        ),
         Detail::Syscall { name, .. } => name.clone(),
         Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
         Detail::PolicyReload { result, source, error, .. } => format!(
@@ -465,5 +482,22 @@ mod tests {
         assert_eq!(v["run"], "r-abc123");
         assert_eq!(v["exit_code"], 0);
         assert!(v.get("signal").is_none());
+    }
+
+    #[test]
+    fn control_actions_name_who_asked_and_how_long_it_took() {
+        let e = Event {
+            kind: "freeze",
+            run: Some("r-abc123".into()),
+            run_name: Some("coding-1".into()),
+            detail: Detail::Action { requested_by_uid: 1000, requested_by_pid: 42, latency_ms: 3.217, processes: 101, error: None },
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!((v["kind"].as_str(), v["requested_by_uid"].as_u64(), v["requested_by_pid"].as_u64()), (Some("freeze"), Some(1000), Some(42)));
+        assert_eq!((v["latency_ms"].as_f64(), v["processes"].as_u64()), (Some(3.217), Some(101)));
+        assert!(v.get("error").is_none());
+        let h = human(&e);
+        assert!(h.contains("freeze  r-abc123 name=coding-1 101 processes in 3.217 ms, by uid 1000 pid 42"), "{h}");
     }
 }

@@ -2,17 +2,21 @@
 //!
 //! Kernel programs (agent-guard-ebpf) watch the processes of runs (cgroups below the managed
 //! root); the daemon loads them, registers runs and streams their events as JSON lines.
+pub mod access;
 pub mod bind;
 pub mod btf;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod ebpf;
 pub mod event;
 pub mod hold;
+pub mod feed;
 pub mod landlock;
 pub mod policies;
 pub mod policy;
+pub mod respond;
 pub mod run;
 pub mod state;

@@ -1,6 +1,6 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
-use agent_guard::{config, control, daemon, policy, run};
+use agent_guard::{cli, config, control, daemon, policy, respond::Action, run};
 use clap::{Parser, Subcommand};
 
 /// Host-level sandbox monitor for AI-agent runs.
@@ -58,7 +58,62 @@ enum Cmd {
         #[arg(long)]
         kill: bool,
     },
+    /// List runs and bound cgroups: id, name, policy, state, processes, violations, age
+    /// (exit 3 when the daemon is not running)
+    Ps {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze every process of a run at once (cgroup freezer); prints how long it took
+    #[command(after_help = RUN_HELP)]
+    Freeze {
+        /// The run: run id, name, cgroup path or a pid in it
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+    /// Thaw a frozen run
+    #[command(after_help = RUN_HELP)]
+    Thaw {
+        /// The run: run id, name, cgroup path or a pid in it
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+    /// Kill every process of a run (cgroup.kill, which also takes processes forked meanwhile)
+    /// and remove its cgroup
+    #[command(after_help = RUN_HELP)]
+    Kill {
+        /// The run: run id, name, cgroup path or a pid in it
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+    /// Print the daemon's recent events (the last 10000), optionally one run's, and follow
+    /// new ones (exit 3 when the daemon is not running)
+    Events {
+        /// Keep printing new events until interrupted
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the events of this run (run id, name, cgroup path or a pid in it)
+        #[arg(long, value_name = "RUN")]
+        run: Option<String>,
+        /// Print the events' JSON lines instead of the human lines
+        #[arg(long)]
+        json: bool,
+    },
+    /// The daemon's state: pid, uptime, paths, runs, policies, what is attached, drops
+    /// (exit 3 when the daemon is not running)
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+const RUN_HELP: &str = "RUN is a run id (r-7f3a21, or b-<cgroup id> for a bound cgroup), a run name, a cgroup \
+path (absolute, or relative to the cgroup2 mount) or the pid of a process in the run. An unknown \
+or ambiguous RUN is an error that lists the runs.\n\nWhen the daemon is not running, freeze, thaw \
+and kill act on cgroupfs directly (as root, on runs below the managed root, by id, path or pid); \
+no event is recorded then.";
 
 #[derive(Subcommand)]
 enum PolicyCmd {
@@ -134,6 +189,12 @@ fn main() -> ExitCode {
         },
         Cmd::Approve { run, for_run } => answer(&cfg, control::Request::Approve { run, for_run }),
         Cmd::Deny { run, kill } => answer(&cfg, control::Request::Deny { run, kill }),
+        Cmd::Ps { json } => incident("ps", cli::ps(&cfg, json)),
+        Cmd::Freeze { run } => incident("freeze", cli::act(&cfg, Action::Freeze, &run)),
+        Cmd::Thaw { run } => incident("thaw", cli::act(&cfg, Action::Thaw, &run)),
+        Cmd::Kill { run } => incident("kill", cli::act(&cfg, Action::Kill, &run)),
+        Cmd::Events { follow, run, json } => incident("events", cli::events(&cfg, run, follow, json)),
+        Cmd::Status { json } => incident("status", cli::status(&cfg, json)),
         Cmd::Run { policy, name, labels, argv } => {
             let labels: BTreeMap<_, _> = labels.into_iter().collect();
             match run::run(&cfg, run::RunArgs { policy, name, labels, argv }) {
@@ -155,6 +216,16 @@ fn answer(cfg: &config::Config, req: control::Request) -> ExitCode {
         }
         Err(e) => {
             eprintln!("agent-guard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn incident(what: &str, r: anyhow::Result<cli::Code>) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("agent-guard {what}: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -193,7 +193,24 @@ impl Daemon {
 
     /// `agent-guard ARGS...` (any subcommand) against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(binary()).arg("--config").arg(&self.config).args(args).stdin(Stdio::null()).output().unwrap()
+        self.command(args).output().unwrap()
+    }
+
+    /// The command `agent-guard --config C ARGS...`, to adjust before running it.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("--config").arg(&self.config).args(args).stdin(Stdio::null());
+        c
+    }
+
+    /// `agent-guard run ARGS...` in the background (stdout and stderr to files in the
+    /// daemon's directory); the guard kills what is left of the run when dropped.
+    pub fn spawn_run(&self, args: &[&str]) -> BackgroundRun {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let out = std::fs::File::create(self.dir.path().join(format!("run-{n}.out"))).unwrap();
+        let err = std::fs::File::create(self.dir.path().join(format!("run-{n}.err"))).unwrap();
+        let child = self.command(&[&["run"], args].concat()).stdout(out).stderr(err).spawn().unwrap();
+        BackgroundRun { child: Some(child), cgroup: None, stderr: self.dir.path().join(format!("run-{n}.err")) }
     }
 
     /// The daemon's pid (to signal it, e.g. SIGHUP).
@@ -252,6 +269,117 @@ impl Drop for Daemon {
             let _ = self.cli(&["daemon", "--uninstall"]);
         }
         let _ = std::fs::remove_dir(&self.cgroup_root);
+    }
+}
+
+/// An `agent-guard run` started in the background. On drop, whatever is left of it goes:
+/// its cgroup (once known) is killed and removed, and the launcher, our child, is killed by
+/// pid and reaped.
+pub struct BackgroundRun {
+    child: Option<Child>,
+    /// The run's cgroup directory, once the test knows it.
+    pub cgroup: Option<PathBuf>,
+    stderr: PathBuf,
+}
+
+impl BackgroundRun {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits up to `timeout` for the launcher to exit; its shell-style status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(s.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for BackgroundRun {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.cgroup {
+            if dir.exists() {
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while cgroup_populated(dir) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                remove_cgroup_tree(dir);
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// cgroup.events says `populated 1`.
+pub fn cgroup_populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l == "populated 1"))
+}
+
+/// cgroup.events says `frozen 1`.
+pub fn cgroup_frozen(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|t| t.lines().any(|l| l == "frozen 1"))
+}
+
+/// Removes an empty cgroup and its empty children, deepest first.
+pub fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The pids in a cgroup (not its children).
+pub fn cgroup_procs(dir: &Path) -> Vec<u32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// stderr of a finished command, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Makes `cmd` run as `uid`/`gid` with exactly the supplementary `groups` (set in the child
+/// before exec, in the order setgroups, setgid, setuid, which dropping root needs).
+pub fn as_user(cmd: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: the closure only makes async-signal-safe syscalls on data prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -1,0 +1,445 @@
+//! The daemon's side of incident response: who may connect, `ps`, `status`, `freeze`,
+//! `thaw`, `kill` and `events`, and the recent-events feed they read.
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{
+    io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, Lines},
+    sync::broadcast::error::{RecvError, TryRecvError},
+};
+use tracing::{info, warn};
+
+use super::{RunInfo, Shared};
+use crate::{
+    access,
+    cgroup,
+    config::Config,
+    control::{ActionReport, DaemonStatus, Response, RunStatus},
+    event::{self, Detail, Event},
+    feed::Feed,
+    respond::{self, Action, Candidate, Lookup},
+};
+
+/// Verdicts `ps` counts as violations.
+const VIOLATIONS: [&str; 4] = ["deny", "kill", "would_deny", "hold"];
+/// After a kill, how long the run's launcher has to report the run's end before the daemon
+/// records it itself (a launcher that is gone never will).
+const END_GRACE: Duration = Duration::from_secs(3);
+
+/// The daemon's incident-response state.
+pub(super) struct Control {
+    pub(super) feed: Feed,
+    started: Instant,
+    cfg: Config,
+    /// gid of `control_group`, None when the group does not exist.
+    gid: Option<u32>,
+    kernel_drops: AtomicU64,
+}
+
+impl Control {
+    pub(super) fn new(cfg: &Config, gid: Option<u32>) -> Self {
+        Self { feed: Feed::default(), started: Instant::now(), cfg: cfg.clone(), gid, kernel_drops: AtomicU64::new(0) }
+    }
+}
+
+impl Shared {
+    /// Bookkeeping for an event the log has accepted: the feed, followers, the run's
+    /// violation count and the drop total.
+    pub(super) fn record(&self, e: &Arc<Event>) {
+        if VIOLATIONS.contains(&e.verdict) {
+            if let Some(run) = &e.run {
+                let mut runs = self.runs.lock().expect("runs lock");
+                let mut matching: Vec<&mut RunInfo> = runs.by_cgroup.values_mut().filter(|r| &r.id == run).collect();
+                // The live run of that id, else the one that ended last.
+                matching.sort_by_key(|r| r.ended.is_none());
+                if let Some(r) = matching.pop() {
+                    r.violations += 1;
+                }
+            }
+        }
+        if let Detail::Drop { count, stage } = &e.detail {
+            if stage.starts_with("kernel") {
+                self.ctl.kernel_drops.fetch_add(*count, Ordering::Relaxed);
+            }
+        }
+        self.ctl.feed.push(e.clone());
+    }
+
+    /// The last `n` events of run `run` (by id) still in memory, oldest first: the evidence a
+    /// reviewer sees.
+    #[allow(dead_code)] // for hold for review
+    pub(super) fn last_events(&self, run: &str, n: usize) -> Vec<Arc<Event>> {
+        self.ctl.feed.last_of_run(run, n)
+    }
+
+    fn bound_dirs(&self) -> Vec<(u64, PathBuf)> {
+        let binder = self.binder.lock().expect("binder lock");
+        binder.bound.iter().map(|(id, b)| (*id, b.dir.clone())).collect()
+    }
+
+    fn scope(&self) -> respond::Scope {
+        respond::Scope {
+            mount: self.mount.clone(),
+            managed_root: self.root.clone(),
+            bound: self.bound_dirs().into_iter().map(|(_, d)| d).collect(),
+        }
+    }
+
+    /// Runs a responder may name: every live run and bound cgroup (with `ended`, those that
+    /// ended recently too), and run cgroups below the managed root the daemon has no record
+    /// of (left by a daemon that stopped: they can still be frozen or killed).
+    fn candidates(&self, with_ended: bool) -> Vec<(Candidate, Option<RunInfo>)> {
+        let runs: Vec<RunInfo> = {
+            let runs = self.runs.lock().expect("runs lock");
+            runs.by_cgroup.values().filter(|r| with_ended || r.ended.is_none()).cloned().collect()
+        };
+        let known: HashSet<PathBuf> = runs.iter().filter(|r| r.ended.is_none()).map(|r| r.dir.clone()).collect();
+        let mut out: Vec<(Candidate, Option<RunInfo>)> = runs
+            .into_iter()
+            .map(|r| (Candidate { id: r.id.clone(), name: r.name.clone(), dir: r.dir.clone() }, Some(r)))
+            .collect();
+        for c in respond::runs_below(&self.root).unwrap_or_default() {
+            if !known.contains(&c.dir) && !out.iter().any(|(o, _)| o.id == c.id) {
+                out.push((c, None));
+            }
+        }
+        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        out
+    }
+}
+
+/// Whether the peer may use the control socket (see `access`).
+pub(super) fn admit(shared: &Shared, peer: access::Peer) -> Result<(), String> {
+    let bound: Vec<PathBuf> = shared.bound_dirs().into_iter().map(|(_, d)| d).collect();
+    let rules = access::Rules {
+        group: &shared.ctl.cfg.control_group,
+        gid: shared.ctl.gid,
+        mount: &shared.mount,
+        managed_root: &shared.root,
+        bound: &bound,
+    };
+    access::check(peer, &rules)
+}
+
+fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
+    RunInfo {
+        id: c.id.clone(),
+        name: None,
+        labels: BTreeMap::new(),
+        dir: c.dir.clone(),
+        cgroup_id,
+        policy: None,
+        ended: None,
+        hold: None,
+        violations: 0,
+        started: std::fs::metadata(&c.dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now()),
+    }
+}
+
+/// `freeze`, `thaw`, `kill` of the run `spec` names, recorded as an event naming the requester.
+pub(super) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid: u32) -> Response {
+    let cands = shared.candidates(false);
+    let list: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
+    let c = match respond::resolve(spec, &list, &shared.mount, Lookup { names: true }) {
+        Ok(c) => c.clone(),
+        Err(e) => return Response::err(e.to_string()),
+    };
+    let info = cands
+        .into_iter()
+        .find(|(o, _)| o.id == c.id)
+        .and_then(|(_, i)| i)
+        .unwrap_or_else(|| unregistered(&c, cgroup::cgroup_id(&c.dir).unwrap_or(0)));
+    if let (Action::Thaw, Some(why)) = (action, info.hold.as_ref().map(super::Hold::summary)) {
+        return Response::err(format!(
+            "run {} is held for review ({why}): answer it with `agent-guard approve {}` or `agent-guard deny {}`",
+            info.id, info.id, info.id
+        ));
+    }
+    let scope = shared.scope();
+    // A bound cgroup belongs to whoever created it (systemd): emptied, not removed.
+    let remove = info.dir.starts_with(&shared.root);
+    let start = Instant::now();
+    let result = respond::act(&scope, &info.dir, action, remove, respond::TIMEOUT);
+    if let Err(respond::RespondError::Outside(..)) = &result {
+        return Response::err(result.unwrap_err().to_string());
+    }
+    let (latency, processes) = match &result {
+        Ok(o) => (o.latency, o.processes),
+        Err(_) => (start.elapsed(), respond::procs(&info.dir).map(|p| p.len()).unwrap_or(0)),
+    };
+    let mut e = shared.base_event(action.name(), Some(&info));
+    e.detail = Detail::Action {
+        requested_by_uid: uid,
+        requested_by_pid: pid,
+        latency_ms: respond::millis(latency),
+        processes: processes as u64,
+        error: result.as_ref().err().map(|e| e.to_string()),
+    };
+    shared.emit(e);
+    match result {
+        Ok(o) => {
+            info!(
+                "{} {} ({} processes) in {:.3} ms, asked by uid {uid} pid {pid}",
+                action.past(),
+                info.id,
+                o.processes,
+                respond::millis(o.latency)
+            );
+            if action == Action::Kill && remove {
+                end_later(shared.clone(), info.id.clone());
+            }
+            Response {
+                action: Some(ActionReport {
+                    run: info.id.clone(),
+                    name: info.name.clone(),
+                    cgroup: shared.rel(&info.dir),
+                    latency_ms: respond::millis(o.latency),
+                    processes: o.processes as u64,
+                    removed: o.removed,
+                }),
+                ..Response::ok()
+            }
+        }
+        Err(e) => {
+            warn!("{} {} failed: {e}", action.name(), info.id);
+            Response::err(format!("{} {}: {e}", action.name(), info.id))
+        }
+    }
+}
+
+/// After a kill the run's launcher reports its end; if it has not after `END_GRACE` (it was
+/// killed too, or the run was never started by one), the daemon records the end itself.
+fn end_later(shared: Arc<Shared>, id: String) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    rt.spawn(async move {
+        tokio::time::sleep(END_GRACE).await;
+        let info = {
+            let mut runs = shared.runs.lock().expect("runs lock");
+            let Some(r) = runs.by_cgroup.values_mut().find(|r| r.id == id && r.ended.is_none()) else { return };
+            if r.dir.exists() {
+                return;
+            }
+            r.ended = Some(Instant::now());
+            let info = r.clone();
+            let _ = runs.map.remove(&info.cgroup_id);
+            info
+        };
+        info!("run {id} was killed and nobody reported its end: recorded it");
+        let mut e = shared.base_event("run_end", Some(&info));
+        e.detail = Detail::RunEnd { exit_status: None };
+        shared.emit(e);
+    });
+}
+
+fn policy_name(shared: &Shared, slot: Option<u32>) -> Option<String> {
+    let store = shared.policies.lock().expect("policies lock");
+    slot.and_then(|s| store.by_slot(s)).map(|s| s.policy.name.clone())
+}
+
+fn run_status(shared: &Shared, r: &RunInfo, bound: bool, unregistered: bool) -> RunStatus {
+    let frozen = respond::frozen(&r.dir);
+    let state = match (&r.hold, frozen) {
+        (Some(_), _) => "held",
+        (None, true) => "frozen",
+        (None, false) => "running",
+    };
+    RunStatus {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        policy: policy_name(shared, r.policy),
+        state: state.into(),
+        held: r.hold.as_ref().map(super::Hold::summary),
+        processes: respond::procs(&r.dir).map_or(0, |p| p.len() as u64),
+        violations: r.violations,
+        age_secs: SystemTime::now().duration_since(r.started).unwrap_or_default().as_secs(),
+        started: event::rfc3339(r.started),
+        cgroup: shared.rel(&r.dir),
+        bound,
+        unregistered,
+        labels: r.labels.clone(),
+    }
+}
+
+fn statuses(shared: &Shared) -> Vec<RunStatus> {
+    let bound: HashSet<u64> = shared.bound_dirs().into_iter().map(|(id, _)| id).collect();
+    let mut out: Vec<RunStatus> = shared
+        .candidates(false)
+        .into_iter()
+        .map(|(c, info)| match info {
+            Some(r) => run_status(shared, &r, bound.contains(&r.cgroup_id), false),
+            None => run_status(shared, &unregistered(&c, 0), false, true),
+        })
+        .collect();
+    out.sort_by(|a, b| b.age_secs.cmp(&a.age_secs).then_with(|| a.id.cmp(&b.id)));
+    out
+}
+
+pub(super) fn ps(shared: &Shared) -> Response {
+    Response { runs: Some(statuses(shared)), ..Response::ok() }
+}
+
+pub(super) fn status(shared: &Shared) -> Response {
+    let runs = statuses(shared);
+    let count = |state: &str| runs.iter().filter(|r| r.state == state).count() as u64;
+    let cfg = &shared.ctl.cfg;
+    let s = DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_secs: shared.ctl.started.elapsed().as_secs(),
+        config_file: cfg.source.as_ref().map(|p| p.display().to_string()),
+        control_socket: cfg.control_socket.display().to_string(),
+        control_group: cfg.control_group.clone(),
+        control_group_gid: shared.ctl.gid,
+        events_log: cfg.events_log.display().to_string(),
+        policy_dir: cfg.policy_dir.display().to_string(),
+        bpffs_dir: cfg.bpffs_dir.display().to_string(),
+        cgroup_mount: shared.mount.display().to_string(),
+        managed_root: shared.root.display().to_string(),
+        runs_running: count("running"),
+        runs_frozen: count("frozen"),
+        runs_held: count("held"),
+        bound_cgroups: runs.iter().filter(|r| r.bound).count() as u64,
+        policies: shared.policies.lock().expect("policies lock").list().len() as u64,
+        syscall_check_attached: shared.binder.lock().expect("binder lock").syscall_hook_attached(),
+        events_dropped: shared.ctl.kernel_drops.load(Ordering::Relaxed)
+            + shared.queue_drops.load(Ordering::Relaxed),
+        events_buffered: shared.ctl.feed.len() as u64,
+        followers: shared.ctl.feed.followers() as u64,
+    };
+    Response { status: Some(s), ..Response::ok() }
+}
+
+/// The run id `spec` names for `events --run`: live runs, runs that ended recently, and runs
+/// whose events are still in memory.
+fn events_filter(shared: &Shared, spec: &str) -> Result<String, String> {
+    let mut list: Vec<Candidate> = shared.candidates(true).into_iter().map(|(c, _)| c).collect();
+    for e in shared.ctl.feed.snapshot() {
+        if let (Some(id), true) = (&e.run, e.kind == "run_start") {
+            if !list.iter().any(|c| &c.id == id) {
+                let dir = e.cgroup.as_deref().map_or_else(PathBuf::new, |c| respond::cgroup_path(c, &shared.mount));
+                list.push(Candidate { id: id.clone(), name: e.run_name.clone(), dir });
+            }
+        }
+    }
+    // The same run id may appear twice (a run that ended and a bound cgroup re-bound).
+    let mut seen = HashSet::new();
+    list.retain(|c| seen.insert(c.id.clone()));
+    respond::resolve(spec, &list, &shared.mount, Lookup { names: true }).map(|c| c.id.clone()).map_err(|e| e.to_string())
+}
+
+fn line(e: &Event, json: bool, out: &mut Vec<u8>) {
+    if json {
+        serde_json::to_writer(&mut *out, e).expect("events serialize");
+    } else {
+        // One event, one line, whatever its paths contain.
+        out.extend_from_slice(event::human(e).replace('\n', "\\n").as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// `events`: the response, the buffered events, and with `follow` every new one until the
+/// client closes its side. Takes the connection over.
+pub(super) async fn stream_events<R, W>(
+    shared: Arc<Shared>,
+    run: Option<String>,
+    follow: bool,
+    json: bool,
+    mut requests: Lines<R>,
+    mut wr: W,
+) where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let filter = match run.as_deref().map(|spec| events_filter(&shared, spec)).transpose() {
+        Ok(f) => f,
+        Err(msg) => {
+            let _ = write_response(&mut wr, &Response::err(msg)).await;
+            return;
+        }
+    };
+    if write_response(&mut wr, &Response { stream: Some("events".into()), ..Response::ok() }).await.is_err() {
+        return;
+    }
+    let wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id));
+    let (recent, rx) = if follow {
+        let (recent, rx) = shared.ctl.feed.follow();
+        (recent, Some(rx))
+    } else {
+        (shared.ctl.feed.snapshot(), None)
+    };
+    let mut buf = Vec::with_capacity(1 << 16);
+    for e in recent.iter().filter(|e| wanted(e)) {
+        line(e, json, &mut buf);
+        if buf.len() >= 1 << 16 {
+            if wr.write_all(&buf).await.is_err() {
+                return;
+            }
+            buf.clear();
+        }
+    }
+    if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+        return;
+    }
+    drop(recent);
+    let Some(mut rx) = rx else {
+        let _ = wr.shutdown().await;
+        return;
+    };
+    loop {
+        buf.clear();
+        tokio::select! {
+            got = rx.recv() => {
+                let mut got = got.map_err(|e| match e {
+                    RecvError::Lagged(n) => Some(n),
+                    RecvError::Closed => None,
+                });
+                // This one and whatever else is already there, in one write.
+                loop {
+                    match got {
+                        Ok(e) => {
+                            if wanted(&e) {
+                                line(&e, json, &mut buf);
+                            }
+                        }
+                        Err(Some(missed)) => {
+                            let mut e = shared.base_event("drop", None);
+                            e.detail = Detail::Drop { count: missed, stage: "follower" };
+                            line(&e, json, &mut buf);
+                        }
+                        Err(None) => return,
+                    }
+                    if buf.len() >= 1 << 16 {
+                        break;
+                    }
+                    got = match rx.try_recv() {
+                        Ok(e) => Ok(e),
+                        Err(TryRecvError::Lagged(n)) => Err(Some(n)),
+                        Err(TryRecvError::Closed) => Err(None),
+                        Err(TryRecvError::Empty) => break,
+                    };
+                }
+            }
+            req = requests.next_line() => match req {
+                Ok(Some(_)) => continue, // nothing more to ask on this connection
+                _ => return,             // the client closed
+            },
+        }
+        if !buf.is_empty() && (wr.write_all(&buf).await.is_err() || wr.flush().await.is_err()) {
+            return;
+        }
+    }
+}
+
+async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_string(resp).expect("serializable");
+    out.push('\n');
+    wr.write_all(out.as_bytes()).await?;
+    wr.flush().await
+}
