@@ -135,6 +135,11 @@ fn policy_stays_enforced_while_the_daemon_is_dead_and_a_restart_adopts_it() {
     assert_eq!(n, 2, "the read before and the one after restart, once each ({:?})", before.elapsed());
     let o = d.cli(&["policy", "list"]);
     assert!(stdout(&o).contains("keep"), "{o:?}");
+    // `ps` lists the run again, with its name and policy.
+    let o = d.cli(&["ps", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    let run = runs.as_array().unwrap().iter().find(|r| r["name"] == "keep").unwrap_or_else(|| panic!("{runs:#}"));
+    assert_eq!((run["policy"].as_str(), run["state"].as_str()), (Some("keep"), Some("running")), "{run:#}");
 
     drop(launcher);
     d.wait_for("run_end", |e| e["kind"] == "run_end" && e["run_name"] == "keep");

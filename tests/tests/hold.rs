@@ -97,6 +97,15 @@ fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
     // It stays held: nothing runs on.
     std::thread::sleep(Duration::from_millis(300));
     assert!(std::fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1"));
+    // `ps` says so, and what it waits for; `thaw` is not the way out of a hold.
+    let o = d.cli(&["ps", "--json"]);
+    let runs: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    let r = runs.as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap_or_else(|| panic!("{runs:#}"));
+    assert_eq!(r["state"], "held", "{r:#}");
+    let why = r["held"].as_str().unwrap();
+    assert!(why.contains(&format!("connect tcp {target}")) && why.contains("network.connect"), "{why}");
+    let o = d.cli(&["thaw", &id]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("approve"), "{o:?}");
 
     let o = d.cli(&["approve", &id]);
     assert!(o.status.success(), "{o:?}");
