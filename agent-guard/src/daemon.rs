@@ -785,7 +785,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                         }
                     }
                 }
-                (None, Some(file)) => match install_for_run(shared, file) {
+                (None, Some(file)) => match install_for_run(shared, file, (uid, pid)) {
                     Ok(s) => Some(s),
                     Err(e) => return Response::err(e),
                 },
@@ -852,7 +852,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
         }
         Request::PolicyApply { file } => {
             let source = file.source.clone();
-            let applied = apply(shared, file);
+            let applied = apply(shared, file, Some((uid, pid)));
             rebind(shared);
             match applied {
                 Ok((summary, installed)) => Response {
@@ -928,9 +928,11 @@ fn check(file: &PolicyText) -> Result<policy::Policy, String> {
 }
 
 /// Loads or replaces a policy and records a `policy_reload` event either way.
-fn apply(shared: &Shared, file: PolicyText) -> Result<(crate::policies::PolicySummary, Installed), String> {
+/// `by`: the uid and pid of the control client that asked (None: policy_dir at start or on
+/// SIGHUP).
+fn apply(shared: &Shared, file: PolicyText, by: Option<(u32, u32)>) -> Result<(crate::policies::PolicySummary, Installed), String> {
     let parsed = check(&file);
-    apply_checked(shared, file, parsed)
+    apply_checked(shared, file, parsed, by)
 }
 
 /// `apply` for a policy text already parsed (`parsed` is `check(&file)`).
@@ -938,6 +940,7 @@ fn apply_checked(
     shared: &Shared,
     file: PolicyText,
     parsed: Result<policy::Policy, String>,
+    by: Option<(u32, u32)>,
 ) -> Result<(crate::policies::PolicySummary, Installed), String> {
     let mut e = shared.base_event("policy_reload", None);
     let outcome = parsed.and_then(|p| {
@@ -958,8 +961,17 @@ fn apply_checked(
             },
             source: file.source.clone(),
             error: None,
+            requested_by_uid: by.map(|b| b.0),
+            requested_by_pid: by.map(|b| b.1),
         },
-        Err(msg) => Detail::PolicyReload { result: "error", previous_version: None, source: file.source.clone(), error: Some(msg.clone()) },
+        Err(msg) => Detail::PolicyReload {
+            result: "error",
+            previous_version: None,
+            source: file.source.clone(),
+            error: Some(msg.clone()),
+            requested_by_uid: by.map(|b| b.0),
+            requested_by_pid: by.map(|b| b.1),
+        },
     };
     if let Err(msg) = &outcome {
         warn!("policy {} not applied: {msg}", file.source);
@@ -979,7 +991,7 @@ fn apply_checked(
 /// `run --policy FILE`: the file's policy is loaded if its name is new, reused if the same
 /// version is loaded, and refused if another version of it is in force (that is a reload,
 /// which `policy apply` does for every run of the policy).
-fn install_for_run(shared: &Shared, file: PolicyText) -> Result<crate::policies::PolicySummary, String> {
+fn install_for_run(shared: &Shared, file: PolicyText, by: (u32, u32)) -> Result<crate::policies::PolicySummary, String> {
     let p = check(&file)?;
     {
         let store = shared.policies.lock().expect("policies lock");
@@ -994,7 +1006,7 @@ fn install_for_run(shared: &Shared, file: PolicyText) -> Result<crate::policies:
             return Ok(loaded);
         }
     }
-    apply_checked(shared, file, Ok(p)).map(|(s, _)| s)
+    apply_checked(shared, file, Ok(p), Some(by)).map(|(s, _)| s)
 }
 
 /// Loads every `*.toml` in policy_dir. A broken file is reported (log and event) and skipped:
@@ -1035,7 +1047,7 @@ fn load_policy_dir(shared: &Shared) {
                 continue;
             }
         }
-        let _ = apply_checked(shared, file, parsed);
+        let _ = apply_checked(shared, file, parsed, None);
     }
 }
 

@@ -96,6 +96,11 @@ pub enum Detail {
         source: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// Who asked, for `policy apply` and `run --policy FILE` (absent for policy_dir).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requested_by_uid: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requested_by_pid: Option<u32>,
     },
     Exit {
         exit_code: i32,

@@ -84,6 +84,12 @@ fn policy_dir_apply_sighup_and_bad_policies_keep_the_old_one() {
     assert!(err.contains("agent-bad.toml:3:10: exec.allow[0]") && err.contains("previous one stays in force"), "{err}");
     let o = d.cli(&["policy", "show", "agent"]);
     assert!(stdout(&o).contains(&v1), "{o:?}");
+    // The refused apply is recorded with who asked (this test runs as root).
+    let refused = |e: &Value| e["kind"] == "policy_reload" && e["source"].as_str().is_some_and(|s| s.ends_with("agent-bad.toml"));
+    let ev = d.wait_for("refused apply", refused);
+    let e = ev.iter().find(|e| refused(e)).unwrap();
+    assert_eq!(e["requested_by_uid"], 0, "{e:#}");
+    assert!(e["requested_by_pid"].as_u64().is_some_and(|p| p > 0), "{e:#}");
 
     // SIGHUP reloads the directory: a changed file is a new version, recorded as a reload.
     std::fs::write(pdir.join("agent.toml"), policy("agent", "mode = \"monitor\"", &[&allowed])).unwrap();
@@ -92,6 +98,7 @@ fn policy_dir_apply_sighup_and_bad_policies_keep_the_old_one() {
     let ev = d.wait_for("reload after SIGHUP", |e| e["kind"] == "policy_reload" && e["previous_version"] == v1.as_str());
     let e = ev.iter().find(|e| e["previous_version"] == v1.as_str()).unwrap();
     assert_eq!(e["result"], "ok");
+    assert!(e.get("requested_by_uid").is_none(), "a policy_dir reload is nobody's request: {e:#}");
     assert_ne!(e["policy_version"], v1.as_str());
     let o = d.cli(&["policy", "list", "--json"]);
     let list: Value = serde_json::from_slice(&o.stdout).unwrap();
