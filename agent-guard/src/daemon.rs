@@ -87,6 +87,7 @@ impl RunInfo {
             dir: self.dir.clone(),
             cgroup_id: self.cgroup_id,
             started_ms: self.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            hold: self.hold.iter().flat_map(|h| h.attempts.iter().map(crate::hold::Recorded::from)).collect(),
         }
     }
 }
@@ -378,7 +379,7 @@ async fn serve(cfg: Config) -> Result<()> {
 
 /// Takes over what an earlier daemon left pinned: its policies (same rule set ids, nothing
 /// rewritten), its runs whose cgroups still exist, and its bound cgroups.
-fn adopt(shared: &Shared) {
+fn adopt(shared: &Arc<Shared>) {
     let (records, errors) = shared.state.policies();
     for e in errors {
         warn!("state: {e}");
@@ -399,6 +400,20 @@ fn adopt(shared: &Shared) {
         let alive = cgroup::cgroup_id(&r.dir).is_ok_and(|id| id == r.cgroup_id);
         match entries.get(&r.cgroup_id) {
             Some(entry) if alive => {
+                let hold = (!r.hold.is_empty()).then(|| Hold {
+                    id: shared.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                    since: Instant::now(),
+                    attempts: r.hold.into_iter().map(crate::hold::Attempt::from).collect(),
+                });
+                if let Some(h) = &hold {
+                    warn!(
+                        "run {} was held for review when the earlier daemon stopped, and still is ({}); \
+                         hold_timeout starts again",
+                        r.id,
+                        h.summary()
+                    );
+                    arm_hold_timeout(&tokio::runtime::Handle::current(), shared.clone(), r.id.clone(), h.id);
+                }
                 let info = RunInfo {
                     id: r.id,
                     name: r.name,
@@ -408,7 +423,7 @@ fn adopt(shared: &Shared) {
                     policy: (entry.policy != NO_POLICY).then_some(entry.policy),
                     started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
                     ended: None,
-                    hold: None,
+                    hold,
                     violations: 0,
                 };
                 runs.by_cgroup.insert(r.cgroup_id, info);
@@ -1131,7 +1146,7 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
             warn!("hold for an unknown run (cgroup {run_cgroup}): process {} stays stopped until a responder acts", attempt.tgid);
             return;
         };
-        match &mut info.hold {
+        let r = match &mut info.hold {
             Some(h) => {
                 h.attempts.push(attempt.clone());
                 (info.clone(), None)
@@ -1141,7 +1156,9 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
                 info.hold = Some(Hold { id, since: Instant::now(), attempts: vec![attempt.clone()] });
                 (info.clone(), Some(id))
             }
-        }
+        };
+        save_hold(shared, info);
+        r
     };
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
@@ -1183,14 +1200,28 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
         info!("run {} held for review: {}", info.id, event::human(&ev));
         shared.emit(ev);
         if let Some(id) = new_hold {
-            let timeout = shared.hold_timeout;
-            let handle = tokio::runtime::Handle::current();
-            handle.spawn(async move {
-                tokio::time::sleep(timeout).await;
-                let run = info.id.clone();
-                let _ = tokio::task::spawn_blocking(move || answer(&shared, &run, Some(id), Answer::Timeout, None)).await;
-            });
+            arm_hold_timeout(&tokio::runtime::Handle::current(), shared, info.id.clone(), id);
         }
+    });
+}
+
+/// Records a run's hold (or its end) in its run record, so a restarted daemon still knows
+/// what the run waits for. Bound cgroups have no record: their holds do not survive a restart.
+fn save_hold(shared: &Shared, info: &RunInfo) {
+    if info.id.starts_with("b-") {
+        return;
+    }
+    if let Err(e) = shared.state.save_run(&info.record()) {
+        warn!("recording the hold of run {}: {e} (a restarted daemon would not know it)", info.id);
+    }
+}
+
+/// Denies hold `id` of `run` once hold_timeout has passed without an answer.
+fn arm_hold_timeout(rt: &tokio::runtime::Handle, shared: Arc<Shared>, run: String, id: u64) {
+    let timeout = shared.hold_timeout;
+    rt.spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let _ = tokio::task::spawn_blocking(move || answer(&shared, &run, Some(id), Answer::Timeout, None)).await;
     });
 }
 
@@ -1228,6 +1259,7 @@ fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option
             _ => {}
         }
         let hold = info.hold.take().expect("held");
+        save_hold(shared, info);
         (info.clone(), hold)
     };
     let mount = &shared.mount;

@@ -11,15 +11,15 @@ use std::{
 };
 
 use agent_guard_common::{kind, GrantKey};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Detail, Event};
 
 /// One held access.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     /// open | exec | connect | sendmsg
-    pub kind: &'static str,
+    pub kind: String,
     /// What was attempted, as a person reads it: a path with its access, or addr:port.
     pub what: String,
     pub rule: Option<String>,
@@ -34,6 +34,28 @@ pub struct Attempt {
     /// lets it go on; denying kills the process. Otherwise (network) it was refused with
     /// EPERM and approving lets a retry through.
     pub happened: bool,
+}
+
+/// A held access as a run record keeps it (`state_dir`), with its grant key, so a restarted
+/// daemon can still answer the hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub attempt: Attempt,
+    /// (run, kind, port, id) of the grant key.
+    pub grant: Option<(u64, u32, u32, [u8; 16])>,
+}
+
+impl From<&Attempt> for Recorded {
+    fn from(a: &Attempt) -> Self {
+        Self { attempt: a.clone(), grant: a.grant.map(|k| (k.run, k.kind, k.port, k.id)) }
+    }
+}
+
+impl From<Recorded> for Attempt {
+    fn from(r: Recorded) -> Self {
+        let grant = r.grant.map(|(run, kind, port, id)| GrantKey { run, kind, port, id });
+        Attempt { grant, ..r.attempt }
+    }
 }
 
 /// The access in a `hold` event, or None when the event is not one a responder can answer.
@@ -60,7 +82,7 @@ pub fn attempt(e: &Event, run_cgroup: u64) -> Option<Attempt> {
         }
         _ => return None,
     };
-    Some(Attempt { kind: kind_name, what, rule: e.rule.clone(), pid, tgid, comm: e.comm.clone(), grant, happened })
+    Some(Attempt { kind: kind_name.to_string(), what, rule: e.rule.clone(), pid, tgid, comm: e.comm.clone(), grant, happened })
 }
 
 /// IPv6 bytes, IPv4 as IPv4-mapped (as the kernel programs key addresses).

@@ -23,6 +23,9 @@ pub struct RunRecord {
     pub cgroup_id: u64,
     /// Start time, milliseconds since the Unix epoch.
     pub started_ms: u64,
+    /// The accesses the run is held for (empty: not held).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hold: Vec<crate::hold::Recorded>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +135,7 @@ mod tests {
             dir: "/sys/fs/cgroup/x/r-1".into(),
             cgroup_id: 42,
             started_ms: 7,
+            hold: vec![],
         };
         st.save_run(&r).unwrap();
         st.save_policy(&PolicyRecord { slot: 3, source: "p.toml".into(), text: "name = \"p\"".into() }).unwrap();

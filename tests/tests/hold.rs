@@ -177,3 +177,29 @@ fn an_unanswered_hold_is_denied_at_the_timeout() {
     assert_eq!(e["verdict"], "deny");
     assert!(e["held_ms"].as_u64().unwrap() >= 1000, "{e:#}");
 }
+
+#[test]
+fn a_hold_survives_a_daemon_restart() {
+    if !privileged("a_hold_survives_a_daemon_restart") {
+        return;
+    }
+    let mut d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let run = start(&d, &pol, "across", &["connect-retry", &target, "50", "100"]);
+    held(&d, "across");
+    let id = run_id(&d.events(), "across");
+    d.kill9();
+    d.restart();
+    assert!(d.stderr().contains("still is"), "{}", d.stderr());
+    let o = d.cli(&["ps", "--json"]);
+    let runs: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
+    let r = runs.as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap_or_else(|| panic!("{runs:#}"));
+    assert_eq!(r["state"], "held", "{r:#}");
+    let o = d.cli(&["approve", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert!(stdout(&out).contains("ok connected on attempt 1"), "{out:?}");
+}
