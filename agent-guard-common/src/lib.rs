@@ -54,6 +54,7 @@ pub mod names {
     pub const BOUND: &str = "AG_BOUND";
     pub const BIND_ON: &str = "AG_BIND_ON";
     pub const GRANTS: &str = "AG_GRANTS";
+    pub const HELD: &str = "AG_HELD";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).

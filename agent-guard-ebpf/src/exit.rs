@@ -2,7 +2,7 @@
 use agent_guard_common::{kind, ExitEvent};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 
-use crate::{event, kernel, run};
+use crate::{event, kernel, policy, run};
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn ag_exit(_ctx: TracePointContext) -> u32 {
@@ -11,6 +11,7 @@ pub fn ag_exit(_ctx: TracePointContext) -> u32 {
         return 0; // a thread other than the leader
     }
     let Some(run) = run::current_run() else { return 0 };
+    policy::forget_held((pid_tgid >> 32) as u32);
     let Some(mut entry) = event::reserve::<ExitEvent>() else { return 0 };
     let o = kernel::offsets();
     let code: i32 = kernel::read(kernel::current_task(), o.task_exit_code).unwrap_or(0);

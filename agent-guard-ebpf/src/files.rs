@@ -132,7 +132,9 @@ fn finish(ctx: &TracePointContext) -> u32 {
             // O_PATH grants no access to the contents; reopening it is another open. Taken
             // from the file, not from flags a racing thread could change after entry.
             let path_only = fmode & FMODE_PATH != 0;
-            let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: 0, id: kernel::file_id(&o, file) };
+            // The approval is for this file with exactly this access (1 read, 2 write).
+            let access = read as u32 | (write as u32) << 1;
+            let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: kernel::file_id(&o, file) };
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
                 Some(w) => policy::file_decision(rs, w, read, write, false, Some(&key)),

@@ -42,22 +42,24 @@ const PENDING_STOP: u32 = 2;
 const PENDING_GRANTED: u32 = 3;
 
 /// The network decision for the current task, and the rule set that took it (None: the run
-/// has no policy). `grants`: look up (and use up) approvals; the exit tracepoints recompute
-/// without them and learn from AG_KILL_PENDING what the hook decided.
+/// has no policy). `grants`: the socket's protocol, to look up (and use up) approvals; the
+/// exit tracepoints recompute without them (None) and learn from AG_KILL_PENDING what the
+/// hook decided.
 #[inline(always)]
 fn net_decision(
     run: &run::CurrentRun,
     addr: &[u8; 16],
     port: u16,
-    grants: bool,
+    grants: Option<u32>,
 ) -> (policy::Decision, Option<run::Ruleset>) {
     let Some(rs) = run::ruleset(run) else { return (policy::ALLOWED, None) };
     if policy::net_allowed(&rs, addr, port) {
         return (policy::ALLOWED, Some(rs));
     }
     let d = policy::refusal(&rs, rule::NETWORK);
-    if grants && d.verdict == verdict::DENY {
-        let key = GrantKey { run: run.run_cgroup, kind: kind::CONNECT, port: port as u32, id: *addr };
+    if let (Some(protocol), verdict::DENY) = (grants, d.verdict) {
+        // The approval is for this address, port and protocol.
+        let key = GrantKey { run: run.run_cgroup, kind: kind::CONNECT, port: port as u32 | protocol << 16, id: *addr };
         if policy::granted(&key) {
             let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_GRANTED, 0);
             return (policy::GRANTED, Some(rs));
@@ -109,9 +111,11 @@ fn v6_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
 }
 
 #[inline(always)]
-fn check_connect(addr: [u8; 16], port: u16) -> i32 {
+fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
-    match net_decision(&run, &addr, port, true) {
+    // SAFETY: a context field the verifier allows reading.
+    let protocol = unsafe { (*sa).protocol };
+    match net_decision(&run, &addr, port, Some(protocol)) {
         (d, Some(rs)) if d.verdict == verdict::DENY => {
             kill_later(&rs, true);
             REFUSE
@@ -125,7 +129,9 @@ fn check_connect(addr: [u8; 16], port: u16) -> i32 {
 #[inline(always)]
 fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
-    let (d, rs) = net_decision(&run, &addr, port, true);
+    // SAFETY: a context field the verifier allows reading.
+    let protocol = unsafe { (*sa).protocol };
+    let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
     if d.verdict == verdict::ALLOW {
         return PASS;
     }
@@ -154,13 +160,13 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
 #[cgroup_sock_addr(connect4)]
 pub fn ag_connect4(ctx: SockAddrContext) -> i32 {
     let (a, p) = v4_of(ctx.sock_addr);
-    check_connect(a, p)
+    check_connect(ctx.sock_addr, a, p)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn ag_connect6(ctx: SockAddrContext) -> i32 {
     let (a, p) = v6_of(ctx.sock_addr);
-    check_connect(a, p)
+    check_connect(ctx.sock_addr, a, p)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -330,7 +336,7 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
         addr.copy_from_slice(&p.sa[8..24]);
     }
     let mapped = if family == AF_INET { policy::mapped_v4(u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])) } else { addr };
-    let (mut d, rs) = net_decision(&run, &mapped, port, false);
+    let (mut d, rs) = net_decision(&run, &mapped, port, None);
     if d.verdict == verdict::DENY {
         match pending {
             PENDING_KILL => d.verdict = verdict::KILL,

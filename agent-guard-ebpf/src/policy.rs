@@ -22,19 +22,36 @@ const SIGSTOP: u32 = 19;
 #[map]
 static AG_GRANTS: HashMap<GrantKey, u32> = HashMap::with_max_entries(GRANTS_MAX, 0);
 
-/// Whether `key` was approved; a one-time approval is used up here.
+/// Whether `key` was approved; a one-time approval is used up here (only the thread whose
+/// remove succeeds gets it: two racing threads cannot both use it).
 #[inline(always)]
 pub fn granted(key: &GrantKey) -> bool {
     // SAFETY: copied out at once.
     match unsafe { AG_GRANTS.get(key) }.copied() {
-        Some(flags) => {
-            if flags & grant::ONCE != 0 {
-                let _ = AG_GRANTS.remove(key);
-            }
-            true
-        }
+        Some(flags) if flags & grant::ONCE != 0 => AG_GRANTS.remove(key).is_ok(),
+        Some(_) => true,
         None => false,
     }
+}
+
+/// Processes (tgid) stopped for a hold and not yet let go by the daemon. One of them making a
+/// syscall was resumed by someone else (a SIGCONT from inside the run, a tracer): it is
+/// killed there (see `syscalls::ag_sys_enter`).
+#[map]
+static AG_HELD: HashMap<u32, u32> = HashMap::with_max_entries(agent_guard_common::PENDING_MAX, 0);
+
+/// A held process that ends is no longer held (its tgid may be reused).
+#[inline(always)]
+pub fn forget_held(tgid: u32) {
+    let _ = AG_HELD.remove(&tgid);
+}
+
+/// Whether the current process is held (see AG_HELD).
+#[inline(always)]
+pub fn is_held() -> bool {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: presence test only.
+    unsafe { AG_HELD.get(&tgid) }.is_some()
 }
 
 pub const GRANTED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::GRANT };
@@ -103,8 +120,15 @@ pub fn refusal(rs: &Ruleset, rule: u32) -> Decision {
     Decision { verdict, rule }
 }
 
+/// Stops the current process for a hold: marked held first, so it cannot run on unnoticed.
 #[inline(always)]
 pub fn stop_current() {
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    if AG_HELD.insert(&tgid, &1, 0).is_err() {
+        // No room to remember the hold: the process must not go on either way.
+        kill_current();
+        return;
+    }
     // SAFETY: as kill_current.
     unsafe { bpf_send_signal(SIGSTOP) };
 }

@@ -29,6 +29,11 @@ const TS_COMPAT: u32 = 0x0002;
 pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
+    if policy::is_held() {
+        // Held for review, yet running: resumed by someone other than the daemon.
+        policy::kill_current();
+        return 0;
+    }
     // TP_PROTO(struct pt_regs *regs, long id)
     let regs: u64 = ctx.arg(0);
     let id: i64 = ctx.arg(1);

@@ -120,6 +120,16 @@ impl Binder {
         for (id, (dir, slot)) in desired {
             if let Some(b) = self.bound.get_mut(&id) {
                 b.dir = dir; // an adopted binding learns where its cgroup is now
+                if !b.network {
+                    // Attaching is idempotent (pinned links are kept): retried at every scan.
+                    match ebpf::attach_cgroup(&mut self.ebpf, &self.pins, &b.dir, &ebpf::cgroup_prefix(id)) {
+                        Ok(()) => b.network = true,
+                        Err(e) => ch.errors.push(format!(
+                            "binding {}: network programs still not attached, network NOT enforced there: {e}",
+                            b.dir.display()
+                        )),
+                    }
+                }
                 continue;
             }
             let entry = RunEntry { run_index: 0, flags: 0, policy: slot, _pad: 0 };

@@ -55,6 +55,8 @@ struct RunInfo {
     violations: u64,
     /// Held for review: what it waits for.
     hold: Option<Hold>,
+    /// Frozen by a responder (`agent-guard freeze`): answering a hold does not thaw it.
+    frozen_by_responder: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +64,9 @@ struct Hold {
     id: u64,
     since: Instant,
     attempts: Vec<crate::hold::Attempt>,
+    /// The run is frozen: only then can the hold be answered (an answer that thawed before
+    /// the freeze landed would leave the run frozen with nobody waiting).
+    ready: bool,
 }
 
 impl Hold {
@@ -117,6 +122,8 @@ struct Shared {
     /// Set once the daemon is shutting down: no new registrations or bindings.
     stopping: std::sync::atomic::AtomicBool,
     grants: Mutex<aya::maps::HashMap<aya::maps::MapData, agent_guard_common::GrantKey, u32>>,
+    /// The kernel's list of processes stopped for a hold (see `answer`).
+    held: Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
     hold_timeout: Duration,
     next_hold: std::sync::atomic::AtomicU64,
     /// Incident response: recent events, followers, control access.
@@ -221,7 +228,9 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     let offsets = KernelBtf::load()?.offsets()?;
     let pins = ebpf::Pins::new(&cfg.bpffs_dir, kcfg.root_id, cfg.events_ring_bytes);
-    let foreign = ebpf::foreign_state(&cfg.bpffs_dir, pins.dir())
+    // Before anything pinned is looked at: a second daemon with this config stops here.
+    let _lock = crate::state::Lock::take(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
+    let foreign = ebpf::foreign_state(&cfg.bpffs_dir, pins.dir(), kcfg.root_id)
         .with_context(|| format!("reading bpffs_dir {}", cfg.bpffs_dir.display()))?;
     if !foreign.is_empty() {
         bail!(
@@ -235,14 +244,29 @@ async fn serve(cfg: Config) -> Result<()> {
         );
     }
     let adopting = pins.exist();
+    if !adopting && pins.dir().exists() {
+        // Maps without links: a stop that died half-way through removing them. Nothing is
+        // enforced by them; start from empty maps rather than reuse stale rule sets.
+        ebpf::remove_state(pins.dir()).with_context(|| format!("removing stale {}", pins.dir().display()))?;
+    }
     let state = State::open(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
     if !adopting {
         state.clear().with_context(|| format!("clearing state_dir {}", cfg.state_dir.display()))?;
     }
     let loaded = ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins)
         .context("loading the kernel programs")?;
-    let ebpf::Loaded { ebpf: programs, runs, drops, events, policy: policy_maps, bound, bind_on, grants, adopted_links } =
-        loaded;
+    let ebpf::Loaded {
+        ebpf: programs,
+        runs,
+        drops,
+        events,
+        policy: policy_maps,
+        bound,
+        bind_on,
+        grants,
+        held,
+        adopted_links,
+    } = loaded;
     if adopting {
         info!("adopting the pinned state in {} ({adopted_links} links attached by an earlier daemon)", pins.dir().display());
     }
@@ -288,6 +312,7 @@ async fn serve(cfg: Config) -> Result<()> {
         state,
         stopping: Default::default(),
         grants: Mutex::new(grants),
+        held: Mutex::new(held),
         hold_timeout: cfg.hold_timeout,
         next_hold: Default::default(),
         ctl: incident::Control::new(&cfg, control_gid),
@@ -333,12 +358,26 @@ async fn serve(cfg: Config) -> Result<()> {
         shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let live: Vec<String> = {
             let runs = shared.runs.lock().expect("runs lock");
-            runs.by_cgroup
+            let mut live: Vec<String> = runs
+                .by_cgroup
                 .values()
                 // A registered run may not have its first process in its cgroup yet.
                 .filter(|r| r.ended.is_none() || matches!(cgroup::populated(&r.dir), Ok(true)))
                 .map(|r| r.id.clone())
-                .collect()
+                .collect();
+            // And what the kernel enforces that the registry forgot (ended runs whose
+            // processes survived, entries adopted without a record).
+            for (id, _) in runs.map.iter().flatten() {
+                if runs.by_cgroup.get(&id).is_some_and(|r| live.contains(&r.id)) {
+                    continue;
+                }
+                if let Some(dir) = cgroup::find_by_id(&shared.root, id, 1) {
+                    if matches!(cgroup::populated(&dir), Ok(true)) {
+                        live.push(dir.file_name().map_or_else(|| id.to_string(), |n| n.to_string_lossy().into_owned()));
+                    }
+                }
+            }
+            live
         };
         let bound = binder.bound.len();
         let idle = live.is_empty() && bound == 0;
@@ -404,6 +443,7 @@ fn adopt(shared: &Arc<Shared>) {
                     id: shared.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                     since: Instant::now(),
                     attempts: r.hold.into_iter().map(crate::hold::Attempt::from).collect(),
+                    ready: true,
                 });
                 if let Some(h) = &hold {
                     warn!(
@@ -425,6 +465,7 @@ fn adopt(shared: &Arc<Shared>) {
                     ended: None,
                     hold,
                     violations: 0,
+                    frozen_by_responder: false,
                 };
                 runs.by_cgroup.insert(r.cgroup_id, info);
                 adopted += 1;
@@ -460,6 +501,7 @@ fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
         ended: None,
         hold: None,
         violations: 0,
+        frozen_by_responder: false,
     }
 }
 
@@ -473,7 +515,28 @@ pub fn uninstall(cfg: &Config) -> Result<()> {
         );
     }
     let mut removed = 0;
-    for dir in ebpf::foreign_state(&cfg.bpffs_dir, Path::new(""))? {
+    // This config's managed root: only its state (and entries of unknown origin) go; other
+    // daemons sharing bpffs_dir keep theirs.
+    let root_id = cgroup::cgroup2_mount().ok().and_then(|m| cgroup::cgroup_id(&m.join(&cfg.cgroup_root)).ok());
+    let others: Vec<PathBuf>;
+    let dirs = match root_id {
+        Some(id) => {
+            let mine = ebpf::foreign_state(&cfg.bpffs_dir, Path::new(""), id)?;
+            others = ebpf::state_dirs(&cfg.bpffs_dir)?.into_iter().filter(|d| !mine.contains(d)).collect();
+            mine
+        }
+        None => {
+            // This managed root is gone, so none of its runs is left to enforce: remove what
+            // belongs to no existing managed root.
+            let mount = cgroup::cgroup2_mount()?;
+            let (live, dead): (Vec<PathBuf>, Vec<PathBuf>) = ebpf::state_dirs(&cfg.bpffs_dir)?.into_iter().partition(|d| {
+                ebpf::state_root_of(d).is_some_and(|id| cgroup::find_by_id(&mount, id, 8).is_some())
+            });
+            others = live;
+            dead
+        }
+    };
+    for dir in dirs {
         let links = ebpf::remove_state(&dir).with_context(|| format!("removing {}", dir.display()))?;
         println!("removed {} ({links} links detached)", dir.display());
         removed += 1;
@@ -486,7 +549,10 @@ pub fn uninstall(cfg: &Config) -> Result<()> {
         State::open(&cfg.state_dir)?.clear()?;
     }
     if removed == 0 {
-        println!("nothing pinned under {}", cfg.bpffs_dir.display());
+        println!("nothing pinned under {} for this configuration", cfg.bpffs_dir.display());
+    }
+    for o in others {
+        println!("left in place (another managed root's daemon): {}", o.display());
     }
     if let Ok(mount) = cgroup::cgroup2_mount() {
         let root = mount.join(&cfg.cgroup_root);
@@ -760,6 +826,13 @@ async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
                     .await
                     .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
                 }
+                Ok(req @ (Request::Approve { .. } | Request::Deny { .. })) => {
+                    // Thawing waits for the kernel: off the async workers too.
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || handle(&shared, req, uid, pid))
+                        .await
+                        .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+                }
                 Ok(req) => handle(&shared, req, uid, pid),
                 Err(msg) => Response::err(msg),
             }
@@ -821,6 +894,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 ended: None,
                 hold: None,
                 violations: 0,
+                frozen_by_responder: false,
             };
             {
                 // Lock order: binder, then runs. The syscall check is attached before the
@@ -993,7 +1067,8 @@ fn apply_checked(
     } else if let Ok((s, i)) = &outcome {
         if !matches!(i, Installed::Unchanged { .. }) {
             info!("policy {} {} loaded from {}", s.name, s.version, file.source);
-            let rec = PolicyRecord { slot: s.slot, source: file.source.clone(), text: file.text.clone() };
+            let ruleset = shared.policies.lock().expect("policies lock").by_slot(s.slot).map_or(0, |x| x.ruleset);
+            let rec = PolicyRecord { slot: s.slot, ruleset, source: file.source.clone(), text: file.text.clone() };
             if let Err(e) = shared.state.save_policy(&rec) {
                 warn!("recording policy {} in {}: {e} (a restarted daemon will not know its text)", s.name, shared.state.dir().display());
             }
@@ -1109,6 +1184,7 @@ fn rebind(shared: &Shared) {
                 r.clone()
             })
         };
+        forget_run(shared, id);
         if let Some(info) = info {
             info!("unbound {} (policy slot {slot})", dir.display());
             let mut e = shared.base_event("run_end", Some(&info));
@@ -1153,7 +1229,7 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
             }
             None => {
                 let id = shared.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                info.hold = Some(Hold { id, since: Instant::now(), attempts: vec![attempt.clone()] });
+                info.hold = Some(Hold { id, since: Instant::now(), attempts: vec![attempt.clone()], ready: false });
                 (info.clone(), Some(id))
             }
         };
@@ -1172,6 +1248,12 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
             },
             None => None,
         };
+        if let Some(id) = new_hold {
+            let mut runs = shared.runs.lock().expect("runs lock");
+            if let Some(h) = runs.by_cgroup.get_mut(&run_cgroup).and_then(|r| r.hold.as_mut()).filter(|h| h.id == id) {
+                h.ready = true;
+            }
+        }
         let mut ev = shared.base_event("hold", Some(&info));
         ev.verdict = "hold";
         ev.rule = attempt.rule.clone();
@@ -1256,6 +1338,9 @@ fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option
         match (&info.hold, only) {
             (None, _) => return Err(format!("run {} is not held", info.id)),
             (Some(h), Some(only)) if h.id != only => return Err("answered already".into()),
+            (Some(h), None) if !h.ready => {
+                return Err(format!("run {} is being frozen for its hold; answer again in a moment", info.id))
+            }
             _ => {}
         }
         let hold = info.hold.take().expect("held");
@@ -1290,10 +1375,19 @@ fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option
             notes.push(format!("cgroup.kill: {e}"));
         }
     }
+    {
+        // Let go in the kernel first: a held process that runs is otherwise killed.
+        let mut held = shared.held.lock().expect("held lock");
+        for a in &hold.attempts {
+            let _ = held.remove(&a.tgid);
+        }
+    }
     for a in &hold.attempts {
         crate::hold::signal_in(a.tgid, Signal::SIGCONT, mount, &info.dir);
     }
-    if let Err(e) = crate::hold::set_frozen(&info.dir, false, Duration::from_secs(10)) {
+    if info.frozen_by_responder {
+        notes.push("the run stays frozen: a responder froze it (`agent-guard thaw` lets it go on)".into());
+    } else if let Err(e) = crate::hold::set_frozen(&info.dir, false, Duration::from_secs(10)) {
         if info.dir.exists() {
             notes.push(format!("thawing: {e}"));
         }

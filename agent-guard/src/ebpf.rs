@@ -86,6 +86,8 @@ pub struct Loaded {
     pub bound: HashMap<MapData, u64, RunEntry>,
     pub bind_on: Array<MapData, u32>,
     pub grants: HashMap<MapData, GrantKey, u32>,
+    /// Processes stopped for a hold (tgid), which the daemon lets go.
+    pub held: HashMap<MapData, u32, u32>,
     /// Links found pinned by an earlier daemon and kept as they are (0 on a fresh start).
     pub adopted_links: usize,
 }
@@ -107,6 +109,7 @@ const PINNED_MAPS: &[&str] = &[
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
     names::GRANTS,
+    names::HELD,
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -178,10 +181,34 @@ fn state_name(root_id: u64, ring_bytes: u32) -> String {
     format!("v1-{}-root{root_id}-ring{ring_bytes}", object_digest())
 }
 
-/// Entries of `bpffs_dir` other than `mine`: pinned state of another build or configuration.
-pub fn foreign_state(bpffs_dir: &Path, mine: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The managed root's cgroup id a pinned state directory's name carries (None: not a name
+/// this program gives).
+fn state_root(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("v1-")?;
+    let (_, rest) = rest.split_once("-root")?;
+    rest.split_once("-ring")?.0.parse().ok()
+}
+
+/// Pinned state in `bpffs_dir` that belongs to the managed root `root_id`, other than
+/// `mine` (another build or ring size), plus entries this program did not name. State of
+/// other managed roots (other daemons sharing the directory) is not included.
+pub fn foreign_state(bpffs_dir: &Path, mine: &Path, root_id: u64) -> std::io::Result<Vec<PathBuf>> {
+    Ok(state_dirs(bpffs_dir)?
+        .into_iter()
+        .filter(|p| p != mine)
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(state_root).is_none_or(|r| r == root_id))
+        .collect())
+}
+
+/// The managed root's cgroup id of a pinned state directory.
+pub fn state_root_of(dir: &Path) -> Option<u64> {
+    dir.file_name().and_then(|n| n.to_str()).and_then(state_root)
+}
+
+/// Every entry of `bpffs_dir`.
+pub fn state_dirs(bpffs_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     match std::fs::read_dir(bpffs_dir) {
-        Ok(d) => Ok(d.flatten().map(|e| e.path()).filter(|p| p != mine).collect()),
+        Ok(d) => Ok(d.flatten().map(|e| e.path()).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
         Err(e) => Err(e),
     }
@@ -370,6 +397,7 @@ pub fn load(
         bound: HashMap::try_from(take(&mut ebpf, names::BOUND)?).map_err(map_err(names::BOUND))?,
         bind_on: Array::try_from(take(&mut ebpf, names::BIND_ON)?).map_err(map_err(names::BIND_ON))?,
         grants: HashMap::try_from(take(&mut ebpf, names::GRANTS)?).map_err(map_err(names::GRANTS))?,
+        held: HashMap::try_from(take(&mut ebpf, names::HELD)?).map_err(map_err(names::HELD))?,
         runs: HashMap::try_from(take(&mut ebpf, names::RUNS)?).map_err(map_err(names::RUNS))?,
         drops: PerCpuArray::try_from(take(&mut ebpf, names::DROPS)?).map_err(map_err(names::DROPS))?,
         events: RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?,
@@ -380,3 +408,15 @@ pub fn load(
 
 /// Pin-name prefix of the network programs' links on the managed root.
 const ROOT_PREFIX: &str = "root-";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_carry_the_managed_root() {
+        assert_eq!(state_root(&state_name(4242, 4096)), Some(4242));
+        assert_eq!(state_root("v1-abc-root7-ring8"), Some(7));
+        assert_eq!(state_root("something-else"), None);
+    }
+}

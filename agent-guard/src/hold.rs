@@ -62,9 +62,9 @@ impl From<Recorded> for Attempt {
 pub fn attempt(e: &Event, run_cgroup: u64) -> Option<Attempt> {
     let (pid, tgid) = (e.pid?, e.tgid?);
     let (kind_name, what, grant, happened) = match &e.detail {
-        Detail::Open { path, access, result, .. } => {
+        Detail::Open { path, access, result, flags, .. } => {
             let id = (*result >= 0).then(|| file_id(&format!("/proc/{tgid}/fd/{result}"))).flatten();
-            let grant = id.map(|id| GrantKey { run: run_cgroup, kind: kind::OPEN, port: 0, id });
+            let grant = id.map(|id| GrantKey { run: run_cgroup, kind: kind::OPEN, port: open_access(*flags), id });
             ("open", format!("{path} ({access})"), grant, true)
         }
         Detail::Exec { path, .. } => {
@@ -72,17 +72,35 @@ pub fn attempt(e: &Event, run_cgroup: u64) -> Option<Attempt> {
             ("exec", path.clone(), grant, true)
         }
         Detail::Connect { addr, port, proto, .. } => {
-            let grant = addr.parse::<std::net::IpAddr>().ok().map(|ip| GrantKey {
-                run: run_cgroup,
-                kind: kind::CONNECT,
-                port: *port as u32,
-                id: mapped(ip),
-            });
+            let grant = match (addr.parse::<std::net::IpAddr>(), protocol_number(proto)) {
+                (Ok(ip), Some(p)) => Some(GrantKey { run: run_cgroup, kind: kind::CONNECT, port: *port as u32 | p << 16, id: mapped(ip) }),
+                _ => None,
+            };
             (if e.kind == "sendmsg" { "sendmsg" } else { "connect" }, format!("{proto} {addr}:{port}"), grant, false)
         }
         _ => return None,
     };
     Some(Attempt { kind: kind_name.to_string(), what, rule: e.rule.clone(), pid, tgid, comm: e.comm.clone(), grant, happened })
+}
+
+/// The access bits the kernel programs key an open's grant with (1 read, 2 write), from the
+/// open flags as they judge them: O_CREAT and O_TRUNC are writes.
+fn open_access(flags: u32) -> u32 {
+    let acc = flags & libc::O_ACCMODE as u32;
+    let write = acc != 0 || flags & (libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
+    let read = acc != libc::O_WRONLY as u32;
+    read as u32 | (write as u32) << 1
+}
+
+/// The IP protocol number of an event's `proto`.
+fn protocol_number(proto: &str) -> Option<u32> {
+    Some(match proto {
+        "tcp" => libc::IPPROTO_TCP as u32,
+        "udp" => libc::IPPROTO_UDP as u32,
+        "udplite" => libc::IPPROTO_UDPLITE as u32,
+        "mptcp" => libc::IPPROTO_MPTCP as u32,
+        _ => return None,
+    })
 }
 
 /// IPv6 bytes, IPv4 as IPv4-mapped (as the kernel programs key addresses).
@@ -179,6 +197,16 @@ mod tests {
         let v4 = mapped("10.1.2.3".parse().unwrap());
         assert_eq!(v4, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
         assert_eq!(mapped("::1".parse().unwrap())[15], 1);
+    }
+
+    #[test]
+    fn open_access_is_judged_like_the_kernel_judges_it() {
+        assert_eq!(open_access(libc::O_RDONLY as u32), 1);
+        assert_eq!(open_access(libc::O_WRONLY as u32), 2);
+        assert_eq!(open_access(libc::O_RDWR as u32), 3);
+        assert_eq!(open_access((libc::O_RDONLY | libc::O_TRUNC) as u32), 3);
+        assert_eq!(protocol_number("tcp"), Some(6));
+        assert_eq!(protocol_number("raw"), None);
     }
 
     #[test]

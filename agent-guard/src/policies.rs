@@ -114,6 +114,9 @@ impl PolicyStore {
             if cur == 0 || r.slot >= POLICIES_MAX {
                 continue; // recorded, but never switched on in the kernel
             }
+            if r.ruleset != cur {
+                continue; // an older text: the slot is then handled as unrecorded below
+            }
             let checked = crate::policy::parse(&r.text, &r.source);
             match checked.policy {
                 Some(p) if checked.errors.is_empty() => {

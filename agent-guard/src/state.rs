@@ -31,12 +31,40 @@ pub struct RunRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyRecord {
     pub slot: u32,
+    /// The rule set id the text was compiled under: adopted only if the kernel's slot still
+    /// points at it (a daemon killed between the switch and this record leaves an older one).
+    #[serde(default)]
+    pub ruleset: u32,
     pub source: String,
     pub text: String,
 }
 
 pub struct State {
     dir: PathBuf,
+}
+
+/// Holds `state_dir/lock` for the daemon's lifetime: one daemon per state directory.
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    pub fn take(dir: &Path) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        mkdir(dir)?;
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                io::Error::other(format!(
+                    "another agent-guard daemon uses {} (each daemon needs its own state_dir)",
+                    dir.display()
+                ))
+            } else {
+                e
+            });
+        }
+        Ok(Self(f))
+    }
 }
 
 fn mkdir(dir: &Path) -> io::Result<()> {
@@ -138,7 +166,7 @@ mod tests {
             hold: vec![],
         };
         st.save_run(&r).unwrap();
-        st.save_policy(&PolicyRecord { slot: 3, source: "p.toml".into(), text: "name = \"p\"".into() }).unwrap();
+        st.save_policy(&PolicyRecord { slot: 3, ruleset: 1, source: "p.toml".into(), text: "name = \"p\"".into() }).unwrap();
         std::fs::write(st.dir().join("runs/broken.json"), "{").unwrap();
         let (runs, errors) = st.runs();
         assert_eq!(runs, vec![r]);

@@ -164,7 +164,9 @@ fn a_stop_with_live_runs_keeps_enforcing_and_uninstall_removes_everything() {
 
     // State from another build or configuration is never mixed with this one.
     let state = std::fs::read_dir(&d.bpffs_dir).unwrap().next().unwrap().unwrap().path();
-    let foreign = d.bpffs_dir.join("v1-000000000000-root1-ring4096");
+    // Named for this managed root, as another build would name it.
+    let root_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&d.cgroup_root).unwrap());
+    let foreign = d.bpffs_dir.join(format!("v1-000000000000-root{root_id}-ring4096"));
     std::fs::create_dir(&foreign).unwrap();
     let mut refused = Command::new(agent_guard_tests::binary())
         .arg("--config")
@@ -188,6 +190,9 @@ fn a_stop_with_live_runs_keeps_enforcing_and_uninstall_removes_everything() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("cannot adopt") && err.contains(&s(&foreign)) && err.contains("--uninstall"), "{err}");
     std::fs::remove_dir(&foreign).unwrap();
+    // Another managed root's state in the same directory (a second daemon's) is left alone.
+    let other = d.bpffs_dir.join("v1-000000000000-root1-ring4096");
+    std::fs::create_dir(&other).unwrap();
 
     let o = d.cli(&["daemon", "--uninstall"]);
     let out = stdout(&o);
@@ -195,6 +200,8 @@ fn a_stop_with_live_runs_keeps_enforcing_and_uninstall_removes_everything() {
     assert!(out.contains(&s(&state)) && out.contains("links detached"), "{out}");
     assert!(out.contains("no longer enforced"), "the live run is named: {out}");
     assert!(!state.exists());
+    assert!(other.exists() && out.contains("left in place"), "{out}");
+    std::fs::remove_dir(&other).unwrap();
     // The run's processes are no longer under the policy.
     let o = probe_in(&dir, &["read", &secret]);
     assert_eq!(stdout(&o).trim(), "ok TOPSECRET", "{o:?}");

@@ -203,3 +203,52 @@ fn a_hold_survives_a_daemon_restart() {
     let out = finish(run);
     assert!(stdout(&out).contains("ok connected on attempt 1"), "{out:?}");
 }
+
+#[test]
+fn a_held_process_resumed_behind_the_daemons_back_is_killed() {
+    if !privileged("a_held_process_resumed_behind_the_daemons_back_is_killed") {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let run = start(&d, &pol, "sneaky", &["connect-retry", &target, "50", "100"]);
+    let h = held(&d, "sneaky");
+    let id = run_id(&d.events(), "sneaky");
+    let dir = d.cgroup_root.join(&id);
+    // What an accomplice inside the run (or a tracer) could do: continue it and thaw the
+    // cgroup without the daemon. Its first syscall is its last.
+    let pid = h["tgid"].as_u64().unwrap() as i32;
+    // SAFETY: plain kill(2) on the held probe, inside the run cgroup this test's daemon made.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::fs::write(dir.join("cgroup.freeze"), "0").unwrap();
+    let out = finish(run);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    assert!(!stdout(&out).contains("ok connected"), "{out:?}");
+}
+
+#[test]
+fn a_run_a_responder_froze_stays_frozen_when_its_hold_times_out() {
+    if !privileged("a_run_a_responder_froze_stays_frozen_when_its_hold_times_out") {
+        return;
+    }
+    let d = Daemon::start_with("hold_timeout = \"1s\"");
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let run = start(&d, &pol, "kept", &["connect", &target]);
+    held(&d, "kept");
+    let id = run_id(&d.events(), "kept");
+    let o = d.cli(&["freeze", &id]);
+    assert!(o.status.success(), "{o:?}");
+    d.wait_for("timeout", |e| e["kind"] == "hold" && e["hold"] == "timeout");
+    let events = std::fs::read_to_string(d.cgroup_root.join(&id).join("cgroup.events")).unwrap();
+    assert!(events.contains("frozen 1"), "the responder's freeze stands: {events}");
+    let o = d.cli(&["thaw", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert_eq!(stdout(&out).trim(), "err EPERM", "{out:?}");
+}

@@ -138,6 +138,7 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
         policy: None,
         ended: None,
         hold: None,
+        frozen_by_responder: false,
         violations: 0,
         started: std::fs::metadata(&c.dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now()),
     }
@@ -183,6 +184,25 @@ pub(super) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
         error: result.as_ref().err().map(|e| e.to_string()),
     };
     shared.emit(e);
+    if result.is_ok() {
+        let mut runs = shared.runs.lock().expect("runs lock");
+        if let Some(r) = runs.by_cgroup.get_mut(&info.cgroup_id) {
+            match action {
+                Action::Freeze => r.frozen_by_responder = true,
+                Action::Thaw => r.frozen_by_responder = false,
+                // A killed run's hold is over: nothing is left to let go or deny.
+                Action::Kill => {
+                    r.frozen_by_responder = false;
+                    if r.hold.take().is_some() {
+                        super::save_hold(&shared, r);
+                    }
+                }
+            }
+        }
+    }
+    if action == Action::Kill {
+        super::forget_run(&shared, info.cgroup_id);
+    }
     match result {
         Ok(o) => {
             info!(
