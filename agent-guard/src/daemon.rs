@@ -1265,7 +1265,7 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
         let recent = shared
             .last_events(&info.id, EVIDENCE_EVENTS)
             .iter()
-            .map(|e| format!("{} {} {}", e.kind, e.verdict, event::human(e)))
+            .map(|e| event::human(e))
             .collect();
         ev.detail = Detail::Hold {
             hold: "held",

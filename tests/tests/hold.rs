@@ -102,6 +102,7 @@ fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
     let runs: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"));
     let r = runs.as_array().unwrap().iter().find(|r| r["id"] == id.as_str()).unwrap_or_else(|| panic!("{runs:#}"));
     assert_eq!(r["state"], "held", "{r:#}");
+    assert_eq!(r["violations"], 1, "the held connect, once (the hold record is not another): {r:#}");
     let why = r["held"].as_str().unwrap();
     assert!(why.contains(&format!("connect tcp {target}")) && why.contains("network.connect"), "{why}");
     let o = d.cli(&["thaw", &id]);

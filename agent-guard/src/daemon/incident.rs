@@ -53,7 +53,8 @@ impl Shared {
     /// Bookkeeping for an event the log has accepted: the feed, followers, the run's
     /// violation count and the drop total.
     pub(super) fn record(&self, e: &Arc<Event>) {
-        if VIOLATIONS.contains(&e.verdict) {
+        // A `hold` event records the hold of a violation already counted.
+        if VIOLATIONS.contains(&e.verdict) && e.kind != "hold" {
             if let Some(run) = &e.run {
                 let mut runs = self.runs.lock().expect("runs lock");
                 let mut matching: Vec<&mut RunInfo> = runs.by_cgroup.values_mut().filter(|r| &r.id == run).collect();
