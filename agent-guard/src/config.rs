@@ -23,6 +23,11 @@ pub enum BackendChoice {
 pub struct Config {
     pub control_socket: PathBuf,
     pub events_log: PathBuf,
+    /// Rotate events_log once it would grow past this many bytes (0: never; then rotate it
+    /// with logrotate and SIGHUP, which reopens it).
+    pub events_log_max_bytes: u64,
+    /// Rotated event logs kept (events_log.1 is the newest).
+    pub events_log_keep: u32,
     pub policy_dir: PathBuf,
     pub metrics_listen: SocketAddr,
     /// Group (besides root) whose members may use the control socket.
@@ -50,6 +55,8 @@ impl Default for Config {
         Self {
             control_socket: "/run/agent-guard/control.sock".into(),
             events_log: "/var/log/agent-guard/events.jsonl".into(),
+            events_log_max_bytes: 100 << 20,
+            events_log_keep: 5,
             policy_dir: "/etc/agent-guard/policies.d".into(),
             metrics_listen: "127.0.0.1:9464".parse().expect("valid default"),
             control_group: "agent-guard".into(),

@@ -115,6 +115,8 @@ struct Shared {
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel timestamps into wall time.
     boot_offset_ns: i128,
     tx: mpsc::Sender<Arc<Event>>,
+    /// Events the log could not take (a write error): reported as `drop`, stage `sink`.
+    sink_drops: Arc<std::sync::atomic::AtomicU64>,
     /// Events emitted once the ring buffer has been drained (see `read_ring`).
     after_ring: mpsc::UnboundedSender<Event>,
     queue_drops: std::sync::atomic::AtomicU64,
@@ -276,11 +278,9 @@ async fn serve(cfg: Config) -> Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&cfg.events_log)
+    let log = crate::sink::EventLog::open(&cfg.events_log, cfg.events_log_max_bytes, cfg.events_log_keep)
         .with_context(|| format!("opening events_log {}", cfg.events_log.display()))?;
+    let (reopen_log, reopen_rx) = mpsc::unbounded_channel();
 
     match std::fs::remove_file(&cfg.control_socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -307,6 +307,7 @@ async fn serve(cfg: Config) -> Result<()> {
         host: hostname(),
         boot_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
         tx,
+        sink_drops: Default::default(),
         after_ring,
         queue_drops: Default::default(),
         state,
@@ -318,7 +319,7 @@ async fn serve(cfg: Config) -> Result<()> {
         ctl: incident::Control::new(&cfg, control_gid),
     });
 
-    let writer = tokio::spawn(write_events(rx, log));
+    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone()));
     if adopting {
         adopt(&shared);
     }
@@ -342,7 +343,8 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
             _ = hup.recv() => {
-                info!("SIGHUP: reloading policies from {}", shared.policy_dir.display());
+                info!("SIGHUP: reopening events_log, reloading policies from {}", shared.policy_dir.display());
+                let _ = reopen_log.send(());
                 load_policy_dir(&shared);
                 rebind(&shared);
             }
@@ -577,11 +579,31 @@ pub fn uninstall(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn write_events(mut rx: mpsc::Receiver<Arc<Event>>, log: std::fs::File) {
-    let mut log = tokio::fs::File::from_std(log);
+/// Writes the events to the log (and a human line each to stderr, which journald keeps
+/// under systemd). A batch that cannot be written is counted in `sink_drops` and reported
+/// as a `drop` event (stage `sink`) by watch_drops once writing works again.
+async fn write_events(
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    mut log: crate::sink::EventLog,
+    mut reopen: mpsc::UnboundedReceiver<()>,
+    sink_drops: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut buf = Vec::with_capacity(1 << 16);
     let mut stderr = std::io::stderr();
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+            Some(()) = reopen.recv() => {
+                match log.reopen() {
+                    Ok(()) => info!("events_log reopened"),
+                    Err(e) => warn!("reopening events_log: {e}; still writing to the old file"),
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < 1024 {
             match rx.try_recv() {
@@ -595,10 +617,10 @@ async fn write_events(mut rx: mpsc::Receiver<Arc<Event>>, log: std::fs::File) {
             buf.push(b'\n');
             let _ = writeln!(stderr, "{}", event::human(e));
         }
-        if let Err(e) = log.write_all(&buf).await {
-            warn!("writing events_log: {e}; {} events lost", batch.len());
+        if let Err(e) = tokio::task::block_in_place(|| log.write(&buf)) {
+            warn!("writing events_log: {e}; {} events lost (reported as a drop)", batch.len());
+            sink_drops.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
-        let _ = log.flush().await;
     }
 }
 
@@ -740,6 +762,7 @@ async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::map
     let stages = [(drop_slot::RINGBUF_FULL, "kernel_ringbuf"), (drop_slot::PENDING_FULL, "kernel_pending")];
     let mut seen = [0u64; 2];
     let mut queue_seen = 0u64;
+    let mut sink_seen = 0u64;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -754,6 +777,13 @@ async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::map
                 e.detail = Detail::Drop { count, stage };
                 shared.emit(e);
             }
+        }
+        let lost = shared.sink_drops.load(std::sync::atomic::Ordering::Relaxed);
+        if lost > sink_seen {
+            let mut e = shared.base_event("drop", None);
+            e.detail = Detail::Drop { count: lost - sink_seen, stage: "sink" };
+            sink_seen = lost;
+            shared.emit(e);
         }
         let q = shared.queue_drops.load(std::sync::atomic::Ordering::Relaxed);
         if q > queue_seen {

@@ -1,7 +1,6 @@
 //! Helpers for the integration tests: a real `agent-guard daemon` with a temporary config,
 //! its own cgroup root and log, stopped and cleaned up on drop.
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -239,11 +238,16 @@ impl Daemon {
     }
 
     /// Every event written so far.
+    /// A line the daemon is still writing (no newline yet) is left for the next read.
     pub fn events(&self) -> Vec<Value> {
-        let Ok(f) = std::fs::File::open(&self.log) else { return vec![] };
-        BufReader::new(f)
+        let Ok(text) = std::fs::read_to_string(&self.log) else { return vec![] };
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..i + 1],
+            None => "",
+        };
+        complete
             .lines()
-            .map(|l| serde_json::from_str(&l.unwrap()).expect("every line of the log is JSON"))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("every line of the log is JSON: {e}: {l}")))
             .collect()
     }
 
