@@ -640,14 +640,14 @@ async fn read_ring(
             return;
         }
     };
-    let mut exes: HashMap<u32, String> = HashMap::new();
+    let mut procs: HashMap<u32, crate::hold::Proc> = HashMap::new();
     let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
     let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
         while let Some(item) = ring.next() {
             match event::decode(&item) {
                 Ok(raw) => {
                     let run_cgroup = raw.hdr.run_cgroup;
-                    let e = enrich(&shared, raw, &mut exes, &mut cgroup_paths);
+                    let e = enrich(&shared, raw, &mut procs, &mut cgroup_paths);
                     let held = (e.verdict == "hold").then(|| e.clone());
                     shared.emit(e);
                     if let Some(e) = held {
@@ -682,7 +682,7 @@ async fn read_ring(
 fn enrich(
     shared: &Shared,
     raw: event::Raw,
-    exes: &mut HashMap<u32, String>,
+    procs: &mut HashMap<u32, crate::hold::Proc>,
     cgroup_paths: &mut HashMap<u64, String>,
 ) -> Event {
     let h = raw.hdr;
@@ -706,15 +706,15 @@ fn enrich(
     e.gid = Some(h.gid);
     let comm = h.comm.split(|b| *b == 0).next().unwrap_or_default();
     e.comm = Some(String::from_utf8_lossy(comm).into_owned());
-    if let Detail::Exec { path, .. } = &raw.detail {
-        exes.insert(h.tgid, path.clone());
+    if let Detail::Exec { path, argv, .. } = &raw.detail {
+        procs.insert(h.tgid, crate::hold::Proc { ppid: h.ppid, exe: path.clone(), argv: argv.clone() });
     }
-    e.exe = exes
+    e.exe = procs
         .get(&h.tgid)
-        .cloned()
+        .map(|p| p.exe.clone())
         .or_else(|| std::fs::read_link(format!("/proc/{}/exe", h.tgid)).ok().map(|p| p.display().to_string()));
     if matches!(raw.detail, Detail::Exit { .. }) {
-        exes.remove(&h.tgid);
+        procs.remove(&h.tgid);
     }
     e.cgroup_id = Some(h.cgroup);
     if let (Some(run), true) = (&run, h.cgroup != h.run_cgroup) {
@@ -732,6 +732,10 @@ fn enrich(
     e.detail = raw.detail;
     if h.ruleset != 0 {
         judge_refused_open(shared, h.ruleset, &mut e);
+    }
+    let violation = matches!(e.verdict, "deny" | "kill" | "would_deny" | "hold");
+    if let (true, Some(run)) = (violation, &run) {
+        e.ancestry = Some(crate::hold::lineage(h.tgid, h.ppid, procs, &shared.mount, &run.dir));
     }
     e
 }
@@ -1291,6 +1295,7 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
         ev.tgid = Some(attempt.tgid);
         ev.comm = attempt.comm.clone();
         ev.exe = e.exe.clone();
+        ev.ancestry = e.ancestry.clone();
         const EVIDENCE_EVENTS: usize = 10;
         let recent = shared
             .last_events(&info.id, EVIDENCE_EVENTS)
@@ -1300,7 +1305,6 @@ fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
         ev.detail = Detail::Hold {
             hold: "held",
             held_argv: crate::hold::argv(attempt.tgid),
-            ancestry: crate::hold::ancestry(attempt.tgid, &shared.mount, &info.dir),
             recent_events: recent,
             attempts: vec![attempt],
             freeze_ms: freeze,
@@ -1433,7 +1437,6 @@ fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option
         hold: state,
         attempts: hold.attempts.clone(),
         held_argv: vec![],
-        ancestry: vec![],
         recent_events: vec![],
         freeze_ms: None,
         grant,

@@ -41,8 +41,21 @@ pub struct Event {
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// Violations (deny, kill, would_deny, hold): the process and its ancestors in the run,
+    /// the process first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ancestry: Option<Vec<Ancestor>>,
     #[serde(flatten)]
     pub detail: Detail,
+}
+
+/// One process of a violation's ancestry.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ancestor {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
 }
 
 /// The kind-specific part of an event.
@@ -127,8 +140,6 @@ pub enum Detail {
         attempts: Vec<crate::hold::Attempt>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         held_argv: Vec<String>,
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        ancestry: Vec<String>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         recent_events: Vec<String>,
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,9 @@ use std::{
 use agent_guard_common::{kind, GrantKey};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Detail, Event};
+use std::collections::HashMap;
+
+use crate::event::{Ancestor, Detail, Event};
 
 /// One held access.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,23 +132,43 @@ pub fn argv(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The process and its ancestors up to the first one outside `run_dir` (the launcher), as
-/// `PID COMM ARGV...`, the process first.
-pub fn ancestry(pid: u32, mount: &Path, run_dir: &Path) -> Vec<String> {
+/// What the daemon knows of a process of a run from its exec event.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub ppid: u32,
+    pub exe: String,
+    pub argv: Vec<String>,
+}
+
+/// (exe, argv, ppid) of a live process, from /proc.
+fn from_proc(pid: u32) -> Option<(Option<String>, Vec<String>, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+    let (_, tail) = stat.rsplit_once(')')?;
+    let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
+    Some((exe, argv(pid), ppid))
+}
+
+/// The process `tgid` (parent `ppid`) and its ancestors inside the run (`run_dir`), the
+/// process first, up to the run's first process: from the exec events seen (`procs`), else
+/// from /proc. A forked child that did not exec has its parent's exe and argv.
+pub fn lineage(tgid: u32, ppid: u32, procs: &HashMap<u32, Proc>, mount: &Path, run_dir: &Path) -> Vec<Ancestor> {
+    const DEPTH: usize = 16;
     let mut out = Vec::new();
-    let mut p = pid;
-    for _ in 0..32 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { break };
-        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        let Some((head, tail)) = stat.rsplit_once(')') else { break };
-        let comm = head.split_once('(').map_or("", |(_, c)| c);
-        let ppid: u32 = tail.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-        let inside = in_cgroup(p, mount, run_dir);
-        out.push(format!("{p} {comm}{} {}", if inside { "" } else { " (outside the run)" }, argv(p).join(" ")));
-        if !inside || ppid <= 1 {
+    let (mut pid, mut parent) = (tgid, Some(ppid));
+    for _ in 0..DEPTH {
+        let (exe, argv, up) = match procs.get(&pid) {
+            Some(p) => (Some(p.exe.clone()), p.argv.clone(), p.ppid),
+            None => from_proc(pid).unwrap_or_default(),
+        };
+        out.push(Ancestor { pid, exe, argv });
+        let next = parent.take().unwrap_or(up);
+        let inside = next > 1 && (procs.contains_key(&next) || in_cgroup(next, mount, run_dir));
+        if !inside {
             break;
         }
-        p = ppid;
+        pid = next;
     }
     out
 }

@@ -63,3 +63,95 @@ fn the_log_rotates_by_size_without_losing_a_line_and_reopens_on_sighup() {
     d.wait_for("run_start in the new file", |e| e["kind"] == "run_start" && e["run_name"] == "after");
     assert!(!std::fs::read_to_string(&moved).unwrap().contains("\"after\""));
 }
+
+/// A policy for the probe: the workspace readable, one loopback port reachable, ptrace denied.
+fn probe_policy(name: &str, header: &str, l: &agent_guard_tests::Layout, port: u16) -> String {
+    use agent_guard_tests::{probe, probe_reads, toml_items};
+    format!(
+        "name = \"{name}\"\n{header}\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\"]\n[network]\nconnect = [\"127.0.0.1/32:{port}\"]\n[syscalls]\ndeny = [\"ptrace\"]\n",
+        toml_items(&probe_reads()),
+        l.ws.display(),
+        probe().display()
+    )
+}
+
+#[test]
+fn every_kind_of_event_matches_the_published_schema() {
+    if !privileged("every_kind_of_event_matches_the_published_schema") {
+        return;
+    }
+    use agent_guard_tests::{layout, run_id, s};
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/events.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+    // It bites: an exec without its path, and an unknown verdict, are refused.
+    let bad: Value = serde_json::json!({"ts":"2026-11-22T01:02:03.123456Z","host":"h","kind":"exec","verdict":"allow",
+        "rule":null,"run":null,"run_name":null,"labels":{},"policy":null,"policy_version":null,"argv":[],
+        "argv_truncated":false,"path_truncated":false});
+    assert!(!validator.is_valid(&bad));
+    let mut good = bad.clone();
+    good["path"] = "/usr/bin/true".into();
+    assert!(validator.is_valid(&good));
+    good["verdict"] = "maybe".into();
+    assert!(!validator.is_valid(&good));
+    let d = Daemon::start();
+    let l = layout();
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (port, other) = (open.local_addr().unwrap().port(), closed.local_addr().unwrap().port());
+    let pol = d.write_policy("strict", &probe_policy("strict", "", &l, port));
+    let secret = s(&l.outside.join("secret.txt"));
+    for (name, args) in [
+        ("read-ok", vec!["read".to_string(), s(&l.ws.join("ok.txt"))]),
+        ("read-secret", vec!["read".into(), secret]),
+        ("connect-ok", vec!["connect".into(), format!("127.0.0.1:{port}")]),
+        ("connect-no", vec!["connect".into(), format!("127.0.0.1:{other}")]),
+        ("udp-no", vec!["udp".into(), format!("127.0.0.1:{other}")]),
+        ("raw", vec!["raw".into()]),
+        ("ptrace", vec!["ptrace".into()]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        d.probe_run(&pol, name, &args);
+    }
+    // Monitor mode under a shell: would_deny, with the ancestry inside the run.
+    let watch = d.write_policy("watch", "name = \"watch\"\nmode = \"monitor\"\n");
+    let o = d.run(&["--policy", watch.to_str().unwrap(), "--name", "watched", "--", "sh", "-c", "cat /etc/hostname; true"]);
+    assert!(o.status.success(), "{o:?}");
+    // A held connect, denied; and freeze, thaw, kill of a run.
+    let review = d.write_policy("review", &probe_policy("review", "on_violation = \"freeze\"", &l, port));
+    let probe = agent_guard_tests::probe();
+    let target = format!("127.0.0.1:{other}");
+    let held = d.spawn_run(&["--policy", review.to_str().unwrap(), "--name", "held", "--", probe.to_str().unwrap(), "connect", &target]);
+    d.wait_for("hold", |e| e["kind"] == "hold" && e["run_name"] == "held");
+    assert!(d.cli(&["deny", "held"]).status.success());
+    drop(held);
+    let sleeper = d.spawn_run(&["--name", "sleeper", "--", "sleep", "60"]);
+    d.wait_for("sleeper", |e| e["kind"] == "exec" && e["run_name"] == "sleeper");
+    for action in ["freeze", "thaw", "kill"] {
+        let o = d.cli(&[action, "sleeper"]);
+        assert!(o.status.success(), "{action}: {o:?}");
+    }
+    drop(sleeper);
+    let events = d.wait_for("run_end of sleeper", |e| e["kind"] == "run_end" && e["run_name"] == "sleeper");
+
+    let mut kinds = std::collections::BTreeSet::new();
+    for e in &events {
+        let errors: Vec<String> = validator.iter_errors(e).map(|err| format!("{} at {}", err, err.instance_path)).collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{e:#}");
+        kinds.insert(e["kind"].as_str().unwrap().to_string());
+    }
+    for k in ["exec", "open", "connect", "sendmsg", "syscall", "socket", "exit", "run_start", "run_end", "policy_reload", "hold", "freeze", "thaw", "kill"] {
+        assert!(kinds.contains(k), "no {k} event was checked: {kinds:?}");
+    }
+    // The ancestry of a violation: the process, then its parents inside the run.
+    let cat = events
+        .iter()
+        .find(|e| e["run_name"] == "watched" && e["verdict"] == "would_deny" && e["kind"] == "exec" && e["argv"][0] == "cat")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(cat["ancestry"][0]["argv"][0], "cat", "{cat:#}");
+    assert_eq!(cat["ancestry"][1]["argv"][0], "sh", "{cat:#}");
+    assert_eq!(cat["ancestry"].as_array().unwrap().len(), 2, "the launcher is outside the run: {cat:#}");
+    let _ = run_id(&events, "watched");
+}

@@ -87,7 +87,8 @@ fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
     assert_eq!(h["attempts"][0]["kind"], "connect");
     assert_eq!(h["attempts"][0]["what"], format!("tcp {target}"));
     assert!(h["held_argv"][1] == "connect-retry", "{h:#}");
-    assert!(h["ancestry"].as_array().unwrap().len() >= 2, "the probe and the launcher: {h:#}");
+    assert_eq!(h["ancestry"][0]["pid"], h["tgid"], "the held process first: {h:#}");
+    assert_eq!(h["ancestry"][0]["exe"], s(&probe()), "{h:#}");
     assert!(h["freeze_ms"].as_f64().is_some(), "{h:#}");
     // Stopped in the kernel and frozen with its run.
     let pid = h["tgid"].as_u64().unwrap();
