@@ -241,6 +241,14 @@ fn a_violation_shows_in_the_scrape_and_the_scrape_passes_promtool() {
     let (code, head, _) = http(&addr, "POST", "/metrics");
     assert_eq!(code, 405, "{head}");
     assert_eq!(http(&addr, "HEAD", "/metrics").0, 200);
+    // Garbage is answered (or the connection closed), and the next scrape still works.
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"\x00\xffNOT HTTP AT ALL\r\n\r\n").unwrap();
+    let mut junk = Vec::new();
+    let _ = c.read_to_end(&mut junk);
+    assert!(junk.is_empty() || junk.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&junk));
+    assert_eq!(scrape(&addr).get("agent_guard_violations_total", &violation), Some(1.0));
 
     let Some(promtool) = promtool("a_violation_shows_in_the_scrape_and_the_scrape_passes_promtool") else { return };
     let (ok, out) = run_promtool(&promtool, &["check", "metrics"], &after.text);
