@@ -454,3 +454,36 @@ fn the_alert_rules_pass_promtool() {
     let (ok, out) = run_promtool(&promtool, &["check", "rules", rules.to_str().unwrap()], "");
     assert!(ok && out.contains("SUCCESS"), "{out}");
 }
+
+#[test]
+fn kernel_losses_are_counted_by_stage() {
+    if !privileged("kernel_losses_are_counted_by_stage") {
+        return;
+    }
+    // One page of ring buffer holds a few open events: a burst of 300 opens overflows it.
+    let d = Daemon::start_with("events_ring_bytes = 4096");
+    let addr = metrics_addr(&d);
+    let files: Vec<String> = (0..300)
+        .map(|i| {
+            let p = d.dir.path().join(format!("f{i}"));
+            std::fs::write(&p, "x").unwrap();
+            s(&p)
+        })
+        .collect();
+    let mut args = vec!["--name", "burst", "--", "cat"];
+    args.extend(files.iter().map(String::as_str));
+    let o = d.run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    d.wait_for("a kernel_ringbuf drop report", |e| e["kind"] == "drop" && e["stage"] == "kernel_ringbuf");
+    // Reports come once a second: wait until the scrape and the log agree on every stage.
+    let logged = |stage: &str| -> f64 {
+        d.events().iter().filter(|e| e["kind"] == "drop" && e["stage"] == stage).map(|e| e["count"].as_u64().unwrap() as f64).sum()
+    };
+    let sc = wait_scrape(&d, &addr, "drop counts as logged", |sc| {
+        ["kernel_ringbuf", "kernel_pending", "userspace_queue"]
+            .iter()
+            .all(|st| sc.val("agent_guard_events_dropped_total", &[("stage", st)]) == logged(st))
+    });
+    assert!(sc.val("agent_guard_events_dropped_total", &[("stage", "kernel_ringbuf")]) > 0.0, "{}", sc.ours());
+    assert!(sc.val("agent_guard_events_total", &[("kind", "drop")]) >= 1.0, "{}", sc.ours());
+}
