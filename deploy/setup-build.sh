@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs what building agent-guard needs, and nothing more. Idempotent: when everything is
-# already there it only checks and returns within a second or two.
+# Installs what building agent-guard needs, and nothing more (with --test, also what its tests
+# use). Idempotent: when everything is already there it only checks and returns within a
+# second or two.
 #
 #   - Debian packages: LLVM 22 dev files (bpf-linker links against the LLVM that rustc uses),
 #     and the libraries bpf-linker's build needs;
 #   - the nightly toolchain with rust-src (the eBPF crate is built with -Z build-std=core);
-#   - bpf-linker 0.13.0 built against LLVM 22.
+#   - bpf-linker 0.13.0 built against LLVM 22;
+#   - with --test: promtool (the metrics tests check a live scrape and deploy/prometheus-alerts.yml
+#     with it).
 #
 # Runs as root (apt). Set AG_SETUP_QUIET=1 to silence the "already there" lines.
 set -euo pipefail
@@ -17,6 +20,14 @@ APT_PACKAGES=(llvm-${LLVM_VERSION}-dev libpolly-${LLVM_VERSION}-dev libzstd-dev 
 
 say() { [ "${AG_SETUP_QUIET:-0}" = 1 ] || echo "setup-build: $*" >&2; }
 die() { echo "setup-build: error: $*" >&2; exit 1; }
+
+TEST_TOOLS=0
+for arg in "$@"; do
+    case "$arg" in
+        --test) TEST_TOOLS=1 ;;
+        *) die "unknown argument $arg (usage: setup-build.sh [--test])" ;;
+    esac
+done
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v rustup >/dev/null || die "rustup is not installed; install it from https://rustup.rs first"
@@ -59,4 +70,23 @@ else
         RUSTFLAGS="-L /usr/lib/llvm-${LLVM_VERSION}/lib" \
         cargo +stable install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
             --no-default-features --features llvm-${LLVM_VERSION} --force
+fi
+
+# 4. With --test: promtool, from Debian's prometheus package. Only that binary (statically
+#    linked) is taken: installing the package would also start a Prometheus server and pull
+#    in its web assets, none of which the tests need.
+if [ "$TEST_TOOLS" = 1 ]; then
+    if command -v promtool >/dev/null; then
+        say "promtool present"
+    else
+        [ "$(id -u)" = 0 ] || die "need root to install promtool into /usr/local/bin"
+        say "installing promtool from Debian's prometheus package"
+        tmp=$(mktemp -d)
+        trap 'rm -rf "$tmp"' EXIT
+        get() { (cd "$tmp" && apt-get download -o APT::Sandbox::User=root prometheus >/dev/null); }
+        get || { apt-get update >/dev/null && get; } || die "cannot download Debian's prometheus package (for promtool)"
+        dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
+        install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
+        promtool --version >/dev/null || die "promtool does not run"
+    fi
 fi

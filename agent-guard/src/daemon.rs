@@ -38,6 +38,8 @@ use crate::{
 const QUEUE: usize = 65536;
 /// How long a finished run's metadata is kept for events still in the ring buffer.
 const RUN_LINGER: Duration = Duration::from_secs(30);
+/// The enforcement backend this build runs (`agent_guard_backend_info`).
+const BACKEND: &str = "tracepoint";
 
 #[derive(Debug, Clone)]
 struct RunInfo {
@@ -130,6 +132,8 @@ struct Shared {
     next_hold: std::sync::atomic::AtomicU64,
     /// Incident response: recent events, followers, control access.
     ctl: incident::Control,
+    /// Prometheus counters, fed by `emit` (see `metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -170,6 +174,7 @@ impl Shared {
     }
 
     fn emit(&self, e: Event) {
+        self.metrics.observe(&e);
         let e = Arc::new(e);
         if self.tx.try_send(e.clone()).is_err() {
             self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -232,6 +237,10 @@ async fn serve(cfg: Config) -> Result<()> {
     let pins = ebpf::Pins::new(&cfg.bpffs_dir, kcfg.root_id, cfg.events_ring_bytes);
     // Before anything pinned is looked at: a second daemon with this config stops here.
     let _lock = crate::state::Lock::take(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics_listen {}", cfg.metrics_listen))?;
+    let metrics = Arc::new(crate::metrics::Metrics::new(BACKEND).context("setting up the metrics")?);
     let foreign = ebpf::foreign_state(&cfg.bpffs_dir, pins.dir(), kcfg.root_id)
         .with_context(|| format!("reading bpffs_dir {}", cfg.bpffs_dir.display()))?;
     if !foreign.is_empty() {
@@ -317,6 +326,7 @@ async fn serve(cfg: Config) -> Result<()> {
         hold_timeout: cfg.hold_timeout,
         next_hold: Default::default(),
         ctl: incident::Control::new(&cfg, control_gid),
+        metrics: metrics.clone(),
     });
 
     let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone()));
@@ -328,6 +338,10 @@ async fn serve(cfg: Config) -> Result<()> {
     tokio::spawn(read_ring(shared.clone(), events, after_ring_rx));
     tokio::spawn(watch_drops(shared.clone(), drops));
     tokio::spawn(accept(shared.clone(), listener));
+    let metrics_addr = metrics_listener.local_addr()?;
+    let weak = Arc::downgrade(&shared);
+    tokio::spawn(crate::metrics::serve(metrics_listener, metrics, move || weak.upgrade().map(|s| metrics_snapshot(&s))));
+    info!("metrics on http://{metrics_addr}/metrics");
     info!(
         "ready in {} ms: managed cgroup root {}, events to {}, control socket {}",
         started.elapsed().as_millis(),
@@ -579,6 +593,13 @@ pub fn uninstall(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// What a scrape reports of the daemon's state.
+fn metrics_snapshot(shared: &Shared) -> crate::metrics::Snapshot {
+    let runs_active = shared.runs.lock().expect("runs lock").by_cgroup.values().filter(|r| r.ended.is_none()).count();
+    let policies = shared.policies.lock().expect("policies lock").list().into_iter().map(|p| (p.name, p.version)).collect();
+    crate::metrics::Snapshot { runs_active, policies }
+}
+
 /// Writes the events to the log (and a human line each to stderr, which journald keeps
 /// under systemd). A batch that cannot be written is counted in `sink_drops` and reported
 /// as a `drop` event (stage `sink`) by watch_drops once writing works again.
@@ -795,6 +816,7 @@ async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::map
             e.detail = Detail::Drop { count: q - queue_seen, stage: "userspace_queue" };
             queue_seen = q;
             // Reported through the queue once it has room again: never silently.
+            shared.metrics.observe(&e);
             let e = Arc::new(e);
             if shared.tx.send(e.clone()).await.is_err() {
                 return;

@@ -15,6 +15,7 @@ pub mod event;
 pub mod hold;
 pub mod feed;
 pub mod landlock;
+pub mod metrics;
 pub mod policies;
 pub mod policy;
 pub mod respond;

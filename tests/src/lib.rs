@@ -88,11 +88,13 @@ impl Daemon {
         } else {
             format!("policy_dir = \"{}/policies\"\n", dir.path().display())
         };
+        // Port 0: daemons of tests running side by side each get a port of their own.
+        let metrics = if extra.contains("metrics_listen") { "" } else { "metrics_listen = \"127.0.0.1:0\"\n" };
         std::fs::write(
             &config,
             format!(
                 "control_socket = \"{d}/control.sock\"\nevents_log = \"{l}\"\ncgroup_root = \"{name}\"\n\
-                 bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\n{policy_dir}{extra}\n",
+                 bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\n{policy_dir}{metrics}{extra}\n",
                 d = dir.path().display(),
                 l = log.display()
             ),

@@ -50,16 +50,20 @@ fn run(mut c: Command) -> Result<()> {
     Ok(())
 }
 
-fn setup() -> Result<()> {
+/// deploy/setup-build.sh; `test`: also the tools the tests use (promtool).
+fn setup(test: bool) -> Result<()> {
     let mut c = Command::new(root().join("deploy/setup-build.sh"));
     c.env("AG_SETUP_QUIET", "1");
+    if test {
+        c.arg("--test");
+    }
     run(c)
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Test { args } => {
-            setup()?;
+            setup(true)?;
             let mut build = cargo();
             build.args(["build", "--package", "agent-guard"]);
             run(build)?;
@@ -68,7 +72,7 @@ fn main() -> Result<()> {
             run(test)
         }
         Cmd::Daemon { config } => {
-            setup()?;
+            setup(false)?;
             let mut build = cargo();
             build.args(["build", "--release", "--package", "agent-guard"]);
             run(build)?;

@@ -430,6 +430,7 @@ pub(super) async fn stream_events<R, W>(
                             }
                         }
                         Err(Some(missed)) => {
+                            shared.metrics.dropped("follower", missed);
                             let mut e = shared.base_event("drop", None);
                             e.detail = Detail::Drop { count: missed, stage: "follower" };
                             line(&e, json, &mut buf);
