@@ -126,6 +126,8 @@ fn every_kind_of_event_matches_the_published_schema() {
     let held = d.spawn_run(&["--policy", review.to_str().unwrap(), "--name", "held", "--", probe.to_str().unwrap(), "connect", &target]);
     d.wait_for("hold", |e| e["kind"] == "hold" && e["run_name"] == "held");
     assert!(d.cli(&["deny", "held"]).status.success());
+    // The launcher cleans up after its command before the guard goes.
+    d.wait_for("run_end of held", |e| e["kind"] == "run_end" && e["run_name"] == "held");
     drop(held);
     let sleeper = d.spawn_run(&["--name", "sleeper", "--", "sleep", "60"]);
     d.wait_for("sleeper", |e| e["kind"] == "exec" && e["run_name"] == "sleeper");
