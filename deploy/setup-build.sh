@@ -13,7 +13,7 @@ set -euo pipefail
 LLVM_VERSION=22
 BPF_LINKER_VERSION=0.13.0
 NIGHTLY=nightly
-APT_PACKAGES=(llvm-${LLVM_VERSION}-dev libpolly-${LLVM_VERSION}-dev libzstd-dev zlib1g-dev pkg-config)
+APT_PACKAGES=("llvm-${LLVM_VERSION}-dev" "libpolly-${LLVM_VERSION}-dev" libzstd-dev zlib1g-dev pkg-config)
 
 say() { [ "${AG_SETUP_QUIET:-0}" = 1 ] || echo "setup-build: $*" >&2; }
 die() { echo "setup-build: error: $*" >&2; exit 1; }

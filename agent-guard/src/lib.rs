@@ -19,4 +19,5 @@ pub mod policies;
 pub mod policy;
 pub mod respond;
 pub mod run;
+pub mod notify;
 pub mod state;
