@@ -136,7 +136,7 @@ write_manifest() {
 # The pid of the daemon answering on the installed config's socket, if any.
 daemon_pid() {
     [ -x "$DESTDIR$BIN" ] || return 0
-    "$DESTDIR$BIN" --config "$CONFIG" status 2>/dev/null | sed -n 's/.* daemon running, pid \([0-9]*\),.*/\1/p'
+    { "$DESTDIR$BIN" --config "$CONFIG" status 2>/dev/null || true; } | sed -n 's/.* daemon running, pid \([0-9]*\),.*/\1/p'
 }
 
 # Stops a daemon this script started directly (pid file), and waits for it to exit.
@@ -170,7 +170,7 @@ wait_ready() {
 }
 
 install_all() {
-    local src
+    local src out
     if [ "$build" = 1 ]; then
         say "building (deploy/setup-build.sh, then cargo build --release -p agent-guard)"
         AG_SETUP_QUIET=1 "$ROOT/deploy/setup-build.sh"
@@ -197,7 +197,7 @@ install_all() {
     put_conffile "$ROOT/deploy/config.toml" "$CONFIG"
     mkdir -p "$DESTDIR$ETC/policies.d"
     for p in "$ROOT"/deploy/policies/*.toml; do
-        "$src" policy check "$p" >/dev/null || die "$p does not pass agent-guard policy check"
+        out="$("$src" policy check "$p" 2>&1)" || die "$p does not pass agent-guard policy check: $out"
         put_conffile "$p" "$ETC/policies.d/$(basename "$p")"
     done
     mkdir -p "$DESTDIR$LOGDIR"
@@ -282,7 +282,7 @@ uninstall_all() {
             [ -z "$running" ] || die "a daemon still answers for $CONFIG (pid $running), not started by this script: stop it first"
             say "removing pinned kernel state ($BIN daemon --uninstall)"
             "$BIN" --config "$CONFIG" daemon --uninstall || die "$BIN daemon --uninstall failed (see above); nothing else was removed"
-        else
+        elif [ -f "$MANIFEST" ]; then
             say "$BIN is gone: cannot remove pinned state under /sys/fs/bpf (agent-guard daemon --uninstall does)"
         fi
     fi
@@ -312,7 +312,7 @@ uninstall_all() {
         fi
     done
     if [ "$purge" = 1 ]; then
-        rm -rf "${DESTDIR:?}$ETC" "${DESTDIR:?}$LOGDIR"
+        rm -rf -- "$DESTDIR$ETC" "$DESTDIR$LOGDIR"
         say "purged $ETC and $LOGDIR"
     fi
     rm -f "$DESTDIR$MANIFEST"

@@ -511,3 +511,103 @@ fn shell_scripts_pass_shellcheck() {
         .unwrap();
     assert!(o.status.success(), "{}", stdout(&o));
 }
+
+// ---- a real install, without DESTDIR, in a private mount namespace -------------------------
+
+/// Inside `unshare --mount`: /etc, /usr/local, /var and /run are overlays whose changes land in
+/// the test's directory, and /run/systemd is hidden (so install.sh takes the no-systemd path
+/// and never talks to a host's systemd). Runs install.sh for real: group, direct start,
+/// reinstall, uninstall.
+const REAL_INSTALL: &str = r#"
+set -euo pipefail
+T="$1" BIN="$2" REPO="$3" NAME="$4"
+for d in etc usr/local var run; do
+    mkdir -p "$T/upper/$d" "$T/work/$d"
+    mount -t overlay overlay -o "lowerdir=/$d,upperdir=$T/upper/$d,workdir=$T/work/$d" "/$d"
+done
+if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi
+getent group agent-guard >/dev/null && groupdel agent-guard   # only in the overlay
+rm -rf /etc/agent-guard /usr/local/bin/agent-guard /var/lib/agent-guard /run/agent-guard /var/log/agent-guard
+mkdir -p /etc/agent-guard
+cat > /etc/agent-guard/config.toml <<TOML
+cgroup_root = "$NAME"
+bpffs_dir = "/sys/fs/bpf/$NAME"
+TOML
+AG="/usr/local/bin/agent-guard --config /etc/agent-guard/config.toml"
+
+"$REPO/deploy/install.sh" --binary "$BIN" 2>&1 | tee "$T/install1.log"
+grep -q "created group agent-guard" "$T/install1.log"
+grep -q "systemd is not running here" "$T/install1.log"
+grep -q "daemon running (pid" "$T/install1.log"
+getent group agent-guard >/dev/null
+pid1="$(cat /run/agent-guard/daemon.pid)"
+$AG status
+[ "$(stat -c %G /run/agent-guard/control.sock)" = agent-guard ]
+$AG policy list | grep -q support-agent
+$AG run --name smoke -- /bin/true
+grep -q "kept /etc/agent-guard/config.toml" "$T/install1.log"
+[ -x /usr/local/bin/agent-guard ] && [ -f /etc/systemd/system/agent-guard.service ]
+
+# Again (an upgrade): the daemon it started is replaced, and the new one answers.
+"$REPO/deploy/install.sh" --binary "$BIN" 2>&1 | tee "$T/install2.log"
+grep -q "stopping the daemon started by install.sh (pid $pid1)" "$T/install2.log"
+grep -q "group agent-guard exists" "$T/install2.log"
+pid2="$(cat /run/agent-guard/daemon.pid)"
+[ "$pid2" != "$pid1" ] && [ ! -d "/proc/$pid1" ]
+$AG status
+
+"$REPO/deploy/install.sh" --uninstall 2>&1 | tee "$T/uninstall.log"
+grep -q "removing pinned kernel state" "$T/uninstall.log"
+grep -q "removed group agent-guard" "$T/uninstall.log"
+grep -q "kept (modified locally; --purge removes them): /etc/agent-guard/config.toml" "$T/uninstall.log"
+[ ! -d "/proc/$pid2" ]
+! getent group agent-guard >/dev/null
+[ ! -e /usr/local/bin/agent-guard ] && [ ! -e /etc/systemd/system/agent-guard.service ]
+[ ! -e /etc/agent-guard/policies.d ] && [ ! -e /var/lib/agent-guard/install-manifest ]
+[ ! -e "/sys/fs/bpf/$NAME" ]
+"$REPO/deploy/install.sh" --uninstall --purge
+[ ! -e /etc/agent-guard ]
+echo "REAL INSTALL OK"
+"#;
+
+#[test]
+fn install_sh_for_real_without_systemd_starts_the_daemon_and_uninstalls() {
+    let test = "install_sh_for_real_without_systemd_starts_the_daemon_and_uninstalls";
+    if !privileged(test) || !have("unshare", test) {
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("ag-install-").tempdir().unwrap();
+    let t = tmp.path();
+    let name = format!("agent-guard-install-{}", std::process::id());
+    let script = t.join("real-install.sh");
+    std::fs::write(&script, REAL_INSTALL).unwrap();
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash"])
+        .arg(&script)
+        .arg(t)
+        .arg(binary())
+        .arg(repo())
+        .arg(&name)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // Whatever happened, nothing stays: a daemon it left is ours to stop (by the pid file in
+    // the overlay's upper layer), then its pins and cgroup root go.
+    if let Ok(pid) = std::fs::read_to_string(t.join("upper/run/agent-guard/daemon.pid")) {
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("agent-guard") {
+                // SAFETY: kill(2) on the daemon this test's install.sh started.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
+    let pins = PathBuf::from(format!("/sys/fs/bpf/{name}"));
+    if pins.exists() {
+        let _ = std::fs::remove_dir_all(&pins);
+    }
+    let _ = std::fs::remove_dir(cgroup2_mount().join(&name));
+    let log = format!("stdout:\n{}\nstderr:\n{}", stdout(&o), stderr(&o));
+    assert!(o.status.success() && stdout(&o).contains("REAL INSTALL OK"), "{log}");
+}
