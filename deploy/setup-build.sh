@@ -7,7 +7,7 @@
 #     and the libraries bpf-linker's build needs;
 #   - the nightly toolchain with rust-src (the eBPF crate is built with -Z build-std=core);
 #   - bpf-linker 0.13.0 built against LLVM 22;
-#   - with --test: promtool (the metrics tests check a live scrape and deploy/prometheus-alerts.yml
+#   - with --test: shellcheck, and promtool (the metrics tests check a live scrape and deploy/prometheus-alerts.yml
 #     with it).
 #
 # Runs as root (apt). Set AG_SETUP_QUIET=1 to silence the "already there" lines.
@@ -16,7 +16,7 @@ set -euo pipefail
 LLVM_VERSION=22
 BPF_LINKER_VERSION=0.13.0
 NIGHTLY=nightly
-APT_PACKAGES=(llvm-${LLVM_VERSION}-dev libpolly-${LLVM_VERSION}-dev libzstd-dev zlib1g-dev pkg-config)
+APT_PACKAGES=("llvm-${LLVM_VERSION}-dev" "libpolly-${LLVM_VERSION}-dev" libzstd-dev zlib1g-dev pkg-config)
 
 say() { [ "${AG_SETUP_QUIET:-0}" = 1 ] || echo "setup-build: $*" >&2; }
 die() { echo "setup-build: error: $*" >&2; exit 1; }
@@ -88,5 +88,15 @@ if [ "$TEST_TOOLS" = 1 ]; then
         dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$tmp" ./usr/bin/promtool
         install -m 0755 "$tmp/usr/bin/promtool" /usr/local/bin/promtool
         promtool --version >/dev/null || die "promtool does not run"
+    fi
+    # The install tests lint deploy/*.sh and the maintainer scripts with shellcheck.
+    if command -v shellcheck >/dev/null; then
+        say "shellcheck present"
+    else
+        [ "$(id -u)" = 0 ] || die "need root to install shellcheck"
+        say "installing shellcheck"
+        apt-get install -y --no-install-recommends shellcheck >/dev/null \
+            || { apt-get update >/dev/null && apt-get install -y --no-install-recommends shellcheck >/dev/null; } \
+            || die "cannot install shellcheck"
     fi
 fi

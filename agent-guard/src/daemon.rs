@@ -349,6 +349,7 @@ async fn serve(cfg: Config) -> Result<()> {
         cfg.events_log.display(),
         cfg.control_socket.display()
     );
+    let notify = crate::notify::ready(&format!("serving; managed cgroup root {}", root.display()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -364,6 +365,7 @@ async fn serve(cfg: Config) -> Result<()> {
             }
         }
     }
+    crate::notify::stopping(&notify);
     let _ = std::fs::remove_file(&cfg.control_socket);
     // Enforcement outlives the daemon while anything is under it; with nothing left, the
     // programs are detached so an idle host does not pay for them. `stopping` is set under the

@@ -20,5 +20,6 @@ pub mod policies;
 pub mod policy;
 pub mod respond;
 pub mod run;
+pub mod notify;
 pub mod sink;
 pub mod state;

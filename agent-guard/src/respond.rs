@@ -154,6 +154,8 @@ fn wait_for(dir: &Path, key: &str, want: bool, deadline: Instant, what: &'static
             Ok(t) => t,
             // Emptied and removed already (the run's launcher cleans up when its command dies).
             Err(e) if e.kind() == io::ErrorKind::NotFound && key == "populated" && !want => return Ok(()),
+            // Thawed, ran to its end and removed already: not frozen, which is what was asked.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && key == "frozen" && !want => return Ok(()),
             Err(e) => return Err(io_err("reading", &events)(e)),
         };
         if event_flag(&text, key) == Some(want) {

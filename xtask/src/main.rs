@@ -1,6 +1,6 @@
-//! Chores: `cargo xtask test` (everything CI runs) and `cargo xtask daemon` (build and start
-//! the daemon in the foreground). Both first run deploy/setup-build.sh, so a fresh machine
-//! needs nothing installed by hand beyond rustup.
+//! Chores: `cargo xtask test` (everything CI runs), `cargo xtask daemon` (build and start
+//! the daemon in the foreground) and `cargo xtask deb` (the Debian package). Each first runs
+//! deploy/setup-build.sh, so a fresh machine needs nothing installed by hand beyond rustup.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -30,6 +30,9 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Build the Debian package (target/debian/agent-guard_VERSION-1_amd64.deb): installs the
+    /// build prerequisites and cargo-deb if missing, then `cargo deb -p agent-guard`
+    Deb,
 }
 
 fn root() -> PathBuf {
@@ -82,6 +85,18 @@ fn main() -> Result<()> {
             }
             d.arg("daemon");
             run(d)
+        }
+        Cmd::Deb => {
+            setup(false)?;
+            let have = cargo().args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());
+            if !have {
+                let mut install = cargo();
+                install.args(["install", "--locked", "cargo-deb", "--version", "^3"]);
+                run(install)?;
+            }
+            let mut deb = cargo();
+            deb.args(["deb", "--package", "agent-guard"]);
+            run(deb)
         }
     }
 }
