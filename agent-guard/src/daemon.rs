@@ -264,8 +264,20 @@ async fn serve(cfg: Config) -> Result<()> {
     if !adopting {
         state.clear().with_context(|| format!("clearing state_dir {}", cfg.state_dir.display()))?;
     }
-    let loaded = ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins)
-        .context("loading the kernel programs")?;
+    let loaded = match ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins) {
+        Ok(l) => l,
+        Err(e) => {
+            // A fresh start that failed half-way must not leave programs attached with no
+            // daemon (nor be "adopted" next time). Adopted state stays: it is enforcing runs.
+            if !adopting {
+                if let Err(rm) = ebpf::remove_state(pins.dir()) {
+                    warn!("removing the half-loaded state {}: {rm}", pins.dir().display());
+                }
+                let _ = std::fs::remove_dir(&cfg.bpffs_dir);
+            }
+            return Err(anyhow::Error::new(e).context("loading the kernel programs"));
+        }
+    };
     let ebpf::Loaded {
         ebpf: programs,
         runs,

@@ -214,3 +214,4 @@ fn a_stop_with_live_runs_keeps_enforcing_and_uninstall_removes_everything() {
     }
     assert!(!dir.exists(), "the launcher removes its run cgroup");
 }
+
