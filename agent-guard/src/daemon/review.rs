@@ -1,0 +1,253 @@
+//! Hold for review in the daemon: a `hold` verdict from the kernel freezes the run and
+//! records the evidence; `approve`, `deny` or the timeout answers it (see `crate::hold` for
+//! what does not need the daemon's state).
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+use super::{RunInfo, Shared};
+use crate::event::{self, Detail, Event};
+
+#[derive(Debug, Clone)]
+pub(super) struct Hold {
+    pub(super) id: u64,
+    pub(super) since: Instant,
+    pub(super) attempts: Vec<crate::hold::Attempt>,
+    /// The run is frozen: only then can the hold be answered (an answer that thawed before
+    /// the freeze landed would leave the run frozen with nobody waiting).
+    pub(super) ready: bool,
+}
+
+impl Hold {
+    /// What the run waits for, as `ps` shows it.
+    pub(super) fn summary(&self) -> String {
+        let what: Vec<String> = self
+            .attempts
+            .iter()
+            .map(|a| {
+                format!("{} {} by pid {} ({}), rule {}", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?"), a.rule.as_deref().unwrap_or("-"))
+            })
+            .collect();
+        format!("{}; held {} s", what.join("; "), self.since.elapsed().as_secs())
+    }
+}
+
+/// What a run leaves behind in the kernel when it ends: its grants.
+pub(super) fn forget_run(shared: &Shared, run_cgroup: u64) {
+    let mut grants = shared.grants.lock().expect("grants lock");
+    let keys: Vec<_> = grants.keys().flatten().filter(|k| k.run == run_cgroup).collect();
+    for k in keys {
+        let _ = grants.remove(&k);
+    }
+}
+
+/// A `hold` verdict from the kernel: the process is stopped (SIGSTOP); freeze its whole run,
+/// record the evidence and wait for an answer (or the timeout).
+pub(super) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
+    let Some(attempt) = crate::hold::attempt(&e, run_cgroup) else { return };
+    let (info, new_hold) = {
+        let mut runs = shared.runs.lock().expect("runs lock");
+        let Some(info) = runs.by_cgroup.get_mut(&run_cgroup) else {
+            warn!("hold for an unknown run (cgroup {run_cgroup}): process {} stays stopped until a responder acts", attempt.tgid);
+            return;
+        };
+        let r = match &mut info.hold {
+            Some(h) => {
+                h.attempts.push(attempt.clone());
+                (info.clone(), None)
+            }
+            None => {
+                let id = shared.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                info.hold = Some(Hold { id, since: Instant::now(), attempts: vec![attempt.clone()], ready: false });
+                (info.clone(), Some(id))
+            }
+        };
+        save_hold(shared, info);
+        r
+    };
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let freeze = match new_hold {
+            Some(_) => match crate::hold::set_frozen(&info.dir, true, Duration::from_secs(10)) {
+                Ok(t) => Some(t.as_secs_f64() * 1000.0),
+                Err(err) => {
+                    warn!("hold of {}: freezing {}: {err}", info.id, info.dir.display());
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(id) = new_hold {
+            let mut runs = shared.runs.lock().expect("runs lock");
+            if let Some(h) = runs.by_cgroup.get_mut(&run_cgroup).and_then(|r| r.hold.as_mut()).filter(|h| h.id == id) {
+                h.ready = true;
+            }
+        }
+        let mut ev = shared.base_event("hold", Some(&info));
+        ev.verdict = "hold";
+        ev.rule = attempt.rule.clone();
+        ev.pid = Some(attempt.pid);
+        ev.tgid = Some(attempt.tgid);
+        ev.comm = attempt.comm.clone();
+        ev.exe = e.exe.clone();
+        ev.ancestry = e.ancestry.clone();
+        const EVIDENCE_EVENTS: usize = 10;
+        let recent = shared
+            .last_events(&info.id, EVIDENCE_EVENTS)
+            .iter()
+            .map(|e| event::human(e))
+            .collect();
+        ev.detail = Detail::Hold {
+            hold: "held",
+            held_argv: crate::hold::argv(attempt.tgid),
+            recent_events: recent,
+            attempts: vec![attempt],
+            freeze_ms: freeze,
+            grant: None,
+            held_ms: None,
+            requested_by_uid: None,
+            requested_by_pid: None,
+        };
+        info!("run {} held for review: {}", info.id, event::human(&ev));
+        shared.emit(ev);
+        if let Some(id) = new_hold {
+            arm_hold_timeout(&tokio::runtime::Handle::current(), shared, info.id.clone(), id);
+        }
+    });
+}
+
+/// Records a run's hold (or its end) in its run record, so a restarted daemon still knows
+/// what the run waits for. Bound cgroups have no record: their holds do not survive a restart.
+pub(super) fn save_hold(shared: &Shared, info: &RunInfo) {
+    if info.id.starts_with("b-") {
+        return;
+    }
+    if let Err(e) = shared.state.save_run(&info.record()) {
+        warn!("recording the hold of run {}: {e} (a restarted daemon would not know it)", info.id);
+    }
+}
+
+/// Denies hold `id` of `run` once hold_timeout has passed without an answer.
+pub(super) fn arm_hold_timeout(rt: &tokio::runtime::Handle, shared: Arc<Shared>, run: String, id: u64) {
+    let timeout = shared.hold_timeout;
+    rt.spawn(async move {
+        tokio::time::sleep(timeout).await;
+        let _ = tokio::task::spawn_blocking(move || answer(&shared, &run, Some(id), Answer::Timeout, None)).await;
+    });
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Answer {
+    Approve { for_run: bool },
+    Deny { kill: bool },
+    Timeout,
+}
+
+/// Answers the hold of `run` (a run id or name): approve (grant the held accesses, once or
+/// for the rest of the run, and let the processes go on) or deny (the held opens and execs
+/// end with their process, refused network operations stay refused; `kill` ends the run),
+/// then thaws the run. `only`: answer only this hold (the timeout of an earlier hold must
+/// not answer a later one).
+pub(super) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option<(u32, u32)>) -> Result<String, String> {
+    use nix::sys::signal::Signal;
+    let (info, hold) = {
+        let mut runs = shared.runs.lock().expect("runs lock");
+        let matches: Vec<u64> = runs
+            .by_cgroup
+            .iter()
+            .filter(|(_, r)| r.ended.is_none() && (r.id == run || r.name.as_deref() == Some(run)))
+            .map(|(id, _)| *id)
+            .collect();
+        let id = match matches.as_slice() {
+            [id] => *id,
+            [] => return Err(format!("no active run {run:?}")),
+            _ => return Err(format!("{run:?} names {} runs; give the run id", matches.len())),
+        };
+        let info = runs.by_cgroup.get_mut(&id).expect("found");
+        match (&info.hold, only) {
+            (None, _) => return Err(format!("run {} is not held", info.id)),
+            (Some(h), Some(only)) if h.id != only => return Err("answered already".into()),
+            (Some(h), None) if !h.ready => {
+                return Err(format!("run {} is being frozen for its hold; answer again in a moment", info.id))
+            }
+            _ => {}
+        }
+        let hold = info.hold.take().expect("held");
+        save_hold(shared, info);
+        (info.clone(), hold)
+    };
+    let mount = &shared.mount;
+    let mut notes = Vec::new();
+    match how {
+        Answer::Approve { for_run } => {
+            let flags = if for_run { agent_guard_common::grant::RUN } else { agent_guard_common::grant::ONCE };
+            let mut grants = shared.grants.lock().expect("grants lock");
+            for a in &hold.attempts {
+                // A held open or exec has happened: approving once is letting it go on.
+                if let (Some(key), true) = (&a.grant, for_run || !a.happened) {
+                    if let Err(e) = grants.insert(key, flags, 0) {
+                        notes.push(format!("grant for {} not recorded: {e}", a.what));
+                    }
+                }
+            }
+        }
+        Answer::Deny { .. } | Answer::Timeout => {
+            for a in hold.attempts.iter().filter(|a| a.happened) {
+                if crate::hold::signal_in(a.tgid, Signal::SIGKILL, mount, &info.dir) {
+                    notes.push(format!("process {} killed ({} was already open or loaded)", a.tgid, a.what));
+                }
+            }
+        }
+    }
+    if let Answer::Deny { kill: true } = how {
+        if let Err(e) = std::fs::write(info.dir.join("cgroup.kill"), "1") {
+            notes.push(format!("cgroup.kill: {e}"));
+        }
+    }
+    {
+        // Let go in the kernel first: a held process that runs is otherwise killed.
+        let mut held = shared.held.lock().expect("held lock");
+        for a in &hold.attempts {
+            let _ = held.remove(&a.tgid);
+        }
+    }
+    for a in &hold.attempts {
+        crate::hold::signal_in(a.tgid, Signal::SIGCONT, mount, &info.dir);
+    }
+    if info.frozen_by_responder {
+        notes.push("the run stays frozen: a responder froze it (`agent-guard thaw` lets it go on)".into());
+    } else if let Err(e) = crate::hold::set_frozen(&info.dir, false, Duration::from_secs(10)) {
+        if info.dir.exists() {
+            notes.push(format!("thawing: {e}"));
+        }
+    }
+    let (state, grant) = match how {
+        Answer::Approve { for_run } => ("approved", Some(if for_run { "run" } else { "once" })),
+        Answer::Deny { .. } => ("denied", None),
+        Answer::Timeout => ("timeout", None),
+    };
+    let mut ev = shared.base_event("hold", Some(&info));
+    ev.verdict = if state == "approved" { "allow" } else { "deny" };
+    ev.detail = Detail::Hold {
+        hold: state,
+        attempts: hold.attempts.clone(),
+        held_argv: vec![],
+        recent_events: vec![],
+        freeze_ms: None,
+        grant,
+        held_ms: Some(hold.since.elapsed().as_millis() as u64),
+        requested_by_uid: by.map(|b| b.0),
+        requested_by_pid: by.map(|b| b.1),
+    };
+    info!("run {} hold {state}{}", info.id, if notes.is_empty() { String::new() } else { format!(": {}", notes.join("; ")) });
+    shared.emit(ev);
+    let what: Vec<String> = hold.attempts.iter().map(|a| format!("{} {}", a.kind, a.what)).collect();
+    let mut text = format!("run {} {state} after {} ms: {}", info.id, hold.since.elapsed().as_millis(), what.join("; "));
+    for n in notes {
+        text.push_str(&format!("\n  {n}"));
+    }
+    Ok(text)
+}
