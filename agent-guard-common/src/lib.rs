@@ -342,6 +342,9 @@ pub struct ExecEvent {
     pub path_len: u32,
     pub argv_len: u32,
     pub _pad: u64,
+    /// The executable's device and inode (see `GrantKey`), for approving a held exec; zero
+    /// for runs without a policy.
+    pub file_id: [u8; 16],
     pub path: [u8; PATH_MAX],
     pub argv: [u8; ARGV_MAX],
 }
@@ -356,6 +359,9 @@ pub struct OpenEvent {
     pub result: i32,
     pub path_len: u32,
     pub _pad: u32,
+    /// The opened file's device and inode (see `GrantKey`), for approving a held open; zero
+    /// for runs without a policy or a failed open.
+    pub file_id: [u8; 16],
     pub path: [u8; PATH_MAX],
 }
 
@@ -439,8 +445,8 @@ mod tests {
         assert_eq!(size_of::<FileNodeKey>(), 8 + NAME_BYTES);
         assert_eq!(size_of::<NetKey>(), 20);
         assert_eq!(size_of::<NetRule>(), 8 + 4 * PORT_RANGES_MAX);
-        assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + 16 + PATH_MAX + ARGV_MAX);
-        assert_eq!(size_of::<OpenEvent>(), size_of::<EventHeader>() + 16 + PATH_MAX);
+        assert_eq!(size_of::<ExecEvent>(), size_of::<EventHeader>() + 32 + PATH_MAX + ARGV_MAX);
+        assert_eq!(size_of::<OpenEvent>(), size_of::<EventHeader>() + 32 + PATH_MAX);
         assert_eq!(size_of::<ConnectEvent>(), size_of::<EventHeader>() + 32);
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>() + 8);
         assert_eq!(size_of::<KernelOffsets>() % 8, 0);

@@ -27,13 +27,15 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
         _ => None,
     };
     let mut decision = policy::ALLOWED;
+    let mut file_id = [0u8; 16];
     match &walked {
         Some(w) => {
             if w.truncated {
                 flags |= FLAG_PATH_TRUNCATED;
             }
             if let Some(rs) = &rs {
-                let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: kernel::file_id(&o, exe_file) };
+                file_id = kernel::file_id(&o, exe_file);
+                let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
                 decision = policy::exec_decision(rs, w, Some(&key));
             }
         }
@@ -57,6 +59,7 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
         (*ev).path_len = 0;
         (*ev).argv_len = 0;
         (*ev)._pad = 0;
+        (*ev).file_id = file_id;
         if let (Some(w), Some(buf)) = (&walked, buf) {
             (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
         }

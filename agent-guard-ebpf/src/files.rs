@@ -116,6 +116,7 @@ fn finish(ctx: &TracePointContext) -> u32 {
     let buf = event::scratch();
     let mut walked = None;
     let mut decision = policy::ALLOWED;
+    let mut file_id = [0u8; 16];
     if ret >= 0 {
         match buf {
             Some(buf) if file != 0 => walked = kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
@@ -134,7 +135,8 @@ fn finish(ctx: &TracePointContext) -> u32 {
             let path_only = fmode & FMODE_PATH != 0;
             // The approval is for this file with exactly this access (1 read, 2 write).
             let access = read as u32 | (write as u32) << 1;
-            let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: kernel::file_id(&o, file) };
+            file_id = kernel::file_id(&o, file);
+            let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
                 Some(w) => policy::file_decision(rs, w, read, write, false, Some(&key)),
@@ -160,6 +162,7 @@ fn finish(ctx: &TracePointContext) -> u32 {
         (*ev).result = ret as i32;
         (*ev).path_len = 0;
         (*ev)._pad = 0;
+        (*ev).file_id = file_id;
         let dst = (*ev).path.as_mut_ptr();
         match (&walked, buf) {
             (Some(w), Some(buf)) => (*ev).path_len = event::copy_walked(buf, w.start, dst),

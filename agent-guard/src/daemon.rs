@@ -661,11 +661,12 @@ async fn read_ring(
             match event::decode(&item) {
                 Ok(raw) => {
                     let run_cgroup = raw.hdr.run_cgroup;
+                    let file_id = raw.file_id;
                     let e = enrich(&shared, raw, &mut procs, &mut cgroup_paths);
                     let held = (e.verdict == "hold").then(|| e.clone());
                     shared.emit(e);
                     if let Some(e) = held {
-                        on_hold(&shared, run_cgroup, e);
+                        on_hold(&shared, run_cgroup, file_id, e);
                     }
                 }
                 Err(e) => warn!("undecodable kernel record: {e}"),

@@ -175,6 +175,8 @@ pub struct Raw {
     pub kind: &'static str,
     pub detail: Detail,
     pub read_error: bool,
+    /// An open's or exec's file as the kernel identifies it (device, inode), when known.
+    pub file_id: Option<[u8; 16]>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -277,9 +279,11 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
     }
     let hdr: EventHeader = read(bytes, 0)?;
     let f = hdr.flags;
+    let mut file_id = None;
     let (kind, detail) = match hdr.kind {
         kind::EXEC => {
             let e: ExecEvent = read(bytes, hdr.kind)?;
+            file_id = Some(e.file_id).filter(|id| *id != [0; 16]);
             let raw = &e.argv[..(e.argv_len as usize).min(e.argv.len())];
             let argv = raw
                 .split(|b| *b == 0)
@@ -299,6 +303,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         }
         kind::OPEN => {
             let e: OpenEvent = read(bytes, hdr.kind)?;
+            file_id = Some(e.file_id).filter(|id| *id != [0; 16]);
             ("open", Detail::Open {
                 path: text(&e.path, e.path_len),
                 access: access_of(e.open_flags),
@@ -341,7 +346,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         }
         other => return Err(DecodeError::Kind(other)),
     };
-    Ok(Raw { hdr, kind, detail, read_error: f & FLAG_READ_ERROR != 0 })
+    Ok(Raw { hdr, kind, detail, read_error: f & FLAG_READ_ERROR != 0, file_id })
 }
 
 /// RFC 3339 UTC with microseconds, e.g. 2026-11-22T01:02:03.123456Z.
@@ -439,7 +444,7 @@ mod tests {
 
     #[test]
     fn exec_record_decodes_path_and_argv() {
-        let mut e = ExecEvent { hdr: hdr(kind::EXEC, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, _pad: 0, path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
+        let mut e = ExecEvent { hdr: hdr(kind::EXEC, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
         e.path[..12].copy_from_slice(b"/usr/bin/cat");
         let argv = b"cat\0/etc/hostname\0";
         e.argv[..argv.len()].copy_from_slice(argv);
@@ -456,7 +461,7 @@ mod tests {
 
     #[test]
     fn open_and_connect_records_decode() {
-        let mut o = OpenEvent { hdr: hdr(kind::OPEN, FLAG_PATH_UNRESOLVED), open_flags: libc::O_RDWR as u32, result: -2, path_len: 4, _pad: 0, path: [0; PATH_MAX] };
+        let mut o = OpenEvent { hdr: hdr(kind::OPEN, FLAG_PATH_UNRESOLVED), open_flags: libc::O_RDWR as u32, result: -2, path_len: 4, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX] };
         o.path[..4].copy_from_slice(b"/nox");
         match decode(&bytes_of(&o)).unwrap().detail {
             Detail::Open { path, access, error, path_resolved, .. } => {

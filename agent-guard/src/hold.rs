@@ -61,16 +61,18 @@ impl From<Recorded> for Attempt {
 }
 
 /// The access in a `hold` event, or None when the event is not one a responder can answer.
-pub fn attempt(e: &Event, run_cgroup: u64) -> Option<Attempt> {
+/// `file_id`: the file as the kernel identified it (device, inode); without it the daemon
+/// asks /proc, whose device number can differ from the kernel's (btrfs, overlayfs).
+pub fn attempt(e: &Event, run_cgroup: u64, file_id: Option<[u8; 16]>) -> Option<Attempt> {
     let (pid, tgid) = (e.pid?, e.tgid?);
     let (kind_name, what, grant, happened) = match &e.detail {
         Detail::Open { path, access, result, flags, .. } => {
-            let id = (*result >= 0).then(|| file_id(&format!("/proc/{tgid}/fd/{result}"))).flatten();
+            let id = file_id.or_else(|| (*result >= 0).then(|| stat_id(&format!("/proc/{tgid}/fd/{result}"))).flatten());
             let grant = id.map(|id| GrantKey { run: run_cgroup, kind: kind::OPEN, port: open_access(*flags), id });
             ("open", format!("{path} ({access})"), grant, true)
         }
         Detail::Exec { path, .. } => {
-            let grant = file_id(&format!("/proc/{tgid}/exe")).map(|id| GrantKey { run: run_cgroup, kind: kind::EXEC, port: 0, id });
+            let grant = file_id.or_else(|| stat_id(&format!("/proc/{tgid}/exe"))).map(|id| GrantKey { run: run_cgroup, kind: kind::EXEC, port: 0, id });
             ("exec", path.clone(), grant, true)
         }
         Detail::Connect { addr, port, proto, .. } => {
@@ -115,7 +117,7 @@ fn mapped(ip: std::net::IpAddr) -> [u8; 16] {
 
 /// A file's identity as the kernel programs compute it: the kernel's dev_t (major << 20 |
 /// minor) and the inode number, little-endian.
-fn file_id(path: &str) -> Option<[u8; 16]> {
+fn stat_id(path: &str) -> Option<[u8; 16]> {
     let m = std::fs::metadata(path).ok()?;
     let dev = m.dev();
     let kdev = (libc::major(dev) as u64) << 20 | libc::minor(dev) as u64;
@@ -233,7 +235,7 @@ mod tests {
 
     #[test]
     fn file_ids_use_the_kernel_dev_t() {
-        let id = file_id("/proc/self/exe").unwrap();
+        let id = stat_id("/proc/self/exe").unwrap();
         let m = std::fs::metadata("/proc/self/exe").unwrap();
         assert_eq!(u64::from_le_bytes(id[8..].try_into().unwrap()), m.ino());
         let kdev = u64::from_le_bytes(id[..8].try_into().unwrap());

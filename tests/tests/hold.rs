@@ -41,6 +41,20 @@ fn start(d: &Daemon, pol: &Path, name: &str, args: &[&str]) -> Child {
         .unwrap()
 }
 
+/// `agent-guard run` of any command in the background, its output captured.
+fn start_cmd(d: &Daemon, pol: &Path, name: &str, argv: &[&str]) -> Child {
+    Command::new(agent_guard_tests::binary())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["run", "--policy", pol.to_str().unwrap(), "--name", name, "--"])
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits for the run to finish (at most 20 s; then it is ended and the test fails).
 fn finish(mut c: Child) -> Output {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -253,4 +267,26 @@ fn a_run_a_responder_froze_stays_frozen_when_its_hold_times_out() {
     assert!(o.status.success(), "{o:?}");
     let out = finish(run);
     assert_eq!(stdout(&out).trim(), "err EPERM", "{out:?}");
+}
+
+#[test]
+fn approving_a_held_open_for_the_run_grants_that_file_to_later_opens() {
+    if !privileged("approving_a_held_open_for_the_run_grants_that_file_to_later_opens") {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l).replace("allow = [", "allow = [\"/usr/bin/\", "));
+    let secret = s(&l.outside.join("secret.txt"));
+    let probe = s(&probe());
+    let script = format!("{probe} read {secret}; {probe} read {secret}");
+    let run = start_cmd(&d, &pol, "granted", &["sh", "-c", &script]);
+    held(&d, "granted");
+    let id = run_id(&d.events(), "granted");
+    let o = d.cli(&["approve", "--for-run", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert_eq!(stdout(&out).matches("ok TOPSECRET").count(), 2, "the held open went on, the second was granted: {out:?}");
+    let ev = d.wait_for("the granted open", |e| e["kind"] == "open" && e["rule"] == "grant" && e["path"] == secret.as_str());
+    assert_eq!(ev.iter().filter(|e| e["kind"] == "hold" && e["hold"] == "held").count(), 1, "held once only");
 }

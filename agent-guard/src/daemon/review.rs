@@ -46,8 +46,8 @@ pub(super) fn forget_run(shared: &Shared, run_cgroup: u64) {
 
 /// A `hold` verdict from the kernel: the process is stopped (SIGSTOP); freeze its whole run,
 /// record the evidence and wait for an answer (or the timeout).
-pub(super) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, e: Event) {
-    let Some(attempt) = crate::hold::attempt(&e, run_cgroup) else { return };
+pub(super) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8; 16]>, e: Event) {
+    let Some(attempt) = crate::hold::attempt(&e, run_cgroup, file_id) else { return };
     let (info, new_hold) = {
         let mut runs = shared.runs.lock().expect("runs lock");
         let Some(info) = runs.by_cgroup.get_mut(&run_cgroup) else {
