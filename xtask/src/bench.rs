@@ -354,7 +354,6 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     let policy_file = dir.join("agbench.toml");
     std::fs::write(&policy_file, policy(agbench, &data))?;
 
-    let _stats = BpfStats::enable()?;
     let mut daemon = Daemon::new(bin, dir)?;
     let mut bench_args: Vec<String> = vec!["--file".into(), data.display().to_string()];
     if quick {
@@ -386,21 +385,14 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
             if !json_out {
                 eprintln!("bench: round {}/{rounds}: {}", round + 1, COND_NAMES[ci]);
             }
-            let before = ag_programs();
-            let out = if cond == "c" {
-                let mut c = daemon.command();
-                c.args(["run", "--policy"])
-                    .arg(&policy_file)
-                    .args(["--name", &format!("agbench-{round}"), "--"])
-                    .arg(agbench);
-                c.args(&bench_args).stdin(Stdio::null()).output()?
-            } else {
-                Command::new(agbench)
-                    .args(&bench_args)
-                    .stdin(Stdio::null())
-                    .output()?
-            };
-            let after = ag_programs();
+            let out = run_agbench(
+                &daemon,
+                cond,
+                &policy_file,
+                agbench,
+                &bench_args,
+                &format!("agbench-{round}"),
+            )?;
             let r = parse_result(&out, &format!("agbench under {}", COND_NAMES[ci]))?;
             for (op, v) in r {
                 samples
@@ -410,28 +402,45 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
                     .or_default()
                     .push(v);
             }
-            if want_daemon {
-                for (id, (name, cnt, ns)) in &after {
-                    if !daemon.ours.contains(id) {
-                        continue;
-                    }
-                    let (c0, n0) = before.get(id).map_or((0, 0), |b| (b.1, b.2));
-                    let e = programs
-                        .entry(cond)
-                        .or_default()
-                        .entry(name.clone())
-                        .or_default();
-                    e.0 += cnt - c0;
-                    e.1 += ns - n0;
+        }
+    }
+
+    // Kernel cost per program: a separate pass of (b) and (c) with kernel.bpf_stats_enabled,
+    // which adds two clock reads to every program run, so the timed rounds above go without.
+    if daemon.child.is_none() {
+        fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+    }
+    {
+        let _stats = BpfStats::enable()?;
+        for cond in ["b", "c"] {
+            let before = ag_programs();
+            let out = run_agbench(
+                &daemon,
+                cond,
+                &policy_file,
+                agbench,
+                &bench_args,
+                "agbench-stats",
+            )?;
+            let after = ag_programs();
+            parse_result(&out, "agbench (program cost pass)")?;
+            for (id, (name, cnt, ns)) in &after {
+                if !daemon.ours.contains(id) {
+                    continue;
                 }
+                let (c0, n0) = before.get(id).map_or((0, 0), |b| (b.1, b.2));
+                let e = programs
+                    .entry(cond)
+                    .or_default()
+                    .entry(name.clone())
+                    .or_default();
+                e.0 += cnt - c0;
+                e.1 += ns - n0;
             }
         }
     }
 
     // Event throughput: a run opening files as fast as it can (agbench's open loop alone).
-    if daemon.child.is_none() {
-        fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
-    }
     let throughput = throughput(
         &daemon,
         agbench,
@@ -491,6 +500,60 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     Ok(())
 }
 
+/// agent_guard_events_total and agent_guard_events_dropped_total samples from the daemon's
+/// /metrics (its address from the "metrics on" line), by full series name.
+fn event_counters(daemon: &Daemon) -> BTreeMap<String, f64> {
+    use std::io::Write;
+    let text = std::fs::read_to_string(daemon.stderr_path()).unwrap_or_default();
+    let Some(addr) = text
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+    else {
+        return BTreeMap::new();
+    };
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return BTreeMap::new();
+    };
+    let _ = write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| {
+            l.starts_with("agent_guard_events_total")
+                || l.starts_with("agent_guard_events_dropped_total")
+        })
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// agbench under condition (b) (plain) or (c) (inside a run under the policy).
+fn run_agbench(
+    daemon: &Daemon,
+    cond: &str,
+    policy_file: &Path,
+    agbench: &Path,
+    args: &[String],
+    name: &str,
+) -> Result<std::process::Output> {
+    Ok(if cond == "c" {
+        let mut c = daemon.command();
+        c.args(["run", "--policy"])
+            .arg(policy_file)
+            .args(["--name", name, "--"])
+            .arg(agbench);
+        c.args(args).stdin(Stdio::null()).output()?
+    } else {
+        Command::new(agbench)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?
+    })
+}
+
 /// A run under the policy opening a file as fast as it can for `secs`: events the programs
 /// produced (open events in the log), drops, daemon CPU and RSS.
 fn throughput(
@@ -508,6 +571,7 @@ fn throughput(
     let log = daemon.dir.join("events.jsonl");
     let log_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let (cpu0, _) = daemon_cpu_rss(pid);
+    let counters0 = event_counters(daemon);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let t = Instant::now();
@@ -528,10 +592,28 @@ fn throughput(
         .trim()
         .parse()
         .unwrap_or(0);
-    // Let the daemon drain the ring buffer.
-    std::thread::sleep(Duration::from_secs(2));
+    let run_secs = t.elapsed().as_secs_f64();
+    // Let the daemon write what it has read: until the log stops growing for 1 s (at most 120 s).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut size, mut still) = (0, Instant::now());
+    while Instant::now() < deadline && still.elapsed() < Duration::from_secs(1) {
+        let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if now != size {
+            (size, still) = (now, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drain_secs = t.elapsed().as_secs_f64() - run_secs - 1.0;
     let wall = t.elapsed().as_secs_f64();
     let (cpu1, rss_kb) = daemon_cpu_rss(pid);
+    let counters: BTreeMap<String, f64> = event_counters(daemon)
+        .into_iter()
+        .map(|(k, v)| {
+            let d = v - counters0.get(&k).copied().unwrap_or(0.0);
+            (k, d)
+        })
+        .filter(|(_, d)| *d != 0.0)
+        .collect();
     let mut f = std::fs::File::open(&log)?;
     let mut text = String::new();
     f.read_to_string(&mut text)?;
@@ -552,9 +634,11 @@ fn throughput(
     }
     Ok(json!({
         "seconds": secs,
+        "log_drain_seconds_after_run": drain_secs,
         "opens": opens,
         "open_events_written": written,
-        "drops_by_stage": dropped,
+        "drop_events_by_stage": dropped,
+        "metrics_deltas": counters,
         "daemon_cpu_percent": (cpu1 - cpu0) as f64 / hz / wall * 100.0,
         "daemon_rss_kib": rss_kb,
     }))
@@ -685,7 +769,7 @@ fn report(
         }
         println!("{row}");
     }
-    println!("\nkernel cost per program invocation (kernel.bpf_stats_enabled, summed over the rounds):\n");
+    println!("\nkernel cost per program invocation (one pass of (b) and of (c) with kernel.bpf_stats_enabled):\n");
     println!("| program | (b) runs | (b) ns/run | (c) runs | (c) ns/run |");
     println!("|---|---|---|---|---|");
     let names: std::collections::BTreeSet<&String> =
