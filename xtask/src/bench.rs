@@ -95,7 +95,7 @@ impl Daemon {
             format!(
                 "control_socket = \"{d}/control.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
                  bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\npolicy_dir = \"{d}/policies\"\n\
-                 metrics_listen = \"127.0.0.1:0\"\n",
+                 metrics_listen = \"127.0.0.1:0\"\nevents_log_max_bytes = 0\n",
                 d = dir.display()
             ),
         )?;
@@ -614,13 +614,16 @@ fn throughput(
         })
         .filter(|(_, d)| *d != 0.0)
         .collect();
-    let mut f = std::fs::File::open(&log)?;
-    let mut text = String::new();
-    f.read_to_string(&mut text)?;
-    let tail = text.get(log_before as usize..).unwrap_or("");
+    // The whole log from where it stood before the flood (never rotated: events_log_max_bytes = 0).
+    let mut f = std::io::BufReader::new(std::fs::File::open(&log)?);
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(log_before))?;
     let (mut written, mut dropped) = (0u64, BTreeMap::<String, u64>::new());
-    for l in tail.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(l) else {
+    for l in std::io::BufRead::lines(f) {
+        let l = l?;
+        if !(l.contains("agbench-flood") || l.contains("\"drop\"")) {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&l) else {
             continue;
         };
         if v["run_name"] == "agbench-flood" && v["kind"] == "open" {
