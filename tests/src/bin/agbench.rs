@@ -1,18 +1,20 @@
 //! agbench: micro-operations in a tight loop with plain syscalls, for `cargo xtask bench`.
 //!
-//!   agbench [--quick] [--file PATH] [--connect ADDR:PORT]
+//!   agbench [--quick] [--file PATH]
 //!   agbench --flood SECS [--file PATH]    (opens for SECS seconds; prints the count)
 //!
 //! Prints one JSON object on stdout: ns per operation for
 //! `open_close` (open(2)+close(2) of an existing file, read-only),
-//! `connect` (TCP connect to a loopback listener + close with an RST, so no TIME_WAIT piles up;
-//! the listener is this process's own, unless --connect names one),
+//! `connect` (TCP connect to a loopback listener of this process, accept on the same thread,
+//! close both, the client with an RST so no TIME_WAIT piles up: one thread, so no cross-CPU
+//! wake-up makes the number depend on where the scheduler puts an accepting thread),
 //! `fork_exec` (fork, execv /bin/true, waitpid) and
 //! `getpid` (the raw syscall: glibc's caching would hide it).
 use std::{
     ffi::CString,
     io::Write,
     net::{SocketAddr, TcpListener},
+    os::fd::AsRawFd,
     time::Instant,
 };
 
@@ -44,8 +46,8 @@ fn open_close(path: &CString) {
     }
 }
 
-fn connect_close(addr: &libc::sockaddr_in) {
-    // SAFETY: plain socket calls on a socket we own; `addr` is a valid sockaddr_in.
+fn connect_close(addr: &libc::sockaddr_in, listener: i32) {
+    // SAFETY: plain socket calls on sockets we own; `addr` is a valid sockaddr_in.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
@@ -58,6 +60,16 @@ fn connect_close(addr: &libc::sockaddr_in) {
         );
         if r != 0 {
             die("connect");
+        }
+        // On loopback the handshake is complete when connect returns: the accept is immediate.
+        let peer = libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        );
+        if peer < 0 {
+            die("accept");
         }
         // Close with an RST: no TIME_WAIT, so the ephemeral ports never run out.
         let linger = libc::linger {
@@ -72,6 +84,7 @@ fn connect_close(addr: &libc::sockaddr_in) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
         libc::close(fd);
+        libc::close(peer);
     }
 }
 
@@ -103,17 +116,15 @@ fn getpid() {
 fn main() {
     let mut quick = false;
     let mut file = None;
-    let mut connect: Option<SocketAddr> = None;
     let mut flood: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
             "--file" => file = args.next(),
-            "--connect" => connect = args.next().and_then(|s| s.parse().ok()),
             "--flood" => flood = args.next().and_then(|s| s.parse().ok()),
             _ => {
-                eprintln!("usage: agbench [--quick] [--file PATH] [--connect 127.0.0.1:PORT] | --flood SECS [--file PATH]");
+                eprintln!("usage: agbench [--quick] [--file PATH] | --flood SECS [--file PATH]");
                 std::process::exit(2);
             }
         }
@@ -135,26 +146,10 @@ fn main() {
         return;
     }
 
-    // Our own listener (unless one was named), with a thread that accepts and drops.
-    let _listener;
-    let addr = match connect {
-        Some(a) => a,
-        None => {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|_| die("bind"));
-            let a = l.local_addr().unwrap();
-            let l2 = l.try_clone().unwrap();
-            std::thread::spawn(move || {
-                for c in l2.incoming() {
-                    drop(c);
-                }
-            });
-            _listener = l;
-            a
-        }
-    };
-    let SocketAddr::V4(v4) = addr else {
-        eprintln!("agbench: --connect takes an IPv4 address");
-        std::process::exit(2);
+    // Our own listener, accepted from on the measuring thread.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|_| die("bind"));
+    let SocketAddr::V4(v4) = listener.local_addr().unwrap() else {
+        unreachable!("bound to IPv4")
     };
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -168,7 +163,7 @@ fn main() {
     let argv = [prog.as_ptr(), std::ptr::null()];
 
     let r_open = measure(200_000 / scale, || open_close(&path));
-    let r_connect = measure(20_000 / scale, || connect_close(&sin));
+    let r_connect = measure(20_000 / scale, || connect_close(&sin, listener.as_raw_fd()));
     let r_fork = measure(1_000 / scale, || fork_exec(&prog, &argv));
     let r_getpid = measure(2_000_000 / scale, getpid);
     let out = format!(
