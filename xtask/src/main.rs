@@ -1,5 +1,6 @@
 //! Chores: `cargo xtask test` (everything CI runs), `cargo xtask daemon` (build and start
-//! the daemon in the foreground) and `cargo xtask deb` (the Debian package). Each first runs
+//! the daemon in the foreground), `cargo xtask deb` (the Debian package) and `cargo xtask
+//! bench` (overhead benchmarks, see BENCHMARKS.md). Each first runs
 //! deploy/setup-build.sh, so a fresh machine needs nothing installed by hand beyond rustup.
 use std::{
     path::{Path, PathBuf},
@@ -8,6 +9,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -33,6 +36,17 @@ enum Cmd {
     /// Build the Debian package (target/debian/agent-guard_VERSION-1_amd64.deb): installs the
     /// build prerequisites and cargo-deb if missing, then `cargo deb -p agent-guard`
     Deb,
+    /// Build release binaries and measure the overhead (root): micro-operations with no
+    /// agent-guard, with a daemon (outside every run) and inside a run under a 2,000-rule
+    /// policy; kernel ns per program invocation; daemon time to ready (see BENCHMARKS.md)
+    Bench {
+        /// Print JSON instead of tables
+        #[arg(long)]
+        json: bool,
+        /// Fewer rounds and iterations (a smoke run, noisy numbers)
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -85,6 +99,17 @@ fn main() -> Result<()> {
             }
             d.arg("daemon");
             run(d)
+        }
+        Cmd::Bench { json, quick } => {
+            setup(false)?;
+            let mut build = cargo();
+            build.args(["build", "--release", "--package", "agent-guard", "--package", "agent-guard-tests"]);
+            build.args(["--bin", "agent-guard", "--bin", "agbench"]);
+            if json {
+                build.arg("--quiet");
+            }
+            run(build)?;
+            bench::bench(&root(), quick, json)
         }
         Cmd::Deb => {
             setup(false)?;

@@ -1,0 +1,816 @@
+//! `cargo xtask bench`: agbench (tests/src/bin/agbench.rs) under three conditions, interleaved
+//! over rounds: (a) no agent-guard at all (daemon stopped: with no run under it, a stopped
+//! daemon detaches everything), (b) a daemon running with agbench outside every run, (c)
+//! agbench inside a run under a policy with 1,000 file rules and 1,000 CIDR rules. Also the
+//! kernel cost per invocation of each ag_* program (kernel.bpf_stats_enabled, restored after)
+//! and the daemon's time to ready, fresh and with pinned state.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+pub const OPS: [&str; 4] = ["open_close", "connect", "fork_exec", "getpid"];
+const CONDS: [&str; 3] = ["a", "b", "c"];
+const COND_NAMES: [&str; 3] = [
+    "(a) no agent-guard",
+    "(b) daemon, outside runs",
+    "(c) inside a run",
+];
+
+fn cgroup2_mount() -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            if right.split_whitespace().next()? == "cgroup2" {
+                left.split_whitespace().nth(4).map(PathBuf::from)
+            } else {
+                None
+            }
+        })
+        .context("no cgroup2 mount")
+}
+
+/// kernel.bpf_stats_enabled set to 1 for as long as this lives, then restored.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Result<BpfStats> {
+        let p = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = std::fs::read_to_string(p)
+            .with_context(|| format!("reading {p}"))?
+            .trim()
+            .to_string();
+        std::fs::write(p, "1").with_context(|| format!("writing {p} (root?)"))?;
+        Ok(BpfStats(old))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// (run_count, run_time_ns) of every loaded program named ag_*, by id.
+fn ag_programs() -> HashMap<u32, (String, u64, u64)> {
+    let mut m = HashMap::new();
+    for p in aya::programs::loaded_programs().flatten() {
+        let name = p.name_as_str().unwrap_or("").to_string();
+        if name.starts_with("ag_") {
+            m.insert(
+                p.id(),
+                (name, p.run_count(), p.run_time().as_nanos() as u64),
+            );
+        }
+    }
+    m
+}
+
+/// The daemon of the benchmark: its own temporary config, cgroup root and bpffs directory.
+struct Daemon {
+    bin: PathBuf,
+    dir: PathBuf,
+    config: PathBuf,
+    cgroup_root: PathBuf,
+    bpffs_dir: PathBuf,
+    child: Option<Child>,
+    /// ag_* program ids loaded by this daemon (those that appeared while it started).
+    ours: HashSet<u32>,
+}
+
+impl Daemon {
+    fn new(bin: &Path, dir: &Path) -> Result<Daemon> {
+        let name = format!("agent-guard-bench-{}", std::process::id());
+        let config = dir.join("config.toml");
+        std::fs::create_dir_all(dir.join("policies"))?;
+        std::fs::write(
+            &config,
+            format!(
+                "control_socket = \"{d}/control.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
+                 bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\npolicy_dir = \"{d}/policies\"\n\
+                 metrics_listen = \"127.0.0.1:0\"\nevents_log_max_bytes = 0\n",
+                d = dir.display()
+            ),
+        )?;
+        Ok(Daemon {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            config,
+            cgroup_root: cgroup2_mount()?.join(&name),
+            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{name}")),
+            child: None,
+            ours: HashSet::new(),
+        })
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.join("daemon.stderr")
+    }
+
+    /// Starts the daemon; the time from spawn to its "ready in" line.
+    fn start(&mut self) -> Result<Duration> {
+        if self.child.is_some() {
+            bail!("daemon already running");
+        }
+        let before: HashSet<u32> = ag_programs().into_keys().collect();
+        std::fs::write(self.stderr_path(), "")?;
+        let err = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.stderr_path())?;
+        let t = Instant::now();
+        let mut child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()?;
+        let deadline = t + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();
+            if text.contains("ready in") {
+                break;
+            }
+            if let Some(s) = child.try_wait()? {
+                bail!("daemon exited ({s}) before it was ready:\n{text}");
+            }
+            if Instant::now() > deadline {
+                // SAFETY: kill(2) on our own unreaped child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                let _ = child.wait();
+                bail!("daemon not ready after 60 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let ready = t.elapsed();
+        self.child = Some(child);
+        self.ours = ag_programs()
+            .into_keys()
+            .filter(|id| !before.contains(id))
+            .collect();
+        Ok(ready)
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    /// The run cgroups under the managed root.
+    fn runs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.cgroup_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for run in self.runs() {
+            let _ = std::fs::write(run.join("cgroup.kill"), "1");
+        }
+        self.stop();
+        if self.bpffs_dir.exists() {
+            let _ = self
+                .command()
+                .args(["daemon", "--uninstall"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for run in self.runs() {
+            let _ = std::fs::remove_dir(run);
+        }
+        let _ = std::fs::remove_dir(&self.cgroup_root);
+    }
+}
+
+/// A policy that allows what agbench does, among 1,000 file rules and 1,000 CIDR rules.
+fn policy(agbench: &Path, data: &Path) -> String {
+    let mut read: Vec<String> = [
+        "/usr",
+        "/lib",
+        "/lib64",
+        "/etc/ld.so.cache",
+        "/proc",
+        "/dev/null",
+        "/sys/devices/system/cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    read.push(agbench.parent().unwrap().display().to_string());
+    read.push(data.parent().unwrap().display().to_string());
+    let mut i = 0;
+    while read.len() < 1000 {
+        read.push(format!(
+            "/srv/agbench/project-{:03}/src/module-{}",
+            i / 10,
+            i % 10
+        ));
+        i += 1;
+    }
+    let mut cidrs = vec!["127.0.0.1/32:1024-65535".to_string()];
+    let mut i = 0u32;
+    while cidrs.len() < 1000 {
+        cidrs.push(format!("10.{}.{}.0/24:443", i / 256, i % 256));
+        i += 1;
+    }
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(",\n    ")
+    };
+    format!(
+        "name = \"agbench\"\nmode = \"enforce\"\non_violation = \"deny\"\n\n[files]\nread = [\n    {}\n]\n\n\
+         [exec]\nallow = [\"/usr/bin/\", {:?}]\n\n[network]\nconnect = [\n    {}\n]\n",
+        list(&read),
+        agbench.display().to_string(),
+        list(&cidrs)
+    )
+}
+
+fn parse_result(out: &std::process::Output, what: &str) -> Result<BTreeMap<String, f64>> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("{what}: no JSON in {text:?}"))?;
+    let v: Value = serde_json::from_str(line)?;
+    Ok(OPS
+        .iter()
+        .map(|op| (op.to_string(), v[op].as_f64().unwrap_or(f64::NAN)))
+        .collect())
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+fn stats(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    json!({"median": quantile(&s, 0.5), "min": s.first(), "max": s.last(), "samples": v})
+}
+
+fn machine() -> Value {
+    let uname = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "kernel": uname.unwrap_or_default(),
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+    })
+}
+
+fn daemon_cpu_rss(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (ticks, rss)
+}
+
+pub fn bench(root: &Path, quick: bool, json_out: bool) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("cargo xtask bench needs root (eBPF programs, cgroups, kernel.bpf_stats_enabled)");
+    }
+    let bin = root.join("target/release/agent-guard");
+    let agbench = root
+        .join("target/release/agbench")
+        .canonicalize()
+        .context("target/release/agbench")?;
+    let dir = std::env::temp_dir().join(format!("agbench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let result = bench_in(&bin, &agbench, &dir, quick, json_out);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool) -> Result<()> {
+    let rounds = if quick { 2 } else { 5 };
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let data = data_dir.join("file.txt");
+    std::fs::write(&data, "agbench\n")?;
+    let policy_file = dir.join("agbench.toml");
+    std::fs::write(&policy_file, policy(agbench, &data))?;
+
+    let mut daemon = Daemon::new(bin, dir)?;
+    let mut bench_args: Vec<String> = vec!["--file".into(), data.display().to_string()];
+    if quick {
+        bench_args.push("--quick".into());
+    }
+
+    // samples[cond][op]
+    let mut samples: BTreeMap<&str, BTreeMap<String, Vec<f64>>> = BTreeMap::new();
+    // programs[cond][name] = (run_count, run_time_ns), summed over rounds
+    let mut programs: BTreeMap<&str, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
+    let mut fresh_ready = Vec::new();
+    for round in 0..rounds {
+        for k in 0..3 {
+            let ci = (round + k) % 3;
+            let cond = CONDS[ci];
+            let want_daemon = cond != "a";
+            if want_daemon && daemon.child.is_none() {
+                fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+            } else if !want_daemon && daemon.child.is_some() {
+                daemon.stop();
+                if daemon
+                    .bpffs_dir
+                    .read_dir()
+                    .is_ok_and(|mut d| d.next().is_some())
+                {
+                    bail!("the stopped daemon left pins in {}: condition (a) would not be free of agent-guard", daemon.bpffs_dir.display());
+                }
+            }
+            if !json_out {
+                eprintln!("bench: round {}/{rounds}: {}", round + 1, COND_NAMES[ci]);
+            }
+            let out = run_agbench(
+                &daemon,
+                cond,
+                &policy_file,
+                agbench,
+                &bench_args,
+                &format!("agbench-{round}"),
+            )?;
+            let r = parse_result(&out, &format!("agbench under {}", COND_NAMES[ci]))?;
+            for (op, v) in r {
+                samples
+                    .entry(cond)
+                    .or_default()
+                    .entry(op)
+                    .or_default()
+                    .push(v);
+            }
+        }
+    }
+
+    // Kernel cost per program: a separate pass of (b) and (c) with kernel.bpf_stats_enabled,
+    // which adds two clock reads to every program run, so the timed rounds above go without.
+    if daemon.child.is_none() {
+        fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+    }
+    {
+        let _stats = BpfStats::enable()?;
+        for cond in ["b", "c"] {
+            let before = ag_programs();
+            let out = run_agbench(
+                &daemon,
+                cond,
+                &policy_file,
+                agbench,
+                &bench_args,
+                "agbench-stats",
+            )?;
+            let after = ag_programs();
+            parse_result(&out, "agbench (program cost pass)")?;
+            for (id, (name, cnt, ns)) in &after {
+                if !daemon.ours.contains(id) {
+                    continue;
+                }
+                let (c0, n0) = before.get(id).map_or((0, 0), |b| (b.1, b.2));
+                let e = programs
+                    .entry(cond)
+                    .or_default()
+                    .entry(name.clone())
+                    .or_default();
+                e.0 += cnt - c0;
+                e.1 += ns - n0;
+            }
+        }
+    }
+
+    // Event throughput: a run opening files as fast as it can (agbench's open loop alone).
+    let throughput = throughput(
+        &daemon,
+        agbench,
+        &policy_file,
+        &data,
+        if quick { 3 } else { 10 },
+    )?;
+
+    // Ready with pinned state: a run alive, the daemon killed with SIGKILL, started again.
+    let mut pinned_ready = Vec::new();
+    let mut holder = daemon
+        .command()
+        .args(["run", "--policy"])
+        .arg(&policy_file)
+        .args(["--name", "agbench-holder", "--", "/usr/bin/sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while daemon.runs().is_empty() {
+        if Instant::now() > deadline {
+            bail!("the holder run did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let res: Result<()> = (|| {
+        for _ in 0..if quick { 2 } else { 5 } {
+            daemon.signal(libc::SIGKILL);
+            pinned_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+        }
+        Ok(())
+    })();
+    for run in daemon.runs() {
+        let _ = std::fs::write(run.join("cgroup.kill"), "1");
+    }
+    let _ = holder.wait();
+    res?;
+    // Fresh again: nothing under the daemon, so a stop detaches everything.
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.stop();
+    for _ in 0..if quick { 1 } else { 3 } {
+        fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+        daemon.stop();
+    }
+
+    report(
+        &samples,
+        &programs,
+        &fresh_ready,
+        &pinned_ready,
+        &throughput,
+        rounds,
+        json_out,
+    );
+    Ok(())
+}
+
+/// agent_guard_events_total and agent_guard_events_dropped_total samples from the daemon's
+/// /metrics (its address from the "metrics on" line), by full series name.
+fn event_counters(daemon: &Daemon) -> BTreeMap<String, f64> {
+    use std::io::Write;
+    let text = std::fs::read_to_string(daemon.stderr_path()).unwrap_or_default();
+    let Some(addr) = text
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+    else {
+        return BTreeMap::new();
+    };
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return BTreeMap::new();
+    };
+    let _ = write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut body = String::new();
+    let _ = c.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| {
+            l.starts_with("agent_guard_events_total")
+                || l.starts_with("agent_guard_events_dropped_total")
+        })
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// agbench under condition (b) (plain) or (c) (inside a run under the policy).
+fn run_agbench(
+    daemon: &Daemon,
+    cond: &str,
+    policy_file: &Path,
+    agbench: &Path,
+    args: &[String],
+    name: &str,
+) -> Result<std::process::Output> {
+    Ok(if cond == "c" {
+        let mut c = daemon.command();
+        c.args(["run", "--policy"])
+            .arg(policy_file)
+            .args(["--name", name, "--"])
+            .arg(agbench);
+        c.args(args).stdin(Stdio::null()).output()?
+    } else {
+        Command::new(agbench)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?
+    })
+}
+
+/// A run under the policy opening a file as fast as it can for `secs`: events the programs
+/// produced (open events in the log), drops, daemon CPU and RSS.
+fn throughput(
+    daemon: &Daemon,
+    agbench: &Path,
+    policy_file: &Path,
+    data: &Path,
+    secs: u64,
+) -> Result<Value> {
+    let pid = daemon
+        .child
+        .as_ref()
+        .map(Child::id)
+        .context("daemon not running")?;
+    let log = daemon.dir.join("events.jsonl");
+    let log_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let (cpu0, _) = daemon_cpu_rss(pid);
+    let counters0 = event_counters(daemon);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let t = Instant::now();
+    let out = daemon
+        .command()
+        .args(["run", "--policy"])
+        .arg(policy_file)
+        .args(["--name", "agbench-flood", "--"])
+        .arg(agbench)
+        .args(["--flood", &secs.to_string(), "--file"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("flood run failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let opens: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let run_secs = t.elapsed().as_secs_f64();
+    // Let the daemon write what it has read: until the log stops growing for 1 s (at most 120 s).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut size, mut still) = (0, Instant::now());
+    while Instant::now() < deadline && still.elapsed() < Duration::from_secs(1) {
+        let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if now != size {
+            (size, still) = (now, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drain_secs = t.elapsed().as_secs_f64() - run_secs - 1.0;
+    let wall = t.elapsed().as_secs_f64();
+    let (cpu1, rss_kb) = daemon_cpu_rss(pid);
+    let counters: BTreeMap<String, f64> = event_counters(daemon)
+        .into_iter()
+        .map(|(k, v)| {
+            let d = v - counters0.get(&k).copied().unwrap_or(0.0);
+            (k, d)
+        })
+        .filter(|(_, d)| *d != 0.0)
+        .collect();
+    // The whole log from where it stood before the flood (never rotated: events_log_max_bytes = 0).
+    let mut f = std::io::BufReader::new(std::fs::File::open(&log)?);
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(log_before))?;
+    let (mut written, mut dropped) = (0u64, BTreeMap::<String, u64>::new());
+    for l in std::io::BufRead::lines(f) {
+        let l = l?;
+        if !(l.contains("agbench-flood") || l.contains("\"drop\"")) {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&l) else {
+            continue;
+        };
+        if v["run_name"] == "agbench-flood" && v["kind"] == "open" {
+            written += 1;
+        }
+        if v["kind"] == "drop" {
+            *dropped
+                .entry(v["stage"].as_str().unwrap_or("?").to_string())
+                .or_default() += v["count"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(json!({
+        "seconds": secs,
+        "log_drain_seconds_after_run": drain_secs,
+        "opens": opens,
+        "open_events_written": written,
+        "drop_events_by_stage": dropped,
+        "metrics_deltas": counters,
+        "daemon_cpu_percent": (cpu1 - cpu0) as f64 / hz / wall * 100.0,
+        "daemon_rss_kib": rss_kb,
+    }))
+}
+
+fn report(
+    samples: &BTreeMap<&str, BTreeMap<String, Vec<f64>>>,
+    programs: &BTreeMap<&str, BTreeMap<String, (u64, u64)>>,
+    fresh: &[f64],
+    pinned: &[f64],
+    throughput: &Value,
+    rounds: usize,
+    json_out: bool,
+) {
+    let med = |c: &str, op: &str| {
+        let mut v = samples
+            .get(c)
+            .and_then(|m| m.get(op))
+            .cloned()
+            .unwrap_or_default();
+        v.sort_by(f64::total_cmp);
+        quantile(&v, 0.5)
+    };
+    let ratio = |c: &str, op: &str| med(c, op) / med("a", op);
+    let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    let targets = [
+        (
+            "outside every run: open+close",
+            ratio("b", "open_close"),
+            1.03,
+        ),
+        ("outside every run: getpid", ratio("b", "getpid"), 1.03),
+        ("inside a run: open+close", ratio("c", "open_close"), 1.10),
+        ("inside a run: connect", ratio("c", "connect"), 1.10),
+        ("inside a run: fork+exec", ratio("c", "fork_exec"), 1.10),
+        ("daemon ready, fresh (worst, s)", max(fresh) / 1e3, 1.0),
+        (
+            "daemon ready, pinned state (worst, s)",
+            max(pinned) / 1e3,
+            1.0,
+        ),
+    ];
+    if json_out {
+        let conds: BTreeMap<&str, Value> = CONDS
+            .iter()
+            .map(|c| {
+                (
+                    *c,
+                    json!(OPS
+                        .iter()
+                        .map(|op| (
+                            op.to_string(),
+                            stats(
+                                samples
+                                    .get(c)
+                                    .and_then(|m| m.get(*op))
+                                    .map_or(&[][..], |v| v)
+                            )
+                        ))
+                        .collect::<BTreeMap<_, _>>()),
+                )
+            })
+            .collect();
+        let ratios: BTreeMap<&str, Value> = ["b", "c"]
+            .iter()
+            .map(|c| {
+                (
+                    *c,
+                    json!(OPS
+                        .iter()
+                        .map(|op| (op.to_string(), ratio(c, op)))
+                        .collect::<BTreeMap<_, _>>()),
+                )
+            })
+            .collect();
+        let progs: BTreeMap<&str, Value> = programs
+            .iter()
+            .map(|(c, m)| {
+                (*c, json!(m.iter().map(|(n, (cnt, ns))| (n.clone(), json!({"run_count": cnt, "run_time_ns": ns, "ns_per_run": if *cnt > 0 { *ns as f64 / *cnt as f64 } else { f64::NAN }}))).collect::<BTreeMap<_, _>>()))
+            })
+            .collect();
+        let v = json!({
+            "machine": machine(),
+            "rounds": rounds,
+            "unit": "ns/op",
+            "conditions": conds,
+            "ratios_to_a": ratios,
+            "programs": progs,
+            "ready_ms": {"fresh": stats(fresh), "pinned": stats(pinned)},
+            "throughput": throughput,
+            "targets": targets.iter().map(|(n, m, l)| json!({"target": n, "measured": m, "limit": l, "met": m <= l})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+        return;
+    }
+    let m = machine();
+    println!(
+        "machine: kernel {}, {} CPUs, {}; {rounds} rounds, conditions interleaved\n",
+        m["kernel"].as_str().unwrap_or(""),
+        m["nproc"],
+        m["cpu"].as_str().unwrap_or("")
+    );
+    println!(
+        "| op (ns/op, median [min-max]) | {} | {} | {} |",
+        COND_NAMES[0], COND_NAMES[1], COND_NAMES[2]
+    );
+    println!("|---|---|---|---|");
+    for op in OPS {
+        let mut row = format!("| {op} |");
+        for c in CONDS {
+            let mut v = samples
+                .get(c)
+                .and_then(|m| m.get(op))
+                .cloned()
+                .unwrap_or_default();
+            v.sort_by(f64::total_cmp);
+            let r = if c == "a" {
+                String::new()
+            } else {
+                format!(" **x{:.3}**", ratio(c, op))
+            };
+            row += &format!(
+                " {:.0} [{:.0}-{:.0}]{r} |",
+                quantile(&v, 0.5),
+                v.first().unwrap_or(&f64::NAN),
+                v.last().unwrap_or(&f64::NAN)
+            );
+        }
+        println!("{row}");
+    }
+    println!("\nkernel cost per program invocation (one pass of (b) and of (c) with kernel.bpf_stats_enabled):\n");
+    println!("| program | (b) runs | (b) ns/run | (c) runs | (c) ns/run |");
+    println!("|---|---|---|---|---|");
+    let names: std::collections::BTreeSet<&String> =
+        programs.values().flat_map(|m| m.keys()).collect();
+    for n in names {
+        let cell = |c: &str| {
+            programs
+                .get(c)
+                .and_then(|m| m.get(n))
+                .map_or("-|-".to_string(), |(cnt, ns)| {
+                    if *cnt == 0 {
+                        "0 | -".to_string()
+                    } else {
+                        format!("{cnt} | {:.0}", *ns as f64 / *cnt as f64)
+                    }
+                })
+        };
+        println!("| {n} | {} | {} |", cell("b"), cell("c"));
+    }
+    let s = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        format!(
+            "median {:.0} ms [{:.0}-{:.0}], n={}",
+            quantile(&v, 0.5),
+            v.first().unwrap_or(&f64::NAN),
+            v.last().unwrap_or(&f64::NAN),
+            v.len()
+        )
+    };
+    println!("\ndaemon ready (spawn to \"ready in\"): fresh {}; pinned state (run alive, kill -9, restart) {}", s(fresh), s(pinned));
+    println!("\nevent throughput: {throughput}");
+    println!("\n| target | measured | limit | |");
+    println!("|---|---|---|---|");
+    for (n, m, l) in targets {
+        println!(
+            "| {n} | {m:.3} | {l} | {} |",
+            if m <= l { "met" } else { "MISSED" }
+        );
+    }
+}
