@@ -121,6 +121,15 @@ impl PolicyStore {
             match checked.policy {
                 Some(p) if checked.errors.is_empty() => {
                     let compiled = p.compile(cur);
+                    if !self.in_kernel(cur, &compiled) {
+                        // Another daemon build compiles this text differently: its model of
+                        // the kernel entries would be wrong, so the slot is kept as it is.
+                        problems.push(format!(
+                            "recorded policy {} (slot {}) does not compile to the rules the kernel holds",
+                            r.source, r.slot
+                        ));
+                        continue;
+                    }
                     let policy = Arc::new(p);
                     self.compiled_from.insert(cur, policy.clone());
                     self.slots[r.slot as usize] = Some(Slot { policy, ruleset: cur, text: r.text, compiled });
@@ -202,6 +211,14 @@ impl PolicyStore {
 
     pub fn list(&self) -> Vec<PolicySummary> {
         (0..POLICIES_MAX).filter_map(|slot| self.summary(slot)).collect()
+    }
+
+    /// Whether the kernel maps hold exactly `c`'s header, path-trie and network entries for
+    /// rule set `id`.
+    fn in_kernel(&self, id: u32, c: &Compiled) -> bool {
+        self.maps.rulesets.get(&id, 0).is_ok_and(|h| h == c.header)
+            && c.file_nodes.iter().all(|(k, v)| self.maps.files.get(k, 0).is_ok_and(|x| x == *v))
+            && c.net_rules.iter().all(|(len, k, v)| self.maps.net.get(&Key::new(*len, *k), 0).is_ok_and(|x| x == *v))
     }
 
     fn entries_in_use(&self) -> (usize, usize, usize) {
