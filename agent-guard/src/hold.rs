@@ -3,12 +3,9 @@
 //! waits for `agent-guard approve` or `deny` (or `hold_timeout`, which denies).
 //!
 //! This module has what does not need the daemon's state: the access a responder approves
-//! (as the kernel's grant key), the evidence a responder reads, and freezing a cgroup.
-use std::{
-    os::unix::fs::MetadataExt,
-    path::Path,
-    time::{Duration, Instant},
-};
+//! (as the kernel's grant key) and the evidence a responder reads. Freezing and thawing the
+//! run is `crate::respond`'s, as for `agent-guard freeze`.
+use std::{os::unix::fs::MetadataExt, path::Path};
 
 use agent_guard_common::{kind, GrantKey};
 use serde::{Deserialize, Serialize};
@@ -177,31 +174,7 @@ pub fn lineage(tgid: u32, ppid: u32, procs: &HashMap<u32, Proc>, mount: &Path, r
 
 /// Whether process `pid` is in `dir` or a cgroup below it.
 pub fn in_cgroup(pid: u32, mount: &Path, dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return false };
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .is_some_and(|rel| mount.join(rel.trim_start_matches('/')).starts_with(dir))
-}
-
-/// Writes cgroup.freeze and waits until cgroup.events says the cgroup got there. Returns
-/// the time it took.
-pub fn set_frozen(dir: &Path, frozen: bool, timeout: Duration) -> std::io::Result<Duration> {
-    let t = Instant::now();
-    std::fs::write(dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
-    let want = if frozen { "frozen 1" } else { "frozen 0" };
-    loop {
-        let events = std::fs::read_to_string(dir.join("cgroup.events"))?;
-        if events.lines().any(|l| l == want) {
-            return Ok(t.elapsed());
-        }
-        if t.elapsed() > timeout {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{} not {want} after {timeout:?}", dir.display()),
-            ));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    crate::respond::pid_cgroup(pid, mount).is_some_and(|c| c.starts_with(dir))
 }
 
 /// Sends `sig` to `pid` only if it is still inside the run's cgroup `dir`.

@@ -85,7 +85,7 @@ impl Shared {
         binder.bound.iter().map(|(id, b)| (*id, b.dir.clone())).collect()
     }
 
-    fn scope(&self) -> respond::Scope {
+    pub(super) fn scope(&self) -> respond::Scope {
         respond::Scope {
             mount: self.mount.clone(),
             managed_root: self.root.clone(),

@@ -1,15 +1,15 @@
 //! Hold for review in the daemon: a `hold` verdict from the kernel freezes the run and
 //! records the evidence; `approve`, `deny` or the timeout answers it (see `crate::hold` for
 //! what does not need the daemon's state).
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use tracing::{info, warn};
 
 use super::{RunInfo, Shared};
-use crate::event::{self, Detail, Event};
+use crate::{
+    event::{self, Detail, Event},
+    respond::{self, Action},
+};
 
 #[derive(Debug, Clone)]
 pub(super) struct Hold {
@@ -71,8 +71,8 @@ pub(super) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         let freeze = match new_hold {
-            Some(_) => match crate::hold::set_frozen(&info.dir, true, Duration::from_secs(10)) {
-                Ok(t) => Some(t.as_secs_f64() * 1000.0),
+            Some(_) => match respond::act(&shared.scope(), &info.dir, Action::Freeze, false, respond::TIMEOUT) {
+                Ok(o) => Some(respond::millis(o.latency)),
                 Err(err) => {
                     warn!("hold of {}: freezing {}: {err}", info.id, info.dir.display());
                     None
@@ -219,7 +219,7 @@ pub(super) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
     }
     if info.frozen_by_responder {
         notes.push("the run stays frozen: a responder froze it (`agent-guard thaw` lets it go on)".into());
-    } else if let Err(e) = crate::hold::set_frozen(&info.dir, false, Duration::from_secs(10)) {
+    } else if let Err(e) = respond::act(&shared.scope(), &info.dir, Action::Thaw, false, respond::TIMEOUT) {
         if info.dir.exists() {
             notes.push(format!("thawing: {e}"));
         }
