@@ -60,6 +60,27 @@ pub struct Daemon {
     alive: bool,
 }
 
+/// Writes `DIR/config.toml` for a daemon of its own: socket, log, state and policy_dir in
+/// `dir`, cgroup root and bpffs directory named `name`, metrics on an ephemeral loopback port
+/// (daemons of tests running side by side each get one), plus `extra` (TOML lines, which
+/// may set policy_dir or metrics_listen instead). Returns the config's path.
+pub fn write_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    let policy_dir =
+        if extra.contains("policy_dir") { String::new() } else { format!("policy_dir = \"{}/policies\"\n", dir.display()) };
+    let metrics = if extra.contains("metrics_listen") { "" } else { "metrics_listen = \"127.0.0.1:0\"\n" };
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket = \"{d}/control.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
+             bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\n{policy_dir}{metrics}{extra}\n",
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
 fn spawn_daemon(config: &Path, stderr: &Path) -> Child {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr).unwrap();
     Command::new(binary())
@@ -81,25 +102,8 @@ impl Daemon {
     pub fn start_with(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let name = format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let config = dir.path().join("config.toml");
+        let config = write_config(dir.path(), &name, extra);
         let log = dir.path().join("events.jsonl");
-        let policy_dir = if extra.contains("policy_dir") {
-            String::new()
-        } else {
-            format!("policy_dir = \"{}/policies\"\n", dir.path().display())
-        };
-        // Port 0: daemons of tests running side by side each get a port of their own.
-        let metrics = if extra.contains("metrics_listen") { "" } else { "metrics_listen = \"127.0.0.1:0\"\n" };
-        std::fs::write(
-            &config,
-            format!(
-                "control_socket = \"{d}/control.sock\"\nevents_log = \"{l}\"\ncgroup_root = \"{name}\"\n\
-                 bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\n{policy_dir}{metrics}{extra}\n",
-                d = dir.path().display(),
-                l = log.display()
-            ),
-        )
-        .unwrap();
         let child = spawn_daemon(&config, &dir.path().join("daemon.stderr"));
         let mut d = Daemon {
             cgroup_root: cgroup2_mount().join(&name),

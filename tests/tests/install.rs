@@ -115,17 +115,7 @@ impl NotifiedDaemon {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("agent-guard-notify-{}-{n}", std::process::id());
-        let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "control_socket = \"{d}/control.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
-                 bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\npolicy_dir = \"{d}/policies\"\n\
-                 metrics_listen = \"127.0.0.1:0\"\n",
-                d = dir.path().display()
-            ),
-        )
-        .unwrap();
+        let config = agent_guard_tests::write_config(dir.path(), &name, "");
         let log = std::fs::File::create(dir.path().join("daemon.stderr")).unwrap();
         let mut cmd = Command::new(binary());
         cmd.arg("--config").arg(&config).arg("daemon").env("NOTIFY_SOCKET", notify).stdin(Stdio::null()).stderr(log);

@@ -406,17 +406,7 @@ fn a_metrics_listen_in_use_stops_the_daemon_at_start() {
     let port = taken.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let name = format!("agent-guard-test-{}-busy", std::process::id());
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "control_socket = \"{d}/control.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
-             bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\npolicy_dir = \"{d}/policies\"\n\
-             metrics_listen = \"127.0.0.1:{port}\"\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
+    let config = agent_guard_tests::write_config(dir.path(), &name, &format!("metrics_listen = \"127.0.0.1:{port}\""));
     let mut child = Command::new(binary())
         .args(["--config", config.to_str().unwrap(), "daemon"])
         .stdin(Stdio::null())
