@@ -26,6 +26,26 @@ allow = ["{probe}"]
     )
 }
 
+/// A daemon (its config plus `extra`), the workspace, the "review" policy written, and a
+/// loopback listener the policy does not allow (`target`).
+struct Review {
+    d: Daemon,
+    l: Layout,
+    pol: std::path::PathBuf,
+    target: String,
+    /// Kept open for the test's length.
+    _listener: TcpListener,
+}
+
+fn review(extra: &str) -> Review {
+    let d = Daemon::start_with(extra);
+    let l = layout();
+    let pol = d.write_policy("review", &policy(&l));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    Review { d, l, pol, target, _listener: listener }
+}
+
 /// `agent-guard run` of the probe in the background, its output captured.
 fn start(d: &Daemon, pol: &Path, name: &str, args: &[&str]) -> Child {
     let probe = probe();
@@ -86,11 +106,7 @@ fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
     if !privileged("a_held_connect_is_frozen_until_approved_and_the_retry_goes_through") {
         return;
     }
-    let d = Daemon::start();
-    let l = layout();
-    let pol = d.write_policy("review", &policy(&l));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let Review { d, l: _l, pol, target, _listener } = review("");
     let run = start(&d, &pol, "approve-me", &["connect-retry", &target, "50", "100"]);
 
     let h = held(&d, "approve-me");
@@ -178,11 +194,7 @@ fn an_unanswered_hold_is_denied_at_the_timeout() {
     if !privileged("an_unanswered_hold_is_denied_at_the_timeout") {
         return;
     }
-    let d = Daemon::start_with("hold_timeout = \"1s\"");
-    let l = layout();
-    let pol = d.write_policy("review", &policy(&l));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let Review { d, l: _l, pol, target, _listener } = review("hold_timeout = \"1s\"");
     let t = Instant::now();
     let run = start(&d, &pol, "late", &["connect", &target]);
     let out = finish(run);
@@ -199,11 +211,7 @@ fn a_hold_survives_a_daemon_restart() {
     if !privileged("a_hold_survives_a_daemon_restart") {
         return;
     }
-    let mut d = Daemon::start();
-    let l = layout();
-    let pol = d.write_policy("review", &policy(&l));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let Review { mut d, l: _l, pol, target, _listener } = review("");
     let run = start(&d, &pol, "across", &["connect-retry", &target, "50", "100"]);
     held(&d, "across");
     let id = run_id(&d.events(), "across");
@@ -225,11 +233,7 @@ fn a_held_process_resumed_behind_the_daemons_back_is_killed() {
     if !privileged("a_held_process_resumed_behind_the_daemons_back_is_killed") {
         return;
     }
-    let d = Daemon::start();
-    let l = layout();
-    let pol = d.write_policy("review", &policy(&l));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let Review { d, l: _l, pol, target, _listener } = review("");
     let run = start(&d, &pol, "sneaky", &["connect-retry", &target, "50", "100"]);
     let h = held(&d, "sneaky");
     let id = run_id(&d.events(), "sneaky");
@@ -250,11 +254,7 @@ fn a_run_a_responder_froze_stays_frozen_when_its_hold_times_out() {
     if !privileged("a_run_a_responder_froze_stays_frozen_when_its_hold_times_out") {
         return;
     }
-    let d = Daemon::start_with("hold_timeout = \"1s\"");
-    let l = layout();
-    let pol = d.write_policy("review", &policy(&l));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let Review { d, l: _l, pol, target, _listener } = review("hold_timeout = \"1s\"");
     let run = start(&d, &pol, "kept", &["connect", &target]);
     held(&d, "kept");
     let id = run_id(&d.events(), "kept");
