@@ -74,11 +74,11 @@ pub fn kill_and_remove(dir: &Path, timeout: Duration) -> io::Result<()> {
         return Ok(());
     }
     let deadline = Instant::now() + timeout;
-    // NotFound: someone else (`agent-guard kill`) emptied and removed it meanwhile.
-    let gone = |e: io::Error| if e.kind() == io::ErrorKind::NotFound { Ok(false) } else { Err(e) };
+    // Someone else (`agent-guard kill`) emptied and removed it meanwhile.
+    let gone = |e: io::Error| if removed(&e) { Ok(false) } else { Err(e) };
     if populated(dir).or_else(gone)? {
         match std::fs::write(dir.join("cgroup.kill"), "1") {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if removed(&e) => return Ok(()),
             r => r?,
         }
         while populated(dir).or_else(gone)? {
@@ -91,10 +91,16 @@ pub fn kill_and_remove(dir: &Path, timeout: Duration) -> io::Result<()> {
     remove_tree(dir)
 }
 
+/// The cgroup is gone: ENOENT before the open, ENODEV when it was removed between the open
+/// of one of its files and the read or write.
+pub fn removed(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV)
+}
+
 /// Removes an empty cgroup and its (empty) descendants, deepest first.
 pub fn remove_tree(dir: &Path) -> io::Result<()> {
     let entries = match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if removed(&e) => return Ok(()),
         r => r?,
     };
     for entry in entries {
@@ -104,7 +110,7 @@ pub fn remove_tree(dir: &Path) -> io::Result<()> {
         }
     }
     match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if removed(&e) => Ok(()),
         r => r,
     }
 }

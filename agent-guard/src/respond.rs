@@ -20,11 +20,12 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub enum RespondError {
     #[error("refusing to act on {0}: it is not a run's cgroup below the managed root {1}")]
     Outside(PathBuf, PathBuf),
-    #[error("{call} {path}: {source}")]
+    // The cause is part of the message, not a `source`: printed as a chain it would appear twice.
+    #[error("{call} {path}: {cause}")]
     Io {
         call: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("{what} {path}: not done after {waited:?} (cgroup.events: {events})")]
     Timeout {
@@ -39,7 +40,7 @@ pub enum RespondError {
 
 fn io_err(call: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RespondError {
     let path = path.to_path_buf();
-    move |source| RespondError::Io { call, path, source }
+    move |cause| RespondError::Io { call, path, cause }
 }
 
 /// The cgroups actions may touch.
@@ -65,7 +66,7 @@ impl Scope {
             return Err(RespondError::Io {
                 call: "reading cgroup.events of",
                 path: dir.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::NotFound, "no such cgroup (the run may be over)"),
+                cause: io::Error::new(io::ErrorKind::NotFound, "no such cgroup (the run may be over)"),
             });
         }
         Ok(())
@@ -152,10 +153,9 @@ fn wait_for(dir: &Path, key: &str, want: bool, deadline: Instant, what: &'static
     loop {
         let text = match std::fs::read_to_string(&events) {
             Ok(t) => t,
-            // Emptied and removed already (the run's launcher cleans up when its command dies).
-            Err(e) if e.kind() == io::ErrorKind::NotFound && key == "populated" && !want => return Ok(()),
-            // Thawed, ran to its end and removed already: not frozen, which is what was asked.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && key == "frozen" && !want => return Ok(()),
+            // Emptied and removed already (the run's launcher cleans up when its command dies),
+            // or thawed, ran to its end and removed: not populated / not frozen, as asked.
+            Err(e) if cgroup::removed(&e) && !want && (key == "populated" || key == "frozen") => return Ok(()),
             Err(e) => return Err(io_err("reading", &events)(e)),
         };
         if event_flag(&text, key) == Some(want) {
@@ -189,11 +189,11 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), RespondError> {
     loop {
         match cgroup::remove_tree(dir) {
             Ok(()) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if cgroup::removed(&e) => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(2))
             }
-            Err(e) => return Err(RespondError::Io { call: "removing", path: dir.to_path_buf(), source: e }),
+            Err(e) => return Err(RespondError::Io { call: "removing", path: dir.to_path_buf(), cause: e }),
         }
     }
 }
@@ -206,7 +206,7 @@ pub fn procs(dir: &Path) -> io::Result<Vec<u32>> {
         match std::fs::read_to_string(d.join("cgroup.procs")) {
             Ok(t) => out.extend(t.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
             // A child cgroup removed while we walk.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && d != dir => continue,
+            Err(e) if cgroup::removed(&e) && d != dir => continue,
             Err(e) => return Err(e),
         }
         if let Ok(rd) = std::fs::read_dir(&d) {
