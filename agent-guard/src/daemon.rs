@@ -320,7 +320,7 @@ async fn serve(cfg: Config) -> Result<()> {
         metrics: metrics.clone(),
     });
 
-    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone()));
+    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone(), cfg.stderr_events));
     if adopting {
         adopt(&shared);
     }
@@ -601,8 +601,10 @@ async fn write_events(
     mut log: crate::sink::EventLog,
     mut reopen: mpsc::UnboundedReceiver<()>,
     sink_drops: Arc<std::sync::atomic::AtomicU64>,
+    stderr_events: crate::config::StderrEvents,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
+    let mut human = Vec::with_capacity(1 << 12);
     let mut stderr = std::io::stderr();
     loop {
         let first = tokio::select! {
@@ -626,10 +628,17 @@ async fn write_events(
             }
         }
         buf.clear();
+        human.clear();
         for e in &batch {
             serde_json::to_writer(&mut buf, &**e).expect("events serialize");
             buf.push(b'\n');
-            let _ = writeln!(stderr, "{}", event::human(e));
+            if stderr_events.shows(e.kind, e.verdict) {
+                let _ = writeln!(human, "{}", event::human(e));
+            }
+        }
+        // One write for the batch's human lines (stderr is unbuffered).
+        if !human.is_empty() {
+            let _ = stderr.write_all(&human);
         }
         if let Err(e) = tokio::task::block_in_place(|| log.write(&buf)) {
             warn!("writing events_log: {e}; {} events lost (reported as a drop)", batch.len());
