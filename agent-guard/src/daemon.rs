@@ -121,6 +121,11 @@ impl Shared {
     }
 
     fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
+        self.event_at(kind, run, SystemTime::now())
+    }
+
+    /// An event of `run` that happened at `t`.
+    fn event_at(&self, kind: &'static str, run: Option<&RunInfo>, t: SystemTime) -> Event {
         let (policy, policy_version) = match run.and_then(|r| r.policy) {
             Some(slot) => {
                 let store = self.policies.lock().expect("policies lock");
@@ -134,7 +139,7 @@ impl Shared {
         Event {
             policy,
             policy_version,
-            ts: event::rfc3339(SystemTime::now()),
+            ts: event::rfc3339(t),
             host: self.host.clone(),
             kind,
             verdict: "allow",
@@ -150,6 +155,19 @@ impl Shared {
     /// cgroup path as shown in events: relative to the cgroup2 mount, with a leading /.
     fn rel(&self, dir: &Path) -> String {
         format!("/{}", dir.strip_prefix(&self.mount).unwrap_or(dir).display())
+    }
+
+    /// `emit` for the ring reader: a violation waits for room in the queue instead of being
+    /// dropped (the ring reader slows down; the kernel keeps room in the ring for violations).
+    async fn emit_from_ring(&self, e: Event) {
+        if e.verdict == "allow" {
+            return self.emit(e);
+        }
+        self.metrics.observe(&e);
+        let e = Arc::new(e);
+        if self.tx.send(e.clone()).await.is_ok() {
+            self.record(&e);
+        }
     }
 
     fn emit(&self, e: Event) {
@@ -621,11 +639,20 @@ async fn write_events(
             }
         };
         let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+        let mut more = |batch: &mut Vec<Arc<Event>>| {
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
             }
+        };
+        more(&mut batch);
+        if batch.len() < 64 {
+            // A short batch: give the queue a moment to fill, so a stream of events costs one
+            // wake-up and one write per millisecond, not one per event.
+            tokio::time::sleep(RING_PAUSE).await;
+            more(&mut batch);
         }
         buf.clear();
         human.clear();
@@ -647,6 +674,12 @@ async fn write_events(
     }
 }
 
+/// Records the ring reader takes out of the ring before it emits them.
+const DRAIN_BATCH: usize = 256;
+
+/// How long the ring reader pauses after a drain (see `read_ring`).
+const RING_PAUSE: Duration = Duration::from_millis(1);
+
 /// Reads the kernel ring buffer. Events that must follow everything the kernel has recorded
 /// so far (a run's `run_end`) arrive on `after_ring`: the ring is drained first, then they are
 /// emitted, so a run's last exec/open/exit events always come before its run_end.
@@ -665,23 +698,33 @@ async fn read_ring(
     };
     let mut procs: HashMap<u32, crate::hold::Proc> = HashMap::new();
     let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
-        while let Some(item) = ring.next() {
+    // Records are taken out of the ring in bounded batches, then emitted: an allowed event
+    // that finds the queue full is dropped (and counted), a violation waits for room, so a
+    // flooding run can cost other runs their allowed events but never their violations.
+    let mut batch: Vec<(Event, u64, Option<[u8; 16]>)> = Vec::with_capacity(DRAIN_BATCH);
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Vec<(Event, u64, Option<[u8; 16]>)>| {
+        while batch.len() < DRAIN_BATCH {
+            let Some(item) = ring.next() else { return false };
             match event::decode(&item) {
                 Ok(raw) => {
                     let run_cgroup = raw.hdr.run_cgroup;
                     let file_id = raw.file_id;
-                    let e = enrich(&shared, raw, &mut procs, &mut cgroup_paths);
-                    let held = (e.verdict == "hold").then(|| e.clone());
-                    shared.emit(e);
-                    if let Some(e) = held {
-                        on_hold(&shared, run_cgroup, file_id, e);
-                    }
+                    batch.push((enrich(&shared, raw, &mut procs, &mut cgroup_paths), run_cgroup, file_id));
                 }
                 Err(e) => warn!("undecodable kernel record: {e}"),
             }
         }
+        true
     };
+    async fn emit_batch(shared: &Arc<Shared>, batch: &mut Vec<(Event, u64, Option<[u8; 16]>)>) {
+        for (e, run_cgroup, file_id) in batch.drain(..) {
+            let held = (e.verdict == "hold").then(|| e.clone());
+            shared.emit_from_ring(e).await;
+            if let Some(e) = held {
+                on_hold(shared, run_cgroup, file_id, e);
+            }
+        }
+    }
     loop {
         tokio::select! {
             ready = fd.readable_mut() => {
@@ -692,11 +735,27 @@ async fn read_ring(
                         return;
                     }
                 };
-                drain(guard.get_inner_mut());
+                // Readiness is cleared before the drain, so a record submitted while it runs
+                // wakes the next wait instead of waiting for the record after it.
                 guard.clear_ready();
+                while drain(guard.get_inner_mut(), &mut batch) {
+                    emit_batch(&shared, &mut batch).await;
+                }
+                emit_batch(&shared, &mut batch).await;
+                drop(guard);
+                // The kernel wakes the reader at a record that finds it caught up: one wake-up
+                // (and a hand-off to the writer) per record while it keeps up. A short pause
+                // after each drain lets records accumulate, so a busy ring costs about one
+                // wake-up per millisecond instead of one per record. The kernel decides every
+                // verdict on its own; only the log and the followers see records up to this
+                // much later. The ring holds the backlog meanwhile (its drops are counted).
+                tokio::time::sleep(RING_PAUSE).await;
             }
             Some(e) = after_ring.recv() => {
-                drain(fd.get_mut());
+                while drain(fd.get_mut(), &mut batch) {
+                    emit_batch(&shared, &mut batch).await;
+                }
+                emit_batch(&shared, &mut batch).await;
                 shared.emit(e);
             }
         }
@@ -711,7 +770,8 @@ fn enrich(
 ) -> Event {
     let h = raw.hdr;
     let run = shared.run_for(h.run_cgroup);
-    let mut e = shared.base_event(raw.kind, run.as_ref());
+    let wall = shared.boot_offset_ns + h.ts_ns as i128;
+    let mut e = shared.event_at(raw.kind, run.as_ref(), SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.verdict = event::verdict_name(h.verdict);
     e.rule = event::rule_name(h.rule).map(str::to_string);
     if h.ruleset != 0 {
@@ -721,8 +781,6 @@ fn enrich(
             e.policy_version = Some(p.version.clone());
         }
     }
-    let wall = shared.boot_offset_ns + h.ts_ns as i128;
-    e.ts = event::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.pid = Some(h.pid);
     e.tgid = Some(h.tgid);
     e.ppid = Some(h.ppid);
