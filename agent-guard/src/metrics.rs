@@ -346,6 +346,7 @@ mod tests {
         m.observe(&event("open", "kill", Some("coding"), Detail::None));
         m.observe(&event("open", "kill", Some("coding"), Detail::None));
         m.observe(&event("connect", "deny", Some("coding"), Detail::None));
+        m.observe(&Event { layer: Some("landlock"), ..event("open", "deny", Some("coding"), Detail::None) });
         m.observe(&event("exec", "hold", Some("review"), Detail::None));
         // The daemon's own hold events are not violations of their own.
         let held = Detail::Hold {
@@ -397,7 +398,10 @@ mod tests {
         assert_eq!(v(r#"agent_guard_violations_total{action="hold",kind="exec",policy="review"}"#), Some(1.0));
         assert!(!t.contains(r#"kind="hold",policy"#), "hold events are not violations: {t}");
         assert_eq!(v(r#"agent_guard_would_deny_total{kind="open",policy="watch"}"#), Some(1.0));
-        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(4.0));
+        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(5.0));
+        assert_eq!(v(r#"agent_guard_violations_total{action="deny",kind="open",policy="coding"}"#), Some(1.0));
+        assert_eq!(v(r#"agent_guard_landlock_denials_total{kind="open",policy="coding"}"#), Some(1.0));
+        assert_eq!(v("agent_guard_landlock_abi"), Some(crate::landlock::host_abi() as f64));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="kernel_ringbuf"}"#), Some(7.0));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="follower"}"#), Some(2.0));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="sink"}"#), Some(0.0));
