@@ -543,9 +543,9 @@ pub fn maybe_refused(e: &Event, cov: &Coverage) -> bool {
 }
 
 /// Says which layer refused `e` (see [`maybe_refused`]): for an open, the daemon judges the
-/// path the process passed (lexically normalised) with the policy that was in force, and if
-/// the policy denies it the event becomes a `deny` by `landlock` with the rule that denies
-/// it. A failure the policy would have allowed stays as the kernel reported it (a file's own
+/// path the process passed (lexically normalised, then resolved if that name is allowed)
+/// with the policy that was in force, and if the policy denies it the event becomes a `deny`
+/// by `landlock` with the rule that denies it. A failure the policy would have allowed stays as the kernel reported it (a file's own
 /// permissions, or a path Landlock could not grant).
 pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
     if !maybe_refused(e, cov) {
@@ -555,16 +555,27 @@ pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
         Detail::Connect { .. } => e.layer = Some("landlock"),
         Detail::Open { path, flags, .. } => {
             let Some(p) = policy.filter(|p| p.mode == Mode::Enforce) else { return };
-            let path = lexical(path);
             let (read, write) = open_access(*flags);
-            let checks = [(write && cov.files_write, policy::Access::Write), (read && cov.files_read, policy::Access::Read)];
-            for (_, access) in checks.into_iter().filter(|(handled, _)| *handled) {
-                if let policy::FileVerdict::Deny { rule, .. } = p.file_access(&path, access) {
-                    e.verdict = "deny";
-                    e.rule = Some(rule.to_string());
-                    e.layer = Some("landlock");
-                    return;
-                }
+            let denial = |path: &str| {
+                let checks = [(write && cov.files_write, policy::Access::Write), (read && cov.files_read, policy::Access::Read)];
+                checks.into_iter().filter(|(handled, _)| *handled).find_map(|(_, access)| match p.file_access(path, access) {
+                    policy::FileVerdict::Deny { rule, .. } => Some(rule),
+                    policy::FileVerdict::Allow => None,
+                })
+            };
+            let lexical = lexical(path);
+            // Through a symlink the name the process passed may be allowed while the file is
+            // not: the daemon resolves the path itself (it shares the run's mount namespace
+            // unless it runs under PrivateTmp, where /tmp differs; never /proc, whose
+            // self-links would be the daemon's).
+            let rule = denial(&lexical).or_else(|| {
+                let canonical = (!lexical.starts_with("/proc/")).then(|| std::fs::canonicalize(&lexical).ok()).flatten()?;
+                denial(canonical.to_str()?)
+            });
+            if let Some(rule) = rule {
+                e.verdict = "deny";
+                e.rule = Some(rule.to_string());
+                e.layer = Some("landlock");
             }
         }
         _ => {}
