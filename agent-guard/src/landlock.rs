@@ -414,9 +414,12 @@ pub fn for_policy(policy: &Policy) -> Prepared {
         ));
     }
     if !built.missing.is_empty() {
+        const SHOWN: usize = 8;
+        let more = built.missing.len().saturating_sub(SHOWN);
         warnings.push(format!(
-            "note: policy paths not granted by Landlock (access below them is refused for this run): {}",
-            built.missing.join(", ")
+            "note: policy paths not granted by Landlock (access below them is refused for this run): {}{}",
+            built.missing[..built.missing.len().min(SHOWN)].join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
         ));
     }
     Prepared { layer: Some(layer), coverage: Some(plan.coverage), warnings }
