@@ -268,11 +268,15 @@ fn status_lists_what_landlock_covers_for_each_run() {
     let kill = d.write_policy("shown-kill", &policy("shown-kill", &l, "on_violation = \"kill\""));
     let probe = probe();
     let p = probe.to_str().unwrap();
-    let _a = d.spawn_run(&["--policy", pol.to_str().unwrap(), "--name", "shown", "--", p, "sleep", "30"]);
-    let _b = d.spawn_run(&["--policy", kill.to_str().unwrap(), "--name", "shown-kill", "--", p, "sleep", "30"]);
-    let _c = d.spawn_run(&["--name", "plain", "--", p, "sleep", "30"]);
-    for n in ["shown", "shown-kill", "plain"] {
-        event_of(&d, n, "exec", |_| true);
+    let mut runs = [
+        ("shown", d.spawn_run(&["--policy", pol.to_str().unwrap(), "--name", "shown", "--", p, "sleep", "30"])),
+        ("shown-kill", d.spawn_run(&["--policy", kill.to_str().unwrap(), "--name", "shown-kill", "--", p, "sleep", "30"])),
+        ("plain", d.spawn_run(&["--name", "plain", "--", p, "sleep", "30"])),
+    ];
+    for (n, b) in &mut runs {
+        let e = event_of(&d, n, "exec", |_| true);
+        // The guard kills and removes the run's cgroup when dropped.
+        b.cgroup = Some(agent_guard_tests::cgroup2_mount().join(e["cgroup"].as_str().unwrap().trim_start_matches('/')));
     }
     let o = d.cli(&["status", "--json"]);
     assert!(o.status.success(), "{o:?}");
