@@ -69,6 +69,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub hold_timeout: std::time::Duration,
     pub backend: BackendChoice,
+    /// `agent-guard run` puts enforce-mode runs under a Landlock ruleset compiled from their
+    /// policy, so most denials are a clean EACCES before the operation (false: the eBPF layer
+    /// alone, which kills after the fact).
+    pub landlock: bool,
     /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
     /// least one page). Losses when it is full are counted and reported as `drop` events.
     pub events_ring_bytes: u32,
@@ -93,6 +97,7 @@ impl Default for Config {
             state_dir: "/run/agent-guard/state".into(),
             hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
+            landlock: true,
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
             source: None,
         }

@@ -62,6 +62,8 @@ struct RunInfo {
     hold: Option<Hold>,
     /// Frozen by a responder (`agent-guard freeze`): answering a hold does not thaw it.
     frozen_by_responder: bool,
+    /// What the run's Landlock layer refuses up front (runs of `agent-guard run` only).
+    landlock: Option<crate::landlock::Coverage>,
 }
 
 impl RunInfo {
@@ -74,6 +76,7 @@ impl RunInfo {
             cgroup_id: self.cgroup_id,
             started_ms: self.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             hold: self.hold.iter().flat_map(|h| h.attempts.iter().map(crate::hold::Recorded::from)).collect(),
+            landlock: self.landlock.clone(),
         }
     }
 }
@@ -493,6 +496,7 @@ fn adopt(shared: &Arc<Shared>) {
                     hold,
                     violations: 0,
                     frozen_by_responder: false,
+                    landlock: r.landlock,
                 };
                 runs.by_cgroup.insert(r.cgroup_id, info);
                 adopted += 1;
@@ -529,6 +533,7 @@ fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
         hold: None,
         violations: 0,
         frozen_by_responder: false,
+        landlock: None,
     }
 }
 
@@ -812,36 +817,20 @@ fn enrich(
         };
     }
     e.detail = raw.detail;
-    if h.ruleset != 0 {
-        judge_refused_open(shared, h.ruleset, &mut e);
+    // Which layer decided: an operation the run's Landlock layer refused reached the eBPF
+    // programs only as a failure; the daemon names the rule with the policy in force.
+    e.layer = crate::landlock::kernel_layer(e.kind);
+    if let Some(cov) = run.as_ref().and_then(|r| r.landlock.as_ref()) {
+        if h.ruleset != 0 && crate::landlock::maybe_refused(&e, cov) {
+            let policy = shared.policies.lock().expect("policies lock").policy_of(h.ruleset);
+            crate::landlock::attribute(&mut e, cov, policy.as_deref());
+        }
     }
     let violation = matches!(e.verdict, "deny" | "kill" | "would_deny" | "hold");
     if let (true, Some(run)) = (violation, &run) {
         e.ancestry = Some(crate::hold::lineage(h.tgid, h.ppid, procs, &shared.mount, &run.dir));
     }
     e
-}
-
-/// An open the kernel refused with EACCES for a run under an enforcing policy is, in
-/// practice, the Landlock layer of `agent-guard run` refusing a write: the eBPF programs saw
-/// only the failure. The daemon judges the path the process passed with the same policy so
-/// the event says which rule refused it (only for absolute paths; the others stay as the
-/// kernel reported them).
-fn judge_refused_open(shared: &Shared, ruleset: u32, e: &mut Event) {
-    let Detail::Open { path, flags, result, path_resolved: false, .. } = &e.detail else { return };
-    let write = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
-    // Landlock handles writes only: a refused read is the file's own permissions.
-    if *result != -libc::EACCES || e.verdict != "allow" || !path.starts_with('/') || !write {
-        return;
-    }
-    let Some(p) = shared.policies.lock().expect("policies lock").policy_of(ruleset) else { return };
-    if p.mode != policy::Mode::Enforce {
-        return;
-    }
-    if let policy::FileVerdict::Deny { rule, .. } = p.file_access(path, policy::Access::Write) {
-        e.verdict = "deny";
-        e.rule = Some(rule.to_string());
-    }
 }
 
 async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::maps::MapData, u64>) {
@@ -1012,6 +1001,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 hold: None,
                 violations: 0,
                 frozen_by_responder: false,
+                landlock: None,
             };
             {
                 // Lock order: binder, then runs. The syscall tracepoints (and for a policied
@@ -1093,6 +1083,17 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
         Request::Status => incident::status(shared),
         Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
             Response::err("this request is handled by the connection, not here")
+        }
+        Request::Landlock { run, coverage } => {
+            let mut runs = shared.runs.lock().expect("runs lock");
+            let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none() && r.dir.starts_with(&shared.root)) else {
+                return Response::err(format!("no active run {run}"));
+            };
+            info.landlock = Some(coverage);
+            if let Err(e) = shared.state.save_run(&info.record()) {
+                warn!("recording run {run}'s Landlock layer in {}: {e}", shared.state.dir().display());
+            }
+            Response::ok()
         }
         Request::End { run, exit_status } => {
             let info = {

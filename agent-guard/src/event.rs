@@ -16,6 +16,11 @@ pub struct Event {
     pub kind: &'static str,
     pub verdict: &'static str,
     pub rule: Option<String>,
+    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs) or
+    /// "landlock" (the run's Landlock layer refused it before it happened). Absent on events
+    /// the daemon makes and on `exit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<&'static str>,
     pub run: Option<String>,
     pub run_name: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -409,7 +414,11 @@ pub fn human(e: &Event) -> String {
         ),
         Detail::None => String::new(),
     };
-    let verdict = if e.verdict == "allow" { String::new() } else { format!(" [{} {}]", e.verdict.to_uppercase(), e.rule.as_deref().unwrap_or("")) };
+    let verdict = match (e.verdict, e.layer) {
+        ("allow", _) => String::new(),
+        (v, Some("landlock")) => format!(" [{} {} by landlock]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
+        (v, _) => format!(" [{} {}]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
+    };
     format!("{} {:<7} {} {}{}", e.ts, e.kind, who.trim_end(), what, verdict)
 }
 
