@@ -566,7 +566,7 @@ pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
                     policy::FileVerdict::Allow => None,
                 })
             };
-            let lexical = lexical(path);
+            let lexical = policy::lexical(path);
             // Through a symlink the name the process passed may be allowed while the file is
             // not: the daemon resolves the path itself (it shares the run's mount namespace
             // unless it runs under PrivateTmp, where /tmp differs; never /proc, whose
@@ -592,21 +592,6 @@ fn open_access(flags: u32) -> (bool, bool) {
     let write = !path_only && (acc != 0 || flags & (libc::O_CREAT | libc::O_TRUNC) as u32 != 0);
     let read = !path_only && acc != libc::O_WRONLY as u32;
     (read, write)
-}
-
-/// "/a/./b//../c" -> "/a/c".
-fn lexical(raw: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in raw.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    format!("/{}", out.join("/"))
 }
 
 #[cfg(test)]

@@ -659,16 +659,7 @@ fn throughput(
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let t = Instant::now();
-    let out = daemon
-        .command()
-        .args(["run", "--policy"])
-        .arg(policy_file)
-        .args(["--name", "agbench-flood", "--"])
-        .arg(agbench)
-        .args(["--flood", &secs.to_string(), "--file"])
-        .arg(data)
-        .stdin(Stdio::null())
-        .output()?;
+    let out = flood_command(daemon, policy_file, "agbench-flood", agbench, secs, data).output()?;
     if !out.status.success() {
         bail!("flood run failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -723,6 +714,19 @@ fn throughput(
     }))
 }
 
+/// A run under the policy that opens `data` as fast as it can for `secs` (agbench --flood).
+fn flood_command(daemon: &Daemon, policy_file: &Path, name: &str, agbench: &Path, secs: u64, data: &Path) -> Command {
+    let mut c = daemon.command();
+    c.args(["run", "--policy"])
+        .arg(policy_file)
+        .args(["--name", name, "--"])
+        .arg(agbench)
+        .args(["--flood", &secs.to_string(), "--file"])
+        .arg(data)
+        .stdin(Stdio::null());
+    c
+}
+
 /// Lets the daemon write what it has read: until the log stops growing for 1 s (at most 120 s).
 fn drain(log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -763,15 +767,7 @@ fn isolation(daemon: &Daemon, agbench: &Path, policy_file: &Path, data: &Path, s
     let log = daemon.dir.join("events.jsonl");
     let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let t = Instant::now();
-    let flood = daemon
-        .command()
-        .args(["run", "--policy"])
-        .arg(policy_file)
-        .args(["--name", "agbench-isolation-flood", "--"])
-        .arg(agbench)
-        .args(["--flood", &secs.to_string(), "--file"])
-        .arg(data)
-        .stdin(Stdio::null())
+    let flood = flood_command(daemon, policy_file, "agbench-isolation-flood", agbench, secs, data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
