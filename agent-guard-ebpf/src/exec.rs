@@ -1,6 +1,6 @@
 //! exec: the new image's executable (resolved path of mm->exe_file) and its argv.
 use agent_guard_common::{
-    kind, rule, ExecEvent, GrantKey, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
+    kind, rule, verdict, ExecEvent, GrantKey, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
 };
 use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 
@@ -47,7 +47,7 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
             }
         }
     }
-    let Some(mut entry) = event::reserve::<ExecEvent>() else { return 0 };
+    let Some(mut entry) = event::reserve::<ExecEvent>(decision.verdict != verdict::ALLOW) else { return 0 };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written one by one to
     // keep the 512-byte stack free.

@@ -12,7 +12,7 @@ pub fn ag_exit(_ctx: TracePointContext) -> u32 {
     }
     let Some(run) = run::current_run() else { return 0 };
     policy::forget_held((pid_tgid >> 32) as u32);
-    let Some(mut entry) = event::reserve::<ExitEvent>() else { return 0 };
+    let Some(mut entry) = event::reserve::<ExitEvent>(false) else { return 0 };
     let o = kernel::offsets();
     let code: i32 = kernel::read(kernel::current_task(), o.task_exit_code).unwrap_or(0);
     entry.write(ExitEvent { hdr: event::header(kind::EXIT, &run), exit_code: code as u32, _pad: 0 });

@@ -2,7 +2,7 @@
 //! descriptor's `struct file` (the path the kernel resolved: symlinks, `..`, relative paths
 //! and dirfds are already applied). A failed open reports the string the process passed.
 use agent_guard_common::{
-    drop_slot, kind, rule, GrantKey, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
+    drop_slot, kind, rule, verdict, GrantKey, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
     FLAG_READ_ERROR, PATH_MAX,
 };
 use aya_ebpf::{
@@ -150,7 +150,10 @@ fn finish(ctx: &TracePointContext) -> u32 {
             flags |= FLAG_PATH_TRUNCATED;
         }
     }
-    let Some(mut entry) = event::reserve::<OpenEvent>() else { return 0 };
+    let Some(mut entry) = event::reserve::<OpenEvent>(
+        // A refused open of a policied run may be the Landlock layer's denial.
+        decision.verdict != verdict::ALLOW || (rs.is_some() && event::refused(ret)),
+    ) else { return 0 };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
     unsafe {

@@ -140,7 +140,7 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
         Some(rs) if refused => kill_later(rs, true),
         _ => d.verdict,
     };
-    if let Some(mut entry) = event::reserve::<ConnectEvent>() {
+    if let Some(mut entry) = event::reserve::<ConnectEvent>(true) {
         let mut hdr = event::header(kind::SENDMSG, &run);
         hdr.verdict = reported;
         hdr.rule = d.rule;
@@ -204,7 +204,7 @@ pub fn ag_sock_create(ctx: SockContext) -> i32 {
         return PASS;
     };
     let d = policy::refusal(&rs, rule);
-    if let Some(mut entry) = event::reserve::<SocketEvent>() {
+    if let Some(mut entry) = event::reserve::<SocketEvent>(true) {
         let mut hdr = event::header(kind::SOCKET, &run);
         hdr.verdict = d.verdict;
         hdr.rule = d.rule;
@@ -345,7 +345,7 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
             _ => {}
         }
     }
-    let Some(mut entry) = event::reserve::<ConnectEvent>() else { return 0 };
+    let Some(mut entry) = event::reserve::<ConnectEvent>(d.verdict != verdict::ALLOW || event::refused(ret)) else { return 0 };
     let mut hdr = event::header(kind::CONNECT, &run);
     hdr.flags = flags;
     hdr.verdict = d.verdict;
