@@ -135,13 +135,15 @@ fn finish(ctx: &TracePointContext) -> u32 {
             let path_only = fmode & FMODE_PATH != 0;
             // The approval is for this file with exactly this access (1 read, 2 write).
             let access = read as u32 | (write as u32) << 1;
-            file_id = kernel::file_id(&o, file);
-            let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
+            let key = || {
+                file_id = kernel::file_id(&o, file);
+                GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id }
+            };
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
-                Some(w) => policy::file_decision(rs, w, read, write, false, Some(&key)),
+                Some(w) => policy::file_decision(rs, w, read, write, false, key),
                 // The file could not be identified: never allowed by default.
-                None => policy::violation(rs, rule::UNSEEN, false, None),
+                None => policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD),
             };
         }
     }

@@ -67,7 +67,7 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn report(run: &run::CurrentRun, rs: &run::Ruleset, rule: u32, nr: u32, arg0: u64) -> i32 {
-    let d = policy::violation(rs, rule, false, None);
+    let d = policy::violation(rs, rule, false, policy::NO_HOLD);
     let Some(mut entry) = event::reserve::<SyscallEvent>() else { return 0 };
     let mut hdr = event::header(kind::SYSCALL, run);
     hdr.verdict = d.verdict;
