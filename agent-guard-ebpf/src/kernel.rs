@@ -71,6 +71,16 @@ pub fn read<T: Copy>(base: u64, off: u32) -> Result<T, ()> {
     }
 }
 
+/// The 8-byte field at `off` of a syscalls:sys_enter_* / sys_exit_* record (arguments from
+/// byte 16, or the return value at 16). A direct load from the context the verifier checked,
+/// not a probe helper call as `TracePointContext::read_at` does.
+#[inline(always)]
+pub fn tp_u64(ctx: &aya_ebpf::programs::TracePointContext, off: usize) -> u64 {
+    use aya_ebpf::EbpfContext;
+    // SAFETY: callers pass fixed offsets inside the record, which the verifier checks.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<u64>()) }
+}
+
 #[inline(always)]
 pub fn current_task() -> u64 {
     // SAFETY: helper without arguments.

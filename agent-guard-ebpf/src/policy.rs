@@ -43,7 +43,11 @@ static AG_HELD: HashMap<u32, u32> = HashMap::with_max_entries(agent_guard_common
 /// A held process that ends is no longer held (its tgid may be reused).
 #[inline(always)]
 pub fn forget_held(tgid: u32) {
-    let _ = AG_HELD.remove(&tgid);
+    // Looked up first: a lookup takes no lock, a delete takes the bucket's even on a miss.
+    // SAFETY: presence test only.
+    if unsafe { AG_HELD.get(&tgid) }.is_some() {
+        let _ = AG_HELD.remove(&tgid);
+    }
 }
 
 /// Whether the current process is held (see AG_HELD).
