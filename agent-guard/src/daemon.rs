@@ -638,6 +638,9 @@ async fn write_events(
     }
 }
 
+/// Least time between two drains of the kernel ring buffer (see `read_ring`).
+const RING_DRAIN_PAUSE: Duration = Duration::from_millis(5);
+
 /// Reads the kernel ring buffer. Events that must follow everything the kernel has recorded
 /// so far (a run's `run_end`) arrive on `after_ring`: the ring is drained first, then they are
 /// emitted, so a run's last exec/open/exit events always come before its run_end.
@@ -673,9 +676,17 @@ async fn read_ring(
             }
         }
     };
+    // The kernel wakes a reader (an interrupt, then a cross-CPU wakeup: several microseconds,
+    // paid inside the program that submits) for the first record after the reader has caught
+    // up. Pausing between drains lets a burst pile up behind one wakeup instead of paying one
+    // per record; a lone event still wakes the reader at once.
+    let mut next_drain = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            ready = fd.readable_mut() => {
+            ready = async {
+                tokio::time::sleep_until(next_drain).await;
+                fd.readable_mut().await
+            } => {
                 let mut guard = match ready {
                     Ok(g) => g,
                     Err(e) => {
@@ -685,6 +696,7 @@ async fn read_ring(
                 };
                 drain(guard.get_inner_mut());
                 guard.clear_ready();
+                next_drain = tokio::time::Instant::now() + RING_DRAIN_PAUSE;
             }
             Some(e) = after_ring.recv() => {
                 drain(fd.get_mut());
