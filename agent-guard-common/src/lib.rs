@@ -343,7 +343,7 @@ pub struct ExecEvent {
     pub argv_len: u32,
     pub _pad: u64,
     /// The executable's device and inode (see `GrantKey`), for approving a held exec; zero
-    /// for runs without a policy.
+    /// unless the exec violated the policy (the kernel identifies the file only then).
     pub file_id: [u8; 16],
     pub path: [u8; PATH_MAX],
     pub argv: [u8; ARGV_MAX],
@@ -360,7 +360,7 @@ pub struct OpenEvent {
     pub path_len: u32,
     pub _pad: u32,
     /// The opened file's device and inode (see `GrantKey`), for approving a held open; zero
-    /// for runs without a policy or a failed open.
+    /// unless the open violated the policy (the kernel identifies the file only then).
     pub file_id: [u8; 16],
     pub path: [u8; PATH_MAX],
 }

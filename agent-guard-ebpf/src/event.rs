@@ -99,7 +99,8 @@ pub fn header(kind: u32, run: &CurrentRun) -> EventHeader {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         run_cgroup: run.run_cgroup,
-        cgroup: run.cgroup,
+        // SAFETY: helper without arguments.
+        cgroup: unsafe { aya_ebpf::helpers::generated::bpf_get_current_cgroup_id() },
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
         ppid: kernel::current_ppid(&o),

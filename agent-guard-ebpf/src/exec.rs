@@ -34,16 +34,18 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
                 flags |= FLAG_PATH_TRUNCATED;
             }
             if let Some(rs) = &rs {
-                file_id = kernel::file_id(&o, exe_file);
-                let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
-                decision = policy::exec_decision(rs, w, Some(&key));
+                let key = || {
+                    file_id = kernel::file_id(&o, exe_file);
+                    GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id }
+                };
+                decision = policy::exec_decision(rs, w, key);
             }
         }
         None => {
             flags |= FLAG_READ_ERROR;
             if let Some(rs) = &rs {
                 // The executable could not be identified: never allowed by default.
-                decision = policy::violation(rs, rule::UNSEEN, false, None);
+                decision = policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD);
             }
         }
     }

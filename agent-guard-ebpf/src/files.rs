@@ -48,39 +48,31 @@ fn remember(filename: u64, flags: u32) {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
 pub fn ag_enter_openat(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets inside the sys_enter_openat record.
-    let (filename, flags) = unsafe { (ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) };
-    remember(filename.unwrap_or(0), flags.unwrap_or(0) as u32);
+    remember(kernel::tp_u64(&ctx, ARG1), kernel::tp_u64(&ctx, ARG2) as u32);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
 pub fn ag_enter_open(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets inside the sys_enter_open record.
-    let (filename, flags) = unsafe { (ctx.read_at::<u64>(ARG0), ctx.read_at::<u64>(ARG1)) };
-    remember(filename.unwrap_or(0), flags.unwrap_or(0) as u32);
+    remember(kernel::tp_u64(&ctx, ARG0), kernel::tp_u64(&ctx, ARG1) as u32);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_creat")]
 pub fn ag_enter_creat(ctx: TracePointContext) -> u32 {
-    // SAFETY: offset inside the sys_enter_creat record.
-    let filename = unsafe { ctx.read_at::<u64>(ARG0) };
-    remember(filename.unwrap_or(0), O_CREAT | O_WRONLY | O_TRUNC);
+    remember(kernel::tp_u64(&ctx, ARG0), O_CREAT | O_WRONLY | O_TRUNC);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
 pub fn ag_enter_openat2(ctx: TracePointContext) -> u32 {
-    // SAFETY: offsets inside the sys_enter_openat2 record; `how` is a user pointer whose
-    // first field is the u64 flags.
-    let (filename, how) = unsafe { (ctx.read_at::<u64>(ARG1), ctx.read_at::<u64>(ARG2)) };
+    let (filename, how) = (kernel::tp_u64(&ctx, ARG1), kernel::tp_u64(&ctx, ARG2));
+    // SAFETY: `how` is a user pointer whose first field is the u64 flags; a failed read is 0.
     let flags = match how {
-        Ok(how) if how != 0 => unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }
-            .unwrap_or(0),
-        _ => 0,
+        0 => 0,
+        how => unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0),
     };
-    remember(filename.unwrap_or(0), flags as u32);
+    remember(filename, flags as u32);
     0
 }
 
@@ -104,8 +96,7 @@ fn finish(ctx: &TracePointContext) -> u32 {
     if pending.is_some() {
         let _ = AG_PENDING_OPEN.remove(&key);
     }
-    // SAFETY: offset inside the sys_exit_* record.
-    let ret = unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(-1);
+    let ret = kernel::tp_u64(ctx, RET) as i64;
     if pending.is_none() && (ret < 0 || rs.is_none()) {
         return 0; // nothing was opened, or nothing to enforce: the lost entry is counted
     }
@@ -135,13 +126,15 @@ fn finish(ctx: &TracePointContext) -> u32 {
             let path_only = fmode & FMODE_PATH != 0;
             // The approval is for this file with exactly this access (1 read, 2 write).
             let access = read as u32 | (write as u32) << 1;
-            file_id = kernel::file_id(&o, file);
-            let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
+            let key = || {
+                file_id = kernel::file_id(&o, file);
+                GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id }
+            };
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
-                Some(w) => policy::file_decision(rs, w, read, write, false, Some(&key)),
+                Some(w) => policy::file_decision(rs, w, read, write, false, key),
                 // The file could not be identified: never allowed by default.
-                None => policy::violation(rs, rule::UNSEEN, false, None),
+                None => policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD),
             };
         }
     }

@@ -71,6 +71,16 @@ pub fn read<T: Copy>(base: u64, off: u32) -> Result<T, ()> {
     }
 }
 
+/// The 8-byte field at `off` of a syscalls:sys_enter_* / sys_exit_* record (arguments from
+/// byte 16, or the return value at 16). A direct load from the context the verifier checked,
+/// not a probe helper call as `TracePointContext::read_at` does.
+#[inline(always)]
+pub fn tp_u64(ctx: &aya_ebpf::programs::TracePointContext, off: usize) -> u64 {
+    use aya_ebpf::EbpfContext;
+    // SAFETY: callers pass fixed offsets inside the record, which the verifier checks.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(off).cast::<u64>()) }
+}
+
 #[inline(always)]
 pub fn current_task() -> u64 {
     // SAFETY: helper without arguments.
@@ -122,9 +132,36 @@ const WALK_PSEUDO: u32 = 4;
 struct WalkState {
     dentry: u64,
     mnt: u64,
+    /// `mnt->mnt.mnt_root`, read once per mount rather than once per step.
+    mnt_root: u64,
     /// Exclusive end of the free space in scratch[0..PATH_MAX]; the path is [pos..PATH_MAX].
     pos: u32,
     state: u32,
+}
+
+/// `dentry.d_parent` followed by `dentry.d_name` (a `struct qstr`: hash, len, name), as every
+/// kernel since 3.x lays them out: read with one probe instead of three (see [`parent_name`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ParentName {
+    parent: u64,
+    hash: u32,
+    len: u32,
+    name: u64,
+}
+
+/// The parent, name length and name pointer of `dentry`.
+#[inline(always)]
+fn parent_name(o: &KernelOffsets, dentry: u64) -> Result<ParentName, ()> {
+    if o.dentry_d_name == o.dentry_d_parent + 8 && o.qstr_len == 4 && o.qstr_name == 8 {
+        return read(dentry, o.dentry_d_parent);
+    }
+    Ok(ParentName {
+        parent: read(dentry, o.dentry_d_parent)?,
+        hash: 0,
+        len: read(dentry + o.dentry_d_name as u64, o.qstr_len)?,
+        name: read(dentry + o.dentry_d_name as u64, o.qstr_name)?,
+    })
 }
 
 /// One step of the walk, run by bpf_loop: the verifier checks it once, not once per
@@ -145,60 +182,56 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     }
 }
 
+/// Per component: one probe of the dentry (parent and name) and one of the name's bytes.
 #[inline(always)]
 fn step(w: &mut WalkState) -> Result<u32, ()> {
     let o = offsets();
-    let buf = crate::event::scratch().ok_or(())?;
-    let mnt_root: u64 = read(w.mnt + o.mount_mnt as u64, o.vfsmount_mnt_root)?;
-    let parent: u64 = read(w.dentry, o.dentry_d_parent)?;
-    if w.dentry == parent && w.dentry != mnt_root {
-        let len: u32 = read(w.dentry + o.dentry_d_name as u64, o.qstr_len)?;
-        let name: u64 = read(w.dentry + o.dentry_d_name as u64, o.qstr_name)?;
-        let len = len & 255;
+    let s = crate::event::scratch_all().ok_or(())?;
+    let buf = s.cast::<u8>();
+    let pn = parent_name(&o, w.dentry)?;
+    if w.dentry == pn.parent && w.dentry != w.mnt_root {
+        let len = pn.len & 255;
         if len + 1 < w.pos {
             let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
             // SAFETY: pos < PATH_MAX and len < 256: inside the 2 * PATH_MAX scratch.
-            if unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, name as *const _) } == 0 {
+            if unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, pn.name as *const _) } == 0 {
                 w.pos = pos;
             }
         }
         return Ok(WALK_PSEUDO);
     }
-    if w.dentry == mnt_root || w.dentry == parent {
+    if w.dentry == w.mnt_root || w.dentry == pn.parent {
         // At the root of this mount: step to the mount point in the parent mount.
         let mnt_parent: u64 = read(w.mnt, o.mount_mnt_parent)?;
-        if w.dentry != mnt_root || mnt_parent == w.mnt || mnt_parent == 0 {
+        if w.dentry != w.mnt_root || mnt_parent == w.mnt || mnt_parent == 0 {
             return Ok(WALK_DONE); // the root of the mount tree (or of a detached fs)
         }
         w.dentry = read(w.mnt, o.mount_mnt_mountpoint)?;
         w.mnt = mnt_parent;
+        w.mnt_root = read(w.mnt + o.mount_mnt as u64, o.vfsmount_mnt_root)?;
         return Ok(WALK_RUNNING);
     }
-    let len: u32 = read(w.dentry + o.dentry_d_name as u64, o.qstr_len)?;
-    let name: u64 = read(w.dentry + o.dentry_d_name as u64, o.qstr_name)?;
-    let len = len & (PATH_MAX as u32 - 1);
+    let len = pn.len & (PATH_MAX as u32 - 1);
     // Keep pos >= 1 so a result is at most PATH_MAX - 1 bytes (the masks below stay exact).
     if len + 2 > w.pos {
         return Ok(WALK_TRUNCATED); // the kept tail is still a valid suffix
     }
     let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
     // SAFETY: pos < PATH_MAX and len < PATH_MAX: the write stays inside 2 * PATH_MAX.
-    let rc = unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, name as *const _) };
+    let rc = unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, pn.name as *const _) };
     if rc != 0 {
         return Err(());
     }
     let pos = (pos - 1) & (PATH_MAX as u32 - 1);
-    // SAFETY: as above.
-    unsafe { *buf.add(pos as usize) = b'/' };
-    let s = crate::event::scratch_all().ok_or(())?;
-    // SAFETY: per-CPU scratch; the index is masked into the array.
+    // SAFETY: per-CPU scratch; pos < PATH_MAX; the component index is masked into the array.
     unsafe {
+        *buf.add(pos as usize) = b'/';
         let n = (*s).ncomps;
         (*s).comps[(n & (PATH_DEPTH_MAX - 1)) as usize] = pos;
         (*s).ncomps = n + 1;
     }
     w.pos = pos;
-    w.dentry = parent;
+    w.dentry = pn.parent;
     Ok(WALK_RUNNING)
 }
 
@@ -211,6 +244,7 @@ pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Wal
     let mut w = WalkState {
         dentry,
         mnt: vfsmnt.wrapping_sub(o.mount_mnt as u64), // container_of(vfsmnt, struct mount, mnt)
+        mnt_root: read(vfsmnt, o.vfsmount_mnt_root)?,
         pos: PATH_MAX as u32,
         state: WALK_RUNNING,
     };

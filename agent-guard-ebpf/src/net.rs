@@ -113,15 +113,30 @@ fn v6_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
 #[inline(always)]
 fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
-    // SAFETY: a context field the verifier allows reading.
-    let protocol = unsafe { (*sa).protocol };
-    match net_decision(&run, &addr, port, Some(protocol)) {
-        (d, Some(rs)) if d.verdict == verdict::DENY => {
-            kill_later(&rs, true);
-            REFUSE
+    // SAFETY: context fields the verifier allows reading.
+    let (protocol, sock_type, family) = unsafe { ((*sa).protocol, (*sa).type_, (*sa).user_family) };
+    let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
+    let (reported, ret) = match &rs {
+        Some(rs) if d.verdict == verdict::DENY => (kill_later(rs, true), REFUSE),
+        _ => (d.verdict, PASS),
+    };
+    // Inside connect(2) (its entry left a record): leave the judgment for the exit's event,
+    // which then needs neither the socket's kernel structures nor a second rule lookup.
+    if let Some(p) = AG_PENDING_CONNECT.get_ptr_mut(&bpf_get_current_pid_tgid()) {
+        // SAFETY: this thread's own record, written in place.
+        unsafe {
+            (*p).judged = 1;
+            (*p).verdict = reported;
+            (*p).rule = d.rule;
+            (*p).ruleset = ruleset_id(&rs);
+            (*p).sock_type = sock_type as u16;
+            (*p).protocol = protocol as u16;
+            (*p).port = port;
+            (*p).family = family as u16;
+            (*p).addr = addr;
         }
-        _ => PASS,
     }
+    ret
 }
 
 /// UDP send to an explicit address: refused sends are reported here (allowed ones are not,
@@ -271,9 +286,21 @@ const AF_INET6: u16 = 10;
 #[derive(Clone, Copy)]
 struct PendingConnect {
     fd: i32,
-    _pad: u32,
+    /// Non-zero once connect4/connect6 judged this connect: the fields from `verdict` on
+    /// are theirs (the address as the kernel copied it, the socket's type and protocol).
+    judged: u32,
     /// sockaddr_in or sockaddr_in6 as passed (28 bytes used).
     sa: [u8; 32],
+    verdict: u32,
+    rule: u32,
+    ruleset: u32,
+    sock_type: u16,
+    protocol: u16,
+    port: u16,
+    family: u16,
+    _pad: [u16; 2],
+    /// IPv4-mapped for IPv4.
+    addr: [u8; 16],
 }
 
 #[map]
@@ -285,11 +312,22 @@ pub fn ag_enter_connect(ctx: TracePointContext) -> u32 {
     if run::current_run().is_none() {
         return 0;
     }
-    // SAFETY: offsets inside the sys_enter_connect record: fd, uservaddr, addrlen.
-    let (fd, uaddr, alen) =
-        unsafe { (ctx.read_at::<u64>(16), ctx.read_at::<u64>(24), ctx.read_at::<u64>(32)) };
-    let (Ok(fd), Ok(uaddr), Ok(alen)) = (fd, uaddr, alen) else { return 0 };
-    let mut p = PendingConnect { fd: fd as i32, _pad: 0, sa: [0; 32] };
+    // The sys_enter_connect record: fd, uservaddr, addrlen.
+    let (fd, uaddr, alen) = (kernel::tp_u64(&ctx, 16), kernel::tp_u64(&ctx, 24), kernel::tp_u64(&ctx, 32));
+    let mut p = PendingConnect {
+        fd: fd as i32,
+        judged: 0,
+        sa: [0; 32],
+        verdict: 0,
+        rule: 0,
+        ruleset: 0,
+        sock_type: 0,
+        protocol: 0,
+        port: 0,
+        family: 0,
+        _pad: [0; 2],
+        addr: [0; 16],
+    };
     let n = if alen > 28 { 28 } else { alen as u32 };
     // SAFETY: user read of at most 28 bytes into a 32-byte array; failure leaves zeros.
     unsafe { bpf_probe_read_user(p.sa.as_mut_ptr().cast(), n & 31, uaddr as *const _) };
@@ -311,46 +349,60 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
     // SAFETY: copied out before removal.
     let Some(p) = (unsafe { AG_PENDING_CONNECT.get(&key) }).copied() else { return 0 };
     let _ = AG_PENDING_CONNECT.remove(&key);
-    // SAFETY: offset inside the sys_exit_connect record.
-    let ret = unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0);
-    let o = kernel::offsets();
+    let ret = kernel::tp_u64(&ctx, 16) as i64;
     let mut flags = 0;
-    let mut sock_type = 0u16;
-    let mut protocol = 0u16;
-    match kernel::fd_file(&o, p.fd).and_then(|f| kernel::read::<u64>(f, o.file_private_data)) {
-        Ok(sock) => {
-            sock_type = kernel::read::<i16>(sock, o.socket_type).unwrap_or(0) as u16;
-            let sk: u64 = kernel::read(sock, o.socket_sk).unwrap_or(0);
-            if o.sock_protocol_size == 2 {
-                protocol = kernel::read::<u16>(sk, o.sock_protocol).unwrap_or(0);
+    let (d, ruleset, sock_type, protocol, family, port, addr) = if p.judged != 0 {
+        // What connect4/connect6 decided, on the address the kernel used.
+        let d = policy::Decision { verdict: p.verdict, rule: p.rule };
+        (d, p.ruleset, p.sock_type, p.protocol, p.family, p.port, p.addr)
+    } else {
+        let family = u16::from_ne_bytes([p.sa[0], p.sa[1]]);
+        // The connect failed before the cgroup hook (bad descriptor or address, already
+        // connected, ...): what the policy says of the address the process passed.
+        let o = kernel::offsets();
+        let mut sock_type = 0u16;
+        let mut protocol = 0u16;
+        match kernel::fd_file(&o, p.fd).and_then(|f| kernel::read::<u64>(f, o.file_private_data)) {
+            Ok(sock) => {
+                sock_type = kernel::read::<i16>(sock, o.socket_type).unwrap_or(0) as u16;
+                let sk: u64 = kernel::read(sock, o.socket_sk).unwrap_or(0);
+                if o.sock_protocol_size == 2 {
+                    protocol = kernel::read::<u16>(sk, o.sock_protocol).unwrap_or(0);
+                }
+            }
+            Err(()) => flags |= FLAG_READ_ERROR,
+        }
+        let port = u16::from_be_bytes([p.sa[2], p.sa[3]]);
+        let addr = if family == AF_INET {
+            policy::mapped_v4(u32::from_ne_bytes([p.sa[4], p.sa[5], p.sa[6], p.sa[7]]))
+        } else {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&p.sa[8..24]);
+            a
+        };
+        let (mut d, rs) = net_decision(&run, &addr, port, None);
+        if d.verdict == verdict::DENY {
+            match pending {
+                PENDING_KILL => d.verdict = verdict::KILL,
+                PENDING_STOP => d.verdict = verdict::HOLD,
+                PENDING_GRANTED => d = policy::GRANTED,
+                _ => {}
             }
         }
-        Err(()) => flags |= FLAG_READ_ERROR,
-    }
-    let family = u16::from_ne_bytes([p.sa[0], p.sa[1]]);
-    let port = u16::from_be_bytes([p.sa[2], p.sa[3]]);
-    let mut addr = [0u8; 16];
+        (d, ruleset_id(&rs), sock_type, protocol, family, port, addr)
+    };
+    // The event carries IPv4 in the first 4 bytes.
+    let mut out = addr;
     if family == AF_INET {
-        addr[..4].copy_from_slice(&p.sa[4..8]);
-    } else {
-        addr.copy_from_slice(&p.sa[8..24]);
-    }
-    let mapped = if family == AF_INET { policy::mapped_v4(u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])) } else { addr };
-    let (mut d, rs) = net_decision(&run, &mapped, port, None);
-    if d.verdict == verdict::DENY {
-        match pending {
-            PENDING_KILL => d.verdict = verdict::KILL,
-            PENDING_STOP => d.verdict = verdict::HOLD,
-            PENDING_GRANTED => d = policy::GRANTED,
-            _ => {}
-        }
+        out = [0; 16];
+        out[..4].copy_from_slice(&addr[12..16]);
     }
     let Some(mut entry) = event::reserve::<ConnectEvent>(d.verdict != verdict::ALLOW || event::refused(ret)) else { return 0 };
     let mut hdr = event::header(kind::CONNECT, &run);
     hdr.flags = flags;
     hdr.verdict = d.verdict;
     hdr.rule = d.rule;
-    hdr.ruleset = ruleset_id(&rs);
+    hdr.ruleset = ruleset;
     entry.write(ConnectEvent {
         hdr,
         result: ret as i32,
@@ -359,7 +411,7 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
         protocol,
         sock_type,
         _pad: 0,
-        addr,
+        addr: out,
     });
     entry.submit(0);
     0

@@ -43,7 +43,11 @@ static AG_HELD: HashMap<u32, u32> = HashMap::with_max_entries(agent_guard_common
 /// A held process that ends is no longer held (its tgid may be reused).
 #[inline(always)]
 pub fn forget_held(tgid: u32) {
-    let _ = AG_HELD.remove(&tgid);
+    // Looked up first: a lookup takes no lock, a delete takes the bucket's even on a miss.
+    // SAFETY: presence test only.
+    if unsafe { AG_HELD.get(&tgid) }.is_some() {
+        let _ = AG_HELD.remove(&tgid);
+    }
 }
 
 /// Whether the current process is held (see AG_HELD).
@@ -53,6 +57,9 @@ pub fn is_held() -> bool {
     // SAFETY: presence test only.
     unsafe { AG_HELD.get(&tgid) }.is_some()
 }
+
+/// `violation`'s `hold` for an access no responder can approve.
+pub const NO_HOLD: Option<fn() -> GrantKey> = None;
 
 pub const GRANTED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::GRANT };
 
@@ -86,18 +93,20 @@ pub const ALLOWED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::NO
 /// `on_violation = "kill"`, the whole process gets SIGKILL, which it receives before it
 /// returns to user space. Monitor mode only reports.
 ///
-/// `hold`: the access as a responder can approve it. An approved access is allowed; under
-/// `on_violation = "freeze"` the process gets SIGSTOP (it stops before it returns to user
-/// space) and the daemon holds the run for review. Without it (syscalls, unidentified
-/// files), freeze kills: a stop after the fact would let the operation run.
+/// `hold`: builds the access as a responder can approve it (called at most once, and only
+/// here, on a violation: identifying a file costs kernel reads that an allowed access does
+/// not need). An approved access is allowed; under `on_violation = "freeze"` the process
+/// gets SIGSTOP (it stops before it returns to user space) and the daemon holds the run for
+/// review. Without it ([`NO_HOLD`]: syscalls, unidentified files), freeze kills: a stop after
+/// the fact would let the operation run.
 #[inline(always)]
-pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool, hold: Option<&GrantKey>) -> Decision {
+pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool, hold: Option<impl FnOnce() -> GrantKey>) -> Decision {
     let d = refusal(rs, rule);
     if d.verdict == verdict::WOULD_DENY {
         return d;
     }
     if let Some(key) = hold {
-        if granted(key) {
+        if granted(&key()) {
             return GRANTED;
         }
         if holds(rs) {
@@ -192,9 +201,11 @@ extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
         let key = &mut (*s).key;
         key.ruleset = st.ruleset;
         key.parent = st.node;
+        // Zero-padded for the hash: 32 word stores. Volatile, so that LLVM does not turn
+        // them into a call to its byte-by-byte BPF memset (which cost more than the lookup).
         let words = key.name.as_mut_ptr().cast::<u64>();
         for i in 0..NAME_BYTES / 8 {
-            *words.add(i) = 0;
+            core::ptr::write_volatile(words.add(i), 0);
         }
         let src = (*s).buf.as_ptr().add(start as usize);
         if bpf_probe_read_kernel(key.name.as_mut_ptr().cast(), len, src.cast()) != 0 {
@@ -240,7 +251,8 @@ pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
     }
 }
 
-/// Decision for opening a walked path with `write` and/or `read` access.
+/// Decision for opening a walked path with `write` and/or `read` access. `hold`: the
+/// approvable access (see [`violation`]), built only if the open violates the policy.
 #[inline(always)]
 pub fn file_decision(
     rs: &Ruleset,
@@ -248,42 +260,42 @@ pub fn file_decision(
     read: bool,
     write: bool,
     can_refuse: bool,
-    hold: Option<&GrantKey>,
+    hold: impl FnOnce() -> GrantKey,
 ) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, can_refuse, None);
+        return violation(rs, rule::PATH_TOO_LONG, can_refuse, NO_HOLD);
     }
     if w.pseudo {
         // Reopening a pipe, socket or anonymous inode the process already holds.
         return ALLOWED;
     }
     let m = match_path(rs, w);
-    if m.access & file_rule::DENY != 0 {
-        return violation(rs, rule::FILES_DENY, can_refuse, hold);
-    }
-    if write && m.access & file_rule::WRITE == 0 {
-        return violation(rs, rule::FILES_WRITE, can_refuse, hold);
-    }
-    if read && m.access & (file_rule::READ | file_rule::WRITE) == 0 {
-        return violation(rs, rule::FILES_READ, can_refuse, hold);
-    }
-    ALLOWED
+    let rule = if m.access & file_rule::DENY != 0 {
+        rule::FILES_DENY
+    } else if write && m.access & file_rule::WRITE == 0 {
+        rule::FILES_WRITE
+    } else if read && m.access & (file_rule::READ | file_rule::WRITE) == 0 {
+        rule::FILES_READ
+    } else {
+        return ALLOWED;
+    };
+    violation(rs, rule, can_refuse, Some(hold))
 }
 
 /// Decision for running the walked executable (always a kill when violated: the image is
-/// already loaded when the tracepoint fires).
+/// already loaded when the tracepoint fires). `hold` as for [`file_decision`].
 #[inline(always)]
-pub fn exec_decision(rs: &Ruleset, w: &Walked, hold: Option<&GrantKey>) -> Decision {
+pub fn exec_decision(rs: &Ruleset, w: &Walked, hold: impl FnOnce() -> GrantKey) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, false, None);
+        return violation(rs, rule::PATH_TOO_LONG, false, NO_HOLD);
     }
     if w.pseudo {
-        return violation(rs, rule::EXEC, false, None); // memfd and other fileless executables
+        return violation(rs, rule::EXEC, false, NO_HOLD); // memfd and other fileless executables
     }
     if match_path(rs, w).exec {
         ALLOWED
     } else {
-        violation(rs, rule::EXEC, false, hold)
+        violation(rs, rule::EXEC, false, Some(hold))
     }
 }
 

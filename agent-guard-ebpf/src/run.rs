@@ -4,7 +4,7 @@ use agent_guard_common::{
     SYSCALL_WORDS,
 };
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    helpers::generated::bpf_get_current_ancestor_cgroup_id,
     macros::map,
     maps::{Array, HashMap},
 };
@@ -37,9 +37,10 @@ static AG_POLICY_CUR: Array<u32> = Array::with_max_entries(POLICIES_MAX, 0);
 #[map]
 static AG_RULESETS: HashMap<u32, RulesetHeader> = HashMap::with_max_entries(RULESETS_MAX, 0);
 
+/// The current task's run. The task's own cgroup id is read when an event needs it
+/// (`event::header`), not on every hook.
 pub struct CurrentRun {
     pub run_cgroup: u64,
-    pub cgroup: u64,
     pub policy: u32,
 }
 
@@ -59,9 +60,8 @@ pub fn current_run() -> Option<CurrentRun> {
     }
     let run_cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32 + 1) };
     // SAFETY: the value is copied out at once.
-    let entry = unsafe { AG_RUNS.get(&run_cgroup) }.copied()?;
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    Some(CurrentRun { run_cgroup, cgroup, policy: entry.policy })
+    let policy = unsafe { AG_RUNS.get(&run_cgroup) }?.policy;
+    Some(CurrentRun { run_cgroup, policy })
 }
 
 /// The binding the current task is under, searching its cgroup's ancestors from the top.
@@ -77,19 +77,20 @@ fn bound_run() -> Option<CurrentRun> {
             return None;
         }
         // SAFETY: copied out at once.
-        if let Some(e) = unsafe { AG_BOUND.get(&id) }.copied() {
-            let cgroup = unsafe { bpf_get_current_cgroup_id() };
-            return Some(CurrentRun { run_cgroup: id, cgroup, policy: e.policy });
+        if let Some(e) = unsafe { AG_BOUND.get(&id) } {
+            return Some(CurrentRun { run_cgroup: id, policy: e.policy });
         }
     }
     None
 }
 
-/// The rule set that decides for `run` right now: read once per decision, so one decision
-/// never mixes two generations of a policy.
+/// The rule set that decides for `run` right now: looked up once per decision, so one
+/// decision never mixes two generations of a policy (a generation's header is never
+/// rewritten: a reload publishes a new id). `hdr` points into the map (or at
+/// [`FAIL_CLOSED`]); its 144 bytes are not copied for the one or two fields a hook reads.
 pub struct Ruleset {
     pub id: u32,
-    pub hdr: RulesetHeader,
+    pub hdr: &'static RulesetHeader,
 }
 
 /// None for a run without a policy. A run whose policy cannot be found (which the daemon
@@ -102,17 +103,15 @@ pub fn ruleset(run: &CurrentRun) -> Option<Ruleset> {
     let id = AG_POLICY_CUR.get(run.policy).copied().unwrap_or(0);
     // SAFETY: copied out at once.
     match unsafe { AG_RULESETS.get(&id) } {
-        Some(hdr) if id != 0 => Some(Ruleset { id, hdr: *hdr }),
-        _ => Some(Ruleset {
-            id: 0,
-            hdr: RulesetHeader { mode: mode::ENFORCE, on_violation: action::DENY, ..RULESET_NONE },
-        }),
+        Some(hdr) if id != 0 => Some(Ruleset { id, hdr }),
+        _ => Some(Ruleset { id: 0, hdr: &FAIL_CLOSED }),
     }
 }
 
-const RULESET_NONE: RulesetHeader = RulesetHeader {
-    mode: 0,
-    on_violation: 0,
+/// The rule set of a run whose policy cannot be found: enforcing, no rules.
+static FAIL_CLOSED: RulesetHeader = RulesetHeader {
+    mode: mode::ENFORCE,
+    on_violation: action::DENY,
     root_flags: 0,
     flags: 0,
     syscalls: [0; SYSCALL_WORDS],

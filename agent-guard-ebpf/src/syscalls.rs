@@ -35,39 +35,43 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     // TP_PROTO(struct pt_regs *regs, long id)
-    let regs: u64 = ctx.arg(0);
     let id: i64 = ctx.arg(1);
-    let o = kernel::offsets();
-    let arg0 = kernel::read::<u64>(regs, o.pt_regs_di);
     let nr = id as u32;
-    let needs_arg = nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_SOCKET;
-    let Ok(arg0) = arg0.or(if needs_arg { Err(()) } else { Ok(0) }) else {
-        // The argument that decides could not be read: refused, not guessed.
-        return report(&run, &rs, rule::UNSEEN, nr, 0);
-    };
+    let o = kernel::offsets();
     let status: u32 = kernel::read(kernel::current_task(), o.task_ti_status).unwrap_or(0);
+    // The first argument is read only for the syscalls it decides (and for a report).
+    let arg0 = || kernel::read::<u64>(ctx.arg(0), o.pt_regs_di);
     let rule = if status & TS_COMPAT != 0 || id < 0 || id >= 512 {
         rule::UNSEEN
     } else if policy::bit_set(&rs.hdr.syscalls, nr) {
         rule::SYSCALLS
     } else if policy::bit_set(&rs.hdr.unseen, nr) {
         rule::UNSEEN
-    } else if nr == NR_CLONE && refused_clone(arg0) {
-        rule::UNSEEN
-    } else if nr == NR_CLONE3 && clone3_flags(arg0).is_none_or(refused_clone) {
-        rule::UNSEEN
-    } else if nr == NR_SOCKET && arg0 == AF_PACKET && rs.hdr.flags & RS_RAW_SOCKETS == 0 {
-        // Packet sockets never reach the cgroup sock_create hook.
-        rule::RAW_SOCKET
+    } else if nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_SOCKET {
+        let Ok(arg0) = arg0() else {
+            // The argument that decides could not be read: refused, not guessed.
+            return report(&run, &rs, rule::UNSEEN, nr, 0);
+        };
+        let rule = if nr == NR_CLONE && refused_clone(arg0) {
+            rule::UNSEEN
+        } else if nr == NR_CLONE3 && clone3_flags(arg0).is_none_or(refused_clone) {
+            rule::UNSEEN
+        } else if nr == NR_SOCKET && arg0 == AF_PACKET && rs.hdr.flags & RS_RAW_SOCKETS == 0 {
+            // Packet sockets never reach the cgroup sock_create hook.
+            rule::RAW_SOCKET
+        } else {
+            return 0;
+        };
+        return report(&run, &rs, rule, nr, arg0);
     } else {
         return 0;
     };
-    report(&run, &rs, rule, nr, arg0)
+    report(&run, &rs, rule, nr, arg0().unwrap_or(0))
 }
 
 #[inline(always)]
 fn report(run: &run::CurrentRun, rs: &run::Ruleset, rule: u32, nr: u32, arg0: u64) -> i32 {
-    let d = policy::violation(rs, rule, false, None);
+    let d = policy::violation(rs, rule, false, policy::NO_HOLD);
     let Some(mut entry) = event::reserve::<SyscallEvent>(true) else { return 0 };
     let mut hdr = event::header(kind::SYSCALL, run);
     hdr.verdict = d.verdict;

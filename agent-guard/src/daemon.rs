@@ -656,7 +656,7 @@ async fn write_events(
         if batch.len() < 64 {
             // A short batch: give the queue a moment to fill, so a stream of events costs one
             // wake-up and one write per millisecond, not one per event.
-            tokio::time::sleep(RING_PAUSE).await;
+            tokio::time::sleep(WRITE_PAUSE).await;
             more(&mut batch);
         }
         buf.clear();
@@ -683,7 +683,10 @@ async fn write_events(
 const DRAIN_BATCH: usize = 256;
 
 /// How long the ring reader pauses after a drain (see `read_ring`).
-const RING_PAUSE: Duration = Duration::from_millis(1);
+const RING_PAUSE: Duration = Duration::from_millis(5);
+
+/// How long the log writer waits for a short batch to fill (see `write_events`).
+const WRITE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Reads the kernel ring buffer. Events that must follow everything the kernel has recorded
 /// so far (a run's `run_end`) arrive on `after_ring`: the ring is drained first, then they are
@@ -749,9 +752,11 @@ async fn read_ring(
                 emit_batch(&shared, &mut batch).await;
                 drop(guard);
                 // The kernel wakes the reader at a record that finds it caught up: one wake-up
-                // (and a hand-off to the writer) per record while it keeps up. A short pause
-                // after each drain lets records accumulate, so a busy ring costs about one
-                // wake-up per millisecond instead of one per record. The kernel decides every
+                // (an interrupt and a cross-CPU wake-up, several microseconds paid inside the
+                // program that submits) and a hand-off to the writer per record while it keeps
+                // up. A short pause after each drain lets records accumulate, so a busy ring
+                // costs one wake-up per pause instead of one per record; a lone event after a
+                // quiet spell still wakes the reader at once. The kernel decides every
                 // verdict on its own; only the log and the followers see records up to this
                 // much later. The ring holds the backlog meanwhile (its drops are counted).
                 tokio::time::sleep(RING_PAUSE).await;
