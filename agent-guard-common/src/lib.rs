@@ -105,6 +105,9 @@ pub mod rule {
     pub const RAW_SOCKET: u32 = 9;
     /// Allowed by a responder's approval of a hold (`agent-guard approve`), not by the policy.
     pub const GRANT: u32 = 10;
+    /// A run's process acting outside its run: a signal or ptrace to a process outside it,
+    /// bpf(), a mount (lsm backend).
+    pub const SELF_PROTECTION: u32 = 11;
 }
 
 /// A responder's approval of one access for one run (`agent-guard approve`).
@@ -177,6 +180,8 @@ pub const FLAG_ARGV_TRUNCATED: u32 = 1 << 1;
 pub const FLAG_PATH_UNRESOLVED: u32 = 1 << 2;
 /// A kernel read failed while building the event; some fields are empty.
 pub const FLAG_READ_ERROR: u32 = 1 << 3;
+/// Decided by a BPF LSM program (lsm backend): a refusal happened before the operation.
+pub const FLAG_LSM: u32 = 1 << 4;
 
 /// Set by the daemon before load: which cgroup subtree this daemon manages.
 #[repr(C)]
@@ -232,6 +237,17 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub super_block_s_dev: u32,
+    /// lsm backend: linux_binprm.file, file.f_flags, and the chain from a task to its cgroup
+    /// v2 ancestors (task_struct.cgroups -> css_set.dfl_cgrp -> cgroup.ancestors[level] ->
+    /// cgroup.kn -> kernfs_node.id) that tells whether a task is in a given run.
+    pub binprm_file: u32,
+    pub file_f_flags: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// What the kernel keeps per run cgroup.

@@ -36,7 +36,7 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
             if let Some(rs) = &rs {
                 file_id = kernel::file_id(&o, exe_file);
                 let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
-                decision = policy::exec_decision(rs, w, Some(&key));
+                decision = policy::exec_decision(rs, w, false, Some(&key));
             }
         }
         None => {

@@ -40,6 +40,14 @@ static AG_OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     super_block_s_dev: 0,
+    binprm_file: 0,
+    file_f_flags: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_level: 0,
+    cgroup_ancestors: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
 };
 
 #[inline(always)]
@@ -208,6 +216,13 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
 pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Walked, ()> {
     let dentry: u64 = read(path_ptr, o.path_dentry)?;
     let vfsmnt: u64 = read(path_ptr, o.path_mnt)?;
+    dentry_to_buf(o, dentry, vfsmnt, buf)
+}
+
+/// As [`path_to_buf`], for a dentry on the mount `vfsmnt` (the LSM path hooks get a
+/// directory's `struct path` and a dentry in it, possibly negative: a name to be created).
+#[inline(always)]
+pub fn dentry_to_buf(o: &KernelOffsets, dentry: u64, vfsmnt: u64, buf: *mut u8) -> Result<Walked, ()> {
     let mut w = WalkState {
         dentry,
         mnt: vfsmnt.wrapping_sub(o.mount_mnt as u64), // container_of(vfsmnt, struct mount, mnt)

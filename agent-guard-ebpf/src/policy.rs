@@ -270,20 +270,20 @@ pub fn file_decision(
     ALLOWED
 }
 
-/// Decision for running the walked executable (always a kill when violated: the image is
-/// already loaded when the tracepoint fires).
+/// Decision for running the walked executable. `can_refuse`: the hook can fail the exec
+/// (BPF LSM); the tracepoint fires when the image is already loaded, so there it is a kill.
 #[inline(always)]
-pub fn exec_decision(rs: &Ruleset, w: &Walked, hold: Option<&GrantKey>) -> Decision {
+pub fn exec_decision(rs: &Ruleset, w: &Walked, can_refuse: bool, hold: Option<&GrantKey>) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, false, None);
+        return violation(rs, rule::PATH_TOO_LONG, can_refuse, None);
     }
     if w.pseudo {
-        return violation(rs, rule::EXEC, false, None); // memfd and other fileless executables
+        return violation(rs, rule::EXEC, can_refuse, None); // memfd and other fileless executables
     }
     if match_path(rs, w).exec {
         ALLOWED
     } else {
-        violation(rs, rule::EXEC, false, hold)
+        violation(rs, rule::EXEC, can_refuse, hold)
     }
 }
 

@@ -238,6 +238,7 @@ pub fn rule_name(r: u32) -> Option<&'static str> {
         rule::PATH_TOO_LONG => "files.path_too_long",
         rule::RAW_SOCKET => "network.raw_sockets",
         rule::GRANT => "grant",
+        rule::SELF_PROTECTION => "self_protection",
         _ => return None,
     })
 }

@@ -9,6 +9,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod scenarios;
+
 /// True when privileged tests can run. Under CI=true a missing privilege is a failure;
 /// elsewhere the test prints why it skips.
 pub fn privileged(test: &str) -> bool {
@@ -393,9 +395,11 @@ pub fn as_user(cmd: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
     }
 }
 
-/// The probe program the enforcement tests run inside runs (tests/src/bin/agprobe.rs).
+/// The probe program the enforcement tests run inside runs (tests/src/bin/agprobe.rs):
+/// AGENT_GUARD_PROBE, or the workspace's target/debug one.
 pub fn probe() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agprobe");
+    let p = std::env::var_os("AGENT_GUARD_PROBE")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agprobe"), PathBuf::from);
     // Canonical, because policies name the path the kernel resolves.
     p.canonicalize().unwrap_or_else(|e| panic!("{}: {e} (cargo builds it for the tests)", p.display()))
 }

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -32,6 +33,14 @@ enum Cmd {
         /// Configuration file (default: /etc/agent-guard/config.toml, or built-in defaults)
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Run the scenario suite against the lsm backend on Debian kernels with BPF LSM under
+    /// QEMU (root): fetches and caches the kernels, builds an initramfs, one pass/fail line
+    /// per kernel
+    VmTest {
+        /// Only this kernel (6.1, 6.12); repeatable (default: all)
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
     },
     /// Build the Debian package (target/debian/agent-guard_VERSION-1_amd64.deb): installs the
     /// build prerequisites and cargo-deb if missing, then `cargo deb -p agent-guard`
@@ -67,14 +76,34 @@ fn run(mut c: Command) -> Result<()> {
     Ok(())
 }
 
-/// deploy/setup-build.sh; `test`: also the tools the tests use (promtool).
-fn setup(test: bool) -> Result<()> {
+/// deploy/setup-build.sh; `test`: also the tools the tests use (promtool); `vm`: also what
+/// the VM kernel matrix needs (QEMU, busybox-static, cpio).
+fn setup_with(test: bool, vm: bool) -> Result<()> {
     let mut c = Command::new(root().join("deploy/setup-build.sh"));
     c.env("AG_SETUP_QUIET", "1");
     if test {
         c.arg("--test");
     }
+    if vm {
+        c.arg("--vm");
+    }
     run(c)
+}
+
+fn setup(test: bool) -> Result<()> {
+    setup_with(test, false)
+}
+
+/// Builds the daemon and the test binaries, then runs the VM kernel matrix.
+fn vm_test(kernels: &[String]) -> Result<()> {
+    setup_with(false, true)?;
+    let mut build = cargo();
+    build.args(["build", "--package", "agent-guard", "--package", "agent-guard-tests", "--bins"]);
+    run(build)?;
+    if !vm::vm_test(&root(), kernels)? {
+        bail!("vm-test: the lsm backend failed on at least one kernel (see above)");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -111,6 +140,7 @@ fn main() -> Result<()> {
             run(build)?;
             bench::bench(&root(), quick, json)
         }
+        Cmd::VmTest { kernels } => vm_test(&kernels),
         Cmd::Deb => {
             setup(false)?;
             let have = cargo().args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());

@@ -1,0 +1,340 @@
+//! The `lsm` backend: BPF LSM programs that refuse an operation before it happens (EPERM),
+//! where the kernel has BPF LSM active (`bpf` in /sys/kernel/security/lsm). Each program only
+//! adapts its hook to the decisions in `policy` (the same maps, rule sets and verdicts as the
+//! tracepoint backend): file opens and execs against `[files]` and `[exec]`, the write-side
+//! path operations against `[files] write`, and self-protection for runs (no signal or ptrace
+//! to a process outside the run, no bpf(), no mount).
+//!
+//! Every program starts with [`run::current_run`]: processes outside every run return at once.
+//! A hook returns 0 (allow) or -EPERM; the verdict `kill` (on_violation = "kill") also sends
+//! SIGKILL, `hold` SIGSTOP (see `policy::violation`). Events of LSM decisions carry
+//! `FLAG_LSM`.
+//!
+//! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
+//! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
+use agent_guard_common::{
+    kind, rule, verdict, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
+    FLAG_PATH_TRUNCATED,
+};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+
+use crate::{
+    event, kernel,
+    policy::{self, Decision},
+    run,
+};
+
+const EPERM: i32 = 1;
+const FMODE_READ: u32 = 1;
+const FMODE_WRITE: u32 = 2;
+/// Opened by exec (the executable, its interpreter): decided by `bprm_check_security`.
+const FMODE_EXEC: u32 = 0x20;
+const O_WRONLY: u32 = 0o1;
+
+/// Syscall numbers reported in self-protection events (x86_64).
+const NR_PTRACE: u32 = 101;
+const NR_KILL: u32 = 62;
+const NR_MOUNT: u32 = 165;
+const NR_BPF: u32 = 321;
+
+/// The hook's return value for a decision: only `deny` and `kill` refuse the operation (a
+/// held one stops the process on its way back to user space).
+#[inline(always)]
+fn answer(d: &Decision) -> i32 {
+    if d.verdict == verdict::DENY || d.verdict == verdict::KILL { -EPERM } else { 0 }
+}
+
+/// Reports a decision on a path (an open, or a write-side path operation) as an `open` event.
+#[inline(always)]
+fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&kernel::Walked>, open_flags: u32, file_id: [u8; 16]) {
+    let Some(mut entry) = event::reserve::<OpenEvent>() else { return };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
+    unsafe {
+        (*ev).hdr = event::header(kind::OPEN, run);
+        (*ev).hdr.verdict = d.verdict;
+        (*ev).hdr.rule = d.rule;
+        (*ev).hdr.ruleset = rs_id;
+        (*ev).open_flags = open_flags;
+        (*ev).result = answer(d);
+        (*ev).path_len = 0;
+        (*ev)._pad = 0;
+        (*ev).file_id = file_id;
+        let mut flags = FLAG_LSM;
+        if let (Some(w), Some(buf)) = (walked, event::scratch()) {
+            if w.truncated {
+                flags |= FLAG_PATH_TRUNCATED;
+            }
+            (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
+        }
+        (*ev).hdr.flags = flags;
+    }
+    entry.submit(0);
+}
+
+/// file_open(struct file *file): every open of a file, with its real access mode.
+#[lsm(hook = "file_open")]
+pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let file: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    let fmode: u32 = kernel::read(file, o.file_f_mode).unwrap_or(FMODE_READ | FMODE_WRITE);
+    if fmode & FMODE_EXEC != 0 {
+        return 0;
+    }
+    let rs = run::ruleset(&run);
+    let walked = event::scratch().and_then(|buf| kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok());
+    let (read, write) = (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0);
+    let mut d = policy::ALLOWED;
+    let mut file_id = [0u8; 16];
+    if let Some(rs) = &rs {
+        file_id = kernel::file_id(&o, file);
+        let access = read as u32 | (write as u32) << 1;
+        let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
+        d = match &walked {
+            Some(w) => policy::file_decision(rs, w, read, write, true, Some(&key)),
+            None => policy::violation(rs, rule::UNSEEN, true, None),
+        };
+    }
+    let f_flags: u32 = kernel::read(file, o.file_f_flags).unwrap_or(0);
+    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), f_flags, file_id);
+    answer(&d)
+}
+
+/// bprm_check_security(struct linux_binprm *bprm): each file exec runs, before it is loaded
+/// (the script, then its interpreter; a memfd or an fexecve'd descriptor too). Allowed execs
+/// are reported by the tracepoint at sched_process_exec (with argv); refusals here.
+#[lsm(hook = "bprm_check_security")]
+pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    let bprm: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    let file: u64 = kernel::read(bprm, o.binprm_file).unwrap_or(0);
+    let walked = match event::scratch() {
+        Some(buf) if file != 0 => kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
+        _ => None,
+    };
+    let file_id = kernel::file_id(&o, file);
+    let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
+    let d = match &walked {
+        Some(w) => policy::exec_decision(&rs, w, true, Some(&key)),
+        None => policy::violation(&rs, rule::UNSEEN, true, None),
+    };
+    if d.verdict == verdict::ALLOW {
+        return 0;
+    }
+    if let Some(mut entry) = event::reserve::<ExecEvent>() {
+        let ev = entry.as_mut_ptr();
+        // SAFETY: as in report_path.
+        unsafe {
+            (*ev).hdr = event::header(kind::EXEC, &run);
+            (*ev).hdr.verdict = d.verdict;
+            (*ev).hdr.rule = d.rule;
+            (*ev).hdr.ruleset = rs.id;
+            (*ev).path_len = 0;
+            (*ev).argv_len = 0;
+            (*ev)._pad = 0;
+            (*ev).file_id = file_id;
+            let mut flags = FLAG_LSM;
+            if let (Some(w), Some(buf)) = (&walked, event::scratch()) {
+                if w.truncated {
+                    flags |= FLAG_PATH_TRUNCATED;
+                }
+                (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
+            }
+            (*ev).hdr.flags = flags;
+        }
+        entry.submit(0);
+    }
+    answer(&d)
+}
+
+/// A write-side operation on `dentry` (on the mount `vfsmnt`): needs `[files] write`.
+/// Violations are reported as an `open` for writing of that path.
+#[inline(always)]
+fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    let o = kernel::offsets();
+    let walked = event::scratch().and_then(|buf| kernel::dentry_to_buf(&o, dentry, vfsmnt, buf).ok());
+    let d = match &walked {
+        Some(w) => policy::file_decision(&rs, w, false, true, true, None),
+        None => policy::violation(&rs, rule::UNSEEN, true, None),
+    };
+    if d.verdict == verdict::ALLOW {
+        return 0;
+    }
+    report_path(&run, rs.id, &d, walked.as_ref(), O_WRONLY, [0; 16]);
+    answer(&d)
+}
+
+/// `dentry` in the directory `dir` (a `const struct path *`).
+#[inline(always)]
+fn write_in(dir: u64, dentry: u64) -> i32 {
+    let o = kernel::offsets();
+    match kernel::read::<u64>(dir, o.path_mnt) {
+        Ok(mnt) => write_check(dentry, mnt),
+        Err(()) => unreadable(),
+    }
+}
+
+/// A hook argument could not be read: refused for runs under an enforcing policy.
+#[inline(always)]
+fn unreadable() -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    answer(&policy::violation(&rs, rule::UNSEEN, true, None))
+}
+
+/// path_truncate(const struct path *path): truncate(2), ftruncate(2) (6.1: open(O_TRUNC) too).
+#[lsm(hook = "path_truncate")]
+pub fn ag_lsm_path_truncate(ctx: LsmContext) -> i32 {
+    let path: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    match (kernel::read::<u64>(path, o.path_dentry), kernel::read::<u64>(path, o.path_mnt)) {
+        (Ok(dentry), Ok(mnt)) => write_check(dentry, mnt),
+        _ => unreadable(),
+    }
+}
+
+/// path_unlink(const struct path *dir, struct dentry *dentry)
+#[lsm(hook = "path_unlink")]
+pub fn ag_lsm_path_unlink(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_rmdir(const struct path *dir, struct dentry *dentry)
+#[lsm(hook = "path_rmdir")]
+pub fn ag_lsm_path_rmdir(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)
+#[lsm(hook = "path_mkdir")]
+pub fn ag_lsm_path_mkdir(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev):
+/// also every open(O_CREAT) that creates a file, before it exists.
+#[lsm(hook = "path_mknod")]
+pub fn ag_lsm_path_mknod(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name)
+#[lsm(hook = "path_symlink")]
+pub fn ag_lsm_path_symlink(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry):
+/// a new name for a file needs write access at the new name and at the file's own name
+/// (hard links never cross mounts, so both are on new_dir's mount): a file the policy
+/// denies cannot get an allowed second name.
+#[lsm(hook = "path_link")]
+pub fn ag_lsm_path_link(ctx: LsmContext) -> i32 {
+    let (old_dentry, new_dir, new_dentry): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let o = kernel::offsets();
+    let Ok(mnt) = kernel::read::<u64>(new_dir, o.path_mnt) else { return unreadable() };
+    let r = write_check(old_dentry, mnt);
+    if r != 0 {
+        return r;
+    }
+    write_check(new_dentry, mnt)
+}
+
+/// path_rename(const struct path *old_dir, struct dentry *old_dentry, const struct path
+/// *new_dir, struct dentry *new_dentry, unsigned int flags): both names need write access
+/// (a denied file cannot be moved to an allowed name, nor an allowed one over a denied one).
+#[lsm(hook = "path_rename")]
+pub fn ag_lsm_path_rename(ctx: LsmContext) -> i32 {
+    let r = write_in(ctx.arg(0), ctx.arg(1));
+    if r != 0 {
+        return r;
+    }
+    write_in(ctx.arg(2), ctx.arg(3))
+}
+
+/// Whether `task` is in the cgroup `run_cgroup` or below it (cgroup v2).
+#[inline(always)]
+fn task_in(o: &KernelOffsets, task: u64, run_cgroup: u64) -> bool {
+    let Ok(cset) = kernel::read::<u64>(task, o.task_cgroups) else { return false };
+    let Ok(cgrp) = kernel::read::<u64>(cset, o.css_set_dfl_cgrp) else { return false };
+    let Ok(level) = kernel::read::<i32>(cgrp, o.cgroup_level) else { return false };
+    for l in 0..=BIND_DEPTH_MAX {
+        if l > level {
+            break;
+        }
+        let Ok(anc) = kernel::read::<u64>(cgrp + o.cgroup_ancestors as u64 + l as u64 * 8, 0) else { return false };
+        let Ok(kn) = kernel::read::<u64>(anc, o.cgroup_kn) else { return false };
+        if kernel::read::<u64>(kn, o.kernfs_node_id) == Ok(run_cgroup) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A run's process acting outside its run (self-protection): refused under an enforcing
+/// policy (reported as would_deny in monitor mode), reported as a `syscall` event.
+#[inline(always)]
+fn outside_run(run: &run::CurrentRun, nr: u32, arg0: u64) -> i32 {
+    let Some(rs) = run::ruleset(run) else { return 0 };
+    let d = policy::violation(&rs, rule::SELF_PROTECTION, true, None);
+    if let Some(mut entry) = event::reserve::<SyscallEvent>() {
+        let mut hdr = event::header(kind::SYSCALL, run);
+        hdr.verdict = d.verdict;
+        hdr.rule = d.rule;
+        hdr.ruleset = rs.id;
+        hdr.flags = FLAG_LSM;
+        entry.write(SyscallEvent { hdr, nr, _pad: 0, arg0 });
+        entry.submit(0);
+    }
+    answer(&d)
+}
+
+/// task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred
+/// *cred): a signal (kill, tgkill, sigqueue, pidfd_send_signal) to a process outside the run.
+#[lsm(hook = "task_kill")]
+pub fn ag_lsm_task_kill(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let target: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    if task_in(&o, target, run.run_cgroup) {
+        return 0;
+    }
+    let pid: i32 = kernel::read(target, o.task_tgid).unwrap_or(0);
+    outside_run(&run, NR_KILL, pid as u64)
+}
+
+/// ptrace_access_check(struct task_struct *child, unsigned int mode): ptrace, and reading
+/// another process's memory or descriptors through /proc, of a process outside the run.
+#[lsm(hook = "ptrace_access_check")]
+pub fn ag_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let target: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    if task_in(&o, target, run.run_cgroup) {
+        return 0;
+    }
+    let pid: i32 = kernel::read(target, o.task_tgid).unwrap_or(0);
+    outside_run(&run, NR_PTRACE, pid as u64)
+}
+
+/// bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel]): no bpf() from a run.
+#[lsm(hook = "bpf")]
+pub fn ag_lsm_bpf(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let cmd: i32 = ctx.arg(0);
+    outside_run(&run, NR_BPF, cmd as u64)
+}
+
+/// sb_mount(const char *dev_name, const struct path *path, const char *type, unsigned long
+/// flags, void *data): no mount from a run.
+#[lsm(hook = "sb_mount")]
+pub fn ag_lsm_sb_mount(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let flags: u64 = ctx.arg(3);
+    outside_run(&run, NR_MOUNT, flags)
+}
