@@ -80,11 +80,17 @@ impl Binder {
         adopted
     }
 
-    /// Attaches (`needed`) or detaches the syscall check. Callers hold this Binder's lock
-    /// while they add a policied run, so a concurrent "nothing needs it" check cannot detach
-    /// it under a new run.
-    pub fn syscall_hook(&mut self, needed: bool) -> Result<(), String> {
-        match (needed, ebpf::syscall_hook_attached(&self.pins)) {
+    /// Attaches or detaches the host-wide hooks as needed: the syscall tracepoints while any
+    /// run or bound cgroup exists (`runs`), the syscall check while any of them is under a
+    /// policy (`policied`). Idle hosts pay for neither. Callers hold this Binder's lock while
+    /// they add a run, so a concurrent "nothing needs it" check cannot detach them under it.
+    pub fn hooks(&mut self, runs: bool, policied: bool) -> Result<(), String> {
+        let policied = runs && policied;
+        if runs && !ebpf::syscall_tracepoints_attached(&self.pins) {
+            ebpf::attach_syscall_tracepoints(&mut self.ebpf, &self.pins).map_err(|e| e.to_string())?;
+            tracing::info!("syscall tracepoints attached (a run or bound cgroup exists)");
+        }
+        match (policied, ebpf::syscall_hook_attached(&self.pins)) {
             (true, false) => {
                 ebpf::attach_syscall_hook(&mut self.ebpf, &self.pins).map_err(|e| e.to_string())?;
                 tracing::info!("syscall check attached (a run or cgroup under a policy)");
@@ -95,11 +101,21 @@ impl Binder {
             }
             _ => {}
         }
+        if !runs && self.syscall_tracepoints_attached() {
+            ebpf::detach_syscall_tracepoints(&self.pins)
+                .map_err(|e| format!("detaching the syscall tracepoints: {e}"))?;
+            tracing::info!("syscall tracepoints detached (no run or bound cgroup)");
+        }
         Ok(())
     }
 
     pub fn syscall_hook_attached(&self) -> bool {
         ebpf::syscall_hook_attached(&self.pins)
+    }
+
+    /// Any syscall tracepoint is attached (all of them, unless an attach failed half-way).
+    pub fn syscall_tracepoints_attached(&self) -> bool {
+        ebpf::any_syscall_tracepoint_attached(&self.pins)
     }
 
     /// Makes the bindings match `desired` (cgroup id -> (dir, policy slot)).

@@ -264,6 +264,14 @@ pub fn status(cfg: &Config, json: bool) -> Result<Code> {
     println!("bound cgroups   {}", s.bound_cgroups);
     println!("policies        {} loaded", s.policies);
     println!("syscall check   {syscall}");
+    println!(
+        "syscall hooks   {}",
+        if s.syscall_tracepoints_attached {
+            "attached (every syscall on the host takes the traced path while a run exists)"
+        } else {
+            "not attached (no run or bound cgroup: no cost to the host)"
+        }
+    );
     println!("events dropped  {}", s.events_dropped);
     println!("events buffered {} ({} followers)", s.events_buffered, s.followers);
     Ok(0)

@@ -163,6 +163,10 @@ pub struct DaemonStatus {
     pub policies: u64,
     /// The host-wide syscall check (raw tracepoint sys_enter) is attached in the kernel.
     pub syscall_check_attached: bool,
+    /// The syscall tracepoints (opens, connects, sends) are attached: only while a run or a
+    /// bound cgroup exists, since they slow every syscall on the host.
+    #[serde(default)]
+    pub syscall_tracepoints_attached: bool,
     /// Events lost (kernel ring buffer and queues) since the daemon started.
     pub events_dropped: u64,
     pub events_buffered: u64,

@@ -947,16 +947,15 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 frozen_by_responder: false,
             };
             {
-                // Lock order: binder, then runs. The syscall check is attached before the
-                // run's entry exists, and cannot be detached while we hold the binder.
+                // Lock order: binder, then runs. The syscall tracepoints (and for a policied
+                // run the syscall check) are attached before the run's entry exists, and
+                // cannot be detached while we hold the binder.
                 let mut binder = shared.binder.lock().expect("binder lock");
                 if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     return Response::err("the daemon is stopping; run refused");
                 }
-                if bound.is_some() {
-                    if let Err(e) = binder.syscall_hook(true) {
-                        return Response::err(format!("cannot attach the syscall check, run refused: {e}"));
-                    }
+                if let Err(e) = binder.hooks(true, bound.is_some()) {
+                    return Response::err(format!("cannot attach the kernel hooks, run refused: {e}"));
                 }
                 let mut runs = shared.runs.lock().expect("runs lock");
                 if runs.by_cgroup.values().any(|r| r.id == run && r.ended.is_none()) {
@@ -1209,14 +1208,18 @@ fn rebind(shared: &Shared) {
         return;
     }
     if globs.is_empty() && binder.bound.is_empty() {
-        let policied = shared.runs.lock().expect("runs lock").map.iter().flatten().any(|(_, e)| e.policy != NO_POLICY);
-        if let Err(e) = binder.syscall_hook(policied) {
-            warn!("syscall check: {e}");
+        let (runs, policied) = {
+            let runs = shared.runs.lock().expect("runs lock");
+            let entries: Vec<RunEntry> = runs.map.iter().flatten().map(|(_, e)| e).collect();
+            (!entries.is_empty(), entries.iter().any(|e| e.policy != NO_POLICY))
+        };
+        if let Err(e) = binder.hooks(runs, policied) {
+            warn!("kernel hooks: {e}");
         }
         return;
     }
-    if let Err(e) = binder.syscall_hook(true) {
-        warn!("cannot attach the syscall check; cgroups are not bound: {e}");
+    if let Err(e) = binder.hooks(true, true) {
+        warn!("cannot attach the kernel hooks; cgroups are not bound: {e}");
         return;
     }
     let current = binder.bound.iter().map(|(id, b)| (*id, (b.dir.clone(), b.slot))).collect();

@@ -13,10 +13,19 @@ use crate::policies::PolicyMaps;
 /// The object built by build.rs from agent-guard-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-guard-ebpf"));
 
-/// Tracepoint programs and where they attach (category, event).
-const TRACEPOINTS: &[(&str, &str, &str)] = &[
+/// Always attached: they fire only at exec and at exit, and return at once for processes
+/// outside every run.
+const SCHED_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_exec", "sched", "sched_process_exec"),
     ("ag_exit", "sched", "sched_process_exit"),
+];
+
+/// Syscall tracepoints (program, category, event). Enabling any one of them sets the kernel's
+/// syscall-tracepoint work flag on *every* task of the host, so every syscall of every process
+/// takes the slower tracing entry and exit path (getpid measured 1.45x). They are therefore
+/// attached only while some run or bound cgroup exists (see `attach_syscall_tracepoints`,
+/// called before a run's kernel entry is created): a host with no run pays nothing.
+const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_enter_openat", "syscalls", "sys_enter_openat"),
     ("ag_exit_openat", "syscalls", "sys_exit_openat"),
     ("ag_enter_open", "syscalls", "sys_enter_open"),
@@ -261,6 +270,57 @@ fn sys_enter(ebpf: &mut Ebpf) -> Result<&mut aya::programs::RawTracePoint, LoadE
     program(ebpf, SYS_ENTER.0)
 }
 
+fn tracepoint_pin(name: &str) -> String {
+    format!("tp-{name}")
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, pins: &Pins, name: &str, category: &str, event: &str) -> Result<(), LoadError> {
+    let pin = tracepoint_pin(name);
+    let prog: &mut TracePoint = program(ebpf, name)?;
+    let id = prog
+        .attach(category, event)
+        .map_err(program_error(format!("{name} ({category}:{event})")))?;
+    let link = prog.take_link(id).map_err(program_error(name))?;
+    pins.pin(&pin, FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?)
+}
+
+/// Every syscall tracepoint is attached (an earlier daemon may have attached them).
+pub fn syscall_tracepoints_attached(pins: &Pins) -> bool {
+    SYSCALL_TRACEPOINTS.iter().all(|(name, _, _)| pins.has_link(&tracepoint_pin(name)))
+}
+
+/// Some syscall tracepoint is attached.
+pub fn any_syscall_tracepoint_attached(pins: &Pins) -> bool {
+    SYSCALL_TRACEPOINTS.iter().any(|(name, _, _)| pins.has_link(&tracepoint_pin(name)))
+}
+
+/// Attaches the syscall tracepoints that are not attached yet and pins them; on error, what
+/// this call attached is detached again.
+pub fn attach_syscall_tracepoints(ebpf: &mut Ebpf, pins: &Pins) -> Result<(), LoadError> {
+    let mut done: Vec<String> = Vec::new();
+    for (name, category, event) in SYSCALL_TRACEPOINTS {
+        if pins.has_link(&tracepoint_pin(name)) {
+            continue;
+        }
+        if let Err(e) = attach_tracepoint(ebpf, pins, name, category, event) {
+            for pin in &done {
+                let _ = pins.unpin(pin);
+            }
+            return Err(e);
+        }
+        done.push(tracepoint_pin(name));
+    }
+    Ok(())
+}
+
+/// Detaches every syscall tracepoint.
+pub fn detach_syscall_tracepoints(pins: &Pins) -> std::io::Result<()> {
+    for (name, _, _) in SYSCALL_TRACEPOINTS {
+        pins.unpin(&tracepoint_pin(name))?;
+    }
+    Ok(())
+}
+
 /// The pin name of the syscall check's link.
 const SYS_ENTER_LINK: &str = "sys_enter";
 
@@ -360,19 +420,19 @@ pub fn load(
         return Err(LoadError::Unpinned(name.to_string()));
     }
     let mut adopted_links = 0;
-    for (name, category, event) in TRACEPOINTS {
-        let pin = format!("tp-{name}");
+    for (name, category, event) in SCHED_TRACEPOINTS {
+        let pin = tracepoint_pin(name);
+        let prog: &mut TracePoint = program(&mut ebpf, name)?;
+        prog.load().map_err(program_error(*name))?;
         if pins.has_link(&pin) {
             adopted_links += 1;
             continue;
         }
-        let prog: &mut TracePoint = program(&mut ebpf, name)?;
-        prog.load().map_err(program_error(*name))?;
-        let id = prog
-            .attach(category, event)
-            .map_err(program_error(format!("{name} ({category}:{event})")))?;
-        let link = prog.take_link(id).map_err(program_error(*name))?;
-        pins.pin(&pin, FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?)?;
+        attach_tracepoint(&mut ebpf, pins, name, category, event)?;
+    }
+    for (name, _, _) in SYSCALL_TRACEPOINTS {
+        program::<TracePoint>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
+        adopted_links += usize::from(pins.has_link(&tracepoint_pin(name)));
     }
     sys_enter(&mut ebpf)?
         .load()

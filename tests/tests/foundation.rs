@@ -241,3 +241,42 @@ fn a_full_ring_buffer_loses_nothing_silently() {
     assert!(dropped > 0);
     assert!(seen + dropped >= 300, "unaccounted events: {seen} seen + {dropped} dropped < 300");
 }
+
+/// Syscall tracepoints slow every syscall of the host (the kernel's tracing work flag is set on
+/// every task while any is enabled): the daemon attaches them only while a run exists, before
+/// the run's first instruction, and detaches them once the last run is gone.
+#[test]
+fn syscall_tracepoints_are_attached_only_while_a_run_exists() {
+    if !privileged("tracepoints_on_demand") {
+        return;
+    }
+    let d = Daemon::start();
+    let syscall_links = |d: &Daemon| -> Vec<String> {
+        d.pinned_links().into_iter().filter(|l| l.starts_with("tp-ag_enter_") || l.starts_with("tp-ag_exit_")).collect()
+    };
+    let status = |d: &Daemon| -> Value { serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap() };
+    let links = d.pinned_links();
+    assert!(links.contains(&"tp-ag_exec".to_string()) && links.contains(&"tp-ag_exit".to_string()), "{links:?}");
+    assert_eq!(syscall_links(&d), Vec::<String>::new(), "no run yet: {links:?}");
+    assert_eq!(status(&d)["syscall_tracepoints_attached"], false);
+
+    // The run's very first open is seen: the hooks are in before its command starts.
+    let mut run = d.spawn_run(&["--name", "first", "--", "sh", "-c", "cat /etc/hostname; sleep 600"]);
+    let ev = d.wait_for("open of /etc/hostname", |e| {
+        e["kind"] == "open" && e["run_name"] == "first" && e["path"] == "/etc/hostname"
+    });
+    assert!(ev.iter().any(|e| e["kind"] == "exec" && e["run_name"] == "first" && e["comm"] == "cat"));
+    assert_eq!(syscall_links(&d).len(), 14, "{:?}", d.pinned_links());
+    assert_eq!(status(&d)["syscall_tracepoints_attached"], true);
+
+    let id = run_id(&ev, "first");
+    assert!(d.cli(&["kill", &id]).status.success());
+    assert_eq!(run.wait_exit(std::time::Duration::from_secs(10)), Some(137));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !syscall_links(&d).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "still attached after the run: {:?}", d.pinned_links());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(status(&d)["syscall_tracepoints_attached"], false);
+    assert!(d.pinned_links().contains(&"tp-ag_exec".to_string()));
+}

@@ -310,6 +310,7 @@ pub(super) fn status(shared: &Shared) -> Response {
     let runs = statuses(shared);
     let count = |state: &str| runs.iter().filter(|r| r.state == state).count() as u64;
     let cfg = &shared.ctl.cfg;
+    let binder = shared.binder.lock().expect("binder lock");
     let s = DaemonStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
@@ -328,7 +329,8 @@ pub(super) fn status(shared: &Shared) -> Response {
         runs_held: count("held"),
         bound_cgroups: runs.iter().filter(|r| r.bound).count() as u64,
         policies: shared.policies.lock().expect("policies lock").list().len() as u64,
-        syscall_check_attached: shared.binder.lock().expect("binder lock").syscall_hook_attached(),
+        syscall_check_attached: binder.syscall_hook_attached(),
+        syscall_tracepoints_attached: binder.syscall_tracepoints_attached(),
         events_dropped: shared.ctl.kernel_drops.load(Ordering::Relaxed)
             + shared.queue_drops.load(Ordering::Relaxed),
         events_buffered: shared.ctl.feed.len() as u64,
