@@ -153,6 +153,15 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     }
 }
 
+/// `v & mask` in a register of its own. The 6.12 verifier links a register to copies of it
+/// plus a constant (`len + 2` in a bounds check) and has lost the mask of the copy passed
+/// as a helper's size ("R2 unbounded memory access"); a volatile reload breaks the link.
+#[inline(always)]
+fn masked(v: u32, mask: u32) -> u32 {
+    // SAFETY: read of a local variable.
+    unsafe { core::ptr::read_volatile(&v) & mask }
+}
+
 #[inline(always)]
 fn step(w: &mut WalkState) -> Result<u32, ()> {
     let o = offsets();
@@ -165,6 +174,7 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
         let len = len & 255;
         if len + 1 < w.pos {
             let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
+            let len = masked(len, 255);
             // SAFETY: pos < PATH_MAX and len < 256: inside the 2 * PATH_MAX scratch.
             if unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, name as *const _) } == 0 {
                 w.pos = pos;
@@ -190,6 +200,7 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
         return Ok(WALK_TRUNCATED); // the kept tail is still a valid suffix
     }
     let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
+    let len = masked(len, PATH_MAX as u32 - 1);
     // SAFETY: pos < PATH_MAX and len < PATH_MAX: the write stays inside 2 * PATH_MAX.
     let rc = unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, name as *const _) };
     if rc != 0 {

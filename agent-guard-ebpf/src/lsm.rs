@@ -13,10 +13,17 @@
 //! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
 //! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
 use agent_guard_common::{
-    kind, rule, verdict, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
+    kind, rule, verdict, EventHeader, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
     FLAG_PATH_TRUNCATED,
 };
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_comm, bpf_ktime_get_boot_ns},
+    },
+    macros::lsm,
+    programs::LsmContext,
+};
 
 use crate::{
     event, kernel,
@@ -27,7 +34,8 @@ use crate::{
 const EPERM: i32 = 1;
 const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
-/// Opened by exec (the executable, its interpreter): decided by `bprm_check_security`.
+/// Opened by exec (the executable, its interpreter): decided by `bprm_check_security`. The
+/// same bit is `__FMODE_EXEC` in f_flags, which is where 6.x kernels carry it at file_open.
 const FMODE_EXEC: u32 = 0x20;
 const O_WRONLY: u32 = 0o1;
 
@@ -44,6 +52,83 @@ fn answer(d: &Decision) -> i32 {
     if d.verdict == verdict::DENY || d.verdict == verdict::KILL { -EPERM } else { 0 }
 }
 
+/// Writes the common header straight into a reserved event. `event::header` builds it on
+/// the stack, where the compiler zero-fills the comm and padding with memset calls: byte
+/// loops that the 6.1 verifier walks again for every state reaching them, which took the
+/// file_open program past its 1M-instruction budget there.
+///
+/// # Safety
+/// `hdr` points at the header of a reserved, writable ring buffer entry.
+#[inline(always)]
+unsafe fn fill_header(hdr: *mut EventHeader, kind: u32, run: &run::CurrentRun, d: &Decision, ruleset: u32, flags: u32) {
+    let o = kernel::offsets();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: the caller's promise; helpers write at most 16 bytes into comm.
+    unsafe {
+        (*hdr).kind = kind;
+        (*hdr).flags = flags;
+        (*hdr).ts_ns = bpf_ktime_get_boot_ns();
+        (*hdr).run_cgroup = run.run_cgroup;
+        (*hdr).cgroup = run.cgroup;
+        (*hdr).pid = pid_tgid as u32;
+        (*hdr).tgid = (pid_tgid >> 32) as u32;
+        (*hdr).ppid = kernel::current_ppid(&o);
+        (*hdr).uid = uid_gid as u32;
+        (*hdr).gid = (uid_gid >> 32) as u32;
+        (*hdr).verdict = d.verdict;
+        (*hdr).rule = d.rule;
+        (*hdr).ruleset = ruleset;
+        let comm = (*hdr).comm.as_mut_ptr();
+        if bpf_get_current_comm(comm.cast(), 16) != 0 {
+            zero(comm, 16);
+        }
+    }
+}
+
+/// Zeroes `len` bytes (a multiple of 8) at `p` with stores the compiler cannot merge into a
+/// memset call (see `fill_header`).
+///
+/// # Safety
+/// `p` is writable for `len` bytes and 8-byte aligned.
+#[inline(always)]
+unsafe fn zero(p: *mut u8, len: usize) {
+    for i in 0..len / 8 {
+        // SAFETY: the caller's promise.
+        unsafe { core::ptr::write_volatile(p.cast::<u64>().add(i), 0) };
+    }
+}
+
+/// The identity of an open file for grants, as `kernel::file_id` (device, inode) but built
+/// from two words (no memset; see `fill_header`).
+#[inline(always)]
+fn file_identity(o: &KernelOffsets, file: u64) -> [u8; 16] {
+    if file == 0 {
+        return [0; 16];
+    }
+    let inode: u64 = kernel::read(file, o.file_f_inode).unwrap_or(0);
+    let ino: u64 = kernel::read(inode, o.inode_i_ino).unwrap_or(0);
+    let sb: u64 = kernel::read(inode, o.inode_i_sb).unwrap_or(0);
+    let dev: u32 = kernel::read(sb, o.super_block_s_dev).unwrap_or(0);
+    let words = [(dev as u64).to_le(), ino.to_le()];
+    // SAFETY: two u64 are 16 plain bytes.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+}
+
+/// Writes a file identity word by word (no memcpy or memset; see `fill_header`).
+///
+/// # Safety
+/// `dst` is writable for 16 bytes and 8-byte aligned.
+#[inline(always)]
+unsafe fn put_id(dst: *mut u8, id: [u8; 16]) {
+    // SAFETY: two u64 are 16 plain bytes; the caller's promise.
+    unsafe {
+        let w = core::mem::transmute::<[u8; 16], [u64; 2]>(id);
+        core::ptr::write_volatile(dst.cast::<u64>(), w[0]);
+        core::ptr::write_volatile(dst.cast::<u64>().add(1), w[1]);
+    }
+}
+
 /// Reports a decision on a path (an open, or a write-side path operation) as an `open` event.
 #[inline(always)]
 fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&kernel::Walked>, open_flags: u32, file_id: [u8; 16]) {
@@ -51,15 +136,12 @@ fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
     unsafe {
-        (*ev).hdr = event::header(kind::OPEN, run);
-        (*ev).hdr.verdict = d.verdict;
-        (*ev).hdr.rule = d.rule;
-        (*ev).hdr.ruleset = rs_id;
+        fill_header(&mut (*ev).hdr, kind::OPEN, run, d, rs_id, FLAG_LSM);
         (*ev).open_flags = open_flags;
         (*ev).result = answer(d);
-        (*ev).path_len = 0;
-        (*ev)._pad = 0;
-        (*ev).file_id = file_id;
+        core::ptr::write_volatile(&mut (*ev).path_len, 0);
+        core::ptr::write_volatile(&mut (*ev)._pad, 0);
+        put_id((*ev).file_id.as_mut_ptr(), file_id);
         let mut flags = FLAG_LSM;
         if let (Some(w), Some(buf)) = (walked, event::scratch()) {
             if w.truncated {
@@ -79,7 +161,8 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let o = kernel::offsets();
     let fmode: u32 = kernel::read(file, o.file_f_mode).unwrap_or(FMODE_READ | FMODE_WRITE);
-    if fmode & FMODE_EXEC != 0 {
+    let f_flags: u32 = kernel::read(file, o.file_f_flags).unwrap_or(0);
+    if fmode & FMODE_EXEC != 0 || f_flags & FMODE_EXEC != 0 {
         return 0;
     }
     let rs = run::ruleset(&run);
@@ -88,7 +171,7 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
     let mut d = policy::ALLOWED;
     let mut file_id = [0u8; 16];
     if let Some(rs) = &rs {
-        file_id = kernel::file_id(&o, file);
+        file_id = file_identity(&o, file);
         let access = read as u32 | (write as u32) << 1;
         let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
         d = match &walked {
@@ -96,7 +179,6 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
             None => policy::violation(rs, rule::UNSEEN, true, None),
         };
     }
-    let f_flags: u32 = kernel::read(file, o.file_f_flags).unwrap_or(0);
     report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), f_flags, file_id);
     answer(&d)
 }
@@ -115,7 +197,7 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
         Some(buf) if file != 0 => kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
         _ => None,
     };
-    let file_id = kernel::file_id(&o, file);
+    let file_id = file_identity(&o, file);
     let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
     let d = match &walked {
         Some(w) => policy::exec_decision(&rs, w, true, Some(&key)),
@@ -128,14 +210,11 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
         let ev = entry.as_mut_ptr();
         // SAFETY: as in report_path.
         unsafe {
-            (*ev).hdr = event::header(kind::EXEC, &run);
-            (*ev).hdr.verdict = d.verdict;
-            (*ev).hdr.rule = d.rule;
-            (*ev).hdr.ruleset = rs.id;
-            (*ev).path_len = 0;
-            (*ev).argv_len = 0;
-            (*ev)._pad = 0;
-            (*ev).file_id = file_id;
+            fill_header(&mut (*ev).hdr, kind::EXEC, &run, &d, rs.id, FLAG_LSM);
+            core::ptr::write_volatile(&mut (*ev).path_len, 0);
+            core::ptr::write_volatile(&mut (*ev).argv_len, 0);
+            core::ptr::write_volatile(&mut (*ev)._pad, 0);
+            put_id((*ev).file_id.as_mut_ptr(), file_id);
             let mut flags = FLAG_LSM;
             if let (Some(w), Some(buf)) = (&walked, event::scratch()) {
                 if w.truncated {
@@ -283,12 +362,14 @@ fn outside_run(run: &run::CurrentRun, nr: u32, arg0: u64) -> i32 {
     let Some(rs) = run::ruleset(run) else { return 0 };
     let d = policy::violation(&rs, rule::SELF_PROTECTION, true, None);
     if let Some(mut entry) = event::reserve::<SyscallEvent>() {
-        let mut hdr = event::header(kind::SYSCALL, run);
-        hdr.verdict = d.verdict;
-        hdr.rule = d.rule;
-        hdr.ruleset = rs.id;
-        hdr.flags = FLAG_LSM;
-        entry.write(SyscallEvent { hdr, nr, _pad: 0, arg0 });
+        let ev = entry.as_mut_ptr();
+        // SAFETY: a reserved, writable SyscallEvent, written field by field.
+        unsafe {
+            fill_header(&mut (*ev).hdr, kind::SYSCALL, run, &d, rs.id, FLAG_LSM);
+            (*ev).nr = nr;
+            (*ev)._pad = 0;
+            (*ev).arg0 = arg0;
+        }
         entry.submit(0);
     }
     answer(&d)

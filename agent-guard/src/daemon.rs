@@ -300,7 +300,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let (after_ring, after_ring_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         runs: Mutex::new(Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 }),
-        policies: Mutex::new(PolicyStore::new(policy_maps)),
+        policies: Mutex::new(PolicyStore::new(policy_maps).for_backend(backend.backend)),
         // Owns the programs; their attachments are pinned and outlive the daemon.
         binder: Mutex::new(Binder::new(programs, pins.clone(), bound, bind_on)),
         policy_dir: cfg.policy_dir.clone(),

@@ -454,7 +454,8 @@ pub fn load(
     }
     let backend = crate::backend::choose(backend, &mut ebpf, pins, adopting)?;
     adopted_links += if adopting { pins.links(crate::backend::LSM_LINK_PREFIX).len() } else { 0 };
-    for (name, _, _) in SYSCALL_TRACEPOINTS {
+    // Only those this backend uses (the open ones are not even verified under lsm).
+    for (name, _, _) in wanted_syscall_tracepoints(pins) {
         program::<TracePoint>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
         adopted_links += usize::from(pins.has_link(&tracepoint_pin(name)));
     }

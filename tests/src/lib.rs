@@ -167,7 +167,9 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // AGENT_GUARD_READY_SECS: slower machines (the VM matrix under TCG) wait longer.
+        let secs = std::env::var("AGENT_GUARD_READY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        let deadline = Instant::now() + Duration::from_secs(secs);
         let stderr = self.dir.path().join("daemon.stderr");
         loop {
             let text = std::fs::read_to_string(&stderr).unwrap_or_default();
@@ -177,7 +179,7 @@ impl Daemon {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("daemon exited ({status}) before it was ready:\n{text}");
             }
-            assert!(Instant::now() < deadline, "daemon not ready after 60 s:\n{text}");
+            assert!(Instant::now() < deadline, "daemon not ready after {secs} s:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

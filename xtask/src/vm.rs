@@ -275,6 +275,7 @@ mount -t securityfs securityfs /sys/kernel/security
 ip link set lo up
 echo "AGVM kernel $(uname -r) lsm $(cat /sys/kernel/security/lsm) cpus $(nproc)"
 cd /tmp
+export AGENT_GUARD_READY_SECS=300 RUST_LOG=info
 /ag/agscenarios --backend lsm
 echo "AGVM exit $?"
 poweroff -f
@@ -366,13 +367,21 @@ fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// QEMU's CPU model (AG_VM_CPU overrides). Without cmpxchg16b: QEMU 7.2's TCG corrupts
+/// state on the `gs`-relative cmpxchg16b that SLUB runs on every allocation, and Debian's
+/// 6.12 then dies of a double fault within seconds to a minute (6.1 survives longer); the
+/// kernel falls back to its lock-based path without it.
+fn cpu() -> String {
+    std::env::var("AG_VM_CPU").unwrap_or_else(|_| "max,-cx16".into())
+}
+
 /// Boots `vmlinuz` with the initramfs and collects the scenario lines from its serial console.
 fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path) -> Result<Outcome> {
     let log = out.join(format!("{label}.log"));
     let _ = std::fs::remove_file(&log);
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1", "-nodefaults", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", &cpu(), "-m", "1024", "-smp", "1", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
