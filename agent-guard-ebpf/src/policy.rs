@@ -293,16 +293,14 @@ pub fn net_allowed(rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
     let key = Key::new(32 + 128, NetKey { ruleset_be: rs.id.to_be_bytes(), addr: *addr });
     let Some(r) = AG_NET_RULES.get(&key) else { return false };
     let n = if r.count as usize > PORT_RANGES_MAX { PORT_RANGES_MAX } else { r.count as usize };
-    for i in 0..PORT_RANGES_MAX {
-        if i >= n {
-            break;
-        }
-        let pr = r.ranges[i];
-        if port >= pr.lo && port <= pr.hi {
-            return true;
-        }
+    // Every slot at a constant offset, no early exit: the compiler unrolls this into plain
+    // loads, where a loop with a break became a pointer walk the 6.1 verifier refuses
+    // ("invalid access to map value").
+    let mut allowed = false;
+    for (i, pr) in r.ranges.iter().enumerate() {
+        allowed |= i < n && port >= pr.lo && port <= pr.hi;
     }
-    false
+    allowed
 }
 
 /// IPv4 (network byte order, as the kernel stores it) to IPv4-mapped IPv6 bytes.

@@ -709,6 +709,7 @@ fn enrich(
     e.verdict = event::verdict_name(h.verdict);
     e.rule = event::rule_name(h.rule).map(str::to_string);
     if h.ruleset != 0 {
+        e.layer = Some(event::layer_of(raw.kind, h.flags));
         // The generation that decided, which may be older than the run's current policy.
         if let Some(p) = shared.policies.lock().expect("policies lock").policy_of(h.ruleset) {
             e.policy = Some(p.name.clone());
@@ -777,6 +778,7 @@ fn judge_refused_open(shared: &Shared, ruleset: u32, e: &mut Event) {
     if let policy::FileVerdict::Deny { rule, .. } = p.file_access(path, policy::Access::Write) {
         e.verdict = "deny";
         e.rule = Some(rule.to_string());
+        e.layer = Some("landlock");
     }
 }
 

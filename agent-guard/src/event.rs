@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, mem::size_of, net::IpAddr};
 
 use agent_guard_common::{
     kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent,
-    SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
+    SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_LSM, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
 };
 use serde::Serialize;
 
@@ -21,6 +21,11 @@ pub struct Event {
     pub labels: BTreeMap<String, String>,
     pub policy: Option<String>,
     pub policy_version: Option<String>,
+    /// For an operation a policy judged: the layer that decided (`lsm`: a BPF LSM program,
+    /// before the operation; `tracepoint`: a tracepoint program; `cgroup`: a cgroup socket
+    /// program; `landlock`: the Landlock layer of `agent-guard run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -222,6 +227,17 @@ pub fn verdict_name(v: u32) -> &'static str {
         verdict::WOULD_DENY => "would_deny",
         verdict::HOLD => "hold",
         _ => "allow",
+    }
+}
+
+/// The layer that decided a kernel event of `kind` with header `flags`.
+pub fn layer_of(kind: &str, flags: u32) -> &'static str {
+    if flags & FLAG_LSM != 0 {
+        "lsm"
+    } else if matches!(kind, "connect" | "sendmsg" | "socket") {
+        "cgroup"
+    } else {
+        "tracepoint"
     }
 }
 

@@ -212,7 +212,7 @@ pub fn scenarios() -> Vec<Scenario> {
             args: |c| v(&["truncate", &c.locked("trunc.txt")]),
             tracepoint: Outcome::Ok("ok truncated"),
             lsm: EPERM,
-            event: None,
+            event: Some(("open", "files.deny")),
             after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("trunc.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         Scenario {
@@ -220,7 +220,7 @@ pub fn scenarios() -> Vec<Scenario> {
             args: |c| v(&["unlink", &c.locked("unlink.txt")]),
             tracepoint: Outcome::Ok("ok unlinked"),
             lsm: EPERM,
-            event: None,
+            event: Some(("open", "files.deny")),
             after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("unlink.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         Scenario {
@@ -228,7 +228,7 @@ pub fn scenarios() -> Vec<Scenario> {
             args: |c| v(&["mkdir", &c.locked("dir")]),
             tracepoint: Outcome::Ok("ok made"),
             lsm: EPERM,
-            event: None,
+            event: Some(("open", "files.deny")),
             after: Some(|c, b| if b == Backend::Lsm { absent(&c.locked("dir")) } else { Ok(()) }),
         },
         // The rename trick: move a denied file to an allowed name, then read it there.
@@ -237,7 +237,7 @@ pub fn scenarios() -> Vec<Scenario> {
             args: |c| v(&["rename", &c.locked("rename.txt"), &c.out("renamed.txt")]),
             tracepoint: Outcome::Ok("ok renamed"),
             lsm: EPERM,
-            event: None,
+            event: Some(("open", "files.deny")),
             after: Some(|c, b| if b == Backend::Lsm { absent(&c.out("renamed.txt")) } else { Ok(()) }),
         },
         // The hard-link trick: a second, allowed name for a denied file. The tracepoint
@@ -305,10 +305,17 @@ pub fn scenarios() -> Vec<Scenario> {
             args: |c| v(&["kill", &c.outside.id().to_string(), "0"]),
             tracepoint: Outcome::Ok("ok signalled"),
             lsm: EPERM,
-            event: None,
+            event: Some(("syscall", "self_protection")),
             after: None,
         },
-        Scenario { name: "bpf-syscall", args: |_| v(&["bpf"]), tracepoint: Outcome::Ok("ok bpf map"), lsm: EPERM, event: None, after: None },
+        Scenario {
+            name: "bpf-syscall",
+            args: |_| v(&["bpf"]),
+            tracepoint: Outcome::Ok("ok bpf map"),
+            lsm: EPERM,
+            event: Some(("syscall", "self_protection")),
+            after: None,
+        },
         // The tracepoint backend kills mount(2) as it returns: the mount was made (the hook
         // below removes it again).
         Scenario {
@@ -400,13 +407,26 @@ pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
         (Some((kind, rule)), Outcome::Killed | Outcome::Err("EPERM")) => {
             let e = wait_event(&c.daemon, sc.name, kind, Duration::from_secs(10))
                 .ok_or_else(|| format!("no {kind} event with a violation for run {}", sc.name))?;
-            let got = (e["verdict"].as_str().unwrap_or(""), e["rule"].as_str().unwrap_or(""));
-            if got != (want.verdict(), rule) {
-                return Err(format!("event: expected verdict {} rule {rule}, got {e}", want.verdict()));
+            let got = (e["verdict"].as_str().unwrap_or(""), e["rule"].as_str().unwrap_or(""), e["layer"].as_str().unwrap_or(""));
+            let layer = layer(kind, want, backend);
+            if got != (want.verdict(), rule, layer) {
+                return Err(format!("event: expected verdict {} rule {rule} layer {layer}, got {e}", want.verdict()));
             }
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// The layer an event of `kind` with outcome `want` names on `backend`: network refusals are
+/// the cgroup programs' on every backend, kills of syscalls the raw tracepoint's, and the
+/// rest the backend's own.
+fn layer(kind: &str, want: Outcome, backend: Backend) -> &'static str {
+    match (kind, want, backend) {
+        ("connect" | "sendmsg" | "socket", _, _) => "cgroup",
+        ("syscall", Outcome::Killed, _) => "tracepoint",
+        (_, _, Backend::Lsm) => "lsm",
+        (_, _, Backend::Tracepoint) => "tracepoint",
     }
 }
 
