@@ -442,6 +442,20 @@ fn wait_event(d: &Daemon, name: &str, kind: &str, timeout: Duration) -> Option<V
     }
 }
 
+/// `agent-guard status --json` names `backend` and lists what it does per operation.
+fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
+    let o = d.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("status --json: {e}: {o:?}"))?;
+    if v["backend"] != backend.name() {
+        return Err(format!("status says backend {}, not {}", v["backend"], backend.name()));
+    }
+    let ops = v["enforcement"].as_array().map_or(0, Vec::len);
+    if ops != 8 {
+        return Err(format!("status lists {ops} operations, not 8: {}", v["enforcement"]));
+    }
+    Ok(())
+}
+
 /// Runs the suite (the scenarios named in `only`, or all), printing one line per scenario:
 /// `AGSCENARIO pass NAME` or `AGSCENARIO FAIL NAME: why`, then `AGSCENARIOS done ...`.
 /// Returns the names of the failed scenarios.
@@ -449,6 +463,17 @@ pub fn run_suite(backend: Backend, only: &[String]) -> Vec<String> {
     let c = setup(backend);
     let mut failed = Vec::new();
     let mut passed = 0;
+    // The daemon says which backend it runs, in `status` and in the backend_info metric.
+    match status_names(&c.daemon, backend) {
+        Ok(()) => {
+            passed += 1;
+            println!("AGSCENARIO pass status-backend");
+        }
+        Err(why) => {
+            println!("AGSCENARIO FAIL status-backend: {why}");
+            failed.push("status-backend".to_string());
+        }
+    }
     for sc in scenarios().iter().filter(|sc| only.is_empty() || only.iter().any(|o| o == sc.name)) {
         let t = Instant::now();
         match run_one(&c, sc, backend) {
