@@ -248,6 +248,9 @@ pub struct KernelOffsets {
     pub cgroup_ancestors: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// sock.sk_cgrp_data.cgroup: the cgroup v2 a socket belongs to (its creator's).
+    pub sock_sk_cgrp_data: u32,
+    pub sock_cgroup_data_cgroup: u32,
 }
 
 /// What the kernel keeps per run cgroup.

@@ -48,6 +48,8 @@ static AG_OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_ancestors: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
+    sock_sk_cgrp_data: 0,
+    sock_cgroup_data_cgroup: 0,
 };
 
 #[inline(always)]

@@ -13,7 +13,7 @@
 //! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
 //! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
 use agent_guard_common::{
-    kind, rule, verdict, EventHeader, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
+    kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
     FLAG_PATH_TRUNCATED,
 };
 use aya_ebpf::{
@@ -47,9 +47,16 @@ const NR_BPF: u32 = 321;
 
 /// The hook's return value for a decision: only `deny` and `kill` refuse the operation (a
 /// held one stops the process on its way back to user space).
+///
+/// Computed as `allowed - 1` after a volatile reload: the compiler otherwise emits
+/// `-(denied & 1)`, and the verifier cannot bound a negation, while an LSM program must
+/// provably return a value in [-4095, 0] (6.12 checks).
 #[inline(always)]
 fn answer(d: &Decision) -> i32 {
-    if d.verdict == verdict::DENY || d.verdict == verdict::KILL { -EPERM } else { 0 }
+    let allowed = !(d.verdict == verdict::DENY || d.verdict == verdict::KILL) as i32;
+    // SAFETY: read of a local variable.
+    let allowed = unsafe { core::ptr::read_volatile(&allowed) } & 1;
+    allowed - EPERM
 }
 
 /// Writes the common header straight into a reserved event. `event::header` builds it on
@@ -341,6 +348,12 @@ pub fn ag_lsm_path_rename(ctx: LsmContext) -> i32 {
 fn task_in(o: &KernelOffsets, task: u64, run_cgroup: u64) -> bool {
     let Ok(cset) = kernel::read::<u64>(task, o.task_cgroups) else { return false };
     let Ok(cgrp) = kernel::read::<u64>(cset, o.css_set_dfl_cgrp) else { return false };
+    cgroup_in(o, cgrp, run_cgroup)
+}
+
+/// Whether the cgroup `cgrp` (a `struct cgroup *`) is `run_cgroup` or below it.
+#[inline(always)]
+fn cgroup_in(o: &KernelOffsets, cgrp: u64, run_cgroup: u64) -> bool {
     let Ok(level) = kernel::read::<i32>(cgrp, o.cgroup_level) else { return false };
     for l in 0..=BIND_DEPTH_MAX {
         if l > level {
@@ -418,4 +431,54 @@ pub fn ag_lsm_sb_mount(ctx: LsmContext) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let flags: u64 = ctx.arg(3);
     outside_run(&run, NR_MOUNT, flags)
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// socket_connect(struct socket *sock, struct sockaddr *address, int addrlen): a backstop
+/// for the cgroup connect programs, which judge a socket by the cgroup that created it. A
+/// socket created outside the run and passed in (inherited, or over AF_UNIX) is judged here,
+/// by the connecting process's run; the others are left to the cgroup programs (their
+/// approvals, kills and holds).
+#[lsm(hook = "socket_connect")]
+pub fn ag_lsm_socket_connect(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    let (sock, addr, len): (u64, u64, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let o = kernel::offsets();
+    let sk: u64 = kernel::read(sock, o.socket_sk).unwrap_or(0);
+    if let Ok(cgrp) = kernel::read::<u64>(sk + o.sock_sk_cgrp_data as u64, o.sock_cgroup_data_cgroup) {
+        if sk != 0 && cgroup_in(&o, cgrp, run.run_cgroup) {
+            return 0;
+        }
+    }
+    let family: u16 = kernel::read(addr, 0).unwrap_or(0);
+    let port = u16::from_be(kernel::read::<u16>(addr, 2).unwrap_or(0));
+    let ip = match family {
+        AF_INET if len >= 16 => policy::mapped_v4(kernel::read::<u32>(addr, 4).unwrap_or(0)),
+        AF_INET6 if len >= 24 => kernel::read::<[u8; 16]>(addr, 8).unwrap_or([0; 16]),
+        _ => return 0,
+    };
+    if policy::net_allowed(&rs, &ip, port) {
+        return 0;
+    }
+    let d = policy::violation(&rs, rule::NETWORK, true, None);
+    if let Some(mut entry) = event::reserve::<ConnectEvent>() {
+        let ev = entry.as_mut_ptr();
+        let sock_type: i16 = kernel::read(sock, o.socket_type).unwrap_or(0);
+        // SAFETY: a reserved, writable ConnectEvent, written field by field.
+        unsafe {
+            fill_header(&mut (*ev).hdr, kind::CONNECT, &run, &d, rs.id, FLAG_LSM);
+            (*ev).result = -EPERM;
+            (*ev).family = family;
+            (*ev).port = port;
+            (*ev).protocol = 0;
+            (*ev).sock_type = sock_type as u16;
+            (*ev)._pad = 0;
+            put_id((*ev).addr.as_mut_ptr(), ip);
+        }
+        entry.submit(0);
+    }
+    answer(&d)
 }

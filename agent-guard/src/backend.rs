@@ -54,6 +54,7 @@ pub const LSM_PROGRAMS: &[(&str, &str)] = &[
     ("ag_lsm_ptrace_access_check", "ptrace_access_check"),
     ("ag_lsm_bpf", "bpf"),
     ("ag_lsm_sb_mount", "sb_mount"),
+    ("ag_lsm_socket_connect", "socket_connect"),
 ];
 
 /// Pin-name prefix of the LSM programs' links.
@@ -148,8 +149,7 @@ pub fn choose(choice: BackendChoice, ebpf: &mut Ebpf, pins: &Pins, adopting: boo
             bpf_lsm_listed().map_err(|why| LoadError::Backend(format!("backend = \"lsm\", but {why}")))?;
             attach_lsm(ebpf, pins).map_err(|e| {
                 LoadError::Backend(format!(
-                    "backend = \"lsm\", but this kernel does not load BPF LSM programs: {} (use backend = \"auto\" or \"tracepoint\")",
-                    first_line(&e)
+                    "backend = \"lsm\", but this kernel does not load BPF LSM programs (use backend = \"auto\" or \"tracepoint\"): {e}"
                 ))
             })?;
             Ok(Choice { backend: Backend::Lsm, reason: "backend = \"lsm\" in the config; BPF LSM programs attached".into() })
@@ -169,11 +169,17 @@ pub fn choose(choice: BackendChoice, ebpf: &mut Ebpf, pins: &Pins, adopting: boo
     }
 }
 
-/// A load error in one line, without an empty verifier log.
+/// A load error in brief: its first line and, when there is a verifier log, the log's last
+/// line (where the verifier says why it refused).
 fn first_line(e: &dyn std::error::Error) -> String {
     let s = e.to_string();
-    let s = s.lines().next().unwrap_or_default().trim_end();
-    s.strip_suffix(". Verifier output:").unwrap_or(s).to_string()
+    let mut lines = s.lines().map(str::trim_end).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_suffix(". Verifier output:").unwrap_or(first);
+    match lines.filter(|l| !l.starts_with("verification time") && !l.starts_with("processed ") && !l.starts_with("stack depth")).last() {
+        Some(last) if last != first => format!("{first} ... {last}"),
+        _ => first.to_string(),
+    }
 }
 
 /// What the backend does with a violation of one kind of operation on this host.
@@ -191,7 +197,15 @@ pub struct Enforcement {
 pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
     let e = |operation: &str, action: &str, how: &str| Enforcement { operation: operation.into(), action: action.into(), how: how.into() };
     let net = [
-        e("connect", "deny", "cgroup connect4/connect6: EPERM"),
+        e(
+            "connect",
+            "deny",
+            if backend == Backend::Lsm {
+                "cgroup connect4/connect6: EPERM; lsm socket_connect for sockets created outside the run"
+            } else {
+                "cgroup connect4/connect6: EPERM (not for a socket created outside the run and passed in)"
+            },
+        ),
         e("sendmsg", "deny", "cgroup sendmsg4/sendmsg6: EPERM"),
         e("syscalls", "kill", "raw tracepoint sys_enter: [syscalls] deny and unseen syscalls get SIGKILL"),
     ];

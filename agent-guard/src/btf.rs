@@ -142,6 +142,8 @@ impl KernelBtf {
             cgroup_ancestors: f("cgroup", "ancestors")?,
             cgroup_kn: f("cgroup", "kn")?,
             kernfs_node_id: f("kernfs_node", "id")?,
+            sock_sk_cgrp_data: f("sock", "sk_cgrp_data")?,
+            sock_cgroup_data_cgroup: f("sock_cgroup_data", "cgroup")?,
         })
     }
 }

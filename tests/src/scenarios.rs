@@ -94,6 +94,8 @@ pub struct Ctx {
     pub tcp6_bad: Option<TcpListener>,
     pub udp_ok: UdpSocket,
     pub udp_bad: UdpSocket,
+    /// A TCP socket created outside every run, inherited by the runs (not close-on-exec).
+    pub passed_socket: i32,
 }
 
 impl Ctx {
@@ -113,6 +115,8 @@ impl Drop for Ctx {
         // Our own child, by pid.
         let _ = self.outside.kill();
         let _ = self.outside.wait();
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(self.passed_socket) };
     }
 }
 
@@ -291,6 +295,16 @@ pub fn scenarios() -> Vec<Scenario> {
             event: Some(("connect", "network.connect")),
             after: None,
         },
+        // A socket created outside the run and passed in: the cgroup programs judge sockets by
+        // the cgroup that created them and never see it; the lsm backend's socket_connect does.
+        Scenario {
+            name: "connect-passed-socket",
+            args: |c| v(&["connect-fd", &c.passed_socket.to_string(), &c.tcp_bad.local_addr().unwrap().to_string()]),
+            tracepoint: Outcome::Ok("ok connected"),
+            lsm: EPERM,
+            event: None,
+            after: None,
+        },
         Scenario {
             name: "udp-denied",
             args: |c| v(&["udp", &c.udp_bad.local_addr().unwrap().to_string()]),
@@ -382,8 +396,11 @@ pub fn setup(backend: Backend) -> Ctx {
         net.push(format!("[::1]/128:{}", port(l)));
     }
     let policy = daemon.write_policy("scenarios", &policy(&layout, &net));
+    // SAFETY: plain socket(2), without SOCK_CLOEXEC so that runs inherit it.
+    let passed_socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(passed_socket >= 0, "socket: {}", std::io::Error::last_os_error());
     let outside = Command::new(probe()).args(["sleep", "600"]).stdout(Stdio::null()).spawn().unwrap();
-    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad }
+    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket }
 }
 
 /// Runs one scenario; Err says how the observed behaviour differs from the expected one.

@@ -104,6 +104,22 @@ fn main() -> ExitCode {
             }
             Err(std::io::Error::from_raw_os_error(libc::EPERM))
         }
+        // connect(2) on descriptor FD (a socket this process inherited) to ADDR (IPv4).
+        "connect-fd" => {
+            let fd: i32 = a(1).parse().map_err(std::io::Error::other)?;
+            let addr: std::net::SocketAddrV4 = a(2).parse().map_err(std::io::Error::other)?;
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: addr.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a valid sockaddr_in of the given length.
+            let r = unsafe {
+                libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as libc::socklen_t)
+            };
+            if r < 0 { Err(errno()) } else { Ok("ok connected".into()) }
+        }
         "udp" => {
             let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
             let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
