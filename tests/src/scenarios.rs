@@ -466,6 +466,9 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
     if v["backend"] != backend.name() {
         return Err(format!("status says backend {}, not {}", v["backend"], backend.name()));
     }
+    if !v["backend_reason"].is_string() {
+        return Err(format!("status gives no reason for the backend: {v}"));
+    }
     let ops = v["enforcement"].as_array().map_or(0, Vec::len);
     if ops != 8 {
         return Err(format!("status lists {ops} operations, not 8: {}", v["enforcement"]));
@@ -504,6 +507,20 @@ pub fn run_suite(backend: Backend, only: &[String]) -> Vec<String> {
             }
         }
     }
+    // backend = "auto" picks the backend under test on this kernel (lsm in the VMs, where
+    // BPF LSM is active; tracepoint on the development machines, whose kernel refuses it).
+    let auto = Daemon::start_with("backend = \"auto\"");
+    match status_names(&auto, backend) {
+        Ok(()) => {
+            passed += 1;
+            println!("AGSCENARIO pass status-auto");
+        }
+        Err(why) => {
+            println!("AGSCENARIO FAIL status-auto: {why}");
+            failed.push("status-auto".to_string());
+        }
+    }
+    drop(auto);
     println!("AGSCENARIOS done backend={} passed={passed} failed={}", backend.name(), failed.len());
     if !failed.is_empty() {
         println!("daemon stderr:\n{}", c.daemon.stderr());
