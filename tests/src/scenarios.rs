@@ -473,13 +473,36 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
     if ops != 8 {
         return Err(format!("status lists {ops} operations, not 8: {}", v["enforcement"]));
     }
+    let want = format!("agent_guard_backend_info{{backend=\"{}\"}} 1", backend.name());
+    let scrape = metrics(d)?;
+    if !scrape.lines().any(|l| l == want) {
+        return Err(format!("no `{want}` in the metrics:\n{scrape}"));
+    }
     Ok(())
+}
+
+/// A scrape of the daemon's metrics (the address it printed at start).
+fn metrics(d: &Daemon) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let err = d.stderr();
+    let addr = err
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split("/metrics").next())
+        .ok_or_else(|| format!("the daemon did not say where its metrics are:\n{err}"))?;
+    let mut c = std::net::TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).map_err(|e| format!("reading the metrics: {e}"))?;
+    Ok(body)
 }
 
 /// Runs the suite (the scenarios named in `only`, or all), printing one line per scenario:
 /// `AGSCENARIO pass NAME` or `AGSCENARIO FAIL NAME: why`, then `AGSCENARIOS done ...`.
-/// Returns the names of the failed scenarios.
-pub fn run_suite(backend: Backend, only: &[String]) -> Vec<String> {
+/// `auto`: the backend `backend = "auto"` must pick on this kernel. Returns the names of the
+/// failed scenarios.
+pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String> {
     let c = setup(backend);
     let mut failed = Vec::new();
     let mut passed = 0;
@@ -507,10 +530,10 @@ pub fn run_suite(backend: Backend, only: &[String]) -> Vec<String> {
             }
         }
     }
-    // backend = "auto" picks the backend under test on this kernel (lsm in the VMs, where
-    // BPF LSM is active; tracepoint on the development machines, whose kernel refuses it).
-    let auto = Daemon::start_with("backend = \"auto\"");
-    match status_names(&auto, backend) {
+    // backend = "auto" picks lsm in the VMs, where BPF LSM is active, and tracepoint on the
+    // development machines, whose kernel lists bpf but refuses its programs.
+    let auto_daemon = Daemon::start_with("backend = \"auto\"");
+    match status_names(&auto_daemon, auto) {
         Ok(()) => {
             passed += 1;
             println!("AGSCENARIO pass status-auto");
@@ -520,7 +543,7 @@ pub fn run_suite(backend: Backend, only: &[String]) -> Vec<String> {
             failed.push("status-auto".to_string());
         }
     }
-    drop(auto);
+    drop(auto_daemon);
     println!("AGSCENARIOS done backend={} passed={passed} failed={}", backend.name(), failed.len());
     if !failed.is_empty() {
         println!("daemon stderr:\n{}", c.daemon.stderr());

@@ -46,6 +46,9 @@ enum Cmd {
         /// Only this kernel (6.1, 6.12); repeatable (default: all)
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// The backend the daemon is forced to (tracepoint: how that backend fares there)
+        #[arg(long, default_value = "lsm", value_parser = ["lsm", "tracepoint"])]
+        backend: String,
     },
     /// Build the Debian package (target/debian/agent-guard_VERSION-1_amd64.deb): installs the
     /// build prerequisites and cargo-deb if missing, then `cargo deb -p agent-guard`
@@ -100,14 +103,14 @@ fn setup(test: bool) -> Result<()> {
 }
 
 /// Builds the daemon and the test binaries, then runs the VM kernel matrix.
-fn vm_test(kernels: &[String]) -> Result<()> {
+fn vm_test(kernels: &[String], backend: &str) -> Result<()> {
     setup_with(false, true)?;
     // The test binaries (agprobe, agscenarios) the initramfs carries, and the daemon.
     let mut build = cargo();
     build.args(["build", "--package", "agent-guard", "--package", "agent-guard-tests", "--bins"]);
     run(build)?;
-    if !vm::vm_test(&root(), kernels)? {
-        bail!("vm-test: the lsm backend failed on at least one kernel (see above)");
+    if !vm::vm_test(&root(), kernels, backend)? {
+        bail!("vm-test: the {backend} backend failed on at least one kernel (see above)");
     }
     Ok(())
 }
@@ -135,7 +138,7 @@ fn main() -> Result<()> {
                 eprintln!("skip vm-test: {why}");
                 return Ok(());
             }
-            vm_test(&[])
+            vm_test(&[], "lsm")
         }
         Cmd::Daemon { config } => {
             setup(false)?;
@@ -160,7 +163,7 @@ fn main() -> Result<()> {
             run(build)?;
             bench::bench(&root(), quick, json)
         }
-        Cmd::VmTest { kernels } => vm_test(&kernels),
+        Cmd::VmTest { kernels, backend } => vm_test(&kernels, &backend),
         Cmd::Deb => {
             setup(false)?;
             let have = cargo().args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());

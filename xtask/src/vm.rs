@@ -63,9 +63,10 @@ impl Outcome {
     }
 }
 
-/// Runs the matrix; `only`: kernel labels to run (empty: all). Returns whether every kernel
+/// Runs the matrix against `backend` (lsm, or tracepoint to see how that backend fares on
+/// these kernels); `only`: kernel labels to run (empty: all). Returns whether every kernel
 /// passed.
-pub fn vm_test(root: &Path, only: &[String]) -> Result<bool> {
+pub fn vm_test(root: &Path, only: &[String], backend: &str) -> Result<bool> {
     let started = Instant::now();
     let kernels: Vec<&Kernel> = KERNELS.iter().filter(|k| only.is_empty() || only.iter().any(|o| o == k.label)).collect();
     if kernels.is_empty() {
@@ -87,13 +88,13 @@ pub fn vm_test(root: &Path, only: &[String]) -> Result<bool> {
             .iter()
             .map(|(k, vmlinuz)| {
                 let (initrd, out) = (&initrd, &out);
-                s.spawn(move || boot(k.label, vmlinuz, initrd, out))
+                s.spawn(move || boot(k.label, vmlinuz, initrd, out, backend))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("boot thread panicked")))).collect()
     });
     let mut all_ok = true;
-    println!("\nvm-test: lsm backend, kernel matrix ({:.0} s)", started.elapsed().as_secs_f64());
+    println!("\nvm-test: {backend} backend, kernel matrix ({:.0} s)", started.elapsed().as_secs_f64());
     for o in outcomes {
         let o = match o {
             Ok(o) => o,
@@ -276,7 +277,8 @@ ip link set lo up
 echo "AGVM kernel $(uname -r) lsm $(cat /sys/kernel/security/lsm) cpus $(nproc)"
 cd /tmp
 export AGENT_GUARD_READY_SECS=300 RUST_LOG=info
-/ag/agscenarios --backend lsm
+backend=$(sed -n 's/.*agvm.backend=\([a-z]*\).*/\1/p' /proc/cmdline)
+/ag/agscenarios --backend "${backend:-lsm}" --auto lsm
 echo "AGVM exit $?"
 poweroff -f
 "#;
@@ -376,7 +378,7 @@ fn cpu() -> String {
 }
 
 /// Boots `vmlinuz` with the initramfs and collects the scenario lines from its serial console.
-fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path) -> Result<Outcome> {
+fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path, backend: &str) -> Result<Outcome> {
     let log = out.join(format!("{label}.log"));
     let _ = std::fs::remove_file(&log);
     let started = Instant::now();
@@ -389,7 +391,8 @@ fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path) -> Resul
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", APPEND])
+        .arg("-append")
+        .arg(format!("{APPEND} agvm.backend={backend}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -2,7 +2,8 @@
 //! with the given backend, one `AGSCENARIO` line per scenario. The initramfs of `cargo xtask
 //! vm-test` runs it inside each VM kernel.
 //!
-//! Usage: agscenarios --backend lsm|tracepoint [SCENARIO]...
+//! Usage: agscenarios --backend lsm|tracepoint [--auto lsm|tracepoint] [SCENARIO]...
+//! (`--auto`: what `backend = "auto"` must pick here; default the backend under test).
 //! The daemon binary is AGENT_GUARD_BIN (default /ag/agent-guard next to this program's
 //! directory layout in the VM, else target/debug), the probe AGENT_GUARD_PROBE.
 use std::process::ExitCode;
@@ -12,15 +13,17 @@ use agent_guard_tests::scenarios::{run_suite, Backend};
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let mut backend = None;
+    let mut auto = None;
     let mut only = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--backend" => backend = args.next().as_deref().and_then(Backend::parse),
+            "--auto" => auto = args.next().as_deref().and_then(Backend::parse),
             _ => only.push(a),
         }
     }
     let Some(backend) = backend else {
-        eprintln!("usage: agscenarios --backend lsm|tracepoint [SCENARIO]...");
+        eprintln!("usage: agscenarios --backend lsm|tracepoint [--auto lsm|tracepoint] [SCENARIO]...");
         return ExitCode::from(2);
     };
     // Next to this program unless told otherwise (the VM's /ag holds all three binaries).
@@ -33,5 +36,5 @@ fn main() -> ExitCode {
             }
         }
     }
-    if run_suite(backend, &only).is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if run_suite(backend, auto.unwrap_or(backend), &only).is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
