@@ -173,10 +173,10 @@ pub fn choose(choice: BackendChoice, ebpf: &mut Ebpf, pins: &Pins, adopting: boo
 /// line (where the verifier says why it refused).
 fn first_line(e: &dyn std::error::Error) -> String {
     let s = e.to_string();
-    let mut lines = s.lines().map(str::trim_end).filter(|l| !l.is_empty());
+    let mut lines = s.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect::<Vec<_>>().into_iter();
     let first = lines.next().unwrap_or_default();
     let first = first.strip_suffix(". Verifier output:").unwrap_or(first);
-    match lines.filter(|l| !l.starts_with("verification time") && !l.starts_with("processed ") && !l.starts_with("stack depth")).last() {
+    match lines.rfind(|l| !l.starts_with("verification time") && !l.starts_with("processed ") && !l.starts_with("stack depth")) {
         Some(last) if last != first => format!("{first} ... {last}"),
         _ => first.to_string(),
     }
@@ -255,6 +255,16 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_load_error_in_brief_keeps_the_verifiers_reason() {
+        let e = std::io::Error::other(
+            "program p: the BPF_PROG_LOAD syscall returned Permission denied. Verifier output:\n0: R1=ctx()\nR2 unbounded memory access\nverification time 9 usec\nprocessed 3 insns",
+        );
+        assert_eq!(first_line(&e), "program p: the BPF_PROG_LOAD syscall returned Permission denied ... R2 unbounded memory access");
+        let e = std::io::Error::other("program p: Operation not permitted (os error 1). Verifier output: ");
+        assert_eq!(first_line(&e), "program p: Operation not permitted (os error 1)");
+    }
 
     #[test]
     fn every_operation_is_described_for_both_backends() {
