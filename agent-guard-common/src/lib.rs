@@ -55,6 +55,8 @@ pub mod names {
     pub const BIND_ON: &str = "AG_BIND_ON";
     pub const GRANTS: &str = "AG_GRANTS";
     pub const HELD: &str = "AG_HELD";
+    /// [0] = 1: the lsm backend's programs are attached (execs are decided there).
+    pub const LSM_ON: &str = "AG_LSM_ON";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).

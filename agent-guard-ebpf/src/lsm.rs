@@ -21,7 +21,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_comm, bpf_ktime_get_boot_ns},
     },
-    macros::lsm,
+    macros::{lsm, map},
+    maps::Array,
     programs::LsmContext,
 };
 
@@ -30,6 +31,16 @@ use crate::{
     policy::{self, Decision},
     run,
 };
+
+/// [0] is 1 when the LSM programs are attached (the daemon sets it once it chose `lsm`).
+#[map]
+static AG_LSM_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether `bprm_check_security` decides execs (then the exec tracepoint only reports).
+#[inline(always)]
+pub fn decides_exec() -> bool {
+    AG_LSM_ON.get(0).copied().unwrap_or(0) != 0
+}
 
 const EPERM: i32 = 1;
 const FMODE_READ: u32 = 1;

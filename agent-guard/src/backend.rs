@@ -115,6 +115,15 @@ pub fn attach_lsm(ebpf: &mut Ebpf, pins: &Pins) -> Result<usize, LoadError> {
     Ok(adopted)
 }
 
+/// Tells the kernel programs which backend decides (AG_LSM_ON): under `lsm` the exec
+/// tracepoint reports and leaves the decision to `bprm_check_security`.
+pub fn mark(ebpf: &mut Ebpf, backend: Backend) -> Result<(), LoadError> {
+    let name = agent_guard_common::names::LSM_ON;
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+    let mut on: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+    on.set(0, u32::from(backend == Backend::Lsm), 0).map_err(|source| LoadError::Map { name, source })
+}
+
 /// Whether an earlier daemon left the LSM programs attached (then the backend is `lsm`).
 pub fn lsm_pinned(pins: &Pins) -> bool {
     !pins.links(LSM_LINK_PREFIX).is_empty()

@@ -124,6 +124,7 @@ const PINNED_MAPS: &[&str] = &[
     "AG_KILL_PENDING",
     names::GRANTS,
     names::HELD,
+    names::LSM_ON,
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -453,6 +454,7 @@ pub fn load(
         attach_tracepoint(&mut ebpf, pins, name, category, event)?;
     }
     let backend = crate::backend::choose(backend, &mut ebpf, pins, adopting)?;
+    crate::backend::mark(&mut ebpf, backend.backend)?;
     adopted_links += if adopting { pins.links(crate::backend::LSM_LINK_PREFIX).len() } else { 0 };
     // Only those this backend uses (the open ones are not even verified under lsm).
     for (name, _, _) in wanted_syscall_tracepoints(pins) {
