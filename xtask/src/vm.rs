@@ -276,10 +276,14 @@ mount -t securityfs securityfs /sys/kernel/security
 ip link set lo up
 echo "AGVM kernel $(uname -r) lsm $(cat /sys/kernel/security/lsm) cpus $(nproc)"
 cd /tmp
-export AGENT_GUARD_READY_SECS=300 RUST_LOG=info
+export AGENT_GUARD_READY_SECS=300 RUST_LOG=info AGENT_GUARD_BIN=/ag/agent-guard AGENT_GUARD_PROBE=/ag/agprobe
 backend=$(sed -n 's/.*agvm.backend=\([a-z]*\).*/\1/p' /proc/cmdline)
 /ag/agscenarios --backend "${backend:-lsm}" --auto lsm
 echo "AGVM exit $?"
+if [ -x /ag/extra-test ]; then
+    /ag/extra-test --test-threads=1 2>&1
+    echo "AGVM extra-test exit $?"
+fi
 poweroff -f
 "#;
 
@@ -308,6 +312,13 @@ fn initramfs(root: &Path, out: &Path) -> Result<PathBuf> {
         let dst = stage.join("ag").join(b);
         strip_copy(&src, &dst)?;
         libs.extend(ldd(&src)?);
+    }
+    // AG_VM_EXTRA_TEST: an integration test binary (cargo test --no-run) run after the suite,
+    // to see how other tests fare on these kernels.
+    if let Some(extra) = std::env::var_os("AG_VM_EXTRA_TEST") {
+        let extra = PathBuf::from(extra);
+        strip_copy(&extra, &stage.join("ag/extra-test"))?;
+        libs.extend(ldd(&extra)?);
     }
     for lib in libs {
         let rel = lib.strip_prefix("/").unwrap_or(&lib);
