@@ -282,6 +282,24 @@ pub fn status(cfg: &Config, json: bool) -> Result<Code> {
     );
     println!("events dropped  {}", s.events_dropped);
     println!("events buffered {} ({} followers)", s.events_buffered, s.followers);
+    let landlock = match (s.landlock_abi, s.landlock_enabled) {
+        (0, _) => "not available on this kernel: the eBPF layer alone enforces, after the fact".to_string(),
+        (abi, false) => format!("ABI {abi}, off (config landlock = false)"),
+        (abi, true) => format!("ABI {abi}, for enforce-mode runs of `agent-guard run`; {} with a layer", s.landlock_runs.len()),
+    };
+    println!("landlock        {landlock}");
+    for r in &s.landlock_runs {
+        let c = &r.coverage;
+        println!(
+            "  {}{}  refuses {}",
+            r.run,
+            r.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            c.refuses().join(", ")
+        );
+        for note in &c.ebpf_only {
+            println!("    eBPF only: {note}");
+        }
+    }
     Ok(0)
 }
 
@@ -350,6 +368,7 @@ mod tests {
             bound: false,
             unregistered: false,
             labels: Default::default(),
+            landlock: None,
         };
         let t = ps_table(&[r("r-000001", Some("a-much-longer-name"), "running", None), r("r-000002", None, "held", Some("files.read /etc/shadow"))]);
         let lines: Vec<&str> = t.lines().collect();

@@ -18,6 +18,29 @@ pub enum BackendChoice {
     Tracepoint,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StderrEvents {
+    All,
+    Notable,
+    None,
+}
+
+impl StderrEvents {
+    /// Whether `kind` with `verdict` gets a human line on stderr.
+    pub fn shows(self, kind: &str, verdict: &str) -> bool {
+        match self {
+            StderrEvents::All => true,
+            StderrEvents::None => false,
+            // The allowed observations are the stream's bulk (tens of thousands a second under
+            // load): they stay in the log. Everything else is rare and worth a glance.
+            StderrEvents::Notable => {
+                verdict != "allow" || !matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "exit" | "syscall")
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -28,6 +51,10 @@ pub struct Config {
     pub events_log_max_bytes: u64,
     /// Rotated event logs kept (events_log.1 is the newest).
     pub events_log_keep: u32,
+    /// Which events the daemon also prints on stderr as a human line (journald keeps stderr
+    /// under systemd): `notable` (violations, holds, run starts and ends, actions, drops),
+    /// `all` (every exec, open, connect... too: for watching a daemon in a terminal), `none`.
+    pub stderr_events: StderrEvents,
     pub policy_dir: PathBuf,
     pub metrics_listen: SocketAddr,
     /// Group (besides root) whose members may use the control socket.
@@ -42,6 +69,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub hold_timeout: std::time::Duration,
     pub backend: BackendChoice,
+    /// `agent-guard run` puts enforce-mode runs under a Landlock ruleset compiled from their
+    /// policy, so most denials are a clean EACCES before the operation (false: the eBPF layer
+    /// alone, which kills after the fact).
+    pub landlock: bool,
     /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
     /// least one page). Losses when it is full are counted and reported as `drop` events.
     pub events_ring_bytes: u32,
@@ -57,6 +88,7 @@ impl Default for Config {
             events_log: "/var/log/agent-guard/events.jsonl".into(),
             events_log_max_bytes: 100 << 20,
             events_log_keep: 5,
+            stderr_events: StderrEvents::Notable,
             policy_dir: "/etc/agent-guard/policies.d".into(),
             metrics_listen: "127.0.0.1:9464".parse().expect("valid default"),
             control_group: "agent-guard".into(),
@@ -65,6 +97,7 @@ impl Default for Config {
             state_dir: "/run/agent-guard/state".into(),
             hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
+            landlock: true,
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
             source: None,
         }
@@ -213,10 +246,22 @@ mod tests {
             ("hold_timeout = \"0s\"", "hold_timeout"),
             ("control_group = \"\"", "control_group"),
             ("control_group = \"a b\"", "control_group"),
+            ("stderr_events = \"some\"", "line 1"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn stderr_shows_violations_and_lifecycle_but_not_the_allowed_bulk() {
+        let n = StderrEvents::Notable;
+        assert!(!n.shows("open", "allow") && !n.shows("exec", "allow") && !n.shows("connect", "allow"));
+        assert!(n.shows("open", "kill") && n.shows("connect", "deny") && n.shows("exec", "would_deny"));
+        assert!(n.shows("run_start", "allow") && n.shows("drop", "allow") && n.shows("freeze", "allow"));
+        assert!(StderrEvents::All.shows("open", "allow") && !StderrEvents::None.shows("open", "kill"));
+        let c = Config::parse("stderr_events = \"all\"", Path::new("c.toml")).unwrap();
+        assert_eq!(c.stderr_events, StderrEvents::All);
     }
 
     #[test]

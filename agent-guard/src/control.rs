@@ -9,7 +9,8 @@
 //! Requests (`op`), several per connection:
 //! - `ping`: the managed cgroup root (`cgroup_root`).
 //! - `register` (a run's cgroup, before its command starts, with the policy to bind: a loaded
-//!   policy's name, or a policy file's text); `end` (the run is over).
+//!   policy's name, or a policy file's text); `landlock` (what the run's Landlock layer
+//!   refuses, sent by `run` before the command starts); `end` (the run is over).
 //! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
 //! - `ps`: the runs and bound cgroups (`runs`).
 //! - `status`: the daemon's state (`status`).
@@ -60,6 +61,11 @@ pub enum Request {
         /// Or the text of a policy file (loaded if its name is new).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy_file: Option<PolicyText>,
+    },
+    /// The run's Landlock layer, as `run` applies it (before the command starts).
+    Landlock {
+        run: String,
+        coverage: crate::landlock::Coverage,
     },
     End {
         run: String,
@@ -138,6 +144,10 @@ pub struct RunStatus {
     pub unregistered: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// What the run's Landlock layer refuses up front (runs of `agent-guard run` under an
+    /// enforce-mode policy, on a kernel with Landlock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock: Option<crate::landlock::Coverage>,
 }
 
 /// What `status` reports.
@@ -179,6 +189,23 @@ pub struct DaemonStatus {
     /// Per operation, what the backend does with a violation on this host.
     #[serde(default)]
     pub enforcement: Vec<crate::backend::Enforcement>,
+    /// The host's Landlock ABI (0: none) and whether `run` uses it (config `landlock`).
+    #[serde(default)]
+    pub landlock_abi: u32,
+    #[serde(default)]
+    pub landlock_enabled: bool,
+    /// Runs with a Landlock layer, and what it refuses.
+    #[serde(default)]
+    pub landlock_runs: Vec<LandlockRun>,
+}
+
+/// One run's Landlock layer, as `status` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LandlockRun {
+    pub run: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub coverage: crate::landlock::Coverage,
 }
 
 /// What a `freeze`, `thaw` or `kill` did.

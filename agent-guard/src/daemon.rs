@@ -60,6 +60,8 @@ struct RunInfo {
     hold: Option<Hold>,
     /// Frozen by a responder (`agent-guard freeze`): answering a hold does not thaw it.
     frozen_by_responder: bool,
+    /// What the run's Landlock layer refuses up front (runs of `agent-guard run` only).
+    landlock: Option<crate::landlock::Coverage>,
 }
 
 impl RunInfo {
@@ -72,6 +74,7 @@ impl RunInfo {
             cgroup_id: self.cgroup_id,
             started_ms: self.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             hold: self.hold.iter().flat_map(|h| h.attempts.iter().map(crate::hold::Recorded::from)).collect(),
+            landlock: self.landlock.clone(),
         }
     }
 }
@@ -121,6 +124,11 @@ impl Shared {
     }
 
     fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
+        self.event_at(kind, run, SystemTime::now())
+    }
+
+    /// An event of `run` that happened at `t`.
+    fn event_at(&self, kind: &'static str, run: Option<&RunInfo>, t: SystemTime) -> Event {
         let (policy, policy_version) = match run.and_then(|r| r.policy) {
             Some(slot) => {
                 let store = self.policies.lock().expect("policies lock");
@@ -134,7 +142,7 @@ impl Shared {
         Event {
             policy,
             policy_version,
-            ts: event::rfc3339(SystemTime::now()),
+            ts: event::rfc3339(t),
             host: self.host.clone(),
             kind,
             verdict: "allow",
@@ -150,6 +158,19 @@ impl Shared {
     /// cgroup path as shown in events: relative to the cgroup2 mount, with a leading /.
     fn rel(&self, dir: &Path) -> String {
         format!("/{}", dir.strip_prefix(&self.mount).unwrap_or(dir).display())
+    }
+
+    /// `emit` for the ring reader: a violation waits for room in the queue instead of being
+    /// dropped (the ring reader slows down; the kernel keeps room in the ring for violations).
+    async fn emit_from_ring(&self, e: Event) {
+        if e.verdict == "allow" {
+            return self.emit(e);
+        }
+        self.metrics.observe(&e);
+        let e = Arc::new(e);
+        if self.tx.send(e.clone()).await.is_ok() {
+            self.record(&e);
+        }
     }
 
     fn emit(&self, e: Event) {
@@ -323,7 +344,7 @@ async fn serve(cfg: Config) -> Result<()> {
         backend,
     });
 
-    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone()));
+    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone(), cfg.stderr_events));
     if adopting {
         adopt(&shared);
     }
@@ -478,6 +499,7 @@ fn adopt(shared: &Arc<Shared>) {
                     hold,
                     violations: 0,
                     frozen_by_responder: false,
+                    landlock: r.landlock,
                 };
                 runs.by_cgroup.insert(r.cgroup_id, info);
                 adopted += 1;
@@ -514,6 +536,7 @@ fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
         hold: None,
         violations: 0,
         frozen_by_responder: false,
+        landlock: None,
     }
 }
 
@@ -604,8 +627,10 @@ async fn write_events(
     mut log: crate::sink::EventLog,
     mut reopen: mpsc::UnboundedReceiver<()>,
     sink_drops: Arc<std::sync::atomic::AtomicU64>,
+    stderr_events: crate::config::StderrEvents,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
+    let mut human = Vec::with_capacity(1 << 12);
     let mut stderr = std::io::stderr();
     loop {
         let first = tokio::select! {
@@ -622,17 +647,33 @@ async fn write_events(
             }
         };
         let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+        let mut more = |batch: &mut Vec<Arc<Event>>| {
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
             }
+        };
+        more(&mut batch);
+        if batch.len() < 64 {
+            // A short batch: give the queue a moment to fill, so a stream of events costs one
+            // wake-up and one write per millisecond, not one per event.
+            tokio::time::sleep(RING_PAUSE).await;
+            more(&mut batch);
         }
         buf.clear();
+        human.clear();
         for e in &batch {
             serde_json::to_writer(&mut buf, &**e).expect("events serialize");
             buf.push(b'\n');
-            let _ = writeln!(stderr, "{}", event::human(e));
+            if stderr_events.shows(e.kind, e.verdict) {
+                let _ = writeln!(human, "{}", event::human(e));
+            }
+        }
+        // One write for the batch's human lines (stderr is unbuffered).
+        if !human.is_empty() {
+            let _ = stderr.write_all(&human);
         }
         if let Err(e) = tokio::task::block_in_place(|| log.write(&buf)) {
             warn!("writing events_log: {e}; {} events lost (reported as a drop)", batch.len());
@@ -640,6 +681,12 @@ async fn write_events(
         }
     }
 }
+
+/// Records the ring reader takes out of the ring before it emits them.
+const DRAIN_BATCH: usize = 256;
+
+/// How long the ring reader pauses after a drain (see `read_ring`).
+const RING_PAUSE: Duration = Duration::from_millis(1);
 
 /// Reads the kernel ring buffer. Events that must follow everything the kernel has recorded
 /// so far (a run's `run_end`) arrive on `after_ring`: the ring is drained first, then they are
@@ -659,23 +706,33 @@ async fn read_ring(
     };
     let mut procs: HashMap<u32, crate::hold::Proc> = HashMap::new();
     let mut cgroup_paths: HashMap<u64, String> = HashMap::new();
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>| {
-        while let Some(item) = ring.next() {
+    // Records are taken out of the ring in bounded batches, then emitted: an allowed event
+    // that finds the queue full is dropped (and counted), a violation waits for room, so a
+    // flooding run can cost other runs their allowed events but never their violations.
+    let mut batch: Vec<(Event, u64, Option<[u8; 16]>)> = Vec::with_capacity(DRAIN_BATCH);
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Vec<(Event, u64, Option<[u8; 16]>)>| {
+        while batch.len() < DRAIN_BATCH {
+            let Some(item) = ring.next() else { return false };
             match event::decode(&item) {
                 Ok(raw) => {
                     let run_cgroup = raw.hdr.run_cgroup;
                     let file_id = raw.file_id;
-                    let e = enrich(&shared, raw, &mut procs, &mut cgroup_paths);
-                    let held = (e.verdict == "hold").then(|| e.clone());
-                    shared.emit(e);
-                    if let Some(e) = held {
-                        on_hold(&shared, run_cgroup, file_id, e);
-                    }
+                    batch.push((enrich(&shared, raw, &mut procs, &mut cgroup_paths), run_cgroup, file_id));
                 }
                 Err(e) => warn!("undecodable kernel record: {e}"),
             }
         }
+        true
     };
+    async fn emit_batch(shared: &Arc<Shared>, batch: &mut Vec<(Event, u64, Option<[u8; 16]>)>) {
+        for (e, run_cgroup, file_id) in batch.drain(..) {
+            let held = (e.verdict == "hold").then(|| e.clone());
+            shared.emit_from_ring(e).await;
+            if let Some(e) = held {
+                on_hold(shared, run_cgroup, file_id, e);
+            }
+        }
+    }
     loop {
         tokio::select! {
             ready = fd.readable_mut() => {
@@ -686,11 +743,27 @@ async fn read_ring(
                         return;
                     }
                 };
-                drain(guard.get_inner_mut());
+                // Readiness is cleared before the drain, so a record submitted while it runs
+                // wakes the next wait instead of waiting for the record after it.
                 guard.clear_ready();
+                while drain(guard.get_inner_mut(), &mut batch) {
+                    emit_batch(&shared, &mut batch).await;
+                }
+                emit_batch(&shared, &mut batch).await;
+                drop(guard);
+                // The kernel wakes the reader at a record that finds it caught up: one wake-up
+                // (and a hand-off to the writer) per record while it keeps up. A short pause
+                // after each drain lets records accumulate, so a busy ring costs about one
+                // wake-up per millisecond instead of one per record. The kernel decides every
+                // verdict on its own; only the log and the followers see records up to this
+                // much later. The ring holds the backlog meanwhile (its drops are counted).
+                tokio::time::sleep(RING_PAUSE).await;
             }
             Some(e) = after_ring.recv() => {
-                drain(fd.get_mut());
+                while drain(fd.get_mut(), &mut batch) {
+                    emit_batch(&shared, &mut batch).await;
+                }
+                emit_batch(&shared, &mut batch).await;
                 shared.emit(e);
             }
         }
@@ -705,19 +778,18 @@ fn enrich(
 ) -> Event {
     let h = raw.hdr;
     let run = shared.run_for(h.run_cgroup);
-    let mut e = shared.base_event(raw.kind, run.as_ref());
+    let wall = shared.boot_offset_ns + h.ts_ns as i128;
+    let mut e = shared.event_at(raw.kind, run.as_ref(), SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.verdict = event::verdict_name(h.verdict);
     e.rule = event::rule_name(h.rule).map(str::to_string);
     if h.ruleset != 0 {
-        e.layer = Some(event::layer_of(raw.kind, h.flags));
+        e.hook = Some(event::hook_of(raw.kind, h.flags));
         // The generation that decided, which may be older than the run's current policy.
         if let Some(p) = shared.policies.lock().expect("policies lock").policy_of(h.ruleset) {
             e.policy = Some(p.name.clone());
             e.policy_version = Some(p.version.clone());
         }
     }
-    let wall = shared.boot_offset_ns + h.ts_ns as i128;
-    e.ts = event::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.pid = Some(h.pid);
     e.tgid = Some(h.tgid);
     e.ppid = Some(h.ppid);
@@ -749,37 +821,20 @@ fn enrich(
         };
     }
     e.detail = raw.detail;
-    if h.ruleset != 0 {
-        judge_refused_open(shared, h.ruleset, &mut e);
+    // Which layer decided: an operation the run's Landlock layer refused reached the eBPF
+    // programs only as a failure; the daemon names the rule with the policy in force.
+    e.layer = crate::landlock::kernel_layer(e.kind);
+    if let Some(cov) = run.as_ref().and_then(|r| r.landlock.as_ref()) {
+        if h.ruleset != 0 && crate::landlock::maybe_refused(&e, cov) {
+            let policy = shared.policies.lock().expect("policies lock").policy_of(h.ruleset);
+            crate::landlock::attribute(&mut e, cov, policy.as_deref());
+        }
     }
     let violation = matches!(e.verdict, "deny" | "kill" | "would_deny" | "hold");
     if let (true, Some(run)) = (violation, &run) {
         e.ancestry = Some(crate::hold::lineage(h.tgid, h.ppid, procs, &shared.mount, &run.dir));
     }
     e
-}
-
-/// An open the kernel refused with EACCES for a run under an enforcing policy is, in
-/// practice, the Landlock layer of `agent-guard run` refusing a write: the eBPF programs saw
-/// only the failure. The daemon judges the path the process passed with the same policy so
-/// the event says which rule refused it (only for absolute paths; the others stay as the
-/// kernel reported them).
-fn judge_refused_open(shared: &Shared, ruleset: u32, e: &mut Event) {
-    let Detail::Open { path, flags, result, path_resolved: false, .. } = &e.detail else { return };
-    let write = flags & (libc::O_WRONLY | libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
-    // Landlock handles writes only: a refused read is the file's own permissions.
-    if *result != -libc::EACCES || e.verdict != "allow" || !path.starts_with('/') || !write {
-        return;
-    }
-    let Some(p) = shared.policies.lock().expect("policies lock").policy_of(ruleset) else { return };
-    if p.mode != policy::Mode::Enforce {
-        return;
-    }
-    if let policy::FileVerdict::Deny { rule, .. } = p.file_access(path, policy::Access::Write) {
-        e.verdict = "deny";
-        e.rule = Some(rule.to_string());
-        e.layer = Some("landlock");
-    }
 }
 
 async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArray<aya::maps::MapData, u64>) {
@@ -950,6 +1005,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 hold: None,
                 violations: 0,
                 frozen_by_responder: false,
+                landlock: None,
             };
             {
                 // Lock order: binder, then runs. The syscall tracepoints (and for a policied
@@ -1031,6 +1087,17 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
         Request::Status => incident::status(shared),
         Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
             Response::err("this request is handled by the connection, not here")
+        }
+        Request::Landlock { run, coverage } => {
+            let mut runs = shared.runs.lock().expect("runs lock");
+            let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none() && r.dir.starts_with(&shared.root)) else {
+                return Response::err(format!("no active run {run}"));
+            };
+            info.landlock = Some(coverage);
+            if let Err(e) = shared.state.save_run(&info.record()) {
+                warn!("recording run {run}'s Landlock layer in {}: {e}", shared.state.dir().display());
+            }
+            Response::ok()
         }
         Request::End { run, exit_status } => {
             let info = {

@@ -16,16 +16,21 @@ pub struct Event {
     pub kind: &'static str,
     pub verdict: &'static str,
     pub rule: Option<String>,
+    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs) or
+    /// "landlock" (the run's Landlock layer refused it before it happened). Absent on events
+    /// the daemon makes and on `exit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<&'static str>,
     pub run: Option<String>,
     pub run_name: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub policy: Option<String>,
     pub policy_version: Option<String>,
-    /// For an operation a policy judged: the layer that decided (`lsm`: a BPF LSM program,
-    /// before the operation; `tracepoint`: a tracepoint program; `cgroup`: a cgroup socket
-    /// program; `landlock`: the Landlock layer of `agent-guard run`).
+    /// For an operation the eBPF layer judged under a policy: the kind of program that
+    /// decided (`lsm`: a BPF LSM program of the lsm backend, before the operation;
+    /// `tracepoint`: a tracepoint program; `cgroup`: a cgroup socket program).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub layer: Option<&'static str>,
+    pub hook: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,8 +235,8 @@ pub fn verdict_name(v: u32) -> &'static str {
     }
 }
 
-/// The layer that decided a kernel event of `kind` with header `flags`.
-pub fn layer_of(kind: &str, flags: u32) -> &'static str {
+/// The kind of program that decided a kernel event of `kind` with header `flags`.
+pub fn hook_of(kind: &str, flags: u32) -> &'static str {
     if flags & FLAG_LSM != 0 {
         "lsm"
     } else if matches!(kind, "connect" | "sendmsg" | "socket") {
@@ -426,7 +431,11 @@ pub fn human(e: &Event) -> String {
         ),
         Detail::None => String::new(),
     };
-    let verdict = if e.verdict == "allow" { String::new() } else { format!(" [{} {}]", e.verdict.to_uppercase(), e.rule.as_deref().unwrap_or("")) };
+    let verdict = match (e.verdict, e.layer) {
+        ("allow", _) => String::new(),
+        (v, Some("landlock")) => format!(" [{} {} by landlock]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
+        (v, _) => format!(" [{} {}]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
+    };
     format!("{} {:<7} {} {}{}", e.ts, e.kind, who.trim_end(), what, verdict)
 }
 

@@ -1,75 +1,325 @@
-//! A Landlock layer for the writes of runs started by `agent-guard run`.
+//! The Landlock layer of runs started by `agent-guard run` under an enforce-mode policy.
 //!
 //! # What it adds
 //!
-//! The tracepoint backend judges an `open` at syscall exit and kills the process there: by
-//! then an `open(O_CREAT|O_TRUNC)` of a file outside `[files] write` has already created or
-//! truncated it. For an `enforce` policy, `run` therefore also puts the command under a
-//! Landlock ruleset that handles the write-side filesystem rights (write, truncate, create
-//! regular files / directories / symlinks / fifos / sockets / device nodes, remove files and
-//! directories, rename and link across directories: [`write_access`]) and grants them only
-//! beneath each `[files] write` path. Everywhere else the kernel refuses those operations with
-//! `EACCES` *before* anything changes on disk: no file is created, truncated, removed or
-//! renamed, and the process is not killed (the open failed; there is nothing to judge).
+//! On a host without BPF LSM the eBPF programs can only act after the fact: an open outside
+//! the policy is judged at syscall exit and the process is killed there, an exec at
+//! `sched_process_exec`. Landlock refuses the same operations with `EACCES` *before* they
+//! happen, and the process goes on. For an `enforce` policy, `run` puts the command under a
+//! ruleset compiled from the same policy ([`plan`]):
 //!
-//! Read and exec rights are not handled here: reads and execs are unaffected by this layer and
-//! stay the eBPF programs' business, as does everything the policy says about writes inside
-//! the write trees.
+//! - **Writes** (every `on_violation`): write, truncate, create, remove, rename and link
+//!   rights ([`write_access`]), granted beneath each `[files] write` path. Refused before
+//!   anything changes on disk, which the eBPF layer alone cannot do.
+//! - **Reads and execs** (`on_violation = "deny"`): read-file, read-dir and execute, granted
+//!   beneath each `[files] read` and `write` path, each `[exec] allow` entry and the dynamic
+//!   loaders (an exec needs read and execute on the executable and on its `PT_INTERP`, which
+//!   the kernel opens itself). Execute is granted beneath the read trees too: the policy judges
+//!   a script by its interpreter, while Landlock checks the script file itself, so a script
+//!   the policy allows can live anywhere the policy lets its interpreter read it. An exec of
+//!   a binary inside a read tree but outside `[exec] allow` is therefore left to the eBPF
+//!   layer (killed before its first instruction); outside every tree it is `EACCES`.
+//! - **TCP connects** (`on_violation = "deny"`, Landlock ABI >= 4): every port some
+//!   `[network] connect` rule allows, for any address (Landlock has no addresses; the cgroup
+//!   programs still check them), when that is at most [`PORTS_MAX`] ports. Binds are not
+//!   handled: the policy does not restrict them.
+//! - **Scoping** (Landlock ABI >= 6): no signals to, and no connects to abstract unix sockets
+//!   of, processes outside the run's Landlock domain. The policy has no rule that allows
+//!   either.
+//!
+//! With `on_violation = "kill"` or `"freeze"` reads, execs and connects stay with the eBPF
+//! layer, which kills or holds them: a Landlock refusal would keep it from ever seeing them.
+//!
+//! A path the policy allows is never refused here: every grant is at least as wide as the
+//! policy. What Landlock cannot express stays the eBPF layer's (the backstop):
+//! - **Carve-outs inside allowed trees.** Landlock only grants: a `deny` rule or a longer
+//!   `read` rule inside an allowed tree is enforced by the eBPF programs alone (a read is
+//!   killed before it returns; a write after the open, with the file already created or
+//!   truncated). A `deny` at exactly an allowed path is honoured (that path is not granted).
+//! - **Addresses, UDP, hot reload, hold-for-review**: the ruleset is fixed when the run
+//!   starts; reloading the policy changes only the eBPF side.
+//! - **Paths that did not exist at launch.** A rule is bound to an inode: a path missing when
+//!   the run starts gets no grant (`run` says so), and access below it stays refused for that
+//!   run even once it is created (unless it is created inside another granted tree).
+//! - **Grants are per inode tree, not per name.** A rule path that is a symlink grants its
+//!   target; a rule that is a regular file grants that file only.
+//! - **Already-open descriptors** (e.g. stdout redirected by the shell) are not checked again.
 //!
 //! The ruleset is built in `run` before the fork (opening the path descriptors is not
 //! async-signal-safe) and applied by the child between its move into the run cgroup (itself a
 //! file write) and `exec`, with the bare `landlock_restrict_self` syscall ([`Layer::apply`]).
-//! The ruleset descriptor is close-on-exec: the command never sees it.
+//! The ruleset descriptor is close-on-exec: the command never sees it. `run` reports the
+//! layer's [`Coverage`] to the daemon, which shows it in `status` and `ps --json` and uses it
+//! to say in events which layer refused an operation.
 //!
-//! # What it cannot do
-//!
-//! - **Carve-outs inside write trees.** Landlock only grants: a `deny` rule or a longer `read`
-//!   rule inside a `write` tree cannot be expressed, so such a path stays writable for
-//!   Landlock and a write to it is still killed by the eBPF programs after the open (with the
-//!   file already created or truncated).
-//! - **Reloads.** The layer is fixed when the run starts. Reloading the policy (or switching it
-//!   to monitor) neither widens nor narrows it for runs already going; only the eBPF side
-//!   follows reloads.
-//! - **Paths that did not exist at launch.** A rule is bound to an inode; a `[files] write`
-//!   path missing when the run starts gets no grant (`run` says so), and writes below it stay
-//!   refused for that run even once it is created.
-//! - **Grants are per inode tree, not per name.** A `write` path that is a symlink grants its
-//!   target; one that is a regular file grants writing and truncating that file only (not
-//!   re-creating it after removal, nor atomically replacing it with a rename).
-//! - **Already-open descriptors** (e.g. stdout redirected by the shell) are not checked again.
-//!
-//! Where Landlock is unavailable, or the kernel supports only part of the rights (Landlock
-//! ABI < 3 has no truncate right), `run` prints one warning and goes on: the eBPF layer still
-//! enforces, after the fact.
+//! Where Landlock is unavailable, or the kernel's ABI lacks some rights, `run` prints one
+//! warning and goes on: the eBPF layer still enforces, after the fact.
 use std::{
+    collections::BTreeMap,
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::fs::FileExt,
+    },
     path::Path,
 };
 
 use anyhow::Context;
 use landlock::{
-    make_bitflags, AccessFs, BitFlags, PathBeneath, PathFd, PathFdError, RestrictSelfError, RestrictionStatus, Ruleset,
-    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError, RulesetStatus, ABI,
+    make_bitflags, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, PathFdError, RestrictSelfError,
+    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
+    ABI,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    event::{Detail, Event},
+    policy::{self, Mode, OnViolation, Policy},
 };
 
-use crate::policy::{self, Mode, Policy};
+/// What the layer says when it cannot refuse something up front.
+const FALLBACK: &str = "the eBPF layer still enforces, after the fact (a denied read or exec is killed, \
+                        a file opened with O_CREAT/O_TRUNC is created/truncated before the kill)";
 
-/// What the layer says when it cannot prevent writes up front.
-const FALLBACK: &str = "writes outside [files] write are only killed after the fact \
-                        (a file opened with O_CREAT/O_TRUNC is created/truncated before the kill)";
+/// Most TCP ports the layer lists one by one (Landlock has a rule per port, no ranges). A
+/// policy that allows more is left to the cgroup programs for connects.
+pub const PORTS_MAX: usize = 1024;
 
-/// The rights this layer handles: the write side of Landlock ABI 4 (ABI 1's create, remove,
-/// write rights, ABI 2's Refer, ABI 3's Truncate). Later ABIs' write-side additions (device
-/// ioctls, connecting to named unix sockets) are not file writes in the policy's sense and are
-/// left alone.
+/// Where the dynamic loaders live (an exec needs Landlock's execute right on the executable's
+/// `PT_INTERP` too: the kernel opens it for the exec).
+const LOADER_DIRS: &[&str] =
+    &["/lib64", "/lib", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"];
+
+/// The write side of Landlock ABI 4 (ABI 1's create, remove, write rights, ABI 2's Refer,
+/// ABI 3's Truncate). Later ABIs' write-side additions (device ioctls, connecting to named
+/// unix sockets) are not file writes in the policy's sense and are left alone.
 pub fn write_access() -> BitFlags<AccessFs> {
     AccessFs::from_write(ABI::V4)
 }
 
+/// Reading files, listing directories, executing.
+pub fn read_access() -> BitFlags<AccessFs> {
+    AccessFs::from_read(ABI::V1)
+}
+
+/// What an exec needs on the executable (and on its interpreter).
+fn exec_access() -> BitFlags<AccessFs> {
+    make_bitflags!(AccessFs::{ReadFile | Execute})
+}
+
 /// The rights that make sense on a rule for a non-directory.
 fn file_access() -> BitFlags<AccessFs> {
-    make_bitflags!(AccessFs::{WriteFile | Truncate})
+    make_bitflags!(AccessFs::{ReadFile | Execute | WriteFile | Truncate})
+}
+
+/// The kernel's Landlock ABI version; 0 when Landlock is not available.
+pub fn host_abi() -> u32 {
+    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attr only queries the ABI.
+    let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    v.max(0) as u32
+}
+
+/// What a run's Landlock layer refuses up front on this host, as `run` reports it to the
+/// daemon (`status`, `ps --json`, and which layer an event names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// The kernel's Landlock ABI.
+    pub abi: u32,
+    /// Opening for reading or listing outside `[files] read`/`write`.
+    pub files_read: bool,
+    /// Writing, truncating, creating, removing, renaming, linking outside `[files] write`.
+    pub files_write: bool,
+    /// Executing outside `[exec] allow`, the read trees and the loaders.
+    pub exec: bool,
+    /// TCP connects to ports no `[network] connect` rule allows.
+    pub tcp_connect: bool,
+    /// Signals to processes outside the run.
+    pub scope_signal: bool,
+    /// Connects to abstract unix sockets of processes outside the run.
+    pub scope_abstract_unix: bool,
+    /// What is left to the eBPF layer alone for this run, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ebpf_only: Vec<String>,
+}
+
+impl Coverage {
+    /// The operations it refuses, as `status` lists them.
+    pub fn refuses(&self) -> Vec<&'static str> {
+        [
+            (self.files_read, "read"),
+            (self.files_write, "write"),
+            (self.exec, "exec"),
+            (self.tcp_connect, "tcp-connect"),
+            (self.scope_signal, "signal"),
+            (self.scope_abstract_unix, "abstract-unix"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+}
+
+/// What the layer for a policy is made of, before any path is opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Handled filesystem rights.
+    pub fs: BitFlags<AccessFs>,
+    /// Path -> rights granted beneath it (masked to file rights for a non-directory).
+    pub grants: BTreeMap<String, BitFlags<AccessFs>>,
+    /// TCP connect handled, with these ports allowed.
+    pub ports: Option<Vec<u16>>,
+    pub scopes: BitFlags<Scope>,
+    pub coverage: Coverage,
+}
+
+/// The layer for an enforce-mode `policy` on a kernel with Landlock ABI `abi` (> 0);
+/// `loaders` are granted what an exec needs.
+pub fn plan(policy: &Policy, abi: u32, loaders: &[String]) -> Plan {
+    let kabi = ABI::from(abi as i32);
+    // Reads, execs and connects only where a refusal is what the policy asks for.
+    let refuse_all = policy.on_violation == OnViolation::Deny;
+    let wanted = if refuse_all { write_access() | read_access() } else { write_access() };
+    let fs = wanted & AccessFs::from_all(kabi);
+    let mut grants: BTreeMap<String, BitFlags<AccessFs>> = BTreeMap::new();
+    let mut grant = |p: &str, rights: BitFlags<AccessFs>| {
+        let rights = rights & fs;
+        if !rights.is_empty() {
+            *grants.entry(p.to_string()).or_insert_with(BitFlags::empty) |= rights;
+        }
+    };
+    // A deny rule at exactly an allowed path wins there: that path is not granted (rules
+    // deeper inside it still are).
+    let denied = |p: &String| policy.files_deny.contains(p);
+    for r in policy.files_read.iter().filter(|r| !denied(r)) {
+        grant(r, read_access());
+    }
+    for w in policy.files_write.iter().filter(|w| !denied(w)) {
+        grant(w, write_access() | read_access());
+    }
+    for e in &policy.exec_allow {
+        let p = e.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(e);
+        grant(p, exec_access());
+    }
+    for l in loaders {
+        grant(l, exec_access());
+    }
+    let mut ebpf_only = Vec::new();
+    if !refuse_all {
+        ebpf_only.push(format!(
+            "read, exec, tcp-connect: on_violation = \"{}\" (the eBPF layer must see them to {})",
+            policy.on_violation,
+            if policy.on_violation == OnViolation::Kill { "kill" } else { "hold the run" }
+        ));
+    }
+    if fs.contains(AccessFs::WriteFile) && !fs.contains(AccessFs::Truncate | AccessFs::Refer) {
+        ebpf_only.push(format!("truncate and cross-directory rename/link: Landlock ABI {abi} (ABI 3 has them)"));
+    }
+    let ports = match (refuse_all, abi >= 4) {
+        (false, _) => None,
+        (true, false) => {
+            ebpf_only.push(format!("tcp-connect: Landlock ABI {abi} has no network rules (ABI 4); the cgroup programs refuse with EPERM"));
+            None
+        }
+        (true, true) => {
+            match connect_ports(&policy.network_connect) {
+                Ok(ports) => Some(ports),
+                Err(count) => {
+                    ebpf_only.push(format!(
+                        "tcp-connect: the policy allows {count} ports (Landlock lists ports one by one; at most {PORTS_MAX}); \
+                         the cgroup programs refuse with EPERM"
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    let scopes = Scope::from_all(kabi);
+    if scopes.is_empty() {
+        ebpf_only.push(format!("signal, abstract-unix: Landlock ABI {abi} has no scoping (ABI 6)"));
+    }
+    let coverage = Coverage {
+        abi,
+        files_read: fs.contains(AccessFs::ReadFile | AccessFs::ReadDir),
+        files_write: fs.contains(AccessFs::WriteFile),
+        exec: fs.contains(AccessFs::Execute),
+        tcp_connect: ports.is_some(),
+        scope_signal: scopes.contains(Scope::Signal),
+        scope_abstract_unix: scopes.contains(Scope::AbstractUnixSocket),
+        ebpf_only,
+    };
+    Plan { fs, grants, ports, scopes, coverage }
+}
+
+/// Every port some connect rule allows (for some address), ascending; `Err(count)` when
+/// that is more than [`PORTS_MAX`].
+fn connect_ports(rules: &[policy::NetRuleSpec]) -> Result<Vec<u16>, usize> {
+    let mut ranges: Vec<(u32, u32)> = rules.iter().map(|r| (r.ports.0 as u32, r.ports.1 as u32)).collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::new();
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if lo <= last.1 + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    let count: usize = merged.iter().map(|(lo, hi)| (hi - lo + 1) as usize).sum();
+    if count > PORTS_MAX {
+        return Err(count);
+    }
+    Ok(merged.into_iter().flat_map(|(lo, hi)| lo..=hi).map(|p| p as u16).collect())
+}
+
+/// The dynamic loaders the layer grants exec rights to: those in the usual library
+/// directories and the `PT_INTERP` of each exact `[exec] allow` file.
+pub fn loaders(policy: &Policy) -> Vec<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for d in LOADER_DIRS {
+        let Ok(entries) = std::fs::read_dir(d) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("ld-") && name.contains(".so") {
+                out.insert(format!("{d}/{name}"));
+            }
+        }
+    }
+    for e in policy.exec_allow.iter().filter(|e| !e.ends_with('/')) {
+        if let Some(i) = elf_interp(Path::new(e)) {
+            out.insert(i);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The `PT_INTERP` of a 64-bit little-endian ELF file, if it has one.
+fn elf_interp(path: &Path) -> Option<String> {
+    let f = std::fs::File::open(path).ok()?;
+    let mut h = [0u8; 64];
+    f.read_exact_at(&mut h, 0).ok()?;
+    if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+    let (phoff, phentsize, phnum) = (u64_at(&h, 0x20), u16_at(&h, 0x36) as u64, u16_at(&h, 0x38) as u64);
+    if phentsize < 56 || phnum > 256 {
+        return None;
+    }
+    for i in 0..phnum {
+        let mut ph = [0u8; 56];
+        f.read_exact_at(&mut ph, phoff + i * phentsize).ok()?;
+        if u32::from_le_bytes(ph[..4].try_into().expect("4 bytes")) == 3 {
+            let (off, size) = (u64_at(&ph, 8), u64_at(&ph, 32));
+            if size == 0 || size > 4096 {
+                return None;
+            }
+            let mut s = vec![0u8; size as usize];
+            f.read_exact_at(&mut s, off).ok()?;
+            let s = s.split(|b| *b == 0).next()?;
+            return std::str::from_utf8(s).ok().filter(|s| s.starts_with('/')).map(str::to_string);
+        }
+    }
+    None
 }
 
 /// A prepared ruleset, to be applied in the child.
@@ -98,10 +348,12 @@ impl Layer {
     }
 }
 
-/// The outcome of [`prepare`]: maybe a layer, and lines for stderr.
+/// The outcome of [`prepare`]: maybe a layer, what it covers, and lines for stderr.
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub layer: Option<Layer>,
+    /// Set exactly when there is a layer.
+    pub coverage: Option<Coverage>,
     pub warnings: Vec<String>,
 }
 
@@ -113,76 +365,103 @@ pub fn prepare(text: Option<&str>, origin: &str) -> Prepared {
     let Some(policy) = checked.policy else {
         let why = checked.errors.first().map_or_else(|| "no policy".to_string(), |e| e.message.clone());
         return Prepared {
-            layer: None,
             warnings: vec![format!(
                 "warning: the run's policy text does not parse ({why}): no Landlock layer; {FALLBACK}"
             )],
+            ..Prepared::default()
         };
     };
     for_policy(&policy)
 }
 
-/// The layer for `policy`: none in monitor mode.
+/// The layer for `policy` on this host: none in monitor mode.
 pub fn for_policy(policy: &Policy) -> Prepared {
     if policy.mode != Mode::Enforce {
         return Prepared::default();
     }
+    let abi = host_abi();
+    if abi == 0 {
+        return Prepared {
+            warnings: vec![format!("warning: Landlock is not available on this kernel: no Landlock layer; {FALLBACK}")],
+            ..Prepared::default()
+        };
+    }
+    let plan = plan(policy, abi, &loaders(policy));
     let mut warnings = Vec::new();
-    let built = match build(&policy.files_write) {
+    let built = match build(&plan) {
         Ok(b) => b,
         Err(e) => {
-            warnings.push(format!("warning: Landlock ruleset not built ({e}); {FALLBACK}"));
-            return Prepared { layer: None, warnings };
+            warnings.push(format!("warning: Landlock ruleset not built ({e:#}): no Landlock layer; {FALLBACK}"));
+            return Prepared { warnings, ..Prepared::default() };
         }
     };
-    let layer = match (built.status, built.layer) {
-        (RulesetStatus::FullyEnforced, Some(layer)) => Some(layer),
-        (RulesetStatus::PartiallyEnforced, Some(layer)) => {
-            warnings.push(format!(
-                "warning: Landlock is only partially enforced on this kernel (no truncate/refer rights before Landlock ABI 3); \
-                 for what it cannot refuse, {FALLBACK}"
-            ));
-            Some(layer)
-        }
-        (_, _) => {
-            warnings.push(format!("warning: Landlock is not available on this kernel; {FALLBACK}"));
-            None
-        }
+    let Some(layer) = built.layer.filter(|_| built.status != RulesetStatus::NotEnforced) else {
+        warnings.push(format!("warning: the kernel does not enforce the Landlock ruleset: no Landlock layer; {FALLBACK}"));
+        return Prepared { warnings, ..Prepared::default() };
     };
-    if layer.is_some() && !built.missing.is_empty() {
+    // Only what this kernel lacks, not what the policy's on_violation leaves to eBPF.
+    let lacking: Vec<&str> = plan
+        .coverage
+        .ebpf_only
+        .iter()
+        .filter(|n| n.contains("Landlock ABI"))
+        .map(String::as_str)
+        .collect();
+    if !lacking.is_empty() || built.status == RulesetStatus::PartiallyEnforced {
         warnings.push(format!(
-            "note: [files] write paths not granted by Landlock (writes below them are refused for this run): {}",
-            built.missing.join(", ")
+            "warning: Landlock is only partly available on this kernel ({}); for the rest {FALLBACK}",
+            if lacking.is_empty() { format!("ABI {abi}") } else { lacking.join("; ") }
         ));
     }
-    Prepared { layer, warnings }
+    if !built.missing.is_empty() {
+        const SHOWN: usize = 8;
+        let more = built.missing.len().saturating_sub(SHOWN);
+        warnings.push(format!(
+            "note: policy paths not granted by Landlock (access below them is refused for this run): {}{}",
+            built.missing[..built.missing.len().min(SHOWN)].join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        ));
+    }
+    Prepared { layer: Some(layer), coverage: Some(plan.coverage), warnings }
 }
 
 struct Built {
     layer: Option<Layer>,
     status: RulesetStatus,
-    /// "PATH (why)" for each write path not granted.
+    /// "PATH (why)" for each path not granted.
     missing: Vec<String>,
 }
 
-fn build(write_paths: &[String]) -> anyhow::Result<Built> {
-    let access = write_access();
-    let mut ruleset = Ruleset::default().handle_access(access)?.create()?;
+fn build(plan: &Plan) -> anyhow::Result<Built> {
+    let mut attr = Ruleset::default().handle_access(plan.fs)?;
+    if plan.ports.is_some() {
+        attr = attr.handle_access(AccessNet::ConnectTcp)?;
+    }
+    if !plan.scopes.is_empty() {
+        attr = attr.scope(plan.scopes)?;
+    }
+    let mut ruleset = attr.create()?;
     let mut missing = Vec::new();
-    for p in write_paths {
+    for (p, &rights) in &plan.grants {
         let granted = match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => access,
-            Ok(_) => access & file_access(),
+            Ok(m) if m.is_dir() => rights,
+            Ok(_) => rights & file_access(),
             Err(e) => {
                 missing.push(format!("{p} ({})", short_io(&e)));
                 continue;
             }
         };
+        if granted.is_empty() {
+            continue;
+        }
         match PathFd::new(Path::new(p)) {
             Ok(fd) => ruleset = ruleset.add_rule(PathBeneath::new(fd, granted))?,
             Err(PathFdError::OpenCall { source, .. }) => missing.push(format!("{p} ({})", short_io(&source))),
             Err(e) => missing.push(format!("{p} ({e})")),
         }
+    }
+    for &port in plan.ports.iter().flatten() {
+        ruleset = ruleset.add_rule(NetPort::new(port, AccessNet::ConnectTcp))?;
     }
     let (status, no_new_privs) = trial(&ruleset)?;
     let layer = match Option::<OwnedFd>::from(ruleset) {
@@ -238,36 +517,198 @@ fn short_io(e: &io::Error) -> String {
     }
 }
 
+// ---- which layer decided (daemon side) ---------------------------------------------------
+
+/// The layer named by an event from a kernel record before [`attribute`] looks closer:
+/// "ebpf" for the kinds the eBPF programs judge, None for the others (exit, the daemon's own).
+pub fn kernel_layer(kind: &str) -> Option<&'static str> {
+    matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "syscall").then_some("ebpf")
+}
+
+/// Whether `e` may be an operation the run's Landlock layer refused (the eBPF programs saw
+/// only its failure): an open that failed with EACCES for an access the layer handles, or a
+/// TCP connect to a refused destination that failed with EACCES (the cgroup programs refuse
+/// with EPERM). [`attribute`] then needs the policy that was in force.
+pub fn maybe_refused(e: &Event, cov: &Coverage) -> bool {
+    match &e.detail {
+        Detail::Open { result, path_resolved: false, path, flags, .. } => {
+            let (read, write) = open_access(*flags);
+            *result == -libc::EACCES
+                && e.verdict == "allow"
+                && path.starts_with('/')
+                && ((read && cov.files_read) || (write && cov.files_write))
+        }
+        Detail::Connect { result, proto, .. } => {
+            *result == -libc::EACCES && e.kind == "connect" && e.verdict == "deny" && *proto == "tcp" && cov.tcp_connect
+        }
+        _ => false,
+    }
+}
+
+/// Says which layer refused `e` (see [`maybe_refused`]): for an open, the daemon judges the
+/// path the process passed (lexically normalised, then resolved if that name is allowed)
+/// with the policy that was in force, and if the policy denies it the event becomes a `deny`
+/// by `landlock` with the rule that denies it. A failure the policy would have allowed stays as the kernel reported it (a file's own
+/// permissions, or a path Landlock could not grant).
+pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
+    if !maybe_refused(e, cov) {
+        return;
+    }
+    match &e.detail {
+        Detail::Connect { .. } => e.layer = Some("landlock"),
+        Detail::Open { path, flags, .. } => {
+            let Some(p) = policy.filter(|p| p.mode == Mode::Enforce) else { return };
+            let (read, write) = open_access(*flags);
+            let denial = |path: &str| {
+                let checks = [(write && cov.files_write, policy::Access::Write), (read && cov.files_read, policy::Access::Read)];
+                checks.into_iter().filter(|(handled, _)| *handled).find_map(|(_, access)| match p.file_access(path, access) {
+                    policy::FileVerdict::Deny { rule, .. } => Some(rule),
+                    policy::FileVerdict::Allow => None,
+                })
+            };
+            let lexical = policy::lexical(path);
+            // Through a symlink the name the process passed may be allowed while the file is
+            // not: the daemon resolves the path itself (it shares the run's mount namespace
+            // unless it runs under PrivateTmp, where /tmp differs; never /proc, whose
+            // self-links would be the daemon's).
+            let rule = denial(&lexical).or_else(|| {
+                let canonical = (!lexical.starts_with("/proc/")).then(|| std::fs::canonicalize(&lexical).ok()).flatten()?;
+                denial(canonical.to_str()?)
+            });
+            if let Some(rule) = rule {
+                e.verdict = "deny";
+                e.rule = Some(rule.to_string());
+                e.layer = Some("landlock");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// (read, write) an open with `flags` asks for, as Landlock checks it.
+fn open_access(flags: u32) -> (bool, bool) {
+    let acc = flags & libc::O_ACCMODE as u32;
+    let path_only = flags & libc::O_PATH as u32 != 0;
+    let write = !path_only && (acc != 0 || flags & (libc::O_CREAT | libc::O_TRUNC) as u32 != 0);
+    let read = !path_only && acc != libc::O_WRONLY as u32;
+    (read, write)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn available() -> bool {
-        // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attr only queries the ABI.
-        let v = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
-        if v < 1 {
+        if host_abi() < 1 {
             eprintln!("skip: Landlock not available");
+            return false;
         }
-        v >= 1
+        true
     }
 
-    fn enforce(write: &[&Path]) -> Policy {
-        let mut text = String::from("name = \"ll\"\nmode = \"enforce\"\n[files]\nwrite = [");
-        text.push_str(&write.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", "));
-        text.push_str("]\n");
-        let checked = policy::parse(&text, "test.toml");
+    fn parse(text: &str) -> Policy {
+        let checked = policy::parse(text, "test.toml");
         checked.policy.unwrap_or_else(|| panic!("{:?}", checked.errors))
     }
 
+    fn list(paths: &[&Path]) -> String {
+        paths.iter().map(|p| format!("{:?}", p.display().to_string())).collect::<Vec<_>>().join(", ")
+    }
+
+    fn enforce(read: &[&Path], write: &[&Path]) -> Policy {
+        parse(&format!(
+            "name = \"ll\"\nmode = \"enforce\"\n[files]\nread = [{}]\nwrite = [{}]\n",
+            list(read),
+            list(write)
+        ))
+    }
+
+    const RICH: &str = r#"name = "rich"
+[files]
+read = ["/usr", "/ws", "/secret"]
+write = ["/ws/out"]
+deny = ["/secret", "/ws/.env"]
+[exec]
+allow = ["/usr/bin/git", "/opt/tools/"]
+[network]
+connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
+"#;
+
     #[test]
-    fn the_handled_rights_are_the_write_side_only() {
-        let a = write_access();
-        for r in [AccessFs::WriteFile, AccessFs::Truncate, AccessFs::MakeReg, AccessFs::RemoveFile, AccessFs::Refer] {
-            assert!(a.contains(r), "{r:?}");
+    fn a_deny_policy_handles_reads_writes_execs_connects_and_scopes() {
+        let p = plan(&parse(RICH), 7, &["/lib64/ld-linux-x86-64.so.2".to_string()]);
+        assert_eq!(p.fs, write_access() | read_access());
+        let g = |path: &str| p.grants.get(path).copied();
+        assert_eq!(g("/usr"), Some(read_access()));
+        assert_eq!(g("/ws"), Some(read_access()));
+        assert_eq!(g("/ws/out"), Some(read_access() | write_access()));
+        // A deny at exactly an allowed path wins there; one deeper cannot be expressed.
+        assert_eq!(g("/secret"), None);
+        assert_eq!(g("/ws/.env"), None);
+        assert_eq!(g("/usr/bin/git"), Some(exec_access()));
+        assert_eq!(g("/opt/tools"), Some(exec_access()));
+        assert_eq!(g("/lib64/ld-linux-x86-64.so.2"), Some(exec_access()));
+        assert_eq!(p.ports, Some(vec![443, 8079, 8080, 8081]));
+        assert_eq!(p.scopes, Scope::AbstractUnixSocket | Scope::Signal);
+        let c = &p.coverage;
+        assert_eq!(c.refuses(), ["read", "write", "exec", "tcp-connect", "signal", "abstract-unix"]);
+        assert!(c.ebpf_only.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn kill_and_freeze_leave_reads_execs_and_connects_to_ebpf() {
+        for action in ["kill", "freeze"] {
+            let text = RICH.replace("name = \"rich\"", &format!("name = \"rich\"\non_violation = \"{action}\""));
+            let p = plan(&parse(&text), 7, &["/lib64/ld-linux-x86-64.so.2".to_string()]);
+            assert_eq!(p.fs, write_access(), "{action}");
+            assert_eq!(p.grants.keys().collect::<Vec<_>>(), ["/ws/out"], "{action}");
+            assert_eq!(p.ports, None);
+            assert_eq!(p.coverage.refuses(), ["write", "signal", "abstract-unix"]);
+            assert_eq!(p.coverage.ebpf_only.len(), 1, "{:?}", p.coverage.ebpf_only);
+            assert!(p.coverage.ebpf_only[0].contains(action), "{:?}", p.coverage.ebpf_only);
         }
-        for r in [AccessFs::ReadFile, AccessFs::ReadDir, AccessFs::Execute, AccessFs::IoctlDev] {
-            assert!(!a.contains(r), "{r:?}");
-        }
+    }
+
+    #[test]
+    fn older_abis_lose_what_they_lack_and_say_so() {
+        let p = plan(&parse(RICH), 3, &[]);
+        assert_eq!(p.fs, write_access() | read_access());
+        assert_eq!((p.ports.clone(), p.scopes), (None, BitFlags::empty()));
+        assert_eq!(p.coverage.refuses(), ["read", "write", "exec"]);
+        let notes = p.coverage.ebpf_only.join("\n");
+        assert!(notes.contains("ABI 3 has no network rules") && notes.contains("ABI 3 has no scoping"), "{notes}");
+        let p = plan(&parse(RICH), 1, &[]);
+        assert!(!p.fs.contains(AccessFs::Truncate) && p.fs.contains(AccessFs::WriteFile));
+        assert!(p.coverage.ebpf_only.iter().any(|n| n.starts_with("truncate")), "{:?}", p.coverage.ebpf_only);
+    }
+
+    #[test]
+    fn connect_ports_are_the_union_of_the_rules_ports_within_a_bound() {
+        let rules = |ports: &[(u16, u16)]| -> Vec<policy::NetRuleSpec> {
+            ports.iter().map(|&ports| policy::NetRuleSpec { net: "10.0.0.0/8".parse().unwrap(), ports }).collect()
+        };
+        assert_eq!(connect_ports(&[]), Ok(vec![]));
+        assert_eq!(connect_ports(&rules(&[(5, 7), (1, 2), (6, 9), (3, 3)])), Ok(vec![1, 2, 3, 5, 6, 7, 8, 9]));
+        assert_eq!(connect_ports(&rules(&[(1, 1024)])).map(|v| v.len()), Ok(1024));
+        assert_eq!(connect_ports(&rules(&[(1, 1024), (2000, 2000)])), Err(1025));
+        assert_eq!(connect_ports(&rules(&[(1, 65535), (80, 80)])), Err(65535));
+        // Too many ports: connects stay with the cgroup programs, and status says so.
+        let p = plan(&parse("name = \"n\"\n[network]\nconnect = [\"[::1]/128:1-65535\"]\n"), 7, &[]);
+        assert_eq!(p.ports, None);
+        assert!(p.coverage.ebpf_only[0].contains("65535 ports"), "{:?}", p.coverage.ebpf_only);
+    }
+
+    #[test]
+    fn the_loader_of_an_allowed_binary_is_found() {
+        let sh = std::fs::canonicalize("/bin/sh").unwrap();
+        let Some(interp) = elf_interp(&sh) else {
+            eprintln!("skip: {} is not a dynamically linked ELF file", sh.display());
+            return;
+        };
+        assert!(interp.contains("ld-"), "{interp}");
+        let pol = parse(&format!("name = \"x\"\n[exec]\nallow = [{:?}]\n", sh.display().to_string()));
+        assert!(loaders(&pol).contains(&interp));
+        assert_eq!(elf_interp(Path::new("/etc/hostname")), None);
     }
 
     #[test]
@@ -275,26 +716,94 @@ mod tests {
         let p = prepare(None, "x");
         assert!(p.layer.is_none() && p.warnings.is_empty());
         let p = prepare(Some("name = \"m\"\nmode = \"monitor\"\n[files]\nwrite = [\"/tmp\"]\n"), "m.toml");
-        assert!(p.layer.is_none() && p.warnings.is_empty(), "{p:?}");
+        assert!(p.layer.is_none() && p.coverage.is_none() && p.warnings.is_empty(), "{p:?}");
         let p = prepare(Some("this is not toml ["), "bad.toml");
         assert!(p.layer.is_none());
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].contains("after the fact"), "{p:?}");
     }
 
+    fn open_event(path: &str, flags: i32, result: i32) -> Event {
+        Event {
+            kind: "open",
+            verdict: "allow",
+            layer: kernel_layer("open"),
+            detail: Detail::Open {
+                path: path.into(),
+                access: crate::event::access_of(flags as u32),
+                flags: flags as u32,
+                result,
+                error: crate::event::errno_name(result),
+                path_resolved: result >= 0,
+                path_truncated: false,
+            },
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn the_layer_refuses_creates_outside_write_paths_and_its_fd_does_not_leak() {
+    fn events_say_which_layer_refused() {
+        let pol = parse(RICH);
+        let cov = plan(&pol, 7, &[]).coverage;
+        let judged = |path: &str, flags: i32, result: i32| {
+            let mut e = open_event(path, flags, result);
+            attribute(&mut e, &cov, Some(&pol));
+            (e.verdict, e.rule, e.layer)
+        };
+        let eacces = -libc::EACCES;
+        let landlock = |rule: &str| ("deny", Some(rule.to_string()), Some("landlock"));
+        assert_eq!(judged("/etc/shadow", libc::O_RDONLY, eacces), landlock("files.read"));
+        assert_eq!(judged("/ws/../etc//./shadow", libc::O_RDONLY, eacces), landlock("files.read"));
+        assert_eq!(judged("/secret/x", libc::O_RDONLY, eacces), landlock("files.deny"));
+        assert_eq!(judged("/ws/x", libc::O_WRONLY | libc::O_CREAT, eacces), landlock("files.write"));
+        assert_eq!(judged("/etc/x", libc::O_RDWR, eacces), landlock("files.write"));
+        // Allowed by the policy: the file's own permissions, not Landlock.
+        assert_eq!(judged("/ws/x", libc::O_RDONLY, eacces), ("allow", None, Some("ebpf")));
+        // Other errors, relative paths and successful opens are the eBPF layer's report.
+        assert_eq!(judged("/etc/shadow", libc::O_RDONLY, -libc::ENOENT), ("allow", None, Some("ebpf")));
+        assert_eq!(judged("shadow", libc::O_RDONLY, eacces), ("allow", None, Some("ebpf")));
+        // A run whose layer does not handle reads (on_violation = "kill").
+        let kill = parse(&RICH.replace("name = \"rich\"", "name = \"rich\"\non_violation = \"kill\""));
+        let kcov = plan(&kill, 7, &[]).coverage;
+        let mut e = open_event("/etc/shadow", libc::O_RDONLY, eacces);
+        attribute(&mut e, &kcov, Some(&kill));
+        assert_eq!((e.verdict, e.layer), ("allow", Some("ebpf")));
+
+        let connect = |result: i32, verdict: &'static str| {
+            let mut e = Event {
+                kind: "connect",
+                verdict,
+                rule: Some("network.connect".into()),
+                layer: kernel_layer("connect"),
+                detail: Detail::Connect { family: "inet", addr: "127.0.0.1".into(), port: 9, proto: "tcp", result, error: None },
+                ..Default::default()
+            };
+            attribute(&mut e, &cov, Some(&pol));
+            (e.verdict, e.layer)
+        };
+        assert_eq!(connect(eacces, "deny"), ("deny", Some("landlock")));
+        assert_eq!(connect(-libc::EPERM, "deny"), ("deny", Some("ebpf")));
+        assert_eq!(kernel_layer("exit"), None);
+        assert_eq!(kernel_layer("run_start"), None);
+    }
+
+    #[test]
+    fn the_layer_refuses_outside_the_policy_and_its_fd_does_not_leak() {
         if !available() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let out = tmp.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        std::fs::write(tmp.path().join("keep.txt"), "hello").unwrap();
+        let ws = tmp.path().join("ws");
+        let out = ws.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(ws.join("keep.txt"), "hello").unwrap();
+        std::fs::write(tmp.path().join("secret.txt"), "TOPSECRET").unwrap();
         let gone = tmp.path().join("gone");
-        let p = for_policy(&enforce(&[&out, &gone]));
+        let p = for_policy(&enforce(&[&ws], &[&out, &gone]));
         assert_eq!(p.warnings.len(), 1, "{p:?}");
         assert!(p.warnings[0].contains("gone (does not exist)"), "{p:?}");
+        let cov = p.coverage.clone().expect("coverage");
+        assert!(cov.files_read && cov.files_write && cov.exec, "{cov:?}");
         let layer = p.layer.expect("a layer");
         // no_new_privs only where Landlock requires it: without CAP_SYS_ADMIN (bit 21).
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -310,19 +819,22 @@ mod tests {
         std::thread::spawn(move || {
             layer.apply().unwrap();
             std::fs::write(out.join("new.txt"), "x").unwrap();
-            let e = std::fs::write(root.join("new.txt"), "x").unwrap_err();
+            let e = std::fs::write(ws.join("new.txt"), "x").unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EACCES));
-            let e = std::fs::write(root.join("keep.txt"), "x").unwrap_err();
+            let e = std::fs::write(ws.join("keep.txt"), "x").unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EACCES));
-            let e = std::fs::remove_file(root.join("keep.txt")).unwrap_err();
+            let e = std::fs::remove_file(ws.join("keep.txt")).unwrap_err();
             assert_eq!(e.raw_os_error(), Some(libc::EACCES));
-            // Reads are not this layer's business.
-            assert_eq!(std::fs::read_to_string(root.join("keep.txt")).unwrap(), "hello");
+            assert_eq!(std::fs::read_to_string(ws.join("keep.txt")).unwrap(), "hello");
+            let e = std::fs::read_to_string(root.join("secret.txt")).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+            let e = std::fs::read_dir(&root).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES));
         })
         .join()
         .unwrap();
-        assert!(!tmp.path().join("new.txt").exists());
-        assert_eq!(std::fs::read_to_string(tmp.path().join("keep.txt")).unwrap(), "hello");
-        assert!(tmp.path().join("out/new.txt").exists());
+        assert!(!tmp.path().join("ws/new.txt").exists());
+        assert_eq!(std::fs::read_to_string(tmp.path().join("ws/keep.txt")).unwrap(), "hello");
+        assert!(tmp.path().join("ws/out/new.txt").exists());
     }
 }

@@ -63,6 +63,7 @@ pub struct Metrics {
     policy_info: IntGaugeVec,
     reloads: IntCounterVec,
     freeze: Histogram,
+    landlock_denials: IntCounterVec,
     /// Serializes scrapes: a snapshot is applied and gathered as one.
     scrape: Mutex<()>,
     killed: Mutex<HashSet<String>>,
@@ -138,6 +139,12 @@ impl Metrics {
                     .buckets(FREEZE_BUCKETS.to_vec()),
                 )?,
             )?,
+            landlock_denials: counter(
+                &r,
+                "agent_guard_landlock_denials_total",
+                "Violations refused up front by a run's Landlock layer (EACCES; also counted in agent_guard_violations_total).",
+                &["policy", "kind"],
+            )?,
             registry: r,
             scrape: Mutex::new(()),
             killed: Mutex::new(HashSet::new()),
@@ -150,6 +157,14 @@ impl Metrics {
             )?,
         )?;
         backend_info.get_metric_with_label_values(&[backend])?.set(1);
+        let landlock_abi = register(
+            &m.registry,
+            IntGauge::new(
+                "agent_guard_landlock_abi",
+                "The kernel's Landlock ABI (0: no Landlock; runs get no Landlock layer and only the eBPF layer enforces).",
+            )?,
+        )?;
+        landlock_abi.set(crate::landlock::host_abi() as i64);
         // Series that exist from the start, so rate() and alerts see a 0 before the first loss.
         for stage in DROP_STAGES {
             add(&m.dropped, &[stage], 0);
@@ -170,6 +185,9 @@ impl Metrics {
         // which was counted when the kernel reported it.
         if ACTIONS.contains(&e.verdict) && e.kind != "hold" {
             add(&self.violations, &[policy, e.kind, e.verdict], 1);
+            if e.layer == Some("landlock") {
+                add(&self.landlock_denials, &[policy, e.kind], 1);
+            }
         } else if e.verdict == "would_deny" {
             add(&self.would_deny, &[policy, e.kind], 1);
         }
@@ -328,6 +346,7 @@ mod tests {
         m.observe(&event("open", "kill", Some("coding"), Detail::None));
         m.observe(&event("open", "kill", Some("coding"), Detail::None));
         m.observe(&event("connect", "deny", Some("coding"), Detail::None));
+        m.observe(&Event { layer: Some("landlock"), ..event("open", "deny", Some("coding"), Detail::None) });
         m.observe(&event("exec", "hold", Some("review"), Detail::None));
         // The daemon's own hold events are not violations of their own.
         let held = Detail::Hold {
@@ -379,7 +398,10 @@ mod tests {
         assert_eq!(v(r#"agent_guard_violations_total{action="hold",kind="exec",policy="review"}"#), Some(1.0));
         assert!(!t.contains(r#"kind="hold",policy"#), "hold events are not violations: {t}");
         assert_eq!(v(r#"agent_guard_would_deny_total{kind="open",policy="watch"}"#), Some(1.0));
-        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(4.0));
+        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(5.0));
+        assert_eq!(v(r#"agent_guard_violations_total{action="deny",kind="open",policy="coding"}"#), Some(1.0));
+        assert_eq!(v(r#"agent_guard_landlock_denials_total{kind="open",policy="coding"}"#), Some(1.0));
+        assert_eq!(v("agent_guard_landlock_abi"), Some(crate::landlock::host_abi() as f64));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="kernel_ringbuf"}"#), Some(7.0));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="follower"}"#), Some(2.0));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="sink"}"#), Some(0.0));

@@ -83,11 +83,18 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
             return Err(e.into());
         }
     };
-    // Built before the fork: opening the write paths is not async-signal-safe.
+    // Built before the fork: opening the policy's paths is not async-signal-safe.
     let origin = registered.policy.as_ref().map_or_else(|| "policy".to_string(), |p| p.source.clone());
-    let layer = landlock::prepare(registered.text.as_deref(), &origin);
+    let layer = if cfg.landlock { landlock::prepare(registered.text.as_deref(), &origin) } else { Default::default() };
     for w in &layer.warnings {
         eprintln!("agent-guard: {w}");
+    }
+    if let Some(coverage) = layer.coverage.clone() {
+        // The daemon names the layer in events and in `status`; without it the layer still
+        // applies, only events of operations it refuses say less.
+        if let Err(e) = control::call(&cfg.control_socket, control::Request::Landlock { run: id.clone(), coverage }) {
+            eprintln!("agent-guard: telling the daemon about the run's Landlock layer: {e}");
+        }
     }
     let status = spawn_in(&dir, &args.argv, layer.layer);
     // The run is over when its command is: whatever it left behind goes with the cgroup.

@@ -93,6 +93,8 @@ fn every_kind_of_event_matches_the_published_schema() {
     assert!(!validator.is_valid(&bad));
     let mut good = bad.clone();
     good["path"] = "/usr/bin/true".into();
+    assert!(!validator.is_valid(&good), "an exec names the layer that decided");
+    good["layer"] = "ebpf".into();
     assert!(validator.is_valid(&good));
     good["verdict"] = "maybe".into();
     assert!(!validator.is_valid(&good));
@@ -146,6 +148,10 @@ fn every_kind_of_event_matches_the_published_schema() {
     }
     for k in ["exec", "open", "connect", "sendmsg", "syscall", "socket", "exit", "run_start", "run_end", "policy_reload", "hold", "freeze", "thaw", "kill"] {
         assert!(kinds.contains(k), "no {k} event was checked: {kinds:?}");
+    }
+    // Both layers were checked: the secret's read was refused by the run's Landlock layer.
+    for layer in ["ebpf", "landlock"] {
+        assert!(events.iter().any(|e| e["layer"] == layer), "no event decided by {layer}");
     }
     // The ancestry of a violation: the process, then its parents inside the run.
     let cat = events

@@ -1,14 +1,20 @@
-//! The Landlock layer `agent-guard run` puts under enforce-mode runs: writes outside
-//! `[files] write` are refused with EACCES before anything changes on disk (the eBPF programs
-//! alone would kill the process only after the open had created or truncated the file).
+//! The Landlock layer `agent-guard run` puts under enforce-mode runs: operations outside the
+//! policy are refused with EACCES before they happen and the process goes on (the eBPF
+//! programs alone would kill it, and for writes only after the open had created or truncated
+//! the file), while the eBPF programs stay the backstop for what Landlock cannot express.
 //!
 //! Each test starts its own daemon and runs tests/src/bin/agprobe.rs inside runs, as
-//! tests/tests/enforcement.rs does.
-use std::process::Output;
+//! tests/tests/enforcement.rs does (which runs with `landlock = false`, to test the eBPF
+//! layer alone).
+use std::{net::TcpListener, process::Output};
 
 use agent_guard_tests::{layout, privileged, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
+use serde_json::Value;
 
-/// A policy that lets the probe start (its libraries, /proc), reads `ws`, writes `ws/out`.
+const KILLED: i32 = 128 + 9;
+
+/// A policy that lets the probe start (its libraries, /proc), reads `ws`, writes `ws/out`,
+/// denies `ws/.env`.
 fn policy(name: &str, l: &Layout, header: &str) -> String {
     let probe = probe();
     format!(
@@ -17,6 +23,7 @@ fn policy(name: &str, l: &Layout, header: &str) -> String {
 [files]
 read = [{base}, "{ws}"]
 write = ["{ws}/out"]
+deny = ["{ws}/.env"]
 [exec]
 allow = ["{probe}"]
 "#,
@@ -30,9 +37,34 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The kernel's Landlock ABI, when it is at least `min`; otherwise skip (fail under CI=true).
+fn landlock(test: &str, min: i64) -> bool {
+    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attr only queries the ABI.
+    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    if abi >= min {
+        return true;
+    }
+    let why = format!("Landlock ABI {abi} on this kernel, the test needs {min}");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: CI=true and {why}");
+    }
+    eprintln!("skip {test}: {why}");
+    false
+}
+
+/// The first event of `kind` of the run named `name` that matches `pred`.
+fn event_of(d: &Daemon, name: &str, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let events = d.wait_for(&format!("{kind} of {name}"), |e| e["run_name"] == name && e["kind"] == kind && pred(e));
+    events.into_iter().find(|e| e["run_name"] == name && e["kind"] == kind && pred(e)).unwrap()
+}
+
+fn layer_of(e: &Value) -> (&str, &str, &str) {
+    (e["verdict"].as_str().unwrap_or("?"), e["rule"].as_str().unwrap_or("-"), e["layer"].as_str().unwrap_or("-"))
+}
+
 #[test]
 fn enforce_refuses_writes_outside_write_paths_before_they_happen() {
-    if !privileged("enforce_refuses_writes_outside_write_paths_before_they_happen") {
+    if !privileged("enforce_refuses_writes_outside_write_paths_before_they_happen") || !landlock("writes", 3) {
         return;
     }
     let d = Daemon::start();
@@ -52,6 +84,8 @@ fn enforce_refuses_writes_outside_write_paths_before_they_happen() {
     let o = d.probe_run(&pol, "w-create", &["write", &s(&new_ws)]);
     assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
     assert!(!new_ws.exists(), "the refused create left a file behind");
+    let e = event_of(&d, "w-create", "open", |e| e["verdict"] != "allow");
+    assert_eq!(layer_of(&e), ("deny", "files.write", "landlock"), "{e}");
 
     // Truncating an existing read-only file: refused, content unchanged.
     let ok = l.ws.join("ok.txt");
@@ -59,9 +93,242 @@ fn enforce_refuses_writes_outside_write_paths_before_they_happen() {
     assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
     assert_eq!(std::fs::read_to_string(&ok).unwrap(), "hello\n");
 
-    // Reads are not the layer's business.
+    // An allowed read.
     let o = d.probe_run(&pol, "r-ok", &["read", &s(&ok)]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok hello"), "{o:?}");
+    let e = event_of(&d, "r-ok", "open", |e| e["path"] == s(&ok).as_str());
+    assert_eq!(layer_of(&e), ("allow", "-", "ebpf"), "{e}");
+}
+
+#[test]
+fn denied_reads_are_eacces_and_the_run_goes_on() {
+    if !privileged("denied_reads_are_eacces_and_the_run_goes_on") || !landlock("reads", 1) {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("reads", &policy("reads", &l, ""));
+    let secret = s(&l.outside.join("secret.txt"));
+    let ok = s(&l.ws.join("ok.txt"));
+
+    // Refused, and the same process goes on to read an allowed file.
+    let o = d.probe_run(&pol, "read-then", &["read-then", &secret, &ok]);
+    assert_eq!((status(&o), stdout(&o).as_str()), (0, "first err EACCES\nok hello\n"), "{o:?}");
+    let e = event_of(&d, "read-then", "open", |e| e["path"] == secret.as_str());
+    assert_eq!(layer_of(&e), ("deny", "files.read", "landlock"), "{e}");
+    assert_eq!((e["error"].as_str(), e["result"].as_i64()), (Some("EACCES"), Some(-13)), "{e}");
+    assert!(e["ancestry"].is_array(), "a violation carries its ancestry: {e}");
+
+    // Every way around it is refused too: Landlock judges the file the kernel resolved.
+    let link = l.ws.join("link");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let attempts: Vec<(&str, Vec<String>)> = vec![
+        ("symlink", vec!["read".into(), s(&link)]),
+        ("dotdot", vec!["read".into(), format!("{}/../outside/secret.txt", s(&l.ws))]),
+        ("relative", vec!["read-rel".into(), s(&l.outside), "secret.txt".into()]),
+        ("dirfd", vec!["read-at".into(), s(&l.ws), "../outside/secret.txt".into()]),
+        ("procfd", vec!["read-procfd".into(), secret.clone()]),
+        ("openat2", vec!["read-openat2".into(), secret.clone()]),
+    ];
+    for (name, args) in &attempts {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = d.probe_run(&pol, name, &args);
+        assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{name}: {o:?}");
+    }
+    // Absolute names are judged by the daemon, through the symlink too.
+    for name in ["symlink", "dotdot", "openat2"] {
+        let e = event_of(&d, name, "open", |e| e["verdict"] != "allow");
+        assert_eq!(layer_of(&e), ("deny", "files.read", "landlock"), "{name}: {e}");
+    }
+
+    // A deny rule inside an allowed tree is beyond Landlock: the eBPF backstop kills it.
+    let o = d.probe_run(&pol, "env", &["read", &s(&l.ws.join(".env"))]);
+    assert_eq!(status(&o), KILLED, "{o:?}");
+    assert!(!stdout(&o).contains("envsecret"));
+    let e = event_of(&d, "env", "open", |e| e["verdict"] != "allow");
+    assert_eq!(layer_of(&e), ("kill", "files.deny", "ebpf"), "{e}");
+}
+
+#[test]
+fn execs_outside_the_policy_are_eacces_and_allowed_ones_load_their_libraries() {
+    if !privileged("execs_outside_the_policy_are_eacces_and_allowed_ones_load_their_libraries") || !landlock("exec", 1) {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let cat = std::fs::canonicalize("/usr/bin/cat").unwrap();
+    let t = std::fs::canonicalize("/usr/bin/true").unwrap();
+    // Tight: libraries and the probe, not /usr/bin.
+    let probe = probe();
+    let text = format!(
+        r#"name = "tight"
+[files]
+read = ["/usr/lib", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null", "{probe_dir}", "{ws}"]
+[exec]
+allow = ["{probe}", "{cat}"]
+"#,
+        probe_dir = probe.parent().unwrap().display(),
+        ws = l.ws.display(),
+        probe = probe.display(),
+        cat = cat.display(),
+    );
+    let pol = d.write_policy("tight", &text);
+
+    // An allowed, dynamically linked binary: its loader and libraries load, it reads.
+    let o = d.probe_run(&pol, "cat", &["exec", &s(&cat), &s(&l.ws.join("ok.txt"))]);
+    assert_eq!((status(&o), stdout(&o).as_str()), (0, "hello\nok exit 0\n"), "{o:?}");
+    assert!(!stderr(&o).contains("Landlock"), "{o:?}");
+    let e = event_of(&d, "cat", "exec", |e| e["path"] == s(&cat).as_str());
+    assert_eq!(layer_of(&e), ("allow", "-", "ebpf"), "{e}");
+
+    // Not allowed: the exec fails with EACCES and the probe carries on.
+    let o = d.probe_run(&pol, "true", &["exec", &s(&t)]);
+    assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
+    // The run's own command, likewise: `run` says it cannot run it (126).
+    let o = d.run(&["--policy", pol.to_str().unwrap(), "--name", "cmd", "--", t.to_str().unwrap()]);
+    assert_eq!(status(&o), 126, "{o:?}");
+    assert!(stderr(&o).contains("Permission denied"), "{o:?}");
+
+    // A binary inside a read tree but outside [exec] allow is left to the eBPF layer (the
+    // policy judges scripts by their interpreter, which Landlock cannot express): killed
+    // before its first instruction.
+    let wide = d.write_policy("wide", &policy("wide", &l, ""));
+    let o = d.probe_run(&wide, "wide-true", &["exec", &s(&t)]);
+    assert_eq!((status(&o), stdout(&o).trim()), (0, "ok signal 9"), "{o:?}");
+    let e = event_of(&d, "wide-true", "exec", |e| e["verdict"] != "allow");
+    assert_eq!(layer_of(&e), ("kill", "exec.allow", "ebpf"), "{e}");
+}
+
+#[test]
+fn tcp_connects_to_ports_outside_the_policy_are_refused_by_landlock() {
+    if !privileged("tcp_connects_to_ports_outside_the_policy_are_refused_by_landlock") || !landlock("connect", 4) {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let ok = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = TcpListener::bind("127.0.0.1:0").unwrap();
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = |t: &TcpListener| t.local_addr().unwrap().port();
+    let (p_ok, p_bad, p_else) = (port(&ok), port(&bad), port(&elsewhere));
+    // p_else is allowed for another address only: Landlock (ports only) lets it through and
+    // the cgroup programs refuse the address.
+    let text = policy("net", &l, "") + &format!("[network]\nconnect = [\"127.0.0.1/32:{p_ok}\", \"192.0.2.0/24:{p_else}\"]\n");
+    let pol = d.write_policy("net", &text);
+    for (name, p, want, layer) in [
+        ("c-ok", p_ok, "ok connected", "ebpf"),
+        ("c-bad", p_bad, "err EACCES", "landlock"),
+        ("c-else", p_else, "err EPERM", "ebpf"),
+    ] {
+        let o = d.probe_run(&pol, name, &["connect", &format!("127.0.0.1:{p}")]);
+        assert_eq!(stdout(&o).trim(), want, "{name}: {o:?}");
+        let e = event_of(&d, name, "connect", |_| true);
+        let verdict = if name == "c-ok" { "allow" } else { "deny" };
+        assert_eq!((e["verdict"].as_str(), e["layer"].as_str()), (Some(verdict), Some(layer)), "{name}: {e}");
+    }
+}
+
+#[test]
+fn signals_and_abstract_sockets_outside_the_run_are_refused() {
+    if !privileged("signals_and_abstract_sockets_outside_the_run_are_refused") || !landlock("scoping", 6) {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("scoped", &policy("scoped", &l, ""));
+    // A process of the test's own, outside the run.
+    let mut outside = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let o = d.probe_run(&pol, "signal", &["kill", &outside.id().to_string(), "0"]);
+    assert_eq!((status(&o), stdout(&o).trim()), (1, "err EPERM"), "{o:?}");
+    assert_eq!(outside.try_wait().unwrap(), None);
+    let _ = outside.kill();
+    let _ = outside.wait();
+
+    let name = format!("agent-guard-test-{}", std::process::id());
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let o = d.probe_run(&pol, "abstract", &["abstract", &name]);
+    assert_eq!((status(&o), stdout(&o).trim()), (1, "err EPERM"), "{o:?}");
+
+    // Monitor mode gets no layer: both go through.
+    let mon = d.write_policy("scoped-mon", &policy("scoped-mon", &l, "mode = \"monitor\""));
+    let o = d.probe_run(&mon, "abstract-mon", &["abstract", &name]);
+    assert_eq!(stdout(&o).trim(), "ok connected", "{o:?}");
+}
+
+#[test]
+fn status_lists_what_landlock_covers_for_each_run() {
+    if !privileged("status_lists_what_landlock_covers_for_each_run") || !landlock("status", 6) {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let pol = d.write_policy("shown", &policy("shown", &l, ""));
+    let kill = d.write_policy("shown-kill", &policy("shown-kill", &l, "on_violation = \"kill\""));
+    let probe = probe();
+    let p = probe.to_str().unwrap();
+    let mut runs = [
+        ("shown", d.spawn_run(&["--policy", pol.to_str().unwrap(), "--name", "shown", "--", p, "sleep", "30"])),
+        ("shown-kill", d.spawn_run(&["--policy", kill.to_str().unwrap(), "--name", "shown-kill", "--", p, "sleep", "30"])),
+        ("plain", d.spawn_run(&["--name", "plain", "--", p, "sleep", "30"])),
+    ];
+    for (n, b) in &mut runs {
+        let e = event_of(&d, n, "exec", |_| true);
+        // The guard kills and removes the run's cgroup when dropped.
+        b.cgroup = Some(agent_guard_tests::cgroup2_mount().join(e["cgroup"].as_str().unwrap().trim_start_matches('/')));
+    }
+    let o = d.cli(&["status", "--json"]);
+    assert!(o.status.success(), "{o:?}");
+    let st: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(st["landlock_abi"].as_u64().unwrap() >= 6, "{st:#}");
+    assert_eq!(st["landlock_enabled"], true);
+    let runs = st["landlock_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "runs without a policy have no layer: {st:#}");
+    let cov = |name: &str| runs.iter().find(|r| r["name"] == name).map(|r| r["coverage"].clone()).unwrap();
+    let full = cov("shown");
+    for k in ["files_read", "files_write", "exec", "tcp_connect", "scope_signal", "scope_abstract_unix"] {
+        assert_eq!(full[k], true, "{k}: {full:#}");
+    }
+    let k = cov("shown-kill");
+    assert_eq!((k["files_read"].as_bool(), k["files_write"].as_bool(), k["exec"].as_bool()), (Some(false), Some(true), Some(false)), "{k:#}");
+    assert!(k["ebpf_only"][0].as_str().unwrap().contains("kill"), "{k:#}");
+
+    let o = d.cli(&["status"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("landlock        ABI "), "{text}");
+    assert!(text.contains("refuses read, write, exec, tcp-connect, signal, abstract-unix"), "{text}");
+    assert!(text.contains("eBPF only: read, exec, tcp-connect: on_violation = \"kill\""), "{text}");
+    let ps: Value = serde_json::from_slice(&d.cli(&["ps", "--json"]).stdout).unwrap();
+    let plain = ps.as_array().unwrap().iter().find(|r| r["name"] == "plain").unwrap();
+    assert!(plain.get("landlock").is_none(), "{plain:#}");
+}
+
+#[test]
+fn kill_policies_and_landlock_off_leave_reads_to_the_ebpf_layer() {
+    if !privileged("kill_policies_and_landlock_off_leave_reads_to_the_ebpf_layer") || !landlock("kill", 3) {
+        return;
+    }
+    let l = layout();
+    let secret = s(&l.outside.join("secret.txt"));
+    {
+        let d = Daemon::start();
+        let pol = d.write_policy("killer", &policy("killer", &l, "on_violation = \"kill\""));
+        let o = d.probe_run(&pol, "k-read", &["read", &secret]);
+        assert_eq!(status(&o), KILLED, "what the policy asks for: {o:?}");
+        let e = event_of(&d, "k-read", "open", |e| e["verdict"] != "allow");
+        assert_eq!(layer_of(&e), ("kill", "files.read", "ebpf"), "{e}");
+        // Writes are still refused up front.
+        let o = d.probe_run(&pol, "k-write", &["write", &s(&l.ws.join("ok.txt"))]);
+        assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
+    }
+    let d = Daemon::start_with("landlock = false");
+    let pol = d.write_policy("off", &policy("off", &l, ""));
+    let o = d.probe_run(&pol, "off-read", &["read", &secret]);
+    assert_eq!(status(&o), KILLED, "{o:?}");
+    assert!(!stdout(&o).contains("TOPSECRET"));
+    let st: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(st["landlock_enabled"], false, "{st:#}");
 }
 
 #[test]
@@ -77,12 +344,14 @@ fn monitor_mode_has_no_landlock_layer() {
     let o = d.probe_run(&pol, "mon-create", &["write", &s(&new_ws)]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok"), "{o:?}");
     assert_eq!(std::fs::read_to_string(&new_ws).unwrap(), "written\n");
+    let o = d.probe_run(&pol, "mon-read", &["read", &s(&l.outside.join("secret.txt"))]);
+    assert_eq!((status(&o), stdout(&o).trim()), (0, "ok TOPSECRET"), "{o:?}");
     assert!(!stderr(&o).contains("Landlock"), "{o:?}");
 }
 
 #[test]
-fn missing_write_paths_are_noted_and_refused() {
-    if !privileged("missing_write_paths_are_noted_and_refused") {
+fn missing_paths_are_noted_and_refused() {
+    if !privileged("missing_paths_are_noted_and_refused") || !landlock("missing", 1) {
         return;
     }
     let d = Daemon::start();

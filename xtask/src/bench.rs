@@ -16,12 +16,15 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 pub const OPS: [&str; 4] = ["open_close", "connect", "fork_exec", "getpid"];
-const CONDS: [&str; 3] = ["a", "b", "c"];
-const COND_NAMES: [&str; 3] = [
+const CONDS: [&str; 4] = ["a", "b", "d", "c"];
+const COND_NAMES: [&str; 4] = [
     "(a) no agent-guard",
-    "(b) daemon, outside runs",
+    "(b) daemon, no run on the host",
+    "(d) outside runs, another run alive",
     "(c) inside a run",
 ];
+/// The conditions with agent-guard running, in table order.
+const WITH_DAEMON: [&str; 3] = ["b", "d", "c"];
 
 fn cgroup2_mount() -> Result<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -177,6 +180,27 @@ impl Daemon {
         c
     }
 
+    /// Whether the daemon's syscall tracepoints are attached (their links are pinned).
+    fn syscall_tracepoints(&self) -> bool {
+        std::fs::read_dir(&self.bpffs_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|state| state.path().join("links/tp-ag_enter_openat").exists())
+    }
+
+    /// Waits until no run is left and the daemon has detached its syscall tracepoints.
+    fn wait_idle(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.runs().is_empty() || self.syscall_tracepoints() {
+            if Instant::now() > deadline {
+                bail!("the daemon still has runs or syscall tracepoints after 20 s: (b) would not be an idle host");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// The run cgroups under the managed root.
     fn runs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.cgroup_root)
@@ -217,6 +241,7 @@ fn policy(agbench: &Path, data: &Path) -> String {
         "/lib",
         "/lib64",
         "/etc/ld.so.cache",
+        "/etc/locale.alias",
         "/proc",
         "/dev/null",
         "/sys/devices/system/cpu",
@@ -366,8 +391,8 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     let mut programs: BTreeMap<&str, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
     let mut fresh_ready = Vec::new();
     for round in 0..rounds {
-        for k in 0..3 {
-            let ci = (round + k) % 3;
+        for k in 0..CONDS.len() {
+            let ci = (round + k) % CONDS.len();
             let cond = CONDS[ci];
             let want_daemon = cond != "a";
             if want_daemon && daemon.child.is_none() {
@@ -385,14 +410,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
             if !json_out {
                 eprintln!("bench: round {}/{rounds}: {}", round + 1, COND_NAMES[ci]);
             }
-            let out = run_agbench(
-                &daemon,
-                cond,
-                &policy_file,
-                agbench,
-                &bench_args,
-                &format!("agbench-{round}"),
-            )?;
+            let out = run_in_condition(&daemon, cond, &policy_file, agbench, &bench_args, &format!("agbench-{round}"))?;
             let r = parse_result(&out, &format!("agbench under {}", COND_NAMES[ci]))?;
             for (op, v) in r {
                 samples
@@ -412,16 +430,9 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     }
     {
         let _stats = BpfStats::enable()?;
-        for cond in ["b", "c"] {
+        for cond in WITH_DAEMON {
             let before = ag_programs();
-            let out = run_agbench(
-                &daemon,
-                cond,
-                &policy_file,
-                agbench,
-                &bench_args,
-                "agbench-stats",
-            )?;
+            let out = run_in_condition(&daemon, cond, &policy_file, agbench, &bench_args, "agbench-stats")?;
             let after = ag_programs();
             parse_result(&out, "agbench (program cost pass)")?;
             for (id, (name, cnt, ns)) in &after {
@@ -449,25 +460,22 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
         if quick { 3 } else { 10 },
     )?;
 
+    if !json_out {
+        eprintln!("bench: isolation (a flooding run and a quiet violating one)");
+    }
+    daemon.wait_idle()?;
+    let isolation = isolation(&daemon, agbench, &policy_file, &data, if quick { 3 } else { 10 }, if quick { 100 } else { 500 })?;
+    let mut freeze = Vec::new();
+    for (n, reps) in [(100, if quick { 10 } else { 100 }), (1000, if quick { 3 } else { 20 })] {
+        if !json_out {
+            eprintln!("bench: freeze/thaw of {n} processes, {reps} times");
+        }
+        freeze.push(freeze_latency(&daemon, n, reps)?);
+    }
+
     // Ready with pinned state: a run alive, the daemon killed with SIGKILL, started again.
     let mut pinned_ready = Vec::new();
-    let mut holder = daemon
-        .command()
-        .args(["run", "--policy"])
-        .arg(&policy_file)
-        .args(["--name", "agbench-holder", "--", "/usr/bin/sleep", "600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while daemon.runs().is_empty() {
-        if Instant::now() > deadline {
-            bail!("the holder run did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    let holder = Holder::start(&daemon, &policy_file)?;
     let res: Result<()> = (|| {
         for _ in 0..if quick { 2 } else { 5 } {
             daemon.signal(libc::SIGKILL);
@@ -475,10 +483,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
         }
         Ok(())
     })();
-    for run in daemon.runs() {
-        let _ = std::fs::write(run.join("cgroup.kill"), "1");
-    }
-    let _ = holder.wait();
+    holder.stop();
     res?;
     // Fresh again: nothing under the daemon, so a stop detaches everything.
     std::thread::sleep(Duration::from_millis(200));
@@ -488,16 +493,95 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
         daemon.stop();
     }
 
-    report(
-        &samples,
-        &programs,
-        &fresh_ready,
-        &pinned_ready,
-        &throughput,
-        rounds,
-        json_out,
-    );
+    let results = Results {
+        samples,
+        programs,
+        fresh: fresh_ready,
+        pinned: pinned_ready,
+        throughput,
+        isolation,
+        freeze,
+    };
+    report(&results, rounds, json_out);
     Ok(())
+}
+
+/// agbench in condition `cond`: (a) and (b) as a plain process, (d) the same with a holder
+/// run alive elsewhere, (c) as a run under the policy. Before (b) it waits until the daemon
+/// has detached the syscall tracepoints the last run needed, so (b) is an idle host.
+fn run_in_condition(
+    daemon: &Daemon,
+    cond: &str,
+    policy_file: &Path,
+    agbench: &Path,
+    args: &[String],
+    name: &str,
+) -> Result<std::process::Output> {
+    match cond {
+        "b" => {
+            daemon.wait_idle()?;
+            run_agbench(daemon, cond, policy_file, agbench, args, name)
+        }
+        "d" => {
+            let holder = Holder::start(daemon, policy_file)?;
+            let out = run_agbench(daemon, cond, policy_file, agbench, args, name);
+            holder.stop();
+            out
+        }
+        _ => run_agbench(daemon, cond, policy_file, agbench, args, name),
+    }
+}
+
+/// A run under the policy that only sleeps: the "another run alive" of condition (d), and
+/// what keeps pinned state for the restart measurements.
+struct Holder {
+    child: Child,
+    cgroup: PathBuf,
+}
+
+impl Holder {
+    fn start(daemon: &Daemon, policy_file: &Path) -> Result<Holder> {
+        let before: HashSet<PathBuf> = daemon.runs().into_iter().collect();
+        let mut child = daemon
+            .command()
+            .args(["run", "--policy"])
+            .arg(policy_file)
+            .args(["--name", "agbench-holder", "--", "/usr/bin/sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(daemon.dir.join("holder.stderr"))?)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // Its cgroup holds the sleep (the launcher has exec'd): the hooks are attached.
+            if let Some(cg) = daemon.runs().into_iter().find(|r| !before.contains(r)) {
+                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+                if !procs.trim().is_empty() && daemon.syscall_tracepoints() {
+                    return Ok(Holder { child, cgroup: cg });
+                }
+            }
+            if Instant::now() > deadline {
+                let mut err = std::fs::read_to_string(daemon.dir.join("holder.stderr")).unwrap_or_default();
+                for e in log_events(&daemon.dir.join("events.jsonl"), 0).unwrap_or_default() {
+                    if e["run_name"] == "agbench-holder" && e["verdict"] != "allow" || e["kind"] == "kill" {
+                        err += &format!("\n{e}");
+                    }
+                }
+                bail!(
+                    "the holder run did not start (runs {:?}, syscall tracepoints attached: {}, launcher {:?}): {err}",
+                    daemon.runs(),
+                    daemon.syscall_tracepoints(),
+                    child.try_wait()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = std::fs::write(self.cgroup.join("cgroup.kill"), "1");
+        let _ = self.child.wait();
+    }
 }
 
 /// agent_guard_events_total and agent_guard_events_dropped_total samples from the daemon's
@@ -575,16 +659,7 @@ fn throughput(
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let t = Instant::now();
-    let out = daemon
-        .command()
-        .args(["run", "--policy"])
-        .arg(policy_file)
-        .args(["--name", "agbench-flood", "--"])
-        .arg(agbench)
-        .args(["--flood", &secs.to_string(), "--file"])
-        .arg(data)
-        .stdin(Stdio::null())
-        .output()?;
+    let out = flood_command(daemon, policy_file, "agbench-flood", agbench, secs, data).output()?;
     if !out.status.success() {
         bail!("flood run failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -593,16 +668,7 @@ fn throughput(
         .parse()
         .unwrap_or(0);
     let run_secs = t.elapsed().as_secs_f64();
-    // Let the daemon write what it has read: until the log stops growing for 1 s (at most 120 s).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut size, mut still) = (0, Instant::now());
-    while Instant::now() < deadline && still.elapsed() < Duration::from_secs(1) {
-        let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        if now != size {
-            (size, still) = (now, Instant::now());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    drain(&log);
     let drain_secs = t.elapsed().as_secs_f64() - run_secs - 1.0;
     let wall = t.elapsed().as_secs_f64();
     let (cpu1, rss_kb) = daemon_cpu_rss(pid);
@@ -643,19 +709,184 @@ fn throughput(
         "drop_events_by_stage": dropped,
         "metrics_deltas": counters,
         "daemon_cpu_percent": (cpu1 - cpu0) as f64 / hz / wall * 100.0,
+        "daemon_cpu_us_per_event": (cpu1 - cpu0) as f64 / hz * 1e6 / written.max(1) as f64,
         "daemon_rss_kib": rss_kb,
     }))
 }
 
-fn report(
-    samples: &BTreeMap<&str, BTreeMap<String, Vec<f64>>>,
-    programs: &BTreeMap<&str, BTreeMap<String, (u64, u64)>>,
-    fresh: &[f64],
-    pinned: &[f64],
-    throughput: &Value,
-    rounds: usize,
-    json_out: bool,
-) {
+/// A run under the policy that opens `data` as fast as it can for `secs` (agbench --flood).
+fn flood_command(daemon: &Daemon, policy_file: &Path, name: &str, agbench: &Path, secs: u64, data: &Path) -> Command {
+    let mut c = daemon.command();
+    c.args(["run", "--policy"])
+        .arg(policy_file)
+        .args(["--name", name, "--"])
+        .arg(agbench)
+        .args(["--flood", &secs.to_string(), "--file"])
+        .arg(data)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Lets the daemon write what it has read: until the log stops growing for 1 s (at most 120 s).
+fn drain(log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut size, mut still) = (0, Instant::now());
+    while Instant::now() < deadline && still.elapsed() < Duration::from_secs(1) {
+        let now = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        if now != size {
+            (size, still) = (now, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The log's events from byte `from` on.
+fn log_events(log: &Path, from: u64) -> Result<Vec<Value>> {
+    let mut f = std::io::BufReader::new(std::fs::File::open(log)?);
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from))?;
+    let mut out = Vec::new();
+    for l in std::io::BufRead::lines(f) {
+        if let Ok(v) = serde_json::from_str::<Value>(&l?) {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Isolation: a run floods (opens as fast as it can) while a quiet run, under a policy of its
+/// own, makes `violations` reads outside it (each `cat` of a denied file). Every one of the
+/// quiet run's violations must reach the log.
+fn isolation(daemon: &Daemon, agbench: &Path, policy_file: &Path, data: &Path, secs: u64, violations: u32) -> Result<Value> {
+    let quiet_policy = daemon.dir.join("agbench-quiet.toml");
+    std::fs::write(
+        &quiet_policy,
+        "name = \"agbench-quiet\"\nmode = \"enforce\"\non_violation = \"deny\"\n[files]\n\
+         read = [\"/usr\", \"/lib\", \"/lib64\", \"/etc/ld.so.cache\", \"/etc/locale.alias\", \"/dev/null\"]\n\
+         [exec]\nallow = [\"/usr/bin/\"]\n",
+    )?;
+    let log = daemon.dir.join("events.jsonl");
+    let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let t = Instant::now();
+    let flood = flood_command(daemon, policy_file, "agbench-isolation-flood", agbench, secs, data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let quiet_start = t.elapsed().as_secs_f64();
+    // Shell built-ins only, besides the `cat` that violates: nothing else may fail the loop.
+    let script = format!("i=0; while [ $i -lt {violations} ]; do cat /etc/hostname 2>/dev/null; i=$((i+1)); done; exit 0");
+    let quiet = daemon
+        .command()
+        .args(["run", "--policy"])
+        .arg(&quiet_policy)
+        .args(["--name", "agbench-quiet", "--", "/usr/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()?;
+    let quiet_end = t.elapsed().as_secs_f64();
+    let flood_out = flood.wait_with_output()?;
+    let flood_end = t.elapsed().as_secs_f64();
+    if !quiet.status.success() {
+        bail!("the quiet run failed: {}", String::from_utf8_lossy(&quiet.stderr));
+    }
+    if !flood_out.status.success() {
+        bail!("the flooding run failed");
+    }
+    drain(&log);
+    let events = log_events(&log, from)?;
+    let seen = events
+        .iter()
+        .filter(|e| e["run_name"] == "agbench-quiet" && e["kind"] == "open" && e["path"] == "/etc/hostname")
+        .count();
+    let flood_events = events.iter().filter(|e| e["run_name"] == "agbench-isolation-flood" && e["kind"] == "open").count();
+    let mut dropped = BTreeMap::<String, u64>::new();
+    for e in events.iter().filter(|e| e["kind"] == "drop") {
+        *dropped.entry(e["stage"].as_str().unwrap_or("?").to_string()).or_default() += e["count"].as_u64().unwrap_or(0);
+    }
+    Ok(json!({
+        "flood_seconds": secs,
+        "flood_opens": String::from_utf8_lossy(&flood_out.stdout).trim().parse::<u64>().unwrap_or(0),
+        "flood_open_events_written": flood_events,
+        "quiet_violations_made": violations,
+        "quiet_violation_events_written": seen,
+        "quiet_run_seconds": [quiet_start, quiet_end],
+        "flood_ended_at_seconds": flood_end,
+        "quiet_run_inside_the_flood": quiet_end <= flood_end,
+        "drop_events_by_stage": dropped,
+    }))
+}
+
+/// Freeze, thaw and kill latency of a run of `n` processes (a shell and `n - 1` sleeps), as
+/// `agent-guard freeze/thaw/kill` report it (the write to cgroup.freeze / cgroup.kill until
+/// cgroup.events says so), `reps` freeze+thaw cycles.
+fn freeze_latency(daemon: &Daemon, n: u32, reps: usize) -> Result<Value> {
+    let name = format!("agbench-freeze-{n}");
+    let before: HashSet<PathBuf> = daemon.runs().into_iter().collect();
+    let script = format!("for i in $(seq {}); do sleep 600 & done; wait", n - 1);
+    let mut child = daemon
+        .command()
+        .args(["run", "--name", &name, "--", "/usr/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cgroup = loop {
+        if let Some(cg) = daemon.runs().into_iter().find(|r| !before.contains(r)) {
+            let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+            if procs.lines().count() >= n as usize {
+                break cg;
+            }
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+            bail!("the {n}-process run did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let act = |what: &str| -> Result<f64> {
+        let out = daemon.command().args([what, &name]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("{what} {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let ms = text.split(" in ").nth(1).and_then(|t| t.split(" ms").next()).and_then(|t| t.parse().ok());
+        ms.with_context(|| format!("no latency in {text:?}"))
+    };
+    let res: Result<(Vec<f64>, Vec<f64>)> = (|| {
+        let (mut freeze, mut thaw) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            freeze.push(act("freeze")?);
+            thaw.push(act("thaw")?);
+        }
+        Ok((freeze, thaw))
+    })();
+    let kill = act("kill");
+    let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+    let _ = child.wait();
+    let (freeze, thaw) = res?;
+    let pct = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        json!({"median": quantile(&s, 0.5), "p99": quantile(&s, 0.99), "min": s.first(), "max": s.last(), "n": s.len()})
+    };
+    Ok(json!({"processes": n, "freeze_ms": pct(&freeze), "thaw_ms": pct(&thaw), "kill_ms": kill?}))
+}
+
+/// Everything one bench run measured.
+struct Results {
+    samples: BTreeMap<&'static str, BTreeMap<String, Vec<f64>>>,
+    programs: BTreeMap<&'static str, BTreeMap<String, (u64, u64)>>,
+    fresh: Vec<f64>,
+    pinned: Vec<f64>,
+    throughput: Value,
+    isolation: Value,
+    freeze: Vec<Value>,
+}
+
+fn report(r: &Results, rounds: usize, json_out: bool) {
+    let Results { samples, programs, fresh, pinned, throughput, isolation, freeze } = r;
     let med = |c: &str, op: &str| {
         let mut v = samples
             .get(c)
@@ -667,22 +898,28 @@ fn report(
     };
     let ratio = |c: &str, op: &str| med(c, op) / med("a", op);
     let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+    let at_most = |n: &'static str, m: f64, l: f64| (n, m, l, m <= l);
+    let written = throughput["open_events_written"].as_f64().unwrap_or(0.0);
+    let per_sec = written / throughput["seconds"].as_f64().unwrap_or(1.0);
+    let freeze100 = freeze.iter().find(|f| f["processes"] == 100).cloned().unwrap_or_default();
+    let ms = |k: &str| freeze100["freeze_ms"][k].as_f64().unwrap_or(f64::NAN);
+    let lost = isolation["quiet_violations_made"].as_f64().unwrap_or(f64::NAN)
+        - isolation["quiet_violation_events_written"].as_f64().unwrap_or(0.0);
     let targets = [
-        (
-            "outside every run: open+close",
-            ratio("b", "open_close"),
-            1.03,
-        ),
-        ("outside every run: getpid", ratio("b", "getpid"), 1.03),
-        ("inside a run: open+close", ratio("c", "open_close"), 1.10),
-        ("inside a run: connect", ratio("c", "connect"), 1.10),
-        ("inside a run: fork+exec", ratio("c", "fork_exec"), 1.10),
-        ("daemon ready, fresh (worst, s)", max(fresh) / 1e3, 1.0),
-        (
-            "daemon ready, pinned state (worst, s)",
-            max(pinned) / 1e3,
-            1.0,
-        ),
+        at_most("outside every run, no run on the host: open+close", ratio("b", "open_close"), 1.03),
+        at_most("outside every run, no run on the host: getpid", ratio("b", "getpid"), 1.03),
+        at_most("outside every run, another run alive: open+close", ratio("d", "open_close"), 1.03),
+        at_most("outside every run, another run alive: getpid", ratio("d", "getpid"), 1.03),
+        at_most("inside a run: open+close", ratio("c", "open_close"), 1.10),
+        at_most("inside a run: connect", ratio("c", "connect"), 1.10),
+        at_most("inside a run: fork+exec", ratio("c", "fork_exec"), 1.10),
+        ("events written per second (one flooding run)", per_sec, 500_000.0, per_sec >= 500_000.0),
+        at_most("daemon CPU while flooding (cores)", throughput["daemon_cpu_percent"].as_f64().unwrap_or(f64::NAN) / 100.0, 1.0),
+        at_most("violation events of the quiet run lost", lost, 0.0),
+        at_most("freeze of 100 processes, median (ms)", ms("median"), 10.0),
+        at_most("freeze of 100 processes, p99 (ms)", ms("p99"), 25.0),
+        at_most("daemon ready, fresh (worst, s)", max(fresh) / 1e3, 1.0),
+        at_most("daemon ready, pinned state (worst, s)", max(pinned) / 1e3, 1.0),
     ];
     if json_out {
         let conds: BTreeMap<&str, Value> = CONDS
@@ -705,7 +942,7 @@ fn report(
                 )
             })
             .collect();
-        let ratios: BTreeMap<&str, Value> = ["b", "c"]
+        let ratios: BTreeMap<&str, Value> = WITH_DAEMON
             .iter()
             .map(|c| {
                 (
@@ -732,7 +969,9 @@ fn report(
             "programs": progs,
             "ready_ms": {"fresh": stats(fresh), "pinned": stats(pinned)},
             "throughput": throughput,
-            "targets": targets.iter().map(|(n, m, l)| json!({"target": n, "measured": m, "limit": l, "met": m <= l})).collect::<Vec<_>>(),
+            "isolation": isolation,
+            "freeze": freeze,
+            "targets": targets.iter().map(|(n, m, l, met)| json!({"target": n, "measured": m, "limit": l, "met": met})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v).unwrap());
         return;
@@ -744,11 +983,8 @@ fn report(
         m["nproc"],
         m["cpu"].as_str().unwrap_or("")
     );
-    println!(
-        "| op (ns/op, median [min-max]) | {} | {} | {} |",
-        COND_NAMES[0], COND_NAMES[1], COND_NAMES[2]
-    );
-    println!("|---|---|---|---|");
+    println!("| op (ns/op, median [min-max]) | {} |", COND_NAMES.join(" | "));
+    println!("|---|{}", "---|".repeat(CONDS.len()));
     for op in OPS {
         let mut row = format!("| {op} |");
         for c in CONDS {
@@ -772,9 +1008,9 @@ fn report(
         }
         println!("{row}");
     }
-    println!("\nkernel cost per program invocation (one pass of (b) and of (c) with kernel.bpf_stats_enabled):\n");
-    println!("| program | (b) runs | (b) ns/run | (c) runs | (c) ns/run |");
-    println!("|---|---|---|---|---|");
+    println!("\nkernel cost per program invocation (one pass of (b), (d) and (c) with kernel.bpf_stats_enabled):\n");
+    println!("| program | (b) runs | (b) ns/run | (d) runs | (d) ns/run | (c) runs | (c) ns/run |");
+    println!("|---|---|---|---|---|---|---|");
     let names: std::collections::BTreeSet<&String> =
         programs.values().flat_map(|m| m.keys()).collect();
     for n in names {
@@ -790,7 +1026,7 @@ fn report(
                     }
                 })
         };
-        println!("| {n} | {} | {} |", cell("b"), cell("c"));
+        println!("| {n} | {} | {} | {} |", cell("b"), cell("d"), cell("c"));
     }
     let s = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -805,12 +1041,25 @@ fn report(
     };
     println!("\ndaemon ready (spawn to \"ready in\"): fresh {}; pinned state (run alive, kill -9, restart) {}", s(fresh), s(pinned));
     println!("\nevent throughput: {throughput}");
+    println!("\nisolation: {isolation}");
+    println!("\n| freeze/thaw/kill (ms) | freeze median | freeze p99 | thaw median | thaw p99 | kill | samples |");
+    println!("|---|---|---|---|---|---|---|");
+    for f in freeze {
+        let q = |k: &str, p: &str| f[k][p].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} processes | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} |",
+            f["processes"],
+            q("freeze_ms", "median"),
+            q("freeze_ms", "p99"),
+            q("thaw_ms", "median"),
+            q("thaw_ms", "p99"),
+            f["kill_ms"].as_f64().unwrap_or(f64::NAN),
+            f["freeze_ms"]["n"]
+        );
+    }
     println!("\n| target | measured | limit | |");
     println!("|---|---|---|---|");
-    for (n, m, l) in targets {
-        println!(
-            "| {n} | {m:.3} | {l} | {} |",
-            if m <= l { "met" } else { "MISSED" }
-        );
+    for (n, m, l, met) in targets {
+        println!("| {n} | {m:.3} | {l} | {} |", if met { "met" } else { "MISSED" });
     }
 }

@@ -140,6 +140,7 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
         ended: None,
         hold: None,
         frozen_by_responder: false,
+        landlock: None,
         violations: 0,
         started: std::fs::metadata(&c.dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now()),
     }
@@ -285,6 +286,7 @@ fn run_status(shared: &Shared, r: &RunInfo, bound: bool, unregistered: bool) -> 
         bound,
         unregistered,
         labels: r.labels.clone(),
+        landlock: r.landlock.clone(),
     }
 }
 
@@ -338,6 +340,15 @@ pub(super) fn status(shared: &Shared) -> Response {
         backend: Some(shared.backend.backend.name().into()),
         backend_reason: Some(shared.backend.reason.clone()),
         enforcement: crate::backend::enforcement(shared.backend.backend),
+        landlock_abi: crate::landlock::host_abi(),
+        landlock_enabled: cfg.landlock,
+        landlock_runs: runs
+            .iter()
+            .filter_map(|r| {
+                let coverage = r.landlock.clone()?;
+                Some(crate::control::LandlockRun { run: r.id.clone(), name: r.name.clone(), coverage })
+            })
+            .collect(),
     };
     Response { status: Some(s), ..Response::ok() }
 }

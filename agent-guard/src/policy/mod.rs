@@ -74,6 +74,7 @@
 mod compile;
 mod net;
 mod paths;
+pub(crate) use paths::lexical;
 #[cfg(test)]
 mod tests;
 

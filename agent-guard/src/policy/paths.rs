@@ -29,8 +29,9 @@ pub(super) fn depth(p: &str) -> usize {
     components(p).count()
 }
 
-/// "/a/./b//../c" -> "/a/c" (lexically; only for hints).
-fn lexical(raw: &str) -> String {
+/// "/a/./b//../c" -> "/a/c", lexically (hints, and the Landlock layer's attribution of a
+/// refused open to the policy).
+pub(crate) fn lexical(raw: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     for c in raw.split('/') {
         match c {

@@ -147,8 +147,8 @@ fn main() -> ExitCode {
             let r = unsafe { libc::link(c(a(1)).as_ptr(), c(a(2)).as_ptr()) };
             if r < 0 { Err(errno()) } else { Ok("ok linked".into()) }
         }
-        // Runs PATH (execve); only returns on failure.
-        "exec" => {
+        // Replaces this process with PATH (execve); only returns on failure.
+        "execve" => {
             let p = c(a(1));
             let argv = [p.as_ptr(), std::ptr::null()];
             let envp = [std::ptr::null()];
@@ -183,12 +183,6 @@ fn main() -> ExitCode {
             // SAFETY: valid C string.
             let r = unsafe { libc::truncate(c(a(1)).as_ptr(), 0) };
             if r < 0 { Err(errno()) } else { Ok("ok truncated".into()) }
-        }
-        // Sends signal SIG to PID.
-        "kill" => {
-            // SAFETY: plain kill(2).
-            let r = unsafe { libc::kill(a(1).parse().unwrap_or(0), a(2).parse().unwrap_or(libc::SIGTERM)) };
-            if r < 0 { Err(errno()) } else { Ok("ok signalled".into()) }
         }
         // bpf(BPF_MAP_CREATE) of a one-entry array.
         "bpf" => {
@@ -234,6 +228,38 @@ fn main() -> ExitCode {
                 std::thread::sleep(pause);
             }
             Ok("ok done".into())
+        }
+        // Runs PATH ARGS... as a child (its output goes to ours) and says how it ended; an
+        // exec the kernel refused is "err ERRNO" and this process goes on.
+        "exec" => {
+            use std::os::unix::process::ExitStatusExt;
+            let st = std::process::Command::new(a(1)).args(args.iter().skip(2)).status()?;
+            Ok(match st.signal() {
+                Some(sig) => format!("ok signal {sig}"),
+                None => format!("ok exit {}", st.code().unwrap_or(-1)),
+            })
+        }
+        // Reads PATH (expecting a refusal), then reads AGAIN: the process lives on after the
+        // first open fails.
+        "read-then" => {
+            let first = match open(libc::AT_FDCWD, a(1), libc::O_RDONLY) {
+                Ok(fd) => format!("ok {}", read_fd(fd).trim_end()),
+                Err(e) => format!("err {}", if e.raw_os_error() == Some(libc::EACCES) { "EACCES".into() } else { e.to_string() }),
+            };
+            println!("first {first}");
+            open(libc::AT_FDCWD, a(2), libc::O_RDONLY).map(|fd| format!("ok {}", read_fd(fd).trim_end()))
+        }
+        // kill(PID, SIG).
+        "kill" => {
+            let (pid, sig): (i32, i32) = (a(1).parse().unwrap_or(0), a(2).parse().unwrap_or(0));
+            // SAFETY: plain kill(2).
+            if unsafe { libc::kill(pid, sig) } < 0 { Err(errno()) } else { Ok("ok signalled".into()) }
+        }
+        // Connects to the abstract unix socket @NAME.
+        "abstract" => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(a(1).as_bytes())?;
+            std::os::unix::net::UnixStream::connect_addr(&addr).map(|_| "ok connected".into())
         }
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs_f64(a(1).parse().unwrap_or(1.0)));
