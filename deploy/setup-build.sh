@@ -8,7 +8,9 @@
 #   - the nightly toolchain with rust-src (the eBPF crate is built with -Z build-std=core);
 #   - bpf-linker 0.13.0 built against LLVM 22;
 #   - with --test: shellcheck, and promtool (the metrics tests check a live scrape and deploy/prometheus-alerts.yml
-#     with it).
+#     with it);
+#   - with --vm: qemu-system-x86, busybox-static and cpio (`cargo xtask vm-test` boots Debian
+#     kernels with BPF LSM under QEMU).
 #
 # Runs as root (apt). Set AG_SETUP_QUIET=1 to silence the "already there" lines.
 set -euo pipefail
@@ -17,15 +19,18 @@ LLVM_VERSION=22
 BPF_LINKER_VERSION=0.13.0
 NIGHTLY=nightly
 APT_PACKAGES=("llvm-${LLVM_VERSION}-dev" "libpolly-${LLVM_VERSION}-dev" libzstd-dev zlib1g-dev pkg-config)
+VM_PACKAGES=(qemu-system-x86 busybox-static cpio)
 
 say() { [ "${AG_SETUP_QUIET:-0}" = 1 ] || echo "setup-build: $*" >&2; }
 die() { echo "setup-build: error: $*" >&2; exit 1; }
 
 TEST_TOOLS=0
+VM_TOOLS=0
 for arg in "$@"; do
     case "$arg" in
         --test) TEST_TOOLS=1 ;;
-        *) die "unknown argument $arg (usage: setup-build.sh [--test])" ;;
+        --vm) VM_TOOLS=1 ;;
+        *) die "unknown argument $arg (usage: setup-build.sh [--test] [--vm])" ;;
     esac
 done
 
@@ -33,6 +38,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v rustup >/dev/null || die "rustup is not installed; install it from https://rustup.rs first"
 
 # 1. Debian packages.
+if [ "$VM_TOOLS" = 1 ]; then APT_PACKAGES+=("${VM_PACKAGES[@]}"); fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -55,6 +55,8 @@ pub mod names {
     pub const BIND_ON: &str = "AG_BIND_ON";
     pub const GRANTS: &str = "AG_GRANTS";
     pub const HELD: &str = "AG_HELD";
+    /// [0] = 1: the lsm backend's programs are attached (execs are decided there).
+    pub const LSM_ON: &str = "AG_LSM_ON";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).
@@ -105,6 +107,9 @@ pub mod rule {
     pub const RAW_SOCKET: u32 = 9;
     /// Allowed by a responder's approval of a hold (`agent-guard approve`), not by the policy.
     pub const GRANT: u32 = 10;
+    /// A run's process acting outside its run: a signal or ptrace to a process outside it,
+    /// bpf(), a mount (lsm backend).
+    pub const SELF_PROTECTION: u32 = 11;
 }
 
 /// A responder's approval of one access for one run (`agent-guard approve`).
@@ -177,6 +182,8 @@ pub const FLAG_ARGV_TRUNCATED: u32 = 1 << 1;
 pub const FLAG_PATH_UNRESOLVED: u32 = 1 << 2;
 /// A kernel read failed while building the event; some fields are empty.
 pub const FLAG_READ_ERROR: u32 = 1 << 3;
+/// Decided by a BPF LSM program (lsm backend): a refusal happened before the operation.
+pub const FLAG_LSM: u32 = 1 << 4;
 
 /// Set by the daemon before load: which cgroup subtree this daemon manages.
 #[repr(C)]
@@ -232,6 +239,20 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub super_block_s_dev: u32,
+    /// lsm backend: linux_binprm.file, file.f_flags, and the chain from a task to its cgroup
+    /// v2 ancestors (task_struct.cgroups -> css_set.dfl_cgrp -> cgroup.ancestors[level] ->
+    /// cgroup.kn -> kernfs_node.id) that tells whether a task is in a given run.
+    pub binprm_file: u32,
+    pub file_f_flags: u32,
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// sock.sk_cgrp_data.cgroup: the cgroup v2 a socket belongs to (its creator's).
+    pub sock_sk_cgrp_data: u32,
+    pub sock_cgroup_data_cgroup: u32,
 }
 
 /// What the kernel keeps per run cgroup.

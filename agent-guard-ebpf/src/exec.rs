@@ -38,7 +38,11 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
                     file_id = kernel::file_id(&o, exe_file);
                     GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id }
                 };
-                decision = policy::exec_decision(rs, w, key);
+                // Under the lsm backend bprm_check_security has decided already (and used up
+                // any one-time approval): judging again here would hold or kill it twice.
+                if !crate::lsm::decides_exec() {
+                    decision = policy::exec_decision(rs, w, false, key);
+                }
             }
         }
         None => {

@@ -132,7 +132,7 @@ fn finish(ctx: &TracePointContext) -> u32 {
             };
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
-                Some(w) => policy::file_decision(rs, w, read, write, false, key),
+                Some(w) => policy::file_decision(rs, w, read, write, false, Some(key)),
                 // The file could not be identified: never allowed by default.
                 None => policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD),
             };

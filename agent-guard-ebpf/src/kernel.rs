@@ -40,6 +40,16 @@ static AG_OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     super_block_s_dev: 0,
+    binprm_file: 0,
+    file_f_flags: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_level: 0,
+    cgroup_ancestors: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
+    sock_sk_cgrp_data: 0,
+    sock_cgroup_data_cgroup: 0,
 };
 
 #[inline(always)]
@@ -182,6 +192,15 @@ extern "C" fn walk_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     }
 }
 
+/// `v & mask` in a register of its own. The 6.12 verifier links a register to copies of it
+/// plus a constant (`len + 2` in a bounds check) and has lost the mask of the copy passed
+/// as a helper's size ("R2 unbounded memory access"); a volatile reload breaks the link.
+#[inline(always)]
+fn masked(v: u32, mask: u32) -> u32 {
+    // SAFETY: read of a local variable.
+    unsafe { core::ptr::read_volatile(&v) & mask }
+}
+
 /// Per component: one probe of the dentry (parent and name) and one of the name's bytes.
 #[inline(always)]
 fn step(w: &mut WalkState) -> Result<u32, ()> {
@@ -193,6 +212,7 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
         let len = pn.len & 255;
         if len + 1 < w.pos {
             let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
+            let len = masked(len, 255);
             // SAFETY: pos < PATH_MAX and len < 256: inside the 2 * PATH_MAX scratch.
             if unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, pn.name as *const _) } == 0 {
                 w.pos = pos;
@@ -217,6 +237,7 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
         return Ok(WALK_TRUNCATED); // the kept tail is still a valid suffix
     }
     let pos = (w.pos - len) & (PATH_MAX as u32 - 1);
+    let len = masked(len, PATH_MAX as u32 - 1);
     // SAFETY: pos < PATH_MAX and len < PATH_MAX: the write stays inside 2 * PATH_MAX.
     let rc = unsafe { bpf_probe_read_kernel(buf.add(pos as usize).cast(), len, pn.name as *const _) };
     if rc != 0 {
@@ -241,6 +262,13 @@ fn step(w: &mut WalkState) -> Result<u32, ()> {
 pub fn path_to_buf(o: &KernelOffsets, path_ptr: u64, buf: *mut u8) -> Result<Walked, ()> {
     let dentry: u64 = read(path_ptr, o.path_dentry)?;
     let vfsmnt: u64 = read(path_ptr, o.path_mnt)?;
+    dentry_to_buf(o, dentry, vfsmnt, buf)
+}
+
+/// As [`path_to_buf`], for a dentry on the mount `vfsmnt` (the LSM path hooks get a
+/// directory's `struct path` and a dentry in it, possibly negative: a name to be created).
+#[inline(always)]
+pub fn dentry_to_buf(o: &KernelOffsets, dentry: u64, vfsmnt: u64, buf: *mut u8) -> Result<Walked, ()> {
     let mut w = WalkState {
         dentry,
         mnt: vfsmnt.wrapping_sub(o.mount_mnt as u64), // container_of(vfsmnt, struct mount, mnt)

@@ -1,4 +1,5 @@
-//! agent-guard kernel programs (tracepoint backend, observation).
+//! agent-guard kernel programs: the tracepoint backend and observation, the cgroup network
+//! programs, and the BPF LSM programs of the lsm backend (`lsm`).
 //!
 //! Every program starts with [`run::current_run`]: one helper call and one compare decide
 //! whether the current task lives under this daemon's managed cgroup root. Every other process
@@ -11,6 +12,7 @@ mod exec;
 mod exit;
 mod files;
 mod kernel;
+mod lsm;
 mod net;
 mod policy;
 mod run;

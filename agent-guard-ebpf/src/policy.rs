@@ -252,7 +252,8 @@ pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
 }
 
 /// Decision for opening a walked path with `write` and/or `read` access. `hold`: the
-/// approvable access (see [`violation`]), built only if the open violates the policy.
+/// approvable access (see [`violation`]), built only if the open violates the policy;
+/// [`NO_HOLD`] where no responder can approve it.
 #[inline(always)]
 pub fn file_decision(
     rs: &Ruleset,
@@ -260,7 +261,7 @@ pub fn file_decision(
     read: bool,
     write: bool,
     can_refuse: bool,
-    hold: impl FnOnce() -> GrantKey,
+    hold: Option<impl FnOnce() -> GrantKey>,
 ) -> Decision {
     if w.truncated {
         return violation(rs, rule::PATH_TOO_LONG, can_refuse, NO_HOLD);
@@ -279,23 +280,24 @@ pub fn file_decision(
     } else {
         return ALLOWED;
     };
-    violation(rs, rule, can_refuse, Some(hold))
+    violation(rs, rule, can_refuse, hold)
 }
 
-/// Decision for running the walked executable (always a kill when violated: the image is
-/// already loaded when the tracepoint fires). `hold` as for [`file_decision`].
+/// Decision for running the walked executable. `can_refuse`: the hook can fail the exec
+/// (BPF LSM); the tracepoint fires when the image is already loaded, so there it is a kill.
+/// `hold` as for [`file_decision`].
 #[inline(always)]
-pub fn exec_decision(rs: &Ruleset, w: &Walked, hold: impl FnOnce() -> GrantKey) -> Decision {
+pub fn exec_decision(rs: &Ruleset, w: &Walked, can_refuse: bool, hold: impl FnOnce() -> GrantKey) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, false, NO_HOLD);
+        return violation(rs, rule::PATH_TOO_LONG, can_refuse, NO_HOLD);
     }
     if w.pseudo {
-        return violation(rs, rule::EXEC, false, NO_HOLD); // memfd and other fileless executables
+        return violation(rs, rule::EXEC, can_refuse, NO_HOLD); // memfd and other fileless executables
     }
     if match_path(rs, w).exec {
         ALLOWED
     } else {
-        violation(rs, rule::EXEC, false, Some(hold))
+        violation(rs, rule::EXEC, can_refuse, Some(hold))
     }
 }
 
@@ -305,16 +307,14 @@ pub fn net_allowed(rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
     let key = Key::new(32 + 128, NetKey { ruleset_be: rs.id.to_be_bytes(), addr: *addr });
     let Some(r) = AG_NET_RULES.get(&key) else { return false };
     let n = if r.count as usize > PORT_RANGES_MAX { PORT_RANGES_MAX } else { r.count as usize };
-    for i in 0..PORT_RANGES_MAX {
-        if i >= n {
-            break;
-        }
-        let pr = r.ranges[i];
-        if port >= pr.lo && port <= pr.hi {
-            return true;
-        }
+    // Every slot at a constant offset, no early exit: the compiler unrolls this into plain
+    // loads, where a loop with a break became a pointer walk the 6.1 verifier refuses
+    // ("invalid access to map value").
+    let mut allowed = false;
+    for (i, pr) in r.ranges.iter().enumerate() {
+        allowed |= i < n && port >= pr.lo && port <= pr.hi;
     }
-    false
+    allowed
 }
 
 /// IPv4 (network byte order, as the kernel stores it) to IPv4-mapped IPv6 bytes.

@@ -134,6 +134,16 @@ impl KernelBtf {
             inode_i_ino: f("inode", "i_ino")?,
             inode_i_sb: f("inode", "i_sb")?,
             super_block_s_dev: f("super_block", "s_dev")?,
+            binprm_file: f("linux_binprm", "file")?,
+            file_f_flags: f("file", "f_flags")?,
+            task_cgroups: f("task_struct", "cgroups")?,
+            css_set_dfl_cgrp: f("css_set", "dfl_cgrp")?,
+            cgroup_level: f("cgroup", "level")?,
+            cgroup_ancestors: f("cgroup", "ancestors")?,
+            cgroup_kn: f("cgroup", "kn")?,
+            kernfs_node_id: f("kernfs_node", "id")?,
+            sock_sk_cgrp_data: f("sock", "sk_cgrp_data")?,
+            sock_cgroup_data_cgroup: f("sock_cgroup_data", "cgroup")?,
         })
     }
 }

@@ -261,6 +261,14 @@ pub fn status(cfg: &Config, json: bool) -> Result<Code> {
         s.runs_frozen,
         s.runs_held
     );
+    println!(
+        "backend         {} ({})",
+        s.backend.as_deref().unwrap_or("unknown"),
+        s.backend_reason.as_deref().unwrap_or("no reason given")
+    );
+    for e in &s.enforcement {
+        println!("  {:<30} {:<7} {}", e.operation, e.action, e.how);
+    }
     println!("bound cgroups   {}", s.bound_cgroups);
     println!("policies        {} loaded", s.policies);
     println!("syscall check   {syscall}");

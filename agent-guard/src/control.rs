@@ -181,6 +181,14 @@ pub struct DaemonStatus {
     pub events_dropped: u64,
     pub events_buffered: u64,
     pub followers: u64,
+    /// The enforcement backend in force (`lsm` or `tracepoint`), and why it was chosen.
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub backend_reason: Option<String>,
+    /// Per operation, what the backend does with a violation on this host.
+    #[serde(default)]
+    pub enforcement: Vec<crate::backend::Enforcement>,
     /// The host's Landlock ABI (0: none) and whether `run` uses it (config `landlock`).
     #[serde(default)]
     pub landlock_abi: u32,

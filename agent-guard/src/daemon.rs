@@ -41,8 +41,6 @@ use crate::{
 const QUEUE: usize = 65536;
 /// How long a finished run's metadata is kept for events still in the ring buffer.
 const RUN_LINGER: Duration = Duration::from_secs(30);
-/// The enforcement backend this build runs (`agent_guard_backend_info`).
-const BACKEND: &str = "tracepoint";
 
 #[derive(Debug, Clone)]
 struct RunInfo {
@@ -116,6 +114,8 @@ struct Shared {
     ctl: incident::Control,
     /// Prometheus counters, fed by `emit` (see `metrics`).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The enforcement backend in force, and why (`status`).
+    backend: crate::backend::Choice,
 }
 
 impl Shared {
@@ -240,7 +240,6 @@ async fn serve(cfg: Config) -> Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
         .await
         .with_context(|| format!("binding metrics_listen {}", cfg.metrics_listen))?;
-    let metrics = Arc::new(crate::metrics::Metrics::new(BACKEND).context("setting up the metrics")?);
     let foreign = ebpf::foreign_state(&cfg.bpffs_dir, pins.dir(), kcfg.root_id)
         .with_context(|| format!("reading bpffs_dir {}", cfg.bpffs_dir.display()))?;
     if !foreign.is_empty() {
@@ -264,7 +263,7 @@ async fn serve(cfg: Config) -> Result<()> {
     if !adopting {
         state.clear().with_context(|| format!("clearing state_dir {}", cfg.state_dir.display()))?;
     }
-    let loaded = match ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins) {
+    let loaded = match ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins, cfg.backend) {
         Ok(l) => l,
         Err(e) => {
             // A fresh start that failed half-way must not leave programs attached with no
@@ -289,7 +288,10 @@ async fn serve(cfg: Config) -> Result<()> {
         grants,
         held,
         adopted_links,
+        backend,
     } = loaded;
+    info!("enforcement backend: {} ({})", backend.backend.name(), backend.reason);
+    let metrics = Arc::new(crate::metrics::Metrics::new(backend.backend.name()).context("setting up the metrics")?);
     if adopting {
         info!("adopting the pinned state in {} ({adopted_links} links attached by an earlier daemon)", pins.dir().display());
     }
@@ -319,7 +321,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let (after_ring, after_ring_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         runs: Mutex::new(Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 }),
-        policies: Mutex::new(PolicyStore::new(policy_maps)),
+        policies: Mutex::new(PolicyStore::new(policy_maps).for_backend(backend.backend)),
         // Owns the programs; their attachments are pinned and outlive the daemon.
         binder: Mutex::new(Binder::new(programs, pins.clone(), bound, bind_on)),
         policy_dir: cfg.policy_dir.clone(),
@@ -339,6 +341,7 @@ async fn serve(cfg: Config) -> Result<()> {
         next_hold: Default::default(),
         ctl: incident::Control::new(&cfg, control_gid),
         metrics: metrics.clone(),
+        backend,
     });
 
     let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone(), cfg.stderr_events));
@@ -785,6 +788,7 @@ fn enrich(
     e.verdict = event::verdict_name(h.verdict);
     e.rule = event::rule_name(h.rule).map(str::to_string);
     if h.ruleset != 0 {
+        e.hook = Some(event::hook_of(raw.kind, h.flags));
         // The generation that decided, which may be older than the run's current policy.
         if let Some(p) = shared.policies.lock().expect("policies lock").policy_of(h.ruleset) {
             e.policy = Some(p.name.clone());

@@ -75,6 +75,9 @@ pub enum LoadError {
     Pin(String, String),
     #[error("map {0} of the eBPF object is not in PINNED_MAPS (it would not survive a restart)")]
     Unpinned(String),
+    /// The configured backend cannot run here (see `backend::choose`).
+    #[error("{0}")]
+    Backend(String),
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -99,6 +102,8 @@ pub struct Loaded {
     pub held: HashMap<MapData, u32, u32>,
     /// Links found pinned by an earlier daemon and kept as they are (0 on a fresh start).
     pub adopted_links: usize,
+    /// The enforcement backend in force, and why.
+    pub backend: crate::backend::Choice,
 }
 
 /// Every map of the object, all pinned: a restarted daemon (and the programs an earlier one
@@ -119,6 +124,7 @@ const PINNED_MAPS: &[&str] = &[
     "AG_KILL_PENDING",
     names::GRANTS,
     names::HELD,
+    names::LSM_ON,
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -157,13 +163,13 @@ impl Pins {
     }
 
     /// Pins `link` as `name`: from here on it stays attached until the pin is removed.
-    fn pin(&self, name: &str, link: FdLink) -> Result<(), LoadError> {
+    pub(crate) fn pin(&self, name: &str, link: FdLink) -> Result<(), LoadError> {
         let path = self.link(name);
         link.pin(&path).map(drop).map_err(|e| LoadError::Pin(path.display().to_string(), e.to_string()))
     }
 
     /// Detaches the link pinned as `name` (removing the pin drops the last reference).
-    fn unpin(&self, name: &str) -> std::io::Result<()> {
+    pub(crate) fn unpin(&self, name: &str) -> std::io::Result<()> {
         match std::fs::remove_file(self.link(name)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             r => r,
@@ -284,9 +290,22 @@ fn attach_tracepoint(ebpf: &mut Ebpf, pins: &Pins, name: &str, category: &str, e
     pins.pin(&pin, FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?)
 }
 
+/// The open tracepoints: not attached under the lsm backend, whose file_open program decides
+/// and reports opens.
+const OPEN_TRACEPOINTS: &[&str] = &[
+    "ag_enter_openat", "ag_exit_openat", "ag_enter_open", "ag_exit_open",
+    "ag_enter_creat", "ag_exit_creat", "ag_enter_openat2", "ag_exit_openat2",
+];
+
+/// The syscall tracepoints this backend uses (the LSM programs' links pinned: lsm).
+fn wanted_syscall_tracepoints(pins: &Pins) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
+    let lsm = crate::backend::lsm_pinned(pins);
+    SYSCALL_TRACEPOINTS.iter().filter(move |(name, _, _)| !(lsm && OPEN_TRACEPOINTS.contains(name)))
+}
+
 /// Every syscall tracepoint is attached (an earlier daemon may have attached them).
 pub fn syscall_tracepoints_attached(pins: &Pins) -> bool {
-    SYSCALL_TRACEPOINTS.iter().all(|(name, _, _)| pins.has_link(&tracepoint_pin(name)))
+    wanted_syscall_tracepoints(pins).all(|(name, _, _)| pins.has_link(&tracepoint_pin(name)))
 }
 
 /// Some syscall tracepoint is attached.
@@ -298,7 +317,7 @@ pub fn any_syscall_tracepoint_attached(pins: &Pins) -> bool {
 /// this call attached is detached again.
 pub fn attach_syscall_tracepoints(ebpf: &mut Ebpf, pins: &Pins) -> Result<(), LoadError> {
     let mut done: Vec<String> = Vec::new();
-    for (name, category, event) in SYSCALL_TRACEPOINTS {
+    for (name, category, event) in wanted_syscall_tracepoints(pins) {
         if pins.has_link(&tracepoint_pin(name)) {
             continue;
         }
@@ -394,14 +413,16 @@ pub fn detach_cgroup(pins: &Pins, prefix: &str) {
 }
 
 /// Loads the object with this daemon's cgroup root and the kernel's offsets, with every map
-/// pinned under `pins` (reused when an earlier daemon pinned them), and attaches every program
-/// that is not attached already. Errors carry the verifier log.
+/// pinned under `pins` (reused when an earlier daemon pinned them), picks the backend (see
+/// `backend::choose`; `lsm` attaches the LSM programs) and attaches every program that is not
+/// attached already. Errors carry the verifier log.
 pub fn load(
     cfg: &KernelConfig,
     offsets: &KernelOffsets,
     ring_bytes: u32,
     root: &Path,
     pins: &Pins,
+    backend: crate::config::BackendChoice,
 ) -> Result<Loaded, LoadError> {
     for sub in ["maps", "links"] {
         let d = pins.dir.join(sub);
@@ -415,6 +436,8 @@ pub fn load(
     for name in PINNED_MAPS {
         loader.map_pin_path(name, pins.map(name));
     }
+    // Links pinned before anything here attaches: an earlier daemon's state, adopted as it is.
+    let adopting = !pins.links("").is_empty();
     let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
     if let Some((name, _)) = ebpf.maps().find(|(n, _)| !n.starts_with('.') && !PINNED_MAPS.contains(n)) {
         return Err(LoadError::Unpinned(name.to_string()));
@@ -430,7 +453,11 @@ pub fn load(
         }
         attach_tracepoint(&mut ebpf, pins, name, category, event)?;
     }
-    for (name, _, _) in SYSCALL_TRACEPOINTS {
+    let backend = crate::backend::choose(backend, &mut ebpf, pins, adopting)?;
+    crate::backend::mark(&mut ebpf, backend.backend)?;
+    adopted_links += if adopting { pins.links(crate::backend::LSM_LINK_PREFIX).len() } else { 0 };
+    // Only those this backend uses (the open ones are not even verified under lsm).
+    for (name, _, _) in wanted_syscall_tracepoints(pins) {
         program::<TracePoint>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
         adopted_links += usize::from(pins.has_link(&tracepoint_pin(name)));
     }
@@ -463,6 +490,7 @@ pub fn load(
         events: RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?,
         ebpf,
         adopted_links,
+        backend,
     })
 }
 

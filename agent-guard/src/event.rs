@@ -3,7 +3,7 @@ use std::{collections::BTreeMap, mem::size_of, net::IpAddr};
 
 use agent_guard_common::{
     kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent,
-    SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
+    SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_LSM, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
 };
 use serde::Serialize;
 
@@ -26,6 +26,11 @@ pub struct Event {
     pub labels: BTreeMap<String, String>,
     pub policy: Option<String>,
     pub policy_version: Option<String>,
+    /// For an operation the eBPF layer judged under a policy: the kind of program that
+    /// decided (`lsm`: a BPF LSM program of the lsm backend, before the operation;
+    /// `tracepoint`: a tracepoint program; `cgroup`: a cgroup socket program).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,6 +235,17 @@ pub fn verdict_name(v: u32) -> &'static str {
     }
 }
 
+/// The kind of program that decided a kernel event of `kind` with header `flags`.
+pub fn hook_of(kind: &str, flags: u32) -> &'static str {
+    if flags & FLAG_LSM != 0 {
+        "lsm"
+    } else if matches!(kind, "connect" | "sendmsg" | "socket") {
+        "cgroup"
+    } else {
+        "tracepoint"
+    }
+}
+
 /// The policy part that decided, as events name it (None when nothing was violated).
 pub fn rule_name(r: u32) -> Option<&'static str> {
     Some(match r {
@@ -243,6 +259,7 @@ pub fn rule_name(r: u32) -> Option<&'static str> {
         rule::PATH_TOO_LONG => "files.path_too_long",
         rule::RAW_SOCKET => "network.raw_sockets",
         rule::GRANT => "grant",
+        rule::SELF_PROTECTION => "self_protection",
         _ => return None,
     })
 }

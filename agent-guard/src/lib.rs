@@ -3,6 +3,7 @@
 //! Kernel programs (agent-guard-ebpf) watch the processes of runs (cgroups below the managed
 //! root); the daemon loads them, registers runs and streams their events as JSON lines.
 pub mod access;
+pub mod backend;
 pub mod bind;
 pub mod btf;
 pub mod cgroup;

@@ -83,6 +83,8 @@ pub struct PolicyStore {
     /// Slots the kernel enforces a policy in that this daemon has no text for (state lost):
     /// never given to another policy, so the runs bound to them keep their rules.
     reserved: HashSet<u32>,
+    /// Compile for the lsm backend (see `Policy::compile_for`).
+    lsm: bool,
 }
 
 /// How long a removed rule set's name and version stay known to the event enricher.
@@ -98,7 +100,14 @@ impl PolicyStore {
             retired: Vec::new(),
             forgotten: Vec::new(),
             reserved: HashSet::new(),
+            lsm: false,
         }
+    }
+
+    /// Compiles for `backend` from now on (set once, before any policy is loaded).
+    pub fn for_backend(mut self, backend: crate::backend::Backend) -> Self {
+        self.lsm = backend == crate::backend::Backend::Lsm;
+        self
     }
 
     /// Takes over the policies an earlier daemon left in the (pinned) kernel maps: each
@@ -120,7 +129,7 @@ impl PolicyStore {
             let checked = crate::policy::parse(&r.text, &r.source);
             match checked.policy {
                 Some(p) if checked.errors.is_empty() => {
-                    let compiled = p.compile(cur);
+                    let compiled = p.compile_for(cur, self.lsm);
                     if !self.in_kernel(cur, &compiled) {
                         // Another daemon build compiles this text differently: its model of
                         // the kernel entries would be wrong, so the slot is kept as it is.
@@ -248,7 +257,7 @@ impl PolicyStore {
                 as u32,
         };
         let id = self.next_id;
-        let compiled = policy.compile(id);
+        let compiled = policy.compile_for(id, self.lsm);
         let (files, nets, sets) = self.entries_in_use();
         if files + compiled.file_nodes.len() > FILE_NODES_MAX as usize {
             return Err(format!(

@@ -9,6 +9,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod scenarios;
+
 /// True when privileged tests can run. Under CI=true a missing privilege is a failure;
 /// elsewhere the test prints why it skips.
 pub fn privileged(test: &str) -> bool {
@@ -165,7 +167,9 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // AGENT_GUARD_READY_SECS: slower machines (the VM matrix under TCG) wait longer.
+        let secs = std::env::var("AGENT_GUARD_READY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        let deadline = Instant::now() + Duration::from_secs(secs);
         let stderr = self.dir.path().join("daemon.stderr");
         loop {
             let text = std::fs::read_to_string(&stderr).unwrap_or_default();
@@ -175,7 +179,7 @@ impl Daemon {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("daemon exited ({status}) before it was ready:\n{text}");
             }
-            assert!(Instant::now() < deadline, "daemon not ready after 60 s:\n{text}");
+            assert!(Instant::now() < deadline, "daemon not ready after {secs} s:\n{text}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -393,9 +397,11 @@ pub fn as_user(cmd: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
     }
 }
 
-/// The probe program the enforcement tests run inside runs (tests/src/bin/agprobe.rs).
+/// The probe program the enforcement tests run inside runs (tests/src/bin/agprobe.rs):
+/// AGENT_GUARD_PROBE, or the workspace's target/debug one.
 pub fn probe() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agprobe");
+    let p = std::env::var_os("AGENT_GUARD_PROBE")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agprobe"), PathBuf::from);
     // Canonical, because policies name the path the kernel resolves.
     p.canonicalize().unwrap_or_else(|e| panic!("{}: {e} (cargo builds it for the tests)", p.display()))
 }

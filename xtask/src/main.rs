@@ -1,6 +1,7 @@
-//! Chores: `cargo xtask test` (everything CI runs), `cargo xtask daemon` (build and start
-//! the daemon in the foreground), `cargo xtask deb` (the Debian package) and `cargo xtask
-//! bench` (overhead benchmarks, see BENCHMARKS.md). Each first runs
+//! Chores: `cargo xtask test` (everything CI runs), `cargo xtask vm-test` (the scenario suite
+//! against the lsm backend on Debian kernels under QEMU, also part of `test`), `cargo xtask
+//! daemon` (build and start the daemon in the foreground), `cargo xtask deb` (the Debian
+//! package) and `cargo xtask bench` (overhead benchmarks, see BENCHMARKS.md). Each first runs
 //! deploy/setup-build.sh, so a fresh machine needs nothing installed by hand beyond rustup.
 use std::{
     path::{Path, PathBuf},
@@ -11,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -21,8 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the build prerequisites, build, and run every test (unit and on the real kernel)
+    /// Install the build prerequisites, build, and run every test: unit, integration on the
+    /// real kernel, then the VM kernel matrix (`vm-test`)
     Test {
+        /// Skip the VM kernel matrix (it is also skipped when a test filter is given)
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter)
         #[arg(last = true)]
         args: Vec<String>,
@@ -32,6 +38,17 @@ enum Cmd {
         /// Configuration file (default: /etc/agent-guard/config.toml, or built-in defaults)
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Run the scenario suite against the lsm backend on Debian kernels with BPF LSM under
+    /// QEMU (root): fetches and caches the kernels, builds an initramfs, one pass/fail line
+    /// per kernel
+    VmTest {
+        /// Only this kernel (6.1, 6.12); repeatable (default: all)
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// The backend the daemon is forced to (tracepoint: how that backend fares there)
+        #[arg(long, default_value = "lsm", value_parser = ["lsm", "tracepoint"])]
+        backend: String,
     },
     /// Build the Debian package (target/debian/agent-guard_VERSION-1_amd64.deb): installs the
     /// build prerequisites and cargo-deb if missing, then `cargo deb -p agent-guard`
@@ -67,26 +84,61 @@ fn run(mut c: Command) -> Result<()> {
     Ok(())
 }
 
-/// deploy/setup-build.sh; `test`: also the tools the tests use (promtool).
-fn setup(test: bool) -> Result<()> {
+/// deploy/setup-build.sh; `test`: also the tools the tests use (promtool); `vm`: also what
+/// the VM kernel matrix needs (QEMU, busybox-static, cpio).
+fn setup_with(test: bool, vm: bool) -> Result<()> {
     let mut c = Command::new(root().join("deploy/setup-build.sh"));
     c.env("AG_SETUP_QUIET", "1");
     if test {
         c.arg("--test");
     }
+    if vm {
+        c.arg("--vm");
+    }
     run(c)
+}
+
+fn setup(test: bool) -> Result<()> {
+    setup_with(test, false)
+}
+
+/// Builds the daemon and the test binaries, then runs the VM kernel matrix.
+fn vm_test(kernels: &[String], backend: &str) -> Result<()> {
+    setup_with(false, true)?;
+    // The test binaries (agprobe, agscenarios) the initramfs carries, and the daemon.
+    let mut build = cargo();
+    build.args(["build", "--package", "agent-guard", "--package", "agent-guard-tests", "--bins"]);
+    run(build)?;
+    if !vm::vm_test(&root(), kernels, backend)? {
+        bail!("vm-test: the {backend} backend failed on at least one kernel (see above)");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Test { args } => {
-            setup(true)?;
+        Cmd::Test { no_vm, args } => {
+            let vm = !no_vm && args.is_empty();
+            setup_with(true, vm)?;
             let mut build = cargo();
             build.args(["build", "--package", "agent-guard"]);
             run(build)?;
             let mut test = cargo();
-            test.arg("test").env("AGENT_GUARD_BIN", root().join("target/debug/agent-guard")).args(args);
-            run(test)
+            test.arg("test").env("AGENT_GUARD_BIN", root().join("target/debug/agent-guard")).args(&args);
+            run(test)?;
+            if !vm {
+                return Ok(());
+            }
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                let why = "the VM kernel matrix needs root (apt downloads into /var/cache/agent-guard/vm)";
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    bail!("CI=true and {why}");
+                }
+                eprintln!("skip vm-test: {why}");
+                return Ok(());
+            }
+            vm_test(&[], "lsm")
         }
         Cmd::Daemon { config } => {
             setup(false)?;
@@ -111,6 +163,7 @@ fn main() -> Result<()> {
             run(build)?;
             bench::bench(&root(), quick, json)
         }
+        Cmd::VmTest { kernels, backend } => vm_test(&kernels, &backend),
         Cmd::Deb => {
             setup(false)?;
             let have = cargo().args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());

@@ -337,6 +337,9 @@ pub(super) fn status(shared: &Shared) -> Response {
             + shared.queue_drops.load(Ordering::Relaxed),
         events_buffered: shared.ctl.feed.len() as u64,
         followers: shared.ctl.feed.followers() as u64,
+        backend: Some(shared.backend.backend.name().into()),
+        backend_reason: Some(shared.backend.reason.clone()),
+        enforcement: crate::backend::enforcement(shared.backend.backend),
         landlock_abi: crate::landlock::host_abi(),
         landlock_enabled: cfg.landlock,
         landlock_runs: runs

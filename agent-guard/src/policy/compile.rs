@@ -7,7 +7,7 @@ use agent_guard_common::{
 };
 use ipnet::IpNet;
 
-use super::{net, paths, syscall_number, Mode, OnViolation, Policy, UNSEEN_SYSCALLS};
+use super::{net, paths, syscall_number, Mode, OnViolation, Policy, LSM_JUDGED_SYSCALLS, UNSEEN_SYSCALLS};
 
 /// The map entries of one compiled rule set. The daemon writes every entry, then publishes
 /// the rule set id.
@@ -78,8 +78,14 @@ fn net_key(ruleset: u32, net: &IpNet) -> (u32, NetKey) {
 }
 
 impl Policy {
-    /// Compiles this policy as rule set `ruleset`.
+    /// Compiles this policy as rule set `ruleset` for the tracepoint backend.
     pub fn compile(&self, ruleset: u32) -> Compiled {
+        self.compile_for(ruleset, false)
+    }
+
+    /// Compiles this policy as rule set `ruleset`; `lsm`: for the lsm backend, which judges
+    /// some of the [`UNSEEN_SYSCALLS`] itself ([`LSM_JUDGED_SYSCALLS`]).
+    pub fn compile_for(&self, ruleset: u32, lsm: bool) -> Compiled {
         let mut header = RulesetHeader {
             mode: match self.mode {
                 Mode::Enforce => mode::ENFORCE,
@@ -98,7 +104,7 @@ impl Policy {
         for (_, nr) in &self.syscalls_deny {
             set_bit(&mut header.syscalls, *nr);
         }
-        for name in UNSEEN_SYSCALLS {
+        for name in UNSEEN_SYSCALLS.iter().filter(|n| !(lsm && LSM_JUDGED_SYSCALLS.contains(n))) {
             if let Some(nr) = syscall_number(name) {
                 set_bit(&mut header.unseen, nr);
             }

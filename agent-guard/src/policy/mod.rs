@@ -124,6 +124,10 @@ pub const UNSEEN_SYSCALLS: &[&str] = &[
     "process_vm_writev",
 ];
 
+/// Of the [`UNSEEN_SYSCALLS`], those the lsm backend judges itself, so they are not refused
+/// there as unseen: link and linkat (the path_link hook checks both names against the policy).
+pub const LSM_JUDGED_SYSCALLS: &[&str] = &["link", "linkat"];
+
 /// Longest policy name.
 pub const NAME_MAX_BYTES: usize = 64;
 

@@ -104,6 +104,22 @@ fn main() -> ExitCode {
             }
             Err(std::io::Error::from_raw_os_error(libc::EPERM))
         }
+        // connect(2) on descriptor FD (a socket this process inherited) to ADDR (IPv4).
+        "connect-fd" => {
+            let fd: i32 = a(1).parse().map_err(std::io::Error::other)?;
+            let addr: std::net::SocketAddrV4 = a(2).parse().map_err(std::io::Error::other)?;
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: addr.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a valid sockaddr_in of the given length.
+            let r = unsafe {
+                libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as libc::socklen_t)
+            };
+            if r < 0 { Err(errno()) } else { Ok("ok connected".into()) }
+        }
         "udp" => {
             let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
             let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
@@ -130,6 +146,59 @@ fn main() -> ExitCode {
             // SAFETY: valid C strings.
             let r = unsafe { libc::link(c(a(1)).as_ptr(), c(a(2)).as_ptr()) };
             if r < 0 { Err(errno()) } else { Ok("ok linked".into()) }
+        }
+        // Replaces this process with PATH (execve); only returns on failure.
+        "execve" => {
+            let p = c(a(1));
+            let argv = [p.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            // SAFETY: NUL-terminated argv and envp arrays of valid C strings.
+            unsafe { libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            Err(errno())
+        }
+        // Copies this program into a memfd and runs that (fexecve: no path in the file tree).
+        "exec-memfd" => {
+            let me = std::fs::read("/proc/self/exe")?;
+            // SAFETY: valid C string; a new descriptor is checked below.
+            let fd = unsafe { libc::memfd_create(c("agprobe").as_ptr(), 0) };
+            if fd < 0 {
+                return Err(errno());
+            }
+            // SAFETY: we own fd; ManuallyDrop keeps it open for fexecve.
+            let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+            f.write_all(&me)?;
+            let arg0 = c("agprobe");
+            let arg1 = c("sleep");
+            let arg2 = c("0");
+            let argv = [arg0.as_ptr(), arg1.as_ptr(), arg2.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            // SAFETY: as for exec.
+            unsafe { libc::fexecve(fd, argv.as_ptr(), envp.as_ptr()) };
+            Err(errno())
+        }
+        "rename" => std::fs::rename(a(1), a(2)).map(|_| "ok renamed".into()),
+        "unlink" => std::fs::remove_file(a(1)).map(|_| "ok unlinked".into()),
+        "mkdir" => std::fs::create_dir(a(1)).map(|_| "ok made".into()),
+        "truncate" => {
+            // SAFETY: valid C string.
+            let r = unsafe { libc::truncate(c(a(1)).as_ptr(), 0) };
+            if r < 0 { Err(errno()) } else { Ok("ok truncated".into()) }
+        }
+        // bpf(BPF_MAP_CREATE) of a one-entry array.
+        "bpf" => {
+            // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+            let mut attr = [0u32; 32];
+            attr[..4].copy_from_slice(&[2, 4, 4, 1]); // BPF_MAP_TYPE_ARRAY
+            // SAFETY: attr is a zeroed bpf_attr-sized buffer.
+            let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_mut_ptr(), std::mem::size_of_val(&attr)) };
+            if fd < 0 { Err(errno()) } else { Ok("ok bpf map".into()) }
+        }
+        // Mounts a tmpfs on DIR.
+        "mount" => {
+            let t = c("tmpfs");
+            // SAFETY: valid C strings.
+            let r = unsafe { libc::mount(t.as_ptr(), c(a(1)).as_ptr(), t.as_ptr(), 0, std::ptr::null()) };
+            if r < 0 { Err(errno()) } else { Ok("ok mounted".into()) }
         }
         "unshare-mnt" => {
             // SAFETY: plain unshare(2).

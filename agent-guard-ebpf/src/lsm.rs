@@ -1,0 +1,495 @@
+//! The `lsm` backend: BPF LSM programs that refuse an operation before it happens (EPERM),
+//! where the kernel has BPF LSM active (`bpf` in /sys/kernel/security/lsm). Each program only
+//! adapts its hook to the decisions in `policy` (the same maps, rule sets and verdicts as the
+//! tracepoint backend): file opens and execs against `[files]` and `[exec]`, the write-side
+//! path operations against `[files] write`, and self-protection for runs (no signal or ptrace
+//! to a process outside the run, no bpf(), no mount).
+//!
+//! Every program starts with [`run::current_run`]: processes outside every run return at once.
+//! A hook returns 0 (allow) or -EPERM; the verdict `kill` (on_violation = "kill") also sends
+//! SIGKILL, `hold` SIGSTOP (see `policy::violation`). Events of LSM decisions carry
+//! `FLAG_LSM`.
+//!
+//! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
+//! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
+use agent_guard_common::{
+    kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
+    FLAG_PATH_TRUNCATED,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_comm, bpf_ktime_get_boot_ns},
+    },
+    macros::{lsm, map},
+    maps::Array,
+    programs::LsmContext,
+};
+
+use crate::{
+    event, kernel,
+    policy::{self, Decision},
+    run,
+};
+
+/// [0] is 1 when the LSM programs are attached (the daemon sets it once it chose `lsm`).
+#[map]
+static AG_LSM_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether `bprm_check_security` decides execs (then the exec tracepoint only reports).
+#[inline(always)]
+pub fn decides_exec() -> bool {
+    AG_LSM_ON.get(0).copied().unwrap_or(0) != 0
+}
+
+const EPERM: i32 = 1;
+const FMODE_READ: u32 = 1;
+const FMODE_WRITE: u32 = 2;
+/// Opened by exec (the executable, its interpreter): decided by `bprm_check_security`. The
+/// same bit is `__FMODE_EXEC` in f_flags, which is where 6.x kernels carry it at file_open.
+const FMODE_EXEC: u32 = 0x20;
+const O_WRONLY: u32 = 0o1;
+
+/// Syscall numbers reported in self-protection events (x86_64).
+const NR_PTRACE: u32 = 101;
+const NR_KILL: u32 = 62;
+const NR_MOUNT: u32 = 165;
+const NR_BPF: u32 = 321;
+
+/// The hook's return value for a decision: only `deny` and `kill` refuse the operation (a
+/// held one stops the process on its way back to user space).
+///
+/// Computed as `allowed - 1` after a volatile reload: the compiler otherwise emits
+/// `-(denied & 1)`, and the verifier cannot bound a negation, while an LSM program must
+/// provably return a value in [-4095, 0] (6.12 checks).
+#[inline(always)]
+fn answer(d: &Decision) -> i32 {
+    let allowed = !(d.verdict == verdict::DENY || d.verdict == verdict::KILL) as i32;
+    // SAFETY: read of a local variable.
+    let allowed = unsafe { core::ptr::read_volatile(&allowed) } & 1;
+    allowed - EPERM
+}
+
+/// Writes the common header straight into a reserved event. `event::header` builds it on
+/// the stack, where the compiler zero-fills the comm and padding with memset calls: byte
+/// loops that the 6.1 verifier walks again for every state reaching them, which took the
+/// file_open program past its 1M-instruction budget there.
+///
+/// # Safety
+/// `hdr` points at the header of a reserved, writable ring buffer entry.
+#[inline(always)]
+unsafe fn fill_header(hdr: *mut EventHeader, kind: u32, run: &run::CurrentRun, d: &Decision, ruleset: u32, flags: u32) {
+    let o = kernel::offsets();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: the caller's promise; helpers write at most 16 bytes into comm.
+    unsafe {
+        (*hdr).kind = kind;
+        (*hdr).flags = flags;
+        (*hdr).ts_ns = bpf_ktime_get_boot_ns();
+        (*hdr).run_cgroup = run.run_cgroup;
+        (*hdr).cgroup = aya_ebpf::helpers::generated::bpf_get_current_cgroup_id();
+        (*hdr).pid = pid_tgid as u32;
+        (*hdr).tgid = (pid_tgid >> 32) as u32;
+        (*hdr).ppid = kernel::current_ppid(&o);
+        (*hdr).uid = uid_gid as u32;
+        (*hdr).gid = (uid_gid >> 32) as u32;
+        (*hdr).verdict = d.verdict;
+        (*hdr).rule = d.rule;
+        (*hdr).ruleset = ruleset;
+        let comm = (*hdr).comm.as_mut_ptr();
+        if bpf_get_current_comm(comm.cast(), 16) != 0 {
+            zero(comm, 16);
+        }
+    }
+}
+
+/// Zeroes `len` bytes (a multiple of 8) at `p` with stores the compiler cannot merge into a
+/// memset call (see `fill_header`).
+///
+/// # Safety
+/// `p` is writable for `len` bytes and 8-byte aligned.
+#[inline(always)]
+unsafe fn zero(p: *mut u8, len: usize) {
+    for i in 0..len / 8 {
+        // SAFETY: the caller's promise.
+        unsafe { core::ptr::write_volatile(p.cast::<u64>().add(i), 0) };
+    }
+}
+
+/// The identity of an open file for grants, as `kernel::file_id` (device, inode) but built
+/// from two words (no memset; see `fill_header`).
+#[inline(always)]
+fn file_identity(o: &KernelOffsets, file: u64) -> [u8; 16] {
+    if file == 0 {
+        return [0; 16];
+    }
+    let inode: u64 = kernel::read(file, o.file_f_inode).unwrap_or(0);
+    let ino: u64 = kernel::read(inode, o.inode_i_ino).unwrap_or(0);
+    let sb: u64 = kernel::read(inode, o.inode_i_sb).unwrap_or(0);
+    let dev: u32 = kernel::read(sb, o.super_block_s_dev).unwrap_or(0);
+    let words = [(dev as u64).to_le(), ino.to_le()];
+    // SAFETY: two u64 are 16 plain bytes.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
+}
+
+/// Writes a file identity word by word (no memcpy or memset; see `fill_header`).
+///
+/// # Safety
+/// `dst` is writable for 16 bytes and 8-byte aligned.
+#[inline(always)]
+unsafe fn put_id(dst: *mut u8, id: [u8; 16]) {
+    // SAFETY: two u64 are 16 plain bytes; the caller's promise.
+    unsafe {
+        let w = core::mem::transmute::<[u8; 16], [u64; 2]>(id);
+        core::ptr::write_volatile(dst.cast::<u64>(), w[0]);
+        core::ptr::write_volatile(dst.cast::<u64>().add(1), w[1]);
+    }
+}
+
+/// Reports a decision on a path (an open, or a write-side path operation) as an `open` event.
+#[inline(always)]
+fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&kernel::Walked>, open_flags: u32, file_id: [u8; 16]) {
+    let Some(mut entry) = event::reserve::<OpenEvent>(d.verdict != verdict::ALLOW) else { return };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
+    unsafe {
+        fill_header(&mut (*ev).hdr, kind::OPEN, run, d, rs_id, FLAG_LSM);
+        (*ev).open_flags = open_flags;
+        (*ev).result = answer(d);
+        core::ptr::write_volatile(&mut (*ev).path_len, 0);
+        core::ptr::write_volatile(&mut (*ev)._pad, 0);
+        put_id((*ev).file_id.as_mut_ptr(), file_id);
+        let mut flags = FLAG_LSM;
+        if let (Some(w), Some(buf)) = (walked, event::scratch()) {
+            if w.truncated {
+                flags |= FLAG_PATH_TRUNCATED;
+            }
+            (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
+        }
+        (*ev).hdr.flags = flags;
+    }
+    entry.submit(0);
+}
+
+/// file_open(struct file *file): every open of a file, with its real access mode.
+#[lsm(hook = "file_open")]
+pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let file: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    let fmode: u32 = kernel::read(file, o.file_f_mode).unwrap_or(FMODE_READ | FMODE_WRITE);
+    let f_flags: u32 = kernel::read(file, o.file_f_flags).unwrap_or(0);
+    if fmode & FMODE_EXEC != 0 || f_flags & FMODE_EXEC != 0 {
+        return 0;
+    }
+    let rs = run::ruleset(&run);
+    let walked = event::scratch().and_then(|buf| kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok());
+    let (read, write) = (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0);
+    let mut d = policy::ALLOWED;
+    let mut file_id = [0u8; 16];
+    if let Some(rs) = &rs {
+        file_id = file_identity(&o, file);
+        let access = read as u32 | (write as u32) << 1;
+        let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
+        d = match &walked {
+            Some(w) => policy::file_decision(rs, w, read, write, true, Some(|| key)),
+            None => policy::violation(rs, rule::UNSEEN, true, policy::NO_HOLD),
+        };
+    }
+    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), f_flags, file_id);
+    answer(&d)
+}
+
+/// bprm_check_security(struct linux_binprm *bprm): each file exec runs, before it is loaded
+/// (the script, then its interpreter; a memfd or an fexecve'd descriptor too). Allowed execs
+/// are reported by the tracepoint at sched_process_exec (with argv); refusals here.
+#[lsm(hook = "bprm_check_security")]
+pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    let bprm: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    let file: u64 = kernel::read(bprm, o.binprm_file).unwrap_or(0);
+    let walked = match event::scratch() {
+        Some(buf) if file != 0 => kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
+        _ => None,
+    };
+    let file_id = file_identity(&o, file);
+    let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
+    let d = match &walked {
+        Some(w) => policy::exec_decision(&rs, w, true, || key),
+        None => policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD),
+    };
+    if d.verdict == verdict::ALLOW {
+        return 0;
+    }
+    if let Some(mut entry) = event::reserve::<ExecEvent>(true) {
+        let ev = entry.as_mut_ptr();
+        // SAFETY: as in report_path.
+        unsafe {
+            fill_header(&mut (*ev).hdr, kind::EXEC, &run, &d, rs.id, FLAG_LSM);
+            core::ptr::write_volatile(&mut (*ev).path_len, 0);
+            core::ptr::write_volatile(&mut (*ev).argv_len, 0);
+            core::ptr::write_volatile(&mut (*ev)._pad, 0);
+            put_id((*ev).file_id.as_mut_ptr(), file_id);
+            let mut flags = FLAG_LSM;
+            if let (Some(w), Some(buf)) = (&walked, event::scratch()) {
+                if w.truncated {
+                    flags |= FLAG_PATH_TRUNCATED;
+                }
+                (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
+            }
+            (*ev).hdr.flags = flags;
+        }
+        entry.submit(0);
+    }
+    answer(&d)
+}
+
+/// A write-side operation on `dentry` (on the mount `vfsmnt`): needs `[files] write`.
+/// Violations are reported as an `open` for writing of that path.
+#[inline(always)]
+fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    let o = kernel::offsets();
+    let walked = event::scratch().and_then(|buf| kernel::dentry_to_buf(&o, dentry, vfsmnt, buf).ok());
+    let d = match &walked {
+        Some(w) => policy::file_decision(&rs, w, false, true, true, policy::NO_HOLD),
+        None => policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD),
+    };
+    if d.verdict == verdict::ALLOW {
+        return 0;
+    }
+    report_path(&run, rs.id, &d, walked.as_ref(), O_WRONLY, [0; 16]);
+    answer(&d)
+}
+
+/// `dentry` in the directory `dir` (a `const struct path *`).
+#[inline(always)]
+fn write_in(dir: u64, dentry: u64) -> i32 {
+    let o = kernel::offsets();
+    match kernel::read::<u64>(dir, o.path_mnt) {
+        Ok(mnt) => write_check(dentry, mnt),
+        Err(()) => unreadable(),
+    }
+}
+
+/// A hook argument could not be read: refused for runs under an enforcing policy.
+#[inline(always)]
+fn unreadable() -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    answer(&policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD))
+}
+
+/// path_truncate(const struct path *path): truncate(2), ftruncate(2) (6.1: open(O_TRUNC) too).
+#[lsm(hook = "path_truncate")]
+pub fn ag_lsm_path_truncate(ctx: LsmContext) -> i32 {
+    let path: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    match (kernel::read::<u64>(path, o.path_dentry), kernel::read::<u64>(path, o.path_mnt)) {
+        (Ok(dentry), Ok(mnt)) => write_check(dentry, mnt),
+        _ => unreadable(),
+    }
+}
+
+/// path_unlink(const struct path *dir, struct dentry *dentry)
+#[lsm(hook = "path_unlink")]
+pub fn ag_lsm_path_unlink(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_rmdir(const struct path *dir, struct dentry *dentry)
+#[lsm(hook = "path_rmdir")]
+pub fn ag_lsm_path_rmdir(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)
+#[lsm(hook = "path_mkdir")]
+pub fn ag_lsm_path_mkdir(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev):
+/// also every open(O_CREAT) that creates a file, before it exists.
+#[lsm(hook = "path_mknod")]
+pub fn ag_lsm_path_mknod(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name)
+#[lsm(hook = "path_symlink")]
+pub fn ag_lsm_path_symlink(ctx: LsmContext) -> i32 {
+    write_in(ctx.arg(0), ctx.arg(1))
+}
+
+/// path_link(struct dentry *old_dentry, const struct path *new_dir, struct dentry *new_dentry):
+/// a new name for a file needs write access at the new name and at the file's own name
+/// (hard links never cross mounts, so both are on new_dir's mount): a file the policy
+/// denies cannot get an allowed second name.
+#[lsm(hook = "path_link")]
+pub fn ag_lsm_path_link(ctx: LsmContext) -> i32 {
+    let (old_dentry, new_dir, new_dentry): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let o = kernel::offsets();
+    let Ok(mnt) = kernel::read::<u64>(new_dir, o.path_mnt) else { return unreadable() };
+    let r = write_check(old_dentry, mnt);
+    if r != 0 {
+        return r;
+    }
+    write_check(new_dentry, mnt)
+}
+
+/// path_rename(const struct path *old_dir, struct dentry *old_dentry, const struct path
+/// *new_dir, struct dentry *new_dentry, unsigned int flags): both names need write access
+/// (a denied file cannot be moved to an allowed name, nor an allowed one over a denied one).
+#[lsm(hook = "path_rename")]
+pub fn ag_lsm_path_rename(ctx: LsmContext) -> i32 {
+    let r = write_in(ctx.arg(0), ctx.arg(1));
+    if r != 0 {
+        return r;
+    }
+    write_in(ctx.arg(2), ctx.arg(3))
+}
+
+/// Whether `task` is in the cgroup `run_cgroup` or below it (cgroup v2).
+#[inline(always)]
+fn task_in(o: &KernelOffsets, task: u64, run_cgroup: u64) -> bool {
+    let Ok(cset) = kernel::read::<u64>(task, o.task_cgroups) else { return false };
+    let Ok(cgrp) = kernel::read::<u64>(cset, o.css_set_dfl_cgrp) else { return false };
+    cgroup_in(o, cgrp, run_cgroup)
+}
+
+/// Whether the cgroup `cgrp` (a `struct cgroup *`) is `run_cgroup` or below it.
+#[inline(always)]
+fn cgroup_in(o: &KernelOffsets, cgrp: u64, run_cgroup: u64) -> bool {
+    let Ok(level) = kernel::read::<i32>(cgrp, o.cgroup_level) else { return false };
+    for l in 0..=BIND_DEPTH_MAX {
+        if l > level {
+            break;
+        }
+        let Ok(anc) = kernel::read::<u64>(cgrp + o.cgroup_ancestors as u64 + l as u64 * 8, 0) else { return false };
+        let Ok(kn) = kernel::read::<u64>(anc, o.cgroup_kn) else { return false };
+        if kernel::read::<u64>(kn, o.kernfs_node_id) == Ok(run_cgroup) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A run's process acting outside its run (self-protection): refused under an enforcing
+/// policy (reported as would_deny in monitor mode), reported as a `syscall` event.
+#[inline(always)]
+fn outside_run(run: &run::CurrentRun, nr: u32, arg0: u64) -> i32 {
+    let Some(rs) = run::ruleset(run) else { return 0 };
+    let d = policy::violation(&rs, rule::SELF_PROTECTION, true, policy::NO_HOLD);
+    if let Some(mut entry) = event::reserve::<SyscallEvent>(true) {
+        let ev = entry.as_mut_ptr();
+        // SAFETY: a reserved, writable SyscallEvent, written field by field.
+        unsafe {
+            fill_header(&mut (*ev).hdr, kind::SYSCALL, run, &d, rs.id, FLAG_LSM);
+            (*ev).nr = nr;
+            (*ev)._pad = 0;
+            (*ev).arg0 = arg0;
+        }
+        entry.submit(0);
+    }
+    answer(&d)
+}
+
+/// task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig, const struct cred
+/// *cred): a signal (kill, tgkill, sigqueue, pidfd_send_signal) to a process outside the run.
+#[lsm(hook = "task_kill")]
+pub fn ag_lsm_task_kill(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let target: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    if task_in(&o, target, run.run_cgroup) {
+        return 0;
+    }
+    let pid: i32 = kernel::read(target, o.task_tgid).unwrap_or(0);
+    outside_run(&run, NR_KILL, pid as u64)
+}
+
+/// ptrace_access_check(struct task_struct *child, unsigned int mode): ptrace, and reading
+/// another process's memory or descriptors through /proc, of a process outside the run.
+#[lsm(hook = "ptrace_access_check")]
+pub fn ag_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let target: u64 = ctx.arg(0);
+    let o = kernel::offsets();
+    if task_in(&o, target, run.run_cgroup) {
+        return 0;
+    }
+    let pid: i32 = kernel::read(target, o.task_tgid).unwrap_or(0);
+    outside_run(&run, NR_PTRACE, pid as u64)
+}
+
+/// bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel]): no bpf() from a run.
+#[lsm(hook = "bpf")]
+pub fn ag_lsm_bpf(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let cmd: i32 = ctx.arg(0);
+    outside_run(&run, NR_BPF, cmd as u64)
+}
+
+/// sb_mount(const char *dev_name, const struct path *path, const char *type, unsigned long
+/// flags, void *data): no mount from a run.
+#[lsm(hook = "sb_mount")]
+pub fn ag_lsm_sb_mount(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let flags: u64 = ctx.arg(3);
+    outside_run(&run, NR_MOUNT, flags)
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// socket_connect(struct socket *sock, struct sockaddr *address, int addrlen): a backstop
+/// for the cgroup connect programs, which judge a socket by the cgroup that created it. A
+/// socket created outside the run and passed in (inherited, or over AF_UNIX) is judged here,
+/// by the connecting process's run; the others are left to the cgroup programs (their
+/// approvals, kills and holds).
+#[lsm(hook = "socket_connect")]
+pub fn ag_lsm_socket_connect(ctx: LsmContext) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    let (sock, addr, len): (u64, u64, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    let o = kernel::offsets();
+    let sk: u64 = kernel::read(sock, o.socket_sk).unwrap_or(0);
+    if let Ok(cgrp) = kernel::read::<u64>(sk + o.sock_sk_cgrp_data as u64, o.sock_cgroup_data_cgroup) {
+        if sk != 0 && cgroup_in(&o, cgrp, run.run_cgroup) {
+            return 0;
+        }
+    }
+    let family: u16 = kernel::read(addr, 0).unwrap_or(0);
+    let port = u16::from_be(kernel::read::<u16>(addr, 2).unwrap_or(0));
+    let ip = match family {
+        AF_INET if len >= 16 => policy::mapped_v4(kernel::read::<u32>(addr, 4).unwrap_or(0)),
+        AF_INET6 if len >= 24 => kernel::read::<[u8; 16]>(addr, 8).unwrap_or([0; 16]),
+        _ => return 0,
+    };
+    if policy::net_allowed(&rs, &ip, port) {
+        return 0;
+    }
+    let d = policy::violation(&rs, rule::NETWORK, true, policy::NO_HOLD);
+    if let Some(mut entry) = event::reserve::<ConnectEvent>(true) {
+        let ev = entry.as_mut_ptr();
+        let sock_type: i16 = kernel::read(sock, o.socket_type).unwrap_or(0);
+        // SAFETY: a reserved, writable ConnectEvent, written field by field.
+        unsafe {
+            fill_header(&mut (*ev).hdr, kind::CONNECT, &run, &d, rs.id, FLAG_LSM);
+            (*ev).result = -EPERM;
+            (*ev).family = family;
+            (*ev).port = port;
+            (*ev).protocol = 0;
+            (*ev).sock_type = sock_type as u16;
+            (*ev)._pad = 0;
+            put_id((*ev).addr.as_mut_ptr(), ip);
+        }
+        entry.submit(0);
+    }
+    answer(&d)
+}

@@ -1,0 +1,288 @@
+//! The enforcement backend (config `backend = "auto" | "lsm" | "tracepoint"`): which one this
+//! host runs, why, and what it does for each kind of operation (`agent-guard status`).
+//!
+//! `lsm` needs BPF LSM active (`bpf` listed in /sys/kernel/security/lsm) and its programs
+//! loading and attaching; `auto` tries exactly that and falls back to `tracepoint`, saying
+//! why. The LSM programs themselves are the probe: on a kernel that refuses BPF LSM programs
+//! (like the development machines', which list `bpf` but refuse every LSM program with EPERM)
+//! the first one fails and nothing stays attached.
+use std::path::Path;
+
+use aya::{programs::Lsm, Btf, Ebpf};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::BackendChoice,
+    ebpf::{LoadError, Pins},
+};
+
+/// The backend a daemon runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Lsm,
+    Tracepoint,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Lsm => "lsm",
+            Backend::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// The active LSM list.
+pub const LSM_LIST: &str = "/sys/kernel/security/lsm";
+
+/// BPF LSM programs and their hooks. Opens are decided here under `lsm` (the open
+/// tracepoints are not attached then); execs are refused here and reported, when allowed,
+/// by the sched_process_exec tracepoint (which has the argv).
+pub const LSM_PROGRAMS: &[(&str, &str)] = &[
+    ("ag_lsm_file_open", "file_open"),
+    ("ag_lsm_bprm_check", "bprm_check_security"),
+    ("ag_lsm_path_truncate", "path_truncate"),
+    ("ag_lsm_path_unlink", "path_unlink"),
+    ("ag_lsm_path_rmdir", "path_rmdir"),
+    ("ag_lsm_path_mkdir", "path_mkdir"),
+    ("ag_lsm_path_mknod", "path_mknod"),
+    ("ag_lsm_path_symlink", "path_symlink"),
+    ("ag_lsm_path_link", "path_link"),
+    ("ag_lsm_path_rename", "path_rename"),
+    ("ag_lsm_task_kill", "task_kill"),
+    ("ag_lsm_ptrace_access_check", "ptrace_access_check"),
+    ("ag_lsm_bpf", "bpf"),
+    ("ag_lsm_sb_mount", "sb_mount"),
+    ("ag_lsm_socket_connect", "socket_connect"),
+];
+
+/// Pin-name prefix of the LSM programs' links.
+pub const LSM_LINK_PREFIX: &str = "lsm-";
+
+/// Whether `bpf` is in the active LSM list (mounting securityfs when it is not mounted);
+/// Err says why not, in words for the log and `status`.
+pub fn bpf_lsm_listed() -> Result<(), String> {
+    if !Path::new(LSM_LIST).exists() {
+        let dir = "/sys/kernel/security";
+        if let Err(e) = nix::mount::mount(Some("securityfs"), dir, Some("securityfs"), nix::mount::MsFlags::empty(), None::<&str>) {
+            return Err(format!("securityfs is not mounted and mounting it at {dir} failed: {e}"));
+        }
+    }
+    let list = std::fs::read_to_string(LSM_LIST).map_err(|e| format!("reading {LSM_LIST}: {e}"))?;
+    let list = list.trim();
+    if list.split(',').any(|l| l == "bpf") {
+        Ok(())
+    } else {
+        Err(format!("BPF LSM is not active ({LSM_LIST}: {list}; boot with lsm={list},bpf to enable it)"))
+    }
+}
+
+/// Loads and attaches every LSM program, pinning the links as `lsm-<program>`; links
+/// already pinned (an earlier daemon's) are kept. On error, what this call attached is
+/// detached again, so a failed probe leaves nothing behind. Returns how many were adopted.
+pub fn attach_lsm(ebpf: &mut Ebpf, pins: &Pins) -> Result<usize, LoadError> {
+    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Pin("kernel BTF".into(), e.to_string()))?;
+    let mut adopted = 0;
+    let mut done: Vec<String> = Vec::new();
+    let mut one = |ebpf: &mut Ebpf, name: &str, hook: &str| -> Result<(), LoadError> {
+        let pin = format!("{LSM_LINK_PREFIX}{name}");
+        if pins.has_link(&pin) {
+            adopted += 1;
+            return Ok(());
+        }
+        let at = |source| LoadError::Program { name: format!("{name} (lsm/{hook})"), source };
+        let prog: &mut Lsm = ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
+            .try_into()
+            .map_err(at)?;
+        prog.load(hook, &btf).map_err(at)?;
+        let id = prog.attach().map_err(at)?;
+        let link = prog.take_link(id).map_err(at)?;
+        pins.pin(&pin, link.into())?;
+        done.push(pin);
+        Ok(())
+    };
+    for (name, hook) in LSM_PROGRAMS {
+        if let Err(e) = one(ebpf, name, hook) {
+            for pin in &done {
+                let _ = pins.unpin(pin);
+            }
+            return Err(e);
+        }
+    }
+    Ok(adopted)
+}
+
+/// Tells the kernel programs which backend decides (AG_LSM_ON): under `lsm` the exec
+/// tracepoint reports and leaves the decision to `bprm_check_security`.
+pub fn mark(ebpf: &mut Ebpf, backend: Backend) -> Result<(), LoadError> {
+    let name = agent_guard_common::names::LSM_ON;
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+    let mut on: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+    on.set(0, u32::from(backend == Backend::Lsm), 0).map_err(|source| LoadError::Map { name, source })
+}
+
+/// Whether an earlier daemon left the LSM programs attached (then the backend is `lsm`).
+pub fn lsm_pinned(pins: &Pins) -> bool {
+    !pins.links(LSM_LINK_PREFIX).is_empty()
+}
+
+/// The outcome of choosing: the backend, and why (for the log and `status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    pub backend: Backend,
+    pub reason: String,
+}
+
+/// Picks the backend for `choice` and, for `lsm`, attaches the LSM programs. `adopting`:
+/// an earlier daemon's pinned state, whose backend is kept.
+pub fn choose(choice: BackendChoice, ebpf: &mut Ebpf, pins: &Pins, adopting: bool) -> Result<Choice, LoadError> {
+    if adopting {
+        let backend = if lsm_pinned(pins) { Backend::Lsm } else { Backend::Tracepoint };
+        if choice == BackendChoice::Lsm && backend != Backend::Lsm {
+            return Err(LoadError::Backend(format!(
+                "backend = \"lsm\", but the pinned state in {} was loaded with the tracepoint backend (stop it with \
+                 `agent-guard daemon --uninstall` to change backends)",
+                pins.dir().display()
+            )));
+        }
+        return Ok(Choice { backend, reason: "adopted from the pinned state of an earlier daemon".into() });
+    }
+    match choice {
+        BackendChoice::Tracepoint => {
+            Ok(Choice { backend: Backend::Tracepoint, reason: "backend = \"tracepoint\" in the config".into() })
+        }
+        BackendChoice::Lsm => {
+            bpf_lsm_listed().map_err(|why| LoadError::Backend(format!("backend = \"lsm\", but {why}")))?;
+            attach_lsm(ebpf, pins).map_err(|e| {
+                LoadError::Backend(format!(
+                    "backend = \"lsm\", but this kernel does not load BPF LSM programs (use backend = \"auto\" or \"tracepoint\"): {e}"
+                ))
+            })?;
+            Ok(Choice { backend: Backend::Lsm, reason: "backend = \"lsm\" in the config; BPF LSM programs attached".into() })
+        }
+        BackendChoice::Auto => {
+            if let Err(why) = bpf_lsm_listed() {
+                return Ok(Choice { backend: Backend::Tracepoint, reason: format!("auto: {why}") });
+            }
+            match attach_lsm(ebpf, pins) {
+                Ok(_) => Ok(Choice { backend: Backend::Lsm, reason: "auto: BPF LSM is active and its programs attached".into() }),
+                Err(e) => Ok(Choice {
+                    backend: Backend::Tracepoint,
+                    reason: format!("auto: bpf is listed in {LSM_LIST} but this kernel refuses BPF LSM programs ({})", first_line(&e)),
+                }),
+            }
+        }
+    }
+}
+
+/// A load error in brief: its first line and, when there is a verifier log, the log's last
+/// line (where the verifier says why it refused).
+fn first_line(e: &dyn std::error::Error) -> String {
+    let s = e.to_string();
+    let mut lines = s.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect::<Vec<_>>().into_iter();
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_suffix(". Verifier output:").unwrap_or(first);
+    match lines.rfind(|l| !l.starts_with("verification time") && !l.starts_with("processed ") && !l.starts_with("stack depth")) {
+        Some(last) if last != first => format!("{first} ... {last}"),
+        _ => first.to_string(),
+    }
+}
+
+/// What the backend does with a violation of one kind of operation on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enforcement {
+    /// exec, open-read, open-write, create/truncate/unlink/rename, connect, sendmsg,
+    /// syscalls, self-protection.
+    pub operation: String,
+    /// deny (refused before it happens, the process goes on), kill, observe, or none.
+    pub action: String,
+    pub how: String,
+}
+
+/// Per operation, what `backend` really does (never more than it does).
+pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
+    let e = |operation: &str, action: &str, how: &str| Enforcement { operation: operation.into(), action: action.into(), how: how.into() };
+    let net = [
+        e(
+            "connect",
+            "deny",
+            if backend == Backend::Lsm {
+                "cgroup connect4/connect6: EPERM; lsm socket_connect for sockets created outside the run"
+            } else {
+                "cgroup connect4/connect6: EPERM (not for a socket created outside the run and passed in)"
+            },
+        ),
+        e("sendmsg", "deny", "cgroup sendmsg4/sendmsg6: EPERM"),
+        e("syscalls", "kill", "raw tracepoint sys_enter: [syscalls] deny and unseen syscalls get SIGKILL"),
+    ];
+    let mut v = match backend {
+        Backend::Lsm => vec![
+            e("exec", "deny", "lsm bprm_check_security: EPERM, before the image loads (memfd and fexecve included)"),
+            e("open-read", "deny", "lsm file_open: EPERM"),
+            e("open-write", "deny", "lsm file_open, path_mknod (O_CREAT): EPERM, nothing created or truncated"),
+            e(
+                "create/truncate/unlink/rename",
+                "deny",
+                "lsm path_truncate, path_unlink, path_rmdir, path_mkdir, path_mknod, path_symlink, path_link, path_rename: EPERM",
+            ),
+        ],
+        Backend::Tracepoint => vec![
+            e("exec", "kill", "sched_process_exec: SIGKILL before the new image runs"),
+            e("open-read", "kill", "open syscalls' exit: SIGKILL before the process sees the descriptor"),
+            e(
+                "open-write",
+                "kill",
+                "open syscalls' exit: SIGKILL after the open (a file created or truncated stays so; runs from \
+                 `agent-guard run` also get a Landlock layer that refuses writes outside [files] write first)",
+            ),
+            e(
+                "create/truncate/unlink/rename",
+                "none",
+                "not seen by this backend (link is killed as unseen; runs from `agent-guard run` get the Landlock layer)",
+            ),
+        ],
+    };
+    v.extend(net);
+    v.push(match backend {
+        Backend::Lsm => e(
+            "self-protection",
+            "deny",
+            "lsm task_kill, ptrace_access_check (no signal or ptrace to a process outside the run), bpf, sb_mount: EPERM",
+        ),
+        Backend::Tracepoint => e(
+            "self-protection",
+            "kill",
+            "only mount, unshare, setns and the like (killed as unseen); signals to processes outside the run and bpf() are not checked",
+        ),
+    });
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_error_in_brief_keeps_the_verifiers_reason() {
+        let e = std::io::Error::other(
+            "program p: the BPF_PROG_LOAD syscall returned Permission denied. Verifier output:\n0: R1=ctx()\nR2 unbounded memory access\nverification time 9 usec\nprocessed 3 insns",
+        );
+        assert_eq!(first_line(&e), "program p: the BPF_PROG_LOAD syscall returned Permission denied ... R2 unbounded memory access");
+        let e = std::io::Error::other("program p: Operation not permitted (os error 1). Verifier output: ");
+        assert_eq!(first_line(&e), "program p: Operation not permitted (os error 1)");
+    }
+
+    #[test]
+    fn every_operation_is_described_for_both_backends() {
+        for b in [Backend::Lsm, Backend::Tracepoint] {
+            let ops: Vec<String> = enforcement(b).into_iter().map(|e| e.operation).collect();
+            assert_eq!(
+                ops,
+                ["exec", "open-read", "open-write", "create/truncate/unlink/rename", "connect", "sendmsg", "syscalls", "self-protection"]
+            );
+        }
+    }
+}

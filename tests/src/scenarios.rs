@@ -1,0 +1,555 @@
+//! The enforcement scenario suite: one list, run on every backend. On the host it runs
+//! against the tracepoint backend (tests/tests/scenarios.rs, part of `cargo xtask test`); in
+//! each VM kernel of `cargo xtask vm-test` against the lsm backend (tests/src/bin/agscenarios.rs,
+//! which the initramfs runs). Each scenario states what the process observes on each backend
+//! (refused with an errno, killed, or allowed) and, for a violation, the event the kernel
+//! reported.
+//!
+//! The policy: the probe may start (its libraries, /proc), reads `ws`, writes `ws/out`, and
+//! `ws/out/locked` is denied although it lies inside the write tree. The daemon runs with
+//! `landlock = false`: the suite is about the eBPF backends (the Landlock layer of `agent-guard
+//! run` has its own tests, tests/tests/landlock.rs).
+use std::{
+    net::{TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{layout, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
+
+/// The enforcement backend a suite runs against (the daemon is started with it forced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Tracepoint,
+    Lsm,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tracepoint => "tracepoint",
+            Backend::Lsm => "lsm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Backend> {
+        match s {
+            "tracepoint" => Some(Backend::Tracepoint),
+            "lsm" => Some(Backend::Lsm),
+            _ => None,
+        }
+    }
+}
+
+/// What the process in the run observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Succeeds and prints this (exit 0).
+    Ok(&'static str),
+    /// Fails with this errno (`err EPERM`, exit 1), and goes on running.
+    Err(&'static str),
+    /// Fails with EPERM or EACCES: refused by whichever of the eBPF and Landlock layers
+    /// comes first on that kernel.
+    Refused,
+    /// Killed by SIGKILL (status 137) before it prints the result.
+    Killed,
+}
+
+impl Outcome {
+    fn verdict(self) -> &'static str {
+        match self {
+            Outcome::Ok(_) => "allow",
+            Outcome::Err(_) | Outcome::Refused => "deny",
+            Outcome::Killed => "kill",
+        }
+    }
+
+    fn matches(self, o: &Output) -> bool {
+        let out = stdout(o);
+        let out = out.trim();
+        match self {
+            Outcome::Ok(want) => status(o) == 0 && out.starts_with(want),
+            Outcome::Err(e) => status(o) == 1 && out == format!("err {e}"),
+            Outcome::Refused => status(o) == 1 && (out == "err EPERM" || out == "err EACCES"),
+            Outcome::Killed => status(o) == 128 + 9 && !out.starts_with("ok"),
+        }
+    }
+}
+
+/// Where the suite runs: the daemon, the workspace, and what scenarios point at.
+pub struct Ctx {
+    pub daemon: Daemon,
+    pub layout: Layout,
+    pub policy: PathBuf,
+    /// A file outside every rule ("TOPSECRET").
+    pub secret: String,
+    /// A process outside every run (a signal target).
+    pub outside: Child,
+    pub tcp_ok: TcpListener,
+    pub tcp_bad: TcpListener,
+    pub tcp6_ok: Option<TcpListener>,
+    pub tcp6_bad: Option<TcpListener>,
+    pub udp_ok: UdpSocket,
+    pub udp_bad: UdpSocket,
+    /// A TCP socket created outside every run, inherited by the runs (not close-on-exec).
+    pub passed_socket: i32,
+}
+
+impl Ctx {
+    fn ws(&self, rel: &str) -> String {
+        s(&self.layout.ws.join(rel))
+    }
+    fn out(&self, rel: &str) -> String {
+        s(&self.layout.ws.join("out").join(rel))
+    }
+    fn locked(&self, rel: &str) -> String {
+        s(&self.layout.ws.join("out/locked").join(rel))
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // Our own child, by pid.
+        let _ = self.outside.kill();
+        let _ = self.outside.wait();
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(self.passed_socket) };
+    }
+}
+
+/// A check after the operation (e.g. the file was not changed); Err says what went wrong.
+type After = fn(&Ctx, Backend) -> Result<(), String>;
+
+pub struct Scenario {
+    pub name: &'static str,
+    /// agprobe's arguments.
+    pub args: fn(&Ctx) -> Vec<String>,
+    pub tracepoint: Outcome,
+    pub lsm: Outcome,
+    /// The event of a violation: kind and rule (checked where the outcome is not Ok, except
+    /// for EACCES, which may come from the Landlock layer).
+    pub event: Option<(&'static str, &'static str)>,
+    pub after: Option<After>,
+}
+
+impl Scenario {
+    pub fn expect(&self, b: Backend) -> Outcome {
+        match b {
+            Backend::Tracepoint => self.tracepoint,
+            Backend::Lsm => self.lsm,
+        }
+    }
+}
+
+fn v(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn unchanged(path: &str, want: &str) -> Result<(), String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if t == want => Ok(()),
+        Ok(t) => Err(format!("{path} changed: {t:?}")),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
+fn absent(path: &str) -> Result<(), String> {
+    if Path::new(path).exists() { Err(format!("{path} exists")) } else { Ok(()) }
+}
+
+const KILLED: Outcome = Outcome::Killed;
+const EPERM: Outcome = Outcome::Err("EPERM");
+
+/// The suite. Names are stable: vm-test reports failures by name.
+pub fn scenarios() -> Vec<Scenario> {
+    let read = |name, args: fn(&Ctx) -> Vec<String>, rule| Scenario {
+        name,
+        args,
+        tracepoint: KILLED,
+        lsm: EPERM,
+        event: Some(("open", rule)),
+        after: None,
+    };
+    vec![
+        Scenario { name: "read-allowed", args: |c| v(&["read", &c.ws("ok.txt")]), tracepoint: Outcome::Ok("ok hello"), lsm: Outcome::Ok("ok hello"), event: None, after: None },
+        read("read-denied", |c| v(&["read", &c.secret]), "files.read"),
+        read("read-symlink", |c| v(&["read", &c.ws("link")]), "files.read"),
+        read("read-dotdot", |c| vec!["read".into(), format!("{}/../outside/secret.txt", c.ws(""))], "files.read"),
+        read("read-relative", |c| vec!["read-rel".into(), s(&c.layout.outside), "secret.txt".into()], "files.read"),
+        read("read-dirfd", |c| v(&["read-at", &c.ws(""), "../outside/secret.txt"]), "files.read"),
+        read("read-procfd", |c| v(&["read-procfd", &c.secret]), "files.read"),
+        read("read-openat2", |c| v(&["read-openat2", &c.secret]), "files.read"),
+        read("read-deny-rule", |c| v(&["read", &c.ws(".env")]), "files.deny"),
+        Scenario { name: "write-allowed", args: |c| v(&["write", &c.out("new.txt")]), tracepoint: Outcome::Ok("ok"), lsm: Outcome::Ok("ok"), event: None, after: None },
+        // Killed after the open on the tracepoint backend: the file is truncated by then
+        // (the Landlock layer, off here, is what refuses such writes up front there).
+        Scenario {
+            name: "write-read-only",
+            args: |c| v(&["write", &c.ws("ro.txt")]),
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("open", "files.write")),
+            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.ws("ro.txt"), "READONLY\n") } else { Ok(()) }),
+        },
+        // A denied tree inside the write tree: only the eBPF layer can refuse these.
+        Scenario {
+            name: "create-in-denied",
+            args: |c| v(&["write", &c.locked("new.txt")]),
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("open", "files.deny")),
+            after: Some(|c, b| if b == Backend::Lsm { absent(&c.locked("new.txt")) } else { Ok(()) }),
+        },
+        Scenario {
+            name: "truncate-open-denied",
+            args: |c| v(&["write", &c.locked("trunc-open.txt")]),
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("open", "files.deny")),
+            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("trunc-open.txt"), "LOCKED\n") } else { Ok(()) }),
+        },
+        // truncate(2), unlink, mkdir and rename are not opens: the tracepoint backend does
+        // not see them (a gap the lsm backend closes).
+        Scenario {
+            name: "truncate-denied",
+            args: |c| v(&["truncate", &c.locked("trunc.txt")]),
+            tracepoint: Outcome::Ok("ok truncated"),
+            lsm: EPERM,
+            event: Some(("open", "files.deny")),
+            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("trunc.txt"), "LOCKED\n") } else { Ok(()) }),
+        },
+        Scenario {
+            name: "unlink-denied",
+            args: |c| v(&["unlink", &c.locked("unlink.txt")]),
+            tracepoint: Outcome::Ok("ok unlinked"),
+            lsm: EPERM,
+            event: Some(("open", "files.deny")),
+            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("unlink.txt"), "LOCKED\n") } else { Ok(()) }),
+        },
+        Scenario {
+            name: "mkdir-denied",
+            args: |c| v(&["mkdir", &c.locked("dir")]),
+            tracepoint: Outcome::Ok("ok made"),
+            lsm: EPERM,
+            event: Some(("open", "files.deny")),
+            after: Some(|c, b| if b == Backend::Lsm { absent(&c.locked("dir")) } else { Ok(()) }),
+        },
+        // The rename trick: move a denied file to an allowed name, then read it there.
+        Scenario {
+            name: "rename-trick",
+            args: |c| v(&["rename", &c.locked("rename.txt"), &c.out("renamed.txt")]),
+            tracepoint: Outcome::Ok("ok renamed"),
+            lsm: EPERM,
+            event: Some(("open", "files.deny")),
+            after: Some(|c, b| if b == Backend::Lsm { absent(&c.out("renamed.txt")) } else { Ok(()) }),
+        },
+        // The hard-link trick: a second, allowed name for a denied file. The tracepoint
+        // backend kills link(2) as an operation it cannot judge (the link is made first).
+        Scenario {
+            name: "hardlink-trick",
+            args: |c| v(&["link", &c.locked("link.txt"), &c.out("linked.txt")]),
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: None,
+            after: Some(|c, b| if b == Backend::Lsm { absent(&c.out("linked.txt")) } else { Ok(()) }),
+        },
+        Scenario { name: "exec-allowed", args: |_| v(&["sleep", "0"]), tracepoint: Outcome::Ok("ok slept"), lsm: Outcome::Ok("ok slept"), event: None, after: None },
+        Scenario {
+            name: "exec-denied",
+            args: |c| v(&["execve", &s(&c.layout.outside.join("prog"))]),
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("exec", "exec.allow")),
+            after: None,
+        },
+        Scenario { name: "exec-memfd", args: |_| v(&["exec-memfd"]), tracepoint: KILLED, lsm: EPERM, event: Some(("exec", "exec.allow")), after: None },
+        Scenario { name: "ptrace-syscall-denied", args: |_| v(&["ptrace"]), tracepoint: KILLED, lsm: KILLED, event: Some(("syscall", "syscalls.deny")), after: None },
+        Scenario { name: "io-uring", args: |_| v(&["io_uring"]), tracepoint: KILLED, lsm: KILLED, event: Some(("syscall", "unseen")), after: None },
+        Scenario { name: "unshare", args: |_| v(&["unshare-mnt"]), tracepoint: KILLED, lsm: KILLED, event: Some(("syscall", "unseen")), after: None },
+        Scenario { name: "raw-socket", args: |_| v(&["raw"]), tracepoint: EPERM, lsm: EPERM, event: Some(("socket", "network.raw_sockets")), after: None },
+        Scenario {
+            name: "connect-allowed",
+            args: |c| v(&["connect", &c.tcp_ok.local_addr().unwrap().to_string()]),
+            tracepoint: Outcome::Ok("ok connected"),
+            lsm: Outcome::Ok("ok connected"),
+            event: None,
+            after: None,
+        },
+        Scenario {
+            name: "connect-denied",
+            args: |c| v(&["connect", &c.tcp_bad.local_addr().unwrap().to_string()]),
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("connect", "network.connect")),
+            after: None,
+        },
+        Scenario {
+            name: "connect6-denied",
+            args: |c| match &c.tcp6_bad {
+                Some(l) => v(&["connect", &l.local_addr().unwrap().to_string()]),
+                None => v(&["connect", "[::1]:9"]),
+            },
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("connect", "network.connect")),
+            after: None,
+        },
+        // A socket created outside the run and passed in: the cgroup programs judge sockets by
+        // the cgroup that created them and never see it; the lsm backend's socket_connect does.
+        Scenario {
+            name: "connect-passed-socket",
+            args: |c| v(&["connect-fd", &c.passed_socket.to_string(), &c.tcp_bad.local_addr().unwrap().to_string()]),
+            tracepoint: Outcome::Ok("ok connected"),
+            lsm: EPERM,
+            event: None,
+            after: None,
+        },
+        Scenario {
+            name: "udp-denied",
+            args: |c| v(&["udp", &c.udp_bad.local_addr().unwrap().to_string()]),
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("sendmsg", "network.connect")),
+            after: None,
+        },
+        // Self-protection: a run cannot signal a process outside it, load BPF or mount.
+        Scenario {
+            name: "signal-outside",
+            args: |c| v(&["kill", &c.outside.id().to_string(), "0"]),
+            tracepoint: Outcome::Ok("ok signalled"),
+            lsm: EPERM,
+            event: Some(("syscall", "self_protection")),
+            after: None,
+        },
+        Scenario {
+            name: "bpf-syscall",
+            args: |_| v(&["bpf"]),
+            tracepoint: Outcome::Ok("ok bpf map"),
+            lsm: EPERM,
+            event: Some(("syscall", "self_protection")),
+            after: None,
+        },
+        // The tracepoint backend kills mount(2) as it returns: the mount was made (the hook
+        // below removes it again).
+        Scenario {
+            name: "mount",
+            args: |c| v(&["mount", &c.out("mnt")]),
+            tracepoint: KILLED,
+            lsm: KILLED,
+            event: Some(("syscall", "unseen")),
+            after: Some(|c, _| {
+                let p = std::ffi::CString::new(c.out("mnt")).unwrap();
+                // SAFETY: valid C string; fails harmlessly when nothing is mounted there.
+                unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+                Ok(())
+            }),
+        },
+    ]
+}
+
+/// The suite's policy (see the module comment).
+fn policy(l: &Layout, net: &[String]) -> String {
+    let probe = probe();
+    format!(
+        r#"name = "scenarios"
+[files]
+read = [{base}, "{ws}"]
+write = ["{ws}/out"]
+deny = ["{ws}/.env", "{ws}/out/locked"]
+[exec]
+allow = ["{probe}"]
+[network]
+connect = [{net}]
+[syscalls]
+deny = ["ptrace"]
+"#,
+        base = toml_items(&probe_reads()),
+        ws = l.ws.display(),
+        probe = probe.display(),
+        net = toml_items(net),
+    )
+}
+
+/// Starts a daemon with `backend` forced and lays out the workspace.
+pub fn setup(backend: Backend) -> Ctx {
+    let daemon = Daemon::start_with(&format!("backend = \"{}\"\nlandlock = false", backend.name()));
+    let layout = layout();
+    let secret = s(&layout.outside.join("secret.txt"));
+    std::os::unix::fs::symlink(&secret, layout.ws.join("link")).unwrap();
+    let locked = layout.ws.join("out/locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    for f in ["trunc-open.txt", "trunc.txt", "unlink.txt", "rename.txt", "link.txt"] {
+        std::fs::write(locked.join(f), "LOCKED\n").unwrap();
+    }
+    std::fs::copy(probe(), layout.outside.join("prog")).unwrap();
+    std::fs::create_dir_all(layout.ws.join("out/mnt")).unwrap();
+    std::fs::write(layout.ws.join("ro.txt"), "READONLY\n").unwrap();
+    let tcp_ok = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_bad = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp6_ok = TcpListener::bind("[::1]:0").ok();
+    let tcp6_bad = TcpListener::bind("[::1]:0").ok();
+    let udp_ok = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_bad = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
+    let mut net = vec![format!("127.0.0.1/32:{}", port(&tcp_ok)), format!("127.0.0.1:{}", udp_ok.local_addr().unwrap().port())];
+    if let Some(l) = &tcp6_ok {
+        net.push(format!("[::1]/128:{}", port(l)));
+    }
+    let policy = daemon.write_policy("scenarios", &policy(&layout, &net));
+    // SAFETY: plain socket(2), without SOCK_CLOEXEC so that runs inherit it.
+    let passed_socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(passed_socket >= 0, "socket: {}", std::io::Error::last_os_error());
+    let outside = Command::new(probe()).args(["sleep", "600"]).stdout(Stdio::null()).spawn().unwrap();
+    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket }
+}
+
+/// Runs one scenario; Err says how the observed behaviour differs from the expected one.
+pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
+    let args = (sc.args)(c);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let want = sc.expect(backend);
+    let o = c.daemon.probe_run(&c.policy, sc.name, &args);
+    if !want.matches(&o) {
+        return Err(format!(
+            "expected {want:?}, got status {} stdout {:?} stderr {:?}",
+            status(&o),
+            stdout(&o).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    if let Some(after) = sc.after {
+        after(c, backend)?;
+    }
+    match (sc.event, want) {
+        (Some((kind, rule)), Outcome::Killed | Outcome::Err("EPERM")) => {
+            let e = wait_event(&c.daemon, sc.name, kind, Duration::from_secs(10))
+                .ok_or_else(|| format!("no {kind} event with a violation for run {}", sc.name))?;
+            let got = (e["verdict"].as_str().unwrap_or(""), e["rule"].as_str().unwrap_or(""), e["hook"].as_str().unwrap_or(""));
+            let hook = hook(kind, want, backend);
+            if got != (want.verdict(), rule, hook) || e["layer"] != "ebpf" {
+                return Err(format!("event: expected verdict {} rule {rule} layer ebpf hook {hook}, got {e}", want.verdict()));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The hook an event of `kind` with outcome `want` names on `backend`: network refusals are
+/// the cgroup programs' on every backend, kills of syscalls the raw tracepoint's, and the
+/// rest the backend's own.
+fn hook(kind: &str, want: Outcome, backend: Backend) -> &'static str {
+    match (kind, want, backend) {
+        ("connect" | "sendmsg" | "socket", _, _) => "cgroup",
+        ("syscall", Outcome::Killed, _) => "tracepoint",
+        (_, _, Backend::Lsm) => "lsm",
+        (_, _, Backend::Tracepoint) => "tracepoint",
+    }
+}
+
+/// The first event of `kind` of the run named `name` whose verdict is not allow.
+fn wait_event(d: &Daemon, name: &str, kind: &str, timeout: Duration) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = d.events().into_iter().find(|e| e["run_name"] == name && e["kind"] == kind && e["verdict"] != "allow");
+        if found.is_some() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `agent-guard status --json` names `backend` and lists what it does per operation.
+fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
+    let o = d.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("status --json: {e}: {o:?}"))?;
+    if v["backend"] != backend.name() {
+        return Err(format!("status says backend {}, not {}", v["backend"], backend.name()));
+    }
+    if !v["backend_reason"].is_string() {
+        return Err(format!("status gives no reason for the backend: {v}"));
+    }
+    let ops = v["enforcement"].as_array().map_or(0, Vec::len);
+    if ops != 8 {
+        return Err(format!("status lists {ops} operations, not 8: {}", v["enforcement"]));
+    }
+    let want = format!("agent_guard_backend_info{{backend=\"{}\"}} 1", backend.name());
+    let scrape = metrics(d)?;
+    if !scrape.lines().any(|l| l == want) {
+        return Err(format!("no `{want}` in the metrics:\n{scrape}"));
+    }
+    Ok(())
+}
+
+/// A scrape of the daemon's metrics (the address it printed at start).
+fn metrics(d: &Daemon) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let err = d.stderr();
+    let addr = err
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|r| r.split("/metrics").next())
+        .ok_or_else(|| format!("the daemon did not say where its metrics are:\n{err}"))?;
+    let mut c = std::net::TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(c, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    c.read_to_string(&mut body).map_err(|e| format!("reading the metrics: {e}"))?;
+    Ok(body)
+}
+
+/// Runs the suite (the scenarios named in `only`, or all), printing one line per scenario:
+/// `AGSCENARIO pass NAME` or `AGSCENARIO FAIL NAME: why`, then `AGSCENARIOS done ...`.
+/// `auto`: the backend `backend = "auto"` must pick on this kernel. Returns the names of the
+/// failed scenarios.
+pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String> {
+    let c = setup(backend);
+    let mut failed = Vec::new();
+    let mut passed = 0;
+    // The daemon says which backend it runs, in `status` and in the backend_info metric.
+    match status_names(&c.daemon, backend) {
+        Ok(()) => {
+            passed += 1;
+            println!("AGSCENARIO pass status-backend");
+        }
+        Err(why) => {
+            println!("AGSCENARIO FAIL status-backend: {why}");
+            failed.push("status-backend".to_string());
+        }
+    }
+    for sc in scenarios().iter().filter(|sc| only.is_empty() || only.iter().any(|o| o == sc.name)) {
+        let t = Instant::now();
+        match run_one(&c, sc, backend) {
+            Ok(()) => {
+                passed += 1;
+                println!("AGSCENARIO pass {} ({} ms)", sc.name, t.elapsed().as_millis());
+            }
+            Err(why) => {
+                println!("AGSCENARIO FAIL {}: {why}", sc.name);
+                failed.push(sc.name.to_string());
+            }
+        }
+    }
+    // backend = "auto" picks lsm in the VMs, where BPF LSM is active, and tracepoint on the
+    // development machines, whose kernel lists bpf but refuses its programs.
+    let auto_daemon = Daemon::start_with("backend = \"auto\"\nlandlock = false");
+    match status_names(&auto_daemon, auto) {
+        Ok(()) => {
+            passed += 1;
+            println!("AGSCENARIO pass status-auto");
+        }
+        Err(why) => {
+            println!("AGSCENARIO FAIL status-auto: {why}");
+            failed.push("status-auto".to_string());
+        }
+    }
+    drop(auto_daemon);
+    println!("AGSCENARIOS done backend={} passed={passed} failed={}", backend.name(), failed.len());
+    if !failed.is_empty() {
+        println!("daemon stderr:\n{}", c.daemon.stderr());
+    }
+    failed
+}
