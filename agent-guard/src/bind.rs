@@ -109,6 +109,13 @@ impl Binder {
         Ok(())
     }
 
+    /// Before a run's kernel entry is created: attaches what it needs, detaches nothing (an
+    /// unpolicied run must not take the syscall check away from a policied one).
+    pub fn hooks_for_new_run(&mut self, policied: bool) -> Result<(), String> {
+        let policied = policied || self.syscall_hook_attached();
+        self.hooks(true, policied)
+    }
+
     pub fn syscall_hook_attached(&self) -> bool {
         ebpf::syscall_hook_attached(&self.pins)
     }

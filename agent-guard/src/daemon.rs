@@ -1020,7 +1020,7 @@ fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
                 if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     return Response::err("the daemon is stopping; run refused");
                 }
-                if let Err(e) = binder.hooks(true, bound.is_some()) {
+                if let Err(e) = binder.hooks_for_new_run(bound.is_some()) {
                     return Response::err(format!("cannot attach the kernel hooks, run refused: {e}"));
                 }
                 let mut runs = shared.runs.lock().expect("runs lock");

@@ -315,6 +315,22 @@ fn syscall_tracepoints_are_attached_only_while_a_run_exists() {
     assert_eq!(syscall_links(&d).len(), 14, "{:?}", d.pinned_links());
     assert_eq!(status(&d)["syscall_tracepoints_attached"], true);
 
+    // A policied run brings the syscall check; a run without a policy started next to it
+    // must not take it away.
+    let policy = d.write_policy(
+        "some",
+        "name = \"some\"\n[files]\nread = [\"/usr\", \"/lib\", \"/lib64\", \"/etc\"]\n[exec]\nallow = [\"/usr/bin/\"]\n",
+    );
+    let mut policied = d.spawn_run(&["--policy", policy.to_str().unwrap(), "--name", "policied", "--", "sleep", "600"]);
+    let ev = d.wait_for("exec of the policied sleep", |e| e["kind"] == "exec" && e["run_name"] == "policied");
+    assert_eq!(status(&d)["syscall_check_attached"], true);
+    let out = d.run(&["--name", "plain", "--", "true"]);
+    assert!(out.status.success());
+    assert_eq!(status(&d)["syscall_check_attached"], true, "an unpolicied run detached the syscall check");
+    let out = d.cli(&["kill", &run_id(&ev, "policied")]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), policied.stderr());
+    assert_eq!(policied.wait_exit(std::time::Duration::from_secs(10)), Some(137));
+
     let id = run_id(&ev, "first");
     assert!(d.cli(&["kill", &id]).status.success());
     assert_eq!(run.wait_exit(std::time::Duration::from_secs(10)), Some(137));
