@@ -201,6 +201,24 @@ impl Daemon {
         Ok(())
     }
 
+    /// Waits up to `timeout` for a run cgroup not in `before` whose process count satisfies
+    /// `ready`.
+    fn new_run(&self, before: &HashSet<PathBuf>, timeout: Duration, ready: impl Fn(usize) -> bool) -> Option<PathBuf> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(cg) = self.runs().into_iter().find(|r| !before.contains(r)) {
+                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+                if ready(procs.lines().count()) {
+                    return Some(cg);
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The run cgroups under the managed root.
     fn runs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.cgroup_root)
@@ -517,19 +535,22 @@ fn run_in_condition(
     args: &[String],
     name: &str,
 ) -> Result<std::process::Output> {
-    match cond {
-        "b" => {
-            daemon.wait_idle()?;
-            run_agbench(daemon, cond, policy_file, agbench, args, name)
-        }
-        "d" => {
-            let holder = Holder::start(daemon, policy_file)?;
-            let out = run_agbench(daemon, cond, policy_file, agbench, args, name);
-            holder.stop();
-            out
-        }
-        _ => run_agbench(daemon, cond, policy_file, agbench, args, name),
+    if cond == "b" {
+        daemon.wait_idle()?;
     }
+    let holder = if cond == "d" { Some(Holder::start(daemon, policy_file)?) } else { None };
+    let mut cmd = if cond == "c" {
+        let mut c = daemon.command();
+        c.args(["run", "--policy"]).arg(policy_file).args(["--name", name, "--"]).arg(agbench);
+        c
+    } else {
+        Command::new(agbench)
+    };
+    let out = cmd.args(args).stdin(Stdio::null()).output();
+    if let Some(holder) = holder {
+        holder.stop();
+    }
+    Ok(out?)
 }
 
 /// A run under the policy that only sleeps: the "another run alive" of condition (d), and
@@ -551,31 +572,22 @@ impl Holder {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(daemon.dir.join("holder.stderr"))?)
             .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            // Its cgroup holds the sleep (the launcher has exec'd): the hooks are attached.
-            if let Some(cg) = daemon.runs().into_iter().find(|r| !before.contains(r)) {
-                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-                if !procs.trim().is_empty() && daemon.syscall_tracepoints() {
-                    return Ok(Holder { child, cgroup: cg });
-                }
-            }
-            if Instant::now() > deadline {
-                let mut err = std::fs::read_to_string(daemon.dir.join("holder.stderr")).unwrap_or_default();
-                for e in log_events(&daemon.dir.join("events.jsonl"), 0).unwrap_or_default() {
-                    if e["run_name"] == "agbench-holder" && e["verdict"] != "allow" || e["kind"] == "kill" {
-                        err += &format!("\n{e}");
-                    }
-                }
-                bail!(
-                    "the holder run did not start (runs {:?}, syscall tracepoints attached: {}, launcher {:?}): {err}",
-                    daemon.runs(),
-                    daemon.syscall_tracepoints(),
-                    child.try_wait()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        // Its cgroup holds the sleep (the launcher has exec'd) and the hooks are attached.
+        if let Some(cgroup) = daemon.new_run(&before, Duration::from_secs(20), |procs| procs > 0 && daemon.syscall_tracepoints()) {
+            return Ok(Holder { child, cgroup });
         }
+        let mut err = std::fs::read_to_string(daemon.dir.join("holder.stderr")).unwrap_or_default();
+        for e in log_events(&daemon.dir.join("events.jsonl"), 0).unwrap_or_default() {
+            if e["run_name"] == "agbench-holder" && e["verdict"] != "allow" || e["kind"] == "kill" {
+                err += &format!("\n{e}");
+            }
+        }
+        bail!(
+            "the holder run did not start (runs {:?}, syscall tracepoints attached: {}, launcher {:?}): {err}",
+            daemon.runs(),
+            daemon.syscall_tracepoints(),
+            child.try_wait()
+        );
     }
 
     fn stop(mut self) {
@@ -612,30 +624,6 @@ fn event_counters(daemon: &Daemon) -> BTreeMap<String, f64> {
             Some((k.to_string(), v.parse().ok()?))
         })
         .collect()
-}
-
-/// agbench under condition (b) (plain) or (c) (inside a run under the policy).
-fn run_agbench(
-    daemon: &Daemon,
-    cond: &str,
-    policy_file: &Path,
-    agbench: &Path,
-    args: &[String],
-    name: &str,
-) -> Result<std::process::Output> {
-    Ok(if cond == "c" {
-        let mut c = daemon.command();
-        c.args(["run", "--policy"])
-            .arg(policy_file)
-            .args(["--name", name, "--"])
-            .arg(agbench);
-        c.args(args).stdin(Stdio::null()).output()?
-    } else {
-        Command::new(agbench)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?
-    })
 }
 
 /// A run under the policy opening a file as fast as it can for `secs`: events the programs
@@ -830,21 +818,11 @@ fn freeze_latency(daemon: &Daemon, n: u32, reps: usize) -> Result<Value> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let cgroup = loop {
-        if let Some(cg) = daemon.runs().into_iter().find(|r| !before.contains(r)) {
-            let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-            if procs.lines().count() >= n as usize {
-                break cg;
-            }
-        }
-        if Instant::now() > deadline {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-            let _ = child.wait();
-            bail!("the {n}-process run did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(cgroup) = daemon.new_run(&before, Duration::from_secs(60), |procs| procs >= n as usize) else {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        bail!("the {n}-process run did not start");
     };
     let act = |what: &str| -> Result<f64> {
         let out = daemon.command().args([what, &name]).output()?;
