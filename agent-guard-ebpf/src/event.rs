@@ -1,5 +1,5 @@
-//! The ring buffer, drop counters, per-CPU scratch space and the common event header.
-use agent_guard_common::{drop_slot, EventHeader, FileNodeKey, EVENTS_RING_BYTES, PATH_DEPTH_MAX, PATH_MAX};
+//! The ring buffer, drop counters and the common event header.
+use agent_guard_common::{drop_slot, EventHeader, EVENTS_RING_BYTES, PATH_MAX};
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     helpers::generated::bpf_ktime_get_boot_ns,
@@ -15,35 +15,6 @@ static AG_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 /// Per-CPU loss counters, indexed by `drop_slot::*`. Never silent: the daemon reads these.
 #[map]
 static AG_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_slot::COUNT, 0);
-
-/// Room to rebuild a path right to left (see `kernel::path_to_buf`), where its components
-/// start, and a trie key to match it with (see `policy`).
-#[repr(C)]
-pub struct Scratch {
-    pub buf: [u8; 2 * PATH_MAX],
-    /// Offsets in `buf` of the '/' before each component, leaf first.
-    pub comps: [u32; PATH_DEPTH_MAX as usize],
-    /// Components recorded by the walk in progress. Loop state lives here rather than on
-    /// the stack so that the verifier sees unknown values and checks a loop body once,
-    /// instead of once per distinct constant.
-    pub ncomps: u32,
-    pub _pad: u32,
-    pub m: crate::policy::MatchState,
-    pub key: FileNodeKey,
-}
-
-#[map]
-static AG_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-pub fn scratch() -> Option<*mut u8> {
-    AG_SCRATCH.get_ptr_mut(0).map(|s| s.cast::<u8>())
-}
-
-#[inline(always)]
-pub fn scratch_all() -> Option<*mut Scratch> {
-    AG_SCRATCH.get_ptr_mut(0)
-}
 
 #[inline(always)]
 pub fn count_drop(slot: u32) {

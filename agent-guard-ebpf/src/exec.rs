@@ -21,7 +21,7 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
     let mut flags = 0u32;
     let mm: u64 = kernel::read(kernel::current_task(), o.task_mm).unwrap_or(0);
     let exe_file: u64 = kernel::read(mm, o.mm_exe_file).unwrap_or(0);
-    let buf = event::scratch();
+    let buf = crate::scratch::scratch();
     let walked = match buf {
         Some(buf) if exe_file != 0 => kernel::path_to_buf(&o, exe_file + o.file_f_path as u64, buf).ok(),
         _ => None,

@@ -104,7 +104,7 @@ fn finish(ctx: &TracePointContext) -> u32 {
     let o = kernel::offsets();
     let mut flags = 0u32;
     let file = if ret >= 0 { kernel::fd_file(&o, ret as i32).unwrap_or(0) } else { 0 };
-    let buf = event::scratch();
+    let buf = crate::scratch::scratch();
     let mut walked = None;
     let mut decision = policy::ALLOWED;
     let mut file_id = [0u8; 16];

@@ -205,7 +205,7 @@ fn masked(v: u32, mask: u32) -> u32 {
 #[inline(always)]
 fn step(w: &mut WalkState) -> Result<u32, ()> {
     let o = offsets();
-    let s = crate::event::scratch_all().ok_or(())?;
+    let s = crate::scratch::scratch_all().ok_or(())?;
     let buf = s.cast::<u8>();
     let pn = parent_name(&o, w.dentry)?;
     if w.dentry == pn.parent && w.dentry != w.mnt_root {
@@ -276,7 +276,7 @@ pub fn dentry_to_buf(o: &KernelOffsets, dentry: u64, vfsmnt: u64, buf: *mut u8) 
         pos: PATH_MAX as u32,
         state: WALK_RUNNING,
     };
-    let s = crate::event::scratch_all().ok_or(())?;
+    let s = crate::scratch::scratch_all().ok_or(())?;
     // SAFETY: per-CPU scratch.
     unsafe { (*s).ncomps = 0 };
     // SAFETY: bpf_loop calls walk_step with &mut w, which outlives the call.

@@ -161,7 +161,7 @@ fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&
         core::ptr::write_volatile(&mut (*ev)._pad, 0);
         put_id((*ev).file_id.as_mut_ptr(), file_id);
         let mut flags = FLAG_LSM;
-        if let (Some(w), Some(buf)) = (walked, event::scratch()) {
+        if let (Some(w), Some(buf)) = (walked, crate::scratch::scratch()) {
             if w.truncated {
                 flags |= FLAG_PATH_TRUNCATED;
             }
@@ -184,7 +184,7 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
         return 0;
     }
     let rs = run::ruleset(&run);
-    let walked = event::scratch().and_then(|buf| kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok());
+    let walked = crate::scratch::scratch().and_then(|buf| kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok());
     let (read, write) = (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0);
     let mut d = policy::ALLOWED;
     let mut file_id = [0u8; 16];
@@ -211,7 +211,7 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
     let bprm: u64 = ctx.arg(0);
     let o = kernel::offsets();
     let file: u64 = kernel::read(bprm, o.binprm_file).unwrap_or(0);
-    let walked = match event::scratch() {
+    let walked = match crate::scratch::scratch() {
         Some(buf) if file != 0 => kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
         _ => None,
     };
@@ -234,7 +234,7 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
             core::ptr::write_volatile(&mut (*ev)._pad, 0);
             put_id((*ev).file_id.as_mut_ptr(), file_id);
             let mut flags = FLAG_LSM;
-            if let (Some(w), Some(buf)) = (&walked, event::scratch()) {
+            if let (Some(w), Some(buf)) = (&walked, crate::scratch::scratch()) {
                 if w.truncated {
                     flags |= FLAG_PATH_TRUNCATED;
                 }
@@ -254,7 +254,7 @@ fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
     let o = kernel::offsets();
-    let walked = event::scratch().and_then(|buf| kernel::dentry_to_buf(&o, dentry, vfsmnt, buf).ok());
+    let walked = crate::scratch::scratch().and_then(|buf| kernel::dentry_to_buf(&o, dentry, vfsmnt, buf).ok());
     let d = match &walked {
         Some(w) => policy::file_decision(&rs, w, false, true, true, policy::NO_HOLD),
         None => policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD),

@@ -16,6 +16,7 @@ mod lsm;
 mod net;
 mod policy;
 mod run;
+mod scratch;
 mod syscalls;
 
 #[cfg(not(test))]

@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie},
 };
 
-use crate::{event, kernel::Walked, run::Ruleset};
+use crate::{kernel::Walked, run::Ruleset, scratch::{self, MatchState}};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const SIGKILL: u32 = 9;
@@ -156,20 +156,10 @@ pub struct PathMatch {
     pub exec: bool,
 }
 
-#[repr(C)]
-pub struct MatchState {
-    ruleset: u32,
-    node: u32,
-    /// Components matched so far (from the root).
-    i: u32,
-    n: u32,
-    access: u32,
-    exec: u32,
-}
 
 /// One trie step, run by bpf_loop (so the verifier checks it once).
 extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
-    let Some(s) = event::scratch_all() else { return 1 };
+    let Some(s) = scratch::scratch_all() else { return 1 };
     // SAFETY: per-CPU scratch holds the loop state (see `event::Scratch`).
     let st = unsafe { &mut (*s).m };
     if st.i >= st.n || st.n > 64 {
@@ -235,7 +225,7 @@ extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
 pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
     let root = rs.hdr.root_flags;
     let none = PathMatch { access: 0, exec: false };
-    let Some(s) = event::scratch_all() else { return none };
+    let Some(s) = scratch::scratch_all() else { return none };
     // SAFETY: per-CPU scratch; the loop state is written before and read after the loop.
     unsafe {
         (*s).m = MatchState {

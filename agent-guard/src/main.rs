@@ -1,6 +1,6 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
-use agent_guard::{cli, config, control, daemon, policy, respond::Action, run};
+use agent_guard::{cli, config, control, daemon, policy, runs::launch as run, runs::respond::Action};
 use clap::{Parser, Subcommand};
 
 /// Host-level sandbox monitor for AI-agent runs.

@@ -3,6 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use agent_guard_common::{action, file_rule, mode, RS_RAW_SOCKETS};
 
 use super::*;
+use agent_guard_common::RULES_MAX;
 
 fn ok(text: &str) -> Policy {
     let c = parse(text, "p.toml");

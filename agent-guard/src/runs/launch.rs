@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cgroup, config::Config, control, landlock};
+use crate::{runs::cgroup, config::Config, control, runs::landlock};
 
 /// Exit status when agent-guard itself fails before the command runs (as env(1) and
 /// docker do: 125 for our own errors, 126 not executable, 127 not found).

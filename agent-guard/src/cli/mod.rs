@@ -9,12 +9,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::{
-    cgroup,
-    config::Config,
-    control::{self, ClientError, Request, RunStatus},
-    respond::{self, Action, Lookup},
-};
+use crate::{runs::cgroup, config::Config, control::{self, ClientError, Request, RunStatus}, runs::respond::{self, Action, Lookup}};
 
 /// Exit status when the daemon is not running (`status`, `ps`, `events`).
 pub const EXIT_DAEMON_DOWN: u8 = 3;

@@ -13,24 +13,19 @@ use std::{
 };
 
 use agent_guard_common::{
-    FileNode, FileNodeKey, NetKey, NetRule, RulesetHeader, FILE_NODES_MAX, NET_RULES_MAX,
+    FileNodeKey, NetKey, FILE_NODES_MAX, NET_RULES_MAX,
     POLICIES_MAX, RULESETS_MAX,
 };
-use aya::maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData};
+use aya::maps::lpm_trie::Key;
 use serde::{Deserialize, Serialize};
 
+use crate::kernel::load::PolicyMaps;
 use crate::policy::{Compiled, Policy};
 
 /// How long a replaced rule set stays in the maps. A program that read the old id is inside
 /// one RCU read-side section (microseconds); this is many grace periods longer.
 const RETIRE_AFTER: Duration = Duration::from_millis(250);
 
-pub struct PolicyMaps {
-    pub cur: Array<MapData, u32>,
-    pub rulesets: BpfHashMap<MapData, u32, RulesetHeader>,
-    pub files: BpfHashMap<MapData, FileNodeKey, FileNode>,
-    pub net: LpmTrie<MapData, NetKey, NetRule>,
-}
 
 pub struct Slot {
     pub policy: Arc<Policy>,
@@ -105,8 +100,8 @@ impl PolicyStore {
     }
 
     /// Compiles for `backend` from now on (set once, before any policy is loaded).
-    pub fn for_backend(mut self, backend: crate::backend::Backend) -> Self {
-        self.lsm = backend == crate::backend::Backend::Lsm;
+    pub fn for_backend(mut self, backend: crate::kernel::backend::Backend) -> Self {
+        self.lsm = backend == crate::kernel::backend::Backend::Lsm;
         self
     }
 
@@ -115,7 +110,7 @@ impl PolicyStore {
     /// slot, which reproduces exactly the entries in the maps, so nothing is written and no
     /// run sees a change. Rule sets not in force (a replacement the earlier daemon had not
     /// yet cleaned up) are removed. Returns a message for each problem.
-    pub fn adopt(&mut self, records: Vec<crate::state::PolicyRecord>) -> Vec<String> {
+    pub fn adopt(&mut self, records: Vec<crate::daemon::state::PolicyRecord>) -> Vec<String> {
         let mut problems = Vec::new();
         let mut live: HashSet<u32> = HashSet::new();
         for r in records {

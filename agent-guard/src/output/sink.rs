@@ -5,7 +5,14 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
 };
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::output::event::{self, Event};
 
 pub struct EventLog {
     path: PathBuf,
@@ -133,3 +140,69 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "c\n");
     }
 }
+
+/// How long the log writer waits for a short batch to fill (see `write_events`).
+pub(crate) const WRITE_PAUSE: Duration = Duration::from_millis(1);
+/// Writes the events to the log (and a human line each to stderr, which journald keeps
+/// under systemd). A batch that cannot be written is counted in `sink_drops` and reported
+/// as a `drop` event (stage `sink`) by watch_drops once writing works again.
+pub(crate) async fn write_events(
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    mut log: EventLog,
+    mut reopen: mpsc::UnboundedReceiver<()>,
+    sink_drops: Arc<AtomicU64>,
+    stderr_events: crate::config::StderrEvents,
+) {
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut human = Vec::with_capacity(1 << 12);
+    let mut stderr = std::io::stderr();
+    loop {
+        let first = tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+            Some(()) = reopen.recv() => {
+                match log.reopen() {
+                    Ok(()) => info!("events_log reopened"),
+                    Err(e) => warn!("reopening events_log: {e}; still writing to the old file"),
+                }
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        let mut more = |batch: &mut Vec<Arc<Event>>| {
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(e) => batch.push(e),
+                    Err(_) => break,
+                }
+            }
+        };
+        more(&mut batch);
+        if batch.len() < 64 {
+            // A short batch: give the queue a moment to fill, so a stream of events costs one
+            // wake-up and one write per millisecond, not one per event.
+            tokio::time::sleep(WRITE_PAUSE).await;
+            more(&mut batch);
+        }
+        buf.clear();
+        human.clear();
+        for e in &batch {
+            serde_json::to_writer(&mut buf, &**e).expect("events serialize");
+            buf.push(b'\n');
+            if stderr_events.shows(e.kind, e.verdict) {
+                let _ = writeln!(human, "{}", event::human(e));
+            }
+        }
+        // One write for the batch's human lines (stderr is unbuffered).
+        if !human.is_empty() {
+            let _ = stderr.write_all(&human);
+        }
+        if let Err(e) = tokio::task::block_in_place(|| log.write(&buf)) {
+            warn!("writing events_log: {e}; {} events lost (reported as a drop)", batch.len());
+            sink_drops.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+

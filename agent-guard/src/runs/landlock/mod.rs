@@ -56,28 +56,26 @@
 //! warning and goes on: the eBPF layer still enforces, after the fact.
 use std::{
     collections::BTreeMap,
-    io,
     os::{
-        fd::{AsRawFd, OwnedFd},
         unix::fs::FileExt,
     },
     path::Path,
 };
 
-use anyhow::Context;
 use landlock::{
-    make_bitflags, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, PathFdError, RestrictSelfError,
-    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope,
+    make_bitflags, Access, AccessFs, BitFlags, Scope,
     ABI,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    event::{Detail, Event},
-    policy::{self, Mode, OnViolation, Policy},
-};
+use crate::policy::{self, OnViolation, Policy};
 
 /// What the layer says when it cannot refuse something up front.
+mod apply;
+mod attribution;
+pub use apply::*;
+pub use attribution::*;
+
 const FALLBACK: &str = "the eBPF layer still enforces, after the fact (a denied read or exec is killed, \
                         a file opened with O_CREAT/O_TRUNC is created/truncated before the kill)";
 
@@ -322,281 +320,11 @@ fn elf_interp(path: &Path) -> Option<String> {
     None
 }
 
-/// A prepared ruleset, to be applied in the child.
-#[derive(Debug)]
-pub struct Layer {
-    /// Close-on-exec.
-    fd: OwnedFd,
-    /// The caller lacks CAP_SYS_ADMIN in its user namespace: Landlock requires no_new_privs.
-    no_new_privs: bool,
-}
-
-impl Layer {
-    /// Restricts the calling thread (and what it execs) with the ruleset. Only raw syscalls
-    /// on prepared data: safe between fork and exec.
-    pub fn apply(&self) -> io::Result<()> {
-        // SAFETY: prctl and landlock_restrict_self take no pointers; the fd is open.
-        unsafe {
-            if self.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::syscall(libc::SYS_landlock_restrict_self, self.fd.as_raw_fd(), 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The outcome of [`prepare`]: maybe a layer, what it covers, and lines for stderr.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    pub layer: Option<Layer>,
-    /// Set exactly when there is a layer.
-    pub coverage: Option<Coverage>,
-    pub warnings: Vec<String>,
-}
-
-/// The layer for a run whose bound policy file is `text` (as the daemon returned it), if any.
-/// Never fails: whatever goes wrong becomes a warning and the run goes on without the layer.
-pub fn prepare(text: Option<&str>, origin: &str) -> Prepared {
-    let Some(text) = text else { return Prepared::default() };
-    let checked = policy::parse(text, origin);
-    let Some(policy) = checked.policy else {
-        let why = checked.errors.first().map_or_else(|| "no policy".to_string(), |e| e.message.clone());
-        return Prepared {
-            warnings: vec![format!(
-                "warning: the run's policy text does not parse ({why}): no Landlock layer; {FALLBACK}"
-            )],
-            ..Prepared::default()
-        };
-    };
-    for_policy(&policy)
-}
-
-/// The layer for `policy` on this host: none in monitor mode.
-pub fn for_policy(policy: &Policy) -> Prepared {
-    if policy.mode != Mode::Enforce {
-        return Prepared::default();
-    }
-    let abi = host_abi();
-    if abi == 0 {
-        return Prepared {
-            warnings: vec![format!("warning: Landlock is not available on this kernel: no Landlock layer; {FALLBACK}")],
-            ..Prepared::default()
-        };
-    }
-    let plan = plan(policy, abi, &loaders(policy));
-    let mut warnings = Vec::new();
-    let built = match build(&plan) {
-        Ok(b) => b,
-        Err(e) => {
-            warnings.push(format!("warning: Landlock ruleset not built ({e:#}): no Landlock layer; {FALLBACK}"));
-            return Prepared { warnings, ..Prepared::default() };
-        }
-    };
-    let Some(layer) = built.layer.filter(|_| built.status != RulesetStatus::NotEnforced) else {
-        warnings.push(format!("warning: the kernel does not enforce the Landlock ruleset: no Landlock layer; {FALLBACK}"));
-        return Prepared { warnings, ..Prepared::default() };
-    };
-    // Only what this kernel lacks, not what the policy's on_violation leaves to eBPF.
-    let lacking: Vec<&str> = plan
-        .coverage
-        .ebpf_only
-        .iter()
-        .filter(|n| n.contains("Landlock ABI"))
-        .map(String::as_str)
-        .collect();
-    if !lacking.is_empty() || built.status == RulesetStatus::PartiallyEnforced {
-        warnings.push(format!(
-            "warning: Landlock is only partly available on this kernel ({}); for the rest {FALLBACK}",
-            if lacking.is_empty() { format!("ABI {abi}") } else { lacking.join("; ") }
-        ));
-    }
-    if !built.missing.is_empty() {
-        const SHOWN: usize = 8;
-        let more = built.missing.len().saturating_sub(SHOWN);
-        warnings.push(format!(
-            "note: policy paths not granted by Landlock (access below them is refused for this run): {}{}",
-            built.missing[..built.missing.len().min(SHOWN)].join(", "),
-            if more > 0 { format!(" and {more} more") } else { String::new() }
-        ));
-    }
-    Prepared { layer: Some(layer), coverage: Some(plan.coverage), warnings }
-}
-
-struct Built {
-    layer: Option<Layer>,
-    status: RulesetStatus,
-    /// "PATH (why)" for each path not granted.
-    missing: Vec<String>,
-}
-
-fn build(plan: &Plan) -> anyhow::Result<Built> {
-    let mut attr = Ruleset::default().handle_access(plan.fs)?;
-    if plan.ports.is_some() {
-        attr = attr.handle_access(AccessNet::ConnectTcp)?;
-    }
-    if !plan.scopes.is_empty() {
-        attr = attr.scope(plan.scopes)?;
-    }
-    let mut ruleset = attr.create()?;
-    let mut missing = Vec::new();
-    for (p, &rights) in &plan.grants {
-        let granted = match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => rights,
-            Ok(_) => rights & file_access(),
-            Err(e) => {
-                missing.push(format!("{p} ({})", short_io(&e)));
-                continue;
-            }
-        };
-        if granted.is_empty() {
-            continue;
-        }
-        match PathFd::new(Path::new(p)) {
-            Ok(fd) => ruleset = ruleset.add_rule(PathBeneath::new(fd, granted))?,
-            Err(PathFdError::OpenCall { source, .. }) => missing.push(format!("{p} ({})", short_io(&source))),
-            Err(e) => missing.push(format!("{p} ({e})")),
-        }
-    }
-    for &port in plan.ports.iter().flatten() {
-        ruleset = ruleset.add_rule(NetPort::new(port, AccessNet::ConnectTcp))?;
-    }
-    let (status, no_new_privs) = trial(&ruleset)?;
-    let layer = match Option::<OwnedFd>::from(ruleset) {
-        Some(fd) if status != RulesetStatus::NotEnforced => {
-            set_cloexec(&fd).context("setting FD_CLOEXEC on the ruleset")?;
-            Some(Layer { fd, no_new_privs })
-        }
-        _ => None,
-    };
-    Ok(Built { layer, status, missing })
-}
-
-/// Applies a copy of the ruleset to a throwaway thread of this process (Landlock restricts
-/// the calling thread only), which is the only way the crate reports how much of it the
-/// kernel enforces, and tells whether no_new_privs is needed: it is unless the caller has
-/// CAP_SYS_ADMIN in its user namespace (kernel: `landlock_restrict_self` returns EPERM).
-fn trial(ruleset: &RulesetCreated) -> anyhow::Result<(RulesetStatus, bool)> {
-    let attempt = |nnp: bool| -> anyhow::Result<Result<RestrictionStatus, RulesetError>> {
-        let copy = ruleset.try_clone().context("duplicating the ruleset")?;
-        Ok(std::thread::scope(|s| s.spawn(move || copy.no_new_privs(nnp).restrict_self()).join())
-            .unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    };
-    match attempt(false)? {
-        Ok(st) => Ok((st.ruleset, false)),
-        Err(RulesetError::RestrictSelf(RestrictSelfError::RestrictSelfCall { source, .. }))
-            if source.raw_os_error() == Some(libc::EPERM) =>
-        {
-            Ok((attempt(true)??.ruleset, true))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if flags & libc::FD_CLOEXEC == 0
-        && unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn short_io(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => "does not exist".into(),
-        _ => e.to_string(),
-    }
-}
-
-// ---- which layer decided (daemon side) ---------------------------------------------------
-
-/// The layer named by an event from a kernel record before [`attribute`] looks closer:
-/// "ebpf" for the kinds the eBPF programs judge, None for the others (exit, the daemon's own).
-pub fn kernel_layer(kind: &str) -> Option<&'static str> {
-    matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "syscall").then_some("ebpf")
-}
-
-/// Whether `e` may be an operation the run's Landlock layer refused (the eBPF programs saw
-/// only its failure): an open that failed with EACCES for an access the layer handles, or a
-/// TCP connect to a refused destination that failed with EACCES (the cgroup programs refuse
-/// with EPERM). [`attribute`] then needs the policy that was in force.
-pub fn maybe_refused(e: &Event, cov: &Coverage) -> bool {
-    match &e.detail {
-        Detail::Open { result, path_resolved: false, path, flags, .. } => {
-            let (read, write) = open_access(*flags);
-            *result == -libc::EACCES
-                && e.verdict == "allow"
-                && path.starts_with('/')
-                && ((read && cov.files_read) || (write && cov.files_write))
-        }
-        Detail::Connect { result, proto, .. } => {
-            *result == -libc::EACCES && e.kind == "connect" && e.verdict == "deny" && *proto == "tcp" && cov.tcp_connect
-        }
-        _ => false,
-    }
-}
-
-/// Says which layer refused `e` (see [`maybe_refused`]): for an open, the daemon judges the
-/// path the process passed (lexically normalised, then resolved if that name is allowed)
-/// with the policy that was in force, and if the policy denies it the event becomes a `deny`
-/// by `landlock` with the rule that denies it. A failure the policy would have allowed stays as the kernel reported it (a file's own
-/// permissions, or a path Landlock could not grant).
-pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
-    if !maybe_refused(e, cov) {
-        return;
-    }
-    match &e.detail {
-        Detail::Connect { .. } => e.layer = Some("landlock"),
-        Detail::Open { path, flags, .. } => {
-            let Some(p) = policy.filter(|p| p.mode == Mode::Enforce) else { return };
-            let (read, write) = open_access(*flags);
-            let denial = |path: &str| {
-                let checks = [(write && cov.files_write, policy::Access::Write), (read && cov.files_read, policy::Access::Read)];
-                checks.into_iter().filter(|(handled, _)| *handled).find_map(|(_, access)| match p.file_access(path, access) {
-                    policy::FileVerdict::Deny { rule, .. } => Some(rule),
-                    policy::FileVerdict::Allow => None,
-                })
-            };
-            let lexical = policy::lexical(path);
-            // Through a symlink the name the process passed may be allowed while the file is
-            // not: the daemon resolves the path itself (it shares the run's mount namespace
-            // unless it runs under PrivateTmp, where /tmp differs; never /proc, whose
-            // self-links would be the daemon's).
-            let rule = denial(&lexical).or_else(|| {
-                let canonical = (!lexical.starts_with("/proc/")).then(|| std::fs::canonicalize(&lexical).ok()).flatten()?;
-                denial(canonical.to_str()?)
-            });
-            if let Some(rule) = rule {
-                e.verdict = "deny";
-                e.rule = Some(rule.to_string());
-                e.layer = Some("landlock");
-            }
-        }
-        _ => {}
-    }
-}
-
-/// (read, write) an open with `flags` asks for, as Landlock checks it.
-fn open_access(flags: u32) -> (bool, bool) {
-    let acc = flags & libc::O_ACCMODE as u32;
-    let path_only = flags & libc::O_PATH as u32 != 0;
-    let write = !path_only && (acc != 0 || flags & (libc::O_CREAT | libc::O_TRUNC) as u32 != 0);
-    let read = !path_only && acc != libc::O_WRONLY as u32;
-    (read, write)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
+    use crate::output::event::{Detail, Event};
 
     fn available() -> bool {
         if host_abi() < 1 {
@@ -730,10 +458,10 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
             layer: kernel_layer("open"),
             detail: Detail::Open {
                 path: path.into(),
-                access: crate::event::access_of(flags as u32),
+                access: crate::output::event::access_of(flags as u32),
                 flags: flags as u32,
                 result,
-                error: crate::event::errno_name(result),
+                error: crate::output::event::errno_name(result),
                 path_resolved: result >= 0,
                 path_truncated: false,
             },

@@ -25,10 +25,10 @@ pub struct RunRecord {
     pub started_ms: u64,
     /// The accesses the run is held for (empty: not held).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hold: Vec<crate::hold::Recorded>,
+    pub hold: Vec<crate::runs::grant::Recorded>,
     /// What the run's Landlock layer refuses up front, as `run` reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub landlock: Option<crate::landlock::Coverage>,
+    pub landlock: Option<crate::runs::landlock::Coverage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,7 +167,7 @@ mod tests {
             cgroup_id: 42,
             started_ms: 7,
             hold: vec![],
-            landlock: Some(crate::landlock::Coverage { abi: 7, files_read: true, ..Default::default() }),
+            landlock: Some(crate::runs::landlock::Coverage { abi: 7, files_read: true, ..Default::default() }),
         };
         st.save_run(&r).unwrap();
         st.save_policy(&PolicyRecord { slot: 3, ruleset: 1, source: "p.toml".into(), text: "name = \"p\"".into() }).unwrap();

@@ -18,7 +18,7 @@ use aya::{
     Ebpf,
 };
 
-use crate::{cgroup, ebpf};
+use crate::{runs::cgroup, kernel::load as ebpf};
 
 pub struct Bound {
     pub dir: PathBuf,

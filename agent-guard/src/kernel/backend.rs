@@ -8,13 +8,10 @@
 //! the first one fails and nothing stays attached.
 use std::path::Path;
 
-use aya::{programs::Lsm, Btf, Ebpf};
+
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::BackendChoice,
-    ebpf::{LoadError, Pins},
-};
+
 
 /// The backend a daemon runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,8 +62,8 @@ pub const LSM_LINK_PREFIX: &str = "lsm-";
 pub fn bpf_lsm_listed() -> Result<(), String> {
     if !Path::new(LSM_LIST).exists() {
         let dir = "/sys/kernel/security";
-        if let Err(e) = nix::mount::mount(Some("securityfs"), dir, Some("securityfs"), nix::mount::MsFlags::empty(), None::<&str>) {
-            return Err(format!("securityfs is not mounted and mounting it at {dir} failed: {e}"));
+        if let Err(e) = crate::kernel::mounts::ensure_mounted("securityfs", dir) {
+            return Err(format!("securityfs is not mounted and mounting it failed: {e}"));
         }
     }
     let list = std::fs::read_to_string(LSM_LIST).map_err(|e| format!("reading {LSM_LIST}: {e}"))?;
@@ -78,57 +75,6 @@ pub fn bpf_lsm_listed() -> Result<(), String> {
     }
 }
 
-/// Loads and attaches every LSM program, pinning the links as `lsm-<program>`; links
-/// already pinned (an earlier daemon's) are kept. On error, what this call attached is
-/// detached again, so a failed probe leaves nothing behind. Returns how many were adopted.
-pub fn attach_lsm(ebpf: &mut Ebpf, pins: &Pins) -> Result<usize, LoadError> {
-    let btf = Btf::from_sys_fs().map_err(|e| LoadError::Pin("kernel BTF".into(), e.to_string()))?;
-    let mut adopted = 0;
-    let mut done: Vec<String> = Vec::new();
-    let mut one = |ebpf: &mut Ebpf, name: &str, hook: &str| -> Result<(), LoadError> {
-        let pin = format!("{LSM_LINK_PREFIX}{name}");
-        if pins.has_link(&pin) {
-            adopted += 1;
-            return Ok(());
-        }
-        let at = |source| LoadError::Program { name: format!("{name} (lsm/{hook})"), source };
-        let prog: &mut Lsm = ebpf
-            .program_mut(name)
-            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
-            .try_into()
-            .map_err(at)?;
-        prog.load(hook, &btf).map_err(at)?;
-        let id = prog.attach().map_err(at)?;
-        let link = prog.take_link(id).map_err(at)?;
-        pins.pin(&pin, link.into())?;
-        done.push(pin);
-        Ok(())
-    };
-    for (name, hook) in LSM_PROGRAMS {
-        if let Err(e) = one(ebpf, name, hook) {
-            for pin in &done {
-                let _ = pins.unpin(pin);
-            }
-            return Err(e);
-        }
-    }
-    Ok(adopted)
-}
-
-/// Tells the kernel programs which backend decides (AG_LSM_ON): under `lsm` the exec
-/// tracepoint reports and leaves the decision to `bprm_check_security`.
-pub fn mark(ebpf: &mut Ebpf, backend: Backend) -> Result<(), LoadError> {
-    let name = agent_guard_common::names::LSM_ON;
-    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
-    let mut on: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
-    on.set(0, u32::from(backend == Backend::Lsm), 0).map_err(|source| LoadError::Map { name, source })
-}
-
-/// Whether an earlier daemon left the LSM programs attached (then the backend is `lsm`).
-pub fn lsm_pinned(pins: &Pins) -> bool {
-    !pins.links(LSM_LINK_PREFIX).is_empty()
-}
-
 /// The outcome of choosing: the backend, and why (for the log and `status`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Choice {
@@ -136,51 +82,9 @@ pub struct Choice {
     pub reason: String,
 }
 
-/// Picks the backend for `choice` and, for `lsm`, attaches the LSM programs. `adopting`:
-/// an earlier daemon's pinned state, whose backend is kept.
-pub fn choose(choice: BackendChoice, ebpf: &mut Ebpf, pins: &Pins, adopting: bool) -> Result<Choice, LoadError> {
-    if adopting {
-        let backend = if lsm_pinned(pins) { Backend::Lsm } else { Backend::Tracepoint };
-        if choice == BackendChoice::Lsm && backend != Backend::Lsm {
-            return Err(LoadError::Backend(format!(
-                "backend = \"lsm\", but the pinned state in {} was loaded with the tracepoint backend (stop it with \
-                 `agent-guard daemon --uninstall` to change backends)",
-                pins.dir().display()
-            )));
-        }
-        return Ok(Choice { backend, reason: "adopted from the pinned state of an earlier daemon".into() });
-    }
-    match choice {
-        BackendChoice::Tracepoint => {
-            Ok(Choice { backend: Backend::Tracepoint, reason: "backend = \"tracepoint\" in the config".into() })
-        }
-        BackendChoice::Lsm => {
-            bpf_lsm_listed().map_err(|why| LoadError::Backend(format!("backend = \"lsm\", but {why}")))?;
-            attach_lsm(ebpf, pins).map_err(|e| {
-                LoadError::Backend(format!(
-                    "backend = \"lsm\", but this kernel does not load BPF LSM programs (use backend = \"auto\" or \"tracepoint\"): {e}"
-                ))
-            })?;
-            Ok(Choice { backend: Backend::Lsm, reason: "backend = \"lsm\" in the config; BPF LSM programs attached".into() })
-        }
-        BackendChoice::Auto => {
-            if let Err(why) = bpf_lsm_listed() {
-                return Ok(Choice { backend: Backend::Tracepoint, reason: format!("auto: {why}") });
-            }
-            match attach_lsm(ebpf, pins) {
-                Ok(_) => Ok(Choice { backend: Backend::Lsm, reason: "auto: BPF LSM is active and its programs attached".into() }),
-                Err(e) => Ok(Choice {
-                    backend: Backend::Tracepoint,
-                    reason: format!("auto: bpf is listed in {LSM_LIST} but this kernel refuses BPF LSM programs ({})", first_line(&e)),
-                }),
-            }
-        }
-    }
-}
-
 /// A load error in brief: its first line and, when there is a verifier log, the log's last
 /// line (where the verifier says why it refused).
-fn first_line(e: &dyn std::error::Error) -> String {
+pub(crate) fn first_line(e: &dyn std::error::Error) -> String {
     let s = e.to_string();
     let mut lines = s.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect::<Vec<_>>().into_iter();
     let first = lines.next().unwrap_or_default();

@@ -5,38 +5,12 @@ use std::{sync::Arc, time::Instant};
 
 use tracing::{info, warn};
 
-use super::{RunInfo, Shared};
-use crate::{
-    event::{self, Detail, Event},
-    respond::{self, Action},
-};
-
-#[derive(Debug, Clone)]
-pub(super) struct Hold {
-    pub(super) id: u64,
-    pub(super) since: Instant,
-    pub(super) attempts: Vec<crate::hold::Attempt>,
-    /// The run is frozen: only then can the hold be answered (an answer that thawed before
-    /// the freeze landed would leave the run frozen with nobody waiting).
-    pub(super) ready: bool,
-}
-
-impl Hold {
-    /// What the run waits for, as `ps` shows it.
-    pub(super) fn summary(&self) -> String {
-        let what: Vec<String> = self
-            .attempts
-            .iter()
-            .map(|a| {
-                format!("{} {} by pid {} ({}), rule {}", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?"), a.rule.as_deref().unwrap_or("-"))
-            })
-            .collect();
-        format!("{}; held {} s", what.join("; "), self.since.elapsed().as_secs())
-    }
-}
+use crate::daemon::core::{RunInfo, Shared};
+pub(crate) use crate::runs::grant::Hold;
+use crate::{output::event::{self, Detail, Event}, runs::respond::{self, Action}};
 
 /// What a run leaves behind in the kernel when it ends: its grants.
-pub(super) fn forget_run(shared: &Shared, run_cgroup: u64) {
+pub(crate) fn forget_run(shared: &Shared, run_cgroup: u64) {
     let mut grants = shared.grants.lock().expect("grants lock");
     let keys: Vec<_> = grants.keys().flatten().filter(|k| k.run == run_cgroup).collect();
     for k in keys {
@@ -46,8 +20,8 @@ pub(super) fn forget_run(shared: &Shared, run_cgroup: u64) {
 
 /// A `hold` verdict from the kernel: the process is stopped (SIGSTOP); freeze its whole run,
 /// record the evidence and wait for an answer (or the timeout).
-pub(super) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8; 16]>, e: Event) {
-    let Some(attempt) = crate::hold::attempt(&e, run_cgroup, file_id) else { return };
+pub(crate) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8; 16]>, e: Event) {
+    let Some(attempt) = crate::runs::evidence::attempt(&e, run_cgroup, file_id) else { return };
     let (info, new_hold) = {
         let mut runs = shared.runs.lock().expect("runs lock");
         let Some(info) = runs.by_cgroup.get_mut(&run_cgroup) else {
@@ -102,7 +76,7 @@ pub(super) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8
             .collect();
         ev.detail = Detail::Hold {
             hold: "held",
-            held_argv: crate::hold::argv(attempt.tgid),
+            held_argv: crate::runs::evidence::argv(attempt.tgid),
             recent_events: recent,
             attempts: vec![attempt],
             freeze_ms: freeze,
@@ -121,7 +95,7 @@ pub(super) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8
 
 /// Records a run's hold (or its end) in its run record, so a restarted daemon still knows
 /// what the run waits for. Bound cgroups have no record: their holds do not survive a restart.
-pub(super) fn save_hold(shared: &Shared, info: &RunInfo) {
+pub(crate) fn save_hold(shared: &Shared, info: &RunInfo) {
     if info.id.starts_with("b-") {
         return;
     }
@@ -131,7 +105,7 @@ pub(super) fn save_hold(shared: &Shared, info: &RunInfo) {
 }
 
 /// Denies hold `id` of `run` once hold_timeout has passed without an answer.
-pub(super) fn arm_hold_timeout(rt: &tokio::runtime::Handle, shared: Arc<Shared>, run: String, id: u64) {
+pub(crate) fn arm_hold_timeout(rt: &tokio::runtime::Handle, shared: Arc<Shared>, run: String, id: u64) {
     let timeout = shared.hold_timeout;
     rt.spawn(async move {
         tokio::time::sleep(timeout).await;
@@ -140,7 +114,7 @@ pub(super) fn arm_hold_timeout(rt: &tokio::runtime::Handle, shared: Arc<Shared>,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Answer {
+pub(crate) enum Answer {
     Approve { for_run: bool },
     Deny { kill: bool },
     Timeout,
@@ -151,7 +125,7 @@ pub(super) enum Answer {
 /// end with their process, refused network operations stay refused; `kill` ends the run),
 /// then thaws the run. `only`: answer only this hold (the timeout of an earlier hold must
 /// not answer a later one).
-pub(super) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option<(u32, u32)>) -> Result<String, String> {
+pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option<(u32, u32)>) -> Result<String, String> {
     use nix::sys::signal::Signal;
     let (info, hold) = {
         let mut runs = shared.runs.lock().expect("runs lock");
@@ -196,7 +170,7 @@ pub(super) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
         }
         Answer::Deny { .. } | Answer::Timeout => {
             for a in hold.attempts.iter().filter(|a| a.happened) {
-                if crate::hold::signal_in(a.tgid, Signal::SIGKILL, mount, &info.dir) {
+                if crate::runs::evidence::signal_in(a.tgid, Signal::SIGKILL, mount, &info.dir) {
                     notes.push(format!("process {} killed ({} was already open or loaded)", a.tgid, a.what));
                 }
             }
@@ -215,7 +189,7 @@ pub(super) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
         }
     }
     for a in &hold.attempts {
-        crate::hold::signal_in(a.tgid, Signal::SIGCONT, mount, &info.dir);
+        crate::runs::evidence::signal_in(a.tgid, Signal::SIGCONT, mount, &info.dir);
     }
     if info.frozen_by_responder {
         notes.push("the run stays frozen: a responder froze it (`agent-guard thaw` lets it go on)".into());

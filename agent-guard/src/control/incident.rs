@@ -4,7 +4,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::Ordering,
         Arc,
     },
     time::{Duration, Instant, SystemTime},
@@ -16,16 +16,8 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use super::{RunInfo, Shared};
-use crate::{
-    access,
-    cgroup,
-    config::Config,
-    control::{ActionReport, DaemonStatus, Response, RunStatus},
-    event::{self, Detail, Event},
-    feed::Feed,
-    respond::{self, Action, Candidate, Lookup},
-};
+use crate::daemon::core::{RunInfo, Shared};
+use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus}, output::event::{self, Detail, Event}, runs::respond::{self, Action, Candidate, Lookup}};
 
 /// Verdicts `ps` counts as violations.
 const VIOLATIONS: [&str; 4] = ["deny", "kill", "would_deny", "hold"];
@@ -33,26 +25,10 @@ const VIOLATIONS: [&str; 4] = ["deny", "kill", "would_deny", "hold"];
 /// records it itself (a launcher that is gone never will).
 const END_GRACE: Duration = Duration::from_secs(3);
 
-/// The daemon's incident-response state.
-pub(super) struct Control {
-    pub(super) feed: Feed,
-    started: Instant,
-    cfg: Config,
-    /// gid of `control_group`, None when the group does not exist.
-    gid: Option<u32>,
-    kernel_drops: AtomicU64,
-}
-
-impl Control {
-    pub(super) fn new(cfg: &Config, gid: Option<u32>) -> Self {
-        Self { feed: Feed::default(), started: Instant::now(), cfg: cfg.clone(), gid, kernel_drops: AtomicU64::new(0) }
-    }
-}
-
 impl Shared {
     /// Bookkeeping for an event the log has accepted: the feed, followers, the run's
     /// violation count and the drop total.
-    pub(super) fn record(&self, e: &Arc<Event>) {
+    pub(crate) fn record(&self, e: &Arc<Event>) {
         // A `hold` event records the hold of a violation already counted.
         if VIOLATIONS.contains(&e.verdict) && e.kind != "hold" {
             if let Some(run) = &e.run {
@@ -76,7 +52,7 @@ impl Shared {
     /// The last `n` events of run `run` (by id) still in memory, oldest first: the evidence a
     /// reviewer sees.
     #[allow(dead_code)] // for hold for review
-    pub(super) fn last_events(&self, run: &str, n: usize) -> Vec<Arc<Event>> {
+    pub(crate) fn last_events(&self, run: &str, n: usize) -> Vec<Arc<Event>> {
         self.ctl.feed.last_of_run(run, n)
     }
 
@@ -85,7 +61,7 @@ impl Shared {
         binder.bound.iter().map(|(id, b)| (*id, b.dir.clone())).collect()
     }
 
-    pub(super) fn scope(&self) -> respond::Scope {
+    pub(crate) fn scope(&self) -> respond::Scope {
         respond::Scope {
             mount: self.mount.clone(),
             managed_root: self.root.clone(),
@@ -117,7 +93,7 @@ impl Shared {
 }
 
 /// Whether the peer may use the control socket (see `access`).
-pub(super) fn admit(shared: &Shared, peer: access::Peer) -> Result<(), String> {
+pub(crate) fn admit(shared: &Shared, peer: access::Peer) -> Result<(), String> {
     let bound: Vec<PathBuf> = shared.bound_dirs().into_iter().map(|(_, d)| d).collect();
     let rules = access::Rules {
         group: &shared.ctl.cfg.control_group,
@@ -147,7 +123,7 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
 }
 
 /// `freeze`, `thaw`, `kill` of the run `spec` names, recorded as an event naming the requester.
-pub(super) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid: u32) -> Response {
+pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid: u32) -> Response {
     let cands = shared.candidates(false);
     let list: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
     let c = match respond::resolve(spec, &list, &shared.mount, Lookup { names: true }) {
@@ -159,7 +135,7 @@ pub(super) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
         .find(|(o, _)| o.id == c.id)
         .and_then(|(_, i)| i)
         .unwrap_or_else(|| unregistered(&c, cgroup::cgroup_id(&c.dir).unwrap_or(0)));
-    if let (Action::Thaw, Some(why)) = (action, info.hold.as_ref().map(super::Hold::summary)) {
+    if let (Action::Thaw, Some(why)) = (action, info.hold.as_ref().map(crate::runs::hold::Hold::summary)) {
         return Response::err(format!(
             "run {} is held for review ({why}): answer it with `agent-guard approve {}` or `agent-guard deny {}`",
             info.id, info.id, info.id
@@ -196,14 +172,14 @@ pub(super) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
                 Action::Kill => {
                     r.frozen_by_responder = false;
                     if r.hold.take().is_some() {
-                        super::save_hold(&shared, r);
+                        crate::runs::hold::save_hold(&shared, r);
                     }
                 }
             }
         }
     }
     if action == Action::Kill {
-        super::forget_run(&shared, info.cgroup_id);
+        crate::runs::hold::forget_run(&shared, info.cgroup_id);
     }
     match result {
         Ok(o) => {
@@ -277,7 +253,7 @@ fn run_status(shared: &Shared, r: &RunInfo, bound: bool, unregistered: bool) -> 
         name: r.name.clone(),
         policy: policy_name(shared, r.policy),
         state: state.into(),
-        held: r.hold.as_ref().map(super::Hold::summary),
+        held: r.hold.as_ref().map(crate::runs::hold::Hold::summary),
         processes: respond::procs(&r.dir).map_or(0, |p| p.len() as u64),
         violations: r.violations,
         age_secs: SystemTime::now().duration_since(r.started).unwrap_or_default().as_secs(),
@@ -304,11 +280,11 @@ fn statuses(shared: &Shared) -> Vec<RunStatus> {
     out
 }
 
-pub(super) fn ps(shared: &Shared) -> Response {
+pub(crate) fn ps(shared: &Shared) -> Response {
     Response { runs: Some(statuses(shared)), ..Response::ok() }
 }
 
-pub(super) fn status(shared: &Shared) -> Response {
+pub(crate) fn status(shared: &Shared) -> Response {
     let runs = statuses(shared);
     let count = |state: &str| runs.iter().filter(|r| r.state == state).count() as u64;
     let cfg = &shared.ctl.cfg;
@@ -339,8 +315,8 @@ pub(super) fn status(shared: &Shared) -> Response {
         followers: shared.ctl.feed.followers() as u64,
         backend: Some(shared.backend.backend.name().into()),
         backend_reason: Some(shared.backend.reason.clone()),
-        enforcement: crate::backend::enforcement(shared.backend.backend),
-        landlock_abi: crate::landlock::host_abi(),
+        enforcement: crate::kernel::backend::enforcement(shared.backend.backend),
+        landlock_abi: crate::runs::landlock::host_abi(),
         landlock_enabled: cfg.landlock,
         landlock_runs: runs
             .iter()
@@ -383,7 +359,7 @@ fn line(e: &Event, json: bool, out: &mut Vec<u8>) {
 
 /// `events`: the response, the buffered events, and with `follow` every new one until the
 /// client closes its side. Takes the connection over.
-pub(super) async fn stream_events<R, W>(
+pub(crate) async fn stream_events<R, W>(
     shared: Arc<Shared>,
     run: Option<String>,
     follow: bool,

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use crate::event::Event;
+use crate::output::event::Event;
 
 /// Events kept in memory.
 pub const BUFFER: usize = 10_000;

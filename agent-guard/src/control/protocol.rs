@@ -65,7 +65,7 @@ pub enum Request {
     /// The run's Landlock layer, as `run` applies it (before the command starts).
     Landlock {
         run: String,
-        coverage: crate::landlock::Coverage,
+        coverage: crate::runs::landlock::Coverage,
     },
     End {
         run: String,
@@ -147,7 +147,7 @@ pub struct RunStatus {
     /// What the run's Landlock layer refuses up front (runs of `agent-guard run` under an
     /// enforce-mode policy, on a kernel with Landlock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub landlock: Option<crate::landlock::Coverage>,
+    pub landlock: Option<crate::runs::landlock::Coverage>,
 }
 
 /// What `status` reports.
@@ -188,7 +188,7 @@ pub struct DaemonStatus {
     pub backend_reason: Option<String>,
     /// Per operation, what the backend does with a violation on this host.
     #[serde(default)]
-    pub enforcement: Vec<crate::backend::Enforcement>,
+    pub enforcement: Vec<crate::kernel::backend::Enforcement>,
     /// The host's Landlock ABI (0: none) and whether `run` uses it (config `landlock`).
     #[serde(default)]
     pub landlock_abi: u32,
@@ -205,7 +205,7 @@ pub struct LandlockRun {
     pub run: String,
     #[serde(default)]
     pub name: Option<String>,
-    pub coverage: crate::landlock::Coverage,
+    pub coverage: crate::runs::landlock::Coverage,
 }
 
 /// What a `freeze`, `thaw` or `kill` did.
@@ -248,12 +248,12 @@ pub struct Response {
     pub cgroup_root: Option<String>,
     /// The policy a `register` bound or a `policy_apply` loaded: name and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<crate::policies::PolicySummary>,
+    pub policy: Option<crate::kernel::rules::PolicySummary>,
     /// `policy_apply`: ok | unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policies: Option<Vec<crate::policies::PolicySummary>>,
+    pub policies: Option<Vec<crate::kernel::rules::PolicySummary>>,
     /// `policy_show`: the policy file's text as loaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,

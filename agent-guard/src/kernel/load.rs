@@ -8,7 +8,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use crate::policies::PolicyMaps;
+use crate::kernel::backend::{bpf_lsm_listed, first_line, Backend, Choice, LSM_LINK_PREFIX, LSM_LIST, LSM_PROGRAMS};
+use crate::config::BackendChoice;
 
 /// The object built by build.rs from agent-guard-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-guard-ebpf"));
@@ -86,6 +87,14 @@ pub enum LoadError {
     },
 }
 
+/// The maps of the compiled rule sets (written by `kernel::rules`).
+pub struct PolicyMaps {
+    pub cur: Array<MapData, u32>,
+    pub rulesets: HashMap<MapData, u32, agent_guard_common::RulesetHeader>,
+    pub files: HashMap<MapData, agent_guard_common::FileNodeKey, agent_guard_common::FileNode>,
+    pub net: LpmTrie<MapData, agent_guard_common::NetKey, agent_guard_common::NetRule>,
+}
+
 /// The loaded programs and the maps userspace works with.
 pub struct Loaded {
     /// The programs (attachments to bound cgroups and the syscall check need them). Every
@@ -103,7 +112,7 @@ pub struct Loaded {
     /// Links found pinned by an earlier daemon and kept as they are (0 on a fresh start).
     pub adopted_links: usize,
     /// The enforcement backend in force, and why.
-    pub backend: crate::backend::Choice,
+    pub backend: crate::kernel::backend::Choice,
 }
 
 /// Every map of the object, all pinned: a restarted daemon (and the programs an earlier one
@@ -299,7 +308,7 @@ const OPEN_TRACEPOINTS: &[&str] = &[
 
 /// The syscall tracepoints this backend uses (the LSM programs' links pinned: lsm).
 fn wanted_syscall_tracepoints(pins: &Pins) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
-    let lsm = crate::backend::lsm_pinned(pins);
+    let lsm = lsm_pinned(pins);
     SYSCALL_TRACEPOINTS.iter().filter(move |(name, _, _)| !(lsm && OPEN_TRACEPOINTS.contains(name)))
 }
 
@@ -453,9 +462,9 @@ pub fn load(
         }
         attach_tracepoint(&mut ebpf, pins, name, category, event)?;
     }
-    let backend = crate::backend::choose(backend, &mut ebpf, pins, adopting)?;
-    crate::backend::mark(&mut ebpf, backend.backend)?;
-    adopted_links += if adopting { pins.links(crate::backend::LSM_LINK_PREFIX).len() } else { 0 };
+    let backend = choose(backend, &mut ebpf, pins, adopting)?;
+    mark(&mut ebpf, backend.backend)?;
+    adopted_links += if adopting { pins.links(LSM_LINK_PREFIX).len() } else { 0 };
     // Only those this backend uses (the open ones are not even verified under lsm).
     for (name, _, _) in wanted_syscall_tracepoints(pins) {
         program::<TracePoint>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
@@ -508,3 +517,98 @@ mod tests {
         assert_eq!(state_root("something-else"), None);
     }
 }
+
+/// Loads and attaches every LSM program, pinning the links as `lsm-<program>`; links
+/// already pinned (an earlier daemon's) are kept. On error, what this call attached is
+/// detached again, so a failed probe leaves nothing behind. Returns how many were adopted.
+pub fn attach_lsm(ebpf: &mut Ebpf, pins: &Pins) -> Result<usize, LoadError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| LoadError::Pin("kernel BTF".into(), e.to_string()))?;
+    let mut adopted = 0;
+    let mut done: Vec<String> = Vec::new();
+    let mut one = |ebpf: &mut Ebpf, name: &str, hook: &str| -> Result<(), LoadError> {
+        let pin = format!("{LSM_LINK_PREFIX}{name}");
+        if pins.has_link(&pin) {
+            adopted += 1;
+            return Ok(());
+        }
+        let at = |source| LoadError::Program { name: format!("{name} (lsm/{hook})"), source };
+        let prog: &mut aya::programs::Lsm = ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::MissingProgram(name.to_string()))?
+            .try_into()
+            .map_err(at)?;
+        prog.load(hook, &btf).map_err(at)?;
+        let id = prog.attach().map_err(at)?;
+        let link = prog.take_link(id).map_err(at)?;
+        pins.pin(&pin, link.into())?;
+        done.push(pin);
+        Ok(())
+    };
+    for (name, hook) in LSM_PROGRAMS {
+        if let Err(e) = one(ebpf, name, hook) {
+            for pin in &done {
+                let _ = pins.unpin(pin);
+            }
+            return Err(e);
+        }
+    }
+    Ok(adopted)
+}
+
+/// Tells the kernel programs which backend decides (AG_LSM_ON): under `lsm` the exec
+/// tracepoint reports and leaves the decision to `bprm_check_security`.
+pub fn mark(ebpf: &mut Ebpf, backend: Backend) -> Result<(), LoadError> {
+    let name = agent_guard_common::names::LSM_ON;
+    let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+    let mut on: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
+    on.set(0, u32::from(backend == Backend::Lsm), 0).map_err(|source| LoadError::Map { name, source })
+}
+
+/// Whether an earlier daemon left the LSM programs attached (then the backend is `lsm`).
+pub fn lsm_pinned(pins: &Pins) -> bool {
+    !pins.links(LSM_LINK_PREFIX).is_empty()
+}
+
+/// Picks the backend for `choice` and, for `lsm`, attaches the LSM programs. `adopting`:
+/// an earlier daemon's pinned state, whose backend is kept.
+pub fn choose(choice: BackendChoice, ebpf: &mut Ebpf, pins: &Pins, adopting: bool) -> Result<Choice, LoadError> {
+    if adopting {
+        let backend = if lsm_pinned(pins) { Backend::Lsm } else { Backend::Tracepoint };
+        if choice == BackendChoice::Lsm && backend != Backend::Lsm {
+            return Err(LoadError::Backend(format!(
+                "backend = \"lsm\", but the pinned state in {} was loaded with the tracepoint backend (stop it with \
+                 `agent-guard daemon --uninstall` to change backends)",
+                pins.dir().display()
+            )));
+        }
+        return Ok(Choice { backend, reason: "adopted from the pinned state of an earlier daemon".into() });
+    }
+    match choice {
+        BackendChoice::Tracepoint => {
+            Ok(Choice { backend: Backend::Tracepoint, reason: "backend = \"tracepoint\" in the config".into() })
+        }
+        BackendChoice::Lsm => {
+            bpf_lsm_listed().map_err(|why| LoadError::Backend(format!("backend = \"lsm\", but {why}")))?;
+            attach_lsm(ebpf, pins).map_err(|e| {
+                LoadError::Backend(format!(
+                    "backend = \"lsm\", but this kernel does not load BPF LSM programs (use backend = \"auto\" or \"tracepoint\"): {e}"
+                ))
+            })?;
+            Ok(Choice { backend: Backend::Lsm, reason: "backend = \"lsm\" in the config; BPF LSM programs attached".into() })
+        }
+        BackendChoice::Auto => {
+            if let Err(why) = bpf_lsm_listed() {
+                return Ok(Choice { backend: Backend::Tracepoint, reason: format!("auto: {why}") });
+            }
+            match attach_lsm(ebpf, pins) {
+                Ok(_) => Ok(Choice { backend: Backend::Lsm, reason: "auto: BPF LSM is active and its programs attached".into() }),
+                Err(e) => Ok(Choice {
+                    backend: Backend::Tracepoint,
+                    reason: format!("auto: bpf is listed in {LSM_LIST} but this kernel refuses BPF LSM programs ({})", first_line(&e)),
+                }),
+            }
+        }
+    }
+}
+
+

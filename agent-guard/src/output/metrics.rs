@@ -22,7 +22,7 @@ use prometheus::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::warn;
 
-use crate::event::{Detail, Event};
+use crate::output::event::{Detail, Event};
 
 /// Where events are lost, as `drop` events and `agent_guard_events_dropped_total` name it.
 pub const DROP_STAGES: [&str; 5] = ["kernel_ringbuf", "kernel_pending", "userspace_queue", "follower", "sink"];
@@ -164,7 +164,7 @@ impl Metrics {
                 "The kernel's Landlock ABI (0: no Landlock; runs get no Landlock layer and only the eBPF layer enforces).",
             )?,
         )?;
-        landlock_abi.set(crate::landlock::host_abi() as i64);
+        landlock_abi.set(crate::runs::landlock::host_abi() as i64);
         // Series that exist from the start, so rate() and alerts see a 0 before the first loss.
         for stage in DROP_STAGES {
             add(&m.dropped, &[stage], 0);
@@ -401,7 +401,7 @@ mod tests {
         assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(5.0));
         assert_eq!(v(r#"agent_guard_violations_total{action="deny",kind="open",policy="coding"}"#), Some(1.0));
         assert_eq!(v(r#"agent_guard_landlock_denials_total{kind="open",policy="coding"}"#), Some(1.0));
-        assert_eq!(v("agent_guard_landlock_abi"), Some(crate::landlock::host_abi() as f64));
+        assert_eq!(v("agent_guard_landlock_abi"), Some(crate::runs::landlock::host_abi() as f64));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="kernel_ringbuf"}"#), Some(7.0));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="follower"}"#), Some(2.0));
         assert_eq!(v(r#"agent_guard_events_dropped_total{stage="sink"}"#), Some(0.0));

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::cgroup;
+use crate::runs::cgroup;
 
 /// How long an action waits for the kernel to report it done.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -325,7 +325,7 @@ pub fn cgroup_path(spec: &str, mount: &Path) -> PathBuf {
 /// The absolute cgroup directory of process `pid`.
 pub fn pid_cgroup(pid: u32, mount: &Path) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = crate::access::parse_cgroup(&text)?;
+    let rel = crate::control::peer::parse_cgroup(&text)?;
     let rel = rel.trim_matches('/');
     Some(if rel.is_empty() { mount.to_path_buf() } else { mount.join(rel) })
 }

@@ -147,7 +147,7 @@ pub enum Detail {
     /// `denied` or `timeout`.
     Hold {
         hold: &'static str,
-        attempts: Vec<crate::hold::Attempt>,
+        attempts: Vec<crate::runs::grant::Attempt>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         held_argv: Vec<String>,
         #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -8,54 +8,11 @@
 use std::{os::unix::fs::MetadataExt, path::Path};
 
 use agent_guard_common::{kind, GrantKey};
-use serde::{Deserialize, Serialize};
 
 use std::collections::HashMap;
 
-use crate::event::{Ancestor, Detail, Event};
-
-/// One held access.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
-    /// open | exec | connect | sendmsg
-    pub kind: String,
-    /// What was attempted, as a person reads it: a path with its access, or addr:port.
-    pub what: String,
-    pub rule: Option<String>,
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: Option<String>,
-    /// The grant approving it, when the access can be identified (None: it cannot be
-    /// approved, only let go on or denied).
-    #[serde(skip)]
-    pub grant: Option<GrantKey>,
-    /// The access already happened when the process was stopped (open, exec): approving
-    /// lets it go on; denying kills the process. Otherwise (network) it was refused with
-    /// EPERM and approving lets a retry through.
-    pub happened: bool,
-}
-
-/// A held access as a run record keeps it (`state_dir`), with its grant key, so a restarted
-/// daemon can still answer the hold.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recorded {
-    pub attempt: Attempt,
-    /// (run, kind, port, id) of the grant key.
-    pub grant: Option<(u64, u32, u32, [u8; 16])>,
-}
-
-impl From<&Attempt> for Recorded {
-    fn from(a: &Attempt) -> Self {
-        Self { attempt: a.clone(), grant: a.grant.map(|k| (k.run, k.kind, k.port, k.id)) }
-    }
-}
-
-impl From<Recorded> for Attempt {
-    fn from(r: Recorded) -> Self {
-        let grant = r.grant.map(|(run, kind, port, id)| GrantKey { run, kind, port, id });
-        Attempt { grant, ..r.attempt }
-    }
-}
+use crate::output::event::{Ancestor, Detail, Event};
+use crate::runs::grant::Attempt;
 
 /// The access in a `hold` event, or None when the event is not one a responder can answer.
 /// `file_id`: the file as the kernel identified it (device, inode); without it the daemon
@@ -174,7 +131,7 @@ pub fn lineage(tgid: u32, ppid: u32, procs: &HashMap<u32, Proc>, mount: &Path, r
 
 /// Whether process `pid` is in `dir` or a cgroup below it.
 pub fn in_cgroup(pid: u32, mount: &Path, dir: &Path) -> bool {
-    crate::respond::pid_cgroup(pid, mount).is_some_and(|c| c.starts_with(dir))
+    crate::runs::respond::pid_cgroup(pid, mount).is_some_and(|c| c.starts_with(dir))
 }
 
 /// Sends `sig` to `pid` only if it is still inside the run's cgroup `dir`.

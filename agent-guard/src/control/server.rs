@@ -1,0 +1,262 @@
+//! The daemon's control-socket server: accepts clients, checks the peer once, dispatches
+//! requests.
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_guard_common::{RunEntry, NO_POLICY};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{info, warn};
+use crate::{control::peer as access, runs::cgroup, control::{self, Request, Response}, runs::respond::Action, output::event::Detail};
+use crate::runs::hold::{answer, forget_run, Answer};
+use crate::daemon::core::*;
+use crate::control::incident;
+use crate::daemon::reload::{apply, install_for_run, rebind};
+
+pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle_client(shared.clone(), stream));
+            }
+            Err(e) => {
+                warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
+    let Ok(cred) = stream.peer_cred() else { return };
+    let peer = access::Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0).max(0) as u32 };
+    let (uid, pid) = (peer.uid, peer.pid);
+    // Checked once, when the peer connects (see `access`).
+    let denied = incident::admit(&shared, peer).err();
+    if let Some(why) = &denied {
+        info!("control socket: refused uid {uid} pid {pid}: {why}");
+    }
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd.take(control::MAX_LINE as u64 * 16)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let resp = if line.len() > control::MAX_LINE {
+            Response::err(format!("request longer than {} bytes", control::MAX_LINE))
+        } else if let Some(why) = &denied {
+            Response::err(why.clone())
+        } else {
+            match control::parse_request(&line) {
+                Ok(Request::Events { run, follow, json }) => {
+                    incident::stream_events(shared.clone(), run, follow, json, lines, wr).await;
+                    return;
+                }
+                Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
+                    // Waits for the kernel: off the async workers.
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let (action, run) = match req {
+                            Request::Freeze { run } => (Action::Freeze, run),
+                            Request::Thaw { run } => (Action::Thaw, run),
+                            Request::Kill { run } => (Action::Kill, run),
+                            _ => return Response::err("unexpected request"),
+                        };
+                        incident::act(shared, action, &run, uid, pid)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+                }
+                Ok(req @ (Request::Approve { .. } | Request::Deny { .. })) => {
+                    // Thawing waits for the kernel: off the async workers too.
+                    let shared = shared.clone();
+                    tokio::task::spawn_blocking(move || handle(&shared, req, uid, pid))
+                        .await
+                        .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+                }
+                Ok(req) => handle(&shared, req, uid, pid),
+                Err(msg) => Response::err(msg),
+            }
+        };
+        let mut out = serde_json::to_string(&resp).expect("serializable");
+        out.push('\n');
+        if wr.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) fn valid_run_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Response {
+    match req {
+        Request::Ping => Response { cgroup_root: Some(shared.root.display().to_string()), ..Response::ok() },
+        Request::Register { run, name, labels, argv, policy, policy_file } => {
+            if !valid_run_id(&run) {
+                return Response::err(format!("invalid run id {run:?}"));
+            }
+            let bound = match (policy, policy_file) {
+                (Some(_), Some(_)) => return Response::err("give a policy name or a policy file, not both"),
+                (None, None) => None,
+                (Some(name), None) => {
+                    let store = shared.policies.lock().expect("policies lock");
+                    match store.slot_of(&name).and_then(|slot| store.summary(slot)) {
+                        Some(summary) => Some(summary),
+                        None => {
+                            let loaded: Vec<_> = store.list().into_iter().map(|p| p.name).collect();
+                            return Response::err(format!(
+                                "no policy named {name:?} is loaded (loaded: {}); give a policy file or put it in {}",
+                                if loaded.is_empty() { "none".to_string() } else { loaded.join(", ") },
+                                shared.policy_dir.display()
+                            ));
+                        }
+                    }
+                }
+                (None, Some(file)) => match install_for_run(shared, file, (uid, pid)) {
+                    Ok(s) => Some(s),
+                    Err(e) => return Response::err(e),
+                },
+            };
+            let dir = shared.root.join(&run);
+            let id = match cgroup::cgroup_id(&dir) {
+                Ok(id) => id,
+                Err(e) => return Response::err(format!("run cgroup {}: {e}", dir.display())),
+            };
+            let info = RunInfo {
+                id: run.clone(),
+                name,
+                labels,
+                dir,
+                cgroup_id: id,
+                policy: bound.as_ref().map(|p| p.slot),
+                started: SystemTime::now(),
+                ended: None,
+                hold: None,
+                violations: 0,
+                frozen_by_responder: false,
+                landlock: None,
+            };
+            {
+                // Lock order: binder, then runs. The syscall tracepoints (and for a policied
+                // run the syscall check) are attached before the run's entry exists, and
+                // cannot be detached while we hold the binder.
+                let mut binder = shared.binder.lock().expect("binder lock");
+                if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Response::err("the daemon is stopping; run refused");
+                }
+                if let Err(e) = binder.hooks_for_new_run(bound.is_some()) {
+                    return Response::err(format!("cannot attach the kernel hooks, run refused: {e}"));
+                }
+                let mut runs = shared.runs.lock().expect("runs lock");
+                if runs.by_cgroup.values().any(|r| r.id == run && r.ended.is_none()) {
+                    return Response::err(format!("run {run} is already registered"));
+                }
+                let entry = RunEntry {
+                    run_index: runs.next_index,
+                    flags: 0,
+                    policy: bound.as_ref().map_or(NO_POLICY, |p| p.slot),
+                    _pad: 0,
+                };
+                // Recorded before the kernel entry: a daemon killed in between leaves a record
+                // without an entry, which the next one drops, never an unnamed enforced run.
+                if let Err(e) = shared.state.save_run(&info.record()) {
+                    return Response::err(format!("recording the run in {}: {e}", shared.state.dir().display()));
+                }
+                if let Err(e) = runs.map.insert(id, entry, 0) {
+                    shared.state.remove_run(&run);
+                    return Response::err(format!("kernel run map: {e}"));
+                }
+                runs.next_index = runs.next_index.wrapping_add(1).max(1);
+                runs.by_cgroup.insert(id, info.clone());
+            }
+            let mut e = shared.base_event("run_start", Some(&info));
+            e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
+            shared.emit(e);
+            // The policy's text goes back too: `run` builds its Landlock layer from it.
+            let text = bound.as_ref().and_then(|b| {
+                shared.policies.lock().expect("policies lock").by_slot(b.slot).map(|s| s.text.clone())
+            });
+            Response { policy: bound, text, ..Response::ok() }
+        }
+        Request::PolicyApply { file } => {
+            let source = file.source.clone();
+            let applied = apply(shared, file, Some((uid, pid)));
+            rebind(shared);
+            match applied {
+                Ok((summary, installed)) => Response {
+                    result: Some(installed.result().into()),
+                    policy: Some(summary),
+                    ..Response::ok()
+                },
+                Err(e) => Response::err(format!("{source}: policy not applied, the previous one stays in force:\n{e}")),
+            }
+        }
+        Request::PolicyList => {
+            let store = shared.policies.lock().expect("policies lock");
+            Response { policies: Some(store.list()), ..Response::ok() }
+        }
+        Request::PolicyShow { name } => {
+            let store = shared.policies.lock().expect("policies lock");
+            match (store.slot_of(&name).and_then(|slot| store.summary(slot)), store.get(&name)) {
+                (Some(summary), Some(s)) => Response { policy: Some(summary), text: Some(s.text.clone()), ..Response::ok() },
+                _ => Response::err(format!("no policy named {name:?} is loaded")),
+            }
+        }
+        Request::Approve { run, for_run } => {
+            match answer(shared, &run, None, Answer::Approve { for_run }, Some((uid, pid))) {
+                Ok(text) => Response { text: Some(text), ..Response::ok() },
+                Err(e) => Response::err(e),
+            }
+        }
+        Request::Deny { run, kill } => match answer(shared, &run, None, Answer::Deny { kill }, Some((uid, pid))) {
+            Ok(text) => Response { text: Some(text), ..Response::ok() },
+            Err(e) => Response::err(e),
+        },
+        Request::Ps => incident::ps(shared),
+        Request::Status => incident::status(shared),
+        Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
+            Response::err("this request is handled by the connection, not here")
+        }
+        Request::Landlock { run, coverage } => {
+            let mut runs = shared.runs.lock().expect("runs lock");
+            let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none() && r.dir.starts_with(&shared.root)) else {
+                return Response::err(format!("no active run {run}"));
+            };
+            info.landlock = Some(coverage);
+            if let Err(e) = shared.state.save_run(&info.record()) {
+                warn!("recording run {run}'s Landlock layer in {}: {e}", shared.state.dir().display());
+            }
+            Response::ok()
+        }
+        Request::End { run, exit_status } => {
+            let info = {
+                let mut runs = shared.runs.lock().expect("runs lock");
+                let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none()) else {
+                    return Response::err(format!("no active run {run}"));
+                };
+                info.ended = Some(Instant::now());
+                let info = info.clone();
+                // Processes that survived the run's cleanup stay under its policy: the kernel
+                // entry goes only once the cgroup is empty or gone.
+                if matches!(cgroup::populated(&info.dir), Ok(true)) {
+                    warn!("run {run} ended with processes still in {}; its policy stays on them", info.dir.display());
+                } else {
+                    let _ = runs.map.remove(&info.cgroup_id);
+                    shared.state.remove_run(&info.id);
+                }
+                info
+            };
+            forget_run(shared, info.cgroup_id);
+            let mut e = shared.base_event("run_end", Some(&info));
+            e.detail = Detail::RunEnd { exit_status };
+            if let Err(e) = shared.after_ring.send(e) {
+                shared.emit(e.0);
+            }
+            Response::ok()
+        }
+    }
+}
+

@@ -1,0 +1,86 @@
+//! Start-up over pinned state: what an earlier daemon left enforcing is taken over.
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_guard_common::{RunEntry, NO_POLICY};
+use tracing::{info, warn};
+use crate::runs::cgroup;
+use crate::runs::hold::{arm_hold_timeout, Hold};
+use crate::daemon::core::*;
+
+/// Takes over what an earlier daemon left pinned: its policies (same rule set ids, nothing
+/// rewritten), its runs whose cgroups still exist, and its bound cgroups.
+pub(crate) fn adopt(shared: &Arc<Shared>) {
+    let (records, errors) = shared.state.policies();
+    for e in errors {
+        warn!("state: {e}");
+    }
+    let n = records.len();
+    for msg in shared.policies.lock().expect("policies lock").adopt(records) {
+        warn!("{msg}");
+    }
+    let (records, errors) = shared.state.runs();
+    for e in errors {
+        warn!("state: {e}");
+    }
+    let mut runs = shared.runs.lock().expect("runs lock");
+    let entries: HashMap<u64, RunEntry> = runs.map.iter().flatten().collect();
+    runs.next_index = entries.values().map(|e| e.run_index).max().unwrap_or(0).wrapping_add(1).max(1);
+    let mut adopted = 0;
+    for r in records {
+        let alive = cgroup::cgroup_id(&r.dir).is_ok_and(|id| id == r.cgroup_id);
+        match entries.get(&r.cgroup_id) {
+            Some(entry) if alive => {
+                let hold = (!r.hold.is_empty()).then(|| Hold {
+                    id: shared.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+                    since: Instant::now(),
+                    attempts: r.hold.into_iter().map(crate::runs::grant::Attempt::from).collect(),
+                    ready: true,
+                });
+                if let Some(h) = &hold {
+                    warn!(
+                        "run {} was held for review when the earlier daemon stopped, and still is ({}); \
+                         hold_timeout starts again",
+                        r.id,
+                        h.summary()
+                    );
+                    arm_hold_timeout(&tokio::runtime::Handle::current(), shared.clone(), r.id.clone(), h.id);
+                }
+                let info = RunInfo {
+                    id: r.id,
+                    name: r.name,
+                    labels: r.labels,
+                    dir: r.dir,
+                    cgroup_id: r.cgroup_id,
+                    policy: (entry.policy != NO_POLICY).then_some(entry.policy),
+                    started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
+                    ended: None,
+                    hold,
+                    violations: 0,
+                    frozen_by_responder: false,
+                    landlock: r.landlock,
+                };
+                runs.by_cgroup.insert(r.cgroup_id, info);
+                adopted += 1;
+            }
+            _ => shared.state.remove_run(&r.id),
+        }
+    }
+    // Kernel entries of runs that are gone (or never recorded, which a kill between the map
+    // write and the record write leaves): a cgroup that still exists keeps its entry.
+    for id in entries.keys() {
+        if !runs.by_cgroup.contains_key(id) && cgroup::find_by_id(&shared.root, *id, 1).is_none() {
+            let _ = runs.map.remove(id);
+        }
+    }
+    drop(runs);
+    let bound = shared.binder.lock().expect("binder lock").adopt(&shared.mount);
+    for (id, dir, slot) in &bound {
+        let info = bound_run_info(shared, *id, dir, *slot);
+        shared.runs.lock().expect("runs lock").by_cgroup.insert(*id, info);
+    }
+    info!("adopted {n} policies, {adopted} runs and {} bound cgroups", bound.len());
+}

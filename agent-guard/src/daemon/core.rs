@@ -1,0 +1,214 @@
+//! The daemon's state: the run registry, the loaded policies, the bindings and the kernel maps
+//! they write, the event queue and the control plane's state.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use agent_guard_common::RunEntry;
+use tokio::sync::mpsc;
+use crate::{daemon::state::State, output::event::{self, Event}, runs::bind::Binder, kernel::rules::PolicyStore};
+use crate::runs::grant::Hold;
+
+/// Events waiting for the writer; beyond this they are counted as `userspace_queue` drops.
+pub(crate) const QUEUE: usize = 65536;
+/// How long a finished run's metadata is kept for events still in the ring buffer.
+pub(crate) const RUN_LINGER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub(crate) struct RunInfo {
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    /// Absolute path of the run's cgroup directory.
+    pub(crate) dir: PathBuf,
+    pub(crate) cgroup_id: u64,
+    /// Policy slot the run is bound to.
+    pub(crate) policy: Option<u32>,
+    pub(crate) started: SystemTime,
+    pub(crate) ended: Option<Instant>,
+    /// Events of the run with verdict deny, kill, would_deny or hold.
+    pub(crate) violations: u64,
+    /// Held for review: what it waits for.
+    pub(crate) hold: Option<Hold>,
+    /// Frozen by a responder (`agent-guard freeze`): answering a hold does not thaw it.
+    pub(crate) frozen_by_responder: bool,
+    /// What the run's Landlock layer refuses up front (runs of `agent-guard run` only).
+    pub(crate) landlock: Option<crate::runs::landlock::Coverage>,
+}
+
+impl RunInfo {
+    pub(crate) fn record(&self) -> crate::daemon::state::RunRecord {
+        crate::daemon::state::RunRecord {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            labels: self.labels.clone(),
+            dir: self.dir.clone(),
+            cgroup_id: self.cgroup_id,
+            started_ms: self.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            hold: self.hold.iter().flat_map(|h| h.attempts.iter().map(crate::runs::grant::Recorded::from)).collect(),
+            landlock: self.landlock.clone(),
+        }
+    }
+}
+
+/// The one owner of the kernel run map and the run registry.
+pub(crate) struct Runs {
+    pub(crate) map: aya::maps::HashMap<aya::maps::MapData, u64, RunEntry>,
+    pub(crate) by_cgroup: HashMap<u64, RunInfo>,
+    pub(crate) next_index: u32,
+}
+
+pub(crate) struct Shared {
+    pub(crate) runs: Mutex<Runs>,
+    pub(crate) policies: Mutex<PolicyStore>,
+    pub(crate) binder: Mutex<Binder>,
+    pub(crate) policy_dir: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) mount: PathBuf,
+    pub(crate) host: String,
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel timestamps into wall time.
+    pub(crate) boot_offset_ns: i128,
+    pub(crate) tx: mpsc::Sender<Arc<Event>>,
+    /// Events the log could not take (a write error): reported as `drop`, stage `sink`.
+    pub(crate) sink_drops: Arc<std::sync::atomic::AtomicU64>,
+    /// Events emitted once the ring buffer has been drained (see `read_ring`).
+    pub(crate) after_ring: mpsc::UnboundedSender<Event>,
+    pub(crate) queue_drops: std::sync::atomic::AtomicU64,
+    pub(crate) state: State,
+    /// Set once the daemon is shutting down: no new registrations or bindings.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    pub(crate) grants: Mutex<aya::maps::HashMap<aya::maps::MapData, agent_guard_common::GrantKey, u32>>,
+    /// The kernel's list of processes stopped for a hold (see `answer`).
+    pub(crate) held: Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
+    pub(crate) hold_timeout: Duration,
+    pub(crate) next_hold: std::sync::atomic::AtomicU64,
+    /// Incident response: recent events, followers, control access.
+    pub(crate) ctl: Control,
+    /// Prometheus counters, fed by `emit` (see `metrics`).
+    pub(crate) metrics: Arc<crate::output::metrics::Metrics>,
+    /// The enforcement backend in force, and why (`status`).
+    pub(crate) backend: crate::kernel::backend::Choice,
+}
+
+impl Shared {
+    pub(crate) fn run_for(&self, cgroup_id: u64) -> Option<RunInfo> {
+        self.runs.lock().expect("runs lock").by_cgroup.get(&cgroup_id).cloned()
+    }
+
+    pub(crate) fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
+        self.event_at(kind, run, SystemTime::now())
+    }
+
+    /// An event of `run` that happened at `t`.
+    pub(crate) fn event_at(&self, kind: &'static str, run: Option<&RunInfo>, t: SystemTime) -> Event {
+        let (policy, policy_version) = match run.and_then(|r| r.policy) {
+            Some(slot) => {
+                let store = self.policies.lock().expect("policies lock");
+                match store.by_slot(slot) {
+                    Some(s) => (Some(s.policy.name.clone()), Some(s.policy.version.clone())),
+                    None => (None, None),
+                }
+            }
+            None => (None, None),
+        };
+        Event {
+            policy,
+            policy_version,
+            ts: event::rfc3339(t),
+            host: self.host.clone(),
+            kind,
+            verdict: "allow",
+            run: run.map(|r| r.id.clone()),
+            run_name: run.and_then(|r| r.name.clone()),
+            labels: run.map(|r| r.labels.clone()).unwrap_or_default(),
+            cgroup: run.map(|r| self.rel(&r.dir)),
+            cgroup_id: run.map(|r| r.cgroup_id),
+            ..Default::default()
+        }
+    }
+
+    /// cgroup path as shown in events: relative to the cgroup2 mount, with a leading /.
+    pub(crate) fn rel(&self, dir: &Path) -> String {
+        format!("/{}", dir.strip_prefix(&self.mount).unwrap_or(dir).display())
+    }
+
+    /// `emit` for the ring reader: a violation waits for room in the queue instead of being
+    /// dropped (the ring reader slows down; the kernel keeps room in the ring for violations).
+    pub(crate) async fn emit_from_ring(&self, e: Event) {
+        if e.verdict == "allow" {
+            return self.emit(e);
+        }
+        self.metrics.observe(&e);
+        let e = Arc::new(e);
+        if self.tx.send(e.clone()).await.is_ok() {
+            self.record(&e);
+        }
+    }
+
+    pub(crate) fn emit(&self, e: Event) {
+        self.metrics.observe(&e);
+        let e = Arc::new(e);
+        if self.tx.try_send(e.clone()).is_err() {
+            self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.record(&e);
+        }
+    }
+}
+
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
+}
+
+
+pub(crate) fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
+    RunInfo {
+        id: format!("b-{id}"),
+        name: Some(shared.rel(dir)),
+        labels: BTreeMap::from([("bound".to_string(), "true".to_string())]),
+        dir: dir.to_path_buf(),
+        cgroup_id: id,
+        policy: Some(slot),
+        started: SystemTime::now(),
+        ended: None,
+        hold: None,
+        violations: 0,
+        frozen_by_responder: false,
+        landlock: None,
+    }
+}
+
+/// What a scrape reports of the daemon's state.
+pub(crate) fn metrics_snapshot(shared: &Shared) -> crate::output::metrics::Snapshot {
+    let runs_active = shared.runs.lock().expect("runs lock").by_cgroup.values().filter(|r| r.ended.is_none()).count();
+    let policies = shared.policies.lock().expect("policies lock").list().into_iter().map(|p| (p.name, p.version)).collect();
+    crate::output::metrics::Snapshot { runs_active, policies }
+}
+
+
+/// The daemon's incident-response state.
+pub(crate) struct Control {
+    pub(crate) feed: crate::output::feed::Feed,
+    pub(crate) started: Instant,
+    pub(crate) cfg: crate::config::Config,
+    /// gid of `control_group`, None when the group does not exist.
+    pub(crate) gid: Option<u32>,
+    pub(crate) kernel_drops: std::sync::atomic::AtomicU64,
+}
+
+impl Control {
+    pub(crate) fn new(cfg: &crate::config::Config, gid: Option<u32>) -> Self {
+        Self { feed: crate::output::feed::Feed::default(), started: Instant::now(), cfg: cfg.clone(), gid, kernel_drops: std::sync::atomic::AtomicU64::new(0) }
+    }
+}
+

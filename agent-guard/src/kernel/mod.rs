@@ -1,0 +1,7 @@
+//! The kernel side, through aya: loading, pinning and attaching the programs, the backend in
+//! force, BTF offsets, and the maps that hold the compiled rule sets.
+pub mod backend;
+pub mod btf;
+pub mod load;
+pub mod mounts;
+pub mod rules;

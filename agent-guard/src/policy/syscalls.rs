@@ -1,0 +1,105 @@
+//! Syscall names and numbers in policies: what `[syscalls] deny` accepts, and the syscalls
+//! the tracepoint backend cannot judge (refused unseen).
+use super::paths::Problem;
+use std::str::FromStr;
+
+use agent_guard_common::SYSCALL_WORDS;
+
+/// Syscalls refused in enforce mode because the tracepoint backend cannot check what they do.
+pub const UNSEEN_SYSCALLS: &[&str] = &[
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "link",
+    "linkat",
+    "open_by_handle_at",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsmount",
+    "fsconfig",
+    "fspick",
+    "mount_setattr",
+    "setns",
+    "unshare",
+    "chroot",
+    "pidfd_getfd",
+    "process_vm_readv",
+    "process_vm_writev",
+];
+
+/// Of the [`UNSEEN_SYSCALLS`], those the lsm backend judges itself, so they are not refused
+/// there as unseen: link and linkat (the path_link hook checks both names against the policy).
+pub const LSM_JUDGED_SYSCALLS: &[&str] = &["link", "linkat"];
+
+
+/// The x86_64 number of a syscall name.
+pub(super) fn syscall_number(name: &str) -> Option<u32> {
+    syscalls::x86_64::Sysno::from_str(name).ok().and_then(|s| u32::try_from(s.id()).ok())
+}
+
+/// The x86_64 name of syscall `nr` (for events).
+pub fn syscall_name(nr: u32) -> Option<&'static str> {
+    syscalls::x86_64::Sysno::new(nr as usize).map(|s| s.name())
+}
+
+pub(super) fn all_syscall_names() -> impl Iterator<Item = &'static str> {
+    (0..SYSCALL_WORDS as u32 * 64).filter_map(syscall_name)
+}
+
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+pub(super) fn check_syscall(s: &str) -> Result<((String, u32), String), Problem> {
+    let bits = SYSCALL_WORDS as u32 * 64;
+    let (name, nr) = if let Ok(n) = s.parse::<u32>() {
+        if n >= bits {
+            return Err((
+                format!("syscall number {n} cannot be represented (the kernel bitmap holds 0-{})", bits - 1),
+                None,
+            ));
+        }
+        match syscall_name(n) {
+            Some(name) => (name.to_string(), n),
+            None => return Err((format!("no x86_64 syscall has number {n}"), None)),
+        }
+    } else {
+        match syscall_number(s) {
+            Some(nr) => (s.to_string(), nr),
+            None => return Err((format!("unknown syscall {s:?}"), Some(syscall_hint(s)))),
+        }
+    };
+    if nr >= bits {
+        return Err((format!("syscall {name} ({nr}) cannot be represented (the kernel bitmap holds 0-{})", bits - 1), None));
+    }
+    Ok(((name.clone(), nr), name))
+}
+
+pub(super) fn syscall_hint(s: &str) -> String {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_prefix("sys_").unwrap_or(&lower);
+    let best = all_syscall_names().map(|n| (edit_distance(lower, n), n)).min();
+    if let Some((d, n)) = best {
+        if d <= 2.max(lower.len() / 3) {
+            return format!("did you mean {n:?}?");
+        }
+    }
+    if let Some(n) = all_syscall_names().filter(|n| n.starts_with(lower)).min() {
+        return format!("did you mean {n:?}?");
+    }
+    "names come from the x86_64 syscall table, e.g. \"ptrace\"".into()
+}
+
