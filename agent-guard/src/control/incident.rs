@@ -32,7 +32,8 @@ impl Shared {
         // A `hold` event records the hold of a violation already counted.
         if VIOLATIONS.contains(&e.verdict) && e.kind != "hold" {
             if let Some(run) = &e.run {
-                let mut runs = self.runs.lock().expect("runs lock");
+                let mut runs_own = self.own();
+                let runs = &mut runs_own.runs;
                 let mut matching: Vec<&mut RunInfo> = runs.by_cgroup.values_mut().filter(|r| &r.id == run).collect();
                 // The live run of that id, else the one that ended last.
                 matching.sort_by_key(|r| r.ended.is_none());
@@ -57,7 +58,8 @@ impl Shared {
     }
 
     fn bound_dirs(&self) -> Vec<(u64, PathBuf)> {
-        let binder = self.binder.lock().expect("binder lock");
+        let binder_own = self.own();
+        let binder = &binder_own.binder;
         binder.bound.iter().map(|(id, b)| (*id, b.dir.clone())).collect()
     }
 
@@ -74,7 +76,8 @@ impl Shared {
     /// of (left by a daemon that stopped: they can still be frozen or killed).
     fn candidates(&self, with_ended: bool) -> Vec<(Candidate, Option<RunInfo>)> {
         let runs: Vec<RunInfo> = {
-            let runs = self.runs.lock().expect("runs lock");
+            let runs_own = self.own();
+            let runs = &runs_own.runs;
             runs.by_cgroup.values().filter(|r| with_ended || r.ended.is_none()).cloned().collect()
         };
         let known: HashSet<PathBuf> = runs.iter().filter(|r| r.ended.is_none()).map(|r| r.dir.clone()).collect();
@@ -163,7 +166,8 @@ pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
     };
     shared.emit(e);
     if result.is_ok() {
-        let mut runs = shared.runs.lock().expect("runs lock");
+        let mut runs_own = shared.own();
+        let runs = &mut runs_own.runs;
         if let Some(r) = runs.by_cgroup.get_mut(&info.cgroup_id) {
             match action {
                 Action::Freeze => r.frozen_by_responder = true,
@@ -219,7 +223,8 @@ fn end_later(shared: Arc<Shared>, id: String) {
     rt.spawn(async move {
         tokio::time::sleep(END_GRACE).await;
         let info = {
-            let mut runs = shared.runs.lock().expect("runs lock");
+            let mut runs_own = shared.own();
+            let runs = &mut runs_own.runs;
             let Some(r) = runs.by_cgroup.values_mut().find(|r| r.id == id && r.ended.is_none()) else { return };
             if r.dir.exists() {
                 return;
@@ -237,7 +242,8 @@ fn end_later(shared: Arc<Shared>, id: String) {
 }
 
 fn policy_name(shared: &Shared, slot: Option<u32>) -> Option<String> {
-    let store = shared.policies.lock().expect("policies lock");
+    let store_guard = shared.own();
+    let store = &store_guard.policies;
     slot.and_then(|s| store.by_slot(s)).map(|s| s.policy.name.clone())
 }
 
@@ -288,7 +294,8 @@ pub(crate) fn status(shared: &Shared) -> Response {
     let runs = statuses(shared);
     let count = |state: &str| runs.iter().filter(|r| r.state == state).count() as u64;
     let cfg = &shared.ctl.cfg;
-    let binder = shared.binder.lock().expect("binder lock");
+    let binder_own = shared.own();
+    let binder = &binder_own.binder;
     let s = DaemonStatus {
         version: env!("CARGO_PKG_VERSION").into(),
         pid: std::process::id(),
@@ -306,7 +313,7 @@ pub(crate) fn status(shared: &Shared) -> Response {
         runs_frozen: count("frozen"),
         runs_held: count("held"),
         bound_cgroups: runs.iter().filter(|r| r.bound).count() as u64,
-        policies: shared.policies.lock().expect("policies lock").list().len() as u64,
+        policies: binder_own.policies.list().len() as u64,
         syscall_check_attached: binder.syscall_hook_attached(),
         syscall_tracepoints_attached: binder.syscall_tracepoints_attached(),
         events_dropped: shared.ctl.kernel_drops.load(Ordering::Relaxed)

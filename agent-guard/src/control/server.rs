@@ -102,7 +102,8 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 (Some(_), Some(_)) => return Response::err("give a policy name or a policy file, not both"),
                 (None, None) => None,
                 (Some(name), None) => {
-                    let store = shared.policies.lock().expect("policies lock");
+                    let store_guard = shared.own();
+                    let store = &store_guard.policies;
                     match store.slot_of(&name).and_then(|slot| store.summary(slot)) {
                         Some(summary) => Some(summary),
                         None => {
@@ -140,17 +141,18 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 landlock: None,
             };
             {
-                // Lock order: binder, then runs. The syscall tracepoints (and for a policied
-                // run the syscall check) are attached before the run's entry exists, and
-                // cannot be detached while we hold the binder.
-                let mut binder = shared.binder.lock().expect("binder lock");
+                // The syscall tracepoints (and for a policied run the syscall check) are
+                // attached before the run's entry exists, and cannot be detached while we
+                // hold the state.
+                let mut own = shared.own();
+                let own = &mut *own;
                 if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     return Response::err("the daemon is stopping; run refused");
                 }
-                if let Err(e) = binder.hooks_for_new_run(bound.is_some()) {
+                if let Err(e) = own.binder.hooks_for_new_run(bound.is_some()) {
                     return Response::err(format!("cannot attach the kernel hooks, run refused: {e}"));
                 }
-                let mut runs = shared.runs.lock().expect("runs lock");
+                let runs = &mut own.runs;
                 if runs.by_cgroup.values().any(|r| r.id == run && r.ended.is_none()) {
                     return Response::err(format!("run {run} is already registered"));
                 }
@@ -177,7 +179,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             shared.emit(e);
             // The policy's text goes back too: `run` builds its Landlock layer from it.
             let text = bound.as_ref().and_then(|b| {
-                shared.policies.lock().expect("policies lock").by_slot(b.slot).map(|s| s.text.clone())
+                shared.own().policies.by_slot(b.slot).map(|s| s.text.clone())
             });
             Response { policy: bound, text, ..Response::ok() }
         }
@@ -195,11 +197,13 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             }
         }
         Request::PolicyList => {
-            let store = shared.policies.lock().expect("policies lock");
+            let store_guard = shared.own();
+            let store = &store_guard.policies;
             Response { policies: Some(store.list()), ..Response::ok() }
         }
         Request::PolicyShow { name } => {
-            let store = shared.policies.lock().expect("policies lock");
+            let store_guard = shared.own();
+            let store = &store_guard.policies;
             match (store.slot_of(&name).and_then(|slot| store.summary(slot)), store.get(&name)) {
                 (Some(summary), Some(s)) => Response { policy: Some(summary), text: Some(s.text.clone()), ..Response::ok() },
                 _ => Response::err(format!("no policy named {name:?} is loaded")),
@@ -221,7 +225,8 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             Response::err("this request is handled by the connection, not here")
         }
         Request::Landlock { run, coverage } => {
-            let mut runs = shared.runs.lock().expect("runs lock");
+            let mut runs_own = shared.own();
+            let runs = &mut runs_own.runs;
             let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none() && r.dir.starts_with(&shared.root)) else {
                 return Response::err(format!("no active run {run}"));
             };
@@ -233,7 +238,8 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
         }
         Request::End { run, exit_status } => {
             let info = {
-                let mut runs = shared.runs.lock().expect("runs lock");
+                let mut runs_own = shared.own();
+                let runs = &mut runs_own.runs;
                 let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none()) else {
                     return Response::err(format!("no active run {run}"));
                 };

@@ -19,14 +19,15 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
         warn!("state: {e}");
     }
     let n = records.len();
-    for msg in shared.policies.lock().expect("policies lock").adopt(records) {
+    for msg in shared.own().policies.adopt(records) {
         warn!("{msg}");
     }
     let (records, errors) = shared.state.runs();
     for e in errors {
         warn!("state: {e}");
     }
-    let mut runs = shared.runs.lock().expect("runs lock");
+    let mut runs_own = shared.own();
+    let runs = &mut runs_own.runs;
     let entries: HashMap<u64, RunEntry> = runs.map.iter().flatten().collect();
     runs.next_index = entries.values().map(|e| e.run_index).max().unwrap_or(0).wrapping_add(1).max(1);
     let mut adopted = 0;
@@ -76,11 +77,11 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
             let _ = runs.map.remove(id);
         }
     }
-    drop(runs);
-    let bound = shared.binder.lock().expect("binder lock").adopt(&shared.mount);
+    drop(runs_own);
+    let bound = shared.own().binder.adopt(&shared.mount);
     for (id, dir, slot) in &bound {
         let info = bound_run_info(shared, *id, dir, *slot);
-        shared.runs.lock().expect("runs lock").by_cgroup.insert(*id, info);
+        shared.own().runs.by_cgroup.insert(*id, info);
     }
     info!("adopted {n} policies, {adopted} runs and {} bound cgroups", bound.len());
 }

@@ -61,10 +61,21 @@ pub(crate) struct Runs {
     pub(crate) next_index: u32,
 }
 
+/// What the daemon writes into the kernel, with the registry that mirrors it: the run map and
+/// its runs, the loaded policies and their rule-set maps, the bindings (which own the loaded
+/// programs and attach them), the grants and the held processes. One owner behind one lock,
+/// so no two parts of the daemon can see them out of step and there is no lock order to keep.
+pub(crate) struct Owned {
+    pub(crate) runs: Runs,
+    pub(crate) policies: PolicyStore,
+    pub(crate) binder: Binder,
+    pub(crate) grants: aya::maps::HashMap<aya::maps::MapData, agent_guard_common::GrantKey, u32>,
+    /// The kernel's list of processes stopped for a hold (see `answer`).
+    pub(crate) held: aya::maps::HashMap<aya::maps::MapData, u32, u32>,
+}
+
 pub(crate) struct Shared {
-    pub(crate) runs: Mutex<Runs>,
-    pub(crate) policies: Mutex<PolicyStore>,
-    pub(crate) binder: Mutex<Binder>,
+    owned: Mutex<Owned>,
     pub(crate) policy_dir: PathBuf,
     pub(crate) root: PathBuf,
     pub(crate) mount: PathBuf,
@@ -80,9 +91,6 @@ pub(crate) struct Shared {
     pub(crate) state: State,
     /// Set once the daemon is shutting down: no new registrations or bindings.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
-    pub(crate) grants: Mutex<aya::maps::HashMap<aya::maps::MapData, agent_guard_common::GrantKey, u32>>,
-    /// The kernel's list of processes stopped for a hold (see `answer`).
-    pub(crate) held: Mutex<aya::maps::HashMap<aya::maps::MapData, u32, u32>>,
     pub(crate) hold_timeout: Duration,
     pub(crate) next_hold: std::sync::atomic::AtomicU64,
     /// Incident response: recent events, followers, control access.
@@ -94,8 +102,49 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        owned: Owned,
+        policy_dir: PathBuf,
+        root: PathBuf,
+        mount: PathBuf,
+        tx: mpsc::Sender<Arc<Event>>,
+        after_ring: mpsc::UnboundedSender<Event>,
+        state: State,
+        hold_timeout: Duration,
+        ctl: Control,
+        metrics: Arc<crate::output::metrics::Metrics>,
+        backend: crate::kernel::backend::Choice,
+    ) -> Self {
+        Shared {
+            owned: Mutex::new(owned),
+            policy_dir,
+            root,
+            mount,
+            host: hostname(),
+            boot_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
+            tx,
+            sink_drops: Default::default(),
+            after_ring,
+            queue_drops: Default::default(),
+            state,
+            stopping: Default::default(),
+            hold_timeout,
+            next_hold: Default::default(),
+            ctl,
+            metrics,
+            backend,
+        }
+    }
+
+    /// The kernel state and the registry, locked. Hold it only for map and registry work:
+    /// never across an await, a wait for the kernel (freezing, killing) or an `emit`.
+    pub(crate) fn own(&self) -> std::sync::MutexGuard<'_, Owned> {
+        self.owned.lock().expect("daemon state lock")
+    }
+
     pub(crate) fn run_for(&self, cgroup_id: u64) -> Option<RunInfo> {
-        self.runs.lock().expect("runs lock").by_cgroup.get(&cgroup_id).cloned()
+        self.own().runs.by_cgroup.get(&cgroup_id).cloned()
     }
 
     pub(crate) fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
@@ -106,7 +155,8 @@ impl Shared {
     pub(crate) fn event_at(&self, kind: &'static str, run: Option<&RunInfo>, t: SystemTime) -> Event {
         let (policy, policy_version) = match run.and_then(|r| r.policy) {
             Some(slot) => {
-                let store = self.policies.lock().expect("policies lock");
+                let store_guard = self.own();
+                let store = &store_guard.policies;
                 match store.by_slot(slot) {
                     Some(s) => (Some(s.policy.name.clone()), Some(s.policy.version.clone())),
                     None => (None, None),
@@ -190,8 +240,8 @@ pub(crate) fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) ->
 
 /// What a scrape reports of the daemon's state.
 pub(crate) fn metrics_snapshot(shared: &Shared) -> crate::output::metrics::Snapshot {
-    let runs_active = shared.runs.lock().expect("runs lock").by_cgroup.values().filter(|r| r.ended.is_none()).count();
-    let policies = shared.policies.lock().expect("policies lock").list().into_iter().map(|p| (p.name, p.version)).collect();
+    let runs_active = shared.own().runs.by_cgroup.values().filter(|r| r.ended.is_none()).count();
+    let policies = shared.own().policies.list().into_iter().map(|p| (p.name, p.version)).collect();
     crate::output::metrics::Snapshot { runs_active, policies }
 }
 

@@ -12,7 +12,7 @@ use reload::{load_policy_dir, rebind};
 use std::{
     collections::HashMap,
     os::unix::fs::PermissionsExt,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -138,30 +138,27 @@ async fn serve(cfg: Config) -> Result<()> {
 
     let (tx, rx) = mpsc::channel(QUEUE);
     let (after_ring, after_ring_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        runs: Mutex::new(Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 }),
-        policies: Mutex::new(PolicyStore::new(policy_maps).for_backend(backend.backend)),
+    let owned = Owned {
+        runs: Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 },
+        policies: PolicyStore::new(policy_maps).for_backend(backend.backend),
         // Owns the programs; their attachments are pinned and outlive the daemon.
-        binder: Mutex::new(Binder::new(programs, pins.clone(), bound, bind_on)),
-        policy_dir: cfg.policy_dir.clone(),
-        root: root.clone(),
+        binder: Binder::new(programs, pins.clone(), bound, bind_on),
+        grants,
+        held,
+    };
+    let shared = Arc::new(Shared::new(
+        owned,
+        cfg.policy_dir.clone(),
+        root.clone(),
         mount,
-        host: hostname(),
-        boot_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
         tx,
-        sink_drops: Default::default(),
         after_ring,
-        queue_drops: Default::default(),
         state,
-        stopping: Default::default(),
-        grants: Mutex::new(grants),
-        held: Mutex::new(held),
-        hold_timeout: cfg.hold_timeout,
-        next_hold: Default::default(),
-        ctl: Control::new(&cfg, control_gid),
-        metrics: metrics.clone(),
+        cfg.hold_timeout,
+        Control::new(&cfg, control_gid),
+        metrics.clone(),
         backend,
-    });
+    ));
 
     let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone(), cfg.stderr_events));
     if adopting {
@@ -203,13 +200,14 @@ async fn serve(cfg: Config) -> Result<()> {
     let _ = std::fs::remove_file(&cfg.control_socket);
     // Enforcement outlives the daemon while anything is under it; with nothing left, the
     // programs are detached so an idle host does not pay for them. `stopping` is set under the
-    // binder lock, which registrations and rebinds take and then check it: none comes after
+    // state lock, which registrations and rebinds take and then check it: none comes after
     // the decision.
     let idle = {
-        let binder = shared.binder.lock().expect("binder lock");
+        let own = shared.own();
+        let binder = &own.binder;
         shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         let live: Vec<String> = {
-            let runs = shared.runs.lock().expect("runs lock");
+            let runs = &own.runs;
             let mut live: Vec<String> = runs
                 .by_cgroup
                 .values()

@@ -42,7 +42,8 @@ pub(crate) fn apply_checked(
         let (name, version) = (p.name.clone(), p.version.clone());
         e.policy = Some(name.clone());
         e.policy_version = Some(version);
-        let mut store = shared.policies.lock().expect("policies lock");
+        let mut store_guard = shared.own();
+        let store = &mut store_guard.policies;
         let installed = store.install(p, file.text.clone())?;
         let summary = store.summary(installed.slot()).expect("installed");
         Ok((summary, installed))
@@ -73,7 +74,7 @@ pub(crate) fn apply_checked(
     } else if let Ok((s, i)) = &outcome {
         if !matches!(i, Installed::Unchanged { .. }) {
             info!("policy {} {} loaded from {}", s.name, s.version, file.source);
-            let ruleset = shared.policies.lock().expect("policies lock").by_slot(s.slot).map_or(0, |x| x.ruleset);
+            let ruleset = shared.own().policies.by_slot(s.slot).map_or(0, |x| x.ruleset);
             let rec = PolicyRecord { slot: s.slot, ruleset, source: file.source.clone(), text: file.text.clone() };
             if let Err(e) = shared.state.save_policy(&rec) {
                 warn!("recording policy {} in {}: {e} (a restarted daemon will not know its text)", s.name, shared.state.dir().display());
@@ -90,7 +91,8 @@ pub(crate) fn apply_checked(
 pub(crate) fn install_for_run(shared: &Shared, file: PolicyText, by: (u32, u32)) -> Result<crate::kernel::rules::PolicySummary, String> {
     let p = check(&file)?;
     {
-        let store = shared.policies.lock().expect("policies lock");
+        let store_guard = shared.own();
+        let store = &store_guard.policies;
         if let Some(loaded) = store.slot_of(&p.name).and_then(|slot| store.summary(slot)) {
             if loaded.version != p.version {
                 return Err(format!(
@@ -150,7 +152,8 @@ pub(crate) fn load_policy_dir(shared: &Shared) {
 /// Brings `[bind] cgroups` bindings up to date and reports each change as a run start/end.
 pub(crate) fn rebind(shared: &Shared) {
     let globs: Vec<(u32, globset::GlobSet)> = {
-        let store = shared.policies.lock().expect("policies lock");
+        let store_guard = shared.own();
+        let store = &store_guard.policies;
         store
             .list()
             .iter()
@@ -160,13 +163,15 @@ pub(crate) fn rebind(shared: &Shared) {
             })
             .collect()
     };
-    let mut binder = shared.binder.lock().expect("binder lock");
+    let mut guard = shared.own();
+    let own = &mut *guard;
+    let binder = &mut own.binder;
     if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     if globs.is_empty() && binder.bound.is_empty() {
         let (runs, policied) = {
-            let runs = shared.runs.lock().expect("runs lock");
+            let runs = &own.runs;
             let entries: Vec<RunEntry> = runs.map.iter().flatten().map(|(_, e)| e).collect();
             (!entries.is_empty(), entries.iter().any(|e| e.policy != NO_POLICY))
         };
@@ -182,13 +187,14 @@ pub(crate) fn rebind(shared: &Shared) {
     let current = binder.bound.iter().map(|(id, b)| (*id, (b.dir.clone(), b.slot))).collect();
     let desired = crate::runs::bind::scan(&shared.mount, &shared.root, &globs, &current);
     let changes = binder.apply(desired);
-    drop(binder);
+    drop(guard);
     for msg in &changes.errors {
         warn!("{msg}");
     }
     for (id, dir, slot) in changes.removed {
         let info = {
-            let mut runs = shared.runs.lock().expect("runs lock");
+            let mut runs_own = shared.own();
+            let runs = &mut runs_own.runs;
             runs.by_cgroup.get_mut(&id).map(|r| {
                 r.ended = Some(Instant::now());
                 r.clone()
@@ -205,7 +211,7 @@ pub(crate) fn rebind(shared: &Shared) {
     for (id, dir, slot) in changes.added {
         let rel = shared.rel(&dir);
         let info = bound_run_info(shared, id, &dir, slot);
-        shared.runs.lock().expect("runs lock").by_cgroup.insert(id, info.clone());
+        shared.own().runs.by_cgroup.insert(id, info.clone());
         info!("bound {rel} to policy slot {slot}");
         let mut e = shared.base_event("run_start", Some(&info));
         e.detail = Detail::RunStart { requested_by_uid: 0, requested_by_pid: std::process::id(), argv: vec![] };

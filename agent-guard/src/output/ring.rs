@@ -122,7 +122,7 @@ pub(crate) fn enrich(
     if h.ruleset != 0 {
         e.hook = Some(event::hook_of(raw.kind, h.flags));
         // The generation that decided, which may be older than the run's current policy.
-        if let Some(p) = shared.policies.lock().expect("policies lock").policy_of(h.ruleset) {
+        if let Some(p) = shared.own().policies.policy_of(h.ruleset) {
             e.policy = Some(p.name.clone());
             e.policy_version = Some(p.version.clone());
         }
@@ -163,7 +163,7 @@ pub(crate) fn enrich(
     e.layer = crate::runs::landlock::kernel_layer(e.kind);
     if let Some(cov) = run.as_ref().and_then(|r| r.landlock.as_ref()) {
         if h.ruleset != 0 && crate::runs::landlock::maybe_refused(&e, cov) {
-            let policy = shared.policies.lock().expect("policies lock").policy_of(h.ruleset);
+            let policy = shared.own().policies.policy_of(h.ruleset);
             crate::runs::landlock::attribute(&mut e, cov, policy.as_deref());
         }
     }
@@ -214,10 +214,11 @@ pub(crate) async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArr
             }
             shared.record(&e);
         }
-        shared.policies.lock().expect("policies lock").reap(false);
+        shared.own().policies.reap(false);
         rebind(&shared);
         // Forget runs that ended a while ago.
-        let mut runs = shared.runs.lock().expect("runs lock");
+        let mut runs_own = shared.own();
+        let runs = &mut runs_own.runs;
         runs.by_cgroup.retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < RUN_LINGER));
     }
 }

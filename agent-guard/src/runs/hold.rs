@@ -11,7 +11,8 @@ use crate::{output::event::{self, Detail, Event}, runs::respond::{self, Action}}
 
 /// What a run leaves behind in the kernel when it ends: its grants.
 pub(crate) fn forget_run(shared: &Shared, run_cgroup: u64) {
-    let mut grants = shared.grants.lock().expect("grants lock");
+    let mut grants_own = shared.own();
+    let grants = &mut grants_own.grants;
     let keys: Vec<_> = grants.keys().flatten().filter(|k| k.run == run_cgroup).collect();
     for k in keys {
         let _ = grants.remove(&k);
@@ -23,7 +24,8 @@ pub(crate) fn forget_run(shared: &Shared, run_cgroup: u64) {
 pub(crate) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8; 16]>, e: Event) {
     let Some(attempt) = crate::runs::evidence::attempt(&e, run_cgroup, file_id) else { return };
     let (info, new_hold) = {
-        let mut runs = shared.runs.lock().expect("runs lock");
+        let mut runs_own = shared.own();
+        let runs = &mut runs_own.runs;
         let Some(info) = runs.by_cgroup.get_mut(&run_cgroup) else {
             warn!("hold for an unknown run (cgroup {run_cgroup}): process {} stays stopped until a responder acts", attempt.tgid);
             return;
@@ -55,7 +57,8 @@ pub(crate) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8
             None => None,
         };
         if let Some(id) = new_hold {
-            let mut runs = shared.runs.lock().expect("runs lock");
+            let mut runs_own = shared.own();
+            let runs = &mut runs_own.runs;
             if let Some(h) = runs.by_cgroup.get_mut(&run_cgroup).and_then(|r| r.hold.as_mut()).filter(|h| h.id == id) {
                 h.ready = true;
             }
@@ -128,7 +131,8 @@ pub(crate) enum Answer {
 pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer, by: Option<(u32, u32)>) -> Result<String, String> {
     use nix::sys::signal::Signal;
     let (info, hold) = {
-        let mut runs = shared.runs.lock().expect("runs lock");
+        let mut runs_own = shared.own();
+        let runs = &mut runs_own.runs;
         let matches: Vec<u64> = runs
             .by_cgroup
             .iter()
@@ -158,7 +162,8 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
     match how {
         Answer::Approve { for_run } => {
             let flags = if for_run { agent_guard_common::grant::RUN } else { agent_guard_common::grant::ONCE };
-            let mut grants = shared.grants.lock().expect("grants lock");
+            let mut grants_own = shared.own();
+            let grants = &mut grants_own.grants;
             for a in &hold.attempts {
                 // A held open or exec has happened: approving once is letting it go on.
                 if let (Some(key), true) = (&a.grant, for_run || !a.happened) {
@@ -183,7 +188,8 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
     }
     {
         // Let go in the kernel first: a held process that runs is otherwise killed.
-        let mut held = shared.held.lock().expect("held lock");
+        let mut held_own = shared.own();
+        let held = &mut held_own.held;
         for a in &hold.attempts {
             let _ = held.remove(&a.tgid);
         }
