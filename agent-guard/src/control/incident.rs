@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::daemon::core::{RunInfo, Shared};
-use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus}, output::event::{self, Detail, Event}, runs::respond::{self, Action, Candidate, Lookup}};
+use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus, ViolationSummary}, output::event::{self, Detail, Event}, runs::respond::{self, Action, Candidate, Lookup}};
 
 /// Verdicts `ps` counts as violations.
 const VIOLATIONS: [&str; 4] = ["deny", "kill", "would_deny", "hold"];
@@ -39,6 +39,14 @@ impl Shared {
                 matching.sort_by_key(|r| r.ended.is_none());
                 if let Some(r) = matching.pop() {
                     r.violations += 1;
+                }
+                drop(runs_own);
+                let mut tallies = self.ctl.tallies.lock().expect("tallies lock");
+                let t = tallies.entry(run.clone()).or_default();
+                t.total += 1;
+                *t.by_rule.entry(e.rule.clone().unwrap_or_else(|| "-".into())).or_default() += 1;
+                if t.first.len() < ViolationSummary::FIRST {
+                    t.first.push(format!("{} {}", e.kind, target(e)));
                 }
             }
         }
@@ -366,11 +374,36 @@ fn line(e: &Event, json: bool, out: &mut Vec<u8>) {
 
 /// `events`: the response, the buffered events, and with `follow` every new one until the
 /// client closes its side. Takes the connection over.
+/// What a violation was about, in a few words: the path, the address, the syscall.
+fn target(e: &Event) -> String {
+    match &e.detail {
+        Detail::Open { path, .. } | Detail::Exec { path, .. } => path.clone(),
+        Detail::Connect { addr, port, .. } => format!("{addr}:{port}"),
+        Detail::Syscall { name, .. } => name.clone(),
+        _ => e.rule.clone().unwrap_or_default(),
+    }
+}
+
+/// What `events` asks for besides the run: violations only, a start time, the last N.
+#[derive(Debug, Default)]
+pub(crate) struct EventFilter {
+    pub(crate) violations: bool,
+    pub(crate) since: Option<String>,
+    pub(crate) tail: Option<usize>,
+}
+
+impl EventFilter {
+    fn keeps(&self, e: &Event) -> bool {
+        (!self.violations || VIOLATIONS.contains(&e.verdict)) && self.since.as_ref().is_none_or(|s| e.ts.as_str() >= s.as_str())
+    }
+}
+
 pub(crate) async fn stream_events<R, W>(
     shared: Arc<Shared>,
     run: Option<String>,
     follow: bool,
     json: bool,
+    only: EventFilter,
     mut requests: Lines<R>,
     mut wr: W,
 ) where
@@ -387,7 +420,7 @@ pub(crate) async fn stream_events<R, W>(
     if write_response(&mut wr, &Response { stream: Some("events".into()), ..Response::ok() }).await.is_err() {
         return;
     }
-    let wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id));
+    let wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id)) && only.keeps(e);
     let (recent, rx) = if follow {
         let (recent, rx) = shared.ctl.feed.follow();
         (recent, Some(rx))
@@ -395,7 +428,9 @@ pub(crate) async fn stream_events<R, W>(
         (shared.ctl.feed.snapshot(), None)
     };
     let mut buf = Vec::with_capacity(1 << 16);
-    for e in recent.iter().filter(|e| wanted(e)) {
+    let backlog: Vec<&Arc<Event>> = recent.iter().filter(|e| wanted(e)).collect();
+    let skip = only.tail.map_or(0, |n| backlog.len().saturating_sub(n));
+    for e in backlog.into_iter().skip(skip) {
         line(e, json, &mut buf);
         if buf.len() >= 1 << 16 {
             if wr.write_all(&buf).await.is_err() {

@@ -112,6 +112,16 @@ pub enum Request {
         /// JSON lines (else the human lines).
         #[serde(default)]
         json: bool,
+        /// Only violations: verdict deny, kill, hold or would_deny.
+        #[serde(default)]
+        violations: bool,
+        /// Only events at or after this time (RFC 3339, UTC, as events carry it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+        /// Of the events already in the daemon's buffer, only the last N (after the other
+        /// filters); new events are all streamed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<usize>,
     },
 }
 
@@ -269,6 +279,37 @@ pub struct Response {
     /// `events`: what the lines after this response are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// `end`: the run's violations, for the line `run` prints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violations: Option<ViolationSummary>,
+}
+
+/// A run's violations (verdict deny, kill, hold or would_deny) as the daemon counted them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViolationSummary {
+    pub total: u64,
+    /// Rule (e.g. `files.read`) -> count.
+    pub by_rule: BTreeMap<String, u64>,
+    /// The first few targets: `kind path` (or address, syscall).
+    pub first: Vec<String>,
+}
+
+impl ViolationSummary {
+    /// How many targets `first` keeps.
+    pub const FIRST: usize = 3;
+
+    /// The line `agent-guard run` prints on stderr when its run ends with violations.
+    pub fn line(&self, run: &str) -> String {
+        let rules: Vec<String> = self.by_rule.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let more = if self.total as usize > self.first.len() { ", ..." } else { "" };
+        format!(
+            "agent-guard: run {run} ended with {} violation{} ({}): {}{more}; all of them: agent-guard events --run {run} --violations",
+            self.total,
+            if self.total == 1 { "" } else { "s" },
+            rules.join(", "),
+            self.first.join(", "),
+        )
+    }
 }
 
 impl Response {
@@ -388,7 +429,7 @@ mod tests {
         assert_eq!(parse_request("{\"v\":1,\"op\":\"freeze\",\"run\":\"r-1\"}").unwrap(), Request::Freeze { run: "r-1".into() });
         assert_eq!(
             parse_request("{\"v\":1,\"op\":\"events\",\"follow\":true}").unwrap(),
-            Request::Events { run: None, follow: true, json: false }
+            Request::Events { run: None, follow: true, json: false, violations: false, since: None, tail: None }
         );
         assert!(parse_request("{\"v\":1,\"op\":\"kill\"}").unwrap_err().contains("run"));
     }

@@ -49,8 +49,9 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
             Response::err(why.clone())
         } else {
             match control::parse_request(&line) {
-                Ok(Request::Events { run, follow, json }) => {
-                    incident::stream_events(shared.clone(), run, follow, json, lines, wr).await;
+                Ok(Request::Events { run, follow, json, violations, since, tail }) => {
+                    let filter = incident::EventFilter { violations, since, tail };
+                    incident::stream_events(shared.clone(), run, follow, json, filter, lines, wr).await;
                     return;
                 }
                 Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
@@ -68,7 +69,7 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
                     .await
                     .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
                 }
-                Ok(req @ (Request::Approve { .. } | Request::Deny { .. })) => {
+                Ok(req @ (Request::Approve { .. } | Request::Deny { .. } | Request::End { .. })) => {
                     // Thawing waits for the kernel: off the async workers too.
                     let shared = shared.clone();
                     tokio::task::spawn_blocking(move || handle(&shared, req, uid, pid))
@@ -258,10 +259,16 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             forget_run(shared, info.cgroup_id);
             let mut e = shared.base_event("run_end", Some(&info));
             e.detail = Detail::RunEnd { exit_status };
-            if let Err(e) = shared.after_ring.send(e) {
-                shared.emit(e.0);
+            // run_end follows every record of the run still in the ring buffer; once it is
+            // recorded, so are the run's violations, and the summary is complete.
+            let (done, recorded) = std::sync::mpsc::sync_channel(1);
+            if let Err(e) = shared.after_ring.send((e, Some(done))) {
+                shared.emit(e.0 .0);
+            } else if recorded.recv_timeout(std::time::Duration::from_secs(2)).is_err() {
+                warn!("run {run}: run_end not recorded within 2 s; its violation summary may be short");
             }
-            Response::ok()
+            let violations = shared.ctl.tallies.lock().expect("tallies lock").remove(&info.id);
+            Response { violations, ..Response::ok() }
         }
     }
 }

@@ -12,6 +12,10 @@ use tokio::sync::mpsc;
 use crate::{daemon::state::State, output::event::{self, Event}, runs::bind::Binder, kernel::rules::PolicyStore};
 use crate::runs::grant::Hold;
 
+/// An event to emit once the ring buffer has been drained (a run's `run_end`), and who waits
+/// for it to be recorded.
+pub(crate) type AfterRing = (Event, Option<std::sync::mpsc::SyncSender<()>>);
+
 /// Events waiting for the writer; beyond this they are counted as `userspace_queue` drops.
 pub(crate) const QUEUE: usize = 65536;
 /// How long a finished run's metadata is kept for events still in the ring buffer.
@@ -86,7 +90,7 @@ pub(crate) struct Shared {
     /// Events the log could not take (a write error): reported as `drop`, stage `sink`.
     pub(crate) sink_drops: Arc<std::sync::atomic::AtomicU64>,
     /// Events emitted once the ring buffer has been drained (see `read_ring`).
-    pub(crate) after_ring: mpsc::UnboundedSender<Event>,
+    pub(crate) after_ring: mpsc::UnboundedSender<AfterRing>,
     pub(crate) queue_drops: std::sync::atomic::AtomicU64,
     pub(crate) state: State,
     /// Set once the daemon is shutting down: no new registrations or bindings.
@@ -109,7 +113,7 @@ impl Shared {
         root: PathBuf,
         mount: PathBuf,
         tx: mpsc::Sender<Arc<Event>>,
-        after_ring: mpsc::UnboundedSender<Event>,
+        after_ring: mpsc::UnboundedSender<AfterRing>,
         state: State,
         hold_timeout: Duration,
         ctl: Control,
@@ -254,11 +258,14 @@ pub(crate) struct Control {
     /// gid of `control_group`, None when the group does not exist.
     pub(crate) gid: Option<u32>,
     pub(crate) kernel_drops: std::sync::atomic::AtomicU64,
+    /// Per live run: its violations by rule and the first few targets, for the summary `run`
+    /// prints when the run ends.
+    pub(crate) tallies: Mutex<HashMap<String, crate::control::ViolationSummary>>,
 }
 
 impl Control {
     pub(crate) fn new(cfg: &crate::config::Config, gid: Option<u32>) -> Self {
-        Self { feed: crate::output::feed::Feed::default(), started: Instant::now(), cfg: cfg.clone(), gid, kernel_drops: std::sync::atomic::AtomicU64::new(0) }
+        Self { feed: crate::output::feed::Feed::default(), started: Instant::now(), cfg: cfg.clone(), gid, kernel_drops: std::sync::atomic::AtomicU64::new(0), tallies: Default::default() }
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) const RING_PAUSE: Duration = Duration::from_millis(5);
 pub(crate) async fn read_ring(
     shared: Arc<Shared>,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    mut after_ring: mpsc::UnboundedReceiver<Event>,
+    mut after_ring: mpsc::UnboundedReceiver<AfterRing>,
 ) {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both drop.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -96,12 +96,15 @@ pub(crate) async fn read_ring(
                 // much later. The ring holds the backlog meanwhile (its drops are counted).
                 tokio::time::sleep(RING_PAUSE).await;
             }
-            Some(e) = after_ring.recv() => {
+            Some((e, done)) = after_ring.recv() => {
                 while drain(fd.get_mut(), &mut batch) {
                     emit_batch(&shared, &mut batch).await;
                 }
                 emit_batch(&shared, &mut batch).await;
                 shared.emit(e);
+                if let Some(done) = done {
+                    let _ = done.try_send(());
+                }
             }
         }
     }
@@ -220,6 +223,8 @@ pub(crate) async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArr
         let mut runs_own = shared.own();
         let runs = &mut runs_own.runs;
         runs.by_cgroup.retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < RUN_LINGER));
+        let known: std::collections::HashSet<&str> = runs.by_cgroup.values().map(|r| r.id.as_str()).collect();
+        shared.ctl.tallies.lock().expect("tallies lock").retain(|id, _| known.contains(id.as_str()));
     }
 }
 

@@ -102,8 +102,13 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
         eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
     }
     let exit_status = status.as_ref().ok().copied();
-    if let Err(e) = control::call(&cfg.control_socket, control::Request::End { run: id, exit_status }) {
-        eprintln!("agent-guard: telling the daemon the run ended: {e}");
+    match control::call(&cfg.control_socket, control::Request::End { run: id.clone(), exit_status }) {
+        Ok(r) => {
+            if let Some(v) = r.violations.filter(|v| v.total > 0) {
+                eprintln!("{}", v.line(&id));
+            }
+        }
+        Err(e) => eprintln!("agent-guard: telling the daemon the run ended: {e}"),
     }
     status
 }

@@ -1,0 +1,72 @@
+//! What a user sees of a run's violations: the line `agent-guard run` prints when its run
+//! ends with violations, and `events --violations | --tail N | --since WHEN`.
+use agent_guard_tests::{layout, privileged, probe, probe_reads, s, status, stdout, toml_items, Daemon};
+
+#[test]
+fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
+    if !privileged("a_run_with_violations_says_so_at_the_end_and_events_filter_them") {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let policy = d.write_policy(
+        "viol",
+        &format!(
+            "name = \"viol\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\"]\n",
+            toml_items(&probe_reads()),
+            s(&l.ws),
+            s(&probe())
+        ),
+    );
+    // Two refused reads (outside the policy), one allowed: the probe goes on after each.
+    let secret = s(&l.outside.join("secret.txt"));
+    let script = format!(
+        "{p} read {secret}; {p} read {secret}; {p} read {ok}; true",
+        p = s(&probe()),
+        ok = s(&l.ws.join("ok.txt"))
+    );
+    let sh_policy = d.write_policy(
+        "viol-sh",
+        &format!(
+            "name = \"viol-sh\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\", \"/usr/bin/\"]\n",
+            toml_items(&probe_reads()),
+            s(&l.ws),
+            s(&probe())
+        ),
+    );
+    let o = d.run(&["--policy", sh_policy.to_str().unwrap(), "--name", "viol", "--", "/bin/sh", "-c", &script]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(status(&o), 0, "{o:?}");
+    assert_eq!(stdout(&o).matches("err EACCES").count(), 2, "{o:?}");
+    let events = d.wait_for("run_end", |e| e["kind"] == "run_end" && e["run_name"] == "viol");
+    let run = agent_guard_tests::run_id(&events, "viol");
+    let line = err.lines().find(|l| l.contains("ended with")).unwrap_or_else(|| panic!("no summary line: {err}"));
+    assert!(line.contains(&format!("run {run} ended with 2 violations (2 files.read)")), "{line}");
+    assert!(line.contains(&format!("open {secret}")), "{line}");
+    assert!(line.contains(&format!("agent-guard events --run {run} --violations")), "{line}");
+    // A run without violations prints no such line.
+    let o = d.probe_run(&policy, "clean", &["read", &s(&l.ws.join("ok.txt"))]);
+    assert_eq!(status(&o), 0, "{o:?}");
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("ended with"), "{o:?}");
+
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut v = vec!["events", "--json", "--run", &run];
+        v.extend_from_slice(args);
+        let o = d.cli(&v);
+        assert_eq!(status(&o), 0, "{o:?}");
+        stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let all = json(&[]);
+    assert!(all.iter().any(|e| e["verdict"] == "allow"), "{all:#?}");
+    let violations = json(&["--violations"]);
+    assert_eq!(violations.len(), 2, "{violations:#?}");
+    assert!(violations.iter().all(|e| e["verdict"] == "deny" && e["path"] == secret.as_str()), "{violations:#?}");
+    let last = json(&["--tail", "1"]);
+    assert_eq!(last.len(), 1, "{last:#?}");
+    assert_eq!(last[0], *all.last().unwrap());
+    assert!(json(&["--since", "2099-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(json(&["--since", "1h"]).len(), all.len());
+    let o = d.cli(&["events", "--since", "yesterday-ish"]);
+    assert_eq!(status(&o), 2, "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("neither a duration"), "{o:?}");
+}
