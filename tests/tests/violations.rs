@@ -70,3 +70,41 @@ fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
     assert_eq!(status(&o), 2, "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("neither a duration"), "{o:?}");
 }
+
+/// An agent names a file so that its path, printed raw, would forge a line of evidence and
+/// rewrite the responder's terminal: human output escapes it.
+#[test]
+fn human_output_escapes_control_characters_in_what_a_run_chose() {
+    if !privileged("human_output_escapes_control_characters_in_what_a_run_chose") {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let evil = l.outside.join("x\n2026-01-01T00:00:00.000000Z open    r-000000 pid=1 ok.txt (read)\x1b[2K");
+    std::fs::write(&evil, "secret\n").unwrap();
+    let policy = d.write_policy(
+        "esc",
+        &format!(
+            "name = \"esc\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\"]\n",
+            toml_items(&probe_reads()),
+            s(&l.ws),
+            s(&probe())
+        ),
+    );
+    let o = d.probe_run(&policy, "esc\x1b]0;pwned\x07", &["read", &s(&evil)]);
+    assert_eq!(stdout(&o).trim(), "err EACCES", "{o:?}");
+    let events = d.wait_for("the denied open", |e| e["kind"] == "open" && e["verdict"] == "deny");
+    let run = events.iter().find(|e| e["kind"] == "open" && e["verdict"] == "deny").unwrap()["run"].as_str().unwrap().to_string();
+    let o = d.cli(&["events", "--run", &run, "--violations"]);
+    let text = stdout(&o);
+    assert_eq!(text.lines().count(), 1, "one event, one line: {text}");
+    assert!(!text.contains('\x1b'), "{text:?}");
+    assert!(text.contains("x\\n2026-01-01T00:00:00.000000Z open"), "{text}");
+    assert!(text.contains("\\x1b[2K"), "{text}");
+    // The JSON keeps the exact bytes (a machine reads it).
+    let o = d.cli(&["events", "--run", &run, "--violations", "--json"]);
+    let e: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(e["path"], s(&evil).as_str());
+    let o = d.cli(&["ps"]);
+    assert!(!stdout(&o).contains('\x1b'), "{o:?}");
+}

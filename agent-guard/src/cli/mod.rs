@@ -49,7 +49,7 @@ pub fn ps_table(runs: &[RunStatus]) -> String {
         .iter()
         .map(|r| {
             let name = match (&r.name, r.unregistered) {
-                (Some(n), _) => n.clone(),
+                (Some(n), _) => crate::output::text::printable(n).into_owned(),
                 (None, true) => "(unregistered)".into(),
                 (None, false) => "-".into(),
             };
@@ -87,7 +87,7 @@ pub fn ps_table(runs: &[RunStatus]) -> String {
         out.push_str(&fmt(row));
     }
     for r in runs.iter().filter(|r| r.held.is_some()) {
-        out.push_str(&format!("{} held: {}\n", r.id, r.held.as_deref().unwrap_or_default()));
+        out.push_str(&format!("{} held: {}\n", r.id, crate::output::text::printable(r.held.as_deref().unwrap_or_default())));
     }
     out
 }

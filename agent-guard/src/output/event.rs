@@ -436,7 +436,8 @@ pub fn human(e: &Event) -> String {
         (v, Some("landlock")) => format!(" [{} {} by landlock]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
         (v, _) => format!(" [{} {}]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
     };
-    format!("{} {:<7} {} {}{}", e.ts, e.kind, who.trim_end(), what, verdict)
+    // Paths, argv and comm are the run's to choose: never a control character on a terminal.
+    crate::output::text::printable(&format!("{} {:<7} {} {}{}", e.ts, e.kind, who.trim_end(), what, verdict)).into_owned()
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ impl Hold {
                 format!("{} {} by pid {} ({}), rule {}", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?"), a.rule.as_deref().unwrap_or("-"))
             })
             .collect();
-        format!("{}; held {} s", what.join("; "), self.since.elapsed().as_secs())
+        crate::output::text::printable(&format!("{}; held {} s", what.join("; "), self.since.elapsed().as_secs())).into_owned()
     }
 }
 

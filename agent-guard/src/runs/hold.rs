@@ -224,10 +224,11 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
     };
     info!("run {} hold {state}{}", info.id, if notes.is_empty() { String::new() } else { format!(": {}", notes.join("; ")) });
     shared.emit(ev);
-    let what: Vec<String> = hold.attempts.iter().map(|a| format!("{} {}", a.kind, a.what)).collect();
+    let what: Vec<String> =
+        hold.attempts.iter().map(|a| crate::output::text::printable(&format!("{} {}", a.kind, a.what)).into_owned()).collect();
     let mut text = format!("run {} {state} after {} ms: {}", info.id, hold.since.elapsed().as_millis(), what.join("; "));
     for n in notes {
-        text.push_str(&format!("\n  {n}"));
+        text.push_str(&format!("\n  {}", crate::output::text::printable(&n)));
     }
     Ok(text)
 }
