@@ -1,6 +1,23 @@
 //! What a user sees of a run's violations: the line `agent-guard run` prints when its run
 //! ends with violations, and `events --violations | --tail N | --since WHEN`.
-use agent_guard_tests::{layout, privileged, probe, probe_reads, s, status, stdout, toml_items, Daemon};
+use std::path::PathBuf;
+
+use agent_guard_tests::{layout, privileged, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
+
+/// A policy named `name` that lets the probe (and `exec`) run and read the layout's workspace.
+fn probe_policy(d: &Daemon, l: &Layout, name: &str, exec: &[&str]) -> PathBuf {
+    let mut allow = vec![s(&probe())];
+    allow.extend(exec.iter().map(|e| e.to_string()));
+    d.write_policy(
+        name,
+        &format!(
+            "name = \"{name}\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [{}]\n",
+            toml_items(&probe_reads()),
+            s(&l.ws),
+            toml_items(&allow)
+        ),
+    )
+}
 
 #[test]
 fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
@@ -9,15 +26,7 @@ fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
     }
     let d = Daemon::start();
     let l = layout();
-    let policy = d.write_policy(
-        "viol",
-        &format!(
-            "name = \"viol\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\"]\n",
-            toml_items(&probe_reads()),
-            s(&l.ws),
-            s(&probe())
-        ),
-    );
+    let policy = probe_policy(&d, &l, "viol", &[]);
     // Two refused reads (outside the policy), one allowed: the probe goes on after each.
     let secret = s(&l.outside.join("secret.txt"));
     let script = format!(
@@ -25,15 +34,7 @@ fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
         p = s(&probe()),
         ok = s(&l.ws.join("ok.txt"))
     );
-    let sh_policy = d.write_policy(
-        "viol-sh",
-        &format!(
-            "name = \"viol-sh\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\", \"/usr/bin/\"]\n",
-            toml_items(&probe_reads()),
-            s(&l.ws),
-            s(&probe())
-        ),
-    );
+    let sh_policy = probe_policy(&d, &l, "viol-sh", &["/usr/bin/"]);
     let o = d.run(&["--policy", sh_policy.to_str().unwrap(), "--name", "viol", "--", "/bin/sh", "-c", &script]);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(status(&o), 0, "{o:?}");
@@ -82,15 +83,7 @@ fn human_output_escapes_control_characters_in_what_a_run_chose() {
     let l = layout();
     let evil = l.outside.join("x\n2026-01-01T00:00:00.000000Z open    r-000000 pid=1 ok.txt (read)\x1b[2K");
     std::fs::write(&evil, "secret\n").unwrap();
-    let policy = d.write_policy(
-        "esc",
-        &format!(
-            "name = \"esc\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\"]\n",
-            toml_items(&probe_reads()),
-            s(&l.ws),
-            s(&probe())
-        ),
-    );
+    let policy = probe_policy(&d, &l, "esc", &[]);
     let o = d.probe_run(&policy, "esc\x1b]0;pwned\x07", &["read", &s(&evil)]);
     assert_eq!(stdout(&o).trim(), "err EACCES", "{o:?}");
     let events = d.wait_for("the denied open", |e| e["kind"] == "open" && e["verdict"] == "deny");
