@@ -1,11 +1,15 @@
-//! The userspace evaluator ([`Policy::decide_file`], [`Policy::exec_allowed`]) against the
-//! kernel's: random policies are compiled into the kernel's map entries and every random path
-//! is judged both by the evaluator and by a simulation of the kernel's trie walk over those
-//! entries (agent-guard-ebpf/src/policy.rs: `match_path`, `match_step`, `file_decision`,
-//! `exec_decision`). They must agree on every case.
-use std::collections::{BTreeSet, HashMap};
+//! The userspace evaluator ([`Policy::decide_file`], [`Policy::exec_allowed`],
+//! [`Policy::connect_allowed`]) against the kernel's: random policies are compiled into the
+//! kernel's map entries and every random path (destination) is judged both by the evaluator
+//! and by a simulation of the kernel's lookups in those entries (agent-guard-ebpf/src/policy.rs:
+//! `match_path`, `match_step`, `file_decision`, `exec_decision`; `net_allowed`, a longest-prefix
+//! match in the CIDR trie). They must agree on every case.
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
 
-use agent_guard_common::{file_rule, FileNode, FileNodeKey, NAME_BYTES, PATH_DEPTH_MAX};
+use agent_guard_common::{file_rule, FileNode, FileNodeKey, NetKey, NetRule, NAME_BYTES, PATH_DEPTH_MAX, PORT_RANGES_MAX};
 use proptest::{collection::vec, prelude::*, test_runner::Config};
 
 use super::*;
@@ -206,4 +210,65 @@ fn regressions() {
     for case in &cases {
         disagreement(case, random.iter().map(|p| p.to_string()).collect(), "bin").unwrap();
     }
+}
+
+/// `net_allowed` over a rule set's AG_NET_RULES entries: the longest prefix (rule-set bits
+/// then address bits) that matches the key decides, with its port ranges.
+fn kernel_connect(entries: &[(u32, NetKey, NetRule)], ruleset: u32, addr: IpAddr, port: u16) -> bool {
+    let addr = match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(), // an IPv4-mapped one is the same key as the IPv4 address
+    };
+    let bits = |b: &[u8; 20], i: u32| b[(i / 8) as usize] >> (7 - i % 8) & 1;
+    let mut key = [0u8; 20];
+    key[..4].copy_from_slice(&ruleset.to_be_bytes());
+    key[4..].copy_from_slice(&addr);
+    let best = entries
+        .iter()
+        .filter(|(len, k, _)| {
+            let mut data = [0u8; 20];
+            data[..4].copy_from_slice(&k.ruleset_be);
+            data[4..].copy_from_slice(&k.addr);
+            (0..*len).all(|i| bits(&data, i) == bits(&key, i))
+        })
+        .max_by_key(|(len, _, _)| *len);
+    let Some((_, _, rule)) = best else { return false };
+    let n = (rule.count as usize).min(PORT_RANGES_MAX);
+    rule.ranges[..n].iter().any(|r| r.lo <= port && port <= r.hi)
+}
+
+/// Nested and overlapping CIDRs of both families, IPv6 ones that cover the IPv4-mapped range.
+const CIDRS: &[&str] = &[
+    "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.1.2.3/32", "0.0.0.0/0", "127.0.0.1/32",
+    "[::]/0", "[::]/80", "[::1]/128", "[2001:db8::]/32", "[2001:db8:1::]/48", "[::ffff:10.1.0.0]/112",
+];
+const PORTS: &[&str] = &["22", "80", "443", "1-1024", "8000-8080", "1-65535", "8080"];
+const ADDRS: &[&str] = &[
+    "10.1.2.3", "10.1.2.4", "10.1.3.1", "10.2.0.1", "11.0.0.1", "127.0.0.1", "1.2.3.4", "::1", "::2",
+    "2001:db8:1::5", "2001:db8:2::1", "2001:db9::1", "::ffff:10.1.2.3", "::ffff:1.2.3.4", "::a01:203",
+];
+const DEST_PORTS: &[u16] = &[1, 22, 79, 80, 81, 443, 1024, 1025, 7999, 8000, 8080, 8081, 65535];
+
+#[test]
+fn the_evaluator_agrees_with_the_kernels_cidr_trie() {
+    let rule = (proptest::sample::select(CIDRS), proptest::sample::select(PORTS)).prop_map(|(c, p)| format!("{c}:{p}"));
+    let mut runner = proptest::test_runner::TestRunner::new(Config { cases: CASES / 4, failure_persistence: None, ..Config::default() });
+    let (start, judged) = (std::time::Instant::now(), std::cell::Cell::new(0));
+    runner
+        .run(&proptest::collection::btree_set(rule, 0..=6), |rules| {
+            let q = rules.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+            let text = format!("name = \"net\"\n[network]\nconnect = [{q}]\n");
+            let Some(policy) = parse(&text, "net.toml").policy else { return Ok(()) }; // e.g. duplicates once normalised
+            let entries = policy.compile(9).net_rules;
+            judged.set(judged.get() + 1);
+            for addr in ADDRS.iter().map(|a| a.parse::<IpAddr>().unwrap()) {
+                for &port in DEST_PORTS {
+                    let (user, kern) = (policy.connect_allowed(addr, port), kernel_connect(&entries, 9, addr, port));
+                    prop_assert_eq!(user, kern, "{}{}:{}", text, addr, port);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    eprintln!("{} network policies, {} destinations each, judged both ways in {:?}", judged.get(), ADDRS.len() * DEST_PORTS.len(), start.elapsed());
 }
