@@ -234,7 +234,8 @@ pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
             i: 0,
             n: w.ncomps,
             access: root & file_rule::ACCESS_MASK,
-            exec: (root & file_rule::EXEC_DIR != 0) as u32,
+            // "/" as an exec directory rule covers every file strictly below it: not "/".
+            exec: (root & file_rule::EXEC_DIR != 0 && w.ncomps > 0) as u32,
         };
         bpf_loop(agent_guard_common::PATH_DEPTH_MAX, match_step as *const () as *mut _, core::ptr::null_mut(), 0);
         PathMatch { access: (*s).m.access, exec: (*s).m.exec != 0 }

@@ -128,6 +128,7 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
         hold: None,
         frozen_by_responder: false,
         landlock: None,
+        landlock_plan: None,
         violations: 0,
         started: std::fs::metadata(&c.dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now()),
     }

@@ -9,8 +9,11 @@
 //! Requests (`op`), several per connection:
 //! - `ping`: the managed cgroup root (`cgroup_root`).
 //! - `register` (a run's cgroup, before its command starts, with the policy to bind: a loaded
-//!   policy's name, or a policy file's text); `landlock` (what the run's Landlock layer
-//!   refuses, sent by `run` before the command starts); `end` (the run is over).
+//!   policy's name, or a policy file's text): the bound policy (`policy`) and, for an
+//!   enforce-mode policy, its Landlock plan (`landlock`: what the layer handles and grants,
+//!   before the host's ABI masks it), from which `run` builds the layer; `landlock` (the
+//!   Landlock ABI the run's layer was applied with, sent by `run` before the command starts:
+//!   the daemon derives what the layer refuses from the plan it gave); `end` (the run is over).
 //! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
 //! - `ps`: the runs and bound cgroups (`runs`).
 //! - `status`: the daemon's state (`status`).
@@ -28,6 +31,14 @@
 //! Every response has `v`, `ok` and, when `ok` is false, `error`. Fields a request does not
 //! produce are omitted; clients ignore fields they do not know, so new ones can be added
 //! without a version bump.
+//!
+//! Versions:
+//! - 2: `register`'s response carries the Landlock plan (`landlock`) instead of the policy's
+//!   text (`text`, which `run` parsed again to build its layer), and the `landlock` request
+//!   carries the ABI (`abi`) instead of the coverage `run` computed. The daemon still takes
+//!   version 1's other requests, which are unchanged; a version 1 `register` or `landlock`
+//!   is refused (an old `run` would otherwise start its command without the Landlock layer).
+//! - 1: the first.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
@@ -38,7 +49,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version whose requests the daemon takes (see the module's versions).
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 /// Longest request line the daemon reads; longer ones are refused.
 pub const MAX_LINE: usize = 4 << 20;
 
@@ -62,10 +75,11 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy_file: Option<PolicyText>,
     },
-    /// The run's Landlock layer, as `run` applies it (before the command starts).
+    /// The run's Landlock layer was built from the `register` response's plan and is
+    /// applied (before the command starts) on a kernel with this Landlock ABI.
     Landlock {
         run: String,
-        coverage: crate::runs::landlock::Coverage,
+        abi: u32,
     },
     End {
         run: String,
@@ -264,7 +278,10 @@ pub struct Response {
     pub result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policies: Option<Vec<crate::kernel::rules::PolicySummary>>,
-    /// `policy_show`: the policy file's text as loaded.
+    /// `register`: the Landlock plan of the bound policy (enforce mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock: Option<crate::runs::landlock::Plan>,
+    /// `policy_show`: the policy file's text as loaded; `approve`, `deny`: what was done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// `ps`.
@@ -324,8 +341,15 @@ impl Response {
 /// Parses one request line; the error text goes back to the client.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     let env: Envelope = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
-    if env.v != PROTOCOL_VERSION {
+    if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&env.v) {
         return Err(format!("unsupported protocol version {} (this daemon speaks {PROTOCOL_VERSION})", env.v));
+    }
+    if env.v < 2 && matches!(env.req, Request::Register { .. } | Request::Landlock { .. }) {
+        return Err(format!(
+            "protocol version {} `register` and `landlock` are not supported since version 2 (this daemon speaks \
+             {PROTOCOL_VERSION}): use the agent-guard binary of the daemon's version",
+            env.v
+        ));
     }
     Ok(env.req)
 }
@@ -419,10 +443,11 @@ mod tests {
             policy: Some("p".into()),
             policy_file: None,
         };
-        let line = serde_json::to_string(&Envelope { v: 1, req: r.clone() }).unwrap();
+        let line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req: r.clone() }).unwrap();
         assert!(line.contains("\"op\":\"register\""), "{line}");
         assert_eq!(parse_request(&line).unwrap(), r);
-        assert!(parse_request("{\"v\":2,\"op\":\"ping\"}").unwrap_err().contains("version 2"));
+        assert!(parse_request("{\"v\":3,\"op\":\"ping\"}").unwrap_err().contains("version 3"));
+        assert!(parse_request("{\"v\":0,\"op\":\"ping\"}").unwrap_err().contains("version 0"));
         assert!(parse_request("{\"v\":1,\"op\":\"explode\"}").unwrap_err().contains("explode"));
         assert!(parse_request("not json").unwrap_err().starts_with("bad request"));
         assert!(parse_request("{\"v\":1,\"op\":\"end\",\"run\":\"r\",\"bogus\":1}").is_err());
@@ -432,5 +457,23 @@ mod tests {
             Request::Events { run: None, follow: true, json: false, violations: false, since: None, tail: None }
         );
         assert!(parse_request("{\"v\":1,\"op\":\"kill\"}").unwrap_err().contains("run"));
+    }
+
+    #[test]
+    fn version_1_clients_keep_every_request_but_the_two_that_changed() {
+        let v1 = serde_json::to_string(&Envelope {
+            v: 1,
+            req: Request::Register { run: "r-1".into(), name: None, labels: BTreeMap::new(), argv: vec![], policy: None, policy_file: None },
+        })
+        .unwrap();
+        assert!(parse_request(&v1).unwrap_err().contains("since version 2"), "{v1}");
+        let old_landlock = "{\"v\":1,\"op\":\"landlock\",\"run\":\"r-1\",\"coverage\":{\"abi\":7}}";
+        assert!(parse_request(old_landlock).is_err());
+        assert!(parse_request("{\"v\":1,\"op\":\"landlock\",\"run\":\"r-1\",\"abi\":7}").unwrap_err().contains("since version 2"));
+        assert_eq!(
+            parse_request("{\"v\":2,\"op\":\"landlock\",\"run\":\"r-1\",\"abi\":7}").unwrap(),
+            Request::Landlock { run: "r-1".into(), abi: 7 }
+        );
+        assert_eq!(parse_request("{\"v\":1,\"op\":\"ps\"}").unwrap(), Request::Ps);
     }
 }

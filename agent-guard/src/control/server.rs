@@ -16,6 +16,7 @@ use crate::runs::hold::{answer, forget_run, Answer};
 use crate::daemon::core::*;
 use crate::control::incident;
 use crate::daemon::reload::{apply, install_for_run, rebind};
+use crate::runs::landlock;
 
 pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
     loop {
@@ -122,6 +123,11 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                     Err(e) => return Response::err(e),
                 },
             };
+            // `run` builds its Landlock layer from this plan of the policy now bound.
+            let plan = bound.as_ref().and_then(|b| {
+                let own = shared.own();
+                own.policies.by_slot(b.slot).and_then(|s| landlock::Plan::for_policy(&s.policy)).map(Arc::new)
+            });
             let dir = shared.root.join(&run);
             let id = match cgroup::cgroup_id(&dir) {
                 Ok(id) => id,
@@ -140,6 +146,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 violations: 0,
                 frozen_by_responder: false,
                 landlock: None,
+                landlock_plan: plan.clone(),
             };
             {
                 // The syscall tracepoints (and for a policied run the syscall check) are
@@ -178,11 +185,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             let mut e = shared.base_event("run_start", Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
-            // The policy's text goes back too: `run` builds its Landlock layer from it.
-            let text = bound.as_ref().and_then(|b| {
-                shared.own().policies.by_slot(b.slot).map(|s| s.text.clone())
-            });
-            Response { policy: bound, text, ..Response::ok() }
+            Response { policy: bound, landlock: plan.map(Arc::unwrap_or_clone), ..Response::ok() }
         }
         Request::PolicyApply { file } => {
             let source = file.source.clone();
@@ -225,13 +228,19 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
         Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
             Response::err("this request is handled by the connection, not here")
         }
-        Request::Landlock { run, coverage } => {
+        Request::Landlock { run, abi } => {
             let mut runs_own = shared.own();
             let runs = &mut runs_own.runs;
             let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none() && r.dir.starts_with(&shared.root)) else {
                 return Response::err(format!("no active run {run}"));
             };
-            info.landlock = Some(coverage);
+            let Some(plan) = &info.landlock_plan else {
+                return Response::err(format!("run {run} was given no Landlock plan"));
+            };
+            if abi == 0 {
+                return Response::err("Landlock ABI 0: no layer");
+            }
+            info.landlock = Some(plan.coverage(abi));
             if let Err(e) = shared.state.save_run(&info.record()) {
                 warn!("recording run {run}'s Landlock layer in {}: {e}", shared.state.dir().display());
             }

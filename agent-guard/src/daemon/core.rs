@@ -41,6 +41,8 @@ pub(crate) struct RunInfo {
     pub(crate) frozen_by_responder: bool,
     /// What the run's Landlock layer refuses up front (runs of `agent-guard run` only).
     pub(crate) landlock: Option<crate::runs::landlock::Coverage>,
+    /// The Landlock plan handed to the run's `agent-guard run` (what `landlock` follows from).
+    pub(crate) landlock_plan: Option<Arc<crate::runs::landlock::Plan>>,
 }
 
 impl RunInfo {
@@ -239,6 +241,7 @@ pub(crate) fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) ->
         violations: 0,
         frozen_by_responder: false,
         landlock: None,
+        landlock_plan: None,
     }
 }
 

@@ -83,16 +83,18 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
             return Err(e.into());
         }
     };
-    // Built before the fork: opening the policy's paths is not async-signal-safe.
-    let origin = registered.policy.as_ref().map_or_else(|| "policy".to_string(), |p| p.source.clone());
-    let layer = if cfg.landlock { landlock::prepare(registered.text.as_deref(), &origin) } else { Default::default() };
+    // Built before the fork, from the plan the daemon made of the policy: opening the
+    // policy's paths is not async-signal-safe.
+    let layer = if cfg.landlock { landlock::prepare(registered.landlock.as_ref()) } else { Default::default() };
     for w in &layer.warnings {
         eprintln!("agent-guard: {w}");
     }
-    if let Some(coverage) = layer.coverage.clone() {
-        // The daemon names the layer in events and in `status`; without it the layer still
-        // applies, only events of operations it refuses say less.
-        if let Err(e) = control::call(&cfg.control_socket, control::Request::Landlock { run: id.clone(), coverage }) {
+    if let Some(coverage) = &layer.coverage {
+        // The daemon names the layer in events and in `status` (what it covers follows from
+        // its plan and the ABI); without it the layer still applies, only events of
+        // operations it refuses say less.
+        let applied = control::Request::Landlock { run: id.clone(), abi: coverage.abi };
+        if let Err(e) = control::call(&cfg.control_socket, applied) {
             eprintln!("agent-guard: telling the daemon about the run's Landlock layer: {e}");
         }
     }

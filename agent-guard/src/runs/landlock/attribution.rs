@@ -50,7 +50,7 @@ pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
             let (read, write) = open_access(*flags);
             let denial = |path: &str| {
                 let checks = [(write && cov.files_write, policy::Access::Write), (read && cov.files_read, policy::Access::Read)];
-                checks.into_iter().filter(|(handled, _)| *handled).find_map(|(_, access)| match p.file_access(path, access) {
+                checks.into_iter().filter(|(handled, _)| *handled).find_map(|(_, access)| match p.decide_file(path, access) {
                     policy::FileVerdict::Deny { rule, .. } => Some(rule),
                     policy::FileVerdict::Allow => None,
                 })
