@@ -9,7 +9,9 @@ use std::{
 
 use serde_json::Value;
 
+pub mod daemons;
 pub mod scenarios;
+pub mod users;
 
 /// True when privileged tests can run. Under CI=true a missing privilege is a failure;
 /// elsewhere the test prints why it skips.

@@ -11,11 +11,12 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, Lines},
+    io::{AsyncBufRead, AsyncWrite, AsyncWriteExt},
     sync::broadcast::error::{RecvError, TryRecvError},
 };
 use tracing::{info, warn};
 
+use crate::control::{lines::RequestLines, Request};
 use crate::daemon::core::{RunInfo, Shared};
 use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus, ViolationSummary}, output::event::{self, Detail, Event}, runs::respond::{self, Action, Candidate, Lookup}};
 
@@ -103,17 +104,105 @@ impl Shared {
     }
 }
 
-/// Whether the peer may use the control socket (see `access`).
-pub(crate) fn admit(shared: &Shared, peer: access::Peer) -> Result<(), String> {
+/// Whether the peer may use the control socket, and as what (see `access`).
+pub(crate) fn admit(shared: &Shared, peer: access::Peer) -> Result<access::Role, String> {
     let bound: Vec<PathBuf> = shared.bound_dirs().into_iter().map(|(_, d)| d).collect();
     let rules = access::Rules {
         group: &shared.ctl.cfg.control_group,
         gid: shared.ctl.gid,
+        admin_group: shared.ctl.cfg.admin_group.as_deref(),
+        admin_gid: shared.ctl.admin_gid,
         mount: &shared.mount,
         managed_root: &shared.root,
         bound: &bound,
     };
     access::check(peer, &rules)
+}
+
+fn admin_group(shared: &Shared) -> Option<&str> {
+    shared.ctl.cfg.admin_group.as_deref()
+}
+
+/// Whether `caller` may make request `req` (see `access`): policies are for root and
+/// `admin_group`; a run is for the uid that started it, root and `admin_group`. Requests that
+/// name a run by more than its id (freeze, thaw, kill, events) are checked once it is
+/// resolved; `ps` and `events` show a member only its own runs.
+pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request) -> Result<(), String> {
+    let admins = admin_group(shared);
+    let live_runs = |matches: &dyn Fn(&RunInfo) -> bool| -> Vec<(String, Option<u32>)> {
+        let own = shared.own();
+        own.runs.by_cgroup.values().filter(|r| r.ended.is_none() && matches(r)).map(|r| (r.id.clone(), r.started_by)).collect()
+    };
+    match req {
+        Request::Ping
+        | Request::Status
+        | Request::Ps
+        | Request::PolicyList
+        | Request::PolicyShow { .. }
+        | Request::Events { .. }
+        | Request::Freeze { .. }
+        | Request::Thaw { .. }
+        | Request::Kill { .. } => Ok(()),
+        Request::PolicyApply { file } => access::admin_only(caller, &format!("applying a policy ({})", file.source), admins),
+        // A member may run under a policy file of its own: it only narrows that run. One that
+        // binds host cgroups is a policy for others.
+        Request::Register { policy_file: Some(file), .. } if !caller.is_admin() => {
+            match crate::policy::parse(&file.text, &file.source).policy {
+                Some(p) if !p.bind_cgroups.is_empty() => access::admin_only(
+                    caller,
+                    &format!("a policy file with [bind] cgroups ({}: binds {})", file.source, p.bind_cgroups.join(", ")),
+                    admins,
+                ),
+                _ => Ok(()),
+            }
+        }
+        Request::Register { .. } => Ok(()),
+        Request::Landlock { run, .. } | Request::End { run, .. } => {
+            live_runs(&|r| &r.id == run).iter().try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins))
+        }
+        Request::Approve { run, .. } | Request::Deny { run, .. } => live_runs(&|r| &r.id == run || r.name.as_ref() == Some(run))
+            .iter()
+            .try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins)),
+    }
+}
+
+/// The uid that started run `id`: from the registry, or else from its `run_start` event if
+/// that is still in memory. `Some(None)`: a known run whose starter is not recorded.
+fn starter(shared: &Shared, id: &str) -> Option<Option<u32>> {
+    {
+        let own = shared.own();
+        let mut matching: Vec<&RunInfo> = own.runs.by_cgroup.values().filter(|r| r.id == id).collect();
+        matching.sort_by_key(|r| r.ended.is_none());
+        if let Some(r) = matching.pop() {
+            return Some(r.started_by);
+        }
+    }
+    shared.ctl.feed.snapshot().iter().rev().find_map(|e| match &e.detail {
+        Detail::RunStart { requested_by_uid, .. } if e.run.as_deref() == Some(id) => Some(Some(*requested_by_uid)),
+        _ => None,
+    })
+}
+
+/// Which events a member sees: those of the runs it started (an admin sees all).
+struct Visible<'a> {
+    shared: &'a Shared,
+    caller: access::Caller,
+    runs: std::collections::HashMap<String, bool>,
+}
+
+impl Visible<'_> {
+    fn event(&mut self, e: &Event) -> bool {
+        if self.caller.is_admin() {
+            return true;
+        }
+        let Some(run) = &e.run else { return false };
+        if let Some(&v) = self.runs.get(run) {
+            return v;
+        }
+        let v = starter(self.shared, run).flatten() == Some(self.caller.uid);
+        self.runs.insert(run.clone(), v);
+        v
+    }
 }
 
 fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
@@ -129,13 +218,15 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
         frozen_by_responder: false,
         landlock: None,
         landlock_plan: None,
+        started_by: None,
         violations: 0,
         started: std::fs::metadata(&c.dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now()),
     }
 }
 
 /// `freeze`, `thaw`, `kill` of the run `spec` names, recorded as an event naming the requester.
-pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid: u32) -> Response {
+pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, caller: access::Caller) -> Response {
+    let (uid, pid) = (caller.uid, caller.pid);
     let cands = shared.candidates(false);
     let list: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
     let c = match respond::resolve(spec, &list, &shared.mount, Lookup { names: true }) {
@@ -147,6 +238,9 @@ pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
         .find(|(o, _)| o.id == c.id)
         .and_then(|(_, i)| i)
         .unwrap_or_else(|| unregistered(&c, cgroup::cgroup_id(&c.dir).unwrap_or(0)));
+    if let Err(why) = access::may_act_on(&caller, &info.id, info.started_by, admin_group(&shared)) {
+        return Response::err(why);
+    }
     if let (Action::Thaw, Some(why)) = (action, info.hold.as_ref().map(crate::runs::hold::Hold::summary)) {
         return Response::err(format!(
             "run {} is held for review ({why}): answer it with `agent-guard approve {}` or `agent-guard deny {}`",
@@ -281,11 +375,13 @@ fn run_status(shared: &Shared, r: &RunInfo, bound: bool, unregistered: bool) -> 
     }
 }
 
-fn statuses(shared: &Shared) -> Vec<RunStatus> {
+/// The runs `caller` may see: all for root and `admin_group`, else those it started.
+fn statuses(shared: &Shared, caller: &access::Caller) -> Vec<RunStatus> {
     let bound: HashSet<u64> = shared.bound_dirs().into_iter().map(|(id, _)| id).collect();
     let mut out: Vec<RunStatus> = shared
         .candidates(false)
         .into_iter()
+        .filter(|(_, info)| caller.is_admin() || info.as_ref().is_some_and(|r| r.started_by == Some(caller.uid)))
         .map(|(c, info)| match info {
             Some(r) => run_status(shared, &r, bound.contains(&r.cgroup_id), false),
             None => run_status(shared, &unregistered(&c, 0), false, true),
@@ -295,12 +391,13 @@ fn statuses(shared: &Shared) -> Vec<RunStatus> {
     out
 }
 
-pub(crate) fn ps(shared: &Shared) -> Response {
-    Response { runs: Some(statuses(shared)), ..Response::ok() }
+pub(crate) fn ps(shared: &Shared, caller: &access::Caller) -> Response {
+    Response { runs: Some(statuses(shared, caller)), ..Response::ok() }
 }
 
-pub(crate) fn status(shared: &Shared) -> Response {
-    let runs = statuses(shared);
+/// The daemon's state. The counts are of every run; the runs it names, `caller`'s only.
+pub(crate) fn status(shared: &Shared, caller: &access::Caller) -> Response {
+    let runs = statuses(shared, &access::Caller { role: access::Role::Root, ..*caller });
     let count = |state: &str| runs.iter().filter(|r| r.state == state).count() as u64;
     let cfg = &shared.ctl.cfg;
     let binder_own = shared.own();
@@ -336,6 +433,7 @@ pub(crate) fn status(shared: &Shared) -> Response {
         landlock_enabled: cfg.landlock,
         landlock_runs: runs
             .iter()
+            .filter(|r| caller.is_admin() || starter(shared, &r.id).flatten() == Some(caller.uid))
             .filter_map(|r| {
                 let coverage = r.landlock.clone()?;
                 Some(crate::control::LandlockRun { run: r.id.clone(), name: r.name.clone(), coverage })
@@ -401,17 +499,23 @@ impl EventFilter {
 
 pub(crate) async fn stream_events<R, W>(
     shared: Arc<Shared>,
+    caller: access::Caller,
     run: Option<String>,
     follow: bool,
     json: bool,
     only: EventFilter,
-    mut requests: Lines<R>,
+    mut requests: RequestLines<R>,
     mut wr: W,
 ) where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let filter = match run.as_deref().map(|spec| events_filter(&shared, spec)).transpose() {
+    let filter = match run.as_deref().map(|spec| events_filter(&shared, spec)).transpose().and_then(|id| {
+        if let Some(id) = &id {
+            access::may_act_on(&caller, id, starter(&shared, id).flatten(), admin_group(&shared))?;
+        }
+        Ok(id)
+    }) {
         Ok(f) => f,
         Err(msg) => {
             let _ = write_response(&mut wr, &Response::err(msg)).await;
@@ -421,7 +525,8 @@ pub(crate) async fn stream_events<R, W>(
     if write_response(&mut wr, &Response { stream: Some("events".into()), ..Response::ok() }).await.is_err() {
         return;
     }
-    let wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id)) && only.keeps(e);
+    let mut visible = Visible { shared: &shared, caller, runs: Default::default() };
+    let mut wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id)) && only.keeps(e) && visible.event(e);
     let (recent, rx) = if follow {
         let (recent, rx) = shared.ctl.feed.follow();
         (recent, Some(rx))
@@ -494,7 +599,7 @@ pub(crate) async fn stream_events<R, W>(
     }
 }
 
-async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> std::io::Result<()> {
+pub(crate) async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> std::io::Result<()> {
     let mut out = serde_json::to_string(resp).expect("serializable");
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;

@@ -1,6 +1,7 @@
 //! The control socket: the protocol (one JSON object per line each way), who may connect,
 //! and the daemon's side of incident response.
 pub mod incident;
+mod lines;
 pub mod server;
 pub mod peer;
 mod protocol;

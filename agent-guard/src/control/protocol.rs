@@ -1,10 +1,17 @@
 //! The control socket protocol: one JSON object per line each way, versioned by `v`.
 //!
-//! Access (see [`crate::access`]): the socket file is mode 0660, owner root, group
-//! `control_group`; per connection the daemon allows root or a member of that group
-//! (SO_PEERCRED, and the peer's supplementary groups from /proc), and refuses any process inside
-//! a run (its cgroup at or below the managed root or a bound cgroup), even root. A refused
-//! connection gets `{"v":1,"ok":false,"error":"permission denied: ..."}` for each request.
+//! Access (see [`crate::control::peer`]): the socket file is mode 0660, owner root, group
+//! `control_group`; per connection the daemon allows root or a member of that group or of
+//! `admin_group` (SO_PEERCRED, and the peer's supplementary groups from /proc), and refuses
+//! any process inside a run (its cgroup at or below the managed root or a bound cgroup), even
+//! root. A refused connection gets one `{"v":1,"ok":false,"error":"permission denied: ..."}`
+//! and is closed; nothing it sent is read. `policy_apply` (and a `register` whose policy file
+//! binds cgroups) needs root or `admin_group`; a request about a run needs the uid that
+//! started it, root or `admin_group` (the error names what was missing).
+//!
+//! Limits: a request line is at most [`MAX_LINE`] bytes (a longer one is refused as soon as
+//! it passes that, and the connection closed); at most `control_max_connections` connections
+//! are served at once (one more gets an error and is closed).
 //!
 //! Requests (`op`), several per connection:
 //! - `ping`: the managed cgroup root (`cgroup_root`).
@@ -393,7 +400,18 @@ fn send(socket: &Path, req: Request) -> Result<BufReader<UnixStream>, ClientErro
     s.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req }).expect("serializable");
     line.push('\n');
-    s.write_all(line.as_bytes()).map_err(io)?;
+    if let Err(e) = s.write_all(line.as_bytes()) {
+        // The daemon may have answered and closed without reading (a refused peer, too many
+        // connections): its answer says why better than the broken pipe.
+        let mut r = BufReader::new(s);
+        let mut answer = String::new();
+        if r.read_line(&mut answer).is_ok() {
+            if let Ok(Response { ok: false, error: Some(why), .. }) = serde_json::from_str::<Response>(&answer) {
+                return Err(ClientError::Refused(why));
+            }
+        }
+        return Err(io(e));
+    }
     Ok(BufReader::new(s))
 }
 

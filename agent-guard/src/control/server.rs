@@ -7,23 +7,35 @@ use std::{
 
 use agent_guard_common::{RunEntry, NO_POLICY};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::BufReader,
     net::{UnixListener, UnixStream},
+    sync::OwnedSemaphorePermit,
 };
 use tracing::{info, warn};
 use crate::{control::peer as access, runs::cgroup, control::{self, Request, Response}, runs::respond::Action, output::event::Detail};
 use crate::runs::hold::{answer, forget_run, Answer};
 use crate::daemon::core::*;
 use crate::control::incident;
+use crate::control::lines::{LineError, RequestLines};
 use crate::daemon::reload::{apply, install_for_run, rebind};
 use crate::runs::landlock;
 
 pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle_client(shared.clone(), stream));
-            }
+            Ok((stream, _)) => match shared.ctl.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(handle_client(shared.clone(), stream, permit));
+                }
+                Err(_) => {
+                    let max = shared.ctl.cfg.control_max_connections;
+                    info!("control socket: {max} connections already (control_max_connections): one more refused");
+                    tokio::spawn(refuse(
+                        stream,
+                        format!("too many control connections (control_max_connections = {max}); try again later"),
+                    ));
+                }
+            },
             Err(e) => {
                 warn!("control socket accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -32,58 +44,74 @@ pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
-pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
+/// Answers `why` once and closes: nothing the peer sends is read.
+async fn refuse(stream: UnixStream, why: String) {
+    let (_rd, mut wr) = stream.into_split();
+    let _ = tokio::time::timeout(Duration::from_secs(5), incident::write_response(&mut wr, &Response::err(why))).await;
+}
+
+/// One control connection, holding one of the `control_max_connections` permits.
+pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream, _permit: OwnedSemaphorePermit) {
     let Ok(cred) = stream.peer_cred() else { return };
     let peer = access::Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0).max(0) as u32 };
     let (uid, pid) = (peer.uid, peer.pid);
-    // Checked once, when the peer connects (see `access`).
-    let denied = incident::admit(&shared, peer).err();
-    if let Some(why) = &denied {
-        info!("control socket: refused uid {uid} pid {pid}: {why}");
-    }
+    // Checked once, when the peer connects (see `access`). A refused peer is answered once
+    // and its requests are never read.
+    let caller = match incident::admit(&shared, peer) {
+        Ok(role) => access::Caller { uid, pid, role },
+        Err(why) => {
+            info!("control socket: refused uid {uid} pid {pid}: {why}");
+            return refuse(stream, why).await;
+        }
+    };
     let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd.take(control::MAX_LINE as u64 * 16)).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let resp = if line.len() > control::MAX_LINE {
-            Response::err(format!("request longer than {} bytes", control::MAX_LINE))
-        } else if let Some(why) = &denied {
-            Response::err(why.clone())
-        } else {
-            match control::parse_request(&line) {
-                Ok(Request::Events { run, follow, json, violations, since, tail }) => {
-                    let filter = incident::EventFilter { violations, since, tail };
-                    incident::stream_events(shared.clone(), run, follow, json, filter, lines, wr).await;
-                    return;
-                }
-                Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
-                    // Waits for the kernel: off the async workers.
-                    let shared = shared.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let (action, run) = match req {
-                            Request::Freeze { run } => (Action::Freeze, run),
-                            Request::Thaw { run } => (Action::Thaw, run),
-                            Request::Kill { run } => (Action::Kill, run),
-                            _ => return Response::err("unexpected request"),
-                        };
-                        incident::act(shared, action, &run, uid, pid)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
-                }
-                Ok(req @ (Request::Approve { .. } | Request::Deny { .. } | Request::End { .. })) => {
-                    // Thawing waits for the kernel: off the async workers too.
-                    let shared = shared.clone();
-                    tokio::task::spawn_blocking(move || handle(&shared, req, uid, pid))
-                        .await
-                        .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
-                }
-                Ok(req) => handle(&shared, req, uid, pid),
-                Err(msg) => Response::err(msg),
+    let mut lines = RequestLines::new(BufReader::new(rd), control::MAX_LINE);
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(LineError::Io) => return,
+            Err(LineError::TooLong) => {
+                info!("control socket: uid {uid} pid {pid} sent a request longer than {} bytes: connection closed", control::MAX_LINE);
+                let why = format!("request longer than {} bytes: refused, connection closed", control::MAX_LINE);
+                let _ = incident::write_response(&mut wr, &Response::err(why)).await;
+                return;
             }
         };
-        let mut out = serde_json::to_string(&resp).expect("serializable");
-        out.push('\n');
-        if wr.write_all(out.as_bytes()).await.is_err() {
+        let req = control::parse_request(&line).and_then(|req| incident::authorize(&shared, &caller, &req).map(|()| req));
+        let resp = match req {
+            Ok(Request::Events { run, follow, json, violations, since, tail }) => {
+                let filter = incident::EventFilter { violations, since, tail };
+                incident::stream_events(shared.clone(), caller, run, follow, json, filter, lines, wr).await;
+                return;
+            }
+            Ok(Request::Ps) => incident::ps(&shared, &caller),
+            Ok(Request::Status) => incident::status(&shared, &caller),
+            Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
+                // Waits for the kernel: off the async workers.
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let (action, run) = match req {
+                        Request::Freeze { run } => (Action::Freeze, run),
+                        Request::Thaw { run } => (Action::Thaw, run),
+                        Request::Kill { run } => (Action::Kill, run),
+                        _ => return Response::err("unexpected request"),
+                    };
+                    incident::act(shared, action, &run, caller)
+                })
+                .await
+                .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+            }
+            Ok(req @ (Request::Approve { .. } | Request::Deny { .. } | Request::End { .. })) => {
+                // Thawing waits for the kernel: off the async workers too.
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || handle(&shared, req, uid, pid))
+                    .await
+                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+            }
+            Ok(req) => handle(&shared, req, uid, pid),
+            Err(msg) => Response::err(msg),
+        };
+        if incident::write_response(&mut wr, &resp).await.is_err() {
             return;
         }
     }
@@ -147,6 +175,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 frozen_by_responder: false,
                 landlock: None,
                 landlock_plan: plan.clone(),
+                started_by: Some(uid),
             };
             {
                 // The syscall tracepoints (and for a policied run the syscall check) are
@@ -223,9 +252,12 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             Ok(text) => Response { text: Some(text), ..Response::ok() },
             Err(e) => Response::err(e),
         },
-        Request::Ps => incident::ps(shared),
-        Request::Status => incident::status(shared),
-        Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
+        Request::Freeze { .. }
+        | Request::Thaw { .. }
+        | Request::Kill { .. }
+        | Request::Events { .. }
+        | Request::Ps
+        | Request::Status => {
             Response::err("this request is handled by the connection, not here")
         }
         Request::Landlock { run, abi } => {

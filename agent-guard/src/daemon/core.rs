@@ -43,6 +43,9 @@ pub(crate) struct RunInfo {
     pub(crate) landlock: Option<crate::runs::landlock::Coverage>,
     /// The Landlock plan handed to the run's `agent-guard run` (what `landlock` follows from).
     pub(crate) landlock_plan: Option<Arc<crate::runs::landlock::Plan>>,
+    /// The uid that registered the run (`agent-guard run`): it may act on the run (see
+    /// `control::peer::may_act_on`). None: a bound cgroup, or a record from before this field.
+    pub(crate) started_by: Option<u32>,
 }
 
 impl RunInfo {
@@ -56,6 +59,7 @@ impl RunInfo {
             started_ms: self.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             hold: self.hold.iter().flat_map(|h| h.attempts.iter().map(crate::runs::grant::Recorded::from)).collect(),
             landlock: self.landlock.clone(),
+            started_by_uid: self.started_by,
         }
     }
 }
@@ -242,6 +246,7 @@ pub(crate) fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) ->
         frozen_by_responder: false,
         landlock: None,
         landlock_plan: None,
+        started_by: None,
     }
 }
 
@@ -260,6 +265,10 @@ pub(crate) struct Control {
     pub(crate) cfg: crate::config::Config,
     /// gid of `control_group`, None when the group does not exist.
     pub(crate) gid: Option<u32>,
+    /// gid of `admin_group`, None when it is not configured or does not exist.
+    pub(crate) admin_gid: Option<u32>,
+    /// Control connections being served: at most `control_max_connections`.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
     pub(crate) kernel_drops: std::sync::atomic::AtomicU64,
     /// Per live run: its violations by rule and the first few targets, for the summary `run`
     /// prints when the run ends.
@@ -268,7 +277,16 @@ pub(crate) struct Control {
 
 impl Control {
     pub(crate) fn new(cfg: &crate::config::Config, gid: Option<u32>) -> Self {
-        Self { feed: crate::output::feed::Feed::default(), started: Instant::now(), cfg: cfg.clone(), gid, kernel_drops: std::sync::atomic::AtomicU64::new(0), tallies: Default::default() }
+        Self {
+            feed: crate::output::feed::Feed::default(),
+            started: Instant::now(),
+            cfg: cfg.clone(),
+            gid,
+            admin_gid: crate::control::peer::admin_gid(cfg.admin_group.as_deref()),
+            connections: Arc::new(tokio::sync::Semaphore::new(cfg.control_max_connections as usize)),
+            kernel_drops: std::sync::atomic::AtomicU64::new(0),
+            tallies: Default::default(),
+        }
     }
 }
 
