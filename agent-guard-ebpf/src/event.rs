@@ -1,5 +1,5 @@
 //! The ring buffer, drop counters and the common event header.
-use agent_guard_common::{drop_slot, EventHeader, EVENTS_RING_BYTES, PATH_MAX};
+use agent_guard_common::{drop_slot, EventHeader, Kind, EVENTS_RING_BYTES, PATH_MAX};
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     helpers::generated::bpf_ktime_get_boot_ns,
@@ -60,12 +60,12 @@ pub fn reserve<T: 'static>(urgent: bool) -> Option<aya_ebpf::maps::ring_buf::Rin
 }
 
 #[inline(always)]
-pub fn header(kind: u32, run: &CurrentRun) -> EventHeader {
+pub fn header(kind: Kind, run: &CurrentRun) -> EventHeader {
     let o = kernel::offsets();
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     EventHeader {
-        kind,
+        kind: kind.as_raw(),
         flags: 0,
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_boot_ns() },

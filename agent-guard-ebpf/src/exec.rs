@@ -1,6 +1,6 @@
 //! exec: the new image's executable (resolved path of mm->exe_file) and its argv.
 use agent_guard_common::{
-    kind, rule, verdict, ExecEvent, GrantKey, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
+    ExecEvent, GrantKey, Kind, Rule, Verdict, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
 };
 use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 
@@ -36,7 +36,7 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
             if let Some(rs) = &rs {
                 let key = || {
                     file_id = kernel::file_id(&o, exe_file);
-                    GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id }
+                    GrantKey { run: run.run_cgroup, kind: Kind::Exec.as_raw(), port: 0, id: file_id }
                 };
                 // Under the lsm backend bprm_check_security has decided already (and used up
                 // any one-time approval): judging again here would hold or kill it twice.
@@ -49,18 +49,18 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
             flags |= FLAG_READ_ERROR;
             if let Some(rs) = &rs {
                 // The executable could not be identified: never allowed by default.
-                decision = policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD);
+                decision = policy::violation(rs, Rule::Unseen, false, policy::NO_HOLD);
             }
         }
     }
-    let Some(mut entry) = event::reserve::<ExecEvent>(decision.verdict != verdict::ALLOW) else { return 0 };
+    let Some(mut entry) = event::reserve::<ExecEvent>(decision.verdict != Verdict::Allow) else { return 0 };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written one by one to
     // keep the 512-byte stack free.
     unsafe {
-        (*ev).hdr = event::header(kind::EXEC, &run);
-        (*ev).hdr.verdict = decision.verdict;
-        (*ev).hdr.rule = decision.rule;
+        (*ev).hdr = event::header(Kind::Exec, &run);
+        (*ev).hdr.verdict = decision.verdict_raw();
+        (*ev).hdr.rule = decision.rule_raw();
         (*ev).hdr.ruleset = rs.as_ref().map(|r| r.id).unwrap_or(0);
         (*ev).path_len = 0;
         (*ev).argv_len = 0;

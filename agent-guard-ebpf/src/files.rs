@@ -2,7 +2,7 @@
 //! descriptor's `struct file` (the path the kernel resolved: symlinks, `..`, relative paths
 //! and dirfds are already applied). A failed open reports the string the process passed.
 use agent_guard_common::{
-    drop_slot, kind, rule, verdict, GrantKey, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
+    drop_slot, GrantKey, Kind, OpenEvent, Rule, Verdict, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
     FLAG_READ_ERROR, PATH_MAX,
 };
 use aya_ebpf::{
@@ -108,6 +108,7 @@ fn finish(ctx: &TracePointContext) -> u32 {
     let mut walked = None;
     let mut decision = policy::ALLOWED;
     let mut file_id = [0u8; 16];
+    let mut access = 0u32;
     if ret >= 0 {
         match buf {
             Some(buf) if file != 0 => walked = kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
@@ -125,16 +126,16 @@ fn finish(ctx: &TracePointContext) -> u32 {
             // from the file, not from flags a racing thread could change after entry.
             let path_only = fmode & FMODE_PATH != 0;
             // The approval is for this file with exactly this access (1 read, 2 write).
-            let access = read as u32 | (write as u32) << 1;
+            access = read as u32 | (write as u32) << 1;
             let key = || {
                 file_id = kernel::file_id(&o, file);
-                GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id }
+                GrantKey { run: run.run_cgroup, kind: Kind::Open.as_raw(), port: access, id: file_id }
             };
             decision = match &walked {
                 _ if path_only => policy::ALLOWED,
                 Some(w) => policy::file_decision(rs, w, read, write, false, Some(key)),
                 // The file could not be identified: never allowed by default.
-                None => policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD),
+                None => policy::violation(rs, Rule::Unseen, false, policy::NO_HOLD),
             };
         }
     }
@@ -145,19 +146,19 @@ fn finish(ctx: &TracePointContext) -> u32 {
     }
     let Some(mut entry) = event::reserve::<OpenEvent>(
         // A refused open of a policied run may be the Landlock layer's denial.
-        decision.verdict != verdict::ALLOW || (rs.is_some() && event::refused(ret)),
+        decision.verdict != Verdict::Allow || (rs.is_some() && event::refused(ret)),
     ) else { return 0 };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
     unsafe {
-        (*ev).hdr = event::header(kind::OPEN, &run);
-        (*ev).hdr.verdict = decision.verdict;
-        (*ev).hdr.rule = decision.rule;
+        (*ev).hdr = event::header(Kind::Open, &run);
+        (*ev).hdr.verdict = decision.verdict_raw();
+        (*ev).hdr.rule = decision.rule_raw();
         (*ev).hdr.ruleset = rs.as_ref().map(|r| r.id).unwrap_or(0);
         (*ev).open_flags = p.flags;
         (*ev).result = ret as i32;
         (*ev).path_len = 0;
-        (*ev)._pad = 0;
+        (*ev).access = access;
         (*ev).file_id = file_id;
         let dst = (*ev).path.as_mut_ptr();
         match (&walked, buf) {

@@ -13,8 +13,8 @@
 //! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
 //! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
 use agent_guard_common::{
-    kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
-    FLAG_PATH_TRUNCATED,
+    ConnectEvent, EventHeader, ExecEvent, GrantKey, KernelOffsets, Kind, OpenEvent, Rule, SyscallEvent, Verdict, BIND_DEPTH_MAX,
+    FLAG_LSM, FLAG_PATH_TRUNCATED,
 };
 use aya_ebpf::{
     helpers::{
@@ -49,6 +49,8 @@ const FMODE_WRITE: u32 = 2;
 /// same bit is `__FMODE_EXEC` in f_flags, which is where 6.x kernels carry it at file_open.
 const FMODE_EXEC: u32 = 0x20;
 const O_WRONLY: u32 = 0o1;
+/// `OpenEvent::access` of a write-side path operation.
+const ACCESS_WRITE: u32 = 2;
 
 /// Syscall numbers reported in self-protection events (x86_64).
 const NR_PTRACE: u32 = 101;
@@ -64,7 +66,7 @@ const NR_BPF: u32 = 321;
 /// provably return a value in [-4095, 0] (6.12 checks).
 #[inline(always)]
 fn answer(d: &Decision) -> i32 {
-    let allowed = !(d.verdict == verdict::DENY || d.verdict == verdict::KILL) as i32;
+    let allowed = !(d.verdict == Verdict::Deny || d.verdict == Verdict::Kill) as i32;
     // SAFETY: read of a local variable.
     let allowed = unsafe { core::ptr::read_volatile(&allowed) } & 1;
     allowed - EPERM
@@ -78,13 +80,13 @@ fn answer(d: &Decision) -> i32 {
 /// # Safety
 /// `hdr` points at the header of a reserved, writable ring buffer entry.
 #[inline(always)]
-unsafe fn fill_header(hdr: *mut EventHeader, kind: u32, run: &run::CurrentRun, d: &Decision, ruleset: u32, flags: u32) {
+unsafe fn fill_header(hdr: *mut EventHeader, kind: Kind, run: &run::CurrentRun, d: &Decision, ruleset: u32, flags: u32) {
     let o = kernel::offsets();
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: the caller's promise; helpers write at most 16 bytes into comm.
     unsafe {
-        (*hdr).kind = kind;
+        (*hdr).kind = kind.as_raw();
         (*hdr).flags = flags;
         (*hdr).ts_ns = bpf_ktime_get_boot_ns();
         (*hdr).run_cgroup = run.run_cgroup;
@@ -94,8 +96,8 @@ unsafe fn fill_header(hdr: *mut EventHeader, kind: u32, run: &run::CurrentRun, d
         (*hdr).ppid = kernel::current_ppid(&o);
         (*hdr).uid = uid_gid as u32;
         (*hdr).gid = (uid_gid >> 32) as u32;
-        (*hdr).verdict = d.verdict;
-        (*hdr).rule = d.rule;
+        (*hdr).verdict = d.verdict_raw();
+        (*hdr).rule = d.rule_raw();
         (*hdr).ruleset = ruleset;
         let comm = (*hdr).comm.as_mut_ptr();
         if bpf_get_current_comm(comm.cast(), 16) != 0 {
@@ -149,16 +151,24 @@ unsafe fn put_id(dst: *mut u8, id: [u8; 16]) {
 
 /// Reports a decision on a path (an open, or a write-side path operation) as an `open` event.
 #[inline(always)]
-fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&kernel::Walked>, open_flags: u32, file_id: [u8; 16]) {
-    let Some(mut entry) = event::reserve::<OpenEvent>(d.verdict != verdict::ALLOW) else { return };
+fn report_path(
+    run: &run::CurrentRun,
+    rs_id: u32,
+    d: &Decision,
+    walked: Option<&kernel::Walked>,
+    open_flags: u32,
+    access: u32,
+    file_id: [u8; 16],
+) {
+    let Some(mut entry) = event::reserve::<OpenEvent>(d.verdict != Verdict::Allow) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
     unsafe {
-        fill_header(&mut (*ev).hdr, kind::OPEN, run, d, rs_id, FLAG_LSM);
+        fill_header(&mut (*ev).hdr, Kind::Open, run, d, rs_id, FLAG_LSM);
         (*ev).open_flags = open_flags;
         (*ev).result = answer(d);
         core::ptr::write_volatile(&mut (*ev).path_len, 0);
-        core::ptr::write_volatile(&mut (*ev)._pad, 0);
+        core::ptr::write_volatile(&mut (*ev).access, access);
         put_id((*ev).file_id.as_mut_ptr(), file_id);
         let mut flags = FLAG_LSM;
         if let (Some(w), Some(buf)) = (walked, crate::scratch::scratch()) {
@@ -188,16 +198,17 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
     let (read, write) = (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0);
     let mut d = policy::ALLOWED;
     let mut file_id = [0u8; 16];
+    let mut access = 0u32;
     if let Some(rs) = &rs {
         file_id = file_identity(&o, file);
-        let access = read as u32 | (write as u32) << 1;
-        let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
+        access = read as u32 | (write as u32) << 1;
+        let key = GrantKey { run: run.run_cgroup, kind: Kind::Open.as_raw(), port: access, id: file_id };
         d = match &walked {
             Some(w) => policy::file_decision(rs, w, read, write, true, Some(|| key)),
-            None => policy::violation(rs, rule::UNSEEN, true, policy::NO_HOLD),
+            None => policy::violation(rs, Rule::Unseen, true, policy::NO_HOLD),
         };
     }
-    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), f_flags, file_id);
+    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), f_flags, access, file_id);
     answer(&d)
 }
 
@@ -216,19 +227,19 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
         _ => None,
     };
     let file_id = file_identity(&o, file);
-    let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
+    let key = GrantKey { run: run.run_cgroup, kind: Kind::Exec.as_raw(), port: 0, id: file_id };
     let d = match &walked {
         Some(w) => policy::exec_decision(&rs, w, true, || key),
-        None => policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD),
+        None => policy::violation(&rs, Rule::Unseen, true, policy::NO_HOLD),
     };
-    if d.verdict == verdict::ALLOW {
+    if d.verdict == Verdict::Allow {
         return 0;
     }
     if let Some(mut entry) = event::reserve::<ExecEvent>(true) {
         let ev = entry.as_mut_ptr();
         // SAFETY: as in report_path.
         unsafe {
-            fill_header(&mut (*ev).hdr, kind::EXEC, &run, &d, rs.id, FLAG_LSM);
+            fill_header(&mut (*ev).hdr, Kind::Exec, &run, &d, rs.id, FLAG_LSM);
             core::ptr::write_volatile(&mut (*ev).path_len, 0);
             core::ptr::write_volatile(&mut (*ev).argv_len, 0);
             core::ptr::write_volatile(&mut (*ev)._pad, 0);
@@ -257,12 +268,12 @@ fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
     let walked = crate::scratch::scratch().and_then(|buf| kernel::dentry_to_buf(&o, dentry, vfsmnt, buf).ok());
     let d = match &walked {
         Some(w) => policy::file_decision(&rs, w, false, true, true, policy::NO_HOLD),
-        None => policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD),
+        None => policy::violation(&rs, Rule::Unseen, true, policy::NO_HOLD),
     };
-    if d.verdict == verdict::ALLOW {
+    if d.verdict == Verdict::Allow {
         return 0;
     }
-    report_path(&run, rs.id, &d, walked.as_ref(), O_WRONLY, [0; 16]);
+    report_path(&run, rs.id, &d, walked.as_ref(), O_WRONLY, ACCESS_WRITE, [0; 16]);
     answer(&d)
 }
 
@@ -281,7 +292,7 @@ fn write_in(dir: u64, dentry: u64) -> i32 {
 fn unreadable() -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
-    answer(&policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD))
+    answer(&policy::violation(&rs, Rule::Unseen, true, policy::NO_HOLD))
 }
 
 /// path_truncate(const struct path *path): truncate(2), ftruncate(2) (6.1: open(O_TRUNC) too).
@@ -384,12 +395,12 @@ fn cgroup_in(o: &KernelOffsets, cgrp: u64, run_cgroup: u64) -> bool {
 #[inline(always)]
 fn outside_run(run: &run::CurrentRun, nr: u32, arg0: u64) -> i32 {
     let Some(rs) = run::ruleset(run) else { return 0 };
-    let d = policy::violation(&rs, rule::SELF_PROTECTION, true, policy::NO_HOLD);
+    let d = policy::violation(&rs, Rule::SelfProtection, true, policy::NO_HOLD);
     if let Some(mut entry) = event::reserve::<SyscallEvent>(true) {
         let ev = entry.as_mut_ptr();
         // SAFETY: a reserved, writable SyscallEvent, written field by field.
         unsafe {
-            fill_header(&mut (*ev).hdr, kind::SYSCALL, run, &d, rs.id, FLAG_LSM);
+            fill_header(&mut (*ev).hdr, Kind::Syscall, run, &d, rs.id, FLAG_LSM);
             (*ev).nr = nr;
             (*ev)._pad = 0;
             (*ev).arg0 = arg0;
@@ -474,13 +485,13 @@ pub fn ag_lsm_socket_connect(ctx: LsmContext) -> i32 {
     if policy::net_allowed(&rs, &ip, port) {
         return 0;
     }
-    let d = policy::violation(&rs, rule::NETWORK, true, policy::NO_HOLD);
+    let d = policy::violation(&rs, Rule::Network, true, policy::NO_HOLD);
     if let Some(mut entry) = event::reserve::<ConnectEvent>(true) {
         let ev = entry.as_mut_ptr();
         let sock_type: i16 = kernel::read(sock, o.socket_type).unwrap_or(0);
         // SAFETY: a reserved, writable ConnectEvent, written field by field.
         unsafe {
-            fill_header(&mut (*ev).hdr, kind::CONNECT, &run, &d, rs.id, FLAG_LSM);
+            fill_header(&mut (*ev).hdr, Kind::Connect, &run, &d, rs.id, FLAG_LSM);
             (*ev).result = -EPERM;
             (*ev).family = family;
             (*ev).port = port;

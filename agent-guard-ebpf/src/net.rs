@@ -4,7 +4,7 @@
 //! caller's sockaddr at syscall entry, the result and the socket's type and protocol are
 //! taken at exit (IPv4 and IPv6 only).
 use agent_guard_common::{
-    action, drop_slot, kind, mode, rule, verdict, ConnectEvent, GrantKey, SocketEvent, PENDING_MAX,
+    action, drop_slot, mode, ConnectEvent, GrantKey, Kind, Rule, SocketEvent, Verdict, PENDING_MAX,
     FLAG_READ_ERROR, RS_RAW_SOCKETS,
 };
 use aya_ebpf::{
@@ -56,10 +56,10 @@ fn net_decision(
     if policy::net_allowed(&rs, addr, port) {
         return (policy::ALLOWED, Some(rs));
     }
-    let d = policy::refusal(&rs, rule::NETWORK);
-    if let (Some(protocol), verdict::DENY) = (grants, d.verdict) {
+    let d = policy::refusal(&rs, Rule::Network);
+    if let (Some(protocol), Verdict::Deny) = (grants, d.verdict) {
         // The approval is for this address, port and protocol.
-        let key = GrantKey { run: run.run_cgroup, kind: kind::CONNECT, port: port as u32 | protocol << 16, id: *addr };
+        let key = GrantKey { run: run.run_cgroup, kind: Kind::Connect.as_raw(), port: port as u32 | protocol << 16, id: *addr };
         if policy::granted(&key) {
             let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_GRANTED, 0);
             return (policy::GRANTED, Some(rs));
@@ -78,16 +78,16 @@ fn ruleset_id(rs: &Option<run::Ruleset>) -> u32 {
 /// there. Takes the rule set that refused, so the whole decision is one generation's.
 /// Returns the verdict to report.
 #[inline(always)]
-fn kill_later(rs: &run::Ruleset, holdable: bool) -> u32 {
+fn kill_later(rs: &run::Ruleset, holdable: bool) -> Verdict {
     if rs.hdr.mode == mode::ENFORCE && rs.hdr.on_violation == action::KILL {
         let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_KILL, 0);
-        return verdict::KILL;
+        return Verdict::Kill;
     }
     if holdable && policy::holds(rs) {
         let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_STOP, 0);
-        return verdict::HOLD;
+        return Verdict::Hold;
     }
-    verdict::DENY
+    Verdict::Deny
 }
 
 /// IPv4 address of a sock_addr context as IPv4-mapped bytes, and the port (host order).
@@ -117,7 +117,7 @@ fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     let (protocol, sock_type, family) = unsafe { ((*sa).protocol, (*sa).type_, (*sa).user_family) };
     let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
     let (reported, ret) = match &rs {
-        Some(rs) if d.verdict == verdict::DENY => (kill_later(rs, true), REFUSE),
+        Some(rs) if d.verdict == Verdict::Deny => (kill_later(rs, true), REFUSE),
         _ => (d.verdict, PASS),
     };
     // Inside connect(2) (its entry left a record): leave the judgment for the exit's event,
@@ -126,8 +126,8 @@ fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
         // SAFETY: this thread's own record, written in place.
         unsafe {
             (*p).judged = 1;
-            (*p).verdict = reported;
-            (*p).rule = d.rule;
+            (*p).verdict = reported.as_raw();
+            (*p).rule = d.rule_raw();
             (*p).ruleset = ruleset_id(&rs);
             (*p).sock_type = sock_type as u16;
             (*p).protocol = protocol as u16;
@@ -147,18 +147,18 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     // SAFETY: a context field the verifier allows reading.
     let protocol = unsafe { (*sa).protocol };
     let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
-    if d.verdict == verdict::ALLOW {
+    if d.verdict == Verdict::Allow {
         return PASS;
     }
-    let refused = d.verdict == verdict::DENY;
+    let refused = d.verdict == Verdict::Deny;
     let reported = match &rs {
         Some(rs) if refused => kill_later(rs, true),
         _ => d.verdict,
     };
     if let Some(mut entry) = event::reserve::<ConnectEvent>(true) {
-        let mut hdr = event::header(kind::SENDMSG, &run);
-        hdr.verdict = reported;
-        hdr.rule = d.rule;
+        let mut hdr = event::header(Kind::Sendmsg, &run);
+        hdr.verdict = reported.as_raw();
+        hdr.rule = d.rule_raw();
         hdr.ruleset = ruleset_id(&rs);
         // SAFETY: context fields the verifier allows reading.
         let (family, sock_type, protocol) = unsafe { ((*sa).family as u16, (*sa).type_ as u16, (*sa).protocol as u16) };
@@ -212,22 +212,22 @@ pub fn ag_sock_create(ctx: SockContext) -> i32 {
         if rs.hdr.flags & RS_RAW_SOCKETS != 0 {
             return PASS;
         }
-        rule::RAW_SOCKET
+        Rule::RawSocket
     } else if !checked {
-        rule::UNSEEN
+        Rule::Unseen
     } else {
         return PASS;
     };
     let d = policy::refusal(&rs, rule);
     if let Some(mut entry) = event::reserve::<SocketEvent>(true) {
-        let mut hdr = event::header(kind::SOCKET, &run);
-        hdr.verdict = d.verdict;
-        hdr.rule = d.rule;
+        let mut hdr = event::header(Kind::Socket, &run);
+        hdr.verdict = d.verdict_raw();
+        hdr.rule = d.rule_raw();
         hdr.ruleset = rs.id;
         entry.write(SocketEvent { hdr, family, sock_type: ty, protocol: proto, _pad: 0 });
         entry.submit(0);
     }
-    if d.verdict == verdict::DENY {
+    if d.verdict == Verdict::Deny {
         kill_later(&rs, false);
         return REFUSE;
     }
@@ -291,6 +291,7 @@ struct PendingConnect {
     judged: u32,
     /// sockaddr_in or sockaddr_in6 as passed (28 bytes used).
     sa: [u8; 32],
+    /// The judgment, as `EventHeader` carries it (`Verdict::as_raw`, `Rule::raw_of`).
     verdict: u32,
     rule: u32,
     ruleset: u32,
@@ -351,10 +352,9 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
     let _ = AG_PENDING_CONNECT.remove(&key);
     let ret = kernel::tp_u64(&ctx, 16) as i64;
     let mut flags = 0;
-    let (d, ruleset, sock_type, protocol, family, port, addr) = if p.judged != 0 {
+    let ((verdict, rule), ruleset, sock_type, protocol, family, port, addr) = if p.judged != 0 {
         // What connect4/connect6 decided, on the address the kernel used.
-        let d = policy::Decision { verdict: p.verdict, rule: p.rule };
-        (d, p.ruleset, p.sock_type, p.protocol, p.family, p.port, p.addr)
+        ((p.verdict, p.rule), p.ruleset, p.sock_type, p.protocol, p.family, p.port, p.addr)
     } else {
         let family = u16::from_ne_bytes([p.sa[0], p.sa[1]]);
         // The connect failed before the cgroup hook (bad descriptor or address, already
@@ -381,15 +381,15 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
             a
         };
         let (mut d, rs) = net_decision(&run, &addr, port, None);
-        if d.verdict == verdict::DENY {
+        if d.verdict == Verdict::Deny {
             match pending {
-                PENDING_KILL => d.verdict = verdict::KILL,
-                PENDING_STOP => d.verdict = verdict::HOLD,
+                PENDING_KILL => d.verdict = Verdict::Kill,
+                PENDING_STOP => d.verdict = Verdict::Hold,
                 PENDING_GRANTED => d = policy::GRANTED,
                 _ => {}
             }
         }
-        (d, ruleset_id(&rs), sock_type, protocol, family, port, addr)
+        ((d.verdict_raw(), d.rule_raw()), ruleset_id(&rs), sock_type, protocol, family, port, addr)
     };
     // The event carries IPv4 in the first 4 bytes.
     let mut out = addr;
@@ -397,11 +397,11 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
         out = [0; 16];
         out[..4].copy_from_slice(&addr[12..16]);
     }
-    let Some(mut entry) = event::reserve::<ConnectEvent>(d.verdict != verdict::ALLOW || event::refused(ret)) else { return 0 };
-    let mut hdr = event::header(kind::CONNECT, &run);
+    let Some(mut entry) = event::reserve::<ConnectEvent>(verdict != Verdict::Allow.as_raw() || event::refused(ret)) else { return 0 };
+    let mut hdr = event::header(Kind::Connect, &run);
     hdr.flags = flags;
-    hdr.verdict = d.verdict;
-    hdr.rule = d.rule;
+    hdr.verdict = verdict;
+    hdr.rule = rule;
     hdr.ruleset = ruleset;
     entry.write(ConnectEvent {
         hdr,

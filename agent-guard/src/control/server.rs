@@ -172,7 +172,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 runs.next_index = runs.next_index.wrapping_add(1).max(1);
                 runs.by_cgroup.insert(id, info.clone());
             }
-            let mut e = shared.base_event("run_start", Some(&info));
+            let mut e = shared.base_event(crate::output::event::Kind::RunStart, Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
             // The policy's text goes back too: `run` builds its Landlock layer from it.
@@ -250,7 +250,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 info
             };
             forget_run(shared, info.cgroup_id);
-            let mut e = shared.base_event("run_end", Some(&info));
+            let mut e = shared.base_event(crate::output::event::Kind::RunEnd, Some(&info));
             e.detail = Detail::RunEnd { exit_status };
             if let Err(e) = shared.after_ring.send(e) {
                 shared.emit(e.0);
