@@ -517,7 +517,8 @@ pub struct ConnectEvent {
     /// SOCK_* type of the socket, or 0 if unknown.
     pub sock_type: u16,
     pub _pad: u32,
-    /// IPv4 in the first 4 bytes, or IPv6; network byte order.
+    /// IPv6, IPv4 as IPv4-mapped (as approvals key it); network byte order. (Programs of
+    /// earlier versions put AF_INET addresses in the first 4 bytes; the daemon reads both.)
     pub addr: [u8; 16],
 }
 

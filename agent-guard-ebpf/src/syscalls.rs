@@ -5,7 +5,7 @@
 //! What a process observes: SIGKILL, received when the syscall returns to user space. A
 //! tracepoint cannot stop the syscall itself, so its effect may happen before the process
 //! dies (see the README's enforcement table); the process never runs another instruction.
-use agent_guard_common::{Kind, Rule, RS_RAW_SOCKETS, SyscallEvent};
+use agent_guard_common::{Rule, RS_RAW_SOCKETS};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{event, kernel, policy, run};
@@ -72,13 +72,7 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn report(run: &run::CurrentRun, rs: &run::Ruleset, rule: Rule, nr: u32, arg0: u64) -> i32 {
     let d = policy::violation(rs, rule, false, policy::NO_HOLD);
-    let Some(mut entry) = event::reserve::<SyscallEvent>(true) else { return 0 };
-    let mut hdr = event::header(Kind::Syscall, run);
-    hdr.verdict = d.verdict_raw();
-    hdr.rule = d.rule_raw();
-    hdr.ruleset = rs.id;
-    entry.write(SyscallEvent { hdr, nr, _pad: 0, arg0 });
-    entry.submit(0);
+    event::report_syscall(run, &d, rs.id, 0, nr, arg0);
     0
 }
 
