@@ -129,15 +129,24 @@ unsafe fn put16(dst: *mut u8, v: [u8; 16]) {
     }
 }
 
-/// Where a walked path starts in scratch, and `flags` with `FLAG_PATH_TRUNCATED` if it was
-/// truncated. Taken apart before the record is reserved: the verifier then sees plain values
-/// rather than a pointer the compiler may load through on a path it knows is not taken.
+/// `walked_parts`: no path was walked.
+const NO_PATH: u32 = u32::MAX;
+
+/// Where a walked path starts in scratch ([`NO_PATH`]: none), and `flags` with
+/// `FLAG_PATH_TRUNCATED` if it was truncated. Plain values, taken before the record is
+/// reserved: an `Option` would leave its payload undefined when it is None, and the compiler
+/// may copy that undefined register around, which the verifier refuses (`!read_ok`); it may
+/// also load through the pointer on a path the verifier cannot tell is not taken.
 #[inline(always)]
-fn walked_parts(walked: Option<Walked>, flags: u32) -> (Option<u32>, u32) {
+fn walked_parts(walked: Option<&Walked>, flags: u32) -> (u32, u32) {
     match walked {
-        Some(w) if w.truncated => (Some(w.start), flags | FLAG_PATH_TRUNCATED),
-        Some(w) => (Some(w.start), flags),
-        None => (None, flags),
+        Some(w) => {
+            // SAFETY: reads of a live local. Volatile, so they happen on this path only (never
+            // speculated into a select whose other side is undefined).
+            let (start, truncated) = unsafe { (core::ptr::read_volatile(&w.start), core::ptr::read_volatile(&w.truncated)) };
+            (start, if truncated { flags | FLAG_PATH_TRUNCATED } else { flags })
+        }
+        None => (NO_PATH, flags),
     }
 }
 
@@ -162,7 +171,7 @@ pub fn report_open(
     flags: u32,
     urgent: bool,
     open: &Open,
-    walked: Option<Walked>,
+    walked: Option<&Walked>,
     user_path: Option<u64>,
 ) {
     let (start, flags) = walked_parts(walked, flags);
@@ -178,8 +187,8 @@ pub fn report_open(
         put16((*ev).file_id.as_mut_ptr(), open.file_id);
         let dst = (*ev).path.as_mut_ptr();
         let mut flags = flags;
-        match (start, crate::scratch::scratch()) {
-            (Some(start), Some(buf)) => (*ev).path_len = copy_walked(buf, start, dst),
+        match crate::scratch::scratch() {
+            Some(buf) if start != NO_PATH => (*ev).path_len = copy_walked(buf, start, dst),
             _ => {
                 if let Some(filename) = user_path {
                     flags |= FLAG_PATH_UNRESOLVED;
@@ -198,7 +207,7 @@ pub fn report_open(
 /// Reports an exec decided by `d`, with the executable's walked path and, given the new
 /// image's `mm`, its argv. Refusals are urgent (see [`reserve`]).
 #[inline(always)]
-pub fn report_exec(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, file_id: [u8; 16], walked: Option<Walked>, mm: Option<u64>) {
+pub fn report_exec(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, file_id: [u8; 16], walked: Option<&Walked>, mm: Option<u64>) {
     let (start, flags) = walked_parts(walked, flags);
     let Some(mut entry) = reserve::<ExecEvent>(d.verdict != Verdict::Allow) else { return };
     let ev = entry.as_mut_ptr();
@@ -211,7 +220,7 @@ pub fn report_exec(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, fil
         core::ptr::write_volatile(&mut (*ev)._pad, 0);
         put16((*ev).file_id.as_mut_ptr(), file_id);
         let mut flags = flags;
-        if let (Some(start), Some(buf)) = (start, crate::scratch::scratch()) {
+        if let (true, Some(buf)) = (start != NO_PATH, crate::scratch::scratch()) {
             (*ev).path_len = copy_walked(buf, start, (*ev).path.as_mut_ptr());
         }
         if let Some(mm) = mm {

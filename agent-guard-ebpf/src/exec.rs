@@ -58,6 +58,6 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
             (decision, file_id) = decide_exec(rs, &run, exe_file, walked.as_ref(), false);
         }
     }
-    event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked, Some(mm));
+    event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked.as_ref(), Some(mm));
     0
 }

@@ -162,7 +162,7 @@ fn finish(ctx: &TracePointContext) -> u32 {
     // A refused open of a policied run may be the Landlock layer's denial.
     let urgent = decision.verdict != Verdict::Allow || (rs.is_some() && event::refused(ret));
     let open = event::Open { open_flags: p.flags, result: ret as i32, access, file_id };
-    event::report_open(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, urgent, &open, walked, Some(p.filename));
+    event::report_open(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, urgent, &open, walked.as_ref(), Some(p.filename));
     0
 }
 

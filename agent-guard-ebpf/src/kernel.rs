@@ -121,7 +121,6 @@ pub fn fd_file(o: &KernelOffsets, fd: i32) -> Result<u64, ()> {
 }
 
 /// Output of [`path_to_buf`]: the path is `scratch[start..PATH_MAX]`.
-#[derive(Clone, Copy)]
 pub struct Walked {
     pub start: u32,
     pub truncated: bool,

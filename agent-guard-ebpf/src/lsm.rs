@@ -69,7 +69,7 @@ fn answer(d: &Decision) -> i32 {
 
 /// Reports a decision on a path (an open, or a write-side path operation) as an `open`.
 #[inline(always)]
-fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<kernel::Walked>, open: &event::Open) {
+fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&kernel::Walked>, open: &event::Open) {
     event::report_open(run, d, rs_id, FLAG_LSM, d.verdict != Verdict::Allow, open, walked, None);
 }
 
@@ -95,7 +95,7 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
         (d, file_id) = crate::files::decide_open(rs, &run, file, walked.as_ref(), read, write, true);
     }
     let open = event::Open { open_flags: f_flags, result: answer(&d), access, file_id };
-    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked, &open);
+    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), &open);
     answer(&d)
 }
 
@@ -117,7 +117,7 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
     if d.verdict == Verdict::Allow {
         return 0;
     }
-    event::report_exec(&run, &d, rs.id, FLAG_LSM, file_id, walked, None);
+    event::report_exec(&run, &d, rs.id, FLAG_LSM, file_id, walked.as_ref(), None);
     answer(&d)
 }
 
@@ -137,7 +137,7 @@ fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
         return 0;
     }
     let open = event::Open { open_flags: O_WRONLY, result: answer(&d), access: ACCESS_WRITE, file_id: [0; 16] };
-    report_path(&run, rs.id, &d, walked, &open);
+    report_path(&run, rs.id, &d, walked.as_ref(), &open);
     answer(&d)
 }
 
