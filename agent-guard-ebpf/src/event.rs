@@ -129,24 +129,16 @@ unsafe fn put16(dst: *mut u8, v: [u8; 16]) {
     }
 }
 
-/// `walked_parts`: no path was walked.
-const NO_PATH: u32 = u32::MAX;
-
-/// Where a walked path starts in scratch ([`NO_PATH`]: none), and `flags` with
-/// `FLAG_PATH_TRUNCATED` if it was truncated. Plain values, taken before the record is
-/// reserved: an `Option` would leave its payload undefined when it is None, and the compiler
-/// may copy that undefined register around, which the verifier refuses (`!read_ok`); it may
-/// also load through the pointer on a path the verifier cannot tell is not taken.
+/// `flags` with `FLAG_PATH_TRUNCATED` if the walked path was truncated. Taken before the
+/// record is reserved, and the path copied inside by `if let` on the same `Option<&Walked>`:
+/// the shapes the verifier accepts from the compiler on every kernel of the matrix. (A
+/// select between a field and a constant left an undefined `None` payload in registers the
+/// verifier refuses to read, `!read_ok`.)
 #[inline(always)]
-fn walked_parts(walked: Option<&Walked>, flags: u32) -> (u32, u32) {
+fn path_flags(walked: Option<&Walked>, flags: u32) -> u32 {
     match walked {
-        Some(w) => {
-            // SAFETY: reads of a live local. Volatile, so they happen on this path only (never
-            // speculated into a select whose other side is undefined).
-            let (start, truncated) = unsafe { (core::ptr::read_volatile(&w.start), core::ptr::read_volatile(&w.truncated)) };
-            (start, if truncated { flags | FLAG_PATH_TRUNCATED } else { flags })
-        }
-        None => (NO_PATH, flags),
+        Some(w) if w.truncated => flags | FLAG_PATH_TRUNCATED,
+        _ => flags,
     }
 }
 
@@ -174,7 +166,7 @@ pub fn report_open(
     walked: Option<&Walked>,
     user_path: Option<u64>,
 ) {
-    let (start, flags) = walked_parts(walked, flags);
+    let flags = path_flags(walked, flags);
     let Some(mut entry) = reserve::<OpenEvent>(urgent) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
@@ -187,8 +179,8 @@ pub fn report_open(
         put16((*ev).file_id.as_mut_ptr(), open.file_id);
         let dst = (*ev).path.as_mut_ptr();
         let mut flags = flags;
-        match crate::scratch::scratch() {
-            Some(buf) if start != NO_PATH => (*ev).path_len = copy_walked(buf, start, dst),
+        match (walked, crate::scratch::scratch()) {
+            (Some(w), Some(buf)) => (*ev).path_len = copy_walked(buf, w.start, dst),
             _ => {
                 if let Some(filename) = user_path {
                     flags |= FLAG_PATH_UNRESOLVED;
@@ -208,7 +200,7 @@ pub fn report_open(
 /// image's `mm`, its argv. Refusals are urgent (see [`reserve`]).
 #[inline(always)]
 pub fn report_exec(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, file_id: [u8; 16], walked: Option<&Walked>, mm: Option<u64>) {
-    let (start, flags) = walked_parts(walked, flags);
+    let flags = path_flags(walked, flags);
     let Some(mut entry) = reserve::<ExecEvent>(d.verdict != Verdict::Allow) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written one by one to
@@ -220,8 +212,8 @@ pub fn report_exec(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, fil
         core::ptr::write_volatile(&mut (*ev)._pad, 0);
         put16((*ev).file_id.as_mut_ptr(), file_id);
         let mut flags = flags;
-        if let (true, Some(buf)) = (start != NO_PATH, crate::scratch::scratch()) {
-            (*ev).path_len = copy_walked(buf, start, (*ev).path.as_mut_ptr());
+        if let (Some(w), Some(buf)) = (walked, crate::scratch::scratch()) {
+            (*ev).path_len = copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
         }
         if let Some(mm) = mm {
             let o = kernel::offsets();

@@ -43,10 +43,11 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
     let o = kernel::offsets();
     let mm: u64 = kernel::read(kernel::current_task(), o.task_mm).unwrap_or(0);
     let exe_file: u64 = kernel::read(mm, o.mm_exe_file).unwrap_or(0);
-    let walked = match crate::scratch::scratch() {
-        Some(buf) if exe_file != 0 => kernel::path_to_buf(&o, exe_file + o.file_f_path as u64, buf).ok(),
-        _ => None,
+    let walk = match crate::scratch::scratch() {
+        Some(buf) if exe_file != 0 => kernel::Walk::of(kernel::path_to_buf(&o, exe_file + o.file_f_path as u64, buf)),
+        _ => kernel::Walk::NONE,
     };
+    let walked = walk.get();
     let flags = if walked.is_none() { FLAG_READ_ERROR } else { 0 };
     let mut decision = policy::ALLOWED;
     let mut file_id = [0u8; 16];
@@ -55,9 +56,9 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
         // one-time approval): judging again here would hold or kill it twice. An executable
         // that cannot be identified is refused either way.
         if walked.is_none() || !crate::lsm::decides_exec() {
-            (decision, file_id) = decide_exec(rs, &run, exe_file, walked.as_ref(), false);
+            (decision, file_id) = decide_exec(rs, &run, exe_file, walked, false);
         }
     }
-    event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked.as_ref(), Some(mm));
+    event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked, Some(mm));
     0
 }

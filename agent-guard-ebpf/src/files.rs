@@ -134,16 +134,16 @@ fn finish(ctx: &TracePointContext) -> u32 {
     let p = pending.unwrap_or(PendingOpen { filename: 0, flags: 0, _pad: 0 });
     let o = kernel::offsets();
     let mut flags = 0u32;
-    let mut walked = None;
+    let mut walk = kernel::Walk::NONE;
     let mut decision = policy::ALLOWED;
     let mut file_id = [0u8; 16];
     let mut access = 0u32;
     if ret >= 0 {
         let file = kernel::fd_file(&o, ret as i32).unwrap_or(0);
         if let (Some(buf), true) = (crate::scratch::scratch(), file != 0) {
-            walked = kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok();
+            walk = kernel::Walk::of(kernel::path_to_buf(&o, file + o.file_f_path as u64, buf));
         }
-        if walked.is_none() {
+        if walk.get().is_none() {
             flags |= FLAG_READ_ERROR;
         }
         if let Some(rs) = &rs {
@@ -155,14 +155,14 @@ fn finish(ctx: &TracePointContext) -> u32 {
             // O_PATH grants no access to the contents; reopening it is another open. Taken
             // from the file, not from flags a racing thread could change after entry.
             if fmode & FMODE_PATH == 0 {
-                (decision, file_id) = decide_open(rs, &run, file, walked.as_ref(), read, write, false);
+                (decision, file_id) = decide_open(rs, &run, file, walk.get(), read, write, false);
             }
         }
     }
     // A refused open of a policied run may be the Landlock layer's denial.
     let urgent = decision.verdict != Verdict::Allow || (rs.is_some() && event::refused(ret));
     let open = event::Open { open_flags: p.flags, result: ret as i32, access, file_id };
-    event::report_open(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, urgent, &open, walked.as_ref(), Some(p.filename));
+    event::report_open(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, urgent, &open, walk.get(), Some(p.filename));
     0
 }
 

@@ -120,6 +120,32 @@ pub fn fd_file(o: &KernelOffsets, fd: i32) -> Result<u64, ()> {
     read(arr + (fd as u64) * 8, 0)
 }
 
+/// A walk's outcome with every field defined. An `Option<Walked>` that is None has an
+/// undefined payload, which the compiler may copy between registers (to keep it across a
+/// helper call) and the verifier refuses to read (`!read_ok`); an `Option<&Walked>` is a
+/// pointer or null, always defined. Hold a `Walk`, hand out [`Walk::get`].
+pub struct Walk {
+    w: Walked,
+    ok: bool,
+}
+
+impl Walk {
+    pub const NONE: Walk = Walk { w: Walked { start: 0, truncated: false, pseudo: false, ncomps: 0 }, ok: false };
+
+    #[inline(always)]
+    pub fn of(r: Result<Walked, ()>) -> Walk {
+        match r {
+            Ok(w) => Walk { w, ok: true },
+            Err(()) => Walk::NONE,
+        }
+    }
+
+    #[inline(always)]
+    pub fn get(&self) -> Option<&Walked> {
+        self.ok.then_some(&self.w)
+    }
+}
+
 /// Output of [`path_to_buf`]: the path is `scratch[start..PATH_MAX]`.
 pub struct Walked {
     pub start: u32,

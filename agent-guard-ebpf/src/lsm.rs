@@ -85,17 +85,21 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
         return 0;
     }
     let rs = run::ruleset(&run);
-    let walked = crate::scratch::scratch().and_then(|buf| kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok());
+    let walk = match crate::scratch::scratch() {
+        Some(buf) => kernel::Walk::of(kernel::path_to_buf(&o, file + o.file_f_path as u64, buf)),
+        None => kernel::Walk::NONE,
+    };
+    let walked = walk.get();
     let (read, write) = (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0);
     let mut d = policy::ALLOWED;
     let mut file_id = [0u8; 16];
     let mut access = 0u32;
     if let Some(rs) = &rs {
         access = crate::files::access_bits(read, write);
-        (d, file_id) = crate::files::decide_open(rs, &run, file, walked.as_ref(), read, write, true);
+        (d, file_id) = crate::files::decide_open(rs, &run, file, walked, read, write, true);
     }
     let open = event::Open { open_flags: f_flags, result: answer(&d), access, file_id };
-    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), &open);
+    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked, &open);
     answer(&d)
 }
 
@@ -109,15 +113,16 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
     let bprm: u64 = ctx.arg(0);
     let o = kernel::offsets();
     let file: u64 = kernel::read(bprm, o.binprm_file).unwrap_or(0);
-    let walked = match crate::scratch::scratch() {
-        Some(buf) if file != 0 => kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
-        _ => None,
+    let walk = match crate::scratch::scratch() {
+        Some(buf) if file != 0 => kernel::Walk::of(kernel::path_to_buf(&o, file + o.file_f_path as u64, buf)),
+        _ => kernel::Walk::NONE,
     };
-    let (d, file_id) = crate::exec::decide_exec(&rs, &run, file, walked.as_ref(), true);
+    let walked = walk.get();
+    let (d, file_id) = crate::exec::decide_exec(&rs, &run, file, walked, true);
     if d.verdict == Verdict::Allow {
         return 0;
     }
-    event::report_exec(&run, &d, rs.id, FLAG_LSM, file_id, walked.as_ref(), None);
+    event::report_exec(&run, &d, rs.id, FLAG_LSM, file_id, walked, None);
     answer(&d)
 }
 
@@ -128,8 +133,12 @@ fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
     let o = kernel::offsets();
-    let walked = crate::scratch::scratch().and_then(|buf| kernel::dentry_to_buf(&o, dentry, vfsmnt, buf).ok());
-    let d = match &walked {
+    let walk = match crate::scratch::scratch() {
+        Some(buf) => kernel::Walk::of(kernel::dentry_to_buf(&o, dentry, vfsmnt, buf)),
+        None => kernel::Walk::NONE,
+    };
+    let walked = walk.get();
+    let d = match walked {
         Some(w) => policy::file_decision(&rs, w, false, true, true, policy::NO_HOLD),
         None => policy::violation(&rs, Rule::Unseen, true, policy::NO_HOLD),
     };
@@ -137,7 +146,7 @@ fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
         return 0;
     }
     let open = event::Open { open_flags: O_WRONLY, result: answer(&d), access: ACCESS_WRITE, file_id: [0; 16] };
-    report_path(&run, rs.id, &d, walked.as_ref(), &open);
+    report_path(&run, rs.id, &d, walked, &open);
     answer(&d)
 }
 
