@@ -5,6 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use agent_guard_common::{Kind, Verdict};
 use serde::Deserialize;
 
 /// Where the CLI and the daemon look when neither `--config` nor AGENT_GUARD_CONFIG is given.
@@ -28,14 +29,14 @@ pub enum StderrEvents {
 
 impl StderrEvents {
     /// Whether `kind` with `verdict` gets a human line on stderr.
-    pub fn shows(self, kind: &str, verdict: &str) -> bool {
+    pub fn shows(self, kind: Kind, verdict: Verdict) -> bool {
         match self {
             StderrEvents::All => true,
             StderrEvents::None => false,
             // The allowed observations are the stream's bulk (tens of thousands a second under
             // load): they stay in the log. Everything else is rare and worth a glance.
             StderrEvents::Notable => {
-                verdict != "allow" || !matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "exit" | "syscall")
+                verdict != Verdict::Allow || !kind.is_kernel()
             }
         }
     }
@@ -269,10 +270,10 @@ mod tests {
     #[test]
     fn stderr_shows_violations_and_lifecycle_but_not_the_allowed_bulk() {
         let n = StderrEvents::Notable;
-        assert!(!n.shows("open", "allow") && !n.shows("exec", "allow") && !n.shows("connect", "allow"));
-        assert!(n.shows("open", "kill") && n.shows("connect", "deny") && n.shows("exec", "would_deny"));
-        assert!(n.shows("run_start", "allow") && n.shows("drop", "allow") && n.shows("freeze", "allow"));
-        assert!(StderrEvents::All.shows("open", "allow") && !StderrEvents::None.shows("open", "kill"));
+        assert!(!n.shows(Kind::Open, Verdict::Allow) && !n.shows(Kind::Exec, Verdict::Allow) && !n.shows(Kind::Connect, Verdict::Allow));
+        assert!(n.shows(Kind::Open, Verdict::Kill) && n.shows(Kind::Connect, Verdict::Deny) && n.shows(Kind::Exec, Verdict::WouldDeny));
+        assert!(n.shows(Kind::RunStart, Verdict::Allow) && n.shows(Kind::Drop, Verdict::Allow) && n.shows(Kind::Freeze, Verdict::Allow));
+        assert!(StderrEvents::All.shows(Kind::Open, Verdict::Allow) && !StderrEvents::None.shows(Kind::Open, Verdict::Kill));
         let c = Config::parse("stderr_events = \"all\"", Path::new("c.toml")).unwrap();
         assert_eq!(c.stderr_events, StderrEvents::All);
     }

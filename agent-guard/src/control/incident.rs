@@ -18,10 +18,8 @@ use tracing::{info, warn};
 
 use crate::control::{lines::RequestLines, Request};
 use crate::daemon::core::{RunInfo, Shared};
-use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus, ViolationSummary}, output::event::{self, Detail, Event}, runs::respond::{self, Action, Candidate, Lookup}};
+use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus, ViolationSummary}, output::event::{self, Detail, Event, Kind}, runs::respond::{self, Action, Candidate, Lookup}};
 
-/// Verdicts `ps` counts as violations.
-const VIOLATIONS: [&str; 4] = ["deny", "kill", "would_deny", "hold"];
 /// After a kill, how long the run's launcher has to report the run's end before the daemon
 /// records it itself (a launcher that is gone never will).
 const END_GRACE: Duration = Duration::from_secs(3);
@@ -30,8 +28,9 @@ impl Shared {
     /// Bookkeeping for an event the log has accepted: the feed, followers, the run's
     /// violation count and the drop total.
     pub(crate) fn record(&self, e: &Arc<Event>) {
-        // A `hold` event records the hold of a violation already counted.
-        if VIOLATIONS.contains(&e.verdict) && e.kind != "hold" {
+        // Violations `ps` counts (deny, kill, would_deny, hold). A `hold` event records the
+        // hold of a violation already counted.
+        if e.verdict.is_violation() && e.kind != Kind::Hold {
             if let Some(run) = &e.run {
                 let mut runs_own = self.own();
                 let runs = &mut runs_own.runs;
@@ -45,9 +44,9 @@ impl Shared {
                 let mut tallies = self.ctl.tallies.lock().expect("tallies lock");
                 let t = tallies.entry(run.clone()).or_default();
                 t.total += 1;
-                *t.by_rule.entry(e.rule.clone().unwrap_or_else(|| "-".into())).or_default() += 1;
+                *t.by_rule.entry(e.rule.map_or("-", |r| r.name()).to_string()).or_default() += 1;
                 if t.first.len() < ViolationSummary::FIRST {
-                    t.first.push(format!("{} {}", e.kind, target(e)));
+                    t.first.push(format!("{} {}", e.kind.name(), target(e)));
                 }
             }
         }
@@ -259,7 +258,7 @@ pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, caller: acces
         Ok(o) => (o.latency, o.processes),
         Err(_) => (start.elapsed(), respond::procs(&info.dir).map(|p| p.len()).unwrap_or(0)),
     };
-    let mut e = shared.base_event(action.name(), Some(&info));
+    let mut e = shared.base_event(action.kind(), Some(&info));
     e.detail = Detail::Action {
         requested_by_uid: uid,
         requested_by_pid: pid,
@@ -338,7 +337,7 @@ fn end_later(shared: Arc<Shared>, id: String) {
             info
         };
         info!("run {id} was killed and nobody reported its end: recorded it");
-        let mut e = shared.base_event("run_end", Some(&info));
+        let mut e = shared.base_event(Kind::RunEnd, Some(&info));
         e.detail = Detail::RunEnd { exit_status: None };
         shared.emit(e);
     });
@@ -448,7 +447,7 @@ pub(crate) fn status(shared: &Shared, caller: &access::Caller) -> Response {
 fn events_filter(shared: &Shared, spec: &str) -> Result<String, String> {
     let mut list: Vec<Candidate> = shared.candidates(true).into_iter().map(|(c, _)| c).collect();
     for e in shared.ctl.feed.snapshot() {
-        if let (Some(id), true) = (&e.run, e.kind == "run_start") {
+        if let (Some(id), true) = (&e.run, e.kind == Kind::RunStart) {
             if !list.iter().any(|c| &c.id == id) {
                 let dir = e.cgroup.as_deref().map_or_else(PathBuf::new, |c| respond::cgroup_path(c, &shared.mount));
                 list.push(Candidate { id: id.clone(), name: e.run_name.clone(), dir });
@@ -479,7 +478,7 @@ fn target(e: &Event) -> String {
         Detail::Open { path, .. } | Detail::Exec { path, .. } => path.clone(),
         Detail::Connect { addr, port, .. } => format!("{addr}:{port}"),
         Detail::Syscall { name, .. } => name.clone(),
-        _ => e.rule.clone().unwrap_or_default(),
+        _ => e.rule.map(|r| r.name().to_string()).unwrap_or_default(),
     }
 }
 
@@ -493,7 +492,7 @@ pub(crate) struct EventFilter {
 
 impl EventFilter {
     fn keeps(&self, e: &Event) -> bool {
-        (!self.violations || VIOLATIONS.contains(&e.verdict)) && self.since.as_ref().is_none_or(|s| e.ts.as_str() >= s.as_str())
+        (!self.violations || e.verdict.is_violation()) && self.since.as_ref().is_none_or(|s| e.ts.as_str() >= s.as_str())
     }
 }
 
@@ -571,7 +570,7 @@ pub(crate) async fn stream_events<R, W>(
                         }
                         Err(Some(missed)) => {
                             shared.metrics.dropped("follower", missed);
-                            let mut e = shared.base_event("drop", None);
+                            let mut e = shared.base_event(Kind::Drop, None);
                             e.detail = Detail::Drop { count: missed, stage: "follower" };
                             line(&e, json, &mut buf);
                         }

@@ -211,7 +211,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 runs.next_index = runs.next_index.wrapping_add(1).max(1);
                 runs.by_cgroup.insert(id, info.clone());
             }
-            let mut e = shared.base_event("run_start", Some(&info));
+            let mut e = shared.base_event(crate::output::event::Kind::RunStart, Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
             Response { policy: bound, landlock: plan.map(Arc::unwrap_or_clone), ..Response::ok() }
@@ -298,7 +298,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 info
             };
             forget_run(shared, info.cgroup_id);
-            let mut e = shared.base_event("run_end", Some(&info));
+            let mut e = shared.base_event(crate::output::event::Kind::RunEnd, Some(&info));
             e.detail = Detail::RunEnd { exit_status };
             // run_end follows every record of the run still in the ring buffer; once it is
             // recorded, so are the run's violations, and the summary is complete.

@@ -9,7 +9,7 @@ use std::{
 
 use agent_guard_common::RunEntry;
 use tokio::sync::mpsc;
-use crate::{daemon::state::State, output::event::{self, Event}, runs::bind::Binder, kernel::rules::PolicyStore};
+use crate::{daemon::state::State, output::event::{self, Event, Kind, Verdict}, runs::bind::Binder, kernel::rules::PolicyStore};
 use crate::runs::grant::Hold;
 
 /// An event to emit once the ring buffer has been drained (a run's `run_end`), and who waits
@@ -157,12 +157,12 @@ impl Shared {
         self.own().runs.by_cgroup.get(&cgroup_id).cloned()
     }
 
-    pub(crate) fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
+    pub(crate) fn base_event(&self, kind: Kind, run: Option<&RunInfo>) -> Event {
         self.event_at(kind, run, SystemTime::now())
     }
 
     /// An event of `run` that happened at `t`.
-    pub(crate) fn event_at(&self, kind: &'static str, run: Option<&RunInfo>, t: SystemTime) -> Event {
+    pub(crate) fn event_at(&self, kind: Kind, run: Option<&RunInfo>, t: SystemTime) -> Event {
         let (policy, policy_version) = match run.and_then(|r| r.policy) {
             Some(slot) => {
                 let store_guard = self.own();
@@ -179,14 +179,12 @@ impl Shared {
             policy_version,
             ts: event::rfc3339(t),
             host: self.host.clone(),
-            kind,
-            verdict: "allow",
             run: run.map(|r| r.id.clone()),
             run_name: run.and_then(|r| r.name.clone()),
             labels: run.map(|r| r.labels.clone()).unwrap_or_default(),
             cgroup: run.map(|r| self.rel(&r.dir)),
             cgroup_id: run.map(|r| r.cgroup_id),
-            ..Default::default()
+            ..Event::new(kind)
         }
     }
 
@@ -198,7 +196,7 @@ impl Shared {
     /// `emit` for the ring reader: a violation waits for room in the queue instead of being
     /// dropped (the ring reader slows down; the kernel keeps room in the ring for violations).
     pub(crate) async fn emit_from_ring(&self, e: Event) {
-        if e.verdict == "allow" {
+        if e.verdict == Verdict::Allow {
             return self.emit(e);
         }
         self.metrics.observe(&e);

@@ -384,7 +384,7 @@ fn elf_interp(path: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
-    use crate::output::event::{Detail, Event};
+    use crate::output::event::{Detail, Event, Kind, Rule, Verdict};
 
     fn available() -> bool {
         if host_abi() < 1 {
@@ -531,9 +531,7 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
 
     fn open_event(path: &str, flags: i32, result: i32) -> Event {
         Event {
-            kind: "open",
-            verdict: "allow",
-            layer: kernel_layer("open"),
+            layer: kernel_layer(Kind::Open),
             detail: Detail::Open {
                 path: path.into(),
                 access: crate::output::event::access_of(flags as u32),
@@ -543,7 +541,7 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
                 path_resolved: result >= 0,
                 path_truncated: false,
             },
-            ..Default::default()
+            ..Event::new(Kind::Open)
         }
     }
 
@@ -554,7 +552,7 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
         let judged = |path: &str, flags: i32, result: i32| {
             let mut e = open_event(path, flags, result);
             attribute(&mut e, &cov, Some(&pol));
-            (e.verdict, e.rule, e.layer)
+            (e.verdict.name(), e.rule.map(|r| r.name().to_string()), e.layer)
         };
         let eacces = -libc::EACCES;
         let landlock = |rule: &str| ("deny", Some(rule.to_string()), Some("landlock"));
@@ -573,24 +571,23 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
         let kcov = plan(&kill, 7, &[]).coverage;
         let mut e = open_event("/etc/shadow", libc::O_RDONLY, eacces);
         attribute(&mut e, &kcov, Some(&kill));
-        assert_eq!((e.verdict, e.layer), ("allow", Some("ebpf")));
+        assert_eq!((e.verdict.name(), e.layer), ("allow", Some("ebpf")));
 
         let connect = |result: i32, verdict: &'static str| {
             let mut e = Event {
-                kind: "connect",
-                verdict,
-                rule: Some("network.connect".into()),
-                layer: kernel_layer("connect"),
+                verdict: Verdict::from_name(verdict).unwrap(),
+                rule: Some(Rule::Network),
+                layer: kernel_layer(Kind::Connect),
                 detail: Detail::Connect { family: "inet", addr: "127.0.0.1".into(), port: 9, proto: "tcp", result, error: None },
-                ..Default::default()
+                ..Event::new(Kind::Connect)
             };
             attribute(&mut e, &cov, Some(&pol));
-            (e.verdict, e.layer)
+            (e.verdict.name(), e.layer)
         };
         assert_eq!(connect(eacces, "deny"), ("deny", Some("landlock")));
         assert_eq!(connect(-libc::EPERM, "deny"), ("deny", Some("ebpf")));
-        assert_eq!(kernel_layer("exit"), None);
-        assert_eq!(kernel_layer("run_start"), None);
+        assert_eq!(kernel_layer(Kind::Exit), None);
+        assert_eq!(kernel_layer(Kind::RunStart), None);
     }
 
     #[test]
