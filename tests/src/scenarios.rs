@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{layout, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
+use crate::{layout, probe, s, status, stdout, Daemon, Layout, PolicyFile};
 
 /// The enforcement backend a suite runs against (the daemon is started with it forced).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,26 +351,8 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 /// The suite's policy (see the module comment).
-fn policy(l: &Layout, net: &[String]) -> String {
-    let probe = probe();
-    format!(
-        r#"name = "scenarios"
-[files]
-read = [{base}, "{ws}"]
-write = ["{ws}/out"]
-deny = ["{ws}/.env", "{ws}/out/locked"]
-[exec]
-allow = ["{probe}"]
-[network]
-connect = [{net}]
-[syscalls]
-deny = ["ptrace"]
-"#,
-        base = toml_items(&probe_reads()),
-        ws = l.ws.display(),
-        probe = probe.display(),
-        net = toml_items(net),
-    )
+fn policy(l: &Layout, net: &[String]) -> PolicyFile {
+    PolicyFile::for_workspace("scenarios", l).deny([l.ws.join("out/locked")]).connect(net).syscalls_deny(["ptrace"])
 }
 
 /// Starts a daemon with `backend` forced and lays out the workspace.
@@ -398,7 +380,7 @@ pub fn setup(backend: Backend) -> Ctx {
     if let Some(l) = &tcp6_ok {
         net.push(format!("[::1]/128:{}", port(l)));
     }
-    let policy = daemon.write_policy("scenarios", &policy(&layout, &net));
+    let policy = policy(&layout, &net).write_to(daemon.dir.path());
     // SAFETY: plain socket(2), without SOCK_CLOEXEC so that runs inherit it.
     let passed_socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     assert!(passed_socket >= 0, "socket: {}", std::io::Error::last_os_error());
