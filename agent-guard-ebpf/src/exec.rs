@@ -55,7 +55,7 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
         // Under the lsm backend bprm_check_security has decided already (and used up any
         // one-time approval): judging again here would hold or kill it twice. An executable
         // that cannot be identified is refused either way.
-        if walked.is_none() || !crate::lsm::decides_exec() {
+        if walked.is_none() || !crate::run::decides_exec() {
             (decision, file_id) = decide_exec(rs, &run, exe_file, walked, false);
         }
     }

@@ -15,11 +15,7 @@
 use agent_guard_common::{
     KernelOffsets, Kind, Rule, Verdict, BIND_DEPTH_MAX, FLAG_LSM,
 };
-use aya_ebpf::{
-    macros::{lsm, map},
-    maps::Array,
-    programs::LsmContext,
-};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     event, kernel,
@@ -27,15 +23,6 @@ use crate::{
     run,
 };
 
-/// [0] is 1 when the LSM programs are attached (the daemon sets it once it chose `lsm`).
-#[map]
-static AG_LSM_ON: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Whether `bprm_check_security` decides execs (then the exec tracepoint only reports).
-#[inline(always)]
-pub fn decides_exec() -> bool {
-    AG_LSM_ON.get(0).copied().unwrap_or(0) != 0
-}
 
 const EPERM: i32 = 1;
 const FMODE_READ: u32 = 1;

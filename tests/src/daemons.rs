@@ -8,69 +8,46 @@ use std::{
     sync::atomic::Ordering,
 };
 
-use crate::{cgroup2_mount, spawn_daemon, write_config, BackgroundRun, Daemon, SEQ};
+use crate::{cgroup2_mount, BackgroundRun, Daemon, SEQ};
 
 impl Daemon {
-    /// Starts a daemon with a config of its own (plus `extra`) and returns at once: call
-    /// `ready` before using it. Several spawned before any is waited for start at once.
-    pub fn spawn(extra: &str) -> Daemon {
-        Self::spawn_named(&format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)), "", extra)
-    }
-
-    /// `spawn`, but the daemon first moves into the frozen cgroup of `gate` and starts only
-    /// when the gate opens: daemons spawned behind one gate start at the same moment.
+    /// A daemon (not started) whose first process waits in the frozen cgroup of `gate` and
+    /// starts only when the gate opens: daemons spawned behind one gate start at the same
+    /// moment. Call `ready` after `gate.open_when`.
     pub fn spawn_behind(gate: &Gate, extra: &str) -> Daemon {
-        let name = format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        Self::spawn_with_launcher(&name, "", extra, Some(&gate.dir))
+        let mut d = Daemon::configure(&crate::binary(), "agent-guard-test", extra);
+        let stderr = std::fs::File::create(d.dir.path().join("daemon.stderr")).unwrap();
+        // The shell freezes as it enters the gate's cgroup, then execs the daemon (same pid)
+        // once thawed.
+        let child = Command::new("sh")
+            .args(["-c", "echo 0 > \"$1/cgroup.procs\" && exec \"$2\" --config \"$3\" daemon", "sh"])
+            .arg(&gate.dir)
+            .arg(&d.bin)
+            .arg(&d.config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        d.spawned = std::time::Instant::now();
+        d.child = Some(child);
+        d
     }
 
-    /// `spawn` with the cgroup root `NAME/sub` (`sub` empty: `NAME`) and bpffs dir `NAME`.
-    fn spawn_named(name: &str, sub: &str, extra: &str) -> Daemon {
-        Self::spawn_with_launcher(name, sub, extra, None)
-    }
-
-    fn spawn_with_launcher(name: &str, sub: &str, extra: &str, gate: Option<&Path>) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_config(dir.path(), name, extra);
-        let root = if sub.is_empty() { name.to_string() } else { format!("{name}/{sub}") };
-        if !sub.is_empty() {
-            let text = std::fs::read_to_string(&config).unwrap();
-            let text = text.replace(&format!("cgroup_root = \"{name}\""), &format!("cgroup_root = \"{root}\""));
-            std::fs::write(&config, text).unwrap();
-        }
-        let log = dir.path().join("events.jsonl");
-        let child = match gate {
-            None => spawn_daemon(&config, &dir.path().join("daemon.stderr")),
-            Some(gate) => {
-                let stderr = std::fs::File::create(dir.path().join("daemon.stderr")).unwrap();
-                // The shell freezes as it enters the gate's cgroup, then execs the daemon
-                // (same pid) once thawed.
-                Command::new("sh")
-                    .args(["-c", "echo 0 > \"$1/cgroup.procs\" && exec \"$2\" --config \"$3\" daemon", "sh"])
-                    .arg(gate)
-                    .arg(crate::binary())
-                    .arg(&config)
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(stderr)
-                    .spawn()
-                    .unwrap()
-            }
-        };
-        Daemon {
-            cgroup_root: cgroup2_mount().join(&root),
-            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{name}")),
-            dir,
-            config,
-            log,
-            child,
-            alive: true,
-        }
+    /// A daemon (not started) with the cgroup root `NAME/sub` and bpffs dir `NAME`.
+    fn configure_below(sub: &str, extra: &str) -> Daemon {
+        let mut d = Daemon::configure(&crate::binary(), "agent-guard-test", extra);
+        let name = d.bpffs_dir.file_name().unwrap().to_string_lossy().into_owned();
+        let root = format!("{name}/{sub}");
+        let text = std::fs::read_to_string(&d.config).unwrap();
+        std::fs::write(&d.config, text.replace(&format!("cgroup_root = \"{name}\""), &format!("cgroup_root = \"{root}\""))).unwrap();
+        d.cgroup_root = cgroup2_mount().join(&root);
+        d
     }
 
     /// Waits until a spawned daemon is ready (panics with its stderr if it exits first).
     pub fn ready(&mut self) {
-        self.wait_ready();
+        self.wait_ready().unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -130,11 +107,12 @@ pub struct Delegated {
 
 impl Delegated {
     pub fn start(extra: &str) -> Delegated {
-        let name = format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
-        let top = cgroup2_mount().join(&name);
+        let mut d = Daemon::configure_below("runs", extra);
+        let top = d.cgroup_root.parent().unwrap().to_path_buf();
         let launch = top.join("launch");
+        d.spawn().unwrap();
         // The guard first: a daemon that fails to start is cleaned up in order too.
-        let mut guard = Delegated { daemon: Some(Daemon::spawn_named(&name, "runs", extra)), top, launch };
+        let mut guard = Delegated { daemon: Some(d), top, launch };
         guard.daemon.as_mut().unwrap().ready();
         std::fs::create_dir(&guard.launch).unwrap();
         guard

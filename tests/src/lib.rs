@@ -237,6 +237,11 @@ impl Daemon {
         if let Err(e) = self.spawn() {
             return Err(NotReady { status: None, stderr: String::new(), why: format!("starting {}: {e}", self.bin.display()) });
         }
+        self.wait_ready()
+    }
+
+    /// Waits until a spawned daemon is ready (see `try_start`).
+    pub fn wait_ready(&mut self) -> Result<Duration, NotReady> {
         // AGENT_GUARD_READY_SECS: slower machines (the VM matrix under TCG) wait longer.
         let secs = std::env::var("AGENT_GUARD_READY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
         let deadline = self.spawned + Duration::from_secs(secs);

@@ -2,28 +2,16 @@
 //! ends with violations, and `events --violations | --tail N | --since WHEN`.
 use std::path::PathBuf;
 
-use agent_guard_tests::{layout, privileged, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
+use agent_guard_tests::{layout, require_root, s, status, stdout, Daemon, Layout, PolicyFile};
 
 /// A policy named `name` that lets the probe (and `exec`) run and read the layout's workspace.
 fn probe_policy(d: &Daemon, l: &Layout, name: &str, exec: &[&str]) -> PathBuf {
-    let mut allow = vec![s(&probe())];
-    allow.extend(exec.iter().map(|e| e.to_string()));
-    d.write_policy(
-        name,
-        &format!(
-            "name = \"{name}\"\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [{}]\n",
-            toml_items(&probe_reads()),
-            s(&l.ws),
-            toml_items(&allow)
-        ),
-    )
+    PolicyFile::for_probe(name).read([&l.ws]).exec(exec).write_to(d.dir.path())
 }
 
 #[test]
 fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
-    if !privileged("a_run_with_violations_says_so_at_the_end_and_events_filter_them") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let l = layout();
     let policy = probe_policy(&d, &l, "viol", &[]);
@@ -31,7 +19,7 @@ fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
     let secret = s(&l.outside.join("secret.txt"));
     let script = format!(
         "{p} read {secret}; {p} read {secret}; {p} read {ok}; true",
-        p = s(&probe()),
+        p = s(&agent_guard_tests::probe()),
         ok = s(&l.ws.join("ok.txt"))
     );
     let sh_policy = probe_policy(&d, &l, "viol-sh", &["/usr/bin/"]);
@@ -76,9 +64,7 @@ fn a_run_with_violations_says_so_at_the_end_and_events_filter_them() {
 /// rewrite the responder's terminal: human output escapes it.
 #[test]
 fn human_output_escapes_control_characters_in_what_a_run_chose() {
-    if !privileged("human_output_escapes_control_characters_in_what_a_run_chose") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let l = layout();
     let evil = l.outside.join("x\n2026-01-01T00:00:00.000000Z open    r-000000 pid=1 ok.txt (read)\x1b[2K");

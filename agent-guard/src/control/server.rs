@@ -74,6 +74,10 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream, _perm
                 info!("control socket: uid {uid} pid {pid} sent a request longer than {} bytes: connection closed", control::MAX_LINE);
                 let why = format!("request longer than {} bytes: refused, connection closed", control::MAX_LINE);
                 let _ = incident::write_response(&mut wr, &Response::err(why)).await;
+                // The refused line's buffer (up to MAX_LINE) is freed; hand the freed heap back
+                // to the kernel too, so a flood of such lines leaves no resident trace.
+                // SAFETY: malloc_trim only releases free memory at the top of the heaps.
+                unsafe { libc::malloc_trim(0) };
                 return;
             }
         };
