@@ -17,8 +17,8 @@ use agent_guard_tests::{layout, privileged, probe, probe_reads, run_id, s, statu
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
-/// No Landlock layer under `agent-guard run`: the eBPF programs decide alone.
-const EBPF_ONLY: &str = "landlock = false";
+/// No Landlock layer or seccomp filter under `agent-guard run`: the eBPF programs decide alone.
+const EBPF_ONLY: &str = "landlock = false\nseccomp = false";
 
 /// A policy that lets the probe start (its libraries, /proc) and allows `ws`.
 fn policy(name: &str, l: &Layout, header: &str, network: &[String]) -> String {
@@ -139,7 +139,8 @@ fn exec_syscalls_and_unseen_operations() {
     if !privileged("exec_syscalls_and_unseen_operations") {
         return;
     }
-    let d = Daemon::start();
+    // Syscalls are the eBPF check's here (tests/tests/seccomp.rs has the launcher's filter).
+    let d = Daemon::start_with("seccomp = false");
     let l = layout();
     let pol = d.write_policy("exec", &policy("exec", &l, "", &[]));
 

@@ -3,5 +3,6 @@
 pub mod incident;
 pub mod server;
 pub mod peer;
+pub mod seccomp;
 mod protocol;
 pub use protocol::*;

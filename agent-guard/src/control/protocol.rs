@@ -11,6 +11,10 @@
 //! - `register` (a run's cgroup, before its command starts, with the policy to bind: a loaded
 //!   policy's name, or a policy file's text); `landlock` (what the run's Landlock layer
 //!   refuses, sent by `run` before the command starts); `end` (the run is over).
+//! - `seccomp` (the run's processes carry `run`'s seccomp filter: the kernel marks the run, so
+//!   its sys_enter check leaves link/linkat to the launcher's layers) and `seccomp_refusal`
+//!   (a syscall the filter refused: the daemon emits its `syscall` event, `layer: seccomp`).
+//!   Both only on the connection that registered the run, for that run.
 //! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
 //! - `ps`: the runs and bound cgroups (`runs`).
 //! - `status`: the daemon's state (`status`).
@@ -71,6 +75,15 @@ pub enum Request {
         run: String,
         #[serde(default)]
         exit_status: Option<i32>,
+    },
+    /// The run's processes carry `run`'s seccomp filter (sent before the command starts).
+    Seccomp {
+        run: String,
+    },
+    /// A syscall the run's seccomp filter refused.
+    SeccompRefusal {
+        run: String,
+        refusal: crate::runs::seccomp::Refusal,
     },
     PolicyApply {
         file: PolicyText,
@@ -351,6 +364,43 @@ fn response(socket: &Path, r: &mut BufReader<UnixStream>) -> Result<Response, Cl
 pub fn call(socket: &Path, req: Request) -> Result<Response, ClientError> {
     let mut r = send(socket, req)?;
     response(socket, &mut r)
+}
+
+/// A connection for several requests in turn: `run` registers its run on one and reports
+/// the run's seccomp refusals on it (the daemon accepts those only from that connection).
+pub struct Client {
+    socket: std::path::PathBuf,
+    conn: Option<BufReader<UnixStream>>,
+}
+
+impl Client {
+    /// A client of the daemon at `socket`; connects at the first request.
+    pub fn new(socket: &Path) -> Client {
+        Client { socket: socket.to_path_buf(), conn: None }
+    }
+
+    /// Sends one request on the connection and waits for its response. After an I/O error
+    /// the connection is gone (a later request would open a new one, which has not
+    /// registered anything).
+    pub fn call(&mut self, req: Request) -> Result<Response, ClientError> {
+        let r = match self.conn.take() {
+            Some(mut r) => {
+                let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req }).expect("serializable");
+                line.push('\n');
+                r.get_mut()
+                    .write_all(line.as_bytes())
+                    .map_err(|source| ClientError::Io { path: self.socket.display().to_string(), source })?;
+                r
+            }
+            None => send(&self.socket, req)?,
+        };
+        let mut r = r;
+        let resp = response(&self.socket, &mut r);
+        if matches!(resp, Ok(_) | Err(ClientError::Refused(_))) {
+            self.conn = Some(r);
+        }
+        resp
+    }
 }
 
 /// Sends a request whose response is followed by a stream of lines (`events`): returns the

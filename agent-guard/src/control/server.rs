@@ -42,6 +42,8 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
     }
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd.take(control::MAX_LINE as u64 * 16)).lines();
+    // The run this connection registered: only it may report that run's seccomp refusals.
+    let mut registered: Option<String> = None;
     while let Ok(Some(line)) = lines.next_line().await {
         let resp = if line.len() > control::MAX_LINE {
             Response::err(format!("request longer than {} bytes", control::MAX_LINE))
@@ -75,7 +77,17 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
                         .await
                         .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
                 }
-                Ok(req) => handle(&shared, req, uid, pid),
+                Ok(req @ (Request::Seccomp { .. } | Request::SeccompRefusal { .. })) => {
+                    crate::control::seccomp::handle(&shared, req, registered.as_deref())
+                }
+                Ok(req) => {
+                    let run = if let Request::Register { run, .. } = &req { Some(run.clone()) } else { None };
+                    let resp = handle(&shared, req, uid, pid);
+                    if resp.ok && run.is_some() {
+                        registered = run;
+                    }
+                    resp
+                }
                 Err(msg) => Response::err(msg),
             }
         };
@@ -217,7 +229,12 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
         },
         Request::Ps => incident::ps(shared),
         Request::Status => incident::status(shared),
-        Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
+        Request::Freeze { .. }
+        | Request::Thaw { .. }
+        | Request::Kill { .. }
+        | Request::Events { .. }
+        | Request::Seccomp { .. }
+        | Request::SeccompRefusal { .. } => {
             Response::err("this request is handled by the connection, not here")
         }
         Request::Landlock { run, coverage } => {

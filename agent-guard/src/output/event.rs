@@ -16,8 +16,9 @@ pub struct Event {
     pub kind: &'static str,
     pub verdict: &'static str,
     pub rule: Option<String>,
-    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs) or
-    /// "landlock" (the run's Landlock layer refused it before it happened). Absent on events
+    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs),
+    /// "landlock" (the run's Landlock layer refused it before it happened) or "seccomp" (the
+    /// seccomp filter of `agent-guard run` refused a syscall before it ran). Absent on events
     /// the daemon makes and on `exit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<&'static str>,
@@ -105,6 +106,12 @@ pub enum Detail {
         name: String,
         nr: u32,
         arg0: u64,
+        /// A path syscall refused by a launched run's seccomp filter: the path it named.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// Refused by the seccomp filter: the errno the process got (EPERM, ENOSYS).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     Socket {
         family: u32,
@@ -352,7 +359,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         kind::SYSCALL => {
             let e: SyscallEvent = read(bytes, hdr.kind)?;
             let name = crate::policy::syscall_name(e.nr).map(str::to_string).unwrap_or_else(|| format!("syscall_{}", e.nr));
-            ("syscall", Detail::Syscall { name, nr: e.nr, arg0: e.arg0 })
+            ("syscall", Detail::Syscall { name, nr: e.nr, arg0: e.arg0, path: None, error: None })
         }
         kind::SOCKET => {
             let e: SocketEvent = read(bytes, hdr.kind)?;
