@@ -262,6 +262,25 @@ fn kill_policies_and_bound_cgroups_keep_the_ebpf_kill() {
     let e = refusals(&d, "kill", 1);
     assert_eq!((e[0]["verdict"].as_str(), e[0]["layer"].as_str()), (Some("kill"), Some("ebpf")), "{e:?}");
 
+    // Only the connection that registered a run may report its refusals (or mark it).
+    let deny = d.write_policy("deny", &policy("deny", &l, "", ""));
+    let mut bg = d.spawn_run(&["--policy", deny.to_str().unwrap(), "--name", "victim", "--", probe().to_str().unwrap(), "sleep", "30"]);
+    let id = agent_guard_tests::run_id(&d.wait_for("run_start of victim", |e| e["kind"] == "run_start" && e["run_name"] == "victim"), "victim");
+    bg.cgroup = Some(d.cgroup_root.join(&id));
+    let forged = format!(
+        "{{\"v\":1,\"op\":\"seccomp_refusal\",\"run\":\"{id}\",\"refusal\":{{\"pid\":1,\"syscall\":\"ptrace\",\"nr\":101,\"arg0\":0,\"rule\":\"unseen\",\"errno\":1}}}}\n\
+         {{\"v\":1,\"op\":\"seccomp\",\"run\":\"{id}\"}}\n"
+    );
+    let mut c = std::os::unix::net::UnixStream::connect(d.dir.path().join("control.sock")).unwrap();
+    std::io::Write::write_all(&mut c, forged.as_bytes()).unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(c));
+    for _ in 0..2 {
+        let r: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert!(r["ok"] == false && r["error"].as_str().unwrap().contains("not registered on this connection"), "{r}");
+    }
+    drop(bg);
+    assert!(refusals(&d, "victim", 0).is_empty());
+
     // `status` says which answer each gets.
     let o = d.cli(&["status", "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -141,9 +141,15 @@ fn seccomp_for(
         eprintln!("agent-guard: telling the daemon about the run's seccomp filter: {e}");
     }
     let run = run.to_string();
-    let mut warned = false;
+    let (mut gone, mut warned) = (false, false);
     let report = move |refusal| {
+        if gone {
+            return;
+        }
         if let Err(e) = client.call(control::Request::SeccompRefusal { run: run.clone(), refusal }) {
+            // Once the daemon is gone (or this connection is), later refusals are not reported:
+            // a hung daemon must not hold up the run's answers.
+            gone = !matches!(e, control::ClientError::Refused(_));
             if !std::mem::replace(&mut warned, true) {
                 eprintln!("agent-guard: reporting a syscall the seccomp filter refused: {e} (the process got its errno)");
             }

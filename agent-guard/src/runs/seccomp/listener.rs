@@ -159,6 +159,9 @@ pub struct Notifier {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Refusals answered but not yet reported.
+const REPORT_QUEUE: usize = 256;
+
 /// How often the threads look at the stop flag while nothing happens.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -174,7 +177,9 @@ impl Notifier {
         // SAFETY: both descriptors were just created and are ours.
         let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel::<Refusal>();
+        // Bounded: a process refused in a tight loop waits for its answer while the daemon
+        // catches up, instead of growing this queue (or losing events).
+        let (tx, rx) = mpsc::sync_channel::<Refusal>(REPORT_QUEUE);
         let reporter = std::thread::Builder::new().name("seccomp-report".into()).spawn(move || {
             for r in rx {
                 report(r);
@@ -247,7 +252,7 @@ fn receive_listener(sock: &OwnedFd, stop: &AtomicBool) -> Option<OwnedFd> {
     None
 }
 
-fn serve(listener: &OwnedFd, filter: &Filter, stop: &AtomicBool, tx: &mpsc::Sender<Refusal>) {
+fn serve(listener: &OwnedFd, filter: &Filter, stop: &AtomicBool, tx: &mpsc::SyncSender<Refusal>) {
     let fd = listener.as_raw_fd();
     while let Some(revents) = wait_readable(fd, stop) {
         if revents & libc::POLLIN == 0 {
