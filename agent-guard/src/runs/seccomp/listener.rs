@@ -151,9 +151,9 @@ fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
 }
 
 /// The `agent-guard run` side: a thread that takes the listener from the child, answers every
-/// notification with its errno, and a second one that reports the refusals (so a slow daemon
-/// never delays an answer). Stopped by [`Notifier::finish`] (or on drop) once the run's
-/// cgroup is empty.
+/// notification with its errno, and a second one that reports the refusals (a slow daemon
+/// delays answers only once [`REPORT_QUEUE`] refusals wait for it). Stopped by
+/// [`Notifier::finish`] (or on drop) once the run's cgroup is empty.
 pub struct Notifier {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -216,7 +216,7 @@ impl Drop for Notifier {
     }
 }
 
-/// Waits until `fd` is readable (true), or the stop flag is set (false).
+/// Waits until `fd` is ready (its poll events), or the stop flag is set (None).
 fn wait_readable(fd: RawFd, stop: &AtomicBool) -> Option<i16> {
     loop {
         if stop.load(Ordering::SeqCst) {
