@@ -441,5 +441,11 @@ mod tests {
             Request::Events { run: None, follow: true, json: false }
         );
         assert!(parse_request("{\"v\":1,\"op\":\"kill\"}").unwrap_err().contains("run"));
+        let r = parse_request(
+            "{\"v\":1,\"op\":\"seccomp_refusal\",\"run\":\"r-1\",\"refusal\":{\"pid\":7,\"syscall\":\"unshare\",\"nr\":272,\"arg0\":0,\"rule\":\"unseen\",\"errno\":1}}",
+        )
+        .unwrap();
+        assert!(matches!(&r, Request::SeccompRefusal { run, refusal } if run == "r-1" && refusal.syscall == "unshare" && refusal.path.is_none()), "{r:?}");
+        assert_eq!(parse_request("{\"v\":1,\"op\":\"seccomp\",\"run\":\"r-1\"}").unwrap(), Request::Seccomp { run: "r-1".into() });
     }
 }
