@@ -368,12 +368,20 @@ pub struct KernelOffsets {
     pub sock_cgroup_data_cgroup: u32,
 }
 
+/// `RunEntry::flags`: the run's processes carry the seccomp filter of `agent-guard run`
+/// (enforce mode, `on_violation = "deny"`), which refuses `[syscalls] deny` and the unseen
+/// syscalls with an errno before they run. The sys_enter check then leaves `link`/`linkat` to
+/// the launcher's layers (the filter refuses them, or the run's Landlock layer judges both
+/// names) instead of killing them as unseen. Bound cgroups never have it.
+pub const RUN_SECCOMP: u32 = 1 << 0;
+
 /// What the kernel keeps per run cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunEntry {
     /// Daemon-assigned number of the run (the daemon maps it to the run id and metadata).
     pub run_index: u32,
+    /// `RUN_*` bits.
     pub flags: u32,
     /// Policy slot (index into AG_POLICY_CUR), or [`NO_POLICY`].
     pub policy: u32,

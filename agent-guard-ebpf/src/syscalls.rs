@@ -5,7 +5,12 @@
 //! What a process observes: SIGKILL, received when the syscall returns to user space. A
 //! tracepoint cannot stop the syscall itself, so its effect may happen before the process
 //! dies (see the README's enforcement table); the process never runs another instruction.
-use agent_guard_common::{Rule, RS_RAW_SOCKETS};
+//!
+//! Runs started by `agent-guard run` with `on_violation = "deny"` carry a seccomp filter
+//! (`RUN_SECCOMP`) that refuses the same syscalls with an errno before this hook runs: a
+//! refused syscall never gets here. Only `link`/`linkat` pass that filter (the run's Landlock
+//! layer judges them, or the filter refuses them), so they are not killed as unseen here.
+use agent_guard_common::{Rule, RS_RAW_SOCKETS, RUN_SECCOMP};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{event, kernel, policy, run};
@@ -13,6 +18,8 @@ use crate::{event, kernel, policy, run};
 const NR_SOCKET: u32 = 41;
 const NR_CLONE: u32 = 56;
 const NR_CLONE3: u32 = 435;
+const NR_LINK: u32 = 86;
+const NR_LINKAT: u32 = 265;
 const AF_PACKET: u64 = 17;
 /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a new namespace
 /// would let the process remount paths under names the policy allows.
@@ -46,6 +53,9 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
     } else if policy::bit_set(&rs.hdr.syscalls, nr) {
         Rule::Syscalls
     } else if policy::bit_set(&rs.hdr.unseen, nr) {
+        if run.flags & RUN_SECCOMP != 0 && (nr == NR_LINK || nr == NR_LINKAT) {
+            return 0;
+        }
         Rule::Unseen
     } else if nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_SOCKET {
         let Ok(arg0) = arg0() else {

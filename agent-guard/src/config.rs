@@ -80,6 +80,11 @@ pub struct Config {
     /// policy, so most denials are a clean EACCES before the operation (false: the eBPF layer
     /// alone, which kills after the fact).
     pub landlock: bool,
+    /// `agent-guard run` puts runs under an enforce-mode policy with `on_violation = "deny"`
+    /// under a seccomp filter that refuses `[syscalls] deny` and the syscalls the tracepoint
+    /// backend cannot judge with an errno before they run (false: the eBPF layer kills them
+    /// after the fact).
+    pub seccomp: bool,
     /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
     /// least one page). Losses when it is full are counted and reported as `drop` events.
     pub events_ring_bytes: u32,
@@ -107,6 +112,7 @@ impl Default for Config {
             hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
             landlock: true,
+            seccomp: true,
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
             source: None,
         }

@@ -7,8 +7,9 @@
 //!
 //! The policy: the probe may start (its libraries, /proc), reads `ws`, writes `ws/out`, and
 //! `ws/out/locked` is denied although it lies inside the write tree. The daemon runs with
-//! `landlock = false`: the suite is about the eBPF backends (the Landlock layer of `agent-guard
-//! run` has its own tests, tests/tests/landlock.rs).
+//! `landlock = false` and `seccomp = false`: the suite is about the eBPF backends (the Landlock
+//! layer and the seccomp filter of `agent-guard run` have their own tests, tests/tests/landlock.rs
+//! and tests/tests/seccomp.rs).
 use std::{
     net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
@@ -357,7 +358,7 @@ fn policy(l: &Layout, net: &[String]) -> PolicyFile {
 
 /// Starts a daemon with `backend` forced and lays out the workspace.
 pub fn setup(backend: Backend) -> Ctx {
-    let daemon = Daemon::start_with(&format!("backend = \"{}\"\nlandlock = false", backend.name()));
+    let daemon = Daemon::start_with(&format!("backend = \"{}\"\nlandlock = false\nseccomp = false", backend.name()));
     let layout = layout();
     let secret = s(&layout.outside.join("secret.txt"));
     std::os::unix::fs::symlink(&secret, layout.ws.join("link")).unwrap();
@@ -517,7 +518,7 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
     }
     // backend = "auto" picks lsm in the VMs, where BPF LSM is active, and tracepoint on the
     // development machines, whose kernel lists bpf but refuses its programs.
-    let auto_daemon = Daemon::start_with("backend = \"auto\"\nlandlock = false");
+    let auto_daemon = Daemon::start_with("backend = \"auto\"\nlandlock = false\nseccomp = false");
     match status_names(&auto_daemon, auto) {
         Ok(()) => {
             passed += 1;

@@ -13,8 +13,8 @@ use agent_guard_tests::{layout, probe, probe_in, require_root, run_id, s, status
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
-/// No Landlock layer under `agent-guard run`: the eBPF programs decide alone.
-const EBPF_ONLY: &str = "landlock = false";
+/// No Landlock layer or seccomp filter under `agent-guard run`: the eBPF programs decide alone.
+const EBPF_ONLY: &str = "landlock = false\nseccomp = false";
 
 /// A policy that lets the probe start (its libraries, /proc) and allows `ws`.
 fn policy(name: &str, l: &Layout) -> PolicyFile {
@@ -112,7 +112,8 @@ fn files_allowed_denied_and_bypass_attempts() {
 #[test]
 fn exec_syscalls_and_unseen_operations() {
     require_root!();
-    let d = Daemon::start();
+    // Syscalls are the eBPF check's here (tests/tests/seccomp.rs has the launcher's filter).
+    let d = Daemon::start_with("seccomp = false");
     let l = layout();
     let pol = policy("exec", &l).write_to(d.dir.path());
 

@@ -156,7 +156,10 @@ pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request)
             }
         }
         Request::Register { .. } => Ok(()),
-        Request::Landlock { run, .. } | Request::End { run, .. } => {
+        Request::Landlock { run, .. }
+        | Request::End { run, .. }
+        | Request::Seccomp { run }
+        | Request::SeccompRefusal { run, .. } => {
             live_runs(&|r| &r.id == run).iter().try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins))
         }
         Request::Approve { run, .. } | Request::Deny { run, .. } => live_runs(&|r| &r.id == run || r.name.as_ref() == Some(run))

@@ -4,5 +4,6 @@ pub mod incident;
 mod lines;
 pub mod server;
 pub mod peer;
+pub mod seccomp;
 mod protocol;
 pub use protocol::*;

@@ -21,6 +21,10 @@
 //!   before the host's ABI masks it), from which `run` builds the layer; `landlock` (the
 //!   Landlock ABI the run's layer was applied with, sent by `run` before the command starts:
 //!   the daemon derives what the layer refuses from the plan it gave); `end` (the run is over).
+//! - `seccomp` (the run's processes carry `run`'s seccomp filter: the kernel marks the run, so
+//!   its sys_enter check leaves link/linkat to the launcher's layers) and `seccomp_refusal`
+//!   (a syscall the filter refused: the daemon emits its `syscall` event, `layer: seccomp`).
+//!   Both only on the connection that registered the run, for that run.
 //! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
 //! - `ps`: the runs and bound cgroups (`runs`).
 //! - `status`: the daemon's state (`status`).
@@ -92,6 +96,15 @@ pub enum Request {
         run: String,
         #[serde(default)]
         exit_status: Option<i32>,
+    },
+    /// The run's processes carry `run`'s seccomp filter (sent before the command starts).
+    Seccomp {
+        run: String,
+    },
+    /// A syscall the run's seccomp filter refused.
+    SeccompRefusal {
+        run: String,
+        refusal: crate::runs::seccomp::Refusal,
     },
     PolicyApply {
         file: PolicyText,
@@ -303,6 +316,10 @@ pub struct Response {
     /// `events`: what the lines after this response are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// `register`: the seccomp filter's plan for an enforce-mode, `on_violation = "deny"`
+    /// policy (the syscalls it refuses), which `run` installs before the command starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<crate::runs::seccomp::SeccompPlan>,
     /// `end`: the run's violations, for the line `run` prints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violations: Option<ViolationSummary>,
@@ -436,6 +453,43 @@ pub fn call(socket: &Path, req: Request) -> Result<Response, ClientError> {
     response(socket, &mut r)
 }
 
+/// A connection for several requests in turn: `run` registers its run on one and reports
+/// the run's seccomp refusals on it (the daemon accepts those only from that connection).
+pub struct Client {
+    socket: std::path::PathBuf,
+    conn: Option<BufReader<UnixStream>>,
+}
+
+impl Client {
+    /// A client of the daemon at `socket`; connects at the first request.
+    pub fn new(socket: &Path) -> Client {
+        Client { socket: socket.to_path_buf(), conn: None }
+    }
+
+    /// Sends one request on the connection and waits for its response. After an I/O error
+    /// the connection is gone (a later request would open a new one, which has not
+    /// registered anything).
+    pub fn call(&mut self, req: Request) -> Result<Response, ClientError> {
+        let r = match self.conn.take() {
+            Some(mut r) => {
+                let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req }).expect("serializable");
+                line.push('\n');
+                r.get_mut()
+                    .write_all(line.as_bytes())
+                    .map_err(|source| ClientError::Io { path: self.socket.display().to_string(), source })?;
+                r
+            }
+            None => send(&self.socket, req)?,
+        };
+        let mut r = r;
+        let resp = response(&self.socket, &mut r);
+        if matches!(resp, Ok(_) | Err(ClientError::Refused(_))) {
+            self.conn = Some(r);
+        }
+        resp
+    }
+}
+
 /// Sends a request whose response is followed by a stream of lines (`events`): returns the
 /// response and the reader positioned at the first line, with no read timeout.
 pub fn stream(socket: &Path, req: Request) -> Result<(Response, BufReader<UnixStream>), ClientError> {
@@ -475,6 +529,12 @@ mod tests {
             Request::Events { run: None, follow: true, json: false, violations: false, since: None, tail: None }
         );
         assert!(parse_request("{\"v\":1,\"op\":\"kill\"}").unwrap_err().contains("run"));
+        let r = parse_request(
+            "{\"v\":1,\"op\":\"seccomp_refusal\",\"run\":\"r-1\",\"refusal\":{\"pid\":7,\"syscall\":\"unshare\",\"nr\":272,\"arg0\":0,\"rule\":\"unseen\",\"errno\":1}}",
+        )
+        .unwrap();
+        assert!(matches!(&r, Request::SeccompRefusal { run, refusal } if run == "r-1" && refusal.syscall == "unshare" && refusal.path.is_none()), "{r:?}");
+        assert_eq!(parse_request("{\"v\":1,\"op\":\"seccomp\",\"run\":\"r-1\"}").unwrap(), Request::Seccomp { run: "r-1".into() });
     }
 
     #[test]

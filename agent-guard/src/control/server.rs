@@ -66,6 +66,8 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream, _perm
     };
     let (rd, mut wr) = stream.into_split();
     let mut lines = RequestLines::new(BufReader::new(rd), control::MAX_LINE);
+    // The run this connection registered: only it may report that run's seccomp refusals.
+    let mut registered: Option<String> = None;
     loop {
         let line = match lines.next_line().await {
             Ok(Some(line)) => line,
@@ -112,7 +114,17 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream, _perm
                     .await
                     .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
             }
-            Ok(req) => handle(&shared, req, uid, pid),
+            Ok(req @ (Request::Seccomp { .. } | Request::SeccompRefusal { .. })) => {
+                crate::control::seccomp::handle(&shared, req, registered.as_deref())
+            }
+            Ok(req) => {
+                let run = if let Request::Register { run, .. } = &req { Some(run.clone()) } else { None };
+                let resp = handle(&shared, req, uid, pid);
+                if resp.ok && run.is_some() {
+                    registered = run;
+                }
+                resp
+            }
             Err(msg) => Response::err(msg),
         };
         if incident::write_response(&mut wr, &resp).await.is_err() {
@@ -156,10 +168,17 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 },
             };
             // `run` builds its Landlock layer from this plan of the policy now bound.
-            let plan = bound.as_ref().and_then(|b| {
-                let own = shared.own();
-                own.policies.by_slot(b.slot).and_then(|s| landlock::Plan::for_policy(&s.policy)).map(Arc::new)
-            });
+            let (plan, seccomp) = match &bound {
+                Some(b) => {
+                    let own = shared.own();
+                    let slot = own.policies.by_slot(b.slot);
+                    (
+                        slot.and_then(|s| landlock::Plan::for_policy(&s.policy)).map(Arc::new),
+                        slot.and_then(|s| crate::runs::seccomp::SeccompPlan::for_policy(&s.policy)),
+                    )
+                }
+                None => (None, None),
+            };
             let dir = shared.root.join(&run);
             let id = match cgroup::cgroup_id(&dir) {
                 Ok(id) => id,
@@ -218,7 +237,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             let mut e = shared.base_event(crate::output::event::Kind::RunStart, Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
-            Response { policy: bound, landlock: plan.map(Arc::unwrap_or_clone), ..Response::ok() }
+            Response { policy: bound, landlock: plan.map(Arc::unwrap_or_clone), seccomp, ..Response::ok() }
         }
         Request::PolicyApply { file } => {
             let source = file.source.clone();
@@ -261,7 +280,9 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
         | Request::Kill { .. }
         | Request::Events { .. }
         | Request::Ps
-        | Request::Status => {
+        | Request::Status
+        | Request::Seccomp { .. }
+        | Request::SeccompRefusal { .. } => {
             Response::err("this request is handled by the connection, not here")
         }
         Request::Landlock { run, abi } => {

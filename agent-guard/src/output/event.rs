@@ -22,8 +22,9 @@ pub struct Event {
     pub kind: Kind,
     pub verdict: Verdict,
     pub rule: Option<Rule>,
-    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs) or
-    /// "landlock" (the run's Landlock layer refused it before it happened). Absent on events
+    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs),
+    /// "landlock" (the run's Landlock layer refused it before it happened) or "seccomp" (the
+    /// seccomp filter of `agent-guard run` refused a syscall before it ran). Absent on events
     /// the daemon makes and on `exit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<&'static str>,
@@ -179,6 +180,12 @@ pub enum Detail {
         name: String,
         nr: u32,
         arg0: u64,
+        /// A path syscall refused by a launched run's seccomp filter: the path it named.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// Refused by the seccomp filter: the errno the process got (EPERM, ENOSYS).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     Socket {
         family: u32,
@@ -411,7 +418,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         Kind::Syscall => {
             let e: SyscallEvent = read(bytes, hdr.kind)?;
             let name = crate::policy::syscall_name(e.nr).map(str::to_string).unwrap_or_else(|| format!("syscall_{}", e.nr));
-            Detail::Syscall { name, nr: e.nr, arg0: e.arg0 }
+            Detail::Syscall { name, nr: e.nr, arg0: e.arg0, path: None, error: None }
         }
         Kind::Socket => {
             let e: SocketEvent = read(bytes, hdr.kind)?;
