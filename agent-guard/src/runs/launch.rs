@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{runs::cgroup, config::Config, control, runs::landlock, runs::seccomp};
+use crate::{config::Config, control, runs::{cgroup, landlock, seccomp, session}};
 
 /// Exit status when agent-guard itself fails before the command runs (as env(1) and
 /// docker do: 125 for our own errors, 126 not executable, 127 not found).
@@ -54,6 +54,8 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
     if args.argv.is_empty() {
         bail!("no command given: agent-guard run [OPTIONS] -- CMD [ARG]...");
     }
+    // Before anything is registered: a run that cannot get its terminal does not start.
+    let session = session::Session::prepare().context("creating a terminal for the run")?;
     let (policy, policy_file) = match &args.policy {
         None => (None, None),
         Some(p) if p.contains('/') || p.ends_with(".toml") => {
@@ -101,11 +103,17 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
     }
     let landlock_writes = layer.coverage.as_ref().is_some_and(|c| c.files_write);
     let (notifier, filter) = seccomp_for(cfg, registered.seccomp.as_ref(), landlock_writes, client, &id);
-    let status = spawn_in(&dir, &args.argv, layer.layer, filter);
+    let spawned = spawn_in(&dir, &args.argv, layer.layer, filter, session);
     // The run is over when its command is: whatever it left behind goes with the cgroup.
     if let Err(e) = cgroup::kill_and_remove(&dir, Duration::from_secs(10)) {
         eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
     }
+    let status = spawned.map(|(code, running)| {
+        if let Some(r) = running {
+            r.finish();
+        }
+        code
+    });
     // Every refusal reported before the run ends.
     if let Some(n) = notifier {
         n.finish();
@@ -188,14 +196,24 @@ fn create_run_cgroup(root: &Path) -> Result<(String, PathBuf)> {
 /// is inside the run from its first instruction, then (after that move, which is itself a file
 /// write) restricting itself with the Landlock `layer`, if any, and last installing the
 /// seccomp `filter`, if any. Returns the shell-style exit status.
-fn spawn_in(dir: &Path, argv: &[String], layer: Option<landlock::Layer>, filter: Option<seccomp::ChildSide>) -> Result<i32> {
+fn spawn_in(
+    dir: &Path,
+    argv: &[String],
+    layer: Option<landlock::Layer>,
+    filter: Option<seccomp::ChildSide>,
+    session: session::Session,
+) -> Result<(i32, Option<session::Running>)> {
     let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
         .context("cgroup path contains NUL")?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    let child_session = session.child();
     // SAFETY: the closure only calls async-signal-safe libc functions on data prepared above.
     unsafe {
         cmd.pre_exec(move || {
+            // First a session (and terminal) of its own: nothing of the run shares the
+            // launcher's.
+            child_session.enter()?;
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -233,24 +251,26 @@ fn spawn_in(dir: &Path, argv: &[String], layer: Option<landlock::Layer>, filter:
         Ok(c) => c,
         Err(e) => {
             eprintln!("agent-guard: cannot run {}: {e}", argv[0]);
-            return Ok(match e.kind() {
+            let code = match e.kind() {
                 std::io::ErrorKind::NotFound => 127,
                 std::io::ErrorKind::PermissionDenied => 126,
                 _ => EXIT_SETUP_FAILED,
-            });
+            };
+            return Ok((code, None));
         }
     };
     CHILD.store(child.id() as i32, Ordering::Relaxed);
-    // SAFETY: installing handlers that only call kill(2); the terminal already delivers
-    // SIGINT/SIGQUIT to the command's process group, so this process only ignores those.
+    let running = session.start();
+    // SAFETY: installing handlers that only call kill(2). The command is in a session of its
+    // own, so the launcher's terminal no longer signals it: what reaches the launcher is
+    // passed on (with a terminal of its own, ^C reaches it as a byte through that terminal).
     unsafe {
-        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT] {
+            libc::signal(sig, forward as *const () as libc::sighandler_t);
+        }
     }
     let status = child.wait().context("waiting for the command")?;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok((status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)), Some(running)))
 }
 
 #[cfg(test)]

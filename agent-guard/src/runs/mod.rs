@@ -6,6 +6,7 @@ pub mod hold;
 pub mod landlock;
 pub mod launch;
 pub mod respond;
+pub mod session;
 pub mod seccomp;
 pub mod evidence;
 pub mod grant;
