@@ -35,6 +35,10 @@ enum Cmd {
         /// A label carried by every event of the run (repeatable)
         #[arg(long = "label", value_name = "K=V", value_parser = run::parse_label)]
         labels: Vec<(String, String)>,
+        /// Run the command as USER[:GROUP] (names or ids; root only). Default: the policy's
+        /// [process] user, else the caller
+        #[arg(long, value_name = "USER[:GROUP]")]
+        user: Option<String>,
         /// The command and its arguments
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
@@ -207,9 +211,9 @@ fn main() -> ExitCode {
             incident("events", cli::events(&cfg, req))
         }
         Cmd::Status { json } => incident("status", cli::status(&cfg, json)),
-        Cmd::Run { policy, name, labels, argv } => {
+        Cmd::Run { policy, name, labels, user, argv } => {
             let labels: BTreeMap<_, _> = labels.into_iter().collect();
-            match run::run(&cfg, run::RunArgs { policy, name, labels, argv }) {
+            match run::run(&cfg, run::RunArgs { policy, name, labels, user, argv }) {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
                 Err(e) => {
                     eprintln!("agent-guard run: {e:#}");

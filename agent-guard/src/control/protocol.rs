@@ -316,6 +316,10 @@ pub struct Response {
     /// `events`: what the lines after this response are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// `register`: what the command keeps of privileges (`[process]`, `[files] devices`);
+    /// absent: nothing (every capability is cleared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<crate::runs::privileges::ProcessPlan>,
     /// `register`: the seccomp filter's plan for an enforce-mode, `on_violation = "deny"`
     /// policy (the syscalls it refuses), which `run` installs before the command starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]

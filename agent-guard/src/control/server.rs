@@ -168,16 +168,17 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 },
             };
             // `run` builds its Landlock layer from this plan of the policy now bound.
-            let (plan, seccomp) = match &bound {
+            let (plan, seccomp, process) = match &bound {
                 Some(b) => {
                     let own = shared.own();
                     let slot = own.policies.by_slot(b.slot);
                     (
                         slot.and_then(|s| landlock::Plan::for_policy(&s.policy)).map(Arc::new),
                         slot.and_then(|s| crate::runs::seccomp::SeccompPlan::for_policy(&s.policy)),
+                        slot.map(|s| crate::runs::privileges::ProcessPlan::for_policy(&s.policy)),
                     )
                 }
-                None => (None, None),
+                None => (None, None, None),
             };
             let dir = shared.root.join(&run);
             let id = match cgroup::cgroup_id(&dir) {
@@ -237,7 +238,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             let mut e = shared.base_event(crate::output::event::Kind::RunStart, Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
-            Response { policy: bound, landlock: plan.map(Arc::unwrap_or_clone), seccomp, ..Response::ok() }
+            Response { policy: bound, landlock: plan.map(Arc::unwrap_or_clone), seccomp, process, ..Response::ok() }
         }
         Request::PolicyApply { file } => {
             let source = file.source.clone();

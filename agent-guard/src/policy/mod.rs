@@ -76,6 +76,7 @@ mod eval;
 mod net;
 mod parse;
 mod paths;
+pub mod process;
 mod syscalls;
 pub(crate) use paths::lexical;
 #[cfg(test)]
@@ -180,6 +181,12 @@ pub struct Policy {
     /// (name, x86_64 number).
     pub syscalls_deny: Vec<(String, u32)>,
     pub bind_cgroups: Vec<String>,
+    /// `[process] capabilities`: (name, number) the command keeps; every other is cleared.
+    pub capabilities: Vec<(String, u32)>,
+    /// `[process] user`: USER or USER:GROUP the command runs as.
+    pub run_as: Option<String>,
+    /// `[files] devices`: device nodes may be created (mknod of block and char devices).
+    pub devices: bool,
     /// "sha256:" + hex.
     pub version: String,
     /// The file it came from (for messages).
@@ -267,6 +274,13 @@ struct Canonical<'a> {
     raw_sockets: bool,
     syscalls_deny: Vec<&'a str>,
     bind_cgroups: Vec<&'a str>,
+    // Later keys: left out when unused, so a policy without them keeps its version.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    capabilities: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_as: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    devices: bool,
 }
 
 impl Policy {
@@ -287,6 +301,9 @@ impl Policy {
             raw_sockets: self.raw_sockets,
             syscalls_deny: sorted(self.syscalls_deny.iter().map(|(n, _)| n)),
             bind_cgroups: sorted(&self.bind_cgroups),
+            capabilities: sorted(self.capabilities.iter().map(|(n, _)| n)),
+            run_as: self.run_as.as_deref(),
+            devices: self.devices,
         };
         let json = serde_json::to_vec(&canonical).expect("serialisable");
         let digest = Sha256::digest(&json);

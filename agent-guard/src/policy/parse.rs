@@ -34,11 +34,21 @@ pub(super) struct Raw {
     syscalls: RawSyscalls,
     #[serde(default)]
     bind: RawBind,
+    #[serde(default)]
+    process: RawProcess,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProcess {
+    capabilities: SList,
+    user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFiles {
+    devices: Option<Spanned<bool>>,
     read: SList,
     write: SList,
     deny: SList,
@@ -257,6 +267,14 @@ pub fn parse(text: &str, origin: &str) -> Checked {
     let bind = ctx.list("bind.cgroups", &raw.bind.cgroups, |s| {
         paths::check_cgroup_glob(s).map(|_| (s.to_string(), s.to_string()))
     });
+    let caps = ctx.list("process.capabilities", &raw.process.capabilities, super::process::check_capability);
+    let user = raw.process.user.as_ref().and_then(|u| match super::process::check_user(u.get_ref()) {
+        Ok(()) => Some(u.get_ref().clone()),
+        Err(problem) => {
+            ctx.error(&u.span(), "process.user", problem);
+            None
+        }
+    });
 
     // Port ranges per kernel entry, once enclosing CIDRs are merged in.
     for (net, ranges) in net::merged_ranges(connect.iter().map(|i| &i.value)) {
@@ -307,6 +325,9 @@ pub fn parse(text: &str, origin: &str) -> Checked {
             raw_sockets: raw.network.raw_sockets.as_ref().is_some_and(|b| *b.get_ref()),
             syscalls_deny: sys.into_iter().map(|i| i.value).collect(),
             bind_cgroups: bind.into_iter().map(|i| i.value).collect(),
+            capabilities: caps.into_iter().map(|i| i.value).collect(),
+            run_as: user,
+            devices: raw.files.devices.as_ref().is_some_and(|b| *b.get_ref()),
             version: String::new(),
             source: origin.to_string(),
         };

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{config::Config, control, runs::{cgroup, landlock, seccomp, session}};
+use crate::{config::Config, control, runs::{cgroup, landlock, privileges, seccomp, session}};
 
 /// Exit status when agent-guard itself fails before the command runs (as env(1) and
 /// docker do: 125 for our own errors, 126 not executable, 127 not found).
@@ -23,6 +23,8 @@ pub struct RunArgs {
     pub policy: Option<String>,
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// `--user USER[:GROUP]`.
+    pub user: Option<String>,
     pub argv: Vec<String>,
 }
 
@@ -86,6 +88,17 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
             return Err(e.into());
         }
     };
+    // What the command keeps of privileges, and whom it runs as (names resolved before the
+    // fork). A run that cannot drop what it must does not start.
+    let process = registered.process.clone().unwrap_or_default();
+    let privileges = match identity(args.user.as_deref(), process.user.as_deref()) {
+        Ok(id) => privileges::Privileges::new(&process, id),
+        Err(e) => {
+            let _ = cgroup::remove_tree(&dir);
+            let _ = control::call(&cfg.control_socket, control::Request::End { run: id.clone(), exit_status: None });
+            return Err(e);
+        }
+    };
     // Built before the fork, from the plan the daemon made of the policy: opening the
     // policy's paths is not async-signal-safe.
     let layer = if cfg.landlock { landlock::prepare(registered.landlock.as_ref()) } else { Default::default() };
@@ -103,7 +116,7 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
     }
     let landlock_writes = layer.coverage.as_ref().is_some_and(|c| c.files_write);
     let (notifier, filter) = seccomp_for(cfg, registered.seccomp.as_ref(), landlock_writes, client, &id);
-    let spawned = spawn_in(&dir, &args.argv, layer.layer, filter, session);
+    let spawned = spawn_in(&dir, &args.argv, layer.layer, filter, session, privileges);
     // The run is over when its command is: whatever it left behind goes with the cgroup.
     if let Err(e) = cgroup::kill_and_remove(&dir, Duration::from_secs(10)) {
         eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
@@ -202,6 +215,7 @@ fn spawn_in(
     layer: Option<landlock::Layer>,
     filter: Option<seccomp::ChildSide>,
     session: session::Session,
+    privileges: privileges::Privileges,
 ) -> Result<(i32, Option<session::Running>)> {
     let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
         .context("cgroup path contains NUL")?;
@@ -232,6 +246,13 @@ fn spawn_in(
                     libc::write(2, msg.as_ptr().cast(), msg.len());
                     return Err(e);
                 }
+            }
+            // The identity, capabilities and no_new_privs: after the Landlock layer (whose
+            // ruleset was prepared with them), before the filter.
+            if let Err(e) = privileges.apply() {
+                let msg = b"agent-guard: dropping privileges failed\n";
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                return Err(e);
             }
             if let Some(filter) = &filter {
                 // Last: from here on every syscall of the child passes the filter.
@@ -271,6 +292,24 @@ fn spawn_in(
     }
     let status = child.wait().context("waiting for the command")?;
     Ok((status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)), Some(running)))
+}
+
+/// Whom the command runs as: `--user`, else the policy's `[process] user`, else the caller
+/// (None). Both given and different: refused (the policy names whom its runs run as).
+fn identity(cli: Option<&str>, policy: Option<&str>) -> Result<Option<privileges::Identity>> {
+    let spec = match (cli, policy) {
+        (Some(c), Some(p)) if c != p => {
+            bail!("--user {c}: the run's policy runs its commands as {p} ([process] user)")
+        }
+        (Some(s), _) | (None, Some(s)) => s,
+        (None, None) => return Ok(None),
+    };
+    let id = privileges::resolve(spec)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if me != 0 && id.uid != me {
+        bail!("--user {spec}: only root may run a command as another user");
+    }
+    Ok(Some(id))
 }
 
 #[cfg(test)]

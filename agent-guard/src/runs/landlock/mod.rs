@@ -212,8 +212,10 @@ impl Plan {
         let refuse_all = policy.on_violation == OnViolation::Deny;
         let fs = if refuse_all { write_access() | read_access() } else { write_access() };
         let mut grants: BTreeMap<String, BitFlags<AccessFs>> = BTreeMap::new();
+        // Device nodes are made only where `[files] devices` says so: never granted otherwise.
+        let devices = if policy.devices { BitFlags::empty() } else { AccessFs::MakeChar | AccessFs::MakeBlock };
         let mut grant = |p: &str, rights: BitFlags<AccessFs>| {
-            let rights = rights & fs;
+            let rights = rights & fs & !devices;
             if !rights.is_empty() {
                 *grants.entry(p.to_string()).or_insert_with(BitFlags::empty) |= rights;
             }
@@ -434,7 +436,8 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
         let g = |path: &str| p.grants.get(path).copied();
         assert_eq!(g("/usr"), Some(read_access()));
         assert_eq!(g("/ws"), Some(read_access()));
-        assert_eq!(g("/ws/out"), Some(read_access() | write_access()));
+        // Write trees get every write right but device nodes (`[files] devices` grants those).
+        assert_eq!(g("/ws/out"), Some((read_access() | write_access()) & !(AccessFs::MakeChar | AccessFs::MakeBlock)));
         // A deny at exactly an allowed path wins there; one deeper cannot be expressed.
         assert_eq!(g("/secret"), None);
         assert_eq!(g("/ws/.env"), None);

@@ -74,6 +74,8 @@ pub struct Filter {
     denied: BTreeSet<u32>,
     unseen: BTreeSet<u32>,
     enosys: BTreeSet<u32>,
+    /// Device nodes may be made (`[files] devices`).
+    devices: bool,
 }
 
 /// The outcome of [`prepare`]: maybe a filter, and lines for stderr.
@@ -97,6 +99,9 @@ pub struct SeccompPlan {
     pub links_judgeable: bool,
     /// Lines for stderr (what the filter cannot refuse).
     pub warnings: Vec<String>,
+    /// `[files] devices`: mknod of block and char devices is not refused.
+    #[serde(default)]
+    pub devices: bool,
 }
 
 impl SeccompPlan {
@@ -121,7 +126,7 @@ impl SeccompPlan {
         }
         let unseen =
             policy::UNSEEN_SYSCALLS.iter().filter_map(|n| nr(n)).filter(|n| !never.contains(n) && !denied.contains(n)).collect();
-        Some(SeccompPlan { denied, unseen, links_judgeable: !carve_outs_in_write_trees(policy), warnings })
+        Some(SeccompPlan { denied, unseen, links_judgeable: !carve_outs_in_write_trees(policy), warnings, devices: policy.devices })
     }
 
     /// The filter on this host. `landlock_writes`: the run's Landlock layer refuses writes
@@ -134,8 +139,9 @@ impl SeccompPlan {
         let unseen: BTreeSet<u32> = self.unseen.iter().copied().filter(|n| !(links_judged && judged.contains(n))).collect();
         // clone3 too, should the policy deny it: libc then falls back to clone.
         let enosys = policy::ENOSYS_SYSCALLS.iter().filter_map(|n| policy::syscall_number(n)).chain([NR_CLONE3]).collect();
-        let program = program(&self.denied.union(&unseen).copied().collect());
-        Prepared { filter: Some(Filter { program, denied: self.denied.clone(), unseen, enosys }), warnings: self.warnings.clone() }
+        let program = program(&self.denied.union(&unseen).copied().collect(), self.devices);
+        let filter = Filter { program, denied: self.denied.clone(), unseen, enosys, devices: self.devices };
+        Prepared { filter: Some(filter), warnings: self.warnings.clone() }
     }
 }
 
@@ -185,7 +191,7 @@ fn unknown_ranges() -> Vec<(u32, u32)> {
 
 /// The classic BPF program: `refused` syscalls and the rest of the module's list go to the
 /// listener, everything else is allowed.
-fn program(refused: &BTreeSet<u32>) -> Vec<libc::sock_filter> {
+fn program(refused: &BTreeSet<u32>, devices: bool) -> Vec<libc::sock_filter> {
     use libc::{BPF_ALU, BPF_AND, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JSET, BPF_K};
     let mut p = vec![
         load(OFF_ARCH),
@@ -211,7 +217,7 @@ fn program(refused: &BTreeSet<u32>) -> Vec<libc::sock_filter> {
     p.push(ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
     // The argument checks load another word: each ends in a return.
     for (nr, arg) in [(NR_MKNOD, 1), (NR_MKNODAT, 2)] {
-        if refused.contains(&nr) {
+        if refused.contains(&nr) || devices {
             continue;
         }
         p.push(jump(BPF_JEQ, nr, 0, 6));
@@ -255,7 +261,7 @@ impl Filter {
         if self.denied.contains(&n) {
             return Some(Verdict { rule: "syscalls.deny", errno, name: name.into() });
         }
-        let device = |mode: u64| matches!(mode as u32 & S_IFMT, libc::S_IFCHR | libc::S_IFBLK);
+        let device = |mode: u64| !self.devices && matches!(mode as u32 & S_IFMT, libc::S_IFCHR | libc::S_IFBLK);
         let clone = |flags: u64| {
             let f = flags as u32;
             f & CLONE_NEW_ANY != 0 || f & (CLONE_FILES | CLONE_THREAD) == CLONE_FILES
