@@ -73,8 +73,10 @@ use crate::policy::{self, OnViolation, Policy};
 /// What the layer says when it cannot refuse something up front.
 mod apply;
 mod attribution;
+mod carve;
 pub use apply::*;
 pub use attribution::*;
+pub use carve::{Split, ENTRIES_MAX};
 
 const FALLBACK: &str = "the eBPF layer still enforces, after the fact (a denied read or exec is killed, \
                         a file opened with O_CREAT/O_TRUNC is created/truncated before the kill)";
@@ -138,6 +140,9 @@ pub struct Coverage {
     /// What is left to the eBPF layer alone for this run, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ebpf_only: Vec<String>,
+    /// Carve-outs inside allowed trees refused up front, and what that costs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carve_outs: Vec<String>,
 }
 
 impl Coverage {
@@ -168,6 +173,9 @@ pub struct Plan {
     pub ports: Option<Vec<u16>>,
     pub scopes: BitFlags<Scope>,
     pub coverage: Coverage,
+    /// How the grants were split around carve-outs; its `exact` grants are opened without
+    /// following a final symlink.
+    pub split: Split,
 }
 
 /// The layer for an enforce-mode `policy` on a kernel with Landlock ABI `abi` (> 0);
@@ -201,7 +209,14 @@ pub fn plan(policy: &Policy, abi: u32, loaders: &[String]) -> Plan {
     for l in loaders {
         grant(l, exec_access());
     }
-    let mut ebpf_only = Vec::new();
+    // Carve-outs inside the trees: grant around them (module carve).
+    let split = carve::split(&mut grants, &carve::carve_outs(policy, read_access() & fs), &mut carve::list);
+    let mut ebpf_only: Vec<String> = split
+        .unexpressed
+        .iter()
+        .map(|(c, why)| format!("{c}: {why}: inside a tree granted whole, the eBPF layer kills a read of it, after the fact"))
+        .collect();
+    let carve_outs = carve_notes(&split);
     if !refuse_all {
         ebpf_only.push(format!(
             "read, exec, tcp-connect: on_violation = \"{}\" (the eBPF layer must see them to {})",
@@ -244,8 +259,31 @@ pub fn plan(policy: &Policy, abi: u32, loaders: &[String]) -> Plan {
         scope_signal: scopes.contains(Scope::Signal),
         scope_abstract_unix: scopes.contains(Scope::AbstractUnixSocket),
         ebpf_only,
+        carve_outs,
     };
-    Plan { fs, grants, ports, scopes, coverage }
+    Plan { fs, grants, ports, scopes, coverage, split }
+}
+
+/// What the layer does about carve-outs, for `status` and `policy check`: which it refuses
+/// up front, and the cost.
+fn carve_notes(split: &Split) -> Vec<String> {
+    let refused: Vec<&str> =
+        split.refused.iter().map(String::as_str).filter(|r| !split.unexpressed.contains_key(*r)).collect();
+    if refused.is_empty() {
+        return Vec::new();
+    }
+    let dirs: Vec<&str> = split.entry_dirs.iter().map(String::as_str).collect();
+    vec![
+        format!("refused up front (EACCES): {}", refused.join(", ")),
+        format!(
+            "cost: {} {} granted entry by entry, as listed when the run started: a file or directory created \
+             directly in {} during the run is refused (EACCES) although the policy allows it; listing a \
+             carved-out directory is left to the eBPF layer",
+            dirs.join(", "),
+            if dirs.len() == 1 { "is" } else { "are" },
+            if dirs.len() == 1 { "it" } else { "them" },
+        ),
+    ]
 }
 
 /// Every port some connect rule allows (for some address), ascending; `Err(count)` when
