@@ -184,6 +184,53 @@ impl Splitter<'_> {
     }
 }
 
+/// What `policy check` says about the carve-outs of `policy` on this host (see the module):
+/// a note for each one the Landlock layer refuses up front, with its cost, and a warning for
+/// each one it cannot (a read of it is then killed on the tracepoint backend, not refused).
+pub fn review(policy: &Policy) -> Vec<crate::policy::HostNote> {
+    use crate::policy::{HostNote, Mode, OnViolation};
+    // Monitor mode refuses nothing; under kill or freeze the eBPF layer must see the reads.
+    if policy.mode != Mode::Enforce || policy.on_violation != OnViolation::Deny {
+        return Vec::new();
+    }
+    let trees: Vec<&String> = policy.files_read.iter().chain(&policy.files_write).collect();
+    let inside = |d: &String| trees.iter().any(|t| below(t, d) && std::fs::symlink_metadata(t.as_str()).is_ok());
+    let kills = "this deny will kill, not refuse, on the tracepoint backend (the lsm backend refuses it with EPERM)";
+    let abi = super::host_abi();
+    let mut out = Vec::new();
+    if abi == 0 {
+        for d in policy.files_deny.iter().filter(|d| inside(d)) {
+            let message = format!("{kills}: this kernel has no Landlock");
+            out.push(HostNote { list: "files.deny", value: d.clone(), message, note: false });
+        }
+        return out;
+    }
+    let p = super::plan(policy, abi, &[]);
+    for d in policy.files_deny.iter().filter(|d| inside(d)) {
+        let key = format!("files.deny {d}");
+        let (message, note) = if let Some(why) = p.split.unexpressed.get(&key) {
+            (format!("{kills}: {why}, so the Landlock layer grants the tree around it whole"), false)
+        } else if p.split.refused.contains(&key) {
+            let dirs: Vec<&str> = p.split.entry_dirs.iter().filter(|e| below(e, d)).map(String::as_str).collect();
+            let msg = format!(
+                "refused up front (EACCES) by the Landlock layer of `agent-guard run`; the cost: {} {} granted entry by \
+                 entry as listed when a run starts, so a file or directory created directly in {} during the run is \
+                 refused (EACCES) although the policy allows it",
+                dirs.join(", "),
+                if dirs.len() == 1 { "is" } else { "are" },
+                if dirs.len() == 1 { "it" } else { "them" },
+            );
+            (msg, true)
+        } else if std::fs::symlink_metadata(d).is_err() {
+            (format!("{kills} if it is created during a run: it does not exist on this host, so there is nothing to carve out"), false)
+        } else {
+            continue;
+        };
+        out.push(HostNote { list: "files.deny", value: d.clone(), message, note });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

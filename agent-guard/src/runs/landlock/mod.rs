@@ -76,7 +76,7 @@ mod attribution;
 mod carve;
 pub use apply::*;
 pub use attribution::*;
-pub use carve::{Split, ENTRIES_MAX};
+pub use carve::{review, Split, ENTRIES_MAX};
 
 const FALLBACK: &str = "the eBPF layer still enforces, after the fact (a denied read or exec is killed, \
                         a file opened with O_CREAT/O_TRUNC is created/truncated before the kill)";
