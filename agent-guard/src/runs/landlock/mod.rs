@@ -32,10 +32,12 @@
 //!
 //! A path the policy allows is never refused here: every grant is at least as wide as the
 //! policy. What Landlock cannot express stays the eBPF layer's (the backstop):
-//! - **Carve-outs inside allowed trees.** Landlock only grants: a `deny` rule or a longer
-//!   `read` rule inside an allowed tree is enforced by the eBPF programs alone (a read is
-//!   killed before it returns; a write after the open, with the file already created or
-//!   truncated). A `deny` at exactly an allowed path is honoured (that path is not granted).
+//! - **Carve-outs inside allowed trees** that cannot be listed around (carve.rs: a
+//!   directory on the way with more than [`ENTRIES_MAX`] entries, or a carve-out that appears
+//!   during the run): enforced by the eBPF programs alone (a read is killed before it
+//!   returns). The others are refused up front: the tree is granted entry by entry around
+//!   them, and new entries directly in the directories on the way get no grant (the cost).
+//!   A `deny` at exactly an allowed path is honoured (that path is not granted).
 //! - **Addresses, UDP, hot reload, hold-for-review**: the ruleset is fixed when the run
 //!   starts; reloading the policy changes only the eBPF side.
 //! - **Paths that did not exist at launch.** A rule is bound to an inode: a path missing when
