@@ -154,7 +154,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Policy(PolicyCmd::Check { files }) = &cli.command {
         // Needs no daemon and no config.
-        let code = policy::check_files(files, &mut std::io::stdout(), &mut std::io::stderr());
+        let code = policy::check_files_on(files, &mut std::io::stdout(), &mut std::io::stderr(), &agent_guard::runs::landlock::review);
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
     let (path, explicit) = match &cli.config {

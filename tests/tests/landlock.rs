@@ -119,12 +119,48 @@ fn denied_reads_are_eacces_and_the_run_goes_on() {
         assert_eq!(layer_of(&e), ("deny", "files.read", "landlock"), "{name}: {e}");
     }
 
-    // A deny rule inside an allowed tree is beyond Landlock: the eBPF backstop kills it.
-    let o = d.probe_run(&pol, "env", &["read", &s(&l.ws.join(".env"))]);
-    assert_eq!(status(&o), KILLED, "{o:?}");
-    assert!(!stdout(&o).contains("envsecret"));
-    let e = event_of(&d, "env", "open", |e| e["verdict"] != "allow");
-    assert_eq!(layer_of(&e), ("kill", "files.deny", "ebpf"), "{e}");
+    // A deny rule inside an allowed tree: the layer grants the tree around it (entry by
+    // entry), so it is refused up front too, and the same process goes on.
+    let env = s(&l.ws.join(".env"));
+    let o = d.probe_run(&pol, "env", &["read-then", &env, &ok]);
+    assert_eq!((status(&o), stdout(&o).as_str()), (0, "first err EACCES\nok hello\n"), "{o:?}");
+    let e = event_of(&d, "env", "open", |e| e["path"] == env.as_str());
+    assert_eq!(layer_of(&e), ("deny", "files.deny", "landlock"), "{e}");
+}
+
+#[test]
+fn renames_cannot_give_a_denied_or_outside_file_an_allowed_name() {
+    require_root!();
+    require_landlock!(3);
+    let d = Daemon::start();
+    let l = layout();
+    let pol = PolicyFile::for_workspace("refer", &l).mode("enforce").write_to(d.dir.path());
+    let out = |n: &str| s(&l.ws.join("out").join(n));
+    std::fs::write(l.ws.join("out/mine.txt"), "mine\n").unwrap();
+    let refused = ["err EACCES", "err errno18"]; // EXDEV: Landlock's refusal of a reparenting
+    for (name, from, to) in [
+        ("mv-env", s(&l.ws.join(".env")), out("env")),
+        ("mv-outside", s(&l.outside.join("secret.txt")), out("secret")),
+        ("mv-readonly", s(&l.ws.join("ok.txt")), out("ok.txt")),
+    ] {
+        let o = d.probe_run(&pol, name, &["rename", &from, &to]);
+        assert_eq!(status(&o), 1, "{name}: {o:?}");
+        assert!(refused.contains(&stdout(&o).trim()), "{name}: {o:?}");
+        assert!(std::path::Path::new(&from).exists() && !std::path::Path::new(&to).exists(), "{name}");
+    }
+    // Inside the write tree: allowed.
+    let o = d.probe_run(&pol, "mv-ok", &["rename", &out("mine.txt"), &out("yours.txt")]);
+    assert_eq!((status(&o), stdout(&o).trim()), (0, "ok renamed"), "{o:?}");
+    // Hard links: the launcher's seccomp filter leaves link/linkat to the Landlock layer (no
+    // carve-out inside the write tree), so a link inside the write tree works and one giving
+    // the secret an allowed name is refused.
+    let o = d.probe_run(&pol, "ln-ok", &["link", &out("yours.txt"), &out("again.txt")]);
+    assert_eq!((status(&o), stdout(&o).trim()), (0, "ok linked"), "{o:?}");
+    for (name, from) in [("ln-env", s(&l.ws.join(".env"))), ("ln-outside", s(&l.outside.join("secret.txt")))] {
+        let o = d.probe_run(&pol, name, &["link", &from, &out(name)]);
+        assert!(refused.contains(&stdout(&o).trim()) || stdout(&o).trim() == "err EPERM", "{name}: {o:?}");
+        assert!(!l.ws.join("out").join(name).exists(), "{name}");
+    }
 }
 
 #[test]
@@ -257,6 +293,9 @@ fn status_lists_what_landlock_covers_for_each_run() {
     for k in ["files_read", "files_write", "exec", "tcp_connect", "scope_signal", "scope_abstract_unix"] {
         assert_eq!(full[k], true, "{k}: {full:#}");
     }
+    // ws/.env is carved out of the read tree: refused up front, and the cost is said.
+    let carves = full["carve_outs"].to_string();
+    assert!(carves.contains(&format!("files.deny {}/.env", l.ws.display())) && carves.contains("cost: "), "{full:#}");
     let k = cov("shown-kill");
     assert_eq!((k["files_read"].as_bool(), k["files_write"].as_bool(), k["exec"].as_bool()), (Some(false), Some(true), Some(false)), "{k:#}");
     assert!(k["ebpf_only"][0].as_str().unwrap().contains("kill"), "{k:#}");
@@ -266,6 +305,7 @@ fn status_lists_what_landlock_covers_for_each_run() {
     assert!(text.contains("landlock        ABI "), "{text}");
     assert!(text.contains("refuses read, write, exec, tcp-connect, signal, abstract-unix"), "{text}");
     assert!(text.contains("eBPF only: read, exec, tcp-connect: on_violation = \"kill\""), "{text}");
+    assert!(text.contains("carve-outs: refused up front (EACCES): files.deny "), "{text}");
     let ps: Value = serde_json::from_slice(&d.cli(&["ps", "--json"]).stdout).unwrap();
     let plain = ps.as_array().unwrap().iter().find(|r| r["name"] == "plain").unwrap();
     assert!(plain.get("landlock").is_none(), "{plain:#}");

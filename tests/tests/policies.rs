@@ -224,3 +224,47 @@ fn limits_4096_rules_and_64_policies() {
     let list: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 64);
 }
+
+#[test]
+fn policy_check_says_which_carve_outs_are_refused_at_what_cost_and_which_will_kill() {
+    // Needs no daemon and no privilege: Landlock's ABI and the tree are all it reads.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let big = home.join("big");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..600 {
+        std::fs::write(big.join(format!("f{i}")), "").unwrap();
+    }
+    let h = home.display();
+    let file = dir.path().join("carve.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"carve\"\n[files]\nwrite = [\"{h}\"]\ndeny = [\"{h}/.ssh\", \"{h}/big/f7\", \"{h}/.aws\"]\n"
+        ),
+    )
+    .unwrap();
+    let o = Command::new(binary()).args(["policy", "check"]).arg(&file).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let f = file.display();
+    // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attr only queries the ABI.
+    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    let kills = "this deny will kill, not refuse, on the tracepoint backend";
+    if abi < 1 {
+        assert!(err.contains(&format!("{f}:4:9: warning: files.deny[0]: {kills}")), "{err}");
+        return;
+    }
+    assert!(
+        err.contains(&format!("{f}:4:9: note: files.deny[0]: refused up front (EACCES)"))
+            && err.contains(&format!("the cost: {h} is granted entry by entry")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("files.deny[1]: {kills}")) && err.contains(&format!("{h}/big has 600 entries")), "{err}");
+    assert!(err.contains(&format!("files.deny[2]: {kills}")) && err.contains("if it is created during a run"), "{err}");
+    // On kill, reads are the eBPF layer's by choice: nothing to warn about.
+    std::fs::write(&file, std::fs::read_to_string(&file).unwrap().replace("[files]", "on_violation = \"kill\"\n[files]")).unwrap();
+    let o = Command::new(binary()).args(["policy", "check"]).arg(&file).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("this deny"), "{o:?}");
+}

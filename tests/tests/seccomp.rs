@@ -168,11 +168,32 @@ fn git_works_and_hard_links_are_left_to_landlock() {
         assert!(refusals(&d, name, 0).is_empty(), "{name}: {:#?}", refusals(&d, name, 0));
     }
 
-    // A deny rule inside the write tree: a link could give the denied file an allowed name,
-    // so the filter refuses links (EPERM, an event), and the process goes on.
-    let carved = d.write_policy("carved", &policy("carved", &l).deny([l.ws.join("out/secret")]).to_string());
-    went_on(&d.probe_run(&carved, "link-carved", &["and-go-on", "link", &s(&out.join("a.txt")), &s(&out.join("c.txt"))]), "err EPERM");
-    assert!(!out.join("c.txt").exists());
+    // A deny rule inside the write tree that the Landlock layer refuses up front (it grants
+    // around it): links stay the Landlock layer's, which refuses a link of the denied file
+    // (it may not gain rights by a new name) and allows the others.
+    std::fs::write(out.join("secret"), "s3cret\n").unwrap();
+    // (Around a carve-out nothing new is created directly in its directory: the link that
+    // works is made in a subdirectory, granted whole.)
+    std::fs::create_dir(out.join("sub")).unwrap();
+    std::fs::write(out.join("sub/a.txt"), "a\n").unwrap();
+    let carved = d.write_policy("carved", &policy("carved", &l).deny([out.join("secret")]).to_string());
+    let o = d.probe_run(&carved, "link-secret", &["and-go-on", "link", &s(&out.join("secret")), &s(&out.join("sub-secret"))]);
+    assert!(["err EACCES\nwent on", "err errno18\nwent on"].contains(&stdout(&o).trim()), "{o:?}");
+    assert!(!out.join("sub-secret").exists());
+    went_on(&d.probe_run(&carved, "link-carved-ok", &["and-go-on", "link", &s(&out.join("sub/a.txt")), &s(&out.join("sub/c.txt"))]), "ok linked");
+
+    // One the Landlock layer cannot express (a directory on the way too large to grant entry by
+    // entry): a link could give the denied file an allowed name, so the filter refuses links
+    // (EPERM, an event), and the process goes on.
+    let big = out.join("big");
+    std::fs::create_dir(&big).unwrap();
+    for i in 0..=512 {
+        std::fs::write(big.join(format!("f{i}")), "").unwrap();
+    }
+    std::fs::write(big.join("token"), "T\n").unwrap();
+    let unexpressed = d.write_policy("unexpressed", &policy("unexpressed", &l).deny([big.join("token")]).to_string());
+    went_on(&d.probe_run(&unexpressed, "link-carved", &["and-go-on", "link", &s(&out.join("a.txt")), &s(&out.join("d.txt"))]), "err EPERM");
+    assert!(!out.join("d.txt").exists());
     let e = refusal(&d, "link-carved", "unseen", "link", "EPERM");
     assert_eq!(e["path"].as_str(), Some(s(&out.join("a.txt")).as_str()), "{e}");
 }

@@ -4,11 +4,13 @@
 # Run inside a run under deploy/policies/coding-agent.toml (paths rewritten by the test:
 # WORKSPACE for /workspace, HOME for /home/agent). DEV_PORT: a loopback HTTP server the test
 # started. Every step must succeed; the script stops at the first failure (set -e).
+# The checkout, $WORKSPACE/repo, exists (the harness made it, as a clone would); the agent
+# works inside it. (With a secret carved out of $WORKSPACE, such as .env, nothing new can
+# be created directly in $WORKSPACE under the Landlock layer: README, "The Landlock layer".)
 set -eu
-cd "$WORKSPACE"
-rm -rf repo venv
-git init -q -b main repo
-cd repo
+cd "$WORKSPACE/repo"
+find . -mindepth 1 -delete
+git init -q -b main .
 git config user.email agent@example.com
 git config user.name "Coding Agent"
 cat > calc.py <<'PY'
@@ -53,8 +55,8 @@ MK
 printf '#include <stdio.h>\nint main(void) { puts("built"); return 0; }\n' > hello.c
 make -s
 ./hello
-python3 -m venv --without-pip "$WORKSPACE/venv"
-"$WORKSPACE/venv/bin/python" -c 'import sys; print("venv", sys.prefix != sys.base_prefix)'
+python3 -m venv --without-pip .venv
+.venv/bin/python -c 'import sys; print("venv", sys.prefix != sys.base_prefix)'
 curl -sS --max-time 5 "http://127.0.0.1:$DEV_PORT/" > /dev/null
 git log --oneline -1
 echo "workload done"

@@ -309,6 +309,9 @@ pub fn status(cfg: &Config, json: bool) -> Result<Code> {
         for note in &c.ebpf_only {
             println!("    eBPF only: {note}");
         }
+        for note in &c.carve_outs {
+            println!("    carve-outs: {note}");
+        }
     }
     Ok(0)
 }

@@ -180,6 +180,29 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 }
                 None => (None, None, None),
             };
+            // Hard links of carve-outs inside write trees: the Landlock layer refuses them where
+            // it refuses the carve-outs themselves (REFER: a link may not give a file more
+            // access than it had), so the filter leaves link/linkat to it when every carve-out
+            // is expressed.
+            // (In monitor mode: as enforce mode would have it, so that what enforce mode leaves
+            // to the Landlock layer is not reported as would_deny.)
+            let mut seccomp = seccomp;
+            if let (Some(s), Some(b)) = (seccomp.as_mut(), &bound) {
+                let policy = shared.own().policies.by_slot(b.slot).map(|slot| slot.policy.clone());
+                if let Some(policy) = policy {
+                    let enforced = crate::policy::Policy { mode: crate::policy::Mode::Enforce, ..(*policy).clone() };
+                    let split = match &plan {
+                        Some(p) => Some(p.split.clone()),
+                        None => landlock::Plan::for_policy(&enforced).map(|p| p.split),
+                    };
+                    let carved = crate::runs::seccomp::write_tree_carve_outs(&policy);
+                    // Every carve-out that exists is refused up front (one that does not exist yet has
+                    // no file to link; README, Known limits).
+                    if split.is_some_and(|sp| carved.iter().all(|k| !sp.unexpressed.contains_key(k))) {
+                        s.links_judgeable = true;
+                    }
+                }
+            }
             let dir = shared.root.join(&run);
             let id = match cgroup::cgroup_id(&dir) {
                 Ok(id) => id,

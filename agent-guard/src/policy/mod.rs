@@ -91,7 +91,7 @@ use sha2::{Digest, Sha256};
 
 pub use compile::Compiled;
 pub use eval::{Access, FileVerdict, PathMatch};
-pub use parse::{check_files, load_file, parse};
+pub use parse::{check_files, check_files_on, host_notes, load_file, parse, HostNote};
 #[allow(unused_imports)]
 use parse::*;
 pub use syscalls::*;
@@ -234,11 +234,15 @@ pub struct Warning {
     pub column: usize,
     pub field: String,
     pub message: String,
+    /// Only a note (something to know about this host), not a warning.
+    #[serde(default)]
+    pub note: bool,
 }
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: warning: ", self.file, self.line, self.column)?;
+        let what = if self.note { "note" } else { "warning" };
+        write!(f, "{}:{}:{}: {what}: ", self.file, self.line, self.column)?;
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }

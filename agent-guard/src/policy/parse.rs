@@ -93,6 +93,8 @@ pub(super) struct Ctx<'a> {
     file: &'a str,
     errors: Vec<Diagnostic>,
     warnings: Vec<Warning>,
+    /// Every valid list entry: (field, canonical key, where), for remarks made later.
+    located: Vec<(String, String, Range<usize>)>,
 }
 
 impl Ctx<'_> {
@@ -120,6 +122,7 @@ impl Ctx<'_> {
             column,
             field: item.field.clone(),
             message,
+            note: false,
         });
     }
 
@@ -154,6 +157,7 @@ impl Ctx<'_> {
                         let msg = format!("duplicate entry {key:?} (first at {first}, line {l} column {c})");
                         self.error(&entry.span(), &f, (msg, Some("remove one of them".into())));
                     } else {
+                        self.located.push((f.clone(), key.clone(), entry.span()));
                         seen.insert(key, (f.clone(), entry.span()));
                         out.push(Item { field: f, span: entry.span(), value });
                     }
@@ -208,17 +212,26 @@ pub(super) fn check_name(name: &str) -> Result<(), Problem> {
 
 /// Checks a policy file's text. `origin` is the file name shown in messages.
 pub fn parse(text: &str, origin: &str) -> Checked {
-    let mut ctx = Ctx { text, file: origin, errors: Vec::new(), warnings: Vec::new() };
+    parse_located(text, origin).0
+}
+
+/// Where each valid list entry was written: (field such as "files.deny[3]", canonical key,
+/// line, column).
+type Located = Vec<(String, String, usize, usize)>;
+
+fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
+    let mut ctx = Ctx { text, file: origin, errors: Vec::new(), warnings: Vec::new(), located: Vec::new() };
     let raw: Raw = match toml::from_str(text) {
         Ok(r) => r,
         Err(e) => {
             let (line, column) = e.span().map_or((0, 0), |s| ctx.pos(&s));
             let message = e.message().trim().replace('\n', "; ");
-            return Checked {
+            let checked = Checked {
                 policy: None,
                 errors: vec![Diagnostic { file: origin.into(), line, column, field: String::new(), message, hint: None }],
                 warnings: Vec::new(),
             };
+            return (checked, Vec::new());
         }
     };
 
@@ -334,7 +347,15 @@ pub fn parse(text: &str, origin: &str) -> Checked {
         p.version = p.compute_version();
         p
     });
-    Checked { policy, errors: ctx.errors, warnings: ctx.warnings }
+    let located = ctx
+        .located
+        .iter()
+        .map(|(f, k, span)| {
+            let (l, c) = ctx.pos(span);
+            (f.clone(), k.clone(), l, c)
+        })
+        .collect();
+    (Checked { policy, errors: ctx.errors, warnings: ctx.warnings }, located)
 }
 
 pub(super) fn warnings(
@@ -390,10 +411,14 @@ pub(super) fn warnings(
 
 /// Checks the policy file at `path`. A read error is one diagnostic at line 0, column 0.
 pub fn load_file(path: &Path) -> Checked {
+    load_located(path).0
+}
+
+fn load_located(path: &Path) -> (Checked, Located) {
     let origin = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, &origin),
-        Err(e) => Checked {
+        Ok(text) => parse_located(&text, &origin),
+        Err(e) => (Checked {
             policy: None,
             errors: vec![Diagnostic {
                 file: origin,
@@ -404,8 +429,62 @@ pub fn load_file(path: &Path) -> Checked {
                 hint: None,
             }],
             warnings: Vec::new(),
-        },
+        }, Vec::new()),
     }
+}
+
+/// A remark on one entry of a checked policy that depends on this host (`policy check`):
+/// the list ("files.deny"), the entry's canonical value, the message, and whether it is only
+/// a note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNote {
+    pub list: &'static str,
+    pub value: String,
+    pub message: String,
+    pub note: bool,
+}
+
+/// What `policy check` says about `policy` on this host, beside the checks of the text: an
+/// exec.allow directory written without its trailing `/`, paths that do not exist here.
+pub fn host_notes(policy: &Policy) -> Vec<HostNote> {
+    let mut out: Vec<HostNote> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    let lists: [(&'static str, &Vec<String>); 4] = [
+        ("files.read", &policy.files_read),
+        ("files.write", &policy.files_write),
+        ("files.deny", &policy.files_deny),
+        ("exec.allow", &policy.exec_allow),
+    ];
+    for (list, values) in lists {
+        for v in values {
+            let path = if v.len() > 1 { v.trim_end_matches('/') } else { v.as_str() };
+            match std::fs::symlink_metadata(path) {
+                // Once for a missing tree, not again for each rule inside it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound
+                    && missing.iter().any(|m| paths::strictly_below(m, path)) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    out.push(HostNote {
+                        list,
+                        value: v.clone(),
+                        message: format!("{path} does not exist on this host (nothing to match until it does)"),
+                        note: true,
+                    });
+                    missing.push(path.to_string());
+                }
+                _ if list == "exec.allow" && !v.ends_with('/') && Path::new(path).is_dir() => out.push(HostNote {
+                    list,
+                    value: v.clone(),
+                    message: format!(
+                        "{path} is a directory on this host: without a trailing '/' this rule allows only a file \
+                         of exactly that name, nothing inside it; write \"{path}/\" to allow what is in it"
+                    ),
+                    note: false,
+                }),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// `agent-guard policy check FILE...`: prints "FILE: ok (name N, version V)" on `out` for each
@@ -413,10 +492,29 @@ pub fn load_file(path: &Path) -> Checked {
 /// when any file has errors. Returns the exit code: 0 when every file is valid (warnings
 /// allowed), 1 otherwise.
 pub fn check_files(paths: &[PathBuf], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    check_files_on(paths, out, err, &|_| Vec::new())
+}
+
+/// [`check_files`], with what `review` says about each valid policy on this host (the
+/// Landlock layer's view of its carve-outs, which the policy layer does not know) added to
+/// [`host_notes`], each at the entry it is about.
+pub fn check_files_on(
+    paths: &[PathBuf],
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    review: &dyn Fn(&Policy) -> Vec<HostNote>,
+) -> i32 {
     let mut bad_files = 0;
     let mut errors = 0;
     for p in paths {
-        let c = load_file(p);
+        let (mut c, located) = load_located(p);
+        if let Some(pol) = c.policy.as_ref().filter(|_| c.errors.is_empty()) {
+            for n in host_notes(pol).into_iter().chain(review(pol)) {
+                let at = located.iter().find(|(f, k, _, _)| f.strip_prefix(n.list).is_some_and(|r| r.starts_with('[')) && *k == n.value);
+                let (field, line, column) = at.map_or((n.list.to_string(), 0, 0), |(f, _, l, c)| (f.clone(), *l, *c));
+                c.warnings.push(Warning { file: p.display().to_string(), line, column, field, message: n.message, note: n.note });
+            }
+        }
         let mut lines: Vec<((usize, usize), String)> = c
             .errors
             .iter()

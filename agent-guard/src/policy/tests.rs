@@ -569,3 +569,33 @@ fn check_files_output_and_exit_code() {
     assert!(err_s.trim_end().ends_with("policy check: 2 errors in 2 of 3 files"), "{err_s}");
     assert_eq!(String::from_utf8(out).unwrap().lines().count(), 1);
 }
+
+#[test]
+fn host_notes_exec_dirs_without_slash_and_missing_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    std::fs::write(tools.join("x"), "").unwrap();
+    let d = dir.path().display();
+    let p = ok(&format!(
+        "name = \"h\"\n[files]\nread = [\"{d}\", \"{d}/gone\", \"{d}/gone/deeper\"]\n[exec]\nallow = [\"{d}/tools\", \"{d}/tools/\", \"{d}/tools/x\"]\n"
+    ));
+    let notes = host_notes(&p);
+    let of = |list: &str, value: String| notes.iter().filter(|n| n.list == list && n.value == value).collect::<Vec<_>>();
+    let dir_rule = of("exec.allow", format!("{d}/tools"));
+    assert_eq!(dir_rule.len(), 1, "{notes:?}");
+    assert!(!dir_rule[0].note && dir_rule[0].message.contains(&format!("write \"{d}/tools/\"")), "{notes:?}");
+    let gone = of("files.read", format!("{d}/gone"));
+    assert!(gone.len() == 1 && gone[0].note && gone[0].message.contains("does not exist on this host"), "{notes:?}");
+    // Said once for a missing tree, and never for what exists.
+    assert_eq!(notes.len(), 2, "{notes:?}");
+
+    // check_files prints them at their entries: a note is not a warning and fails nothing.
+    let file = dir.path().join("h.toml");
+    std::fs::write(&file, format!("name = \"h\"\n[files]\nread = [\"{d}/gone\"]\n[exec]\nallow = [\"{d}/tools\"]\n")).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    assert_eq!(check_files(&[file.clone()], &mut out, &mut err), 0);
+    let err = String::from_utf8(err).unwrap();
+    assert!(err.contains(&format!("{}:3:9: note: files.read[0]: {d}/gone does not exist", file.display())), "{err}");
+    assert!(err.contains(&format!("{}:5:10: warning: exec.allow[0]: {d}/tools is a directory", file.display())), "{err}");
+}

@@ -158,6 +158,16 @@ fn seccomp_for(
         return (None, None);
     }
     let Some(plan) = plan else { return (None, None) };
+    if plan.monitor {
+        // Nothing is refused in monitor mode; what enforce mode would leave to the Landlock
+        // layer (hard links inside write trees) is not reported as would_deny either.
+        if cfg.landlock && plan.links_judgeable && landlock::host_abi() >= 2 {
+            if let Err(e) = client.call(control::Request::Seccomp { run: run.to_string() }) {
+                eprintln!("agent-guard: telling the daemon about the run's hard links: {e}");
+            }
+        }
+        return (None, None);
+    }
     let prepared = plan.filter(landlock_writes);
     for w in &prepared.warnings {
         eprintln!("agent-guard: warning: {w}");

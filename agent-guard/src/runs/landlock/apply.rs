@@ -89,6 +89,11 @@ pub fn prepare(plan: Option<&Plan>) -> Prepared {
             if lacking.is_empty() { format!("ABI {abi}") } else { lacking.join("; ") }
         ));
     }
+    for (carve, why) in &plan.split.unexpressed {
+        warnings.push(format!(
+            "warning: Landlock cannot refuse {carve} up front ({why}): a read of it is killed by the eBPF layer, after the fact"
+        ));
+    }
     if !built.missing.is_empty() {
         const SHOWN: usize = 8;
         let more = built.missing.len().saturating_sub(SHOWN);
@@ -119,6 +124,18 @@ fn build(plan: &HostPlan) -> anyhow::Result<Built> {
     let mut ruleset = attr.create()?;
     let mut missing = Vec::new();
     for (p, &rights) in &plan.grants {
+        if plan.split.exact.contains(p) {
+            // An entry granted by name (around a carve-out): never through a symlink, which
+            // could have been put there since the listing to point into the carve-out. One
+            // that went away since is not noted: it was no policy path.
+            if let Some((fd, is_dir)) = open_nofollow(p) {
+                let granted = if is_dir { rights } else { rights & file_access() };
+                if !granted.is_empty() {
+                    ruleset = ruleset.add_rule(PathBeneath::new(fd, granted))?;
+                }
+            }
+            continue;
+        }
         let granted = match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => rights,
             Ok(_) => rights & file_access(),
@@ -168,6 +185,29 @@ fn trial(ruleset: &RulesetCreated) -> anyhow::Result<(RulesetStatus, bool)> {
             Ok((attempt(true)??.ruleset, true))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// An O_PATH descriptor of `p` itself (not of a symlink's target) and whether it is a
+/// directory; None for a symlink or a path that is gone.
+fn open_nofollow(p: &str) -> Option<(OwnedFd, bool)> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(p).ok()?;
+    // SAFETY: open(2) with a valid NUL-terminated path; the fd is ours on success.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just opened and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: fstat on an open fd into a zeroed stat buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFLNK => None,
+        m => Some((fd, m == libc::S_IFDIR)),
     }
 }
 

@@ -32,10 +32,12 @@
 //!
 //! A path the policy allows is never refused here: every grant is at least as wide as the
 //! policy. What Landlock cannot express stays the eBPF layer's (the backstop):
-//! - **Carve-outs inside allowed trees.** Landlock only grants: a `deny` rule or a longer
-//!   `read` rule inside an allowed tree is enforced by the eBPF programs alone (a read is
-//!   killed before it returns; a write after the open, with the file already created or
-//!   truncated). A `deny` at exactly an allowed path is honoured (that path is not granted).
+//! - **Carve-outs inside allowed trees** that cannot be listed around (carve.rs: a
+//!   directory on the way with more than [`ENTRIES_MAX`] entries, or a carve-out that appears
+//!   during the run): enforced by the eBPF programs alone (a read is killed before it
+//!   returns). The others are refused up front: the tree is granted entry by entry around
+//!   them, and new entries directly in the directories on the way get no grant (the cost).
+//!   A `deny` at exactly an allowed path is honoured (that path is not granted).
 //! - **Addresses, UDP, hot reload, hold-for-review**: the ruleset is fixed when the run
 //!   starts; reloading the policy changes only the eBPF side.
 //! - **Paths that did not exist at launch.** A rule is bound to an inode: a path missing when
@@ -77,8 +79,10 @@ use crate::policy::{self, Mode, OnViolation, Policy};
 /// What the layer says when it cannot refuse something up front.
 mod apply;
 mod attribution;
+mod carve;
 pub use apply::*;
 pub use attribution::*;
+pub use carve::{review, Split, ENTRIES_MAX};
 
 const FALLBACK: &str = "the eBPF layer still enforces, after the fact (a denied read or exec is killed, \
                         a file opened with O_CREAT/O_TRUNC is created/truncated before the kill)";
@@ -142,6 +146,9 @@ pub struct Coverage {
     /// What is left to the eBPF layer alone for this run, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ebpf_only: Vec<String>,
+    /// Carve-outs inside allowed trees refused up front, and what that costs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carve_outs: Vec<String>,
 }
 
 impl Coverage {
@@ -175,6 +182,10 @@ pub struct Plan {
     /// The exact `[exec] allow` files: `run` grants their `PT_INTERP` what an exec needs.
     pub exec_files: Vec<String>,
     pub tcp: TcpPlan,
+    /// How the grants were split around carve-outs (directories listed by the daemon when
+    /// the run registered); `run` opens its `exact` grants without following a final symlink.
+    #[serde(default)]
+    pub split: Split,
 }
 
 /// What the layer does with TCP connects.
@@ -200,6 +211,9 @@ pub struct HostPlan {
     pub ports: Option<Vec<u16>>,
     pub scopes: BitFlags<Scope>,
     pub coverage: Coverage,
+    /// How the grants were split around carve-outs; its `exact` grants are opened without
+    /// following a final symlink.
+    pub split: Split,
 }
 
 impl Plan {
@@ -233,13 +247,15 @@ impl Plan {
             let p = e.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(e);
             grant(p, exec_access());
         }
+        // Carve-outs inside the trees: grant around them (module carve).
+        let split = carve::split(&mut grants, &carve::carve_outs(policy, read_access() & fs), &mut carve::list);
         let exec_files = policy.exec_allow.iter().filter(|e| !e.ends_with('/')).cloned().collect();
         let tcp = match (refuse_all, connect_ports(&policy.network_connect)) {
             (false, _) => TcpPlan::Ebpf,
             (true, Ok(ports)) => TcpPlan::Ports(ports),
             (true, Err(count)) => TcpPlan::TooMany(count),
         };
-        Some(Plan { on_violation: policy.on_violation, fs, grants, exec_files, tcp })
+        Some(Plan { on_violation: policy.on_violation, fs, grants, exec_files, tcp, split })
     }
 
     /// What the layer refuses on a kernel with Landlock ABI `abi` (> 0), and what it leaves
@@ -247,7 +263,12 @@ impl Plan {
     pub fn coverage(&self, abi: u32) -> Coverage {
         let kabi = ABI::from(abi as i32);
         let fs = self.fs & AccessFs::from_all(kabi);
-        let mut ebpf_only = Vec::new();
+        let mut ebpf_only: Vec<String> = self
+            .split
+            .unexpressed
+            .iter()
+            .map(|(c, why)| format!("{c}: {why}: inside a tree granted whole, the eBPF layer kills a read of it, after the fact"))
+            .collect();
         if self.on_violation != OnViolation::Deny {
             ebpf_only.push(format!(
                 "read, exec, tcp-connect: on_violation = \"{}\" (the eBPF layer must see them to {})",
@@ -286,6 +307,7 @@ impl Plan {
             scope_signal: scopes.contains(Scope::Signal),
             scope_abstract_unix: scopes.contains(Scope::AbstractUnixSocket),
             ebpf_only,
+            carve_outs: carve_notes(&self.split),
         }
     }
 
@@ -306,8 +328,30 @@ impl Plan {
             TcpPlan::Ports(ports) if coverage.tcp_connect => Some(ports.clone()),
             _ => None,
         };
-        HostPlan { fs, grants, ports, scopes: Scope::from_all(ABI::from(abi as i32)), coverage }
+        HostPlan { fs, grants, ports, scopes: Scope::from_all(ABI::from(abi as i32)), coverage, split: self.split.clone() }
     }
+}
+
+/// What the layer does about carve-outs, for `status` and `policy check`: which it refuses
+/// up front, and the cost.
+fn carve_notes(split: &Split) -> Vec<String> {
+    let refused: Vec<&str> =
+        split.refused.iter().map(String::as_str).filter(|r| !split.unexpressed.contains_key(*r)).collect();
+    if refused.is_empty() {
+        return Vec::new();
+    }
+    let dirs: Vec<&str> = split.entry_dirs.iter().map(String::as_str).collect();
+    vec![
+        format!("refused up front (EACCES): {}", refused.join(", ")),
+        format!(
+            "cost: {} {} granted entry by entry, as listed when the run started: a file or directory created \
+             directly in {} during the run is refused (EACCES) although the policy allows it; listing a \
+             carved-out directory is left to the eBPF layer",
+            dirs.join(", "),
+            if dirs.len() == 1 { "is" } else { "are" },
+            if dirs.len() == 1 { "it" } else { "them" },
+        ),
+    ]
 }
 
 /// Every port some connect rule allows (for some address), ascending; `Err(count)` when

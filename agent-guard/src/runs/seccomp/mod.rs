@@ -102,13 +102,17 @@ pub struct SeccompPlan {
     /// `[files] devices`: mknod of block and char devices is not refused.
     #[serde(default)]
     pub devices: bool,
+    /// Monitor mode: no filter; the plan only says what enforce mode would leave to the
+    /// Landlock layer (hard links), so monitor mode does not report those as would_deny.
+    #[serde(default)]
+    pub monitor: bool,
 }
 
 impl SeccompPlan {
     /// The plan for `policy`: none unless it enforces with `on_violation = "deny"` (with
     /// "kill" the sys_enter check kills, with "freeze" it holds; monitor mode refuses nothing).
     pub fn for_policy(policy: &Policy) -> Option<SeccompPlan> {
-        if policy.mode != Mode::Enforce || policy.on_violation != OnViolation::Deny {
+        if policy.on_violation != OnViolation::Deny {
             return None;
         }
         let mut warnings = Vec::new();
@@ -126,7 +130,14 @@ impl SeccompPlan {
         }
         let unseen =
             policy::UNSEEN_SYSCALLS.iter().filter_map(|n| nr(n)).filter(|n| !never.contains(n) && !denied.contains(n)).collect();
-        Some(SeccompPlan { denied, unseen, links_judgeable: !carve_outs_in_write_trees(policy), warnings, devices: policy.devices })
+        Some(SeccompPlan {
+            denied,
+            unseen,
+            links_judgeable: !carve_outs_in_write_trees(policy),
+            warnings,
+            devices: policy.devices,
+            monitor: policy.mode == Mode::Monitor,
+        })
     }
 
     /// The filter on this host. `landlock_writes`: the run's Landlock layer refuses writes
@@ -147,15 +158,25 @@ impl SeccompPlan {
 
 /// The filter for `policy` on a host whose Landlock layer does (or not) refuse writes.
 pub fn for_policy(policy: &Policy, landlock_writes: bool) -> Prepared {
-    SeccompPlan::for_policy(policy).map(|p| p.filter(landlock_writes)).unwrap_or_default()
+    SeccompPlan::for_policy(policy).filter(|p| !p.monitor).map(|p| p.filter(landlock_writes)).unwrap_or_default()
 }
 
 /// Whether a `deny` or `read` rule lies strictly inside a `[files] write` tree: Landlock only
 /// grants, so there it lets a hard link give such a file a second, allowed name. (A `deny` at
 /// exactly a write path is not granted at all; a `read` rule there changes nothing.)
 fn carve_outs_in_write_trees(policy: &Policy) -> bool {
+    !write_tree_carve_outs(policy).is_empty()
+}
+
+/// The `deny` and `read` rules strictly inside a `[files] write` tree, as the Landlock plan's
+/// carve-out keys name them ("files.deny /workspace/.env"): where a Landlock layer refuses
+/// every one of them up front, it refuses their hard links too, and links may be left to it.
+pub fn write_tree_carve_outs(policy: &Policy) -> Vec<String> {
     let inside = |p: &str, w: &str| p != w && (w == "/" || p.strip_prefix(w).is_some_and(|r| r.starts_with('/')));
-    policy.files_deny.iter().chain(&policy.files_read).any(|p| policy.files_write.iter().any(|w| inside(p, w)))
+    let in_write = |p: &String| policy.files_write.iter().any(|w| inside(p, w));
+    let deny = policy.files_deny.iter().filter(|p| in_write(p)).map(|p| format!("files.deny {p}"));
+    let read = policy.files_read.iter().filter(|p| in_write(p)).map(|p| format!("files.read {p}"));
+    deny.chain(read).collect()
 }
 
 fn stmt(code: u32, k: u32) -> libc::sock_filter {
