@@ -112,31 +112,40 @@ impl Privileges {
         self.keep
     }
 
-    /// Between fork and exec. Order matters: the identity while CAP_SETUID/SETGID are still
-    /// held (keeping the permitted set across setuid), then the bounding set (needs
-    /// CAP_SETPCAP), then the three sets, the ambient set, and no_new_privs.
+    /// Between fork and exec. Order matters: the bounding set first (it needs CAP_SETPCAP in
+    /// the effective set, which a change of identity clears), then the identity (keeping the
+    /// permitted set across setuid), then the three sets, the ambient set, and no_new_privs.
+    /// A launcher without CAP_SETPCAP (not root) leaves the bounding set: it holds nothing to
+    /// drop from its sets either, and no_new_privs keeps setuid and file capabilities from
+    /// giving any back.
     pub fn apply(&self) -> io::Result<()> {
         let check = |r: libc::c_int| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
-        // SAFETY: prctl, setgroups, setresgid, setresuid and capset are async-signal-safe
-        // system calls on memory owned by this frame.
+        const CAP_SETPCAP: u32 = 8;
+        // SAFETY: prctl, setgroups, setresgid, setresuid, capget and capset are
+        // async-signal-safe system calls on memory owned by this frame.
         unsafe {
+            let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+            let mut data = [CapData::default(); 2];
+            check(libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) as libc::c_int)?;
+            if data[0].effective & (1 << CAP_SETPCAP) != 0 {
+                for cap in 0..=CAP_LAST {
+                    if self.keep & (1 << cap) == 0 {
+                        // EINVAL: a capability this kernel does not know; nothing to drop.
+                        let r = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+                        if r < 0 && *libc::__errno_location() != libc::EINVAL {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                }
+            }
             if let Some(id) = &self.identity {
                 check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
                 check(libc::setgroups(id.groups.len(), id.groups.as_ptr()))?;
                 check(libc::setresgid(id.gid, id.gid, id.gid))?;
                 check(libc::setresuid(id.uid, id.uid, id.uid))?;
-            }
-            for cap in 0..=CAP_LAST {
-                if self.keep & (1 << cap) == 0 {
-                    // EINVAL: a capability this kernel does not know; nothing to drop.
-                    let r = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
-                    if r < 0 && *libc::__errno_location() != libc::EINVAL {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
+                check(libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0))?;
             }
             let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-            let mut data = [CapData::default(); 2];
             check(libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) as libc::c_int)?;
             let have = data[0].permitted as u64 | (data[1].permitted as u64) << 32;
             let keep = self.keep & have;
