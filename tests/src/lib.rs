@@ -623,6 +623,7 @@ pub struct PolicyFile {
     connect: Vec<String>,
     syscalls_deny: Vec<String>,
     bind: Vec<String>,
+    capabilities: Vec<String>,
 }
 
 fn strings<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> impl Iterator<Item = String> {
@@ -646,6 +647,7 @@ impl PolicyFile {
             connect: vec![],
             syscalls_deny: vec![],
             bind: vec![],
+            capabilities: vec![],
         }
     }
 
@@ -713,6 +715,12 @@ impl PolicyFile {
         self
     }
 
+    /// process.capabilities: what the command keeps (every other capability is cleared).
+    pub fn capabilities<S: AsRef<str>>(mut self, caps: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.capabilities.extend(strings(caps));
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -739,12 +747,13 @@ impl std::fmt::Display for PolicyFile {
             }
         }
         type Lists<'a> = &'a [(&'a str, &'a Vec<String>)];
-        let sections: [(&str, Lists); 5] = [
+        let sections: [(&str, Lists); 6] = [
             ("files", &[("read", &self.read), ("write", &self.write), ("deny", &self.deny)]),
             ("exec", &[("allow", &self.exec)]),
             ("network", &[("connect", &self.connect)]),
             ("syscalls", &[("deny", &self.syscalls_deny)]),
             ("bind", &[("cgroups", &self.bind)]),
+            ("process", &[("capabilities", &self.capabilities)]),
         ];
         for (section, lists) in sections {
             if lists.iter().all(|(_, v)| v.is_empty()) {

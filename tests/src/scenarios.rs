@@ -353,7 +353,13 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// The suite's policy (see the module comment).
 fn policy(l: &Layout, net: &[String]) -> PolicyFile {
-    PolicyFile::for_workspace("scenarios", l).deny([l.ws.join("out/locked")]).connect(net).syscalls_deny(["ptrace"])
+    // The capabilities root needs to get as far as the layers under test (a raw socket, bpf(),
+    // mount): without them the kernel's own capability checks refuse first.
+    PolicyFile::for_workspace("scenarios", l)
+        .deny([l.ws.join("out/locked")])
+        .connect(net)
+        .syscalls_deny(["ptrace"])
+        .capabilities(["CAP_NET_RAW", "CAP_BPF", "CAP_SYS_ADMIN"])
 }
 
 /// Starts a daemon with `backend` forced and lays out the workspace.

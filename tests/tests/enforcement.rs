@@ -18,7 +18,7 @@ const EBPF_ONLY: &str = "landlock = false\nseccomp = false";
 
 /// A policy that lets the probe start (its libraries, /proc) and allows `ws`.
 fn policy(name: &str, l: &Layout) -> PolicyFile {
-    PolicyFile::for_workspace(name, l).syscalls_deny(["ptrace"])
+    PolicyFile::for_workspace(name, l).syscalls_deny(["ptrace"]).capabilities(["CAP_NET_RAW"])
 }
 
 /// The first event of `kind` of the run named `name` that matches `pred`.

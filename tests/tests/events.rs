@@ -64,7 +64,7 @@ fn the_log_rotates_by_size_without_losing_a_line_and_reopens_on_sighup() {
 
 /// A policy for the probe: the workspace readable, one loopback port reachable, ptrace denied.
 fn probe_policy(name: &str, l: &agent_guard_tests::Layout, port: u16) -> PolicyFile {
-    PolicyFile::for_probe(name).read([&l.ws]).connect([format!("127.0.0.1/32:{port}")]).syscalls_deny(["ptrace"])
+    PolicyFile::for_probe(name).read([&l.ws]).connect([format!("127.0.0.1/32:{port}")]).syscalls_deny(["ptrace"]).capabilities(["CAP_NET_RAW"])
 }
 
 #[test]
