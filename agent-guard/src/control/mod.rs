@@ -5,4 +5,6 @@ mod lines;
 pub mod server;
 pub mod peer;
 mod protocol;
+#[cfg(test)]
+mod fuzz;
 pub use protocol::*;
