@@ -11,6 +11,7 @@ use serde_json::Value;
 
 pub mod daemons;
 pub mod scenarios;
+pub mod reliability;
 pub mod users;
 
 /// True when privileged tests can run. Under CI=true a missing privilege is a failure;
