@@ -11,6 +11,7 @@ use serde_json::Value;
 
 pub mod daemons;
 pub mod scenarios;
+pub mod soak;
 pub mod reliability;
 pub mod users;
 

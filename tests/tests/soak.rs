@@ -1,0 +1,27 @@
+//! A short soak with chaos (tests/src/soak.rs: what it does and checks): about 240 runs
+//! through the real binary, killed, frozen, held and denied ones among them, a flooding run,
+//! the policy re-applied every 100 ms, and the daemon SIGKILLed three times and restarted. The long
+//! one (2,000 runs) is `cargo xtask soak`.
+use std::time::Duration;
+
+use agent_guard_tests::{privileged, soak::{soak, SoakConfig}};
+
+#[test]
+fn soak_with_chaos_leaves_nothing_behind_and_loses_no_verdict() {
+    if !privileged("soak_with_chaos_leaves_nothing_behind_and_loses_no_verdict") {
+        return;
+    }
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let cfg = SoakConfig {
+        runs: env("AG_SOAK_RUNS").unwrap_or(240) as usize,
+        max_time: Duration::from_secs(env("AG_SOAK_SECS").unwrap_or(100)),
+        daemon_kills: env("AG_SOAK_DAEMON_KILLS").unwrap_or(3) as usize,
+        flood_pause_ms: env("AG_SOAK_FLOOD_PAUSE_MS").unwrap_or(5),
+        seed: env("AG_SOAK_SEED").unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9),
+    };
+    eprintln!("soak: {cfg:?}");
+    let rep = soak(&cfg);
+    // Under the time cap CI's machine may not reach every run; it must get most of the way.
+    assert!(rep.runs >= cfg.runs as u64 * 3 / 4, "only {} runs in {:?}", rep.runs, rep.elapsed);
+    assert_eq!(rep.daemon_kills, cfg.daemon_kills as u64);
+}
