@@ -33,10 +33,10 @@ use crate::{
     s, stdout, toml_items, BackgroundRun, Daemon, Layout,
 };
 
-/// RSS growth allowed between the warm daemon and the same daemon after the soak. By then the
-/// recent-events feed is full (the flood fills it during warm-up), so what is left is the
-/// allocator's arenas and fragmentation; a leak of one event or run record per run would
-/// show as far more over 2,000 runs.
+/// RSS growth allowed between the warm daemon (its recent-events buffer full, see
+/// [`FEED_EVENTS`]) and the same daemon after the soak: the allocator's arenas and
+/// fragmentation, and event sizes that differ from the warm-up's (longer paths, ancestry of
+/// violations). A leak of one event or run record per run would be far more over 2,000 runs.
 pub const RSS_SLACK_KIB: u64 = 16 * 1024;
 /// Descriptor growth allowed: none (the control connection of the `status` that measures
 /// is the same each time).
@@ -174,7 +174,21 @@ fn log_lines(log: &Path, keep: impl Fn(&str) -> bool) -> (Vec<Value>, u64) {
     (out, total)
 }
 
+/// Events the daemon keeps for `events` (agent-guard/src/output/feed.rs BUFFER): RSS is
+/// compared once this buffer is full, as it is for any daemon that has run a while.
+const FEED_EVENTS: u64 = 10_000;
+
 fn measure(d: &Daemon) -> (u64, usize) {
+    // Warm means the recent-events buffer is full (the flood fills it within seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let o = d.cli(&["status", "--json"]);
+        let st: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        if st["events_buffered"].as_u64().is_some_and(|n| n >= FEED_EVENTS) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The same request before each sample, so the daemon is in the same state.
     let _ = d.cli(&["status"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -230,7 +244,8 @@ pub fn soak(cfg: &SoakConfig) -> SoakReport {
     };
     while rep.runs < cfg.runs as u64 && t0.elapsed() < cfg.max_time {
         step += 1;
-        if step == warm_at {
+        // Only the last daemon is measured (no kill pending): warming up takes seconds.
+        if step >= warm_at && warm_pid != d.pid() && kill_at.is_empty() {
             rep.warm = measure(&d);
             warm_pid = d.pid();
         }

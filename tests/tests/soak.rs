@@ -16,7 +16,7 @@ fn soak_with_chaos_leaves_nothing_behind_and_loses_no_verdict() {
         runs: env("AG_SOAK_RUNS").unwrap_or(240) as usize,
         max_time: Duration::from_secs(env("AG_SOAK_SECS").unwrap_or(100)),
         daemon_kills: env("AG_SOAK_DAEMON_KILLS").unwrap_or(3) as usize,
-        flood_pause_ms: env("AG_SOAK_FLOOD_PAUSE_MS").unwrap_or(5),
+        flood_pause_ms: env("AG_SOAK_FLOOD_PAUSE_MS").unwrap_or(2),
         seed: env("AG_SOAK_SEED").unwrap_or_else(|| u64::from(std::process::id()) * 0x9e37_79b9),
     };
     eprintln!("soak: {cfg:?}");
