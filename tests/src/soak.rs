@@ -267,7 +267,7 @@ pub fn soak(cfg: &SoakConfig) -> SoakReport {
                 wait_ps(&d, &nm, "running").unwrap_or_else(|| panic!("step {step}: {nm} never ran: {}", r.stderr()));
                 let o = d.cli(&["kill", &nm]);
                 assert!(o.status.success(), "step {step}: kill {nm}: {o:?}");
-                assert_eq!(r.wait_exit(Duration::from_secs(15)), Some(128 + 9), "step {step}: killed run {nm}");
+                assert_eq!(r.wait_exit(Duration::from_secs(15)), Some(128 + 9), "step {step}: killed run {nm}: {}", r.stderr());
                 rep.killed += 1;
                 rep.runs += 1;
             }
