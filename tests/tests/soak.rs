@@ -25,3 +25,26 @@ fn soak_with_chaos_leaves_nothing_behind_and_loses_no_verdict() {
     assert!(rep.runs >= cfg.runs as u64 * 3 / 4, "only {} runs in {:?}", rep.runs, rep.elapsed);
     assert_eq!(rep.daemon_kills, cfg.daemon_kills as u64);
 }
+
+/// Found by the long soak: a run that ended while the daemon was down (its launcher's `end`
+/// found no daemon) had no `run_end` at all; the restarted daemon dropped its record quietly.
+#[test]
+fn a_run_that_ends_while_the_daemon_is_down_still_gets_its_run_end() {
+    if !privileged("a_run_that_ends_while_the_daemon_is_down_still_gets_its_run_end") {
+        return;
+    }
+    let mut d = agent_guard_tests::Daemon::start();
+    let probe = agent_guard_tests::probe();
+    let mut r = d.spawn_run(&["--name", "gone", "--", probe.to_str().unwrap(), "sleep", "0.5"]);
+    d.wait_for("run_start", |e| e["kind"] == "run_start" && e["run_name"] == "gone");
+    d.kill9();
+    assert_eq!(r.wait_exit(Duration::from_secs(15)), Some(0), "{}", r.stderr());
+    d.restart();
+    let ev = d.wait_for("run_end of the run that ended meanwhile", |e| e["kind"] == "run_end" && e["run_name"] == "gone");
+    let end = ev.iter().find(|e| e["kind"] == "run_end" && e["run_name"] == "gone").unwrap();
+    assert!(end["exit_status"].is_null(), "the status is not known: {end}");
+    // After the run's own events (its exit, read from the ring's backlog).
+    let pos = |k: &str| ev.iter().position(|e| e["kind"] == k && e["run_name"] == "gone");
+    assert!(pos("exit") < pos("run_end"), "{ev:#?}");
+    assert!(agent_guard_tests::reliability::leftovers(&d).is_empty());
+}
