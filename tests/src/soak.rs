@@ -50,6 +50,9 @@ pub struct SoakConfig {
     pub max_time: Duration,
     /// SIGKILLs of the daemon, at random steps.
     pub daemon_kills: usize,
+    /// Kill the daemon while a batch of runs starts and ends (else after the batch ended,
+    /// with only the anchor and the flood alive).
+    pub kill_in_flight: bool,
     /// The flooding run's pause between rounds of two opens, in milliseconds.
     pub flood_pause_ms: u64,
     pub seed: u64,
@@ -310,6 +313,13 @@ pub fn soak(cfg: &SoakConfig) -> SoakReport {
                 if chaos {
                     kill_at.pop();
                 }
+                let mut batch = batch;
+                let mut statuses = Vec::new();
+                if chaos && !cfg.kill_in_flight {
+                    for (nm, r) in batch.iter_mut() {
+                        statuses.push((nm.clone(), r.wait_exit(Duration::from_secs(30)), r.stderr()));
+                    }
+                }
                 if chaos {
                     std::thread::sleep(Duration::from_millis(rng.below(300)));
                     d.kill9();
@@ -322,10 +332,14 @@ pub fn soak(cfg: &SoakConfig) -> SoakReport {
                     d.restart();
                     warm_at = step + 5;
                 }
-                for (nm, mut r) in batch {
-                    let st = r.wait_exit(Duration::from_secs(30));
+                if statuses.is_empty() {
+                    for (nm, mut r) in batch {
+                        statuses.push((nm, r.wait_exit(Duration::from_secs(30)), r.stderr()));
+                    }
+                }
+                for (nm, st, err) in statuses {
                     // A run whose registration met a dead daemon is refused (125).
-                    assert!(st == Some(0) || (chaos && st == Some(125)), "step {step}: {nm} ended with {st:?}: {}", r.stderr());
+                    assert!(st == Some(0) || (chaos && st == Some(125)), "step {step}: {nm} ended with {st:?}: {err}");
                     rep.runs += 1;
                 }
             }
@@ -377,7 +391,13 @@ pub fn soak(cfg: &SoakConfig) -> SoakReport {
     rep.elapsed = t0.elapsed();
     eprintln!("soak: {rep:#?}");
 
-    assert!(missing.is_empty(), "runs without run_end: {missing:?}");
+    if !missing.is_empty() {
+        // What the log has of them, for whoever looks into it.
+        let ids: Vec<String> = missing.iter().map(|r| format!("\"run\":\"{r}\"")).collect();
+        let (theirs, _) = log_lines(&d.log, |l| ids.iter().any(|i| l.contains(i.as_str())) && !l.contains("\"kind\":\"open\""));
+        let seen: Vec<String> = theirs.iter().map(|e| format!("{} {} {} {}", e["ts"], e["run"], e["run_name"], e["kind"])).collect();
+        panic!("runs without run_end: {missing:?}; their events (opens left out):\n{}", seen.join("\n"));
+    }
     assert!(lost_down.is_empty() || kernel_drops > 0, "execs made while the daemon was down and missing from the log, with no kernel drop reported: {lost_down:?}");
     assert_eq!(warm_pid, d.pid(), "the last daemon was not measured warm (too few steps after its restart)");
     assert!(rep.end.1 <= rep.warm.1 + FD_SLACK, "open descriptors: {} warm, {} after the soak", rep.warm.1, rep.end.1);

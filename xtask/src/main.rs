@@ -75,6 +75,9 @@ enum Cmd {
         /// Seed of the soak's random choices (default: from the pid)
         #[arg(long)]
         seed: Option<u64>,
+        /// Kill the daemon only between batches of runs, not while runs start and end
+        #[arg(long)]
+        quiet_kills: bool,
     },
     /// Build release binaries and measure the overhead (root): micro-operations with no
     /// agent-guard, with a daemon (outside every run) and inside a run under a 2,000-rule
@@ -187,14 +190,14 @@ fn main() -> Result<()> {
             bench::bench(&root(), quick, json)
         }
         Cmd::VmTest { kernels, backend } => vm_test(&kernels, &backend),
-        Cmd::Soak { runs, minutes, daemon_kills, flood_pause_ms, seed } => {
+        Cmd::Soak { runs, minutes, daemon_kills, flood_pause_ms, seed, quiet_kills } => {
             setup(false)?;
             let mut build = cargo();
             build.args(["build", "--package", "agent-guard", "--package", "agent-guard-tests", "--bins"]);
             run(build)?;
             let mut test = cargo();
             test.env("AGENT_GUARD_BIN", root().join("target/debug/agent-guard"));
-            soak::soak(test, &soak::Soak { runs, minutes, daemon_kills, flood_pause_ms, seed })
+            soak::soak(test, &soak::Soak { runs, minutes, daemon_kills, flood_pause_ms, seed, quiet_kills })
         }
         Cmd::Deb => {
             setup(false)?;

@@ -11,6 +11,8 @@ pub struct Soak {
     pub daemon_kills: u64,
     pub flood_pause_ms: u64,
     pub seed: Option<u64>,
+    /// Kill the daemon only between batches of runs (as the short soak does).
+    pub quiet_kills: bool,
 }
 
 /// Runs tests/tests/soak.rs with the soak's size in its environment; the report (runs,
@@ -24,7 +26,8 @@ pub fn soak(mut test: Command, s: &Soak) -> Result<()> {
         .env("AG_SOAK_RUNS", s.runs.to_string())
         .env("AG_SOAK_SECS", ((s.minutes * 60.0) as u64).max(1).to_string())
         .env("AG_SOAK_DAEMON_KILLS", s.daemon_kills.to_string())
-        .env("AG_SOAK_FLOOD_PAUSE_MS", s.flood_pause_ms.to_string());
+        .env("AG_SOAK_FLOOD_PAUSE_MS", s.flood_pause_ms.to_string())
+        .env("AG_SOAK_KILL_IN_FLIGHT", if s.quiet_kills { "0" } else { "1" });
     if let Some(seed) = s.seed {
         test.env("AG_SOAK_SEED", seed.to_string());
     }
