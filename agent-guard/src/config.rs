@@ -153,7 +153,11 @@ impl Config {
                     format!("line {line}, column {col}: ")
                 })
                 .unwrap_or_default();
-            invalid(format!("{at}{}", e.message()))
+            let message = match e.message().trim() {
+                "" => toml_blank_message(text, e.span()),
+                m => m.to_string(),
+            };
+            invalid(format!("{at}{message}"))
         })?;
         cfg.validate().map_err(invalid)?;
         Ok(cfg)
@@ -216,6 +220,17 @@ pub fn line_col(text: &str, at: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, col)
+}
+
+/// What to say for a TOML error that comes without a message (toml refuses a control
+/// character in a comment without a word): the character at the error's position.
+pub(crate) fn toml_blank_message(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let c = span.and_then(|s| text.get(s.start..)).and_then(|t| t.chars().next());
+    match c {
+        Some(c) if c.is_control() => format!("control character {c:?} is not allowed here (not even in a comment)"),
+        Some(c) => format!("unexpected character {c:?}"),
+        None => "invalid TOML".into(),
+    }
 }
 
 #[cfg(test)]

@@ -22,3 +22,5 @@ pub mod kernel;
 pub mod output;
 pub mod policy;
 pub mod runs;
+#[cfg(test)]
+mod fuzzing;

@@ -13,6 +13,8 @@ use serde_json::Value;
 
 pub mod daemons;
 pub mod scenarios;
+pub mod soak;
+pub mod reliability;
 pub mod users;
 
 /// Why privileged tests cannot run here, or None when they can.

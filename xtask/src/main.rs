@@ -1,7 +1,8 @@
 //! Chores: `cargo xtask test` (everything CI runs), `cargo xtask vm-test` (the scenario suite
 //! against the lsm backend on Debian kernels under QEMU, also part of `test`), `cargo xtask
 //! daemon` (build and start the daemon in the foreground), `cargo xtask deb` (the Debian
-//! package) and `cargo xtask bench` (overhead benchmarks, see BENCHMARKS.md). Each first runs
+//! package), `cargo xtask bench` (overhead benchmarks, see BENCHMARKS.md) and `cargo xtask
+//! soak` (the long soak with chaos, tests/src/soak.rs). Each first runs
 //! deploy/setup-build.sh, so a fresh machine needs nothing installed by hand beyond rustup.
 use std::{
     path::{Path, PathBuf},
@@ -12,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod soak;
 mod vm;
 
 #[derive(Parser)]
@@ -53,6 +55,30 @@ enum Cmd {
     /// Build the Debian package (target/debian/agent-guard_VERSION-1_amd64.deb): installs the
     /// build prerequisites and cargo-deb if missing, then `cargo deb -p agent-guard`
     Deb,
+    /// The long soak with chaos (root; not part of `test`): many runs started and ended
+    /// (killed, frozen, held and denied among them) beside a flooding run, the policy
+    /// re-applied every 100 ms, the daemon SIGKILLed at random points; then no wrong
+    /// verdict, every run_end logged, nothing left behind, RSS and fds back (tests/src/soak.rs)
+    Soak {
+        /// Runs to start
+        #[arg(long, default_value_t = 2000)]
+        runs: u64,
+        /// Stop starting runs after this many minutes
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// SIGKILLs of the daemon, at random points
+        #[arg(long, default_value_t = 10)]
+        daemon_kills: u64,
+        /// The flooding run's pause between two opens, in milliseconds
+        #[arg(long, default_value_t = 2)]
+        flood_pause_ms: u64,
+        /// Seed of the soak's random choices (default: from the pid)
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Kill the daemon only between batches of runs, not while runs start and end
+        #[arg(long)]
+        quiet_kills: bool,
+    },
     /// Build release binaries and measure the overhead (root): micro-operations with no
     /// agent-guard, with a daemon (outside every run) and inside a run under a 2,000-rule
     /// policy; kernel ns per program invocation; daemon time to ready (see BENCHMARKS.md)
@@ -164,6 +190,15 @@ fn main() -> Result<()> {
             bench::bench(&root(), quick, json)
         }
         Cmd::VmTest { kernels, backend } => vm_test(&kernels, &backend),
+        Cmd::Soak { runs, minutes, daemon_kills, flood_pause_ms, seed, quiet_kills } => {
+            setup(false)?;
+            let mut build = cargo();
+            build.args(["build", "--package", "agent-guard", "--package", "agent-guard-tests", "--bins"]);
+            run(build)?;
+            let mut test = cargo();
+            test.env("AGENT_GUARD_BIN", root().join("target/debug/agent-guard"));
+            soak::soak(test, &soak::Soak { runs, minutes, daemon_kills, flood_pause_ms, seed, quiet_kills })
+        }
         Cmd::Deb => {
             setup(false)?;
             let have = cargo().args(["deb", "--version"]).output().is_ok_and(|o| o.status.success());

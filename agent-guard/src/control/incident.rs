@@ -425,7 +425,8 @@ pub(crate) fn status(shared: &Shared, caller: &access::Caller) -> Response {
         syscall_check_attached: binder.syscall_hook_attached(),
         syscall_tracepoints_attached: binder.syscall_tracepoints_attached(),
         events_dropped: shared.ctl.kernel_drops.load(Ordering::Relaxed)
-            + shared.queue_drops.load(Ordering::Relaxed),
+            + shared.queue_drops.load(Ordering::Relaxed)
+            + shared.sink_drops.lost.load(Ordering::Relaxed),
         events_buffered: shared.ctl.feed.len() as u64,
         followers: shared.ctl.feed.followers() as u64,
         backend: Some(shared.backend.backend.name().into()),

@@ -6,4 +6,6 @@ pub mod server;
 pub mod peer;
 pub mod seccomp;
 mod protocol;
+#[cfg(test)]
+mod fuzz;
 pub use protocol::*;

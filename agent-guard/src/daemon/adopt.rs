@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use agent_guard_common::{RunEntry, NO_POLICY};
+use agent_guard_common::{Kind, RunEntry, NO_POLICY};
 use tracing::{info, warn};
 use crate::runs::cgroup;
 use crate::runs::hold::{arm_hold_timeout, Hold};
@@ -31,6 +31,7 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
     let entries: HashMap<u64, RunEntry> = runs.map.iter().flatten().collect();
     runs.next_index = entries.values().map(|e| e.run_index).max().unwrap_or(0).wrapping_add(1).max(1);
     let mut adopted = 0;
+    let mut ended = Vec::new();
     for r in records {
         let alive = cgroup::cgroup_id(&r.dir).is_ok_and(|id| id == r.cgroup_id);
         match entries.get(&r.cgroup_id) {
@@ -69,7 +70,30 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
                 runs.by_cgroup.insert(r.cgroup_id, info);
                 adopted += 1;
             }
-            _ => shared.state.remove_run(&r.id),
+            entry => {
+                // The run ended while no daemon was up (its launcher's `end` found none): its
+                // run_end is still due, after whatever of it the ring buffer holds. The exit
+                // status is unknown.
+                shared.state.remove_run(&r.id);
+                let info = RunInfo {
+                    id: r.id,
+                    name: r.name,
+                    labels: r.labels,
+                    dir: r.dir,
+                    cgroup_id: r.cgroup_id,
+                    policy: entry.filter(|e| e.policy != NO_POLICY).map(|e| e.policy),
+                    started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
+                    ended: Some(Instant::now()),
+                    hold: None,
+                    violations: 0,
+                    frozen_by_responder: false,
+                    landlock: r.landlock,
+                    landlock_plan: None,
+                    started_by: r.started_by_uid,
+                };
+                info!("run {} ended while the daemon was down", info.id);
+                ended.push(info);
+            }
         }
     }
     // Kernel entries of runs that are gone (or never recorded, which a kill between the map
@@ -80,6 +104,13 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
         }
     }
     drop(runs_own);
+    for info in ended {
+        let mut e = shared.base_event(Kind::RunEnd, Some(&info));
+        e.detail = crate::output::event::Detail::RunEnd { exit_status: None };
+        if let Err(e) = shared.after_ring.send((e, None)) {
+            shared.emit(e.0 .0);
+        }
+    }
     let bound = shared.own().binder.adopt(&shared.mount);
     for (id, dir, slot) in &bound {
         let info = bound_run_info(shared, *id, dir, *slot);

@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     pub(crate) boot_offset_ns: i128,
     pub(crate) tx: mpsc::Sender<Arc<Event>>,
     /// Events the log could not take (a write error): reported as `drop`, stage `sink`.
-    pub(crate) sink_drops: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) sink_drops: Arc<crate::output::sink::SinkLosses>,
     /// Events emitted once the ring buffer has been drained (see `read_ring`).
     pub(crate) after_ring: mpsc::UnboundedSender<AfterRing>,
     pub(crate) queue_drops: std::sync::atomic::AtomicU64,

@@ -296,7 +296,8 @@ fn text(bytes: &[u8], len: u32) -> String {
 }
 
 pub fn errno_name(neg: i32) -> Option<String> {
-    (neg < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(-neg)))
+    // saturating: i32::MIN has no positive counterpart (an unknown errno either way).
+    (neg < 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(neg.saturating_neg())))
 }
 
 pub fn access_of(flags: u32) -> &'static str {

@@ -193,7 +193,9 @@ impl Metrics {
             add(&self.would_deny, &[policy, kind], 1);
         }
         match &e.detail {
-            Detail::Drop { count, stage } => self.dropped(stage, *count),
+            // The log's losses are counted as they happen (watch_drops): a `drop` event of
+            // stage sink may report some of them again after it was itself lost.
+            Detail::Drop { count, stage } if *stage != "sink" => self.dropped(stage, *count),
             Detail::PolicyReload { result, .. } => add(&self.reloads, &[result], 1),
             Detail::RunEnd { exit_status } => {
                 let killed = e.run.as_ref().is_some_and(|r| self.killed_set().remove(r));

@@ -6,3 +6,5 @@ pub mod metrics;
 pub mod sink;
 pub mod text;
 pub mod ring;
+#[cfg(test)]
+mod fuzz;

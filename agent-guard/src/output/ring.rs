@@ -193,11 +193,18 @@ pub(crate) async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArr
                 shared.emit(e);
             }
         }
-        let lost = shared.sink_drops.load(std::sync::atomic::Ordering::Relaxed);
+        // The log's losses: counted in the metrics as they happen; reported as a `drop` event
+        // every second while any is unreported (while the disk is still full that event is
+        // lost too and gives its count back, see SinkLosses).
+        let lost = shared.sink_drops.lost.load(std::sync::atomic::Ordering::Relaxed);
         if lost > sink_seen {
-            let mut e = shared.base_event(Kind::Drop, None);
-            e.detail = Detail::Drop { count: lost - sink_seen, stage: "sink" };
+            shared.metrics.dropped("sink", lost - sink_seen);
             sink_seen = lost;
+        }
+        let unreported = shared.sink_drops.unreported.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if unreported > 0 {
+            let mut e = shared.base_event(Kind::Drop, None);
+            e.detail = Detail::Drop { count: unreported, stage: "sink" };
             shared.emit(e);
         }
         let q = shared.queue_drops.load(std::sync::atomic::Ordering::Relaxed);

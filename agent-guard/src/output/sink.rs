@@ -5,7 +5,10 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
     path::{Path, PathBuf},
-    sync::{atomic::AtomicU64, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -70,9 +73,12 @@ impl EventLog {
 
     /// Appends whole lines (`lines` ends with a newline), rotating between lines whenever the
     /// next one would not fit: a file never ends in half a line, and never outgrows the limit
-    /// unless one line alone does.
-    pub fn write(&mut self, lines: &[u8]) -> io::Result<()> {
+    /// unless one line alone does. On an error (a full disk) what was written of the failed
+    /// piece is cut off again, so the file still ends with a whole line; the error says how
+    /// many whole lines of `lines` did reach the log.
+    pub fn write(&mut self, lines: &[u8]) -> Result<(), WriteError> {
         let mut rest = lines;
+        let fail = |rest: &[u8], error| WriteError { error, written_lines: lines[..lines.len() - rest.len()].iter().filter(|b| **b == b'\n').count() };
         while !rest.is_empty() {
             // The longest run of whole lines that fits (at least one line).
             let room = if self.max_bytes == 0 { u64::MAX } else { self.max_bytes.saturating_sub(self.size) };
@@ -92,15 +98,41 @@ impl EventLog {
                 end = rest.len(); // no newline: written as it is
             }
             if self.max_bytes > 0 && self.size > 0 && self.size + end as u64 > self.max_bytes {
-                self.rotate()?;
+                self.rotate().map_err(|e| fail(rest, e))?;
                 continue;
             }
-            self.file.write_all(&rest[..end])?;
+            if let Err(e) = self.file.write_all(&rest[..end]) {
+                // A partial write (ENOSPC half-way): cut it off, or the next line would be
+                // glued to half a line. If even that fails the size is what the file says.
+                if self.file.set_len(self.size).is_err() {
+                    self.size = self.file.metadata().map_or(self.size, |m| m.len());
+                }
+                return Err(fail(rest, e));
+            }
             self.size += end as u64;
             rest = &rest[end..];
         }
         Ok(())
     }
+}
+
+/// A failed [`EventLog::write`]: the error, and how many whole lines were written before it.
+#[derive(Debug)]
+pub struct WriteError {
+    pub error: io::Error,
+    pub written_lines: usize,
+}
+
+/// What the log lost: events whose write failed. Shared by the writer (which counts) and
+/// `watch_drops` (which puts the count in the metrics and reports it as a `drop` event).
+#[derive(Debug, Default)]
+pub struct SinkLosses {
+    /// Events lost since the daemon started (`agent_guard_events_dropped_total{stage="sink"}`).
+    pub lost: AtomicU64,
+    /// Lost events that no `drop` event in the log accounts for yet. A `drop` event (stage
+    /// sink) that is itself lost gives its count back, so the one that finally reaches the
+    /// log (once there is space again) accounts for everything lost before it.
+    pub unreported: AtomicU64,
 }
 
 #[cfg(test)]
@@ -127,6 +159,14 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_says_how_many_lines_got_through() {
+        // /dev/full: every write fails with ENOSPC, as on a full disk.
+        let mut log = EventLog::open(Path::new("/dev/full"), 0, 0).unwrap();
+        let e = log.write(b"a\nb\n").unwrap_err();
+        assert_eq!((e.error.raw_os_error(), e.written_lines), (Some(libc::ENOSPC), 0));
+    }
+
+    #[test]
     fn reopen_follows_a_moved_file() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("events.jsonl");
@@ -144,13 +184,14 @@ mod tests {
 /// How long the log writer waits for a short batch to fill (see `write_events`).
 pub(crate) const WRITE_PAUSE: Duration = Duration::from_millis(1);
 /// Writes the events to the log (and a human line each to stderr, which journald keeps
-/// under systemd). A batch that cannot be written is counted in `sink_drops` and reported
-/// as a `drop` event (stage `sink`) by watch_drops once writing works again.
+/// under systemd). What of a batch cannot be written is counted in `sink` and reported as a
+/// `drop` event (stage `sink`) by watch_drops; that report reaches the log once writing works
+/// again (see [`SinkLosses`]).
 pub(crate) async fn write_events(
     mut rx: mpsc::Receiver<Arc<Event>>,
     mut log: EventLog,
     mut reopen: mpsc::UnboundedReceiver<()>,
-    sink_drops: Arc<AtomicU64>,
+    sink: Arc<SinkLosses>,
     stderr_events: crate::config::StderrEvents,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
@@ -200,8 +241,17 @@ pub(crate) async fn write_events(
             let _ = stderr.write_all(&human);
         }
         if let Err(e) = tokio::task::block_in_place(|| log.write(&buf)) {
-            warn!("writing events_log: {e}; {} events lost (reported as a drop)", batch.len());
-            sink_drops.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            let lost = &batch[e.written_lines.min(batch.len())..];
+            let lost_reports: u64 = lost
+                .iter()
+                .map(|e| match e.detail {
+                    event::Detail::Drop { count, stage: "sink" } => count,
+                    _ => 0,
+                })
+                .sum();
+            warn!("writing events_log: {}; {} events lost (reported as a drop)", e.error, lost.len());
+            sink.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
+            sink.unreported.fetch_add(lost.len() as u64 + lost_reports, Ordering::Relaxed);
         }
     }
 }

@@ -82,6 +82,8 @@ pub(crate) use paths::lexical;
 #[cfg(test)]
 mod agreement;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

@@ -144,6 +144,9 @@ impl Ctx<'_> {
                     Some("split the role into several policies or use directory rules".into()),
                 ),
             );
+            // The policy is refused anyway: checking (and reporting) each of possibly
+            // millions of entries would only cost time and memory.
+            return Vec::new();
         }
         let mut seen: HashMap<String, (String, Range<usize>)> = HashMap::new();
         let mut out = Vec::new();
@@ -225,7 +228,12 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
         Ok(r) => r,
         Err(e) => {
             let (line, column) = e.span().map_or((0, 0), |s| ctx.pos(&s));
-            let message = e.message().trim().replace('\n', "; ");
+            let mut message = e.message().trim().replace('\n', "; ");
+            if message.is_empty() {
+                // toml says nothing about some characters it refuses (a control character
+                // in a comment): name the character.
+                message = crate::config::toml_blank_message(text, e.span());
+            }
             let checked = Checked {
                 policy: None,
                 errors: vec![Diagnostic { file: origin.into(), line, column, field: String::new(), message, hint: None }],

@@ -95,15 +95,24 @@ pub(super) fn all_syscall_names() -> impl Iterator<Item = &'static str> {
     (0..SYSCALL_WORDS as u32 * 64).filter_map(syscall_name)
 }
 
+/// Longest word compared with syscall names for a hint (no name is longer).
+const HINT_MAX: usize = 32;
+
+/// Levenshtein distance over bytes, for words of at most [`HINT_MAX`] bytes (longer ones are
+/// cut): no allocation, as it runs once per syscall name for every unknown entry.
 pub(super) fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
+    let (a, b) = (&a.as_bytes()[..a.len().min(HINT_MAX)], &b.as_bytes()[..b.len().min(HINT_MAX)]);
+    let mut prev = [0usize; HINT_MAX + 1];
+    let mut cur = [0usize; HINT_MAX + 1];
+    for (j, p) in prev.iter_mut().enumerate().take(b.len() + 1) {
+        *p = j;
+    }
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
         }
-        prev = cur;
+        std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
 }
@@ -136,6 +145,12 @@ pub(super) fn check_syscall(s: &str) -> Result<((String, u32), String), Problem>
 pub(super) fn syscall_hint(s: &str) -> String {
     let lower = s.trim().to_ascii_lowercase();
     let lower = lower.strip_prefix("sys_").unwrap_or(&lower);
+    // No syscall name is longer than 32 bytes: a longer word is no typo of one, and the
+    // distance to every name would cost its length times the table (a policy sent over the
+    // control socket may carry megabytes).
+    if lower.len() > HINT_MAX {
+        return "names come from the x86_64 syscall table, e.g. \"ptrace\"".into();
+    }
     let best = all_syscall_names().map(|n| (edit_distance(lower, n), n)).min();
     if let Some((d, n)) = best {
         if d <= 2.max(lower.len() / 3) {

@@ -280,6 +280,12 @@ fn spawn_in(
     drop(cmd);
     let mut child = match spawned {
         Ok(c) => c,
+        // `agent-guard kill` between the registration and the move into the cgroup removed
+        // the cgroup: the command never started, and the run ends as killed.
+        Err(_) if !dir.exists() => {
+            eprintln!("agent-guard: the run was killed before {} started", argv[0]);
+            return Ok((128 + libc::SIGKILL, None));
+        }
         Err(e) => {
             eprintln!("agent-guard: cannot run {}: {e}", argv[0]);
             let code = match e.kind() {
