@@ -435,6 +435,125 @@ pub struct SocketEvent {
     pub _pad: u32,
 }
 
+// ---- containment: unix sockets, socket families, binding (appended) ----------------------
+
+/// Map names of the containment rules.
+pub mod net_names {
+    /// LPM trie of `[network] unix` (key [`UnixKey`]).
+    pub const UNIX_RULES: &str = "AG_UNIX_RULES";
+    /// Rule set id -> [`NetContain`] (families, netlink protocols).
+    pub const NET_CONTAIN: &str = "AG_NET_CONTAIN";
+    /// LPM trie of `[network] listen` (key [`NetKey`], value [`NetRule`], as connect).
+    pub const LISTEN_RULES: &str = "AG_LISTEN_RULES";
+    /// Global: [`NetOffsets`](super::NetOffsets).
+    pub const NET_OFFSETS: &str = "AG_NET_OFFSETS";
+}
+
+/// Event kinds of the containment programs (the daemon reports them as `connect`,
+/// `sendmsg`, `socket` and `bind`).
+pub mod net_kind {
+    /// connect(2) on an AF_UNIX socket ([`UnixEvent`]).
+    pub const UNIX_CONNECT: u32 = 20;
+    /// sendmsg(2) with an AF_UNIX address ([`UnixEvent`]).
+    pub const UNIX_SENDMSG: u32 = 21;
+    /// bind(2) of an IP socket ([`ConnectEvent`] layout: the local address and port).
+    pub const BIND: u32 = 22;
+    /// listen(2) on an IP socket ([`ConnectEvent`] layout: the address and port it listens on).
+    pub const LISTEN: u32 = 23;
+    /// socket(2) or socketpair(2) of a family the policy does not allow ([`SocketEvent`]).
+    pub const FAMILY: u32 = 24;
+}
+
+/// Rules of the containment programs.
+pub mod net_rule {
+    pub const UNIX: u32 = 20;
+    pub const FAMILIES: u32 = 21;
+    pub const LISTEN: u32 = 22;
+}
+
+/// Bytes of a unix socket name kept (sun_path is 108 bytes; one more for the terminator).
+pub const UNIX_PATH_BYTES: usize = 110;
+/// `UnixKey::kind`.
+pub const UNIX_PATHNAME: u8 = 1;
+pub const UNIX_ABSTRACT: u8 = 2;
+/// AG_UNIX_RULES entries across all rule sets.
+pub const UNIX_RULES_MAX: u32 = 1 << 14;
+
+/// Data of an AG_UNIX_RULES LPM-trie key. A pathname rule is stored as the path followed by
+/// its terminating zero (an exact rule: the prefix covers the zero) or as `dir/` (a
+/// directory rule: the prefix ends at the slash); `len` is 0. An abstract rule carries its
+/// length in `len` (names may hold zero bytes) and the prefix covers exactly the name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixKey {
+    pub ruleset_be: [u8; 4],
+    pub kind: u8,
+    pub len: u8,
+    pub path: [u8; UNIX_PATH_BYTES],
+}
+
+/// What a rule set allows beyond the defaults. `families`: bit N allows address family N
+/// (AF_INET, AF_INET6, AF_UNIX and AF_NETLINK are always set). `netlink`: bit N allows
+/// netlink protocol N (NETLINK_ROUTE, 0, is always set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetContain {
+    pub families: u64,
+    pub netlink: u32,
+    pub flags: u32,
+}
+
+/// A unix connect or send: the name as the process passed it (lsm backend: the peer's
+/// resolved path or abstract name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixEvent {
+    pub hdr: EventHeader,
+    /// 0 or -errno.
+    pub result: i32,
+    /// 1 when the name is abstract (`path[..path_len]` is the name without its leading zero).
+    pub abstract_name: u16,
+    /// SOCK_* type of the socket, or 0 if unknown.
+    pub sock_type: u16,
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; UNIX_PATH_BYTES + 2],
+}
+
+/// Offsets the containment programs read (from BTF, 0 when the running kernel lacks them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetOffsets {
+    /// bpf_sock_addr_kern.uaddr and .uaddrlen (the kernel's copy of the address; 6.7+).
+    pub sa_kern_uaddr: u32,
+    pub sa_kern_uaddrlen: u32,
+    /// sock_common fields (at the start of struct sock).
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// unix_sock.addr (struct unix_address *) and unix_sock.path (struct path).
+    pub unix_sock_addr: u32,
+    pub unix_sock_path: u32,
+    /// unix_address.len and .name (a struct sockaddr_un).
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    /// socket.sk, socket.type (repeated here so the containment programs need nothing else).
+    pub socket_sk: u32,
+    pub socket_type: u32,
+    pub file_private_data: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod_net {
+    use super::*;
+    // SAFETY: plain-old-data, #[repr(C)] with explicit padding and no holes.
+    unsafe impl aya::Pod for UnixKey {}
+    unsafe impl aya::Pod for NetContain {}
+    unsafe impl aya::Pod for NetOffsets {}
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -472,5 +591,8 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>() + 8);
         assert_eq!(size_of::<KernelOffsets>() % 8, 0);
         assert!(PATH_MAX.is_power_of_two() && ARGV_MAX.is_power_of_two());
+        assert_eq!(size_of::<UnixKey>(), 6 + UNIX_PATH_BYTES);
+        assert_eq!(size_of::<UnixEvent>(), size_of::<EventHeader>() + 16 + UNIX_PATH_BYTES + 2);
+        assert_eq!(size_of::<NetOffsets>() % 8, 0);
     }
 }

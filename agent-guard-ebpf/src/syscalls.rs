@@ -5,15 +5,13 @@
 //! What a process observes: SIGKILL, received when the syscall returns to user space. A
 //! tracepoint cannot stop the syscall itself, so its effect may happen before the process
 //! dies (see the README's enforcement table); the process never runs another instruction.
-use agent_guard_common::{kind, rule, RS_RAW_SOCKETS, SyscallEvent};
+use agent_guard_common::{kind, rule, SyscallEvent};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{event, kernel, policy, run};
 
-const NR_SOCKET: u32 = 41;
 const NR_CLONE: u32 = 56;
 const NR_CLONE3: u32 = 435;
-const AF_PACKET: u64 = 17;
 /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a new namespace
 /// would let the process remount paths under names the policy allows.
 const CLONE_NEW_ANY: u64 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
@@ -47,7 +45,7 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
         rule::SYSCALLS
     } else if policy::bit_set(&rs.hdr.unseen, nr) {
         rule::UNSEEN
-    } else if nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_SOCKET {
+    } else if nr == NR_CLONE || nr == NR_CLONE3 {
         let Ok(arg0) = arg0() else {
             // The argument that decides could not be read: refused, not guessed.
             return report(&run, &rs, rule::UNSEEN, nr, 0);
@@ -56,10 +54,8 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
             rule::UNSEEN
         } else if nr == NR_CLONE3 && clone3_flags(arg0).is_none_or(refused_clone) {
             rule::UNSEEN
-        } else if nr == NR_SOCKET && arg0 == AF_PACKET && rs.hdr.flags & RS_RAW_SOCKETS == 0 {
-            // Packet sockets never reach the cgroup sock_create hook.
-            rule::RAW_SOCKET
         } else {
+            // Socket families (packet sockets among them): sockets.rs.
             return 0;
         };
         return report(&run, &rs, rule, nr, arg0);

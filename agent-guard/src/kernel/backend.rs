@@ -52,6 +52,12 @@ pub const LSM_PROGRAMS: &[(&str, &str)] = &[
     ("ag_lsm_bpf", "bpf"),
     ("ag_lsm_sb_mount", "sb_mount"),
     ("ag_lsm_socket_connect", "socket_connect"),
+    // Containment: socket families, unix peers, listening (kernel crate: sockets.rs,
+    // unix.rs, listen.rs).
+    ("ag_lsm_socket_create", "socket_create"),
+    ("ag_lsm_unix_stream_connect", "unix_stream_connect"),
+    ("ag_lsm_unix_may_send", "unix_may_send"),
+    ("ag_lsm_socket_listen", "socket_listen"),
 ];
 
 /// Pin-name prefix of the LSM programs' links.

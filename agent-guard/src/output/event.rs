@@ -2,6 +2,7 @@
 use std::{collections::BTreeMap, mem::size_of, net::IpAddr};
 
 use agent_guard_common::{
+    net_kind, net_rule, UnixEvent,
     kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent,
     SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_LSM, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
 };
@@ -110,6 +111,38 @@ pub enum Detail {
         family: u32,
         sock_type: u32,
         protocol: u32,
+    },
+    /// A socket of a family `[network] families` does not allow (kind `socket`).
+    SocketFamily {
+        family: u32,
+        sock_type: u32,
+        protocol: u32,
+        /// "packet", "vsock", "netlink", ... (absent for an unnamed family number).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        family_name: Option<&'static str>,
+        /// For netlink: the protocol's name ("audit", "kobject_uevent", ...).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        netlink: Option<&'static str>,
+    },
+    /// A connect or send to a unix socket (kind `connect` or `sendmsg`, family `unix`).
+    Unix {
+        family: &'static str,
+        /// The path as passed (lsm backend: the peer's resolved path), or "@name".
+        path: String,
+        result: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A bind or listen on an IP address and port (kind `bind`).
+    Bind {
+        /// "bind" or "listen".
+        op: &'static str,
+        family: &'static str,
+        addr: String,
+        port: u16,
+        result: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     PolicyReload {
         /// ok | unchanged | error
@@ -235,11 +268,20 @@ pub fn verdict_name(v: u32) -> &'static str {
     }
 }
 
+/// As [`hook_of`], for a decoded record: the containment events of tracepoints (socket
+/// families, listen) come under kinds the cgroup programs also report.
+pub fn hook_of_raw(raw: &Raw) -> &'static str {
+    match (&raw.detail, raw.hdr.flags & FLAG_LSM != 0) {
+        (Detail::SocketFamily { .. }, false) | (Detail::Bind { op: "listen", .. }, false) => "tracepoint",
+        _ => hook_of(raw.kind, raw.hdr.flags),
+    }
+}
+
 /// The kind of program that decided a kernel event of `kind` with header `flags`.
 pub fn hook_of(kind: &str, flags: u32) -> &'static str {
     if flags & FLAG_LSM != 0 {
         "lsm"
-    } else if matches!(kind, "connect" | "sendmsg" | "socket") {
+    } else if matches!(kind, "connect" | "sendmsg" | "socket" | "bind") {
         "cgroup"
     } else {
         "tracepoint"
@@ -260,6 +302,9 @@ pub fn rule_name(r: u32) -> Option<&'static str> {
         rule::RAW_SOCKET => "network.raw_sockets",
         rule::GRANT => "grant",
         rule::SELF_PROTECTION => "self_protection",
+        net_rule::UNIX => "network.unix",
+        net_rule::FAMILIES => "network.families",
+        net_rule::LISTEN => "network.listen",
         _ => return None,
     })
 }
@@ -366,6 +411,37 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 signal: (sig != 0).then_some(sig),
             })
         }
+        net_kind::UNIX_CONNECT | net_kind::UNIX_SENDMSG => {
+            let e: UnixEvent = read(bytes, hdr.kind)?;
+            let n = (e.path_len as usize).min(e.path.len());
+            let name = &e.path[..n];
+            let path = if e.abstract_name != 0 {
+                format!("@{}", name.iter().map(|b| if b.is_ascii_graphic() || *b == b' ' { (*b as char).to_string() } else { format!("\\x{b:02x}") }).collect::<String>())
+            } else {
+                String::from_utf8_lossy(name).into_owned()
+            };
+            let result = if e.result < 0 { -libc::EPERM } else { 0 };
+            let kind = if hdr.kind == net_kind::UNIX_CONNECT { "connect" } else { "sendmsg" };
+            (kind, Detail::Unix { family: "unix", path, result, error: errno_name(result) })
+        }
+        net_kind::BIND | net_kind::LISTEN => {
+            let e: ConnectEvent = read(bytes, hdr.kind)?;
+            let (family, addr) = inet(e.family, &e.addr);
+            let result = if e.result < 0 { -libc::EPERM } else { 0 };
+            let op = if hdr.kind == net_kind::BIND { "bind" } else { "listen" };
+            ("bind", Detail::Bind { op, family, addr, port: e.port, result, error: errno_name(result) })
+        }
+        net_kind::FAMILY => {
+            let e: SocketEvent = read(bytes, hdr.kind)?;
+            let netlink = if e.family == crate::policy::contain::AF_NETLINK { crate::policy::contain::netlink_name(e.protocol) } else { None };
+            ("socket", Detail::SocketFamily {
+                family: e.family,
+                sock_type: e.sock_type,
+                protocol: e.protocol,
+                family_name: crate::policy::contain::family_name(e.family),
+                netlink,
+            })
+        }
         other => return Err(DecodeError::Kind(other)),
     };
     Ok(Raw { hdr, kind, detail, read_error: f & FLAG_READ_ERROR != 0, file_id })
@@ -424,6 +500,17 @@ pub fn human(e: &Event) -> String {
         ),
         Detail::Syscall { name, .. } => name.clone(),
         Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
+        Detail::SocketFamily { family, sock_type, protocol, family_name, netlink } => format!(
+            "family={} type={sock_type} protocol={}",
+            family_name.map_or(family.to_string(), str::to_string),
+            netlink.map_or(protocol.to_string(), str::to_string)
+        ),
+        Detail::Unix { path, error, .. } => {
+            format!("unix {path}{}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
+        }
+        Detail::Bind { op, addr, port, error, .. } => {
+            format!("{op} {addr}:{port}{}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
+        }
         Detail::PolicyReload { result, source, error, .. } => format!(
             "{} {result} ({source}){}",
             e.policy.as_deref().unwrap_or("-"),

@@ -120,7 +120,7 @@ pub(crate) fn enrich(
     e.verdict = event::verdict_name(h.verdict);
     e.rule = event::rule_name(h.rule).map(str::to_string);
     if h.ruleset != 0 {
-        e.hook = Some(event::hook_of(raw.kind, h.flags));
+        e.hook = Some(event::hook_of_raw(&raw));
         // The generation that decided, which may be older than the run's current policy.
         if let Some(p) = shared.own().policies.policy_of(h.ruleset) {
             e.policy = Some(p.name.clone());

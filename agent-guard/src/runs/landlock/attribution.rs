@@ -11,7 +11,7 @@ use super::*;
 /// The layer named by an event from a kernel record before [`attribute`] looks closer:
 /// "ebpf" for the kinds the eBPF programs judge, None for the others (exit, the daemon's own).
 pub fn kernel_layer(kind: &str) -> Option<&'static str> {
-    matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "syscall").then_some("ebpf")
+    matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "syscall" | "bind").then_some("ebpf")
 }
 
 /// Whether `e` may be an operation the run's Landlock layer refused (the eBPF programs saw

@@ -231,9 +231,14 @@ pub fn plan(policy: &Policy, abi: u32, loaders: &[String]) -> Plan {
             }
         }
     };
-    let scopes = Scope::from_all(kabi);
+    let mut scopes = Scope::from_all(kabi);
     if scopes.is_empty() {
         ebpf_only.push(format!("signal, abstract-unix: Landlock ABI {abi} has no scoping (ABI 6)"));
+    } else if policy.network_unix.iter().any(|u| u.starts_with('@')) {
+        // Landlock's scope refuses every abstract socket outside the run; an allowed
+        // `@name` must work, so the eBPF layer judges abstract sockets alone.
+        scopes.remove(Scope::AbstractUnixSocket);
+        ebpf_only.push("abstract-unix: the policy allows abstract sockets ([network] unix \"@...\")".into());
     }
     let coverage = Coverage {
         abi,

@@ -1,0 +1,263 @@
+//! Unix sockets (`[network] unix`): a run's connect(2) to, and sendmsg(2) with the address
+//! of, a pathname or abstract AF_UNIX socket is refused (EPERM) unless the policy lists it.
+//!
+//! - cgroup `connect_unix` / `sendmsg_unix` (kernel 6.7+): judge the address the process
+//!   passed, as the kernel copied it (`bpf_sock_addr_kern.uaddr`). aya 0.14 has no attach
+//!   type for them, so these two programs sit in `cgroup/connect4` and `cgroup/sendmsg4`
+//!   sections (never loaded as such) and the daemon loads and attaches them itself with the
+//!   unix attach types (agent-guard/src/kernel/sockaddr_unix.rs). A pathname with a `..`
+//!   component is never allowed (it could climb out of a `dir/` rule); a relative one never
+//!   matches (rules are absolute).
+//! - lsm `unix_stream_connect` / `unix_may_send` (lsm backend, any kernel with BPF LSM):
+//!   judge the peer socket itself: its resolved path (symlinks, `..`, relative names and
+//!   bind mounts cannot disguise it), or its abstract name. Unnamed peers (socketpair, or
+//!   sockets passed over SCM_RIGHTS) are not judged.
+use agent_guard_common::{
+    net_kind, net_rule, NetOffsets, UnixEvent, UnixKey, FLAG_LSM, PATH_MAX, UNIX_ABSTRACT, UNIX_PATHNAME,
+    UNIX_PATH_BYTES, UNIX_RULES_MAX,
+};
+use aya_ebpf::{
+    helpers::generated::bpf_probe_read_kernel,
+    macros::{cgroup_sock_addr, lsm, map},
+    maps::{lpm_trie::Key, LpmTrie},
+    programs::{LsmContext, SockAddrContext},
+};
+
+use crate::{event, kernel, policy, run, scratch, sockets};
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+const PASS: i32 = 1;
+const REFUSE: i32 = 0;
+/// Longest sun_path.
+const SUN_PATH: u32 = 108;
+
+#[map]
+static AG_UNIX_RULES: LpmTrie<UnixKey, u32> = LpmTrie::with_max_entries(UNIX_RULES_MAX, BPF_F_NO_PREALLOC);
+
+/// A unix name to judge: the key (path or name filled in), and its length in bytes.
+struct Name {
+    key: UnixKey,
+    len: u32,
+    /// A pathname with a `..` component.
+    climbs: bool,
+}
+
+impl Name {
+    #[inline(always)]
+    fn new(kind: u8) -> Self {
+        Name { key: UnixKey { ruleset_be: [0; 4], kind, len: 0, path: [0; UNIX_PATH_BYTES] }, len: 0, climbs: false }
+    }
+}
+
+/// Whether rule set `id` allows `n`.
+#[inline(always)]
+fn allowed(id: u32, n: &mut Name) -> bool {
+    if n.climbs {
+        return false;
+    }
+    n.key.ruleset_be = id.to_be_bytes();
+    let bits = if n.key.kind == UNIX_ABSTRACT {
+        n.key.len = n.len as u8;
+        48 + 8 * n.len
+    } else {
+        // The terminating zero is part of an exact rule; a `dir/` rule ends before it.
+        if let Some(b) = n.key.path.get_mut(n.len as usize) {
+            *b = 0;
+        }
+        48 + 8 * (n.len + 1)
+    };
+    AG_UNIX_RULES.get(Key::new(bits, n.key)).is_some()
+}
+
+/// Length of the pathname in `n.key.path` (at most `max` bytes, up to its first zero), and
+/// whether it has a `..` component.
+#[inline(always)]
+fn scan_path(n: &mut Name, max: u32) {
+    let p = &n.key.path;
+    // `get` rather than indexing: no panic path reaches the object (the verifier refuses
+    // the call to a function that never returns).
+    let at = |i: usize| p.get(i).copied().unwrap_or(0);
+    let mut len = if max > SUN_PATH { SUN_PATH } else { max } as usize;
+    let mut climbs = false;
+    let mut i = 0usize;
+    while i < SUN_PATH as usize {
+        if i >= len {
+            break;
+        }
+        let c = at(i);
+        if c == 0 {
+            len = i;
+            break;
+        }
+        if c == b'.' && at(i + 1) == b'.' && (i == 0 || at(i.wrapping_sub(1)) == b'/') {
+            let next = at(i + 2);
+            if next == b'/' || next == 0 || i + 2 >= len {
+                climbs = true;
+            }
+        }
+        i += 1;
+    }
+    n.len = len as u32;
+    n.climbs = climbs;
+}
+
+/// The name in a `struct sockaddr_un` of `alen` bytes at `sa` (kernel memory). None: no name
+/// (an address too short to carry one; the kernel refuses it itself).
+#[inline(always)]
+fn from_sockaddr(sa: u64, alen: u32) -> Option<Name> {
+    if alen <= 2 || sa == 0 {
+        return None;
+    }
+    let first: u8 = kernel::read(sa, 2).ok()?;
+    let avail = alen - 2;
+    if first == 0 {
+        let mut n = Name::new(UNIX_ABSTRACT);
+        let len = if avail - 1 > SUN_PATH - 1 { SUN_PATH - 1 } else { avail - 1 };
+        // SAFETY: kernel read of at most 107 bytes into a 110-byte array.
+        if unsafe { bpf_probe_read_kernel(n.key.path.as_mut_ptr().cast(), SUN_PATH - 1, (sa + 3) as *const _) } != 0 {
+            return None;
+        }
+        n.len = len;
+        Some(n)
+    } else {
+        let mut n = Name::new(UNIX_PATHNAME);
+        // SAFETY: kernel read of 108 bytes into a 110-byte array (sa is a sockaddr_storage).
+        if unsafe { bpf_probe_read_kernel(n.key.path.as_mut_ptr().cast(), SUN_PATH, (sa + 2) as *const _) } != 0 {
+            return None;
+        }
+        scan_path(&mut n, avail);
+        Some(n)
+    }
+}
+
+/// Reports a unix decision.
+#[inline(always)]
+fn report(run: &run::CurrentRun, kind: u32, d: &policy::Decision, ruleset: u32, n: &Name, sock_type: u16, lsm: bool) {
+    let Some(mut entry) = event::reserve::<UnixEvent>(true) else { return };
+    let ev = entry.as_mut_ptr();
+    let mut hdr = event::header(kind, run);
+    hdr.verdict = d.verdict;
+    hdr.rule = d.rule;
+    hdr.ruleset = ruleset;
+    if lsm {
+        hdr.flags |= FLAG_LSM;
+    }
+    // SAFETY: a reserved, writable UnixEvent, written field by field; the path copy reads
+    // the 110 bytes of the key on this program's stack.
+    unsafe {
+        (*ev).hdr = hdr;
+        (*ev).result = if d.verdict == agent_guard_common::verdict::DENY { -1 } else { 0 };
+        (*ev).abstract_name = u16::from(n.key.kind == UNIX_ABSTRACT);
+        (*ev).sock_type = sock_type;
+        (*ev).path_len = n.len;
+        (*ev)._pad = 0;
+        (*ev).path[UNIX_PATH_BYTES] = 0;
+        (*ev).path[UNIX_PATH_BYTES + 1] = 0;
+        bpf_probe_read_kernel((*ev).path.as_mut_ptr().cast(), UNIX_PATH_BYTES as u32, n.key.path.as_ptr().cast());
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn check_sock_addr(ctx: &SockAddrContext, kind: u32) -> i32 {
+    let Some(run) = run::current_run() else { return PASS };
+    let Some(rs) = run::ruleset(&run) else { return PASS };
+    let o: NetOffsets = sockets::net_offsets();
+    // The context is the kernel's struct bpf_sock_addr_kern.
+    let kctx = ctx.sock_addr as u64;
+    let (Ok(sa), Ok(alen)) = (kernel::read::<u64>(kctx, o.sa_kern_uaddr), kernel::read::<u32>(kctx, o.sa_kern_uaddrlen)) else {
+        let d = policy::refusal(&rs, net_rule::UNIX);
+        return if d.verdict == agent_guard_common::verdict::DENY { REFUSE } else { PASS };
+    };
+    let Some(mut n) = from_sockaddr(sa, alen) else { return PASS };
+    if allowed(rs.id, &mut n) {
+        return PASS;
+    }
+    let d = policy::refusal(&rs, net_rule::UNIX);
+    report(&run, kind, &d, rs.id, &n, 0, false);
+    if d.verdict == agent_guard_common::verdict::DENY { REFUSE } else { PASS }
+}
+
+/// Loaded by the daemon as `cgroup/connect_unix` (see the module comment).
+#[cgroup_sock_addr(connect4)]
+pub fn ag_connect_unix(ctx: SockAddrContext) -> i32 {
+    check_sock_addr(&ctx, net_kind::UNIX_CONNECT)
+}
+
+/// Loaded by the daemon as `cgroup/sendmsg_unix`.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ag_sendmsg_unix(ctx: SockAddrContext) -> i32 {
+    check_sock_addr(&ctx, net_kind::UNIX_SENDMSG)
+}
+
+/// The name of the unix socket `sk` (a `struct sock *` of a unix_sock): its resolved path
+/// when it has one, else its abstract name. None: unnamed.
+#[inline(always)]
+fn peer_name(sk: u64) -> Result<Option<Name>, ()> {
+    let o = sockets::net_offsets();
+    let ko = kernel::offsets();
+    if sk == 0 || o.unix_sock_path == 0 {
+        return Err(());
+    }
+    let path = sk + o.unix_sock_path as u64;
+    let dentry: u64 = kernel::read(path, ko.path_dentry)?;
+    if dentry != 0 {
+        let Some(buf) = scratch::scratch() else { return Err(()) };
+        let w = kernel::path_to_buf(&ko, path, buf)?;
+        let len = PATH_MAX as u32 - w.start;
+        let mut n = Name::new(UNIX_PATHNAME);
+        if w.truncated || len > SUN_PATH {
+            // Longer than any rule can be: matches nothing.
+            n.climbs = true;
+            return Ok(Some(n));
+        }
+        let start = w.start & (PATH_MAX as u32 - 1);
+        // SAFETY: at most 108 bytes from the per-CPU scratch into a 110-byte array.
+        if unsafe { bpf_probe_read_kernel(n.key.path.as_mut_ptr().cast(), len & 127, buf.add(start as usize).cast()) } != 0 {
+            return Err(());
+        }
+        n.len = len;
+        return Ok(Some(n));
+    }
+    let addr: u64 = kernel::read(sk, o.unix_sock_addr)?;
+    if addr == 0 {
+        return Ok(None);
+    }
+    let alen: i32 = kernel::read(addr, o.unix_address_len)?;
+    Ok(from_sockaddr(addr + o.unix_address_name as u64, alen as u32))
+}
+
+#[inline(always)]
+fn check_peer(sock: u64, peer_sk: u64, kind: u32) -> i32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let Some(rs) = run::ruleset(&run) else { return 0 };
+    let o = sockets::net_offsets();
+    let sock_type: i16 = kernel::read(sock, o.socket_type).unwrap_or(0);
+    let mut n = match peer_name(peer_sk) {
+        Ok(Some(n)) => n,
+        Ok(None) => return 0,
+        Err(()) => Name { climbs: true, ..Name::new(UNIX_PATHNAME) },
+    };
+    if allowed(rs.id, &mut n) {
+        return 0;
+    }
+    let d = policy::violation(&rs, net_rule::UNIX, true, policy::NO_HOLD);
+    report(&run, kind, &d, rs.id, &n, sock_type as u16, true);
+    sockets::answer(&d)
+}
+
+/// unix_stream_connect(struct socket *sock, struct sock *other, struct sock *newsk).
+#[lsm(hook = "unix_stream_connect")]
+pub fn ag_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
+    let (sock, other): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    check_peer(sock, other, net_kind::UNIX_CONNECT)
+}
+
+/// unix_may_send(struct socket *sock, struct socket *other): every datagram to a peer.
+#[lsm(hook = "unix_may_send")]
+pub fn ag_lsm_unix_may_send(ctx: LsmContext) -> i32 {
+    let (sock, other): (u64, u64) = (ctx.arg(0), ctx.arg(1));
+    let o = sockets::net_offsets();
+    let Ok(sk) = kernel::read::<u64>(other, o.socket_sk) else { return 0 };
+    check_peer(sock, sk, net_kind::UNIX_SENDMSG)
+}
