@@ -128,6 +128,54 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
         e("sendmsg", "deny", "cgroup sendmsg4/sendmsg6: EPERM"),
         e("syscalls", "kill", "raw tracepoint sys_enter: [syscalls] deny and unseen syscalls get SIGKILL"),
     ];
+    let unix_cgroup = crate::kernel::sockaddr_unix::state();
+    let contain = [
+        e(
+            "unix-connect",
+            match (&unix_cgroup, backend) {
+                (Err(_), Backend::Tracepoint) => "none",
+                _ => "deny",
+            },
+            &match (&unix_cgroup, backend) {
+                (Ok(()), Backend::Lsm) => "cgroup connect_unix/sendmsg_unix: EPERM for a name outside [network] unix (as passed); \
+                     lsm unix_stream_connect/unix_may_send: EPERM for a peer whose resolved path or abstract name is outside it"
+                    .to_string(),
+                (Err(why), Backend::Lsm) => format!(
+                    "lsm unix_stream_connect/unix_may_send: EPERM for a peer whose resolved path or abstract name is outside \
+                     [network] unix (no cgroup unix hooks: {why})"
+                ),
+                (Ok(()), Backend::Tracepoint) => "cgroup connect_unix/sendmsg_unix: EPERM for a name outside [network] unix \
+                     (judged as passed: a symlink inside an allowed directory is followed)"
+                    .to_string(),
+                (Err(why), Backend::Tracepoint) => format!(
+                    "not checked: this kernel has neither BPF LSM nor the cgroup unix hooks ({why}); kernels before 6.7 \
+                     without BPF LSM do not judge unix connects (runs from `agent-guard run` still get Landlock's \
+                     abstract-socket scope, ABI 6)"
+                ),
+            },
+        ),
+        e(
+            "socket-families",
+            if backend == Backend::Lsm { "deny" } else { "kill" },
+            if backend == Backend::Lsm {
+                "lsm socket_create: EPERM for a family outside inet, inet6, unix, netlink route and [network] families"
+            } else {
+                "socket/socketpair entry: SIGKILL for a family outside inet, inet6, unix, netlink route and [network] \
+                 families (the socket is created; the process never runs again)"
+            },
+        ),
+        e(
+            "bind/listen",
+            "deny",
+            if backend == Backend::Lsm {
+                "cgroup bind4/bind6: EPERM for an address:port outside [network] listen (port 0 allowed); lsm \
+                 socket_listen: EPERM for listening on one"
+            } else {
+                "cgroup bind4/bind6: EPERM for an address:port outside [network] listen (port 0 allowed); listen(2) \
+                 on one (or on an unbound socket): SIGKILL at entry"
+            },
+        ),
+    ];
     let mut v = match backend {
         Backend::Lsm => vec![
             e("exec", "deny", "lsm bprm_check_security: EPERM, before the image loads (memfd and fexecve included)"),
@@ -156,6 +204,7 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
         ],
     };
     v.extend(net);
+    v.extend(contain);
     v.push(match backend {
         Backend::Lsm => e(
             "self-protection",
@@ -191,7 +240,19 @@ mod tests {
             let ops: Vec<String> = enforcement(b).into_iter().map(|e| e.operation).collect();
             assert_eq!(
                 ops,
-                ["exec", "open-read", "open-write", "create/truncate/unlink/rename", "connect", "sendmsg", "syscalls", "self-protection"]
+                [
+                    "exec",
+                    "open-read",
+                    "open-write",
+                    "create/truncate/unlink/rename",
+                    "connect",
+                    "sendmsg",
+                    "syscalls",
+                    "unix-connect",
+                    "socket-families",
+                    "bind/listen",
+                    "self-protection"
+                ]
             );
         }
     }
