@@ -1,0 +1,279 @@
+//! Containment: nothing leaves a run that the policy does not name. Unix sockets
+//! (`[network] unix`), socket families (`[network] families`) and binding/listening
+//! (`[network] listen`), on this host's kernel (tracepoint backend; the VM matrix runs the
+//! scenarios of tests/src/scenarios.rs against the lsm backend).
+//!
+//! Each attack is a real process in a real run, as root and as an unprivileged user (the probe
+//! drops to uid 65534 inside the run), and the same operation from a process outside every run
+//! must still work. The daemons run with the default config: the run's Landlock layer is on,
+//! and an abstract socket the policy allows must work through it.
+use std::os::unix::net::{UnixDatagram, UnixListener};
+
+use agent_guard_tests::{privileged, probe, probe_reads, status, stdout, toml_items, Daemon};
+use serde_json::Value;
+
+const KILLED: i32 = 128 + 9;
+
+struct World {
+    d: Daemon,
+    tmp: tempfile::TempDir,
+    policy: std::path::PathBuf,
+    abstract_ok: String,
+    abstract_bad: String,
+    _keep: (Vec<UnixListener>, UnixDatagram),
+}
+
+impl World {
+    fn path(&self, rel: &str) -> String {
+        self.tmp.path().join(rel).display().to_string()
+    }
+}
+
+fn world(extra_network: &str) -> World {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start();
+    let tmp = tempfile::Builder::new().prefix("ag-contain-").tempdir().unwrap();
+    // Reachable by the unprivileged user too: only the policy stands in the way.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(tmp.path().join("allowed")).unwrap();
+    // Unique per world (tests run side by side in one process).
+    let tag = tmp.path().file_name().unwrap().to_string_lossy().into_owned();
+    let (abstract_ok, abstract_bad) = (format!("agc-ok-{tag}"), format!("agc-bad-{tag}"));
+    let mut ls = vec![
+        UnixListener::bind(tmp.path().join("allowed/agent.sock")).unwrap(),
+        UnixListener::bind(tmp.path().join("docker.sock")).unwrap(),
+    ];
+    for n in [&abstract_ok, &abstract_bad] {
+        ls.push(UnixListener::bind_addr(&std::os::unix::net::SocketAddr::from_abstract_name(n.as_bytes()).unwrap()).unwrap());
+    }
+    let dgram = UnixDatagram::bind(tmp.path().join("journal.dgram")).unwrap();
+    for f in ["allowed/agent.sock", "docker.sock", "journal.dgram"] {
+        std::fs::set_permissions(tmp.path().join(f), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let text = format!(
+        r#"name = "contain"
+[files]
+read = [{base}]
+[exec]
+allow = ["{probe}"]
+[network]
+connect = ["127.0.0.1:1-65535"]
+unix = ["{dir}/allowed/", "@{abstract_ok}"]
+listen = ["127.0.0.1:47000-47999"]
+{extra_network}
+"#,
+        base = toml_items(&probe_reads()),
+        probe = probe().display(),
+        dir = tmp.path().display(),
+    );
+    let policy = d.write_policy("contain", &text);
+    World { d, tmp, policy, abstract_ok, abstract_bad, _keep: (ls, dgram) }
+}
+
+/// The probe in a run named `name`; `user`: as uid 65534 inside the run.
+fn run(w: &World, name: &str, user: bool, args: &[&str]) -> std::process::Output {
+    let mut v: Vec<&str> = Vec::new();
+    if user {
+        v.extend(["as-user", "65534"]);
+    }
+    v.extend_from_slice(args);
+    w.d.probe_run(&w.policy, name, &v)
+}
+
+/// The probe outside every run.
+fn outside(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(probe()).args(args).output().unwrap()
+}
+
+fn said(o: &std::process::Output) -> String {
+    stdout(o).trim().to_string()
+}
+
+fn violation(d: &Daemon, name: &str, kind: &str) -> Value {
+    let events = d.wait_for(&format!("{kind} violation of {name}"), |e| {
+        e["run_name"] == name && e["kind"] == kind && e["verdict"] != "allow"
+    });
+    events.into_iter().find(|e| e["run_name"] == name && e["kind"] == kind && e["verdict"] != "allow").unwrap()
+}
+
+fn free_port(lo: u16, hi: u16) -> u16 {
+    (lo..=hi).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
+}
+
+#[test]
+fn unix_sockets_only_where_the_policy_says() {
+    if !privileged("unix_sockets_only_where_the_policy_says") {
+        return;
+    }
+    let w = world("");
+    let st = w.d.cli(&["status", "--json"]);
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    let unix = st["enforcement"].as_array().unwrap().iter().find(|e| e["operation"] == "unix-connect").unwrap().clone();
+    if unix["action"] == "none" {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and no unix enforcement here: {unix}");
+        eprintln!("skip unix_sockets_only_where_the_policy_says: {}", unix["how"]);
+        return;
+    }
+    let (ok, docker, dgram) = (w.path("allowed/agent.sock"), w.path("docker.sock"), w.path("journal.dgram"));
+    let climb = w.path("allowed/../docker.sock");
+    let (a_ok, a_bad) = (format!("@{}", w.abstract_ok), format!("@{}", w.abstract_bad));
+    for user in [false, true] {
+        let tag = if user { "user" } else { "root" };
+        // Allowed: the listed path, below the listed directory, and the listed abstract name
+        // (through the run's Landlock layer, whose abstract scope the policy turns off).
+        for (what, target) in [("path", &ok), ("abstract", &a_ok)] {
+            let o = run(&w, &format!("ok-{what}-{tag}"), user, &["unix-connect", target]);
+            assert_eq!((status(&o), said(&o).as_str()), (0, "ok connected"), "{what} {tag}: {o:?}");
+        }
+        // Refused: an unlisted path, a climb out of the directory, an unlisted abstract name,
+        // a datagram to an unlisted socket.
+        for (what, args, kind) in [
+            ("path", vec!["unix-connect", docker.as_str()], "connect"),
+            ("climb", vec!["unix-connect", climb.as_str()], "connect"),
+            ("abstract", vec!["unix-connect", a_bad.as_str()], "connect"),
+            ("dgram", vec!["unix-send", dgram.as_str()], "sendmsg"),
+        ] {
+            let name = format!("bad-{what}-{tag}");
+            let o = run(&w, &name, user, &args);
+            assert_eq!((status(&o), said(&o).as_str()), (1, "err EPERM"), "{what} {tag}: {o:?}");
+            let e = violation(&w.d, &name, kind);
+            assert_eq!(
+                (e["verdict"].as_str(), e["rule"].as_str(), e["family"].as_str(), e["layer"].as_str()),
+                (Some("deny"), Some("network.unix"), Some("unix"), Some("ebpf")),
+                "{e}"
+            );
+            let want = if what == "abstract" { a_bad.clone() } else { args[1].to_string() };
+            assert_eq!(e["path"].as_str(), Some(want.as_str()), "{e}");
+            assert_eq!(e["uid"], if user { 65534 } else { 0 }, "{e}");
+        }
+    }
+    // Outside every run nothing changes.
+    for args in [vec!["unix-connect", docker.as_str()], vec!["unix-connect", a_bad.as_str()], vec!["unix-send", dgram.as_str()]] {
+        let o = outside(&args);
+        assert_eq!(status(&o), 0, "outside {args:?}: {o:?}");
+    }
+}
+
+#[test]
+fn socket_families_beyond_ip_unix_and_netlink_route_are_refused() {
+    if !privileged("socket_families_beyond_ip_unix_and_netlink_route_are_refused") {
+        return;
+    }
+    let w = world("");
+    // (what, socket(2) arguments, family_name, netlink protocol name)
+    let refused: &[(&str, [&str; 3], &str, Option<&str>)] = &[
+        ("packet", ["17", "3", "0"], "packet", None),
+        // The high bits of the register are not the kernel's int: still AF_PACKET.
+        ("packet-high", ["0x100000011", "3", "0"], "packet", None),
+        ("vsock", ["40", "1", "0"], "vsock", None),
+        ("tipc", ["30", "2", "0"], "tipc", None),
+        ("audit", ["16", "3", "9"], "netlink", Some("audit")),
+        ("uevent", ["16", "2", "15"], "netlink", Some("kobject_uevent")),
+    ];
+    for user in [false, true] {
+        let tag = if user { "user" } else { "root" };
+        for (what, args, family, netlink) in refused {
+            let name = format!("{what}-{tag}");
+            let o = run(&w, &name, user, &["socket", args[0], args[1], args[2]]);
+            assert_eq!(status(&o), KILLED, "{name}: {o:?}");
+            assert!(!said(&o).starts_with("ok"), "{name}: {o:?}");
+            let e = violation(&w.d, &name, "socket");
+            assert_eq!(
+                (e["verdict"].as_str(), e["rule"].as_str(), e["family_name"].as_str(), e["netlink"].as_str(), e["hook"].as_str()),
+                (Some("kill"), Some("network.families"), Some(*family), *netlink, Some("tracepoint")),
+                "{e}"
+            );
+        }
+        // What stays allowed: IP, unix pairs, netlink route (an RTM_GETLINK dump).
+        let o = run(&w, &format!("route-{tag}"), user, &["netlink-route"]);
+        assert!(status(&o) == 0 && said(&o).starts_with("ok links"), "{o:?}");
+        let o = run(&w, &format!("pair-{tag}"), user, &["socketpair", "1", "1"]);
+        assert_eq!(said(&o), "ok socketpair", "{o:?}");
+        let o = run(&w, &format!("tcp-{tag}"), user, &["socket", "2", "1", "0"]);
+        assert_eq!(status(&o), 0, "{o:?}");
+    }
+    // Outside every run, as root: packet and netlink audit sockets are created.
+    for args in [["17", "3", "0"], ["16", "3", "9"], ["16", "2", "15"]] {
+        let o = outside(&["socket", args[0], args[1], args[2]]);
+        assert!(said(&o).starts_with("ok socket"), "outside {args:?}: {o:?}");
+    }
+    drop(w);
+
+    // Listed families are allowed (vsock may be missing from the kernel: any answer but a
+    // kill will do).
+    let w = world("families = [\"vsock\", \"netlink:audit\", \"packet\"]");
+    let o = run(&w, "audit-listed", false, &["socket", "16", "3", "9"]);
+    assert!(said(&o).starts_with("ok socket"), "{o:?}");
+    let o = run(&w, "packet-listed", false, &["socket", "17", "3", "0"]);
+    assert!(said(&o).starts_with("ok socket"), "{o:?}");
+    let o = run(&w, "vsock-listed", false, &["socket", "40", "1", "0"]);
+    assert_ne!(status(&o), KILLED, "{o:?}");
+    let o = run(&w, "uevent-unlisted", false, &["socket", "16", "2", "15"]);
+    assert_eq!(status(&o), KILLED, "{o:?}");
+}
+
+#[test]
+fn binding_and_listening_only_where_listed() {
+    if !privileged("binding_and_listening_only_where_listed") {
+        return;
+    }
+    let w = world("");
+    let listed = free_port(47000, 47999);
+    let unlisted = free_port(48000, 48999);
+    for user in [false, true] {
+        let tag = if user { "user" } else { "root" };
+        let o = run(&w, &format!("listed-{tag}"), user, &["listen", &format!("127.0.0.1:{listed}")]);
+        assert_eq!(said(&o), format!("ok listening {listed}"), "{o:?}");
+        for (what, addr) in [("port", format!("127.0.0.1:{unlisted}")), ("any", format!("0.0.0.0:{listed}")), ("v6", format!("[::]:{listed}"))] {
+            let name = format!("bind-{what}-{tag}");
+            let o = run(&w, &name, user, &["listen", &addr]);
+            assert_eq!((status(&o), said(&o).as_str()), (1, "err EPERM"), "{name}: {o:?}");
+            let e = violation(&w.d, &name, "bind");
+            assert_eq!(
+                (e["verdict"].as_str(), e["rule"].as_str(), e["op"].as_str(), e["hook"].as_str()),
+                (Some("deny"), Some("network.listen"), Some("bind"), Some("cgroup")),
+                "{e}"
+            );
+        }
+        // listen(2) on a socket never bound: an ephemeral port on every address.
+        let name = format!("unbound-{tag}");
+        let o = run(&w, &name, user, &["listen-unbound"]);
+        assert_eq!(status(&o), KILLED, "{o:?}");
+        let e = violation(&w.d, &name, "bind");
+        assert_eq!((e["verdict"].as_str(), e["op"].as_str(), e["port"].as_u64()), (Some("kill"), Some("listen"), Some(0)), "{e}");
+        // Clients: a bind to port 0 and a TCP connect work.
+        let o = run(&w, &format!("port0-{tag}"), user, &["bind-udp", "0.0.0.0:0"]);
+        assert!(said(&o).starts_with("ok bound"), "{o:?}");
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let o = run(&w, &format!("client-{tag}"), user, &["connect", &server.local_addr().unwrap().to_string()]);
+        assert_eq!(said(&o), "ok connected", "{o:?}");
+    }
+    // Outside every run: the unlisted port and every address.
+    let o = outside(&["listen", &format!("0.0.0.0:{unlisted}")]);
+    assert_eq!(said(&o), format!("ok listening {unlisted}"), "{o:?}");
+    let o = outside(&["listen-unbound"]);
+    assert_eq!(said(&o), "ok listening", "{o:?}");
+}
+
+#[test]
+fn monitor_mode_reports_and_refuses_nothing() {
+    if !privileged("monitor_mode_reports_and_refuses_nothing") {
+        return;
+    }
+    let w = world("");
+    let text = std::fs::read_to_string(&w.policy).unwrap().replace("name = \"contain\"", "name = \"contain-monitor\"\nmode = \"monitor\"");
+    let policy = w.d.write_policy("contain-monitor", &text);
+    let docker = w.path("docker.sock");
+    let addr = format!("127.0.0.1:{}", free_port(48000, 48999));
+    for (name, args, kind) in [
+        ("m-unix", vec!["unix-connect", docker.as_str()], "connect"),
+        ("m-packet", vec!["socket", "17", "3", "0"], "socket"),
+        ("m-listen", vec!["listen", addr.as_str()], "bind"),
+    ] {
+        let o = w.d.probe_run(&policy, name, &args);
+        assert_eq!(status(&o), 0, "{name}: {o:?}");
+        let e = violation(&w.d, name, kind);
+        assert_eq!(e["verdict"], "would_deny", "{e}");
+    }
+}
