@@ -97,6 +97,17 @@ fn violation(d: &Daemon, name: &str, kind: &str) -> Value {
     events.into_iter().find(|e| e["run_name"] == name && e["kind"] == kind && e["verdict"] != "allow").unwrap()
 }
 
+/// Every event so far matches the published schema (deploy/events.schema.json).
+fn matches_schema(d: &Daemon) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/events.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    for e in d.events() {
+        let errors: Vec<String> = v.iter_errors(&e).map(|x| x.to_string()).collect();
+        assert!(errors.is_empty(), "{e}\ndoes not match the schema: {errors:?}");
+    }
+}
+
 fn free_port(lo: u16, hi: u16) -> u16 {
     (lo..=hi).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
 }
@@ -148,6 +159,7 @@ fn unix_sockets_only_where_the_policy_says() {
             assert_eq!(e["uid"], if user { 65534 } else { 0 }, "{e}");
         }
     }
+    matches_schema(&w.d);
     // Outside every run nothing changes.
     for args in [vec!["unix-connect", docker.as_str()], vec!["unix-connect", a_bad.as_str()], vec!["unix-send", dgram.as_str()]] {
         let o = outside(&args);
@@ -193,6 +205,7 @@ fn socket_families_beyond_ip_unix_and_netlink_route_are_refused() {
         let o = run(&w, &format!("tcp-{tag}"), user, &["socket", "2", "1", "0"]);
         assert_eq!(status(&o), 0, "{o:?}");
     }
+    matches_schema(&w.d);
     // Outside every run, as root: packet and netlink audit sockets are created.
     for args in [["17", "3", "0"], ["16", "3", "9"], ["16", "2", "15"]] {
         let o = outside(&["socket", args[0], args[1], args[2]]);
@@ -249,6 +262,7 @@ fn binding_and_listening_only_where_listed() {
         let o = run(&w, &format!("client-{tag}"), user, &["connect", &server.local_addr().unwrap().to_string()]);
         assert_eq!(said(&o), "ok connected", "{o:?}");
     }
+    matches_schema(&w.d);
     // Outside every run: the unlisted port and every address.
     let o = outside(&["listen", &format!("0.0.0.0:{unlisted}")]);
     assert_eq!(said(&o), format!("ok listening {unlisted}"), "{o:?}");
