@@ -256,6 +256,30 @@ mod tests {
     }
 
     #[test]
+    fn the_new_keys_parse_with_positions_and_change_the_version_only_when_set() {
+        let base = "name = \"t\"\n[network]\nconnect = [\"10.0.0.0/8:443\"]\n";
+        let plain = crate::policy::parse(base, "t.toml").policy.unwrap();
+        let text = format!("{base}unix = [\"/run/a.sock\", \"@x\"]\nfamilies = [\"packet\"]\nlisten = [\"127.0.0.1:3000-3999\"]\n");
+        let p = crate::policy::parse(&text, "t.toml").policy.unwrap();
+        assert_eq!((p.network_unix.len(), p.network_families.len(), p.network_listen.len()), (2, 1, 1));
+        assert_ne!(p.version, plain.version);
+        // A policy without the keys keeps the version it had before they existed.
+        assert_eq!(plain.version, crate::policy::parse(&format!("{base}unix = []\n"), "t.toml").policy.unwrap().version);
+        assert!(p.unix_allowed("/run/a.sock") && !p.unix_allowed("/run/docker.sock"));
+        assert!(p.listen_allowed("127.0.0.1".parse().unwrap(), 3000) && !p.listen_allowed("0.0.0.0".parse().unwrap(), 3000));
+        let bad = format!("{base}unix = [\"relative.sock\"]\nfamilies = [\"pigeon\"]\nlisten = [\"127.0.0.1:0\"]\n");
+        let c = crate::policy::parse(&bad, "t.toml");
+        let where_: Vec<(usize, usize, &str)> = c.errors.iter().map(|d| (d.line, d.column, d.field.as_str())).collect();
+        assert_eq!(where_, [(4, 9, "network.unix[0]"), (5, 13, "network.families[0]"), (6, 11, "network.listen[0]")], "{:?}", c.errors);
+        let c = compiled(&p);
+        assert_eq!((c.unix_rules.len(), c.listen_rules.len(), c.contain.families & (1 << 17)), (2, 1, 1 << 17));
+    }
+
+    fn compiled(p: &crate::policy::Policy) -> crate::policy::Compiled {
+        p.compile(9)
+    }
+
+    #[test]
     fn unix_keys_cover_the_terminator_of_exact_paths_only() {
         let k = compile_unix(7, &["/a".into(), "/d/".into(), "@n".into()]);
         assert_eq!(k[0].0, 48 + 8 * 3);
