@@ -19,7 +19,7 @@ use agent_guard_common::{
 use aya_ebpf::{
     helpers::generated::bpf_probe_read_kernel,
     macros::{cgroup_sock_addr, lsm, map},
-    maps::{lpm_trie::Key, LpmTrie},
+    maps::{lpm_trie::Key, LpmTrie, PerCpuArray},
     programs::{LsmContext, SockAddrContext},
 };
 
@@ -34,25 +34,38 @@ const SUN_PATH: u32 = 108;
 #[map]
 static AG_UNIX_RULES: LpmTrie<UnixKey, u32> = LpmTrie::with_max_entries(UNIX_RULES_MAX, BPF_F_NO_PREALLOC);
 
-/// A unix name to judge: the key (path or name filled in), and its length in bytes.
-struct Name {
+/// A unix name to judge: the key (path or name filled in), and its length in bytes. Lives
+/// in a per-CPU slot, not on the stack: with the path walk of the lsm hooks the stack would
+/// pass the verifier's 512 bytes.
+#[repr(C)]
+pub struct Name {
     key: UnixKey,
+    /// A pathname with a `..` component (or a name that cannot match): 1.
+    climbs: u16,
     len: u32,
-    /// A pathname with a `..` component.
-    climbs: bool,
 }
 
-impl Name {
-    #[inline(always)]
-    fn new(kind: u8) -> Self {
-        Name { key: UnixKey { ruleset_be: [0; 4], kind, len: 0, path: [0; UNIX_PATH_BYTES] }, len: 0, climbs: false }
-    }
+#[map]
+static AG_UNIX_SCRATCH: PerCpuArray<Name> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's name slot, reset for a name of `kind`.
+#[inline(always)]
+fn slot(kind: u8) -> Option<&'static mut Name> {
+    let p = AG_UNIX_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU memory; a program does not migrate CPUs while it runs.
+    let n = unsafe { &mut *p };
+    n.key.ruleset_be = [0; 4];
+    n.key.kind = kind;
+    n.key.len = 0;
+    n.climbs = 0;
+    n.len = 0;
+    Some(n)
 }
 
 /// Whether rule set `id` allows `n`.
 #[inline(always)]
 fn allowed(id: u32, n: &mut Name) -> bool {
-    if n.climbs {
+    if n.climbs != 0 {
         return false;
     }
     n.key.ruleset_be = id.to_be_bytes();
@@ -98,20 +111,20 @@ fn scan_path(n: &mut Name, max: u32) {
         i += 1;
     }
     n.len = len as u32;
-    n.climbs = climbs;
+    n.climbs = u16::from(climbs);
 }
 
 /// The name in a `struct sockaddr_un` of `alen` bytes at `sa` (kernel memory). None: no name
 /// (an address too short to carry one; the kernel refuses it itself).
 #[inline(always)]
-fn from_sockaddr(sa: u64, alen: u32) -> Option<Name> {
+fn from_sockaddr(sa: u64, alen: u32) -> Option<&'static mut Name> {
     if alen <= 2 || sa == 0 {
         return None;
     }
     let first: u8 = kernel::read(sa, 2).ok()?;
     let avail = alen - 2;
     if first == 0 {
-        let mut n = Name::new(UNIX_ABSTRACT);
+        let n = slot(UNIX_ABSTRACT)?;
         let len = if avail - 1 > SUN_PATH - 1 { SUN_PATH - 1 } else { avail - 1 };
         // SAFETY: kernel read of at most 107 bytes into a 110-byte array.
         if unsafe { bpf_probe_read_kernel(n.key.path.as_mut_ptr().cast(), SUN_PATH - 1, (sa + 3) as *const _) } != 0 {
@@ -120,12 +133,12 @@ fn from_sockaddr(sa: u64, alen: u32) -> Option<Name> {
         n.len = len;
         Some(n)
     } else {
-        let mut n = Name::new(UNIX_PATHNAME);
+        let n = slot(UNIX_PATHNAME)?;
         // SAFETY: kernel read of 108 bytes into a 110-byte array (sa is a sockaddr_storage).
         if unsafe { bpf_probe_read_kernel(n.key.path.as_mut_ptr().cast(), SUN_PATH, (sa + 2) as *const _) } != 0 {
             return None;
         }
-        scan_path(&mut n, avail);
+        scan_path(n, avail);
         Some(n)
     }
 }
@@ -169,12 +182,12 @@ fn check_sock_addr(ctx: &SockAddrContext, kind: u32) -> i32 {
         let d = policy::refusal(&rs, net_rule::UNIX);
         return if d.verdict == agent_guard_common::verdict::DENY { REFUSE } else { PASS };
     };
-    let Some(mut n) = from_sockaddr(sa, alen) else { return PASS };
-    if allowed(rs.id, &mut n) {
+    let Some(n) = from_sockaddr(sa, alen) else { return PASS };
+    if allowed(rs.id, n) {
         return PASS;
     }
     let d = policy::refusal(&rs, net_rule::UNIX);
-    report(&run, kind, &d, rs.id, &n, 0, false);
+    report(&run, kind, &d, rs.id, n, 0, false);
     if d.verdict == agent_guard_common::verdict::DENY { REFUSE } else { PASS }
 }
 
@@ -193,7 +206,7 @@ pub fn ag_sendmsg_unix(ctx: SockAddrContext) -> i32 {
 /// The name of the unix socket `sk` (a `struct sock *` of a unix_sock): its resolved path
 /// when it has one, else its abstract name. None: unnamed.
 #[inline(always)]
-fn peer_name(sk: u64) -> Result<Option<Name>, ()> {
+fn peer_name(sk: u64) -> Result<Option<&'static mut Name>, ()> {
     let o = sockets::net_offsets();
     let ko = kernel::offsets();
     if sk == 0 || o.unix_sock_path == 0 {
@@ -205,10 +218,10 @@ fn peer_name(sk: u64) -> Result<Option<Name>, ()> {
         let Some(buf) = scratch::scratch() else { return Err(()) };
         let w = kernel::path_to_buf(&ko, path, buf)?;
         let len = PATH_MAX as u32 - w.start;
-        let mut n = Name::new(UNIX_PATHNAME);
+        let n = slot(UNIX_PATHNAME).ok_or(())?;
         if w.truncated || len > SUN_PATH {
             // Longer than any rule can be: matches nothing.
-            n.climbs = true;
+            n.climbs = 1;
             return Ok(Some(n));
         }
         let start = w.start & (PATH_MAX as u32 - 1);
@@ -235,16 +248,23 @@ fn check_peer(sock: u64, peer_sk: u64, kind: u32) -> i32 {
     let Some(rs) = run::ruleset(&run) else { return 0 };
     let o = sockets::net_offsets();
     let sock_type: i16 = kernel::read(sock, o.socket_type).unwrap_or(0);
-    let mut n = match peer_name(peer_sk) {
+    let n = match peer_name(peer_sk) {
         Ok(Some(n)) => n,
         Ok(None) => return 0,
-        Err(()) => Name { climbs: true, ..Name::new(UNIX_PATHNAME) },
+        Err(()) => match slot(UNIX_PATHNAME) {
+            Some(n) => {
+                n.climbs = 1;
+                n
+            }
+            // No slot: refused, not guessed.
+            None => return -1,
+        },
     };
-    if allowed(rs.id, &mut n) {
+    if allowed(rs.id, n) {
         return 0;
     }
     let d = policy::violation(&rs, net_rule::UNIX, true, policy::NO_HOLD);
-    report(&run, kind, &d, rs.id, &n, sock_type as u16, true);
+    report(&run, kind, &d, rs.id, n, sock_type as u16, true);
     sockets::answer(&d)
 }
 

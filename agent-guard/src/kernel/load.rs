@@ -137,6 +137,7 @@ const PINNED_MAPS: &[&str] = &[
     names::EVENTS,
     names::DROPS,
     "AG_SCRATCH",
+    "AG_UNIX_SCRATCH",
     "AG_PENDING_OPEN",
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
