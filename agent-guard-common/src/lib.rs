@@ -57,59 +57,191 @@ pub mod names {
     pub const HELD: &str = "AG_HELD";
     /// [0] = 1: the lsm backend's programs are attached (execs are decided there).
     pub const LSM_ON: &str = "AG_LSM_ON";
+    /// LPM trie of `[network] unix` (key [`UnixKey`](super::UnixKey)).
+    pub const UNIX_RULES: &str = "AG_UNIX_RULES";
+    /// Rule set id -> [`NetContain`](super::NetContain) (families, netlink protocols).
+    pub const NET_CONTAIN: &str = "AG_NET_CONTAIN";
+    /// LPM trie of `[network] listen` (key [`NetKey`](super::NetKey), value
+    /// [`NetRule`](super::NetRule), as `NET_RULES`).
+    pub const LISTEN_RULES: &str = "AG_LISTEN_RULES";
+    /// Global: [`NetOffsets`](super::NetOffsets).
+    pub const NET_OFFSETS: &str = "AG_NET_OFFSETS";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).
 pub const BIND_DEPTH_MAX: i32 = 16;
 
-/// Event kinds (`EventHeader::kind`).
-pub mod kind {
-    pub const EXEC: u32 = 1;
-    pub const OPEN: u32 = 2;
-    pub const CONNECT: u32 = 3;
-    pub const EXIT: u32 = 4;
-    /// A syscall a policy denies, or one this backend cannot see through (io_uring, ...).
-    pub const SYSCALL: u32 = 5;
-    /// A UDP send to an explicit address that the policy does not allow.
-    pub const SENDMSG: u32 = 6;
-    /// Creation of a raw or ICMP socket the policy does not allow.
-    pub const SOCKET: u32 = 7;
+/// Generates a `#[repr(u32)]` enum whose raw values and contract names are listed once.
+macro_rules! named {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $raw:literal => $text:literal,)+ }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vmeta])* $variant = $raw,)+ }
+
+        impl $name {
+            /// Every variant, in raw-value order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The value a kernel record carries.
+            #[inline(always)]
+            pub const fn as_raw(self) -> u32 {
+                self as u32
+            }
+
+            /// The name events, metrics and the CLI use (the JSON string of the contract).
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+
+            /// The variant whose raw value is `raw`, if any.
+            const fn from_discriminant(raw: u32) -> Option<Self> {
+                $(if raw == $raw { return Some($name::$variant); })+
+                None
+            }
+
+            /// The variant named `name` (see [`Self::name`]).
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
 }
 
-/// `EventHeader::verdict`: what the kernel did.
-pub mod verdict {
-    pub const ALLOW: u32 = 0;
-    /// Refused with an error (EPERM), the process goes on.
-    pub const DENY: u32 = 1;
-    /// The process was sent SIGKILL; it does not return to user space.
-    pub const KILL: u32 = 2;
-    /// Monitor mode: the policy would have denied it; it was allowed.
-    pub const WOULD_DENY: u32 = 3;
-    /// `on_violation = "freeze"`: the process was sent SIGSTOP at the violation and its run
-    /// is held for review (an open or exec has happened, a network operation was refused).
-    pub const HOLD: u32 = 4;
+named! {
+    /// What an event is about (`EventHeader::kind` for the kinds the kernel reports; the
+    /// others are the daemon's own events and never appear in a kernel record).
+    pub enum Kind {
+        Exec = 1 => "exec",
+        Open = 2 => "open",
+        Connect = 3 => "connect",
+        Exit = 4 => "exit",
+        /// A syscall a policy denies, or one this backend cannot see through (io_uring, ...).
+        Syscall = 5 => "syscall",
+        /// A UDP send to an explicit address that the policy does not allow.
+        Sendmsg = 6 => "sendmsg",
+        /// Creation of a raw or ICMP socket, or of a socket family (`[network] families`),
+        /// the policy does not allow.
+        Socket = 7 => "socket",
+        /// A bind(2) or listen(2) (with [`FLAG_LISTEN`]) on an IP socket that `[network]
+        /// listen` does not allow.
+        Bind = 8 => "bind",
+        RunStart = 100 => "run_start",
+        RunEnd = 101 => "run_end",
+        /// `freeze`, `thaw` and `kill` of a run by a responder.
+        Freeze = 102 => "freeze",
+        Thaw = 103 => "thaw",
+        Kill = 104 => "kill",
+        /// A hold for review, as the daemon reports it (held, then its answer).
+        Hold = 105 => "hold",
+        PolicyReload = 106 => "policy_reload",
+        /// Events lost somewhere on the way (count, stage).
+        Drop = 107 => "drop",
+    }
 }
 
-/// `EventHeader::rule`: which part of the policy decided.
-pub mod rule {
-    pub const NONE: u32 = 0;
-    pub const FILES_READ: u32 = 1;
-    pub const FILES_WRITE: u32 = 2;
-    pub const FILES_DENY: u32 = 3;
-    pub const EXEC: u32 = 4;
-    pub const NETWORK: u32 = 5;
-    pub const SYSCALLS: u32 = 6;
-    /// An operation the tracepoint backend cannot check (io_uring, hard links, mounts,
-    /// namespaces, open_by_handle_at, 32-bit syscalls): refused in enforce mode.
-    pub const UNSEEN: u32 = 7;
-    /// The path was too long or too deep for the kernel matcher: never allowed by truncation.
-    pub const PATH_TOO_LONG: u32 = 8;
-    pub const RAW_SOCKET: u32 = 9;
-    /// Allowed by a responder's approval of a hold (`agent-guard approve`), not by the policy.
-    pub const GRANT: u32 = 10;
-    /// A run's process acting outside its run: a signal or ptrace to a process outside it,
-    /// bpf(), a mount (lsm backend).
-    pub const SELF_PROTECTION: u32 = 11;
+impl Kind {
+    /// The kind of a kernel record (`EventHeader::kind`); None for a value no program
+    /// writes, including the daemon's own kinds.
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match Self::from_discriminant(raw) {
+            Some(k) if k.is_kernel() => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Reported by the kernel programs (as opposed to the daemon's own events).
+    pub const fn is_kernel(self) -> bool {
+        (self as u32) < 100
+    }
+}
+
+named! {
+    /// What was done with an operation (`EventHeader::verdict`).
+    pub enum Verdict {
+        Allow = 0 => "allow",
+        /// Refused with an error (EPERM), the process goes on.
+        Deny = 1 => "deny",
+        /// The process was sent SIGKILL; it does not return to user space.
+        Kill = 2 => "kill",
+        /// Monitor mode: the policy would have denied it; it was allowed.
+        WouldDeny = 3 => "would_deny",
+        /// `on_violation = "freeze"`: the process was sent SIGSTOP at the violation and its
+        /// run is held for review (an open or exec has happened, a network operation was
+        /// refused).
+        Hold = 4 => "hold",
+    }
+}
+
+impl Verdict {
+    /// The verdict of a kernel record; None for a value no program writes.
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        Self::from_discriminant(raw)
+    }
+
+    /// The policy was violated (whatever was done about it).
+    pub const fn is_violation(self) -> bool {
+        !matches!(self, Verdict::Allow)
+    }
+}
+
+/// `EventHeader::rule` when no rule decided.
+pub const RULE_NONE: u32 = 0;
+
+named! {
+    /// Which part of the policy decided (`EventHeader::rule`; [`RULE_NONE`] for none).
+    pub enum Rule {
+        FilesRead = 1 => "files.read",
+        FilesWrite = 2 => "files.write",
+        FilesDeny = 3 => "files.deny",
+        Exec = 4 => "exec.allow",
+        Network = 5 => "network.connect",
+        Syscalls = 6 => "syscalls.deny",
+        /// An operation the tracepoint backend cannot check (io_uring, hard links, mounts,
+        /// namespaces, open_by_handle_at, 32-bit syscalls): refused in enforce mode.
+        Unseen = 7 => "unseen",
+        /// The path was too long or too deep for the kernel matcher: never allowed by
+        /// truncation.
+        PathTooLong = 8 => "files.path_too_long",
+        RawSocket = 9 => "network.raw_sockets",
+        /// Allowed by a responder's approval of a hold (`agent-guard approve`), not by the
+        /// policy.
+        Grant = 10 => "grant",
+        /// A run's process acting outside its run: a signal or ptrace to a process outside
+        /// it, bpf(), a mount (lsm backend).
+        SelfProtection = 11 => "self_protection",
+        /// A connect or datagram to a unix socket `[network] unix` does not list.
+        Unix = 12 => "network.unix",
+        /// A socket of a family (or netlink protocol) `[network] families` does not list.
+        Families = 13 => "network.families",
+        /// A bind or listen on an address and port `[network] listen` does not list.
+        Listen = 14 => "network.listen",
+    }
+}
+
+impl Rule {
+    /// The rule of a kernel record; None for [`RULE_NONE`] or a value no program writes.
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        Self::from_discriminant(raw)
+    }
+
+    /// The raw value of an optional rule ([`RULE_NONE`] for None).
+    #[inline(always)]
+    pub const fn raw_of(rule: Option<Rule>) -> u32 {
+        match rule {
+            Some(r) => r.as_raw(),
+            None => RULE_NONE,
+        }
+    }
 }
 
 /// A responder's approval of one access for one run (`agent-guard approve`).
@@ -118,7 +250,7 @@ pub mod rule {
 pub struct GrantKey {
     /// The run's cgroup id (a bound cgroup's id for bindings).
     pub run: u64,
-    /// `kind::OPEN` or `kind::EXEC` (id: the file's device and inode) or `kind::CONNECT`
+    /// `Kind::Open` or `Kind::Exec` (id: the file's device and inode) or `Kind::Connect`
     /// (id: the IPv4-mapped address, with `port`; UDP sends use it too).
     pub kind: u32,
     pub port: u32,
@@ -184,6 +316,14 @@ pub const FLAG_PATH_UNRESOLVED: u32 = 1 << 2;
 pub const FLAG_READ_ERROR: u32 = 1 << 3;
 /// Decided by a BPF LSM program (lsm backend): a refusal happened before the operation.
 pub const FLAG_LSM: u32 = 1 << 4;
+/// A [`Kind::Connect`] or [`Kind::Sendmsg`] record to an AF_UNIX peer: a [`UnixEvent`], not a
+/// [`ConnectEvent`].
+pub const FLAG_UNIX: u32 = 1 << 5;
+/// A [`Kind::Bind`] record of listen(2), not bind(2).
+pub const FLAG_LISTEN: u32 = 1 << 6;
+/// Decided at a syscall's entry tracepoint where the kind's usual program is a cgroup one
+/// (a socket family, a listen): the event's `hook` is `tracepoint`.
+pub const FLAG_TRACEPOINT: u32 = 1 << 7;
 
 /// Set by the daemon before load: which cgroup subtree this daemon manages.
 #[repr(C)]
@@ -255,12 +395,20 @@ pub struct KernelOffsets {
     pub sock_cgroup_data_cgroup: u32,
 }
 
+/// `RunEntry::flags`: the run's processes carry the seccomp filter of `agent-guard run`
+/// (enforce mode, `on_violation = "deny"`), which refuses `[syscalls] deny` and the unseen
+/// syscalls with an errno before they run. The sys_enter check then leaves `link`/`linkat` to
+/// the launcher's layers (the filter refuses them, or the run's Landlock layer judges both
+/// names) instead of killing them as unseen. Bound cgroups never have it.
+pub const RUN_SECCOMP: u32 = 1 << 0;
+
 /// What the kernel keeps per run cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunEntry {
     /// Daemon-assigned number of the run (the daemon maps it to the run id and metadata).
     pub run_index: u32,
+    /// `RUN_*` bits.
     pub flags: u32,
     /// Policy slot (index into AG_POLICY_CUR), or [`NO_POLICY`].
     pub policy: u32,
@@ -334,6 +482,7 @@ pub struct NetRule {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
+    /// [`Kind::as_raw`] of one of the kernel's kinds.
     pub kind: u32,
     pub flags: u32,
     /// CLOCK_BOOTTIME nanoseconds.
@@ -347,9 +496,9 @@ pub struct EventHeader {
     pub ppid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// `verdict::*`.
+    /// [`Verdict::as_raw`].
     pub verdict: u32,
-    /// `rule::*`.
+    /// [`Rule::as_raw`], or [`RULE_NONE`].
     pub rule: u32,
     /// Rule set id that decided (0: none, the run has no policy).
     pub ruleset: u32,
@@ -379,7 +528,9 @@ pub struct OpenEvent {
     /// The new descriptor, or -errno.
     pub result: i32,
     pub path_len: u32,
-    pub _pad: u32,
+    /// The access the kernel judged, as grant keys carry it (1 read | 2 write); 0 when the
+    /// run has no policy or the open failed.
+    pub access: u32,
     /// The opened file's device and inode (see `GrantKey`), for approving a held open; zero
     /// unless the open violated the policy (the kernel identifies the file only then).
     pub file_id: [u8; 16],
@@ -401,7 +552,8 @@ pub struct ConnectEvent {
     /// SOCK_* type of the socket, or 0 if unknown.
     pub sock_type: u16,
     pub _pad: u32,
-    /// IPv4 in the first 4 bytes, or IPv6; network byte order.
+    /// IPv6, IPv4 as IPv4-mapped (as approvals key it); network byte order. (Programs of
+    /// earlier versions put AF_INET addresses in the first 4 bytes; the daemon reads both.)
     pub addr: [u8; 16],
 }
 
@@ -435,41 +587,7 @@ pub struct SocketEvent {
     pub _pad: u32,
 }
 
-// ---- containment: unix sockets, socket families, binding (appended) ----------------------
-
-/// Map names of the containment rules.
-pub mod net_names {
-    /// LPM trie of `[network] unix` (key [`UnixKey`]).
-    pub const UNIX_RULES: &str = "AG_UNIX_RULES";
-    /// Rule set id -> [`NetContain`] (families, netlink protocols).
-    pub const NET_CONTAIN: &str = "AG_NET_CONTAIN";
-    /// LPM trie of `[network] listen` (key [`NetKey`], value [`NetRule`], as connect).
-    pub const LISTEN_RULES: &str = "AG_LISTEN_RULES";
-    /// Global: [`NetOffsets`](super::NetOffsets).
-    pub const NET_OFFSETS: &str = "AG_NET_OFFSETS";
-}
-
-/// Event kinds of the containment programs (the daemon reports them as `connect`,
-/// `sendmsg`, `socket` and `bind`).
-pub mod net_kind {
-    /// connect(2) on an AF_UNIX socket ([`UnixEvent`]).
-    pub const UNIX_CONNECT: u32 = 20;
-    /// sendmsg(2) with an AF_UNIX address ([`UnixEvent`]).
-    pub const UNIX_SENDMSG: u32 = 21;
-    /// bind(2) of an IP socket ([`ConnectEvent`] layout: the local address and port).
-    pub const BIND: u32 = 22;
-    /// listen(2) on an IP socket ([`ConnectEvent`] layout: the address and port it listens on).
-    pub const LISTEN: u32 = 23;
-    /// socket(2) or socketpair(2) of a family the policy does not allow ([`SocketEvent`]).
-    pub const FAMILY: u32 = 24;
-}
-
-/// Rules of the containment programs.
-pub mod net_rule {
-    pub const UNIX: u32 = 20;
-    pub const FAMILIES: u32 = 21;
-    pub const LISTEN: u32 = 22;
-}
+// ---- containment: unix sockets, socket families, binding ----------------------------------
 
 /// Bytes of a unix socket name kept (sun_path is 108 bytes; one more for the terminator).
 pub const UNIX_PATH_BYTES: usize = 110;
@@ -569,6 +687,40 @@ mod pod {
     unsafe impl aya::Pod for NetRule {}
 }
 
+/// Events name kinds, verdicts and rules by their contract names (`name()`).
+#[cfg(feature = "user")]
+mod names_serde {
+    use super::*;
+
+    macro_rules! by_name {
+        ($($t:ident $what:literal),+) => {$(
+            impl serde::Serialize for $t {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_str(self.name())
+                }
+            }
+
+            impl<'de> serde::Deserialize<'de> for $t {
+                fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    struct V;
+                    impl serde::de::Visitor<'_> for V {
+                        type Value = $t;
+                        fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                            write!(f, "the name of a {}", $what)
+                        }
+                        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$t, E> {
+                            $t::from_name(v).ok_or_else(|| E::custom(format_args!("unknown {} {v:?}", $what)))
+                        }
+                    }
+                    d.deserialize_str(V)
+                }
+            }
+        )+};
+    }
+
+    by_name!(Kind "kind", Verdict "verdict", Rule "rule");
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -594,5 +746,25 @@ mod tests {
         assert_eq!(size_of::<UnixKey>(), 6 + UNIX_PATH_BYTES);
         assert_eq!(size_of::<UnixEvent>(), size_of::<EventHeader>() + 16 + UNIX_PATH_BYTES + 2);
         assert_eq!(size_of::<NetOffsets>() % 8, 0);
+    }
+
+    #[test]
+    fn raw_values_and_names_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_name(k.name()), Some(*k));
+            assert_eq!(Kind::from_raw(k.as_raw()), k.is_kernel().then_some(*k));
+        }
+        for v in Verdict::ALL {
+            assert_eq!((Verdict::from_raw(v.as_raw()), Verdict::from_name(v.name())), (Some(*v), Some(*v)));
+        }
+        for r in Rule::ALL {
+            assert_eq!((Rule::from_raw(r.as_raw()), Rule::from_name(r.name())), (Some(*r), Some(*r)));
+        }
+        assert_eq!((Kind::from_raw(0), Kind::from_raw(Kind::RunStart.as_raw()), Kind::from_raw(9)), (None, None, None));
+        assert_eq!((Verdict::from_raw(5), Rule::from_raw(RULE_NONE), Rule::from_raw(15)), (None, None, None));
+        assert_eq!((Kind::Bind.name(), Rule::Unix.name(), Rule::Families.name(), Rule::Listen.name()), ("bind", "network.unix", "network.families", "network.listen"));
+        assert_eq!(Rule::raw_of(None), RULE_NONE);
+        assert_eq!((Kind::Sendmsg.as_raw(), Verdict::WouldDeny.as_raw(), Rule::Grant.as_raw()), (6, 3, 10));
+        assert_eq!((Kind::PolicyReload.name(), Verdict::WouldDeny.name(), Rule::PathTooLong.name()), ("policy_reload", "would_deny", "files.path_too_long"));
     }
 }

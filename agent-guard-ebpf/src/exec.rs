@@ -1,10 +1,33 @@
 //! exec: the new image's executable (resolved path of mm->exe_file) and its argv.
-use agent_guard_common::{
-    kind, rule, verdict, ExecEvent, GrantKey, ARGV_MAX, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_READ_ERROR,
-};
-use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use agent_guard_common::{GrantKey, Kind, Rule, FLAG_READ_ERROR};
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{event, kernel, policy, run};
+
+/// The decision on executing `file`, and the file's identity if the decision needed it (a
+/// violation an approval may cover; zero otherwise). `walked`: its path, rebuilt into scratch
+/// (None: it could not be, and the exec is `unseen`, never allowed by default). `can_refuse`
+/// as in `policy::violation`. The one decision of the exec tracepoint and of the LSM
+/// bprm_check_security hook.
+#[inline(always)]
+pub fn decide_exec(
+    rs: &run::Ruleset,
+    run: &run::CurrentRun,
+    file: u64,
+    walked: Option<&kernel::Walked>,
+    can_refuse: bool,
+) -> (policy::Decision, [u8; 16]) {
+    let mut file_id = [0u8; 16];
+    let key = || {
+        file_id = kernel::file_id(&kernel::offsets(), file);
+        GrantKey { run: run.run_cgroup, kind: Kind::Exec.as_raw(), port: 0, id: file_id }
+    };
+    let d = match walked {
+        Some(w) => policy::exec_decision(rs, w, can_refuse, key),
+        None => policy::violation(rs, Rule::Unseen, can_refuse, policy::NO_HOLD),
+    };
+    (d, file_id)
+}
 
 /// sched:sched_process_exec fires after the new image is set up and before it runs one
 /// instruction; `current` is the new image, so its mm holds the argv the kernel copied.
@@ -18,76 +41,24 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
     let Some(run) = run::current_run() else { return 0 };
     let rs = run::ruleset(&run);
     let o = kernel::offsets();
-    let mut flags = 0u32;
     let mm: u64 = kernel::read(kernel::current_task(), o.task_mm).unwrap_or(0);
     let exe_file: u64 = kernel::read(mm, o.mm_exe_file).unwrap_or(0);
-    let buf = crate::scratch::scratch();
-    let walked = match buf {
-        Some(buf) if exe_file != 0 => kernel::path_to_buf(&o, exe_file + o.file_f_path as u64, buf).ok(),
-        _ => None,
+    let walk = match crate::scratch::scratch() {
+        Some(buf) if exe_file != 0 => kernel::Walk::of(kernel::path_to_buf(&o, exe_file + o.file_f_path as u64, buf)),
+        _ => kernel::Walk::NONE,
     };
+    let walked = walk.get();
+    let flags = if walked.is_none() { FLAG_READ_ERROR } else { 0 };
     let mut decision = policy::ALLOWED;
     let mut file_id = [0u8; 16];
-    match &walked {
-        Some(w) => {
-            if w.truncated {
-                flags |= FLAG_PATH_TRUNCATED;
-            }
-            if let Some(rs) = &rs {
-                let key = || {
-                    file_id = kernel::file_id(&o, exe_file);
-                    GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id }
-                };
-                // Under the lsm backend bprm_check_security has decided already (and used up
-                // any one-time approval): judging again here would hold or kill it twice.
-                if !crate::lsm::decides_exec() {
-                    decision = policy::exec_decision(rs, w, false, key);
-                }
-            }
-        }
-        None => {
-            flags |= FLAG_READ_ERROR;
-            if let Some(rs) = &rs {
-                // The executable could not be identified: never allowed by default.
-                decision = policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD);
-            }
+    if let Some(rs) = &rs {
+        // Under the lsm backend bprm_check_security has decided already (and used up any
+        // one-time approval): judging again here would hold or kill it twice. An executable
+        // that cannot be identified is refused either way.
+        if walked.is_none() || !crate::run::decides_exec() {
+            (decision, file_id) = decide_exec(rs, &run, exe_file, walked, false);
         }
     }
-    let Some(mut entry) = event::reserve::<ExecEvent>(decision.verdict != verdict::ALLOW) else { return 0 };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written one by one to
-    // keep the 512-byte stack free.
-    unsafe {
-        (*ev).hdr = event::header(kind::EXEC, &run);
-        (*ev).hdr.verdict = decision.verdict;
-        (*ev).hdr.rule = decision.rule;
-        (*ev).hdr.ruleset = rs.as_ref().map(|r| r.id).unwrap_or(0);
-        (*ev).path_len = 0;
-        (*ev).argv_len = 0;
-        (*ev)._pad = 0;
-        (*ev).file_id = file_id;
-        if let (Some(w), Some(buf)) = (&walked, buf) {
-            (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
-        }
-        let start: u64 = kernel::read(mm, o.mm_arg_start).unwrap_or(0);
-        let end: u64 = kernel::read(mm, o.mm_arg_end).unwrap_or(0);
-        if start != 0 && end > start {
-            let mut len = end - start;
-            if len > ARGV_MAX as u64 {
-                len = ARGV_MAX as u64;
-                flags |= FLAG_ARGV_TRUNCATED;
-            }
-            let len = (len as u32) & (2 * ARGV_MAX as u32 - 1);
-            if len <= ARGV_MAX as u32
-                && bpf_probe_read_user((*ev).argv.as_mut_ptr().cast(), len, start as *const _) == 0
-            {
-                (*ev).argv_len = len;
-            } else {
-                flags |= FLAG_READ_ERROR;
-            }
-        }
-        (*ev).hdr.flags = flags;
-    }
-    entry.submit(0);
+    event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked, Some(mm));
     0
 }

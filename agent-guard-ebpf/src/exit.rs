@@ -1,5 +1,4 @@
 //! exit: a process (thread group leader) of a run ends.
-use agent_guard_common::{kind, ExitEvent};
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
 
 use crate::{event, kernel, policy, run};
@@ -12,10 +11,8 @@ pub fn ag_exit(_ctx: TracePointContext) -> u32 {
     }
     let Some(run) = run::current_run() else { return 0 };
     policy::forget_held((pid_tgid >> 32) as u32);
-    let Some(mut entry) = event::reserve::<ExitEvent>(false) else { return 0 };
     let o = kernel::offsets();
     let code: i32 = kernel::read(kernel::current_task(), o.task_exit_code).unwrap_or(0);
-    entry.write(ExitEvent { hdr: event::header(kind::EXIT, &run), exit_code: code as u32, _pad: 0 });
-    entry.submit(0);
+    event::report_exit(&run, code as u32);
     0
 }

@@ -1,12 +1,9 @@
 //! open: flags are taken at syscall entry; at exit the path is rebuilt from the new
 //! descriptor's `struct file` (the path the kernel resolved: symlinks, `..`, relative paths
 //! and dirfds are already applied). A failed open reports the string the process passed.
-use agent_guard_common::{
-    drop_slot, kind, rule, verdict, GrantKey, OpenEvent, PENDING_MAX, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED,
-    FLAG_READ_ERROR, PATH_MAX,
-};
+use agent_guard_common::{drop_slot, GrantKey, Kind, Rule, Verdict, PENDING_MAX, FLAG_READ_ERROR};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user_str},
+    helpers::bpf_get_current_pid_tgid,
     macros::{map, tracepoint},
     maps::LruHashMap,
     programs::TracePointContext,
@@ -81,6 +78,40 @@ const FMODE_READ: u32 = 1;
 const FMODE_WRITE: u32 = 2;
 const FMODE_PATH: u32 = 0x4000;
 
+/// The access bits of an open as grant keys carry them (1 read | 2 write).
+#[inline(always)]
+pub fn access_bits(read: bool, write: bool) -> u32 {
+    read as u32 | (write as u32) << 1
+}
+
+/// The decision on opening `file` with `read` and/or `write` access, and the file's identity
+/// if the decision needed it (a violation an approval may cover; zero otherwise). `walked`:
+/// its path, rebuilt into scratch (None: it could not be, and the open is `unseen`, never
+/// allowed by default). `can_refuse` as in `policy::violation`. The one decision of the
+/// tracepoint exit and of the LSM file_open hook.
+#[inline(always)]
+pub fn decide_open(
+    rs: &run::Ruleset,
+    run: &run::CurrentRun,
+    file: u64,
+    walked: Option<&kernel::Walked>,
+    read: bool,
+    write: bool,
+    can_refuse: bool,
+) -> (policy::Decision, [u8; 16]) {
+    let mut file_id = [0u8; 16];
+    // The approval is for this file with exactly this access.
+    let key = || {
+        file_id = kernel::file_id(&kernel::offsets(), file);
+        GrantKey { run: run.run_cgroup, kind: Kind::Open.as_raw(), port: access_bits(read, write), id: file_id }
+    };
+    let d = match walked {
+        Some(w) => policy::file_decision(rs, w, read, write, can_refuse, Some(key)),
+        None => policy::violation(rs, Rule::Unseen, can_refuse, policy::NO_HOLD),
+    };
+    (d, file_id)
+}
+
 /// At syscall exit the new descriptor exists but the process has not seen it yet: an open
 /// outside the policy gets SIGKILL here and never returns to user space with it. The
 /// decision uses the path the kernel resolved and the descriptor's real access mode, so it
@@ -103,17 +134,16 @@ fn finish(ctx: &TracePointContext) -> u32 {
     let p = pending.unwrap_or(PendingOpen { filename: 0, flags: 0, _pad: 0 });
     let o = kernel::offsets();
     let mut flags = 0u32;
-    let file = if ret >= 0 { kernel::fd_file(&o, ret as i32).unwrap_or(0) } else { 0 };
-    let buf = crate::scratch::scratch();
-    let mut walked = None;
+    let mut walk = kernel::Walk::NONE;
     let mut decision = policy::ALLOWED;
     let mut file_id = [0u8; 16];
+    let mut access = 0u32;
     if ret >= 0 {
-        match buf {
-            Some(buf) if file != 0 => walked = kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
-            _ => {}
+        let file = kernel::fd_file(&o, ret as i32).unwrap_or(0);
+        if let (Some(buf), true) = (crate::scratch::scratch(), file != 0) {
+            walk = kernel::Walk::of(kernel::path_to_buf(&o, file + o.file_f_path as u64, buf));
         }
-        if walked.is_none() {
+        if walk.get().is_none() {
             flags |= FLAG_READ_ERROR;
         }
         if let Some(rs) = &rs {
@@ -121,58 +151,18 @@ fn finish(ctx: &TracePointContext) -> u32 {
             let acc = p.flags & O_ACCMODE;
             let write = fmode & FMODE_WRITE != 0 || acc != 0 || p.flags & (O_CREAT | O_TRUNC) != 0;
             let read = fmode & FMODE_READ != 0 || acc != 1;
+            access = access_bits(read, write);
             // O_PATH grants no access to the contents; reopening it is another open. Taken
             // from the file, not from flags a racing thread could change after entry.
-            let path_only = fmode & FMODE_PATH != 0;
-            // The approval is for this file with exactly this access (1 read, 2 write).
-            let access = read as u32 | (write as u32) << 1;
-            let key = || {
-                file_id = kernel::file_id(&o, file);
-                GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id }
-            };
-            decision = match &walked {
-                _ if path_only => policy::ALLOWED,
-                Some(w) => policy::file_decision(rs, w, read, write, false, Some(key)),
-                // The file could not be identified: never allowed by default.
-                None => policy::violation(rs, rule::UNSEEN, false, policy::NO_HOLD),
-            };
-        }
-    }
-    if let Some(w) = &walked {
-        if w.truncated {
-            flags |= FLAG_PATH_TRUNCATED;
-        }
-    }
-    let Some(mut entry) = event::reserve::<OpenEvent>(
-        // A refused open of a policied run may be the Landlock layer's denial.
-        decision.verdict != verdict::ALLOW || (rs.is_some() && event::refused(ret)),
-    ) else { return 0 };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
-    unsafe {
-        (*ev).hdr = event::header(kind::OPEN, &run);
-        (*ev).hdr.verdict = decision.verdict;
-        (*ev).hdr.rule = decision.rule;
-        (*ev).hdr.ruleset = rs.as_ref().map(|r| r.id).unwrap_or(0);
-        (*ev).open_flags = p.flags;
-        (*ev).result = ret as i32;
-        (*ev).path_len = 0;
-        (*ev)._pad = 0;
-        (*ev).file_id = file_id;
-        let dst = (*ev).path.as_mut_ptr();
-        match (&walked, buf) {
-            (Some(w), Some(buf)) => (*ev).path_len = event::copy_walked(buf, w.start, dst),
-            _ => {
-                flags |= FLAG_PATH_UNRESOLVED;
-                let n = bpf_probe_read_user_str(dst.cast(), PATH_MAX as u32, p.filename as *const _);
-                if n > 0 {
-                    (*ev).path_len = (n as u32 - 1) & (PATH_MAX as u32 - 1);
-                }
+            if fmode & FMODE_PATH == 0 {
+                (decision, file_id) = decide_open(rs, &run, file, walk.get(), read, write, false);
             }
         }
-        (*ev).hdr.flags = flags;
     }
-    entry.submit(0);
+    // A refused open of a policied run may be the Landlock layer's denial.
+    let urgent = decision.verdict != Verdict::Allow || (rs.is_some() && event::refused(ret));
+    let open = event::Open { open_flags: p.flags, result: ret as i32, access, file_id };
+    event::report_open(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, urgent, &open, walk.get(), Some(p.filename));
     0
 }
 

@@ -120,6 +120,32 @@ pub fn fd_file(o: &KernelOffsets, fd: i32) -> Result<u64, ()> {
     read(arr + (fd as u64) * 8, 0)
 }
 
+/// A walk's outcome with every field defined. An `Option<Walked>` that is None has an
+/// undefined payload, which the compiler may copy between registers (to keep it across a
+/// helper call) and the verifier refuses to read (`!read_ok`); an `Option<&Walked>` is a
+/// pointer or null, always defined. Hold a `Walk`, hand out [`Walk::get`].
+pub struct Walk {
+    w: Walked,
+    ok: bool,
+}
+
+impl Walk {
+    pub const NONE: Walk = Walk { w: Walked { start: 0, truncated: false, pseudo: false, ncomps: 0 }, ok: false };
+
+    #[inline(always)]
+    pub fn of(r: Result<Walked, ()>) -> Walk {
+        match r {
+            Ok(w) => Walk { w, ok: true },
+            Err(()) => Walk::NONE,
+        }
+    }
+
+    #[inline(always)]
+    pub fn get(&self) -> Option<&Walked> {
+        self.ok.then_some(&self.w)
+    }
+}
+
 /// Output of [`path_to_buf`]: the path is `scratch[start..PATH_MAX]`.
 pub struct Walked {
     pub start: u32,
@@ -307,15 +333,16 @@ pub fn dentry_to_buf(o: &KernelOffsets, dentry: u64, vfsmnt: u64, buf: *mut u8) 
 /// number, little-endian, 8 bytes each. Zero when unreadable (then no grant matches).
 #[inline(always)]
 pub fn file_id(o: &KernelOffsets, file: u64) -> [u8; 16] {
-    let mut id = [0u8; 16];
     if file == 0 {
-        return id;
+        return [0; 16];
     }
     let inode: u64 = read(file, o.file_f_inode).unwrap_or(0);
     let ino: u64 = read(inode, o.inode_i_ino).unwrap_or(0);
     let sb: u64 = read(inode, o.inode_i_sb).unwrap_or(0);
     let dev: u32 = read(sb, o.super_block_s_dev).unwrap_or(0);
-    id[..8].copy_from_slice(&(dev as u64).to_le_bytes());
-    id[8..].copy_from_slice(&ino.to_le_bytes());
-    id
+    // Built from two words: byte copies into a zeroed array become memset/memcpy calls
+    // (see `event::fill_header`).
+    let words = [(dev as u64).to_le(), ino.to_le()];
+    // SAFETY: two u64 are 16 plain bytes.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
 }

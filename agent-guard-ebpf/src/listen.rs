@@ -9,58 +9,38 @@
 //!   an ephemeral port of every address, which no rule lists): under the lsm backend
 //!   `socket_listen` refuses with EPERM; under the tracepoint backend the entry of listen(2)
 //!   kills the process (its socket dies with it, unless another process shares it).
-use agent_guard_common::{
-    net_kind, net_rule, verdict, ConnectEvent, NetKey, NetRule, FLAG_LSM, NET_RULES_MAX, PORT_RANGES_MAX,
-};
+use agent_guard_common::{Kind, Rule, Verdict, FLAG_LISTEN, FLAG_LSM, FLAG_TRACEPOINT};
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, lsm, map, tracepoint},
-    maps::{lpm_trie::Key, LpmTrie},
+    macros::{cgroup_sock_addr, lsm, tracepoint},
     programs::{LsmContext, SockAddrContext, TracePointContext},
 };
 
-use crate::{event, kernel, lsm as lsm_backend, policy, run, sockets};
+use crate::{event, kernel, lsm::answer, policy, run, sockets};
 
-const BPF_F_NO_PREALLOC: u32 = 1;
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
+const EPERM: i32 = 1;
 
-/// (rule set, address prefix) -> ports a run may bind and listen on. IPv4 as IPv4-mapped.
-#[map]
-static AG_LISTEN_RULES: LpmTrie<NetKey, NetRule> = LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
-
-/// Whether `[network] listen` of rule set `id` allows `addr` (16 bytes) and `port`.
+/// The decision on a bind to, or a listen on (`can_refuse` as `policy::violation`; a bind's
+/// cgroup hook refuses through its return value, so None), `addr:port` under `rs`: the one
+/// bind/listen decision of the cgroup, tracepoint and LSM programs. Port 0 is a socket never
+/// bound (listen) and never allowed; a bind to port 0 does not get here.
 #[inline(always)]
-fn listen_allowed(id: u32, addr: &[u8; 16], port: u16) -> bool {
-    let key = Key::new(32 + 128, NetKey { ruleset_be: id.to_be_bytes(), addr: *addr });
-    let Some(r) = AG_LISTEN_RULES.get(&key) else { return false };
-    let n = if r.count as usize > PORT_RANGES_MAX { PORT_RANGES_MAX } else { r.count as usize };
-    // Every slot at a constant offset (see policy::net_allowed).
-    let mut ok = false;
-    for (i, pr) in r.ranges.iter().enumerate() {
-        ok |= i < n && port >= pr.lo && port <= pr.hi;
+pub fn decide_listen(rs: &run::Ruleset, addr: &[u8; 16], port: u16, can_refuse: Option<bool>) -> policy::Decision {
+    if port != 0 && policy::listen_allowed(rs, addr, port) {
+        return policy::ALLOWED;
     }
-    ok
+    match can_refuse {
+        Some(can_refuse) => policy::violation(rs, Rule::Listen, can_refuse, policy::NO_HOLD),
+        None => policy::refusal(rs, Rule::Listen),
+    }
 }
 
 #[inline(always)]
-fn report(run: &run::CurrentRun, kind: u32, d: &policy::Decision, ruleset: u32, family: u16, addr: [u8; 16], port: u16, lsm: bool) {
-    let Some(mut entry) = event::reserve::<ConnectEvent>(true) else { return };
-    let mut hdr = event::header(kind, run);
-    hdr.verdict = d.verdict;
-    hdr.rule = d.rule;
-    hdr.ruleset = ruleset;
-    if lsm {
-        hdr.flags |= FLAG_LSM;
-    }
-    // The event carries IPv4 in its first 4 bytes.
-    let mut out = addr;
-    if family == sockets::AF_INET as u16 {
-        out = [0; 16];
-        out[..4].copy_from_slice(&addr[12..16]);
-    }
-    let result = if d.verdict == verdict::DENY { -1 } else { 0 };
-    entry.write(ConnectEvent { hdr, result, family, port, protocol: 0, sock_type: 0, _pad: 0, addr: out });
-    entry.submit(0);
+fn report(run: &run::CurrentRun, d: &policy::Decision, ruleset: u32, flags: u32, family: u16, addr: [u8; 16], port: u16) {
+    let result = if d.verdict == Verdict::Deny { -EPERM } else { 0 };
+    let c = event::Connect { result, family, port, protocol: 0, sock_type: 0, addr };
+    event::report_connect(Kind::Bind, run, d, ruleset, flags, true, &c);
 }
 
 #[inline(always)]
@@ -70,12 +50,12 @@ fn check_bind(family: u16, addr: [u8; 16], port: u16) -> i32 {
     }
     let Some(run) = run::current_run() else { return PASS };
     let Some(rs) = run::ruleset(&run) else { return PASS };
-    if listen_allowed(rs.id, &addr, port) {
+    let d = decide_listen(&rs, &addr, port, None);
+    if d.verdict == Verdict::Allow {
         return PASS;
     }
-    let d = policy::refusal(&rs, net_rule::LISTEN);
-    report(&run, net_kind::BIND, &d, rs.id, family, addr, port, false);
-    if d.verdict == verdict::DENY { REFUSE } else { PASS }
+    report(&run, &d, rs.id, 0, family, addr, port);
+    if d.verdict == Verdict::Deny { REFUSE } else { PASS }
 }
 
 #[cgroup_sock_addr(bind4)]
@@ -116,7 +96,7 @@ fn bound(sock: u64) -> Result<Option<(u16, [u8; 16], u16)>, ()> {
     Ok(Some((family, addr, port)))
 }
 
-/// The decision for listening on `sock`. `lsm`: the hook can refuse.
+/// The decision for listening on `sock`; reports a violation. `lsm`: the hook can refuse.
 #[inline(always)]
 fn check_listen(sock: u64, lsm: bool) -> policy::Decision {
     let Some(run) = run::current_run() else { return policy::ALLOWED };
@@ -127,17 +107,17 @@ fn check_listen(sock: u64, lsm: bool) -> policy::Decision {
         // Unreadable: refused, not guessed.
         Err(()) => (0, [0; 16], 0),
     };
-    if port != 0 && listen_allowed(rs.id, &addr, port) {
-        return policy::ALLOWED;
+    let d = decide_listen(&rs, &addr, port, Some(lsm));
+    if d.verdict != Verdict::Allow {
+        let flags = FLAG_LISTEN | if lsm { FLAG_LSM } else { FLAG_TRACEPOINT };
+        report(&run, &d, rs.id, flags, family, addr, port);
     }
-    let d = policy::violation(&rs, net_rule::LISTEN, lsm, policy::NO_HOLD);
-    report(&run, net_kind::LISTEN, &d, rs.id, family, addr, port, lsm);
     d
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_listen")]
 pub fn ag_enter_listen(ctx: TracePointContext) -> u32 {
-    if lsm_backend::decides_exec() {
+    if run::decides_exec() {
         return 0;
     }
     if run::current_run().is_none() {
@@ -145,9 +125,8 @@ pub fn ag_enter_listen(ctx: TracePointContext) -> u32 {
     }
     let fd = kernel::tp_u64(&ctx, 16) as i32;
     let o = kernel::offsets();
-    let no = sockets::net_offsets();
     let Ok(file) = kernel::fd_file(&o, fd) else { return 0 };
-    let Ok(sock) = kernel::read::<u64>(file, no.file_private_data) else { return 0 };
+    let Ok(sock) = kernel::read::<u64>(file, o.file_private_data) else { return 0 };
     // Not a socket (listen fails with ENOTSOCK) or not an IP one: `bound` says so.
     check_listen(sock, false);
     0
@@ -157,5 +136,5 @@ pub fn ag_enter_listen(ctx: TracePointContext) -> u32 {
 #[lsm(hook = "socket_listen")]
 pub fn ag_lsm_socket_listen(ctx: LsmContext) -> i32 {
     let sock: u64 = ctx.arg(0);
-    sockets::answer(&check_listen(sock, true))
+    answer(&check_listen(sock, true))
 }

@@ -13,18 +13,9 @@
 //! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
 //! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
 use agent_guard_common::{
-    kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, GrantKey, KernelOffsets, OpenEvent, SyscallEvent, BIND_DEPTH_MAX, FLAG_LSM,
-    FLAG_PATH_TRUNCATED,
+    KernelOffsets, Kind, Rule, Verdict, BIND_DEPTH_MAX, FLAG_LSM,
 };
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_comm, bpf_ktime_get_boot_ns},
-    },
-    macros::{lsm, map},
-    maps::Array,
-    programs::LsmContext,
-};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
 
 use crate::{
     event, kernel,
@@ -32,15 +23,6 @@ use crate::{
     run,
 };
 
-/// [0] is 1 when the LSM programs are attached (the daemon sets it once it chose `lsm`).
-#[map]
-static AG_LSM_ON: Array<u32> = Array::with_max_entries(1, 0);
-
-/// Whether `bprm_check_security` decides execs (then the exec tracepoint only reports).
-#[inline(always)]
-pub fn decides_exec() -> bool {
-    AG_LSM_ON.get(0).copied().unwrap_or(0) != 0
-}
 
 const EPERM: i32 = 1;
 const FMODE_READ: u32 = 1;
@@ -49,6 +31,8 @@ const FMODE_WRITE: u32 = 2;
 /// same bit is `__FMODE_EXEC` in f_flags, which is where 6.x kernels carry it at file_open.
 const FMODE_EXEC: u32 = 0x20;
 const O_WRONLY: u32 = 0o1;
+/// `OpenEvent::access` of a write-side path operation.
+const ACCESS_WRITE: u32 = 2;
 
 /// Syscall numbers reported in self-protection events (x86_64).
 const NR_PTRACE: u32 = 101;
@@ -63,113 +47,17 @@ const NR_BPF: u32 = 321;
 /// `-(denied & 1)`, and the verifier cannot bound a negation, while an LSM program must
 /// provably return a value in [-4095, 0] (6.12 checks).
 #[inline(always)]
-fn answer(d: &Decision) -> i32 {
-    let allowed = !(d.verdict == verdict::DENY || d.verdict == verdict::KILL) as i32;
+pub fn answer(d: &Decision) -> i32 {
+    let allowed = !(d.verdict == Verdict::Deny || d.verdict == Verdict::Kill) as i32;
     // SAFETY: read of a local variable.
     let allowed = unsafe { core::ptr::read_volatile(&allowed) } & 1;
     allowed - EPERM
 }
 
-/// Writes the common header straight into a reserved event. `event::header` builds it on
-/// the stack, where the compiler zero-fills the comm and padding with memset calls: byte
-/// loops that the 6.1 verifier walks again for every state reaching them, which took the
-/// file_open program past its 1M-instruction budget there.
-///
-/// # Safety
-/// `hdr` points at the header of a reserved, writable ring buffer entry.
+/// Reports a decision on a path (an open, or a write-side path operation) as an `open`.
 #[inline(always)]
-unsafe fn fill_header(hdr: *mut EventHeader, kind: u32, run: &run::CurrentRun, d: &Decision, ruleset: u32, flags: u32) {
-    let o = kernel::offsets();
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
-    // SAFETY: the caller's promise; helpers write at most 16 bytes into comm.
-    unsafe {
-        (*hdr).kind = kind;
-        (*hdr).flags = flags;
-        (*hdr).ts_ns = bpf_ktime_get_boot_ns();
-        (*hdr).run_cgroup = run.run_cgroup;
-        (*hdr).cgroup = aya_ebpf::helpers::generated::bpf_get_current_cgroup_id();
-        (*hdr).pid = pid_tgid as u32;
-        (*hdr).tgid = (pid_tgid >> 32) as u32;
-        (*hdr).ppid = kernel::current_ppid(&o);
-        (*hdr).uid = uid_gid as u32;
-        (*hdr).gid = (uid_gid >> 32) as u32;
-        (*hdr).verdict = d.verdict;
-        (*hdr).rule = d.rule;
-        (*hdr).ruleset = ruleset;
-        let comm = (*hdr).comm.as_mut_ptr();
-        if bpf_get_current_comm(comm.cast(), 16) != 0 {
-            zero(comm, 16);
-        }
-    }
-}
-
-/// Zeroes `len` bytes (a multiple of 8) at `p` with stores the compiler cannot merge into a
-/// memset call (see `fill_header`).
-///
-/// # Safety
-/// `p` is writable for `len` bytes and 8-byte aligned.
-#[inline(always)]
-unsafe fn zero(p: *mut u8, len: usize) {
-    for i in 0..len / 8 {
-        // SAFETY: the caller's promise.
-        unsafe { core::ptr::write_volatile(p.cast::<u64>().add(i), 0) };
-    }
-}
-
-/// The identity of an open file for grants, as `kernel::file_id` (device, inode) but built
-/// from two words (no memset; see `fill_header`).
-#[inline(always)]
-fn file_identity(o: &KernelOffsets, file: u64) -> [u8; 16] {
-    if file == 0 {
-        return [0; 16];
-    }
-    let inode: u64 = kernel::read(file, o.file_f_inode).unwrap_or(0);
-    let ino: u64 = kernel::read(inode, o.inode_i_ino).unwrap_or(0);
-    let sb: u64 = kernel::read(inode, o.inode_i_sb).unwrap_or(0);
-    let dev: u32 = kernel::read(sb, o.super_block_s_dev).unwrap_or(0);
-    let words = [(dev as u64).to_le(), ino.to_le()];
-    // SAFETY: two u64 are 16 plain bytes.
-    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) }
-}
-
-/// Writes a file identity word by word (no memcpy or memset; see `fill_header`).
-///
-/// # Safety
-/// `dst` is writable for 16 bytes and 8-byte aligned.
-#[inline(always)]
-unsafe fn put_id(dst: *mut u8, id: [u8; 16]) {
-    // SAFETY: two u64 are 16 plain bytes; the caller's promise.
-    unsafe {
-        let w = core::mem::transmute::<[u8; 16], [u64; 2]>(id);
-        core::ptr::write_volatile(dst.cast::<u64>(), w[0]);
-        core::ptr::write_volatile(dst.cast::<u64>().add(1), w[1]);
-    }
-}
-
-/// Reports a decision on a path (an open, or a write-side path operation) as an `open` event.
-#[inline(always)]
-fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&kernel::Walked>, open_flags: u32, file_id: [u8; 16]) {
-    let Some(mut entry) = event::reserve::<OpenEvent>(d.verdict != verdict::ALLOW) else { return };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
-    unsafe {
-        fill_header(&mut (*ev).hdr, kind::OPEN, run, d, rs_id, FLAG_LSM);
-        (*ev).open_flags = open_flags;
-        (*ev).result = answer(d);
-        core::ptr::write_volatile(&mut (*ev).path_len, 0);
-        core::ptr::write_volatile(&mut (*ev)._pad, 0);
-        put_id((*ev).file_id.as_mut_ptr(), file_id);
-        let mut flags = FLAG_LSM;
-        if let (Some(w), Some(buf)) = (walked, crate::scratch::scratch()) {
-            if w.truncated {
-                flags |= FLAG_PATH_TRUNCATED;
-            }
-            (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
-        }
-        (*ev).hdr.flags = flags;
-    }
-    entry.submit(0);
+fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&kernel::Walked>, open: &event::Open) {
+    event::report_open(run, d, rs_id, FLAG_LSM, d.verdict != Verdict::Allow, open, walked, None);
 }
 
 /// file_open(struct file *file): every open of a file, with its real access mode.
@@ -184,20 +72,21 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
         return 0;
     }
     let rs = run::ruleset(&run);
-    let walked = crate::scratch::scratch().and_then(|buf| kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok());
+    let walk = match crate::scratch::scratch() {
+        Some(buf) => kernel::Walk::of(kernel::path_to_buf(&o, file + o.file_f_path as u64, buf)),
+        None => kernel::Walk::NONE,
+    };
+    let walked = walk.get();
     let (read, write) = (fmode & FMODE_READ != 0, fmode & FMODE_WRITE != 0);
     let mut d = policy::ALLOWED;
     let mut file_id = [0u8; 16];
+    let mut access = 0u32;
     if let Some(rs) = &rs {
-        file_id = file_identity(&o, file);
-        let access = read as u32 | (write as u32) << 1;
-        let key = GrantKey { run: run.run_cgroup, kind: kind::OPEN, port: access, id: file_id };
-        d = match &walked {
-            Some(w) => policy::file_decision(rs, w, read, write, true, Some(|| key)),
-            None => policy::violation(rs, rule::UNSEEN, true, policy::NO_HOLD),
-        };
+        access = crate::files::access_bits(read, write);
+        (d, file_id) = crate::files::decide_open(rs, &run, file, walked, read, write, true);
     }
-    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked.as_ref(), f_flags, file_id);
+    let open = event::Open { open_flags: f_flags, result: answer(&d), access, file_id };
+    report_path(&run, rs.as_ref().map_or(0, |r| r.id), &d, walked, &open);
     answer(&d)
 }
 
@@ -211,39 +100,16 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
     let bprm: u64 = ctx.arg(0);
     let o = kernel::offsets();
     let file: u64 = kernel::read(bprm, o.binprm_file).unwrap_or(0);
-    let walked = match crate::scratch::scratch() {
-        Some(buf) if file != 0 => kernel::path_to_buf(&o, file + o.file_f_path as u64, buf).ok(),
-        _ => None,
+    let walk = match crate::scratch::scratch() {
+        Some(buf) if file != 0 => kernel::Walk::of(kernel::path_to_buf(&o, file + o.file_f_path as u64, buf)),
+        _ => kernel::Walk::NONE,
     };
-    let file_id = file_identity(&o, file);
-    let key = GrantKey { run: run.run_cgroup, kind: kind::EXEC, port: 0, id: file_id };
-    let d = match &walked {
-        Some(w) => policy::exec_decision(&rs, w, true, || key),
-        None => policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD),
-    };
-    if d.verdict == verdict::ALLOW {
+    let walked = walk.get();
+    let (d, file_id) = crate::exec::decide_exec(&rs, &run, file, walked, true);
+    if d.verdict == Verdict::Allow {
         return 0;
     }
-    if let Some(mut entry) = event::reserve::<ExecEvent>(true) {
-        let ev = entry.as_mut_ptr();
-        // SAFETY: as in report_path.
-        unsafe {
-            fill_header(&mut (*ev).hdr, kind::EXEC, &run, &d, rs.id, FLAG_LSM);
-            core::ptr::write_volatile(&mut (*ev).path_len, 0);
-            core::ptr::write_volatile(&mut (*ev).argv_len, 0);
-            core::ptr::write_volatile(&mut (*ev)._pad, 0);
-            put_id((*ev).file_id.as_mut_ptr(), file_id);
-            let mut flags = FLAG_LSM;
-            if let (Some(w), Some(buf)) = (&walked, crate::scratch::scratch()) {
-                if w.truncated {
-                    flags |= FLAG_PATH_TRUNCATED;
-                }
-                (*ev).path_len = event::copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
-            }
-            (*ev).hdr.flags = flags;
-        }
-        entry.submit(0);
-    }
+    event::report_exec(&run, &d, rs.id, FLAG_LSM, file_id, walked, None);
     answer(&d)
 }
 
@@ -254,15 +120,20 @@ fn write_check(dentry: u64, vfsmnt: u64) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
     let o = kernel::offsets();
-    let walked = crate::scratch::scratch().and_then(|buf| kernel::dentry_to_buf(&o, dentry, vfsmnt, buf).ok());
-    let d = match &walked {
-        Some(w) => policy::file_decision(&rs, w, false, true, true, policy::NO_HOLD),
-        None => policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD),
+    let walk = match crate::scratch::scratch() {
+        Some(buf) => kernel::Walk::of(kernel::dentry_to_buf(&o, dentry, vfsmnt, buf)),
+        None => kernel::Walk::NONE,
     };
-    if d.verdict == verdict::ALLOW {
+    let walked = walk.get();
+    let d = match walked {
+        Some(w) => policy::file_decision(&rs, w, false, true, true, policy::NO_HOLD),
+        None => policy::violation(&rs, Rule::Unseen, true, policy::NO_HOLD),
+    };
+    if d.verdict == Verdict::Allow {
         return 0;
     }
-    report_path(&run, rs.id, &d, walked.as_ref(), O_WRONLY, [0; 16]);
+    let open = event::Open { open_flags: O_WRONLY, result: answer(&d), access: ACCESS_WRITE, file_id: [0; 16] };
+    report_path(&run, rs.id, &d, walked, &open);
     answer(&d)
 }
 
@@ -281,7 +152,7 @@ fn write_in(dir: u64, dentry: u64) -> i32 {
 fn unreadable() -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
-    answer(&policy::violation(&rs, rule::UNSEEN, true, policy::NO_HOLD))
+    answer(&policy::violation(&rs, Rule::Unseen, true, policy::NO_HOLD))
 }
 
 /// path_truncate(const struct path *path): truncate(2), ftruncate(2) (6.1: open(O_TRUNC) too).
@@ -384,18 +255,8 @@ fn cgroup_in(o: &KernelOffsets, cgrp: u64, run_cgroup: u64) -> bool {
 #[inline(always)]
 fn outside_run(run: &run::CurrentRun, nr: u32, arg0: u64) -> i32 {
     let Some(rs) = run::ruleset(run) else { return 0 };
-    let d = policy::violation(&rs, rule::SELF_PROTECTION, true, policy::NO_HOLD);
-    if let Some(mut entry) = event::reserve::<SyscallEvent>(true) {
-        let ev = entry.as_mut_ptr();
-        // SAFETY: a reserved, writable SyscallEvent, written field by field.
-        unsafe {
-            fill_header(&mut (*ev).hdr, kind::SYSCALL, run, &d, rs.id, FLAG_LSM);
-            (*ev).nr = nr;
-            (*ev)._pad = 0;
-            (*ev).arg0 = arg0;
-        }
-        entry.submit(0);
-    }
+    let d = policy::violation(&rs, Rule::SelfProtection, true, policy::NO_HOLD);
+    event::report_syscall(run, &d, rs.id, FLAG_LSM, nr, arg0);
     answer(&d)
 }
 
@@ -471,25 +332,14 @@ pub fn ag_lsm_socket_connect(ctx: LsmContext) -> i32 {
         AF_INET6 if len >= 24 => kernel::read::<[u8; 16]>(addr, 8).unwrap_or([0; 16]),
         _ => return 0,
     };
-    if policy::net_allowed(&rs, &ip, port) {
+    let d = crate::net::decide_connect(&rs, &run, &ip, port, None);
+    if d.verdict == Verdict::Allow {
         return 0;
     }
-    let d = policy::violation(&rs, rule::NETWORK, true, policy::NO_HOLD);
-    if let Some(mut entry) = event::reserve::<ConnectEvent>(true) {
-        let ev = entry.as_mut_ptr();
-        let sock_type: i16 = kernel::read(sock, o.socket_type).unwrap_or(0);
-        // SAFETY: a reserved, writable ConnectEvent, written field by field.
-        unsafe {
-            fill_header(&mut (*ev).hdr, kind::CONNECT, &run, &d, rs.id, FLAG_LSM);
-            (*ev).result = -EPERM;
-            (*ev).family = family;
-            (*ev).port = port;
-            (*ev).protocol = 0;
-            (*ev).sock_type = sock_type as u16;
-            (*ev)._pad = 0;
-            put_id((*ev).addr.as_mut_ptr(), ip);
-        }
-        entry.submit(0);
-    }
+    // This hook can signal: a refusal is a violation as any other (kill, or deny).
+    let d = if d.verdict == Verdict::Deny { policy::violation(&rs, Rule::Network, true, policy::NO_HOLD) } else { d };
+    let sock_type: i16 = kernel::read(sock, o.socket_type).unwrap_or(0);
+    let c = event::Connect { result: -EPERM, family, port, protocol: 0, sock_type: sock_type as u16, addr: ip };
+    event::report_connect(Kind::Connect, &run, &d, rs.id, FLAG_LSM, true, &c);
     answer(&d)
 }

@@ -4,8 +4,7 @@
 //! caller's sockaddr at syscall entry, the result and the socket's type and protocol are
 //! taken at exit (IPv4 and IPv6 only).
 use agent_guard_common::{
-    action, drop_slot, kind, mode, rule, verdict, ConnectEvent, GrantKey, SocketEvent, PENDING_MAX,
-    FLAG_READ_ERROR, RS_RAW_SOCKETS,
+    action, drop_slot, mode, GrantKey, Kind, Rule, Verdict, PENDING_MAX, FLAG_READ_ERROR, RS_RAW_SOCKETS,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -41,10 +40,31 @@ const PENDING_STOP: u32 = 2;
 /// Allowed by a one-time approval, which the sock_addr program used up.
 const PENDING_GRANTED: u32 = 3;
 
-/// The network decision for the current task, and the rule set that took it (None: the run
-/// has no policy). `grants`: the socket's protocol, to look up (and use up) approvals; the
-/// exit tracepoints recompute without them (None) and learn from AG_KILL_PENDING what the
-/// hook decided.
+/// The decision on a connect or UDP send to `addr` (IPv6, IPv4 as IPv4-mapped) and `port`
+/// under `rs`: allowed, or refused (`deny`, `would_deny` in monitor mode), or allowed by an
+/// approval. `grants`: the socket's protocol, to look up (and use up) approvals; the exit
+/// tracepoints recompute without them (None) and learn from AG_KILL_PENDING what the hook
+/// decided. The one network decision of the cgroup programs, the connect exit and the LSM
+/// socket_connect hook (which turns a refusal into a `policy::violation` of its own).
+#[inline(always)]
+pub fn decide_connect(rs: &run::Ruleset, run: &run::CurrentRun, addr: &[u8; 16], port: u16, grants: Option<u32>) -> policy::Decision {
+    if policy::net_allowed(rs, addr, port) {
+        return policy::ALLOWED;
+    }
+    let d = policy::refusal(rs, Rule::Network);
+    if let (Some(protocol), Verdict::Deny) = (grants, d.verdict) {
+        // The approval is for this address, port and protocol.
+        let key = GrantKey { run: run.run_cgroup, kind: Kind::Connect.as_raw(), port: port as u32 | protocol << 16, id: *addr };
+        if policy::granted(&key) {
+            let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_GRANTED, 0);
+            return policy::GRANTED;
+        }
+    }
+    d
+}
+
+/// [`decide_connect`] under the run's rule set, and that rule set (None: the run has no
+/// policy, everything is allowed).
 #[inline(always)]
 fn net_decision(
     run: &run::CurrentRun,
@@ -53,19 +73,7 @@ fn net_decision(
     grants: Option<u32>,
 ) -> (policy::Decision, Option<run::Ruleset>) {
     let Some(rs) = run::ruleset(run) else { return (policy::ALLOWED, None) };
-    if policy::net_allowed(&rs, addr, port) {
-        return (policy::ALLOWED, Some(rs));
-    }
-    let d = policy::refusal(&rs, rule::NETWORK);
-    if let (Some(protocol), verdict::DENY) = (grants, d.verdict) {
-        // The approval is for this address, port and protocol.
-        let key = GrantKey { run: run.run_cgroup, kind: kind::CONNECT, port: port as u32 | protocol << 16, id: *addr };
-        if policy::granted(&key) {
-            let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_GRANTED, 0);
-            return (policy::GRANTED, Some(rs));
-        }
-    }
-    (d, Some(rs))
+    (decide_connect(&rs, run, addr, port, grants), Some(rs))
 }
 
 #[inline(always)]
@@ -78,16 +86,16 @@ fn ruleset_id(rs: &Option<run::Ruleset>) -> u32 {
 /// there. Takes the rule set that refused, so the whole decision is one generation's.
 /// Returns the verdict to report.
 #[inline(always)]
-fn kill_later(rs: &run::Ruleset, holdable: bool) -> u32 {
+fn kill_later(rs: &run::Ruleset, holdable: bool) -> Verdict {
     if rs.hdr.mode == mode::ENFORCE && rs.hdr.on_violation == action::KILL {
         let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_KILL, 0);
-        return verdict::KILL;
+        return Verdict::Kill;
     }
     if holdable && policy::holds(rs) {
         let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_STOP, 0);
-        return verdict::HOLD;
+        return Verdict::Hold;
     }
-    verdict::DENY
+    Verdict::Deny
 }
 
 /// IPv4 address of a sock_addr context as IPv4-mapped bytes, and the port (host order).
@@ -117,7 +125,7 @@ fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     let (protocol, sock_type, family) = unsafe { ((*sa).protocol, (*sa).type_, (*sa).user_family) };
     let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
     let (reported, ret) = match &rs {
-        Some(rs) if d.verdict == verdict::DENY => (kill_later(rs, true), REFUSE),
+        Some(rs) if d.verdict == Verdict::Deny => (kill_later(rs, true), REFUSE),
         _ => (d.verdict, PASS),
     };
     // Inside connect(2) (its entry left a record): leave the judgment for the exit's event,
@@ -126,8 +134,7 @@ fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
         // SAFETY: this thread's own record, written in place.
         unsafe {
             (*p).judged = 1;
-            (*p).verdict = reported;
-            (*p).rule = d.rule;
+            (*p).decision = policy::Decision { verdict: reported, rule: d.rule };
             (*p).ruleset = ruleset_id(&rs);
             (*p).sock_type = sock_type as u16;
             (*p).protocol = protocol as u16;
@@ -147,24 +154,19 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     // SAFETY: a context field the verifier allows reading.
     let protocol = unsafe { (*sa).protocol };
     let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
-    if d.verdict == verdict::ALLOW {
+    if d.verdict == Verdict::Allow {
         return PASS;
     }
-    let refused = d.verdict == verdict::DENY;
+    let refused = d.verdict == Verdict::Deny;
     let reported = match &rs {
         Some(rs) if refused => kill_later(rs, true),
         _ => d.verdict,
     };
-    if let Some(mut entry) = event::reserve::<ConnectEvent>(true) {
-        let mut hdr = event::header(kind::SENDMSG, &run);
-        hdr.verdict = reported;
-        hdr.rule = d.rule;
-        hdr.ruleset = ruleset_id(&rs);
-        // SAFETY: context fields the verifier allows reading.
-        let (family, sock_type, protocol) = unsafe { ((*sa).family as u16, (*sa).type_ as u16, (*sa).protocol as u16) };
-        entry.write(ConnectEvent { hdr, result: 0, family, port, protocol, sock_type, _pad: 0, addr });
-        entry.submit(0);
-    }
+    // SAFETY: context fields the verifier allows reading.
+    let (family, sock_type, protocol) = unsafe { ((*sa).family as u16, (*sa).type_ as u16, (*sa).protocol as u16) };
+    let c = event::Connect { result: 0, family, port, protocol, sock_type, addr };
+    let reported = policy::Decision { verdict: reported, rule: d.rule };
+    event::report_connect(Kind::Sendmsg, &run, &reported, ruleset_id(&rs), 0, true, &c);
     if refused && rs.is_some() {
         REFUSE
     } else {
@@ -212,22 +214,15 @@ pub fn ag_sock_create(ctx: SockContext) -> i32 {
         if rs.hdr.flags & RS_RAW_SOCKETS != 0 {
             return PASS;
         }
-        rule::RAW_SOCKET
+        Rule::RawSocket
     } else if !checked {
-        rule::UNSEEN
+        Rule::Unseen
     } else {
         return PASS;
     };
     let d = policy::refusal(&rs, rule);
-    if let Some(mut entry) = event::reserve::<SocketEvent>(true) {
-        let mut hdr = event::header(kind::SOCKET, &run);
-        hdr.verdict = d.verdict;
-        hdr.rule = d.rule;
-        hdr.ruleset = rs.id;
-        entry.write(SocketEvent { hdr, family, sock_type: ty, protocol: proto, _pad: 0 });
-        entry.submit(0);
-    }
-    if d.verdict == verdict::DENY {
+    event::report_socket(&run, &d, rs.id, 0, family, ty, proto);
+    if d.verdict == Verdict::Deny {
         kill_later(&rs, false);
         return REFUSE;
     }
@@ -291,8 +286,8 @@ struct PendingConnect {
     judged: u32,
     /// sockaddr_in or sockaddr_in6 as passed (28 bytes used).
     sa: [u8; 32],
-    verdict: u32,
-    rule: u32,
+    /// The judgment (kernel-internal: written only by these programs).
+    decision: policy::Decision,
     ruleset: u32,
     sock_type: u16,
     protocol: u16,
@@ -318,8 +313,7 @@ pub fn ag_enter_connect(ctx: TracePointContext) -> u32 {
         fd: fd as i32,
         judged: 0,
         sa: [0; 32],
-        verdict: 0,
-        rule: 0,
+        decision: policy::ALLOWED,
         ruleset: 0,
         sock_type: 0,
         protocol: 0,
@@ -353,8 +347,7 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
     let mut flags = 0;
     let (d, ruleset, sock_type, protocol, family, port, addr) = if p.judged != 0 {
         // What connect4/connect6 decided, on the address the kernel used.
-        let d = policy::Decision { verdict: p.verdict, rule: p.rule };
-        (d, p.ruleset, p.sock_type, p.protocol, p.family, p.port, p.addr)
+        (p.decision, p.ruleset, p.sock_type, p.protocol, p.family, p.port, p.addr)
     } else {
         let family = u16::from_ne_bytes([p.sa[0], p.sa[1]]);
         // The connect failed before the cgroup hook (bad descriptor or address, already
@@ -381,38 +374,18 @@ pub fn ag_exit_connect(ctx: TracePointContext) -> u32 {
             a
         };
         let (mut d, rs) = net_decision(&run, &addr, port, None);
-        if d.verdict == verdict::DENY {
+        if d.verdict == Verdict::Deny {
             match pending {
-                PENDING_KILL => d.verdict = verdict::KILL,
-                PENDING_STOP => d.verdict = verdict::HOLD,
+                PENDING_KILL => d.verdict = Verdict::Kill,
+                PENDING_STOP => d.verdict = Verdict::Hold,
                 PENDING_GRANTED => d = policy::GRANTED,
                 _ => {}
             }
         }
         (d, ruleset_id(&rs), sock_type, protocol, family, port, addr)
     };
-    // The event carries IPv4 in the first 4 bytes.
-    let mut out = addr;
-    if family == AF_INET {
-        out = [0; 16];
-        out[..4].copy_from_slice(&addr[12..16]);
-    }
-    let Some(mut entry) = event::reserve::<ConnectEvent>(d.verdict != verdict::ALLOW || event::refused(ret)) else { return 0 };
-    let mut hdr = event::header(kind::CONNECT, &run);
-    hdr.flags = flags;
-    hdr.verdict = d.verdict;
-    hdr.rule = d.rule;
-    hdr.ruleset = ruleset;
-    entry.write(ConnectEvent {
-        hdr,
-        result: ret as i32,
-        family,
-        port,
-        protocol,
-        sock_type,
-        _pad: 0,
-        addr: out,
-    });
-    entry.submit(0);
+    let urgent = d.verdict != Verdict::Allow || event::refused(ret);
+    let c = event::Connect { result: ret as i32, family, port, protocol, sock_type, addr };
+    event::report_connect(Kind::Connect, &run, &d, ruleset, flags, urgent, &c);
     0
 }

@@ -2,8 +2,8 @@
 //! syscall bitmaps, and the one place where a violation becomes EPERM, SIGKILL or a
 //! would_deny report. The userspace compiler side is agent-guard/src/policy.rs.
 use agent_guard_common::{
-    action, file_rule, grant, mode, rule, verdict, FileNode, FileNodeKey, GrantKey, NetKey, NetRule,
-    FILE_NODES_MAX, GRANTS_MAX, NAME_BYTES, NET_RULES_MAX, PATH_MAX, PORT_RANGES_MAX, SYSCALL_WORDS,
+    action, file_rule, grant, mode, FileNode, FileNodeKey, GrantKey, NetKey, NetRule,
+    FILE_NODES_MAX, GRANTS_MAX, NAME_BYTES, NET_RULES_MAX, PATH_MAX, PORT_RANGES_MAX, SYSCALL_WORDS, Rule, Verdict,
 };
 use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_send_signal},
@@ -61,7 +61,7 @@ pub fn is_held() -> bool {
 /// `violation`'s `hold` for an access no responder can approve.
 pub const NO_HOLD: Option<fn() -> GrantKey> = None;
 
-pub const GRANTED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::GRANT };
+pub const GRANTED: Decision = Decision { verdict: Verdict::Allow, rule: Some(Rule::Grant) };
 
 /// Whether the run's policy holds violations for review (enforce mode, on_violation freeze).
 #[inline(always)]
@@ -79,14 +79,28 @@ static AG_FILE_NODES: HashMap<FileNodeKey, FileNode> =
 static AG_NET_RULES: LpmTrie<NetKey, NetRule> =
     LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
 
-/// A decision: the `verdict::*` taken and the `rule::*` that decided.
+/// A decision: the verdict taken and the rule that decided (None: no rule was violated).
 #[derive(Clone, Copy)]
 pub struct Decision {
-    pub verdict: u32,
-    pub rule: u32,
+    pub verdict: Verdict,
+    pub rule: Option<Rule>,
 }
 
-pub const ALLOWED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::NONE };
+impl Decision {
+    /// `EventHeader::verdict`.
+    #[inline(always)]
+    pub fn verdict_raw(&self) -> u32 {
+        self.verdict.as_raw()
+    }
+
+    /// `EventHeader::rule`.
+    #[inline(always)]
+    pub fn rule_raw(&self) -> u32 {
+        Rule::raw_of(self.rule)
+    }
+}
+
+pub const ALLOWED: Decision = Decision { verdict: Verdict::Allow, rule: None };
 
 /// Turns a violation of `rule` into what happens. `can_refuse`: the hook can fail the
 /// operation with EPERM (the caller does that when the verdict is DENY). Otherwise, or with
@@ -100,9 +114,9 @@ pub const ALLOWED: Decision = Decision { verdict: verdict::ALLOW, rule: rule::NO
 /// review. Without it ([`NO_HOLD`]: syscalls, unidentified files), freeze kills: a stop after
 /// the fact would let the operation run.
 #[inline(always)]
-pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool, hold: Option<impl FnOnce() -> GrantKey>) -> Decision {
+pub fn violation(rs: &Ruleset, rule: Rule, can_refuse: bool, hold: Option<impl FnOnce() -> GrantKey>) -> Decision {
     let d = refusal(rs, rule);
-    if d.verdict == verdict::WOULD_DENY {
+    if d.verdict == Verdict::WouldDeny {
         return d;
     }
     if let Some(key) = hold {
@@ -111,22 +125,22 @@ pub fn violation(rs: &Ruleset, rule: u32, can_refuse: bool, hold: Option<impl Fn
         }
         if holds(rs) {
             stop_current();
-            return Decision { verdict: verdict::HOLD, rule };
+            return Decision { verdict: Verdict::Hold, rule: Some(rule) };
         }
     }
     if can_refuse && rs.hdr.on_violation != action::KILL {
         return d;
     }
     kill_current();
-    Decision { verdict: verdict::KILL, rule }
+    Decision { verdict: Verdict::Kill, rule: Some(rule) }
 }
 
 /// A violation as far as a hook that cannot send signals takes it (the cgroup socket
 /// programs): `would_deny` in monitor mode, otherwise `deny` (the hook returns EPERM).
 #[inline(always)]
-pub fn refusal(rs: &Ruleset, rule: u32) -> Decision {
-    let verdict = if rs.hdr.mode == mode::MONITOR { verdict::WOULD_DENY } else { verdict::DENY };
-    Decision { verdict, rule }
+pub fn refusal(rs: &Ruleset, rule: Rule) -> Decision {
+    let verdict = if rs.hdr.mode == mode::MONITOR { Verdict::WouldDeny } else { Verdict::Deny };
+    Decision { verdict, rule: Some(rule) }
 }
 
 /// Stops the current process for a hold: marked held first, so it cannot run on unnoticed.
@@ -234,7 +248,8 @@ pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
             i: 0,
             n: w.ncomps,
             access: root & file_rule::ACCESS_MASK,
-            exec: (root & file_rule::EXEC_DIR != 0) as u32,
+            // "/" as an exec directory rule covers every file strictly below it: not "/".
+            exec: (root & file_rule::EXEC_DIR != 0 && w.ncomps > 0) as u32,
         };
         bpf_loop(agent_guard_common::PATH_DEPTH_MAX, match_step as *const () as *mut _, core::ptr::null_mut(), 0);
         PathMatch { access: (*s).m.access, exec: (*s).m.exec != 0 }
@@ -254,7 +269,7 @@ pub fn file_decision(
     hold: Option<impl FnOnce() -> GrantKey>,
 ) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, can_refuse, NO_HOLD);
+        return violation(rs, Rule::PathTooLong, can_refuse, NO_HOLD);
     }
     if w.pseudo {
         // Reopening a pipe, socket or anonymous inode the process already holds.
@@ -262,11 +277,11 @@ pub fn file_decision(
     }
     let m = match_path(rs, w);
     let rule = if m.access & file_rule::DENY != 0 {
-        rule::FILES_DENY
+        Rule::FilesDeny
     } else if write && m.access & file_rule::WRITE == 0 {
-        rule::FILES_WRITE
+        Rule::FilesWrite
     } else if read && m.access & (file_rule::READ | file_rule::WRITE) == 0 {
-        rule::FILES_READ
+        Rule::FilesRead
     } else {
         return ALLOWED;
     };
@@ -279,23 +294,43 @@ pub fn file_decision(
 #[inline(always)]
 pub fn exec_decision(rs: &Ruleset, w: &Walked, can_refuse: bool, hold: impl FnOnce() -> GrantKey) -> Decision {
     if w.truncated {
-        return violation(rs, rule::PATH_TOO_LONG, can_refuse, NO_HOLD);
+        return violation(rs, Rule::PathTooLong, can_refuse, NO_HOLD);
     }
     if w.pseudo {
-        return violation(rs, rule::EXEC, can_refuse, NO_HOLD); // memfd and other fileless executables
+        return violation(rs, Rule::Exec, can_refuse, NO_HOLD); // memfd and other fileless executables
     }
     if match_path(rs, w).exec {
         ALLOWED
     } else {
-        violation(rs, rule::EXEC, can_refuse, Some(hold))
+        violation(rs, Rule::Exec, can_refuse, Some(hold))
     }
 }
+
+/// (rule set, address prefix) -> ports a run may bind and listen on (`[network] listen`),
+/// compiled as `[network] connect`. IPv4 is stored IPv4-mapped.
+#[map]
+static AG_LISTEN_RULES: LpmTrie<NetKey, NetRule> =
+    LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
 
 /// Whether `[network] connect` allows `addr` (16 bytes, IPv4 as IPv4-mapped) and `port`.
 #[inline(always)]
 pub fn net_allowed(rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
+    ports_allowed(&AG_NET_RULES, rs, addr, port)
+}
+
+/// Whether `[network] listen` allows binding or listening on `addr` (as [`net_allowed`]) and
+/// `port`.
+#[inline(always)]
+pub fn listen_allowed(rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
+    ports_allowed(&AG_LISTEN_RULES, rs, addr, port)
+}
+
+/// The one CIDR-and-port lookup: the longest prefix of `addr` in `trie` for the rule set, and
+/// whether one of its port ranges holds `port`.
+#[inline(always)]
+fn ports_allowed(trie: &LpmTrie<NetKey, NetRule>, rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
     let key = Key::new(32 + 128, NetKey { ruleset_be: rs.id.to_be_bytes(), addr: *addr });
-    let Some(r) = AG_NET_RULES.get(&key) else { return false };
+    let Some(r) = trie.get(&key) else { return false };
     let n = if r.count as usize > PORT_RANGES_MAX { PORT_RANGES_MAX } else { r.count as usize };
     // Every slot at a constant offset, no early exit: the compiler unrolls this into plain
     // loads, where a loop with a break became a pointer walk the 6.1 verifier refuses

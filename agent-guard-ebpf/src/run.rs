@@ -42,6 +42,8 @@ static AG_RULESETS: HashMap<u32, RulesetHeader> = HashMap::with_max_entries(RULE
 pub struct CurrentRun {
     pub run_cgroup: u64,
     pub policy: u32,
+    /// `RunEntry::flags` (`RUN_*`).
+    pub flags: u32,
 }
 
 /// The run the current task is in, or None for every process outside the managed root.
@@ -60,8 +62,8 @@ pub fn current_run() -> Option<CurrentRun> {
     }
     let run_cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32 + 1) };
     // SAFETY: the value is copied out at once.
-    let policy = unsafe { AG_RUNS.get(&run_cgroup) }?.policy;
-    Some(CurrentRun { run_cgroup, policy })
+    let e = unsafe { AG_RUNS.get(&run_cgroup) }?;
+    Some(CurrentRun { run_cgroup, policy: e.policy, flags: e.flags })
 }
 
 /// The binding the current task is under, searching its cgroup's ancestors from the top.
@@ -78,7 +80,7 @@ fn bound_run() -> Option<CurrentRun> {
         }
         // SAFETY: copied out at once.
         if let Some(e) = unsafe { AG_BOUND.get(&id) } {
-            return Some(CurrentRun { run_cgroup: id, policy: e.policy });
+            return Some(CurrentRun { run_cgroup: id, policy: e.policy, flags: e.flags });
         }
     }
     None
@@ -117,3 +119,13 @@ static FAIL_CLOSED: RulesetHeader = RulesetHeader {
     syscalls: [0; SYSCALL_WORDS],
     unseen: [0; SYSCALL_WORDS],
 };
+
+/// [0] is 1 when the LSM programs are attached (the daemon sets it once it chose `lsm`).
+#[map]
+static AG_LSM_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether the LSM backend is in force: then `bprm_check_security` decides execs (then the exec tracepoint only reports).
+#[inline(always)]
+pub fn decides_exec() -> bool {
+    AG_LSM_ON.get(0).copied().unwrap_or(0) != 0
+}

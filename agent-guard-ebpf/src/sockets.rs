@@ -9,16 +9,14 @@
 //! and the process never runs another instruction). The arguments are truncated to `int`
 //! exactly as the kernel does (`__sys_socket(int family, int type, int protocol)`), so high
 //! bits of a register cannot hide a family.
-use agent_guard_common::{
-    net_kind, net_rule, verdict, NetContain, NetOffsets, SocketEvent, FLAG_LSM,
-};
+use agent_guard_common::{NetContain, NetOffsets, Rule, FLAG_LSM, FLAG_TRACEPOINT};
 use aya_ebpf::{
     macros::{lsm, map, tracepoint},
     maps::HashMap,
     programs::{LsmContext, TracePointContext},
 };
 
-use crate::{event, kernel, lsm as lsm_backend, policy, run};
+use crate::{event, kernel, lsm::answer, policy, run};
 
 pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;
@@ -58,7 +56,7 @@ pub fn net_offsets() -> NetOffsets {
 /// Whether rule set `id` lets a run create a socket of `family` / `protocol` (both as the
 /// kernel's `int`). A rule set without an entry (fail closed) allows only the defaults.
 #[inline(always)]
-pub fn family_allowed(id: u32, family: i32, protocol: i32) -> bool {
+fn family_allowed(id: u32, family: i32, protocol: i32) -> bool {
     let defaults = NetContain {
         families: (1 << AF_UNIX) | (1 << AF_INET) | (1 << AF_INET6) | (1 << AF_NETLINK),
         netlink: 1,
@@ -75,32 +73,26 @@ pub fn family_allowed(id: u32, family: i32, protocol: i32) -> bool {
     true
 }
 
+/// The decision on a new socket of `family` / `protocol` under `rs`: the one socket-family
+/// decision of the syscall entries and the LSM hook. `can_refuse`: the hook can fail it.
+#[inline(always)]
+pub fn decide_family(rs: &run::Ruleset, family: i32, protocol: i32, can_refuse: bool) -> policy::Decision {
+    if family_allowed(rs.id, family, protocol) {
+        return policy::ALLOWED;
+    }
+    policy::violation(rs, Rule::Families, can_refuse, policy::NO_HOLD)
+}
+
 /// The decision for a new socket of the current task; reports a violation. `lsm`: the hook
-/// can refuse (EPERM). Returns the decision.
+/// can refuse (EPERM).
 #[inline(always)]
 fn judge(family: i32, ty: i32, protocol: i32, lsm: bool) -> policy::Decision {
     let Some(run) = run::current_run() else { return policy::ALLOWED };
     let Some(rs) = run::ruleset(&run) else { return policy::ALLOWED };
-    if family_allowed(rs.id, family, protocol) {
-        return policy::ALLOWED;
-    }
-    let d = policy::violation(&rs, net_rule::FAMILIES, lsm, policy::NO_HOLD);
-    if let Some(mut entry) = event::reserve::<SocketEvent>(true) {
-        let mut hdr = event::header(net_kind::FAMILY, &run);
-        hdr.verdict = d.verdict;
-        hdr.rule = d.rule;
-        hdr.ruleset = rs.id;
-        if lsm {
-            hdr.flags |= FLAG_LSM;
-        }
-        entry.write(SocketEvent {
-            hdr,
-            family: family as u32,
-            sock_type: ty as u32 & SOCK_TYPE_MASK,
-            protocol: protocol as u32,
-            _pad: 0,
-        });
-        entry.submit(0);
+    let d = decide_family(&rs, family, protocol, lsm);
+    if d.verdict != agent_guard_common::Verdict::Allow {
+        let flags = if lsm { FLAG_LSM } else { FLAG_TRACEPOINT };
+        event::report_socket(&run, &d, rs.id, flags, family as u32, ty as u32 & SOCK_TYPE_MASK, protocol as u32);
     }
     d
 }
@@ -108,7 +100,7 @@ fn judge(family: i32, ty: i32, protocol: i32, lsm: bool) -> policy::Decision {
 #[inline(always)]
 fn enter(ctx: &TracePointContext) -> u32 {
     // Under lsm, socket_create decides (and refuses instead of killing).
-    if lsm_backend::decides_exec() {
+    if run::decides_exec() {
         return 0;
     }
     // sys_enter_socket / sys_enter_socketpair: family, type, protocol from byte 16.
@@ -138,14 +130,4 @@ pub fn ag_lsm_socket_create(ctx: LsmContext) -> i32 {
         return 0;
     }
     answer(&judge(family, ty, protocol, true))
-}
-
-/// An LSM hook's return value for a decision: -EPERM for deny and kill, 0 otherwise
-/// (computed so that the verifier can bound it, as lsm.rs explains).
-#[inline(always)]
-pub fn answer(d: &policy::Decision) -> i32 {
-    let allowed = !(d.verdict == verdict::DENY || d.verdict == verdict::KILL) as i32;
-    // SAFETY: read of a local variable.
-    let allowed = unsafe { core::ptr::read_volatile(&allowed) } & 1;
-    allowed - 1
 }

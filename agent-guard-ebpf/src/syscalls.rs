@@ -5,13 +5,20 @@
 //! What a process observes: SIGKILL, received when the syscall returns to user space. A
 //! tracepoint cannot stop the syscall itself, so its effect may happen before the process
 //! dies (see the README's enforcement table); the process never runs another instruction.
-use agent_guard_common::{kind, rule, SyscallEvent};
+//!
+//! Runs started by `agent-guard run` with `on_violation = "deny"` carry a seccomp filter
+//! (`RUN_SECCOMP`) that refuses the same syscalls with an errno before this hook runs: a
+//! refused syscall never gets here. Only `link`/`linkat` pass that filter (the run's Landlock
+//! layer judges them, or the filter refuses them), so they are not killed as unseen here.
+use agent_guard_common::{Rule, RUN_SECCOMP};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{event, kernel, policy, run};
 
 const NR_CLONE: u32 = 56;
 const NR_CLONE3: u32 = 435;
+const NR_LINK: u32 = 86;
+const NR_LINKAT: u32 = 265;
 /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a new namespace
 /// would let the process remount paths under names the policy allows.
 const CLONE_NEW_ANY: u64 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
@@ -40,20 +47,23 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
     // The first argument is read only for the syscalls it decides (and for a report).
     let arg0 = || kernel::read::<u64>(ctx.arg(0), o.pt_regs_di);
     let rule = if status & TS_COMPAT != 0 || id < 0 || id >= 512 {
-        rule::UNSEEN
+        Rule::Unseen
     } else if policy::bit_set(&rs.hdr.syscalls, nr) {
-        rule::SYSCALLS
+        Rule::Syscalls
     } else if policy::bit_set(&rs.hdr.unseen, nr) {
-        rule::UNSEEN
+        if run.flags & RUN_SECCOMP != 0 && (nr == NR_LINK || nr == NR_LINKAT) {
+            return 0;
+        }
+        Rule::Unseen
     } else if nr == NR_CLONE || nr == NR_CLONE3 {
         let Ok(arg0) = arg0() else {
             // The argument that decides could not be read: refused, not guessed.
-            return report(&run, &rs, rule::UNSEEN, nr, 0);
+            return report(&run, &rs, Rule::Unseen, nr, 0);
         };
         let rule = if nr == NR_CLONE && refused_clone(arg0) {
-            rule::UNSEEN
+            Rule::Unseen
         } else if nr == NR_CLONE3 && clone3_flags(arg0).is_none_or(refused_clone) {
-            rule::UNSEEN
+            Rule::Unseen
         } else {
             // Socket families (packet sockets among them): sockets.rs.
             return 0;
@@ -66,15 +76,9 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
 }
 
 #[inline(always)]
-fn report(run: &run::CurrentRun, rs: &run::Ruleset, rule: u32, nr: u32, arg0: u64) -> i32 {
+fn report(run: &run::CurrentRun, rs: &run::Ruleset, rule: Rule, nr: u32, arg0: u64) -> i32 {
     let d = policy::violation(rs, rule, false, policy::NO_HOLD);
-    let Some(mut entry) = event::reserve::<SyscallEvent>(true) else { return 0 };
-    let mut hdr = event::header(kind::SYSCALL, run);
-    hdr.verdict = d.verdict;
-    hdr.rule = d.rule;
-    hdr.ruleset = rs.id;
-    entry.write(SyscallEvent { hdr, nr, _pad: 0, arg0 });
-    entry.submit(0);
+    event::report_syscall(run, &d, rs.id, 0, nr, arg0);
     0
 }
 

@@ -13,8 +13,8 @@
 //!   bind mounts cannot disguise it), or its abstract name. Unnamed peers (socketpair, or
 //!   sockets passed over SCM_RIGHTS) are not judged.
 use agent_guard_common::{
-    net_kind, net_rule, NetOffsets, UnixEvent, UnixKey, FLAG_LSM, PATH_MAX, UNIX_ABSTRACT, UNIX_PATHNAME,
-    UNIX_PATH_BYTES, UNIX_RULES_MAX,
+    Kind, NetOffsets, Rule, UnixKey, Verdict, FLAG_LSM, PATH_MAX, UNIX_ABSTRACT, UNIX_PATHNAME,
+    UNIX_RULES_MAX,
 };
 use aya_ebpf::{
     helpers::generated::bpf_probe_read_kernel,
@@ -23,13 +23,15 @@ use aya_ebpf::{
     programs::{LsmContext, SockAddrContext},
 };
 
-use crate::{event, kernel, policy, run, scratch, sockets};
+use crate::{event, kernel, lsm::answer, policy, run, scratch, sockets};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
 /// Longest sun_path.
 const SUN_PATH: u32 = 108;
+
+const EPERM: i32 = 1;
 
 #[map]
 static AG_UNIX_RULES: LpmTrie<UnixKey, u32> = LpmTrie::with_max_entries(UNIX_RULES_MAX, BPF_F_NO_PREALLOC);
@@ -143,64 +145,64 @@ fn from_sockaddr(sa: u64, alen: u32) -> Option<&'static mut Name> {
     }
 }
 
+/// The decision on a connect or datagram to the unix socket named `n` under `rs`: the one
+/// unix decision of the cgroup and LSM programs. `can_refuse`: as `policy::violation`; the
+/// cgroup programs refuse through their return value (None: no signal from there).
+#[inline(always)]
+pub fn decide_unix(rs: &run::Ruleset, n: &mut Name, can_refuse: Option<bool>) -> policy::Decision {
+    if allowed(rs.id, n) {
+        return policy::ALLOWED;
+    }
+    match can_refuse {
+        Some(can_refuse) => policy::violation(rs, Rule::Unix, can_refuse, policy::NO_HOLD),
+        None => policy::refusal(rs, Rule::Unix),
+    }
+}
+
 /// Reports a unix decision.
 #[inline(always)]
-fn report(run: &run::CurrentRun, kind: u32, d: &policy::Decision, ruleset: u32, n: &Name, sock_type: u16, lsm: bool) {
-    let Some(mut entry) = event::reserve::<UnixEvent>(true) else { return };
-    let ev = entry.as_mut_ptr();
-    let mut hdr = event::header(kind, run);
-    hdr.verdict = d.verdict;
-    hdr.rule = d.rule;
-    hdr.ruleset = ruleset;
-    if lsm {
-        hdr.flags |= FLAG_LSM;
-    }
-    // SAFETY: a reserved, writable UnixEvent, written field by field; the path copy reads
-    // the 110 bytes of the key on this program's stack.
-    unsafe {
-        (*ev).hdr = hdr;
-        (*ev).result = if d.verdict == agent_guard_common::verdict::DENY { -1 } else { 0 };
-        (*ev).abstract_name = u16::from(n.key.kind == UNIX_ABSTRACT);
-        (*ev).sock_type = sock_type;
-        (*ev).path_len = n.len;
-        (*ev)._pad = 0;
-        (*ev).path[UNIX_PATH_BYTES] = 0;
-        (*ev).path[UNIX_PATH_BYTES + 1] = 0;
-        bpf_probe_read_kernel((*ev).path.as_mut_ptr().cast(), UNIX_PATH_BYTES as u32, n.key.path.as_ptr().cast());
-    }
-    entry.submit(0);
+fn report(run: &run::CurrentRun, kind: Kind, d: &policy::Decision, ruleset: u32, n: &Name, sock_type: u16, lsm: bool) {
+    let u = event::Unix {
+        result: if d.verdict == Verdict::Deny { -EPERM } else { 0 },
+        abstract_name: n.key.kind == UNIX_ABSTRACT,
+        sock_type,
+        len: n.len,
+    };
+    let flags = if lsm { FLAG_LSM } else { 0 };
+    event::report_unix(kind, run, d, ruleset, flags, &u, n.key.path.as_ptr());
 }
 
 #[inline(always)]
-fn check_sock_addr(ctx: &SockAddrContext, kind: u32) -> i32 {
+fn check_sock_addr(ctx: &SockAddrContext, kind: Kind) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
     let Some(rs) = run::ruleset(&run) else { return PASS };
     let o: NetOffsets = sockets::net_offsets();
     // The context is the kernel's struct bpf_sock_addr_kern.
     let kctx = ctx.sock_addr as u64;
     let (Ok(sa), Ok(alen)) = (kernel::read::<u64>(kctx, o.sa_kern_uaddr), kernel::read::<u32>(kctx, o.sa_kern_uaddrlen)) else {
-        let d = policy::refusal(&rs, net_rule::UNIX);
-        return if d.verdict == agent_guard_common::verdict::DENY { REFUSE } else { PASS };
+        // Unreadable: refused, not guessed.
+        let d = policy::refusal(&rs, Rule::Unix);
+        return if d.verdict == Verdict::Deny { REFUSE } else { PASS };
     };
     let Some(n) = from_sockaddr(sa, alen) else { return PASS };
-    if allowed(rs.id, n) {
+    let d = decide_unix(&rs, n, None);
+    if d.verdict == Verdict::Allow {
         return PASS;
     }
-    let d = policy::refusal(&rs, net_rule::UNIX);
     report(&run, kind, &d, rs.id, n, 0, false);
-    if d.verdict == agent_guard_common::verdict::DENY { REFUSE } else { PASS }
+    if d.verdict == Verdict::Deny { REFUSE } else { PASS }
 }
 
 /// Loaded by the daemon as `cgroup/connect_unix` (see the module comment).
 #[cgroup_sock_addr(connect4)]
 pub fn ag_connect_unix(ctx: SockAddrContext) -> i32 {
-    check_sock_addr(&ctx, net_kind::UNIX_CONNECT)
+    check_sock_addr(&ctx, Kind::Connect)
 }
 
 /// Loaded by the daemon as `cgroup/sendmsg_unix`.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn ag_sendmsg_unix(ctx: SockAddrContext) -> i32 {
-    check_sock_addr(&ctx, net_kind::UNIX_SENDMSG)
+    check_sock_addr(&ctx, Kind::Sendmsg)
 }
 
 /// The name of the unix socket `sk` (a `struct sock *` of a unix_sock): its resolved path
@@ -243,7 +245,7 @@ fn peer_name(sk: u64) -> Result<Option<&'static mut Name>, ()> {
 }
 
 #[inline(always)]
-fn check_peer(sock: u64, peer_sk: u64, kind: u32) -> i32 {
+fn check_peer(sock: u64, peer_sk: u64, kind: Kind) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
     let o = sockets::net_offsets();
@@ -260,19 +262,19 @@ fn check_peer(sock: u64, peer_sk: u64, kind: u32) -> i32 {
             None => return -1,
         },
     };
-    if allowed(rs.id, n) {
+    let d = decide_unix(&rs, n, Some(true));
+    if d.verdict == Verdict::Allow {
         return 0;
     }
-    let d = policy::violation(&rs, net_rule::UNIX, true, policy::NO_HOLD);
     report(&run, kind, &d, rs.id, n, sock_type as u16, true);
-    sockets::answer(&d)
+    answer(&d)
 }
 
 /// unix_stream_connect(struct socket *sock, struct sock *other, struct sock *newsk).
 #[lsm(hook = "unix_stream_connect")]
 pub fn ag_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
     let (sock, other): (u64, u64) = (ctx.arg(0), ctx.arg(1));
-    check_peer(sock, other, net_kind::UNIX_CONNECT)
+    check_peer(sock, other, Kind::Connect)
 }
 
 /// unix_may_send(struct socket *sock, struct socket *other): every datagram to a peer.
@@ -281,5 +283,5 @@ pub fn ag_lsm_unix_may_send(ctx: LsmContext) -> i32 {
     let (sock, other): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     let o = sockets::net_offsets();
     let Ok(sk) = kernel::read::<u64>(other, o.socket_sk) else { return 0 };
-    check_peer(sock, sk, net_kind::UNIX_SENDMSG)
+    check_peer(sock, sk, Kind::Sendmsg)
 }

@@ -5,6 +5,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use agent_guard_common::{Kind, Verdict};
 use serde::Deserialize;
 
 /// Where the CLI and the daemon look when neither `--config` nor AGENT_GUARD_CONFIG is given.
@@ -28,14 +29,14 @@ pub enum StderrEvents {
 
 impl StderrEvents {
     /// Whether `kind` with `verdict` gets a human line on stderr.
-    pub fn shows(self, kind: &str, verdict: &str) -> bool {
+    pub fn shows(self, kind: Kind, verdict: Verdict) -> bool {
         match self {
             StderrEvents::All => true,
             StderrEvents::None => false,
             // The allowed observations are the stream's bulk (tens of thousands a second under
             // load): they stay in the log. Everything else is rare and worth a glance.
             StderrEvents::Notable => {
-                verdict != "allow" || !matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "exit" | "syscall")
+                verdict != Verdict::Allow || !kind.is_kernel()
             }
         }
     }
@@ -57,8 +58,14 @@ pub struct Config {
     pub stderr_events: StderrEvents,
     pub policy_dir: PathBuf,
     pub metrics_listen: SocketAddr,
-    /// Group (besides root) whose members may use the control socket.
+    /// Group (besides root) whose members may use the control socket: start runs and act on
+    /// the runs they started.
     pub control_group: String,
+    /// Group (besides root) whose members may also apply policies (which binds cgroups) and
+    /// act on every run. None: root only.
+    pub admin_group: Option<String>,
+    /// Control connections served at once; one more is answered with an error and closed.
+    pub control_max_connections: u32,
     /// Relative to the cgroup2 mount.
     pub cgroup_root: String,
     pub bpffs_dir: PathBuf,
@@ -73,6 +80,11 @@ pub struct Config {
     /// policy, so most denials are a clean EACCES before the operation (false: the eBPF layer
     /// alone, which kills after the fact).
     pub landlock: bool,
+    /// `agent-guard run` puts runs under an enforce-mode policy with `on_violation = "deny"`
+    /// under a seccomp filter that refuses `[syscalls] deny` and the syscalls the tracepoint
+    /// backend cannot judge with an errno before they run (false: the eBPF layer kills them
+    /// after the fact).
+    pub seccomp: bool,
     /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
     /// least one page). Losses when it is full are counted and reported as `drop` events.
     pub events_ring_bytes: u32,
@@ -92,12 +104,15 @@ impl Default for Config {
             policy_dir: "/etc/agent-guard/policies.d".into(),
             metrics_listen: "127.0.0.1:9464".parse().expect("valid default"),
             control_group: "agent-guard".into(),
+            admin_group: None,
+            control_max_connections: 64,
             cgroup_root: "agent-guard".into(),
             bpffs_dir: "/sys/fs/bpf/agent-guard".into(),
             state_dir: "/run/agent-guard/state".into(),
             hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
             landlock: true,
+            seccomp: true,
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
             source: None,
         }
@@ -171,13 +186,14 @@ impl Config {
                 self.events_ring_bytes
             ));
         }
-        if self.control_group.is_empty()
-            || !self.control_group.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-        {
-            return Err(format!(
-                "control_group: {:?} must be a group name (letters, digits, _ . -)",
-                self.control_group
-            ));
+        for (field, group) in [("control_group", Some(&self.control_group)), ("admin_group", self.admin_group.as_ref())] {
+            let Some(group) = group else { continue };
+            if group.is_empty() || !group.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
+                return Err(format!("{field}: {group:?} must be a group name (letters, digits, _ . -)"));
+            }
+        }
+        if self.control_max_connections == 0 {
+            return Err("control_max_connections: must be at least 1".into());
         }
         let root = Path::new(&self.cgroup_root);
         if self.cgroup_root.trim_matches('/').is_empty()
@@ -247,6 +263,10 @@ mod tests {
             ("control_group = \"\"", "control_group"),
             ("control_group = \"a b\"", "control_group"),
             ("stderr_events = \"some\"", "line 1"),
+            ("admin_group = \"\"", "admin_group"),
+            ("admin_group = \"x;y\"", "admin_group"),
+            ("control_max_connections = 0", "control_max_connections"),
+            ("control_max_connections = -1", "line 1"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
@@ -256,12 +276,32 @@ mod tests {
     #[test]
     fn stderr_shows_violations_and_lifecycle_but_not_the_allowed_bulk() {
         let n = StderrEvents::Notable;
-        assert!(!n.shows("open", "allow") && !n.shows("exec", "allow") && !n.shows("connect", "allow"));
-        assert!(n.shows("open", "kill") && n.shows("connect", "deny") && n.shows("exec", "would_deny"));
-        assert!(n.shows("run_start", "allow") && n.shows("drop", "allow") && n.shows("freeze", "allow"));
-        assert!(StderrEvents::All.shows("open", "allow") && !StderrEvents::None.shows("open", "kill"));
+        assert!(!n.shows(Kind::Open, Verdict::Allow) && !n.shows(Kind::Exec, Verdict::Allow) && !n.shows(Kind::Connect, Verdict::Allow));
+        assert!(n.shows(Kind::Open, Verdict::Kill) && n.shows(Kind::Connect, Verdict::Deny) && n.shows(Kind::Exec, Verdict::WouldDeny));
+        assert!(n.shows(Kind::RunStart, Verdict::Allow) && n.shows(Kind::Drop, Verdict::Allow) && n.shows(Kind::Freeze, Verdict::Allow));
+        assert!(StderrEvents::All.shows(Kind::Open, Verdict::Allow) && !StderrEvents::None.shows(Kind::Open, Verdict::Kill));
         let c = Config::parse("stderr_events = \"all\"", Path::new("c.toml")).unwrap();
         assert_eq!(c.stderr_events, StderrEvents::All);
+    }
+
+    /// deploy/config.toml says its values are the defaults, and its commented-out keys are
+    /// keys this parser takes.
+    #[test]
+    fn the_shipped_config_is_the_defaults_and_its_examples_parse() {
+        let text = include_str!("../../deploy/config.toml");
+        let c = Config::parse(text, Path::new("deploy/config.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        let examples: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(examples, text.lines().collect::<Vec<_>>().join("\n"), "no commented-out example key");
+        let c = Config::parse(&examples, Path::new("deploy/config.toml")).unwrap();
+        assert!(c.admin_group.is_some());
     }
 
     #[test]

@@ -99,6 +99,15 @@ enum Cmd {
         /// Print the events' JSON lines instead of the human lines
         #[arg(long)]
         json: bool,
+        /// Only violations: deny, kill, hold and would_deny
+        #[arg(long)]
+        violations: bool,
+        /// Only events since WHEN: a duration ago (30s, 10m, 2h) or a time (RFC 3339, UTC)
+        #[arg(long, value_name = "WHEN", value_parser = cli::parse_since)]
+        since: Option<String>,
+        /// Of the events the daemon still holds, only the last N (with --follow: then the new ones)
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
     },
     /// The daemon's state: pid, uptime, paths, runs, policies, what is attached, drops
     /// (exit 3 when the daemon is not running)
@@ -193,7 +202,10 @@ fn main() -> ExitCode {
         Cmd::Freeze { run } => incident("freeze", cli::act(&cfg, Action::Freeze, &run)),
         Cmd::Thaw { run } => incident("thaw", cli::act(&cfg, Action::Thaw, &run)),
         Cmd::Kill { run } => incident("kill", cli::act(&cfg, Action::Kill, &run)),
-        Cmd::Events { follow, run, json } => incident("events", cli::events(&cfg, run, follow, json)),
+        Cmd::Events { follow, run, json, violations, since, tail } => {
+            let req = control::Request::Events { run, follow, json, violations, since, tail };
+            incident("events", cli::events(&cfg, req))
+        }
         Cmd::Status { json } => incident("status", cli::status(&cfg, json)),
         Cmd::Run { policy, name, labels, argv } => {
             let labels: BTreeMap<_, _> = labels.into_iter().collect();

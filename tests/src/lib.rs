@@ -1,32 +1,100 @@
 //! Helpers for the integration tests: a real `agent-guard daemon` with a temporary config,
-//! its own cgroup root and log, stopped and cleaned up on drop.
+//! its own cgroup root and log, stopped and cleaned up on drop (`cargo xtask bench` starts
+//! its daemons with the same launcher); policy files; processes started in a cgroup.
 use std::{
+    ffi::OsStr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
+pub mod daemons;
 pub mod scenarios;
+pub mod users;
 
-/// True when privileged tests can run. Under CI=true a missing privilege is a failure;
-/// elsewhere the test prints why it skips.
-pub fn privileged(test: &str) -> bool {
+/// Why privileged tests cannot run here, or None when they can.
+pub fn missing_privilege() -> Option<&'static str> {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-    let why = match (root, btf) {
-        (true, true) => return true,
-        (false, _) => "not root (loading eBPF programs and creating cgroups need root)",
-        (true, false) => "the kernel has no BTF (/sys/kernel/btf/vmlinux)",
-    };
+    match (root, btf) {
+        (true, true) => None,
+        (false, _) => Some("not root (loading eBPF programs and creating cgroups need root)"),
+        (true, false) => Some("the kernel has no BTF (/sys/kernel/btf/vmlinux)"),
+    }
+}
+
+/// True when privileged tests can run. Under CI=true a missing privilege is a failure;
+/// elsewhere the test prints why it skips. Tests use [`require_root!`], which names them.
+pub fn privileged(test: &str) -> bool {
+    match missing_privilege() {
+        None => true,
+        Some(why) => skip(test, why),
+    }
+}
+
+/// A test that cannot run: under CI=true it fails (panics), elsewhere it prints
+/// `skip TEST: WHY`. Returns false, for `if !...`.
+pub fn skip(test: &str, why: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: CI=true and {why}");
     }
     eprintln!("skip {test}: {why}");
     false
+}
+
+/// The name of the enclosing function (a test's name), without its module path.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn f() {}
+        $crate::function_name(std::any::type_name_of_val(&f))
+    }};
+}
+
+/// `a::b::the_test::f` (or `...::the_test::{{closure}}::f`) -> `the_test`.
+#[doc(hidden)]
+pub fn function_name(path: &'static str) -> &'static str {
+    let mut p = path.strip_suffix("::f").unwrap_or(path);
+    while let Some(outer) = p.strip_suffix("::{{closure}}") {
+        p = outer;
+    }
+    p.rsplit("::").next().unwrap_or(p)
+}
+
+/// Skips the enclosing test (returns from it) with a printed reason, or fails it under
+/// CI=true: `skip_test!("{tool} is not installed")`.
+#[macro_export]
+macro_rules! skip_test {
+    ($($why:tt)+) => {{
+        $crate::skip($crate::test_name!(), &format!($($why)+));
+        return;
+    }};
+}
+
+/// Runs the rest of the enclosing test only if `cond` holds; otherwise skips it (a failure
+/// under CI=true) with the reason: `require!(abi >= 3, "Landlock ABI {abi}, the test needs 3")`.
+#[macro_export]
+macro_rules! require {
+    ($cond:expr, $($why:tt)+) => {
+        if !$cond {
+            $crate::skip_test!($($why)+);
+        }
+    };
+}
+
+/// Runs the rest of the enclosing test only as root on a kernel with BTF; otherwise skips it
+/// with the reason (a failure under CI=true), naming the test.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Some(why) = $crate::missing_privilege() {
+            $crate::skip_test!("{why}");
+        }
+    };
 }
 
 /// The agent-guard binary under test: AGENT_GUARD_BIN, or the workspace's target/debug one.
@@ -51,16 +119,39 @@ pub fn cgroup2_mount() -> PathBuf {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// An `agent-guard daemon` with a config of its own (see [`write_config`]) in a temporary
+/// directory, which also holds its stderr (`daemon.stderr`). On drop it is stopped, runs left
+/// under its cgroup root are killed, and its pins, run cgroups and root are removed.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub log: PathBuf,
     pub cgroup_root: PathBuf,
     pub bpffs_dir: PathBuf,
-    child: Child,
-    /// Whether `child` is running (not yet reaped: its pid is still ours to signal).
-    alive: bool,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    /// The running daemon (not yet reaped: its pid is still ours to signal).
+    child: Option<Child>,
+    spawned: Instant,
 }
+
+/// A daemon that did not get ready: it could not be spawned, it exited (`status`), or it was
+/// not ready in time (then it was killed).
+#[derive(Debug)]
+pub struct NotReady {
+    pub status: Option<ExitStatus>,
+    /// What it wrote on stderr.
+    pub stderr: String,
+    why: String,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:\n{}", self.why, self.stderr)
+    }
+}
+
+impl std::error::Error for NotReady {}
 
 /// Writes `DIR/config.toml` for a daemon of its own: socket, log, state and policy_dir in
 /// `dir`, cgroup root and bpffs directory named `name`, metrics on an ephemeral loopback port
@@ -83,17 +174,6 @@ pub fn write_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
     config
 }
 
-fn spawn_daemon(config: &Path, stderr: &Path) -> Child {
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(stderr).unwrap();
-    Command::new(binary())
-        .args(["--config", config.to_str().unwrap(), "daemon"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap()
-}
-
 impl Daemon {
     /// Starts a daemon with a config of its own and waits until it is ready.
     pub fn start() -> Daemon {
@@ -102,22 +182,97 @@ impl Daemon {
 
     /// Starts a daemon whose config also holds `extra` (TOML lines).
     pub fn start_with(extra: &str) -> Daemon {
+        let mut d = Daemon::configure(&binary(), "agent-guard-test", extra);
+        d.try_start().unwrap_or_else(|e| panic!("{e}"));
+        d
+    }
+
+    /// A daemon of `bin` whose config also holds `extra`, its cgroup root and bpffs directory
+    /// named PREFIX-PID-N; not started yet.
+    pub fn configure(bin: &Path, prefix: &str, extra: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let name = format!("agent-guard-test-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let config = write_config(dir.path(), &name, extra);
-        let log = dir.path().join("events.jsonl");
-        let child = spawn_daemon(&config, &dir.path().join("daemon.stderr"));
-        let mut d = Daemon {
+        Daemon {
+            log: dir.path().join("events.jsonl"),
             cgroup_root: cgroup2_mount().join(&name),
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{name}")),
             dir,
             config,
-            log,
-            child,
-            alive: true,
-        };
-        d.wait_ready();
-        d
+            bin: bin.to_path_buf(),
+            env: Vec::new(),
+            child: None,
+            spawned: Instant::now(),
+        }
+    }
+
+    /// Sets an environment variable for the daemons started from now on.
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Daemon {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the daemon without waiting for it. The stderr of the one before, if any, goes
+    /// to `daemon.stderr.before`.
+    pub fn spawn(&mut self) -> std::io::Result<()> {
+        if self.child.is_some() {
+            return Err(std::io::Error::other("the daemon is already running"));
+        }
+        let path = self.dir.path().join("daemon.stderr");
+        if path.exists() {
+            std::fs::rename(&path, self.dir.path().join("daemon.stderr.before"))?;
+        }
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut c = Command::new(&self.bin);
+        c.arg("--config").arg(&self.config).arg("daemon").stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        self.spawned = Instant::now();
+        self.child = Some(c.spawn()?);
+        Ok(())
+    }
+
+    /// Starts the daemon and waits until it is ready; the time from the spawn to its
+    /// "ready in" line. A daemon not ready in time (AGENT_GUARD_READY_SECS, default 60) is killed.
+    pub fn try_start(&mut self) -> Result<Duration, NotReady> {
+        if let Err(e) = self.spawn() {
+            return Err(NotReady { status: None, stderr: String::new(), why: format!("starting {}: {e}", self.bin.display()) });
+        }
+        self.wait_ready()
+    }
+
+    /// Waits until a spawned daemon is ready (see `try_start`).
+    pub fn wait_ready(&mut self) -> Result<Duration, NotReady> {
+        // AGENT_GUARD_READY_SECS: slower machines (the VM matrix under TCG) wait longer.
+        let secs = std::env::var("AGENT_GUARD_READY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+        let deadline = self.spawned + Duration::from_secs(secs);
+        loop {
+            // "ready in N ms: ..." (not "Address already in use").
+            if self.stderr().split("ready in ").skip(1).any(|rest| rest.starts_with(|c: char| c.is_ascii_digit())) {
+                return Ok(self.spawned.elapsed());
+            }
+            if let Some(status) = self.exited() {
+                let why = format!("daemon exited ({status}) before it was ready");
+                return Err(NotReady { status: Some(status), stderr: self.stderr(), why });
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                return Err(NotReady { status: None, stderr: self.stderr(), why: format!("daemon not ready after {secs} s") });
+            }
+            // Fine-grained: `cargo xtask bench` reports this time.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Whether the daemon is running (started, and not seen to exit).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The daemon's exit status, once it has exited by itself (then it is reaped).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGKILLs the daemon (as a crash would) and reaps it.
@@ -125,13 +280,13 @@ impl Daemon {
         self.signal(libc::SIGKILL);
     }
 
-    fn signal(&mut self, sig: i32) {
-        if self.alive {
-            // SAFETY: plain kill(2) on our own child, not yet reaped.
-            unsafe { libc::kill(self.child.id() as i32, sig) };
-            let _ = self.child.wait();
-            self.alive = false;
-        }
+    /// Sends `sig` to the daemon and waits until it exits; its exit status (None if it was
+    /// not running).
+    pub fn signal(&mut self, sig: i32) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        child.wait().ok()
     }
 
     /// SIGTERMs the daemon and waits until it exits.
@@ -139,19 +294,12 @@ impl Daemon {
         self.signal(libc::SIGTERM);
     }
 
-    /// Starts the daemon again with the same config (after `kill9` or `stop`); returns how
-    /// long it took to be ready. Its stderr goes on after the earlier daemon's.
+    /// Starts the daemon again with the same config (after `kill9` or `stop`; a running one
+    /// is stopped first); returns how long it took to be ready. `stderr()` is the new
+    /// daemon's, the earlier one's is in `daemon.stderr.before`.
     pub fn restart(&mut self) -> Duration {
-        let t = Instant::now();
-        let log = self.dir.path().join("daemon.stderr");
-        let before = std::fs::read_to_string(&log).unwrap_or_default();
-        std::fs::write(&log, "").unwrap();
-        std::fs::write(self.dir.path().join("daemon.stderr.before"), before).unwrap();
-        self.signal(libc::SIGTERM);
-        self.child = spawn_daemon(&self.config, &log);
-        self.alive = true;
-        self.wait_ready();
-        t.elapsed()
+        self.stop();
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The links pinned under this daemon's bpffs_dir.
@@ -166,38 +314,25 @@ impl Daemon {
         v
     }
 
-    fn wait_ready(&mut self) {
-        // AGENT_GUARD_READY_SECS: slower machines (the VM matrix under TCG) wait longer.
-        let secs = std::env::var("AGENT_GUARD_READY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        let stderr = self.dir.path().join("daemon.stderr");
-        loop {
-            let text = std::fs::read_to_string(&stderr).unwrap_or_default();
-            if text.contains("ready in") {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("daemon exited ({status}) before it was ready:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "daemon not ready after {secs} s:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// The run cgroups under the managed root.
+    pub fn runs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.cgroup_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
     }
 
+    /// What the running (or last) daemon wrote on stderr.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.stderr")).unwrap_or_default()
     }
 
     /// `agent-guard run ARGS...` against this daemon.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(binary())
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.command(&[&["run"], args].concat()).output().unwrap()
     }
 
     /// `agent-guard ARGS...` (any subcommand) against this daemon.
@@ -207,7 +342,7 @@ impl Daemon {
 
     /// The command `agent-guard --config C ARGS...`, to adjust before running it.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(binary());
+        let mut c = Command::new(&self.bin);
         c.arg("--config").arg(&self.config).args(args).stdin(Stdio::null());
         c
     }
@@ -224,7 +359,7 @@ impl Daemon {
 
     /// The daemon's pid (to signal it, e.g. SIGHUP).
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.child.as_ref().expect("the daemon is running").id() as i32
     }
 
     /// The policy_dir of this daemon's config (not created by the daemon).
@@ -277,10 +412,22 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Runs left behind (a test that failed half-way, an interrupted benchmark): their
+        // cgroups are this daemon's, below its own root.
+        for run in self.runs() {
+            let _ = std::fs::write(run.join("cgroup.kill"), "1");
+        }
         self.stop();
         // A test that left a run behind also left the programs pinned: remove them.
         if self.bpffs_dir.exists() {
             let _ = self.cli(&["daemon", "--uninstall"]);
+        }
+        for run in self.runs() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while cgroup_populated(&run) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            remove_cgroup_tree(&run);
         }
         let _ = std::fs::remove_dir(&self.cgroup_root);
     }
@@ -415,11 +562,6 @@ pub fn probe_reads() -> Vec<String> {
     v
 }
 
-/// Strings as the inside of a TOML array: `"a", "b"`.
-pub fn toml_items<S: AsRef<str>>(items: &[S]) -> String {
-    items.iter().map(|i| format!("{:?}", i.as_ref())).collect::<Vec<_>>().join(", ")
-}
-
 /// A temporary tree for enforcement tests.
 pub struct Layout {
     pub tmp: tempfile::TempDir,
@@ -464,4 +606,257 @@ pub fn run_id(events: &[Value], name: &str) -> String {
         .and_then(|e| e["run"].as_str())
         .unwrap_or_else(|| panic!("no run_start for {name}: {events:#?}"))
         .to_string()
+}
+
+/// A policy file, built rule by rule:
+/// `PolicyFile::new("name").mode("monitor").read(["/usr"]).exec(["/usr/bin/"]).write_to(dir)`.
+/// Each list method adds to its list; a section is written only when it has rules.
+#[derive(Clone, Debug)]
+pub struct PolicyFile {
+    name: String,
+    mode: Option<String>,
+    on_violation: Option<String>,
+    read: Vec<String>,
+    write: Vec<String>,
+    deny: Vec<String>,
+    exec: Vec<String>,
+    connect: Vec<String>,
+    unix: Vec<String>,
+    families: Vec<String>,
+    listen: Vec<String>,
+    syscalls_deny: Vec<String>,
+    bind: Vec<String>,
+}
+
+fn strings<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> impl Iterator<Item = String> {
+    items.into_iter().map(|i| i.as_ref().to_string())
+}
+
+fn paths<P: AsRef<Path>>(items: impl IntoIterator<Item = P>) -> impl Iterator<Item = String> {
+    items.into_iter().map(|i| i.as_ref().display().to_string())
+}
+
+impl PolicyFile {
+    pub fn new(name: &str) -> PolicyFile {
+        PolicyFile {
+            name: name.to_string(),
+            mode: None,
+            on_violation: None,
+            read: vec![],
+            write: vec![],
+            deny: vec![],
+            exec: vec![],
+            connect: vec![],
+            unix: vec![],
+            families: vec![],
+            listen: vec![],
+            syscalls_deny: vec![],
+            bind: vec![],
+        }
+    }
+
+    /// A policy that lets the probe start: it reads [`probe_reads`] and may exec the probe.
+    pub fn for_probe(name: &str) -> PolicyFile {
+        PolicyFile::new(name).read(probe_reads()).exec([probe()])
+    }
+
+    /// The probe's policy over a [`layout`]: reads `ws`, writes `ws/out`, denies `ws/.env`.
+    pub fn for_workspace(name: &str, l: &Layout) -> PolicyFile {
+        PolicyFile::for_probe(name).read([&l.ws]).write([l.ws.join("out")]).deny([l.ws.join(".env")])
+    }
+
+    /// `enforce` or `monitor`.
+    pub fn mode(mut self, mode: &str) -> PolicyFile {
+        self.mode = Some(mode.to_string());
+        self
+    }
+
+    /// `deny`, `kill` or `freeze`.
+    pub fn on_violation(mut self, action: &str) -> PolicyFile {
+        self.on_violation = Some(action.to_string());
+        self
+    }
+
+    /// files.read
+    pub fn read<P: AsRef<Path>>(mut self, p: impl IntoIterator<Item = P>) -> PolicyFile {
+        self.read.extend(paths(p));
+        self
+    }
+
+    /// files.write
+    pub fn write<P: AsRef<Path>>(mut self, p: impl IntoIterator<Item = P>) -> PolicyFile {
+        self.write.extend(paths(p));
+        self
+    }
+
+    /// files.deny
+    pub fn deny<P: AsRef<Path>>(mut self, p: impl IntoIterator<Item = P>) -> PolicyFile {
+        self.deny.extend(paths(p));
+        self
+    }
+
+    /// exec.allow
+    pub fn exec<P: AsRef<Path>>(mut self, p: impl IntoIterator<Item = P>) -> PolicyFile {
+        self.exec.extend(paths(p));
+        self
+    }
+
+    /// network.connect: `CIDR:PORT` or `CIDR:LO-HI`.
+    pub fn connect<S: AsRef<str>>(mut self, rules: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.connect.extend(strings(rules));
+        self
+    }
+
+    /// network.unix: `/path`, `/dir/` or `@name`.
+    pub fn unix<S: AsRef<str>>(mut self, rules: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.unix.extend(strings(rules));
+        self
+    }
+
+    /// network.families: `packet`, `vsock`, `netlink`, `netlink:audit`, ...
+    pub fn families<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.families.extend(strings(names));
+        self
+    }
+
+    /// network.listen: `ADDR:PORT` or `ADDR:LO-HI` (CIDRs as connect).
+    pub fn listen<S: AsRef<str>>(mut self, rules: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.listen.extend(strings(rules));
+        self
+    }
+
+    /// syscalls.deny
+    pub fn syscalls_deny<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.syscalls_deny.extend(strings(names));
+        self
+    }
+
+    /// bind.cgroups: globs relative to the cgroup2 mount.
+    pub fn bind<S: AsRef<str>>(mut self, globs: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.bind.extend(strings(globs));
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes `DIR/NAME.toml`; its path.
+    pub fn write_to(&self, dir: &Path) -> PathBuf {
+        self.write_as(&dir.join(format!("{}.toml", self.name)))
+    }
+
+    /// Writes the policy to `path`; the path.
+    pub fn write_as(&self, path: &Path) -> PathBuf {
+        std::fs::write(path, self.to_string()).unwrap();
+        path.to_path_buf()
+    }
+}
+
+impl std::fmt::Display for PolicyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+        writeln!(f, "name = {}", quote(&self.name))?;
+        for (key, v) in [("mode", &self.mode), ("on_violation", &self.on_violation)] {
+            if let Some(v) = v {
+                writeln!(f, "{key} = {}", quote(v))?;
+            }
+        }
+        type Lists<'a> = &'a [(&'a str, &'a Vec<String>)];
+        let sections: [(&str, Lists); 5] = [
+            ("files", &[("read", &self.read), ("write", &self.write), ("deny", &self.deny)]),
+            ("exec", &[("allow", &self.exec)]),
+            ("network", &[("connect", &self.connect), ("unix", &self.unix), ("families", &self.families), ("listen", &self.listen)]),
+            ("syscalls", &[("deny", &self.syscalls_deny)]),
+            ("bind", &[("cgroups", &self.bind)]),
+        ];
+        for (section, lists) in sections {
+            if lists.iter().all(|(_, v)| v.is_empty()) {
+                continue;
+            }
+            writeln!(f, "[{section}]")?;
+            for (key, v) in lists.iter().filter(|(_, v)| !v.is_empty()) {
+                writeln!(f, "{key} = [{}]", v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `program ARGS` whose child moves itself into `cgroup` between fork and exec (as `agent-guard
+/// run` does), so it is inside from its first instruction; stdin is /dev/null.
+pub fn command_in(cgroup: &Path, program: impl AsRef<OsStr>, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    cmd
+}
+
+/// Runs the probe with ARGS inside `cgroup` (see [`command_in`]) and waits for it.
+pub fn probe_in(cgroup: &Path, args: &[&str]) -> Output {
+    command_in(cgroup, probe(), args).output().unwrap()
+}
+
+/// A cgroup tree a test creates below the cgroup2 mount (`NAME-PID`); on drop, what is left
+/// in it is killed and the tree removed.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn create(name: &str) -> TestCgroup {
+        let dir = cgroup2_mount().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        TestCgroup(dir)
+    }
+
+    /// Its name below the cgroup2 mount.
+    pub fn name(&self) -> String {
+        self.0.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cgroup_populated(&self.0) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        remove_cgroup_tree(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_name_is_the_enclosing_function() {
+        assert_eq!(test_name!(), "test_name_is_the_enclosing_function");
+        let in_closure = || test_name!();
+        assert_eq!(in_closure(), "test_name_is_the_enclosing_function");
+    }
+
+    #[test]
+    fn policy_file_writes_only_the_sections_it_has() {
+        let p = PolicyFile::new("p").mode("monitor").read(["/usr", "/a \"b\""]).exec([Path::new("/usr/bin/")]);
+        assert_eq!(p.to_string(), "name = \"p\"\nmode = \"monitor\"\n[files]\nread = [\"/usr\", '/a \"b\"']\n[exec]\nallow = [\"/usr/bin/\"]\n");
+        let p = PolicyFile::new("q").on_violation("kill").connect(["127.0.0.1/32:80"]).syscalls_deny(["ptrace"]).bind(["a/*.scope"]);
+        let text = p.to_string();
+        assert_eq!(text, "name = \"q\"\non_violation = \"kill\"\n[network]\nconnect = [\"127.0.0.1/32:80\"]\n[syscalls]\ndeny = [\"ptrace\"]\n[bind]\ncgroups = [\"a/*.scope\"]\n");
+        let parsed: toml::Table = text.parse().unwrap();
+        assert_eq!(parsed["bind"]["cgroups"][0].as_str(), Some("a/*.scope"));
+    }
 }

@@ -7,8 +7,9 @@
 //!
 //! The policy: the probe may start (its libraries, /proc), reads `ws`, writes `ws/out`, and
 //! `ws/out/locked` is denied although it lies inside the write tree. The daemon runs with
-//! `landlock = false`: the suite is about the eBPF backends (the Landlock layer of `agent-guard
-//! run` has its own tests, tests/tests/landlock.rs).
+//! `landlock = false` and `seccomp = false`: the suite is about the eBPF backends (the Landlock
+//! layer and the seccomp filter of `agent-guard run` have their own tests, tests/tests/landlock.rs
+//! and tests/tests/seccomp.rs).
 use std::{
     net::{TcpListener, UdpSocket},
     path::{Path, PathBuf},
@@ -18,7 +19,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{layout, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
+use crate::{layout, probe, s, status, stdout, Daemon, Layout, PolicyFile};
 
 /// The enforcement backend a suite runs against (the daemon is started with it forced).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,16 +134,6 @@ impl Contain {
         let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let (listen_ok, listen_bad) = (free(), free());
         Contain { dir, abstract_ok, abstract_bad, listen_ok, listen_bad, _listeners: listeners, _dgram: dgram }
-    }
-
-    /// The `[network]` lines of the scenario policy for these.
-    fn rules(&self) -> String {
-        format!(
-            "unix = [\"{}/allowed/\", \"@{}\"]\nlisten = [\"127.0.0.1:{}\"]\n",
-            self.dir.display(),
-            self.abstract_ok,
-            self.listen_ok
-        )
     }
 
     fn path(&self, rel: &str) -> String {
@@ -498,31 +489,18 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 /// The suite's policy (see the module comment).
-fn policy(l: &Layout, net: &[String], contain: &str) -> String {
-    let probe = probe();
-    format!(
-        r#"name = "scenarios"
-[files]
-read = [{base}, "{ws}"]
-write = ["{ws}/out"]
-deny = ["{ws}/.env", "{ws}/out/locked"]
-[exec]
-allow = ["{probe}"]
-[network]
-connect = [{net}]
-{contain}[syscalls]
-deny = ["ptrace"]
-"#,
-        base = toml_items(&probe_reads()),
-        ws = l.ws.display(),
-        probe = probe.display(),
-        net = toml_items(net),
-    )
+fn policy(l: &Layout, net: &[String], contain: &Contain) -> PolicyFile {
+    PolicyFile::for_workspace("scenarios", l)
+        .deny([l.ws.join("out/locked")])
+        .connect(net)
+        .unix([format!("{}/allowed/", contain.dir.display()), format!("@{}", contain.abstract_ok)])
+        .listen([format!("127.0.0.1:{}", contain.listen_ok)])
+        .syscalls_deny(["ptrace"])
 }
 
 /// Starts a daemon with `backend` forced and lays out the workspace.
 pub fn setup(backend: Backend) -> Ctx {
-    let daemon = Daemon::start_with(&format!("backend = \"{}\"\nlandlock = false", backend.name()));
+    let daemon = Daemon::start_with(&format!("backend = \"{}\"\nlandlock = false\nseccomp = false", backend.name()));
     let layout = layout();
     let secret = s(&layout.outside.join("secret.txt"));
     std::os::unix::fs::symlink(&secret, layout.ws.join("link")).unwrap();
@@ -546,7 +524,7 @@ pub fn setup(backend: Backend) -> Ctx {
         net.push(format!("[::1]/128:{}", port(l)));
     }
     let contain = Contain::new(layout.tmp.path().join("sock"));
-    let policy = daemon.write_policy("scenarios", &policy(&layout, &net, &contain.rules()));
+    let policy = policy(&layout, &net, &contain).write_to(daemon.dir.path());
     // SAFETY: plain socket(2), without SOCK_CLOEXEC so that runs inherit it.
     let passed_socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     assert!(passed_socket >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -692,7 +670,7 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
     }
     // backend = "auto" picks lsm in the VMs, where BPF LSM is active, and tracepoint on the
     // development machines, whose kernel lists bpf but refuses its programs.
-    let auto_daemon = Daemon::start_with("backend = \"auto\"\nlandlock = false");
+    let auto_daemon = Daemon::start_with("backend = \"auto\"\nlandlock = false\nseccomp = false");
     match status_names(&auto_daemon, auto) {
         Ok(()) => {
             passed += 1;

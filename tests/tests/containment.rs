@@ -6,10 +6,12 @@
 //! Each attack is a real process in a real run, as root and as an unprivileged user (the probe
 //! drops to uid 65534 inside the run), and the same operation from a process outside every run
 //! must still work. The daemons run with the default config: the run's Landlock layer is on,
-//! and an abstract socket the policy allows must work through it.
+//! and an abstract socket the policy allows must work through it; its seccomp filter refuses
+//! unlisted socket families with EPERM before the socket exists, while in a bound cgroup the
+//! eBPF check kills at the entry of socket(2).
 use std::os::unix::net::{UnixDatagram, UnixListener};
 
-use agent_guard_tests::{privileged, probe, probe_reads, status, stdout, toml_items, Daemon};
+use agent_guard_tests::{probe, probe_in, require_root, status, stdout, Daemon, PolicyFile, TestCgroup};
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
@@ -23,13 +25,22 @@ struct World {
     _keep: (Vec<UnixListener>, UnixDatagram),
 }
 
+/// The policy of the containment tests (`families` listed as given).
+fn contain_policy(name: &str, tmp: &std::path::Path, abstract_ok: &str, families: &[&str]) -> PolicyFile {
+    PolicyFile::for_probe(name)
+        .connect(["127.0.0.1:1-65535"])
+        .unix([format!("{}/allowed/", tmp.display()), format!("@{abstract_ok}")])
+        .listen(["127.0.0.1:47000-47999"])
+        .families(families)
+}
+
 impl World {
     fn path(&self, rel: &str) -> String {
         self.tmp.path().join(rel).display().to_string()
     }
 }
 
-fn world(extra_network: &str) -> World {
+fn world(families: &[&str]) -> World {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::fs::PermissionsExt;
     let d = Daemon::start();
@@ -51,23 +62,7 @@ fn world(extra_network: &str) -> World {
     for f in ["allowed/agent.sock", "docker.sock", "journal.dgram"] {
         std::fs::set_permissions(tmp.path().join(f), std::fs::Permissions::from_mode(0o777)).unwrap();
     }
-    let text = format!(
-        r#"name = "contain"
-[files]
-read = [{base}]
-[exec]
-allow = ["{probe}"]
-[network]
-connect = ["127.0.0.1:1-65535"]
-unix = ["{dir}/allowed/", "@{abstract_ok}"]
-listen = ["127.0.0.1:47000-47999"]
-{extra_network}
-"#,
-        base = toml_items(&probe_reads()),
-        probe = probe().display(),
-        dir = tmp.path().display(),
-    );
-    let policy = d.write_policy("contain", &text);
+    let policy = contain_policy("contain", tmp.path(), &abstract_ok, families).write_to(d.dir.path());
     World { d, tmp, policy, abstract_ok, abstract_bad, _keep: (ls, dgram) }
 }
 
@@ -114,10 +109,8 @@ fn free_port(lo: u16, hi: u16) -> u16 {
 
 #[test]
 fn unix_sockets_only_where_the_policy_says() {
-    if !privileged("unix_sockets_only_where_the_policy_says") {
-        return;
-    }
-    let w = world("");
+    require_root!();
+    let w = world(&[]);
     let st = w.d.cli(&["status", "--json"]);
     let st: Value = serde_json::from_slice(&st.stdout).unwrap();
     let unix = st["enforcement"].as_array().unwrap().iter().find(|e| e["operation"] == "unix-connect").unwrap().clone();
@@ -169,10 +162,8 @@ fn unix_sockets_only_where_the_policy_says() {
 
 #[test]
 fn socket_families_beyond_ip_unix_and_netlink_route_are_refused() {
-    if !privileged("socket_families_beyond_ip_unix_and_netlink_route_are_refused") {
-        return;
-    }
-    let w = world("");
+    require_root!();
+    let w = world(&[]);
     // (what, socket(2) arguments, family_name, netlink protocol name)
     let refused: &[(&str, [&str; 3], &str, Option<&str>)] = &[
         ("packet", ["17", "3", "0"], "packet", None),
@@ -183,19 +174,22 @@ fn socket_families_beyond_ip_unix_and_netlink_route_are_refused() {
         ("audit", ["16", "3", "9"], "netlink", Some("audit")),
         ("uevent", ["16", "2", "15"], "netlink", Some("kobject_uevent")),
     ];
+    // Launched runs (`on_violation = "deny"`): the run's seccomp filter refuses the socket
+    // with EPERM before it exists, and the process goes on.
     for user in [false, true] {
         let tag = if user { "user" } else { "root" };
         for (what, args, family, netlink) in refused {
             let name = format!("{what}-{tag}");
             let o = run(&w, &name, user, &["socket", args[0], args[1], args[2]]);
-            assert_eq!(status(&o), KILLED, "{name}: {o:?}");
-            assert!(!said(&o).starts_with("ok"), "{name}: {o:?}");
+            assert_eq!((status(&o), said(&o).as_str()), (1, "err EPERM"), "{name}: {o:?}");
             let e = violation(&w.d, &name, "socket");
             assert_eq!(
-                (e["verdict"].as_str(), e["rule"].as_str(), e["family_name"].as_str(), e["netlink"].as_str(), e["hook"].as_str()),
-                (Some("kill"), Some("network.families"), Some(*family), *netlink, Some("tracepoint")),
+                (e["verdict"].as_str(), e["rule"].as_str(), e["family_name"].as_str(), e["netlink"].as_str()),
+                (Some("deny"), Some("network.families"), Some(*family), *netlink),
                 "{e}"
             );
+            assert_eq!((e["layer"].as_str(), e["error"].as_str(), e.get("hook")), (Some("seccomp"), Some("EPERM"), None), "{e}");
+            assert_eq!(e["uid"], if user { 65534 } else { 0 }, "{e}");
         }
         // What stays allowed: IP, unix pairs, netlink route (an RTM_GETLINK dump).
         let o = run(&w, &format!("route-{tag}"), user, &["netlink-route"]);
@@ -205,33 +199,68 @@ fn socket_families_beyond_ip_unix_and_netlink_route_are_refused() {
         let o = run(&w, &format!("tcp-{tag}"), user, &["socket", "2", "1", "0"]);
         assert_eq!(status(&o), 0, "{o:?}");
     }
+    // socketpair(2) of an unlisted family: refused the same way.
+    let o = run(&w, "pair-tipc", false, &["socketpair", "30", "2"]);
+    assert_eq!((status(&o), said(&o).as_str()), (1, "err EPERM"), "{o:?}");
+    assert_eq!(violation(&w.d, "pair-tipc", "socket")["family_name"], "tipc");
     matches_schema(&w.d);
     // Outside every run, as root: packet and netlink audit sockets are created.
     for args in [["17", "3", "0"], ["16", "3", "9"], ["16", "2", "15"]] {
         let o = outside(&["socket", args[0], args[1], args[2]]);
         assert!(said(&o).starts_with("ok socket"), "outside {args:?}: {o:?}");
     }
+
+    // A bound cgroup has no seccomp filter: the eBPF check kills at the entry of socket(2)
+    // (the high bits of the register are not the kernel's int: still AF_PACKET).
+    let tree = TestCgroup::create("agent-guard-containtest");
+    let scope = tree.0.join("a.scope");
+    std::fs::create_dir(&scope).unwrap();
+    let bound = contain_policy("contain-bound", w.tmp.path(), &w.abstract_ok, &[]).bind([format!("{}/*.scope", tree.name())]);
+    let out = w.d.cli(&["policy", "apply", bound.write_to(w.d.dir.path()).to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let name = format!("/{}/a.scope", tree.name());
+    w.d.wait_for("binding of a.scope", |e| e["kind"] == "run_start" && e["run_name"] == name.as_str());
+    for (what, args) in [("packet", ["17", "3", "0"]), ("packet-high", ["0x100000011", "3", "0"]), ("vsock", ["40", "1", "0"])] {
+        let o = probe_in(&scope, &["socket", args[0], args[1], args[2]]);
+        assert_eq!(status(&o), KILLED, "bound {what}: {o:?}");
+        assert!(!said(&o).starts_with("ok"), "bound {what}: {o:?}");
+    }
+    let events = w.d.wait_for("bound family kills", |e| e["run_name"] == name.as_str() && e["kind"] == "socket");
+    let e = events.iter().find(|e| e["run_name"] == name.as_str() && e["kind"] == "socket").unwrap();
+    assert_eq!(
+        (e["verdict"].as_str(), e["rule"].as_str(), e["family_name"].as_str(), e["hook"].as_str(), e["layer"].as_str()),
+        (Some("kill"), Some("network.families"), Some("packet"), Some("tracepoint"), Some("ebpf")),
+        "{e}"
+    );
+    let o = probe_in(&scope, &["netlink-route"]);
+    assert!(status(&o) == 0 && said(&o).starts_with("ok links"), "{o:?}");
+    matches_schema(&w.d);
+    drop(tree);
     drop(w);
 
     // Listed families are allowed (vsock may be missing from the kernel: any answer but a
-    // kill will do).
-    let w = world("families = [\"vsock\", \"netlink:audit\", \"packet\"]");
+    // refusal by the policy will do).
+    let w = world(&["vsock", "netlink:audit", "packet"]);
     let o = run(&w, "audit-listed", false, &["socket", "16", "3", "9"]);
     assert!(said(&o).starts_with("ok socket"), "{o:?}");
     let o = run(&w, "packet-listed", false, &["socket", "17", "3", "0"]);
     assert!(said(&o).starts_with("ok socket"), "{o:?}");
     let o = run(&w, "vsock-listed", false, &["socket", "40", "1", "0"]);
-    assert_ne!(status(&o), KILLED, "{o:?}");
+    assert!(status(&o) != KILLED && said(&o) != "err EPERM", "{o:?}");
     let o = run(&w, "uevent-unlisted", false, &["socket", "16", "2", "15"]);
-    assert_eq!(status(&o), KILLED, "{o:?}");
+    assert_eq!((status(&o), said(&o).as_str()), (1, "err EPERM"), "{o:?}");
+    // No event says a listed family was refused.
+    assert!(
+        !w.d.events().iter().any(|e| e["kind"] == "socket" && e["run_name"] != "uevent-unlisted" && e["verdict"] != "allow"),
+        "{:?}",
+        w.d.events()
+    );
 }
 
 #[test]
 fn binding_and_listening_only_where_listed() {
-    if !privileged("binding_and_listening_only_where_listed") {
-        return;
-    }
-    let w = world("");
+    require_root!();
+    let w = world(&[]);
     let listed = free_port(47000, 47999);
     let unlisted = free_port(48000, 48999);
     for user in [false, true] {
@@ -272,12 +301,9 @@ fn binding_and_listening_only_where_listed() {
 
 #[test]
 fn monitor_mode_reports_and_refuses_nothing() {
-    if !privileged("monitor_mode_reports_and_refuses_nothing") {
-        return;
-    }
-    let w = world("");
-    let text = std::fs::read_to_string(&w.policy).unwrap().replace("name = \"contain\"", "name = \"contain-monitor\"\nmode = \"monitor\"");
-    let policy = w.d.write_policy("contain-monitor", &text);
+    require_root!();
+    let w = world(&[]);
+    let policy = contain_policy("contain-monitor", w.tmp.path(), &w.abstract_ok, &[]).mode("monitor").write_to(w.d.dir.path());
     let docker = w.path("docker.sock");
     let addr = format!("127.0.0.1:{}", free_port(48000, 48999));
     for (name, args, kind) in [

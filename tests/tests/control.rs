@@ -11,7 +11,8 @@ use std::{
 };
 
 use agent_guard_tests::{
-    as_user, binary, cgroup2_mount, cgroup_frozen, cgroup_procs, privileged, stderr, stdout, BackgroundRun, Daemon,
+    as_user, binary, cgroup2_mount, cgroup_frozen, cgroup_procs, command_in, require_root, skip_test, stderr, stdout, BackgroundRun,
+    Daemon, PolicyFile, TestCgroup,
 };
 use serde_json::Value;
 
@@ -102,9 +103,7 @@ fn gone_from(pid: u32, dir: &Path) -> bool {
 
 #[test]
 fn freeze_thaw_and_kill_a_run_of_100_processes() {
-    if !privileged("freeze_thaw_kill_100") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let (mut run, row, dir) = start(&d, "hundred", &sleepers(100), 101);
     let id = row["id"].as_str().unwrap().to_string();
@@ -161,9 +160,7 @@ fn freeze_thaw_and_kill_a_run_of_100_processes() {
 
 #[test]
 fn freeze_thaw_and_kill_work_on_cgroupfs_when_the_daemon_is_down() {
-    if !privileged("daemon_down") {
-        return;
-    }
+    require_root!();
     let mut d = Daemon::start();
     let (mut run, row, dir) = start(&d, "orphan", &sleepers(5), 6);
     let id = row["id"].as_str().unwrap().to_string();
@@ -225,14 +222,8 @@ fn group_gid(name: &str) -> Option<u32> {
 
 #[test]
 fn the_control_socket_is_for_root_and_the_control_group_only() {
-    if !privileged("control_group") {
-        return;
-    }
-    let Some(users) = group_gid("users") else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and no group \"users\" here");
-        eprintln!("skip control_group: no group \"users\" in /etc/group");
-        return;
-    };
+    require_root!();
+    let Some(users) = group_gid("users") else { skip_test!("no group \"users\" in /etc/group") };
     let d = Daemon::start_with("control_group = \"users\"");
     // The test daemon's directory is private by default; nobody must reach the socket.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -273,9 +264,7 @@ fn the_control_socket_is_for_root_and_the_control_group_only() {
 
 #[test]
 fn a_process_inside_a_run_is_refused_even_as_root() {
-    if !privileged("inside_a_run") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let (_run, row, dir) = start(&d, "victim", &sleepers(1), 2);
     let bin = binary();
@@ -298,9 +287,7 @@ fn a_process_inside_a_run_is_refused_even_as_root() {
 
 #[test]
 fn unknown_and_ambiguous_runs_list_the_candidates() {
-    if !privileged("resolve") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let (_a, a, _) = start(&d, "twin", &sleepers(1), 2);
     let mut b_run = d.spawn_run(&["--name", "twin", "--", "sh", "-c", &sleepers(1)]);
@@ -350,9 +337,7 @@ fn unknown_and_ambiguous_runs_list_the_candidates() {
 
 #[test]
 fn events_of_a_run_and_a_follower_sees_what_happens_after_it_connected() {
-    if !privileged("events") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let (_other, _, _) = start(&d, "other", &sleepers(1), 2);
     let (_run, row, _) = start(&d, "watched", &sleepers(1), 2);
@@ -422,9 +407,7 @@ fn events_of_a_run_and_a_follower_sees_what_happens_after_it_connected() {
 
 #[test]
 fn status_and_ps_report_runs_policies_and_violations() {
-    if !privileged("status") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let out = d.cli(&["status", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -439,7 +422,7 @@ fn status_and_ps_report_runs_policies_and_violations() {
 
     // A run under a monitor policy that reads outside it: would_deny events are violations,
     // and a policied run attaches the syscall check.
-    let policy = d.write_policy("watch", "name = \"watch\"\nmode = \"monitor\"\n[files]\nread = [\"/usr\", \"/lib\", \"/lib64\"]\n");
+    let policy = PolicyFile::new("watch").mode("monitor").read(["/usr", "/lib", "/lib64"]).write_to(d.dir.path());
     let mut run = d.spawn_run(&["--policy", policy.to_str().unwrap(), "--name", "peek", "--", "sh", "-c", "cat /etc/hostname; sleep 600"]);
     let row = wait_run(&d, "peek", 2);
     run.cgroup = Some(cgroup2_mount().join(row["cgroup"].as_str().unwrap().trim_start_matches('/')));
@@ -462,59 +445,20 @@ fn status_and_ps_report_runs_policies_and_violations() {
     assert_eq!(run.wait_exit(Duration::from_secs(10)), Some(137));
 }
 
-/// Kills what is left in a test's own cgroup tree and removes it.
-struct CgroupTree(PathBuf);
-
-impl Drop for CgroupTree {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while agent_guard_tests::cgroup_populated(&self.0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        agent_guard_tests::remove_cgroup_tree(&self.0);
-    }
-}
-
-/// A command whose child moves itself into `cgroup` before exec.
-fn command_in(cgroup: &Path, program: &Path, args: &[&str]) -> std::process::Command {
-    use std::os::unix::process::CommandExt;
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args).stdin(Stdio::null());
-    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
-    }
-    cmd
-}
-
 #[test]
 fn a_bound_cgroup_is_listed_frozen_and_killed_but_left_in_place() {
-    if !privileged("bound_cgroup") {
-        return;
-    }
-    let top_name = format!("agent-guard-ctltest-{}", std::process::id());
-    let top = cgroup2_mount().join(&top_name);
-    std::fs::create_dir(&top).unwrap();
-    let _cleanup = CgroupTree(top.clone());
-    let scope = top.join("a.scope");
+    require_root!();
+    let tree = TestCgroup::create("agent-guard-ctltest");
+    let top_name = tree.name();
+    let scope = tree.0.join("a.scope");
     std::fs::create_dir(&scope).unwrap();
     let d = Daemon::start();
     // Monitor mode: the processes there are only watched.
-    let policy = d.write_policy("bound", &format!("name = \"bound\"\nmode = \"monitor\"\n[bind]\ncgroups = [\"{top_name}/*.scope\"]\n"));
+    let policy = PolicyFile::new("bound").mode("monitor").bind([format!("{top_name}/*.scope")]).write_to(d.dir.path());
     let out = d.cli(&["policy", "apply", policy.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut sleeps: Vec<std::process::Child> =
-        (0..3).map(|_| command_in(&scope, Path::new("/bin/sleep"), &["600"]).spawn().unwrap()).collect();
+        (0..3).map(|_| command_in(&scope, "/bin/sleep", &["600"]).spawn().unwrap()).collect();
     let name = format!("/{top_name}/a.scope");
     let row = wait_run(&d, &name, 3);
     let id = row["id"].as_str().unwrap().to_string();
@@ -522,7 +466,7 @@ fn a_bound_cgroup_is_listed_frozen_and_killed_but_left_in_place() {
     assert_eq!((row["bound"].as_bool(), row["policy"].as_str()), (Some(true), Some("bound")), "{row}");
 
     // A process in a bound cgroup may not use the control socket either.
-    let out = command_in(&scope, &binary(), &["--config", d.config.to_str().unwrap(), "ps"]).output().unwrap();
+    let out = command_in(&scope, binary(), &["--config", d.config.to_str().unwrap(), "ps"]).output().unwrap();
     assert!(!out.status.success() && stderr(&out).contains("inside an agent run"), "{}", stderr(&out));
 
     let out = d.cli(&["freeze", &id]);
@@ -545,9 +489,7 @@ fn a_bound_cgroup_is_listed_frozen_and_killed_but_left_in_place() {
 
 #[test]
 fn a_slow_follower_is_told_what_it_missed_and_slows_nobody() {
-    if !privileged("slow_follower") {
-        return;
-    }
+    require_root!();
     use std::io::{Read, Write};
     let d = Daemon::start();
     // A follower that asks and then does not read.

@@ -7,41 +7,18 @@
 //! decided from the events. The daemons here run with `landlock = false`: these tests are
 //! about the eBPF layer alone, as it enforces bound cgroups and backs up the Landlock layer
 //! of launched runs (tests/tests/landlock.rs).
-use std::{
-    net::{TcpListener, UdpSocket},
-    path::{Path, PathBuf},
-    process::Output,
-};
+use std::net::{TcpListener, UdpSocket};
 
-use agent_guard_tests::{layout, privileged, probe, probe_reads, run_id, s, status, stdout, toml_items, Daemon, Layout};
+use agent_guard_tests::{layout, probe, probe_in, require_root, run_id, s, status, stdout, Daemon, Layout, PolicyFile, TestCgroup};
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
-/// No Landlock layer under `agent-guard run`: the eBPF programs decide alone.
-const EBPF_ONLY: &str = "landlock = false";
+/// No Landlock layer or seccomp filter under `agent-guard run`: the eBPF programs decide alone.
+const EBPF_ONLY: &str = "landlock = false\nseccomp = false";
 
 /// A policy that lets the probe start (its libraries, /proc) and allows `ws`.
-fn policy(name: &str, l: &Layout, header: &str, network: &[String]) -> String {
-    let probe = probe();
-    format!(
-        r#"name = "{name}"
-{header}
-[files]
-read = [{base}, "{ws}"]
-write = ["{ws}/out"]
-deny = ["{ws}/.env"]
-[exec]
-allow = ["{probe}"]
-[network]
-connect = [{net}]
-[syscalls]
-deny = ["ptrace"]
-"#,
-        base = toml_items(&probe_reads()),
-        ws = l.ws.display(),
-        probe = probe.display(),
-        net = network.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
-    )
+fn policy(name: &str, l: &Layout) -> PolicyFile {
+    PolicyFile::for_workspace(name, l).syscalls_deny(["ptrace"])
 }
 
 /// The first event of `kind` of the run named `name` that matches `pred`.
@@ -54,12 +31,10 @@ fn event_of(d: &Daemon, name: &str, kind: &str, pred: impl Fn(&Value) -> bool) -
 
 #[test]
 fn files_allowed_denied_and_bypass_attempts() {
-    if !privileged("files_allowed_denied_and_bypass_attempts") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start_with(EBPF_ONLY);
     let l = layout();
-    let pol = d.write_policy("files", &policy("files", &l, "", &[]));
+    let pol = policy("files", &l).write_to(d.dir.path());
     let secret = s(&l.outside.join("secret.txt"));
 
     // Allowed read: content printed, open allowed.
@@ -136,12 +111,11 @@ fn files_allowed_denied_and_bypass_attempts() {
 
 #[test]
 fn exec_syscalls_and_unseen_operations() {
-    if !privileged("exec_syscalls_and_unseen_operations") {
-        return;
-    }
-    let d = Daemon::start();
+    require_root!();
+    // Syscalls are the eBPF check's here (tests/tests/seccomp.rs has the launcher's filter).
+    let d = Daemon::start_with("seccomp = false");
     let l = layout();
-    let pol = d.write_policy("exec", &policy("exec", &l, "", &[]));
+    let pol = policy("exec", &l).write_to(d.dir.path());
 
     // The probe is allowed; /usr/bin/true is not, and never runs.
     let o = d.run(&["--policy", pol.to_str().unwrap(), "--name", "true", "--", "/usr/bin/true"]);
@@ -172,9 +146,7 @@ fn exec_syscalls_and_unseen_operations() {
 
 #[test]
 fn network_connect_and_udp_on_loopback() {
-    if !privileged("network_connect_and_udp_on_loopback") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start_with(EBPF_ONLY);
     let l = layout();
     let ok4 = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -191,7 +163,7 @@ fn network_connect_and_udp_on_loopback() {
         format!("127.0.0.1:{u_ok}"),
         format!("[::1]/128:{p_ok6}"),
     ];
-    let pol = d.write_policy("net", &policy("net", &l, "", &net));
+    let pol = policy("net", &l).connect(&net).write_to(d.dir.path());
     let cases = [
         ("v4-ok", "connect", format!("127.0.0.1:{p_ok4}"), "ok connected"),
         ("v4-bad", "connect", format!("127.0.0.1:{p_bad4}"), "err EPERM"),
@@ -217,7 +189,7 @@ fn network_connect_and_udp_on_loopback() {
     assert_eq!(event_of(&d, "v4-ok", "connect", |_| true)["verdict"], "allow");
 
     // on_violation = "kill": the refused connect also ends the process.
-    let pol = d.write_policy("net-kill", &policy("net-kill", &l, "on_violation = \"kill\"", &net));
+    let pol = policy("net-kill", &l).on_violation("kill").connect(&net).write_to(d.dir.path());
     let o = d.probe_run(&pol, "kill", &["connect", &format!("127.0.0.1:{p_bad4}")]);
     assert_eq!(status(&o), KILLED, "{o:?}");
     assert_eq!(event_of(&d, "kill", "connect", |_| true)["verdict"], "kill");
@@ -225,13 +197,11 @@ fn network_connect_and_udp_on_loopback() {
 
 #[test]
 fn monitor_mode_allows_and_reports_would_deny() {
-    if !privileged("monitor_mode_allows_and_reports_would_deny") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let l = layout();
     let bad = TcpListener::bind("127.0.0.1:0").unwrap();
-    let pol = d.write_policy("mon", &policy("mon", &l, "mode = \"monitor\"", &[]));
+    let pol = policy("mon", &l).mode("monitor").write_to(d.dir.path());
     let secret = s(&l.outside.join("secret.txt"));
     let o = d.probe_run(&pol, "m-read", &["read", &secret]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok TOPSECRET"), "{o:?}");
@@ -249,13 +219,11 @@ fn monitor_mode_allows_and_reports_would_deny() {
 /// cgroup does all the things the policy forbids and is never touched.
 #[test]
 fn processes_outside_runs_are_never_touched() {
-    if !privileged("processes_outside_runs_are_never_touched") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let l = layout();
     let bad = TcpListener::bind("127.0.0.1:0").unwrap();
-    let pol = d.write_policy("strict", &policy("strict", &l, "on_violation = \"kill\"", &[]));
+    let pol = policy("strict", &l).on_violation("kill").write_to(d.dir.path());
     let probe = probe();
     let mut inside = std::process::Command::new(agent_guard_tests::binary())
         .args(["--config", d.config.to_str().unwrap(), "run", "--policy", pol.to_str().unwrap(), "--name", "busy", "--"])
@@ -278,67 +246,17 @@ fn processes_outside_runs_are_never_touched() {
     assert!(events.iter().all(|e| e["run"].is_null() || e["run"] == run.as_str()), "only the run's events");
 }
 
-/// A cgroup tree the test owns below the cgroup2 mount, removed on drop.
-struct TestCgroups(PathBuf);
-
-impl Drop for TestCgroups {
-    fn drop(&mut self) {
-        // Deepest first; only directories this test created.
-        let mut dirs = vec![];
-        let mut stack = vec![self.0.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                for e in rd.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(e.path());
-                    }
-                }
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-/// Runs `probe ARGS` with the child moving itself into `cgroup` before exec.
-fn probe_in(cgroup: &Path, args: &[&str]) -> Output {
-    use std::os::unix::process::CommandExt;
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
-    let mut cmd = std::process::Command::new(probe());
-    cmd.args(args);
-    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
-    }
-    cmd.output().unwrap()
-}
-
 #[test]
 fn bind_cgroups_by_glob_covers_subtrees_and_new_matches() {
-    if !privileged("bind_cgroups_by_glob_covers_subtrees_and_new_matches") {
-        return;
-    }
-    let top_name = format!("agent-guard-bindtest-{}", std::process::id());
-    let top = agent_guard_tests::cgroup2_mount().join(&top_name);
-    std::fs::create_dir(&top).unwrap();
-    let _cleanup = TestCgroups(top.clone());
+    require_root!();
+    let tree = TestCgroup::create("agent-guard-bindtest");
+    let (top, top_name) = (tree.0.clone(), tree.name());
     std::fs::create_dir(top.join("a.scope")).unwrap();
     let l = layout();
     let bad = TcpListener::bind("127.0.0.1:0").unwrap();
     let pdir = l.tmp.path().join("policies.d");
     std::fs::create_dir(&pdir).unwrap();
-    let text = format!("{}\n[bind]\ncgroups = [\"{top_name}/*.scope\"]\n", policy("bound", &l, "", &[]));
-    std::fs::write(pdir.join("bound.toml"), text).unwrap();
+    policy("bound", &l).bind([format!("{top_name}/*.scope")]).write_to(&pdir);
     let d = Daemon::start_with(&format!("policy_dir = {:?}", pdir.display().to_string()));
     let name_a = format!("/{top_name}/a.scope");
     d.wait_for("binding of a.scope", |e| e["kind"] == "run_start" && e["run_name"] == name_a.as_str());

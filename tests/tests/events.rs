@@ -2,7 +2,7 @@
 //! (what logrotate needs).
 use std::path::{Path, PathBuf};
 
-use agent_guard_tests::{privileged, Daemon};
+use agent_guard_tests::{require_root, Daemon, PolicyFile};
 use serde_json::Value;
 
 /// events.jsonl and its rotated files, oldest first.
@@ -26,9 +26,7 @@ fn log_files(log: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn the_log_rotates_by_size_without_losing_a_line_and_reopens_on_sighup() {
-    if !privileged("the_log_rotates_by_size_without_losing_a_line_and_reopens_on_sighup") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start_with("events_log_max_bytes = 200000\nevents_log_keep = 100");
     let out = d.run(&["--name", "many", "--", "sh", "-c", "for i in $(seq 150); do cat /etc/hostname >/dev/null; done"]);
     assert!(out.status.success(), "{out:?}");
@@ -65,21 +63,13 @@ fn the_log_rotates_by_size_without_losing_a_line_and_reopens_on_sighup() {
 }
 
 /// A policy for the probe: the workspace readable, one loopback port reachable, ptrace denied.
-fn probe_policy(name: &str, header: &str, l: &agent_guard_tests::Layout, port: u16) -> String {
-    use agent_guard_tests::{probe, probe_reads, toml_items};
-    format!(
-        "name = \"{name}\"\n{header}\n[files]\nread = [{}, \"{}\"]\n[exec]\nallow = [\"{}\"]\n[network]\nconnect = [\"127.0.0.1/32:{port}\"]\n[syscalls]\ndeny = [\"ptrace\"]\n",
-        toml_items(&probe_reads()),
-        l.ws.display(),
-        probe().display()
-    )
+fn probe_policy(name: &str, l: &agent_guard_tests::Layout, port: u16) -> PolicyFile {
+    PolicyFile::for_probe(name).read([&l.ws]).connect([format!("127.0.0.1/32:{port}")]).syscalls_deny(["ptrace"])
 }
 
 #[test]
 fn every_kind_of_event_matches_the_published_schema() {
-    if !privileged("every_kind_of_event_matches_the_published_schema") {
-        return;
-    }
+    require_root!();
     use agent_guard_tests::{layout, run_id, s};
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/events.schema.json")).unwrap(),
@@ -103,7 +93,7 @@ fn every_kind_of_event_matches_the_published_schema() {
     let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (port, other) = (open.local_addr().unwrap().port(), closed.local_addr().unwrap().port());
-    let pol = d.write_policy("strict", &probe_policy("strict", "", &l, port));
+    let pol = probe_policy("strict", &l, port).write_to(d.dir.path());
     let secret = s(&l.outside.join("secret.txt"));
     for (name, args) in [
         ("read-ok", vec!["read".to_string(), s(&l.ws.join("ok.txt"))]),
@@ -118,11 +108,11 @@ fn every_kind_of_event_matches_the_published_schema() {
         d.probe_run(&pol, name, &args);
     }
     // Monitor mode under a shell: would_deny, with the ancestry inside the run.
-    let watch = d.write_policy("watch", "name = \"watch\"\nmode = \"monitor\"\n");
+    let watch = PolicyFile::new("watch").mode("monitor").write_to(d.dir.path());
     let o = d.run(&["--policy", watch.to_str().unwrap(), "--name", "watched", "--", "sh", "-c", "cat /etc/hostname; true"]);
     assert!(o.status.success(), "{o:?}");
     // A held connect, denied; and freeze, thaw, kill of a run.
-    let review = d.write_policy("review", &probe_policy("review", "on_violation = \"freeze\"", &l, port));
+    let review = probe_policy("review", &l, port).on_violation("freeze").write_to(d.dir.path());
     let probe = agent_guard_tests::probe();
     let target = format!("127.0.0.1:{other}");
     let held = d.spawn_run(&["--policy", review.to_str().unwrap(), "--name", "held", "--", probe.to_str().unwrap(), "connect", &target]);

@@ -6,13 +6,12 @@
 //! inside the run from their first instruction.
 use std::{
     net::TcpListener,
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use agent_guard_tests::{layout, privileged, probe, probe_reads, run_id, s, status, stdout, toml_items, Daemon, Layout};
+use agent_guard_tests::{layout, probe, probe_in, require_root, run_id, s, status, stdout, Daemon, Layout, PolicyFile};
 
 /// Whether the process was killed by SIGKILL (the probes here are our direct children).
 fn killed(o: &Output) -> bool {
@@ -20,33 +19,9 @@ fn killed(o: &Output) -> bool {
     o.status.signal() == Some(libc::SIGKILL)
 }
 
-fn policy(l: &Layout, port: u16) -> String {
-    format!(
-        r#"name = "keep"
-[files]
-read = [{base}, "{ws}"]
-[exec]
-allow = ["{probe}"]
-[network]
-connect = ["127.0.0.1/32:{port}"]
-"#,
-        base = toml_items(&probe_reads()),
-        ws = l.ws.display(),
-        probe = probe().display(),
-    )
-}
-
-/// Runs the probe with ARGS inside the cgroup `dir` (moved there before exec).
-fn probe_in(dir: &Path, args: &[&str]) -> Output {
-    let procs = dir.join("cgroup.procs");
-    let mut cmd = Command::new(probe());
-    cmd.args(args).stdin(Stdio::null());
-    // SAFETY: the closure only writes to a file; no allocation-sensitive state is touched
-    // that matters for this single-threaded test child.
-    unsafe {
-        cmd.pre_exec(move || std::fs::write(&procs, "0"));
-    }
-    cmd.output().unwrap()
+/// The probe reads `ws` and connects to `port` on loopback.
+fn policy(l: &Layout, port: u16) -> PolicyFile {
+    PolicyFile::for_probe("keep").read([&l.ws]).connect([format!("127.0.0.1/32:{port}")])
 }
 
 /// A background `agent-guard run`; ended (SIGTERM to our launcher, which forwards it to the
@@ -80,15 +55,13 @@ fn start_run(d: &Daemon, pol: &Path, name: &str) -> (Launcher, PathBuf) {
 
 #[test]
 fn policy_stays_enforced_while_the_daemon_is_dead_and_a_restart_adopts_it() {
-    if !privileged("policy_stays_enforced_while_the_daemon_is_dead_and_a_restart_adopts_it") {
-        return;
-    }
+    require_root!();
     let mut d = Daemon::start();
     let l = layout();
     let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let (port, other_port) = (allowed.local_addr().unwrap().port(), other.local_addr().unwrap().port());
-    let pol = d.write_policy("keep", &policy(&l, port));
+    let pol = policy(&l, port).write_to(d.dir.path());
     let (launcher, dir) = start_run(&d, &pol, "keep");
     let links_before = d.pinned_links();
     assert!(links_before.iter().any(|n| n == "sys_enter"), "{links_before:?}");
@@ -152,12 +125,10 @@ fn policy_stays_enforced_while_the_daemon_is_dead_and_a_restart_adopts_it() {
 
 #[test]
 fn a_stop_with_live_runs_keeps_enforcing_and_uninstall_removes_everything() {
-    if !privileged("a_stop_with_live_runs_keeps_enforcing_and_uninstall_removes_everything") {
-        return;
-    }
+    require_root!();
     let mut d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("keep", &policy(&l, 1));
+    let pol = policy(&l, 1).write_to(d.dir.path());
     let (launcher, dir) = start_run(&d, &pol, "live");
     d.stop();
     assert!(d.stderr().contains("stay enforced"), "{}", d.stderr());
@@ -170,26 +141,11 @@ fn a_stop_with_live_runs_keeps_enforcing_and_uninstall_removes_everything() {
     let root_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&d.cgroup_root).unwrap());
     let foreign = d.bpffs_dir.join(format!("v1-000000000000-root{root_id}-ring4096"));
     std::fs::create_dir(&foreign).unwrap();
-    let mut refused = Command::new(agent_guard_tests::binary())
-        .arg("--config")
-        .arg(&d.config)
-        .arg("daemon")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while refused.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = refused.kill();
-            let _ = refused.wait();
-            panic!("the daemon started on top of foreign pinned state");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = refused.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{err}");
+    let refused = d.try_start();
+    assert!(refused.is_err(), "the daemon started on top of foreign pinned state");
+    let refused = refused.unwrap_err();
+    let err = refused.stderr;
+    assert!(refused.status.is_some_and(|s| !s.success()), "{err}");
     assert!(err.contains("cannot adopt") && err.contains(&s(&foreign)) && err.contains("--uninstall"), "{err}");
     std::fs::remove_dir(&foreign).unwrap();
     // Another managed root's state in the same directory (a second daemon's) is left alone.

@@ -2,7 +2,7 @@
 //! processes and a real loopback socket; assertions on the JSON lines the daemon wrote.
 use std::{net::TcpListener, process::Command};
 
-use agent_guard_tests::{cgroup2_mount, privileged, run_id, Daemon};
+use agent_guard_tests::{cgroup2_mount, require_root, run_id, Daemon, PolicyFile};
 use serde_json::Value;
 
 fn of_kind<'a>(events: &'a [Value], run: &str, kind: &str) -> Vec<&'a Value> {
@@ -11,9 +11,7 @@ fn of_kind<'a>(events: &'a [Value], run: &str, kind: &str) -> Vec<&'a Value> {
 
 #[test]
 fn a_run_is_watched_exec_open_connect_exit_and_nothing_outside_it() {
-    if !privileged("a_run_is_watched") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -97,9 +95,7 @@ fn which(cmd: &str) -> std::path::PathBuf {
 
 #[test]
 fn children_grandchildren_and_child_cgroups_are_covered() {
-    if !privileged("children_and_child_cgroups") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let mount = cgroup2_mount();
     // The grandchild moves itself into a child cgroup of the run before it opens a file.
@@ -135,9 +131,7 @@ fn children_grandchildren_and_child_cgroups_are_covered() {
 
 #[test]
 fn exit_status_follows_the_command_and_signals_are_128_plus_n() {
-    if !privileged("exit_status") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     assert_eq!(d.run(&["--", "sh", "-c", "exit 0"]).status.code(), Some(0));
     assert_eq!(d.run(&["--", "sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
@@ -148,9 +142,7 @@ fn exit_status_follows_the_command_and_signals_are_128_plus_n() {
 
 #[test]
 fn long_argv_is_bounded_and_flagged() {
-    if !privileged("long_argv") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let long = "x".repeat(3000);
     let out = d.run(&["--name", "long", "--", "/bin/echo", &long]);
@@ -165,9 +157,7 @@ fn long_argv_is_bounded_and_flagged() {
 
 #[test]
 fn two_daemons_side_by_side_see_only_their_own_runs() {
-    if !privileged("two_daemons") {
-        return;
-    }
+    require_root!();
     let a = Daemon::start();
     let b = Daemon::start();
     assert!(a.run(&["--name", "in-a", "--", "cat", "/etc/hostname"]).status.success());
@@ -212,9 +202,7 @@ fn bad_config_names_file_and_line() {
 
 #[test]
 fn a_full_ring_buffer_loses_nothing_silently() {
-    if !privileged("full_ring_buffer") {
-        return;
-    }
+    require_root!();
     // One page of ring buffer holds three open events: a burst of 300 opens overflows it.
     let d = Daemon::start_with("events_ring_bytes = 4096");
     let files: Vec<String> = (0..300)
@@ -247,9 +235,7 @@ fn a_full_ring_buffer_loses_nothing_silently() {
 /// drops one from its queue.
 #[test]
 fn a_flooding_run_cannot_cost_a_quiet_run_its_violations() {
-    if !privileged("isolation") {
-        return;
-    }
+    require_root!();
     // A small ring (the default is 16 MiB), so the flood overflows it.
     let d = Daemon::start_with("events_ring_bytes = 262144");
     let files: Vec<String> = (0..200)
@@ -265,10 +251,10 @@ fn a_flooding_run_cannot_cost_a_quiet_run_its_violations() {
     flood.cgroup = Some(cgroup2_mount().join(ev.iter().find(|e| e["run_name"] == "flood").unwrap()["cgroup"].as_str().unwrap().trim_start_matches('/')));
 
     // Monitor mode: each read of /etc/hostname is a would_deny violation, and the run goes on.
-    let policy = d.write_policy(
-        "quiet",
-        "name = \"quiet\"\nmode = \"monitor\"\n[files]\nread = [\"/usr\", \"/lib\", \"/lib64\", \"/etc/ld.so.cache\", \"/etc/locale.alias\"]\n",
-    );
+    let policy = PolicyFile::new("quiet")
+        .mode("monitor")
+        .read(["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/locale.alias"])
+        .write_to(d.dir.path());
     let n = 100;
     let quiet = format!("i=0; while [ $i -lt {n} ]; do cat /etc/hostname; i=$((i+1)); done");
     let out = d.run(&["--policy", policy.to_str().unwrap(), "--name", "quiet", "--", "sh", "-c", &quiet]);
@@ -293,9 +279,7 @@ fn a_flooding_run_cannot_cost_a_quiet_run_its_violations() {
 /// the run's first instruction, and detaches them once the last run is gone.
 #[test]
 fn syscall_tracepoints_are_attached_only_while_a_run_exists() {
-    if !privileged("tracepoints_on_demand") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let syscall_links = |d: &Daemon| -> Vec<String> {
         d.pinned_links().into_iter().filter(|l| l.starts_with("tp-ag_enter_") || l.starts_with("tp-ag_exit_")).collect()
@@ -317,10 +301,7 @@ fn syscall_tracepoints_are_attached_only_while_a_run_exists() {
 
     // A policied run brings the syscall check; a run without a policy started next to it
     // must not take it away.
-    let policy = d.write_policy(
-        "some",
-        "name = \"some\"\n[files]\nread = [\"/usr\", \"/lib\", \"/lib64\", \"/etc\"]\n[exec]\nallow = [\"/usr/bin/\"]\n",
-    );
+    let policy = PolicyFile::new("some").read(["/usr", "/lib", "/lib64", "/etc"]).exec(["/usr/bin/"]).write_to(d.dir.path());
     let mut policied = d.spawn_run(&["--policy", policy.to_str().unwrap(), "--name", "policied", "--", "sleep", "600"]);
     let ev = d.wait_for("exec of the policied sleep", |e| e["kind"] == "exec" && e["run_name"] == "policied");
     assert_eq!(status(&d)["syscall_check_attached"], true);

@@ -8,22 +8,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_guard_tests::{layout, privileged, probe, probe_reads, run_id, s, stdout, toml_items, Daemon, Layout};
+use agent_guard_tests::{layout, probe, require_root, run_id, s, stdout, Daemon, Layout, PolicyFile};
 use serde_json::Value;
 
-fn policy(l: &Layout) -> String {
-    format!(
-        r#"name = "review"
-on_violation = "freeze"
-[files]
-read = [{base}, "{ws}"]
-[exec]
-allow = ["{probe}"]
-"#,
-        base = toml_items(&probe_reads()),
-        ws = l.ws.display(),
-        probe = probe().display(),
-    )
+/// The "review" policy: the probe reads `ws`; anything else is held for review.
+fn policy(l: &Layout) -> PolicyFile {
+    PolicyFile::for_probe("review").on_violation("freeze").read([&l.ws])
 }
 
 /// A daemon (its config plus `extra`), the workspace, the "review" policy written, and a
@@ -40,7 +30,7 @@ struct Review {
 fn review(extra: &str) -> Review {
     let d = Daemon::start_with(extra);
     let l = layout();
-    let pol = d.write_policy("review", &policy(&l));
+    let pol = policy(&l).write_to(d.dir.path());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
     Review { d, l, pol, target, _listener: listener }
@@ -103,9 +93,7 @@ fn state_of(pid: u64) -> String {
 
 #[test]
 fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
-    if !privileged("a_held_connect_is_frozen_until_approved_and_the_retry_goes_through") {
-        return;
-    }
+    require_root!();
     let Review { d, l: _l, pol, target, _listener } = review("");
     let run = start(&d, &pol, "approve-me", &["connect-retry", &target, "50", "100"]);
 
@@ -157,12 +145,10 @@ fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
 
 #[test]
 fn deny_keeps_it_denied_and_a_held_open_never_reaches_the_process() {
-    if !privileged("deny_keeps_it_denied_and_a_held_open_never_reaches_the_process") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("review", &policy(&l));
+    let pol = policy(&l).write_to(d.dir.path());
     let secret = s(&l.outside.join("secret.txt"));
     let run = start(&d, &pol, "deny-open", &["read", &secret]);
     held(&d, "deny-open");
@@ -191,9 +177,7 @@ fn deny_keeps_it_denied_and_a_held_open_never_reaches_the_process() {
 
 #[test]
 fn an_unanswered_hold_is_denied_at_the_timeout() {
-    if !privileged("an_unanswered_hold_is_denied_at_the_timeout") {
-        return;
-    }
+    require_root!();
     let Review { d, l: _l, pol, target, _listener } = review("hold_timeout = \"1s\"");
     let t = Instant::now();
     let run = start(&d, &pol, "late", &["connect", &target]);
@@ -208,9 +192,7 @@ fn an_unanswered_hold_is_denied_at_the_timeout() {
 
 #[test]
 fn a_hold_survives_a_daemon_restart() {
-    if !privileged("a_hold_survives_a_daemon_restart") {
-        return;
-    }
+    require_root!();
     let Review { mut d, l: _l, pol, target, _listener } = review("");
     let run = start(&d, &pol, "across", &["connect-retry", &target, "50", "100"]);
     held(&d, "across");
@@ -230,9 +212,7 @@ fn a_hold_survives_a_daemon_restart() {
 
 #[test]
 fn a_held_process_resumed_behind_the_daemons_back_is_killed() {
-    if !privileged("a_held_process_resumed_behind_the_daemons_back_is_killed") {
-        return;
-    }
+    require_root!();
     let Review { d, l: _l, pol, target, _listener } = review("");
     let run = start(&d, &pol, "sneaky", &["connect-retry", &target, "50", "100"]);
     let h = held(&d, "sneaky");
@@ -251,9 +231,7 @@ fn a_held_process_resumed_behind_the_daemons_back_is_killed() {
 
 #[test]
 fn a_run_a_responder_froze_stays_frozen_when_its_hold_times_out() {
-    if !privileged("a_run_a_responder_froze_stays_frozen_when_its_hold_times_out") {
-        return;
-    }
+    require_root!();
     let Review { d, l: _l, pol, target, _listener } = review("hold_timeout = \"1s\"");
     let run = start(&d, &pol, "kept", &["connect", &target]);
     held(&d, "kept");
@@ -271,12 +249,10 @@ fn a_run_a_responder_froze_stays_frozen_when_its_hold_times_out() {
 
 #[test]
 fn approving_a_held_open_for_the_run_grants_that_file_to_later_opens() {
-    if !privileged("approving_a_held_open_for_the_run_grants_that_file_to_later_opens") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("review", &policy(&l).replace("allow = [", "allow = [\"/usr/bin/\", "));
+    let pol = policy(&l).exec(["/usr/bin/"]).write_to(d.dir.path());
     let secret = s(&l.outside.join("secret.txt"));
     let probe = s(&probe());
     let script = format!("{probe} read {secret}; {probe} read {secret}");

@@ -4,26 +4,19 @@ use std::{
     collections::BTreeMap,
     os::unix::{fs::PermissionsExt, net::UnixDatagram},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
-use agent_guard_tests::{binary, cgroup2_mount, privileged, stderr, stdout, Daemon};
+use agent_guard_tests::{binary, cgroup2_mount, require, require_root, stderr, stdout, Daemon};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// Whether `tool` runs; if not, the test skips with a reason (a failure under CI=true).
-fn have(tool: &str, test: &str) -> bool {
-    if Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success()) {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: CI=true and {tool} is not installed");
-    }
-    eprintln!("skip {test}: {tool} is not installed");
-    false
+/// Whether `tool` runs (tests without it skip: a failure under CI=true).
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 fn unit_text() -> String {
@@ -47,9 +40,7 @@ fn unit_settings() -> BTreeMap<String, String> {
 
 #[test]
 fn unit_file_passes_systemd_analyze_verify() {
-    if !have("systemd-analyze", "unit_file_passes_systemd_analyze_verify") {
-        return;
-    }
+    require!(have("systemd-analyze"), "systemd-analyze is not installed");
     // verify wants ExecStart's binary to exist: check a copy that runs the one under test.
     let tmp = tempfile::tempdir().unwrap();
     let text = unit_text();
@@ -100,69 +91,22 @@ fn unit_is_a_notify_service_with_watchdog_and_the_paths_the_config_writes() {
     assert!(rw.contains(&"/sys/fs/cgroup"), "run cgroups are created below the cgroup2 mount: {rw:?}");
 }
 
-/// A daemon started by hand with NOTIFY_SOCKET, as systemd starts a Type=notify unit.
-struct NotifiedDaemon {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    cgroup_root: PathBuf,
-    bpffs_dir: PathBuf,
-    child: Option<Child>,
+/// A daemon started with NOTIFY_SOCKET (and WATCHDOG_USEC), as systemd starts a Type=notify
+/// unit; not waited for.
+fn notified_daemon(notify: &Path, watchdog_usec: Option<u64>) -> Daemon {
+    let mut d = Daemon::configure(&binary(), "agent-guard-notify", "");
+    d.env("NOTIFY_SOCKET", notify.to_str().unwrap());
+    if let Some(us) = watchdog_usec {
+        d.env("WATCHDOG_USEC", &us.to_string());
+    }
+    d.spawn().unwrap();
+    d
 }
 
-impl NotifiedDaemon {
-    fn start(notify: &Path, watchdog_usec: Option<u64>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("agent-guard-notify-{}-{n}", std::process::id());
-        let config = agent_guard_tests::write_config(dir.path(), &name, "");
-        let log = std::fs::File::create(dir.path().join("daemon.stderr")).unwrap();
-        let mut cmd = Command::new(binary());
-        cmd.arg("--config").arg(&config).arg("daemon").env("NOTIFY_SOCKET", notify).stdin(Stdio::null()).stderr(log);
-        if let Some(us) = watchdog_usec {
-            cmd.env("WATCHDOG_USEC", us.to_string());
-        }
-        let child = cmd.spawn().unwrap();
-        NotifiedDaemon {
-            cgroup_root: cgroup2_mount().join(&name),
-            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{name}")),
-            dir,
-            config,
-            child: Some(child),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.stderr")).unwrap_or_default()
-    }
-
-    /// Fails the test if the daemon has exited.
-    fn assert_alive(&mut self) {
-        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            self.child = None;
-            panic!("the daemon exited ({status}):\n{}", self.stderr());
-        }
-    }
-
-    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child, not yet reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().ok()
-    }
-}
-
-impl Drop for NotifiedDaemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: as above.
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-            let _ = child.wait();
-        }
-        if self.bpffs_dir.exists() {
-            let _ = Command::new(binary()).arg("--config").arg(&self.config).args(["daemon", "--uninstall"]).output();
-        }
-        let _ = std::fs::remove_dir(&self.cgroup_root);
+/// Fails the test if the daemon has exited.
+fn assert_alive(d: &mut Daemon) {
+    if let Some(status) = d.exited() {
+        panic!("the daemon exited ({status}):\n{}", d.stderr());
     }
 }
 
@@ -179,19 +123,17 @@ fn next_message(sock: &UnixDatagram, timeout: Duration) -> Option<String> {
 
 #[test]
 fn daemon_notifies_ready_watchdog_and_stopping() {
-    if !privileged("daemon_notifies_ready_watchdog_and_stopping") {
-        return;
-    }
+    require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     // WatchdogSec=0.2s: a ping every 100 ms.
-    let mut d = NotifiedDaemon::start(&path, Some(200_000));
+    let mut d = notified_daemon(&path, Some(200_000));
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let ready = loop {
         assert!(Instant::now() < deadline, "no READY=1 after 60 s; daemon:\n{}", d.stderr());
-        d.assert_alive();
+        assert_alive(&mut d);
         match next_message(&sock, Duration::from_secs(1)) {
             Some(m) if m.lines().any(|l| l == "READY=1") => break m,
             Some(m) => assert!(!m.contains("WATCHDOG=1"), "a watchdog ping before READY=1: {m:?}"),
@@ -213,7 +155,7 @@ fn daemon_notifies_ready_watchdog_and_stopping() {
         }
     }
 
-    let status = d.terminate().unwrap();
+    let status = d.signal(libc::SIGTERM).unwrap();
     assert!(status.success(), "daemon exit after SIGTERM: {status}\n{}", d.stderr());
     let mut rest = Vec::new();
     while let Some(m) = next_message(&sock, Duration::from_millis(200)) {
@@ -224,22 +166,20 @@ fn daemon_notifies_ready_watchdog_and_stopping() {
 
 #[test]
 fn daemon_without_notify_socket_or_with_a_dead_one_still_runs() {
-    if !privileged("daemon_without_notify_socket_or_with_a_dead_one_still_runs") {
-        return;
-    }
+    require_root!();
     // NOTIFY_SOCKET naming a socket nobody listens on: sends fail, the daemon goes on.
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = NotifiedDaemon::start(&tmp.path().join("nobody.sock"), Some(100_000));
+    let mut d = notified_daemon(&tmp.path().join("nobody.sock"), Some(100_000));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !d.stderr().contains("ready in") {
         assert!(Instant::now() < deadline, "not ready after 60 s:\n{}", d.stderr());
-        d.assert_alive();
+        assert_alive(&mut d);
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
     let o = Command::new(binary()).arg("--config").arg(&d.config).arg("status").output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{o:?}\n{}", d.stderr());
-    assert!(d.terminate().unwrap().success(), "{}", d.stderr());
+    assert!(d.signal(libc::SIGTERM).unwrap().success(), "{}", d.stderr());
     // And the plain case: the Daemon helper starts without NOTIFY_SOCKET.
     drop(Daemon::start());
 }
@@ -272,9 +212,7 @@ fn example_policies_pass_policy_check() {
 
 #[test]
 fn example_policies_load_into_a_daemon() {
-    if !privileged("example_policies_load_into_a_daemon") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start_with(&format!("policy_dir = {:?}", repo().join("deploy/policies").display().to_string()));
     let o = d.cli(&["policy", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -487,12 +425,8 @@ fn deb_metadata_assets_exist_and_cover_deploy() {
 #[test]
 fn shell_scripts_pass_shellcheck() {
     let tool = "shellcheck";
-    if Command::new(tool).arg("--version").output().is_err() {
-        // `deploy/setup-build.sh --test` (run by .ci/run and `cargo xtask test`) installs it.
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {tool} is not installed");
-        eprintln!("skip shell_scripts_pass_shellcheck: {tool} is not installed (deploy/setup-build.sh --test)");
-        return;
-    }
+    // `deploy/setup-build.sh --test` (run by .ci/run and `cargo xtask test`) installs it.
+    require!(Command::new(tool).arg("--version").output().is_ok(), "{tool} is not installed (deploy/setup-build.sh --test)");
     let d = repo().join("deploy");
     let o = Command::new(tool)
         .arg(d.join("install.sh"))
@@ -564,10 +498,8 @@ echo "REAL INSTALL OK"
 
 #[test]
 fn install_sh_for_real_without_systemd_starts_the_daemon_and_uninstalls() {
-    let test = "install_sh_for_real_without_systemd_starts_the_daemon_and_uninstalls";
-    if !privileged(test) || !have("unshare", test) {
-        return;
-    }
+    require_root!();
+    require!(have("unshare"), "unshare is not installed");
     let tmp = tempfile::Builder::new().prefix("ag-install-").tempdir().unwrap();
     let t = tmp.path();
     let name = format!("agent-guard-install-{}", std::process::id());

@@ -8,48 +8,28 @@
 //! layer alone).
 use std::{net::TcpListener, process::Output};
 
-use agent_guard_tests::{layout, privileged, probe, probe_reads, s, status, stdout, toml_items, Daemon, Layout};
+use agent_guard_tests::{layout, probe, require, require_root, s, status, stdout, Daemon, PolicyFile};
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
-
-/// A policy that lets the probe start (its libraries, /proc), reads `ws`, writes `ws/out`,
-/// denies `ws/.env`.
-fn policy(name: &str, l: &Layout, header: &str) -> String {
-    let probe = probe();
-    format!(
-        r#"name = "{name}"
-{header}
-[files]
-read = [{base}, "{ws}"]
-write = ["{ws}/out"]
-deny = ["{ws}/.env"]
-[exec]
-allow = ["{probe}"]
-"#,
-        base = toml_items(&probe_reads()),
-        ws = l.ws.display(),
-        probe = probe.display(),
-    )
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The kernel's Landlock ABI, when it is at least `min`; otherwise skip (fail under CI=true).
-fn landlock(test: &str, min: i64) -> bool {
+/// The kernel's Landlock ABI (0: none).
+fn landlock_abi() -> i64 {
     // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attr only queries the ABI.
-    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
-    if abi >= min {
-        return true;
-    }
-    let why = format!("Landlock ABI {abi} on this kernel, the test needs {min}");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: CI=true and {why}");
-    }
-    eprintln!("skip {test}: {why}");
-    false
+    unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) }
+}
+
+/// Skips the enclosing test (a failure under CI=true) unless the kernel's Landlock ABI is at
+/// least `min`.
+macro_rules! require_landlock {
+    ($min:expr) => {
+        let abi = landlock_abi();
+        require!(abi >= $min, "Landlock ABI {abi} on this kernel, the test needs {}", $min);
+    };
 }
 
 /// The first event of `kind` of the run named `name` that matches `pred`.
@@ -64,12 +44,11 @@ fn layer_of(e: &Value) -> (&str, &str, &str) {
 
 #[test]
 fn enforce_refuses_writes_outside_write_paths_before_they_happen() {
-    if !privileged("enforce_refuses_writes_outside_write_paths_before_they_happen") || !landlock("writes", 3) {
-        return;
-    }
+    require_root!();
+    require_landlock!(3);
     let d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("ll", &policy("ll", &l, "mode = \"enforce\""));
+    let pol = PolicyFile::for_workspace("ll", &l).mode("enforce").write_to(d.dir.path());
 
     // A new file below the write path: created.
     let new_out = l.ws.join("out/new.txt");
@@ -102,12 +81,11 @@ fn enforce_refuses_writes_outside_write_paths_before_they_happen() {
 
 #[test]
 fn denied_reads_are_eacces_and_the_run_goes_on() {
-    if !privileged("denied_reads_are_eacces_and_the_run_goes_on") || !landlock("reads", 1) {
-        return;
-    }
+    require_root!();
+    require_landlock!(1);
     let d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("reads", &policy("reads", &l, ""));
+    let pol = PolicyFile::for_workspace("reads", &l).write_to(d.dir.path());
     let secret = s(&l.outside.join("secret.txt"));
     let ok = s(&l.ws.join("ok.txt"));
 
@@ -151,28 +129,19 @@ fn denied_reads_are_eacces_and_the_run_goes_on() {
 
 #[test]
 fn execs_outside_the_policy_are_eacces_and_allowed_ones_load_their_libraries() {
-    if !privileged("execs_outside_the_policy_are_eacces_and_allowed_ones_load_their_libraries") || !landlock("exec", 1) {
-        return;
-    }
+    require_root!();
+    require_landlock!(1);
     let d = Daemon::start();
     let l = layout();
     let cat = std::fs::canonicalize("/usr/bin/cat").unwrap();
     let t = std::fs::canonicalize("/usr/bin/true").unwrap();
     // Tight: libraries and the probe, not /usr/bin.
     let probe = probe();
-    let text = format!(
-        r#"name = "tight"
-[files]
-read = ["/usr/lib", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null", "{probe_dir}", "{ws}"]
-[exec]
-allow = ["{probe}", "{cat}"]
-"#,
-        probe_dir = probe.parent().unwrap().display(),
-        ws = l.ws.display(),
-        probe = probe.display(),
-        cat = cat.display(),
-    );
-    let pol = d.write_policy("tight", &text);
+    let pol = PolicyFile::new("tight")
+        .read(["/usr/lib", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null"])
+        .read([probe.parent().unwrap(), &l.ws])
+        .exec([&probe, &cat])
+        .write_to(d.dir.path());
 
     // An allowed, dynamically linked binary: its loader and libraries load, it reads.
     let o = d.probe_run(&pol, "cat", &["exec", &s(&cat), &s(&l.ws.join("ok.txt"))]);
@@ -192,7 +161,7 @@ allow = ["{probe}", "{cat}"]
     // A binary inside a read tree but outside [exec] allow is left to the eBPF layer (the
     // policy judges scripts by their interpreter, which Landlock cannot express): killed
     // before its first instruction.
-    let wide = d.write_policy("wide", &policy("wide", &l, ""));
+    let wide = PolicyFile::for_workspace("wide", &l).write_to(d.dir.path());
     let o = d.probe_run(&wide, "wide-true", &["exec", &s(&t)]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok signal 9"), "{o:?}");
     let e = event_of(&d, "wide-true", "exec", |e| e["verdict"] != "allow");
@@ -201,9 +170,8 @@ allow = ["{probe}", "{cat}"]
 
 #[test]
 fn tcp_connects_to_ports_outside_the_policy_are_refused_by_landlock() {
-    if !privileged("tcp_connects_to_ports_outside_the_policy_are_refused_by_landlock") || !landlock("connect", 4) {
-        return;
-    }
+    require_root!();
+    require_landlock!(4);
     let d = Daemon::start();
     let l = layout();
     let ok = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -213,8 +181,9 @@ fn tcp_connects_to_ports_outside_the_policy_are_refused_by_landlock() {
     let (p_ok, p_bad, p_else) = (port(&ok), port(&bad), port(&elsewhere));
     // p_else is allowed for another address only: Landlock (ports only) lets it through and
     // the cgroup programs refuse the address.
-    let text = policy("net", &l, "") + &format!("[network]\nconnect = [\"127.0.0.1/32:{p_ok}\", \"192.0.2.0/24:{p_else}\"]\n");
-    let pol = d.write_policy("net", &text);
+    let pol = PolicyFile::for_workspace("net", &l)
+        .connect([format!("127.0.0.1/32:{p_ok}"), format!("192.0.2.0/24:{p_else}")])
+        .write_to(d.dir.path());
     for (name, p, want, layer) in [
         ("c-ok", p_ok, "ok connected", "ebpf"),
         ("c-bad", p_bad, "err EACCES", "landlock"),
@@ -230,12 +199,11 @@ fn tcp_connects_to_ports_outside_the_policy_are_refused_by_landlock() {
 
 #[test]
 fn signals_and_abstract_sockets_outside_the_run_are_refused() {
-    if !privileged("signals_and_abstract_sockets_outside_the_run_are_refused") || !landlock("scoping", 6) {
-        return;
-    }
+    require_root!();
+    require_landlock!(6);
     let d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("scoped", &policy("scoped", &l, ""));
+    let pol = PolicyFile::for_workspace("scoped", &l).write_to(d.dir.path());
     // A process of the test's own, outside the run.
     let mut outside = std::process::Command::new("sleep").arg("30").spawn().unwrap();
     let o = d.probe_run(&pol, "signal", &["kill", &outside.id().to_string(), "0"]);
@@ -252,20 +220,19 @@ fn signals_and_abstract_sockets_outside_the_run_are_refused() {
     assert_eq!((status(&o), stdout(&o).trim()), (1, "err EPERM"), "{o:?}");
 
     // Monitor mode gets no layer: both go through.
-    let mon = d.write_policy("scoped-mon", &policy("scoped-mon", &l, "mode = \"monitor\""));
+    let mon = PolicyFile::for_workspace("scoped-mon", &l).mode("monitor").write_to(d.dir.path());
     let o = d.probe_run(&mon, "abstract-mon", &["abstract", &name]);
     assert_eq!(stdout(&o).trim(), "ok connected", "{o:?}");
 }
 
 #[test]
 fn status_lists_what_landlock_covers_for_each_run() {
-    if !privileged("status_lists_what_landlock_covers_for_each_run") || !landlock("status", 6) {
-        return;
-    }
+    require_root!();
+    require_landlock!(6);
     let d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("shown", &policy("shown", &l, ""));
-    let kill = d.write_policy("shown-kill", &policy("shown-kill", &l, "on_violation = \"kill\""));
+    let pol = PolicyFile::for_workspace("shown", &l).write_to(d.dir.path());
+    let kill = PolicyFile::for_workspace("shown-kill", &l).on_violation("kill").write_to(d.dir.path());
     let probe = probe();
     let p = probe.to_str().unwrap();
     let mut runs = [
@@ -306,14 +273,13 @@ fn status_lists_what_landlock_covers_for_each_run() {
 
 #[test]
 fn kill_policies_and_landlock_off_leave_reads_to_the_ebpf_layer() {
-    if !privileged("kill_policies_and_landlock_off_leave_reads_to_the_ebpf_layer") || !landlock("kill", 3) {
-        return;
-    }
+    require_root!();
+    require_landlock!(3);
     let l = layout();
     let secret = s(&l.outside.join("secret.txt"));
     {
         let d = Daemon::start();
-        let pol = d.write_policy("killer", &policy("killer", &l, "on_violation = \"kill\""));
+        let pol = PolicyFile::for_workspace("killer", &l).on_violation("kill").write_to(d.dir.path());
         let o = d.probe_run(&pol, "k-read", &["read", &secret]);
         assert_eq!(status(&o), KILLED, "what the policy asks for: {o:?}");
         let e = event_of(&d, "k-read", "open", |e| e["verdict"] != "allow");
@@ -323,7 +289,7 @@ fn kill_policies_and_landlock_off_leave_reads_to_the_ebpf_layer() {
         assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
     }
     let d = Daemon::start_with("landlock = false");
-    let pol = d.write_policy("off", &policy("off", &l, ""));
+    let pol = PolicyFile::for_workspace("off", &l).write_to(d.dir.path());
     let o = d.probe_run(&pol, "off-read", &["read", &secret]);
     assert_eq!(status(&o), KILLED, "{o:?}");
     assert!(!stdout(&o).contains("TOPSECRET"));
@@ -333,12 +299,10 @@ fn kill_policies_and_landlock_off_leave_reads_to_the_ebpf_layer() {
 
 #[test]
 fn monitor_mode_has_no_landlock_layer() {
-    if !privileged("monitor_mode_has_no_landlock_layer") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let l = layout();
-    let pol = d.write_policy("llmon", &policy("llmon", &l, "mode = \"monitor\""));
+    let pol = PolicyFile::for_workspace("llmon", &l).mode("monitor").write_to(d.dir.path());
 
     let new_ws = l.ws.join("new.txt");
     let o = d.probe_run(&pol, "mon-create", &["write", &s(&new_ws)]);
@@ -351,17 +315,12 @@ fn monitor_mode_has_no_landlock_layer() {
 
 #[test]
 fn missing_paths_are_noted_and_refused() {
-    if !privileged("missing_paths_are_noted_and_refused") || !landlock("missing", 1) {
-        return;
-    }
+    require_root!();
+    require_landlock!(1);
     let d = Daemon::start();
     let l = layout();
     // Write access to ws/later, which does not exist when the run starts.
-    let text = policy("llmiss", &l, "").replace(
-        &format!("write = [\"{}/out\"]", l.ws.display()),
-        &format!("write = [\"{0}/out\", \"{0}/later\"]", l.ws.display()),
-    );
-    let pol = d.write_policy("llmiss", &text);
+    let pol = PolicyFile::for_workspace("llmiss", &l).write([l.ws.join("later")]).write_to(d.dir.path());
     let later = l.ws.join("later");
     let o = d.probe_run(&pol, "miss", &["write", &s(&l.ws.join("out/x.txt"))]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok"), "{o:?}");

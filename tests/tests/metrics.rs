@@ -11,7 +11,7 @@ use std::{
 };
 
 use agent_guard_tests::{
-    binary, cgroup2_mount, layout, privileged, probe, probe_reads, run_id, s, status, stderr, stdout, toml_items, Daemon, Layout,
+    binary, cgroup2_mount, layout, probe, require_root, run_id, s, skip_test, status, stderr, stdout, Daemon, Layout, PolicyFile,
 };
 use serde_json::Value;
 
@@ -137,22 +137,18 @@ fn wait_scrape(d: &Daemon, addr: &str, what: &str, pred: impl Fn(&Scrape) -> boo
     }
 }
 
-/// promtool, if there: under CI=true a missing promtool is a failure, elsewhere a skip.
-fn promtool(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
+/// promtool, if there (tests skip without it: a failure under CI=true).
+fn promtool() -> Option<PathBuf> {
+    std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .map(|d| d.join("promtool"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let why = "promtool is not installed (`deploy/setup-build.sh --test` installs it from Debian's prometheus package)";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: CI=true and {why}");
-        }
-        eprintln!("skip {test}: {why}");
-    }
-    found
+        .find(|p| p.is_file())
 }
+
+/// Why a test needing promtool skips.
+const NO_PROMTOOL: &str =
+    "promtool is not installed (`deploy/setup-build.sh --test` installs it from Debian's prometheus package)";
 
 /// `promtool ARGS...` with `input` on stdin; (success, output).
 fn run_promtool(promtool: &Path, args: &[&str], input: &str) -> (bool, String) {
@@ -163,13 +159,8 @@ fn run_promtool(promtool: &Path, args: &[&str], input: &str) -> (bool, String) {
 }
 
 /// A policy letting the probe start and read `ws` (tests/src/bin/agprobe.rs).
-fn policy(name: &str, l: &Layout, header: &str) -> String {
-    format!(
-        "name = \"{name}\"\n{header}\n[files]\nread = [{base}, \"{ws}\"]\n[exec]\nallow = [\"{probe}\"]\n",
-        base = toml_items(&probe_reads()),
-        ws = l.ws.display(),
-        probe = probe().display(),
-    )
+fn policy(name: &str, l: &Layout) -> PolicyFile {
+    PolicyFile::for_probe(name).read([&l.ws])
 }
 
 /// The `ps --json` row of the run named `name`, once it has a process.
@@ -188,9 +179,7 @@ fn ps_row(d: &Daemon, name: &str) -> Value {
 
 #[test]
 fn a_violation_shows_in_the_scrape_and_the_scrape_passes_promtool() {
-    if !privileged("a_violation_shows_in_the_scrape_and_the_scrape_passes_promtool") {
-        return;
-    }
+    require_root!();
     // The eBPF layer alone (no Landlock layer): the README sample shows a kill.
     let d = Daemon::start_with("landlock = false");
     let addr = metrics_addr(&d);
@@ -207,7 +196,7 @@ fn a_violation_shows_in_the_scrape_and_the_scrape_passes_promtool() {
 
     // A real violation: reading outside the policy kills the probe in the kernel.
     let l = layout();
-    let pol = d.write_policy("metered", &policy("metered", &l, ""));
+    let pol = policy("metered", &l).write_to(d.dir.path());
     let secret = s(&l.outside.join("secret.txt"));
     let o = d.probe_run(&pol, "violator", &["read", &secret]);
     assert_eq!(status(&o), KILLED, "{o:?}");
@@ -251,20 +240,18 @@ fn a_violation_shows_in_the_scrape_and_the_scrape_passes_promtool() {
     assert!(junk.is_empty() || junk.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&junk));
     assert_eq!(scrape(&addr).get("agent_guard_violations_total", &violation), Some(1.0));
 
-    let Some(promtool) = promtool("a_violation_shows_in_the_scrape_and_the_scrape_passes_promtool") else { return };
+    let Some(promtool) = promtool() else { skip_test!("{NO_PROMTOOL}") };
     let (ok, out) = run_promtool(&promtool, &["check", "metrics"], &after.text);
     assert!(ok, "promtool check metrics on a live scrape:\n{out}\n{}", after.text);
 }
 
 #[test]
 fn monitor_mode_counts_would_deny_and_no_violation() {
-    if !privileged("monitor_mode_counts_would_deny_and_no_violation") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let addr = metrics_addr(&d);
     let l = layout();
-    let pol = d.write_policy("watched", &policy("watched", &l, "mode = \"monitor\""));
+    let pol = policy("watched", &l).mode("monitor").write_to(d.dir.path());
     let o = d.probe_run(&pol, "watched-1", &["read", &s(&l.outside.join("secret.txt"))]);
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok TOPSECRET"), "monitor mode allows: {o:?}");
     let sc = wait_scrape(&d, &addr, "would_deny", |sc| {
@@ -276,9 +263,7 @@ fn monitor_mode_counts_would_deny_and_no_violation() {
 
 #[test]
 fn freezes_are_observed_in_the_histogram() {
-    if !privileged("freezes_are_observed_in_the_histogram") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let addr = metrics_addr(&d);
     let count = |sc: &Scrape| sc.val("agent_guard_freeze_duration_seconds_count", &[]);
@@ -308,7 +293,7 @@ fn freezes_are_observed_in_the_histogram() {
 
     // A hold for review freezes the run too; the held open is a violation with action hold.
     let l = layout();
-    let pol = d.write_policy("review", &policy("review", &l, "on_violation = \"freeze\""));
+    let pol = policy("review", &l).on_violation("freeze").write_to(d.dir.path());
     let probe = probe();
     let mut held = Command::new(binary())
         .args(["--config", d.config.to_str().unwrap(), "run", "--policy", pol.to_str().unwrap(), "--name", "held", "--"])
@@ -344,13 +329,11 @@ fn freezes_are_observed_in_the_histogram() {
 
 #[test]
 fn policy_info_follows_reloads() {
-    if !privileged("policy_info_follows_reloads") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let addr = metrics_addr(&d);
     let l = layout();
-    let file = d.write_policy("versioned", &policy("versioned", &l, ""));
+    let file = policy("versioned", &l).write_to(d.dir.path());
     let apply = || {
         let o = d.cli(&["policy", "apply", file.to_str().unwrap()]);
         (o.status.success(), format!("{}{}", stdout(&o), stderr(&o)))
@@ -378,7 +361,7 @@ fn policy_info_follows_reloads() {
     assert_eq!(versions(&sc), vec![v1.clone()]);
     assert_eq!(reloads(&sc, "ok"), 1.0);
 
-    std::fs::write(&file, policy("versioned", &l, "").replace("[files]\nread = [", "[files]\nread = [\"/srv\", ")).unwrap();
+    policy("versioned", &l).read(["/srv"]).write_as(&file);
     let (ok, out) = apply();
     assert!(ok, "{out}");
     let v2 = version_of(1);
@@ -400,39 +383,14 @@ fn policy_info_follows_reloads() {
 
 #[test]
 fn a_metrics_listen_in_use_stops_the_daemon_at_start() {
-    if !privileged("a_metrics_listen_in_use_stops_the_daemon_at_start") {
-        return;
-    }
+    require_root!();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("agent-guard-test-{}-busy", std::process::id());
-    let config = agent_guard_tests::write_config(dir.path(), &name, &format!("metrics_listen = \"127.0.0.1:{port}\""));
-    let mut child = Command::new(binary())
-        .args(["--config", config.to_str().unwrap(), "daemon"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exited = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir(cgroup2_mount().join(&name));
-    let _ = std::fs::remove_dir(format!("/sys/fs/bpf/{name}"));
-    let status = exited.unwrap_or_else(|| panic!("the daemon started with its metrics port taken:\n{err}"));
+    let mut d = Daemon::configure(&binary(), "agent-guard-test-busy", &format!("metrics_listen = \"127.0.0.1:{port}\""));
+    // Not ready: it exited (a daemon that got ready, or hung, fails the test).
+    let Err(refused) = d.try_start() else { panic!("the daemon started with its metrics port taken:\n{}", d.stderr()) };
+    let err = refused.stderr.clone();
+    let status = refused.status.unwrap_or_else(|| panic!("the daemon started with its metrics port taken:\n{err}"));
     assert!(!status.success());
     assert!(err.contains(&format!("binding metrics_listen 127.0.0.1:{port}")) && err.contains("in use"), "{err}");
     assert!(!err.contains(": ready in "), "the daemon never got ready: {err}");
@@ -440,7 +398,7 @@ fn a_metrics_listen_in_use_stops_the_daemon_at_start() {
 
 #[test]
 fn the_alert_rules_pass_promtool() {
-    let Some(promtool) = promtool("the_alert_rules_pass_promtool") else { return };
+    let Some(promtool) = promtool() else { skip_test!("{NO_PROMTOOL}") };
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus-alerts.yml");
     let (ok, out) = run_promtool(&promtool, &["check", "rules", rules.to_str().unwrap()], "");
     assert!(ok && out.contains("SUCCESS"), "{out}");
@@ -448,9 +406,7 @@ fn the_alert_rules_pass_promtool() {
 
 #[test]
 fn kernel_losses_are_counted_by_stage() {
-    if !privileged("kernel_losses_are_counted_by_stage") {
-        return;
-    }
+    require_root!();
     // One page of ring buffer holds a few open events: a burst of 300 opens overflows it.
     let d = Daemon::start_with("events_ring_bytes = 4096");
     let addr = metrics_addr(&d);

@@ -2,24 +2,12 @@
 //! SIGHUP, and atomic reloads under load.
 use std::{path::Path, process::Command};
 
-use agent_guard_tests::{binary, privileged, probe, probe_reads, status, stdout, toml_items, Daemon};
+use agent_guard_tests::{binary, probe, probe_reads, require_root, status, stdout, Daemon, PolicyFile};
 use serde_json::Value;
 
-/// A policy that lets the probe run and read `allowed` (plus whatever `extra_read` adds).
-fn policy(name: &str, header: &str, extra_read: &[&Path]) -> String {
-    let probe = probe();
-    let extra: String = extra_read.iter().map(|p| format!(", {:?}", p.display().to_string())).collect();
-    format!(
-        r#"name = "{name}"
-{header}
-[files]
-read = [{base}{extra}]
-[exec]
-allow = ["{probe}"]
-"#,
-        base = toml_items(&probe_reads()),
-        probe = probe.display(),
-    )
+/// A policy that lets the probe run and read `extra_read`.
+fn policy(name: &str, extra_read: &[&Path]) -> PolicyFile {
+    PolicyFile::for_probe(name).read(extra_read)
 }
 
 #[test]
@@ -46,15 +34,13 @@ fn reloads(d: &Daemon) -> Vec<Value> {
 
 #[test]
 fn policy_dir_apply_sighup_and_bad_policies_keep_the_old_one() {
-    if !privileged("policy_dir_apply_sighup_and_bad_policies_keep_the_old_one") {
-        return;
-    }
+    require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let allowed = tmp.path().join("allowed.txt");
     std::fs::write(&allowed, "fine\n").unwrap();
     let pdir = tmp.path().join("policies.d");
     std::fs::create_dir(&pdir).unwrap();
-    std::fs::write(pdir.join("agent.toml"), policy("agent", "", &[&allowed])).unwrap();
+    policy("agent", &[&allowed]).write_to(&pdir);
     std::fs::write(pdir.join("broken.toml"), "name = \"broken\"\nmode = \"enforced\"\n").unwrap();
     let d = Daemon::start_with(&format!("policy_dir = {:?}", pdir.display().to_string()));
 
@@ -92,7 +78,7 @@ fn policy_dir_apply_sighup_and_bad_policies_keep_the_old_one() {
     assert!(e["requested_by_pid"].as_u64().is_some_and(|p| p > 0), "{e:#}");
 
     // SIGHUP reloads the directory: a changed file is a new version, recorded as a reload.
-    std::fs::write(pdir.join("agent.toml"), policy("agent", "mode = \"monitor\"", &[&allowed])).unwrap();
+    policy("agent", &[&allowed]).mode("monitor").write_to(&pdir);
     // SAFETY: signal to our own child daemon, by pid.
     unsafe { libc::kill(d.pid(), libc::SIGHUP) };
     let ev = d.wait_for("reload after SIGHUP", |e| e["kind"] == "policy_reload" && e["previous_version"] == v1.as_str());
@@ -121,9 +107,7 @@ fn policy_dir_apply_sighup_and_bad_policies_keep_the_old_one() {
 /// never be killed while the swaps happen.
 #[test]
 fn reload_under_load_never_mixes_versions() {
-    if !privileged("reload_under_load_never_mixes_versions") {
-        return;
-    }
+    require_root!();
     let d = Daemon::start();
     let tmp = tempfile::tempdir().unwrap();
     let (f1, f2) = (tmp.path().join("one"), tmp.path().join("two"));
@@ -131,12 +115,12 @@ fn reload_under_load_never_mixes_versions() {
     std::fs::write(&f2, "2").unwrap();
     let a = tmp.path().join("a.toml");
     let b = tmp.path().join("b.toml");
-    std::fs::write(&a, policy("flip", "mode = \"monitor\"", &[&f1])).unwrap();
-    std::fs::write(&b, policy("flip", "mode = \"monitor\"", &[&f2])).unwrap();
+    policy("flip", &[&f1]).mode("monitor").write_as(&a);
+    policy("flip", &[&f2]).mode("monitor").write_as(&b);
     let ea = tmp.path().join("ea.toml");
     let eb = tmp.path().join("eb.toml");
-    std::fs::write(&ea, policy("steady", "", &[&f1])).unwrap();
-    std::fs::write(&eb, policy("steady", "", &[&f1, &f2])).unwrap();
+    policy("steady", &[&f1]).write_as(&ea);
+    policy("steady", &[&f1, &f2]).write_as(&eb);
     for f in [&a, &ea] {
         assert!(d.cli(&["policy", "apply", f.to_str().unwrap()]).status.success());
     }
@@ -203,9 +187,7 @@ fn reload_under_load_never_mixes_versions() {
 /// decides correctly, and 64 policies load at once while a 65th is refused with the reason.
 #[test]
 fn limits_4096_rules_and_64_policies() {
-    if !privileged("limits_4096_rules_and_64_policies") {
-        return;
-    }
+    require_root!();
     // The eBPF layer's limits: no Landlock layer refusing first.
     let d = Daemon::start_with("landlock = false");
     let tmp = tempfile::tempdir().unwrap();
@@ -218,12 +200,7 @@ fn limits_4096_rules_and_64_policies() {
         read.push(format!("{}/d{i}", tmp.path().display()));
     }
     let net: Vec<String> = (0..4096).map(|i| format!("10.{}.{}.0/24:443", i / 256, i % 256)).collect();
-    let text = format!(
-        "name = \"big\"\n[files]\nread = {read:?}\n[exec]\nallow = [{:?}]\n[network]\nconnect = {net:?}\n",
-        probe.display().to_string()
-    );
-    let big = tmp.path().join("big.toml");
-    std::fs::write(&big, text).unwrap();
+    let big = PolicyFile::new("big").read(read).exec([&probe]).connect(net).write_to(tmp.path());
     let t = std::time::Instant::now();
     let o = d.cli(&["policy", "apply", big.to_str().unwrap()]);
     assert!(o.status.success(), "{o:?}");
@@ -235,13 +212,11 @@ fn limits_4096_rules_and_64_policies() {
     assert_eq!(status(&o), 137, "{o:?}");
 
     for i in 1..64 {
-        let f = tmp.path().join(format!("p{i}.toml"));
-        std::fs::write(&f, format!("name = \"p{i}\"\n[files]\nread = [\"/usr\"]\n")).unwrap();
+        let f = PolicyFile::new(&format!("p{i}")).read(["/usr"]).write_to(tmp.path());
         let o = d.cli(&["policy", "apply", f.to_str().unwrap()]);
         assert!(o.status.success(), "policy {i}: {o:?}");
     }
-    let f = tmp.path().join("p64.toml");
-    std::fs::write(&f, "name = \"p64\"\n").unwrap();
+    let f = PolicyFile::new("p64").write_to(tmp.path());
     let o = d.cli(&["policy", "apply", f.to_str().unwrap()]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("64 policies are loaded already"), "{o:?}");

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_guard_tests::{Daemon, PolicyFile};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
@@ -25,20 +26,6 @@ const COND_NAMES: [&str; 4] = [
 ];
 /// The conditions with agent-guard running, in table order.
 const WITH_DAEMON: [&str; 3] = ["b", "d", "c"];
-
-fn cgroup2_mount() -> Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            if right.split_whitespace().next()? == "cgroup2" {
-                left.split_whitespace().nth(4).map(PathBuf::from)
-            } else {
-                None
-            }
-        })
-        .context("no cgroup2 mount")
-}
 
 /// kernel.bpf_stats_enabled set to 1 for as long as this lives, then restored.
 struct BpfStats(String);
@@ -76,184 +63,52 @@ fn ag_programs() -> HashMap<u32, (String, u64, u64)> {
     m
 }
 
-/// The daemon of the benchmark: its own temporary config, cgroup root and bpffs directory.
-struct Daemon {
-    bin: PathBuf,
-    dir: PathBuf,
-    config: PathBuf,
-    cgroup_root: PathBuf,
-    bpffs_dir: PathBuf,
-    child: Option<Child>,
-    /// ag_* program ids loaded by this daemon (those that appeared while it started).
-    ours: HashSet<u32>,
+/// Starts the daemon (the launcher the integration tests use); the time from the spawn to
+/// ready, in ms. `ours`: the ag_* program ids it loaded (those that appeared while it started).
+fn start(daemon: &mut Daemon, ours: &mut HashSet<u32>) -> Result<f64> {
+    let before: HashSet<u32> = ag_programs().into_keys().collect();
+    let ready = daemon.try_start()?;
+    *ours = ag_programs().into_keys().filter(|id| !before.contains(id)).collect();
+    Ok(ready.as_secs_f64() * 1e3)
 }
 
-impl Daemon {
-    fn new(bin: &Path, dir: &Path) -> Result<Daemon> {
-        let name = format!("agent-guard-bench-{}", std::process::id());
-        let config = dir.join("config.toml");
-        std::fs::create_dir_all(dir.join("policies"))?;
-        std::fs::write(
-            &config,
-            format!(
-                "control_socket = \"{d}/control.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
-                 bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\npolicy_dir = \"{d}/policies\"\n\
-                 metrics_listen = \"127.0.0.1:0\"\nevents_log_max_bytes = 0\n",
-                d = dir.display()
-            ),
-        )?;
-        Ok(Daemon {
-            bin: bin.to_path_buf(),
-            dir: dir.to_path_buf(),
-            config,
-            cgroup_root: cgroup2_mount()?.join(&name),
-            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/{name}")),
-            child: None,
-            ours: HashSet::new(),
-        })
-    }
-
-    fn stderr_path(&self) -> PathBuf {
-        self.dir.join("daemon.stderr")
-    }
-
-    /// Starts the daemon; the time from spawn to its "ready in" line.
-    fn start(&mut self) -> Result<Duration> {
-        if self.child.is_some() {
-            bail!("daemon already running");
-        }
-        let before: HashSet<u32> = ag_programs().into_keys().collect();
-        std::fs::write(self.stderr_path(), "")?;
-        let err = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.stderr_path())?;
-        let t = Instant::now();
-        let mut child = Command::new(&self.bin)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("daemon")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()?;
-        let deadline = t + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();
-            if text.contains("ready in") {
-                break;
-            }
-            if let Some(s) = child.try_wait()? {
-                bail!("daemon exited ({s}) before it was ready:\n{text}");
-            }
-            if Instant::now() > deadline {
-                // SAFETY: kill(2) on our own unreaped child.
-                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-                let _ = child.wait();
-                bail!("daemon not ready after 60 s:\n{text}");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let ready = t.elapsed();
-        self.child = Some(child);
-        self.ours = ag_programs()
-            .into_keys()
-            .filter(|id| !before.contains(id))
-            .collect();
-        Ok(ready)
-    }
-
-    fn signal(&mut self, sig: i32) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(c.id() as i32, sig) };
-            let _ = c.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new(&self.bin);
-        c.arg("--config").arg(&self.config);
-        c
-    }
-
-    /// Whether the daemon's syscall tracepoints are attached (their links are pinned).
-    fn syscall_tracepoints(&self) -> bool {
-        std::fs::read_dir(&self.bpffs_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|state| state.path().join("links/tp-ag_enter_openat").exists())
-    }
-
-    /// Waits until no run is left and the daemon has detached its syscall tracepoints.
-    fn wait_idle(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.runs().is_empty() || self.syscall_tracepoints() {
-            if Instant::now() > deadline {
-                bail!("the daemon still has runs or syscall tracepoints after 20 s: (b) would not be an idle host");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout` for a run cgroup not in `before` whose process count satisfies
-    /// `ready`.
-    fn new_run(&self, before: &HashSet<PathBuf>, timeout: Duration, ready: impl Fn(usize) -> bool) -> Option<PathBuf> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(cg) = self.runs().into_iter().find(|r| !before.contains(r)) {
-                let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-                if ready(procs.lines().count()) {
-                    return Some(cg);
-                }
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The run cgroups under the managed root.
-    fn runs(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(&self.cgroup_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect()
-    }
+/// Whether the daemon's syscall tracepoints are attached (their links are pinned).
+fn syscall_tracepoints(daemon: &Daemon) -> bool {
+    daemon.pinned_links().iter().any(|l| l == "tp-ag_enter_openat")
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        for run in self.runs() {
-            let _ = std::fs::write(run.join("cgroup.kill"), "1");
+/// Waits until no run is left and the daemon has detached its syscall tracepoints.
+fn wait_idle(daemon: &Daemon) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.runs().is_empty() || syscall_tracepoints(daemon) {
+        if Instant::now() > deadline {
+            bail!("the daemon still has runs or syscall tracepoints after 20 s: (b) would not be an idle host");
         }
-        self.stop();
-        if self.bpffs_dir.exists() {
-            let _ = self
-                .command()
-                .args(["daemon", "--uninstall"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for a run cgroup not in `before` whose process count satisfies
+/// `ready`.
+fn new_run(daemon: &Daemon, before: &HashSet<PathBuf>, timeout: Duration, ready: impl Fn(usize) -> bool) -> Option<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(cg) = daemon.runs().into_iter().find(|r| !before.contains(r)) {
+            let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+            if ready(procs.lines().count()) {
+                return Some(cg);
+            }
         }
-        for run in self.runs() {
-            let _ = std::fs::remove_dir(run);
+        if Instant::now() > deadline {
+            return None;
         }
-        let _ = std::fs::remove_dir(&self.cgroup_root);
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// A policy that allows what agbench does, among 1,000 file rules and 1,000 CIDR rules.
-fn policy(agbench: &Path, data: &Path) -> String {
+fn policy(agbench: &Path, data: &Path) -> PolicyFile {
     let mut read: Vec<String> = [
         "/usr",
         "/lib",
@@ -284,19 +139,12 @@ fn policy(agbench: &Path, data: &Path) -> String {
         cidrs.push(format!("10.{}.{}.0/24:443", i / 256, i % 256));
         i += 1;
     }
-    let list = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(",\n    ")
-    };
-    format!(
-        "name = \"agbench\"\nmode = \"enforce\"\non_violation = \"deny\"\n\n[files]\nread = [\n    {}\n]\n\n\
-         [exec]\nallow = [\"/usr/bin/\", {:?}]\n\n[network]\nconnect = [\n    {}\n]\n",
-        list(&read),
-        agbench.display().to_string(),
-        list(&cidrs)
-    )
+    PolicyFile::new("agbench")
+        .mode("enforce")
+        .on_violation("deny")
+        .read(read)
+        .exec([Path::new("/usr/bin/"), agbench])
+        .connect(cidrs)
 }
 
 fn parse_result(out: &std::process::Output, what: &str) -> Result<BTreeMap<String, f64>> {
@@ -395,9 +243,10 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     let data = data_dir.join("file.txt");
     std::fs::write(&data, "agbench\n")?;
     let policy_file = dir.join("agbench.toml");
-    std::fs::write(&policy_file, policy(agbench, &data))?;
+    policy(agbench, &data).write_as(&policy_file);
 
-    let mut daemon = Daemon::new(bin, dir)?;
+    let mut daemon = Daemon::configure(bin, "agent-guard-bench", "events_log_max_bytes = 0");
+    let mut ours = HashSet::new();
     let mut bench_args: Vec<String> = vec!["--file".into(), data.display().to_string()];
     if quick {
         bench_args.push("--quick".into());
@@ -413,9 +262,9 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
             let ci = (round + k) % CONDS.len();
             let cond = CONDS[ci];
             let want_daemon = cond != "a";
-            if want_daemon && daemon.child.is_none() {
-                fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
-            } else if !want_daemon && daemon.child.is_some() {
+            if want_daemon && !daemon.is_running() {
+                fresh_ready.push(start(&mut daemon, &mut ours)?);
+            } else if !want_daemon && daemon.is_running() {
                 daemon.stop();
                 if daemon
                     .bpffs_dir
@@ -443,8 +292,8 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
 
     // Kernel cost per program: a separate pass of (b) and (c) with kernel.bpf_stats_enabled,
     // which adds two clock reads to every program run, so the timed rounds above go without.
-    if daemon.child.is_none() {
-        fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+    if !daemon.is_running() {
+        fresh_ready.push(start(&mut daemon, &mut ours)?);
     }
     {
         let _stats = BpfStats::enable()?;
@@ -454,7 +303,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
             let after = ag_programs();
             parse_result(&out, "agbench (program cost pass)")?;
             for (id, (name, cnt, ns)) in &after {
-                if !daemon.ours.contains(id) {
+                if !ours.contains(id) {
                     continue;
                 }
                 let (c0, n0) = before.get(id).map_or((0, 0), |b| (b.1, b.2));
@@ -481,7 +330,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     if !json_out {
         eprintln!("bench: isolation (a flooding run and a quiet violating one)");
     }
-    daemon.wait_idle()?;
+    wait_idle(&daemon)?;
     let isolation = isolation(&daemon, agbench, &policy_file, &data, if quick { 3 } else { 10 }, if quick { 100 } else { 500 })?;
     let mut freeze = Vec::new();
     for (n, reps) in [(100, if quick { 10 } else { 100 }), (1000, if quick { 3 } else { 20 })] {
@@ -496,8 +345,8 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     let holder = Holder::start(&daemon, &policy_file)?;
     let res: Result<()> = (|| {
         for _ in 0..if quick { 2 } else { 5 } {
-            daemon.signal(libc::SIGKILL);
-            pinned_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+            daemon.kill9();
+            pinned_ready.push(start(&mut daemon, &mut ours)?);
         }
         Ok(())
     })();
@@ -507,7 +356,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     std::thread::sleep(Duration::from_millis(200));
     daemon.stop();
     for _ in 0..if quick { 1 } else { 3 } {
-        fresh_ready.push(daemon.start()?.as_secs_f64() * 1e3);
+        fresh_ready.push(start(&mut daemon, &mut ours)?);
         daemon.stop();
     }
 
@@ -536,11 +385,11 @@ fn run_in_condition(
     name: &str,
 ) -> Result<std::process::Output> {
     if cond == "b" {
-        daemon.wait_idle()?;
+        wait_idle(daemon)?;
     }
     let holder = if cond == "d" { Some(Holder::start(daemon, policy_file)?) } else { None };
     let mut cmd = if cond == "c" {
-        let mut c = daemon.command();
+        let mut c = daemon.command(&[]);
         c.args(["run", "--policy"]).arg(policy_file).args(["--name", name, "--"]).arg(agbench);
         c
     } else {
@@ -564,20 +413,20 @@ impl Holder {
     fn start(daemon: &Daemon, policy_file: &Path) -> Result<Holder> {
         let before: HashSet<PathBuf> = daemon.runs().into_iter().collect();
         let mut child = daemon
-            .command()
+            .command(&[])
             .args(["run", "--policy"])
             .arg(policy_file)
             .args(["--name", "agbench-holder", "--", "/usr/bin/sleep", "600"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(daemon.dir.join("holder.stderr"))?)
+            .stderr(std::fs::File::create(daemon.dir.path().join("holder.stderr"))?)
             .spawn()?;
         // Its cgroup holds the sleep (the launcher has exec'd) and the hooks are attached.
-        if let Some(cgroup) = daemon.new_run(&before, Duration::from_secs(20), |procs| procs > 0 && daemon.syscall_tracepoints()) {
+        if let Some(cgroup) = new_run(daemon, &before, Duration::from_secs(20), |procs| procs > 0 && syscall_tracepoints(daemon)) {
             return Ok(Holder { child, cgroup });
         }
-        let mut err = std::fs::read_to_string(daemon.dir.join("holder.stderr")).unwrap_or_default();
-        for e in log_events(&daemon.dir.join("events.jsonl"), 0).unwrap_or_default() {
+        let mut err = std::fs::read_to_string(daemon.dir.path().join("holder.stderr")).unwrap_or_default();
+        for e in log_events(&daemon.log, 0).unwrap_or_default() {
             if e["run_name"] == "agbench-holder" && e["verdict"] != "allow" || e["kind"] == "kill" {
                 err += &format!("\n{e}");
             }
@@ -585,7 +434,7 @@ impl Holder {
         bail!(
             "the holder run did not start (runs {:?}, syscall tracepoints attached: {}, launcher {:?}): {err}",
             daemon.runs(),
-            daemon.syscall_tracepoints(),
+            syscall_tracepoints(daemon),
             child.try_wait()
         );
     }
@@ -600,7 +449,7 @@ impl Holder {
 /// /metrics (its address from the "metrics on" line), by full series name.
 fn event_counters(daemon: &Daemon) -> BTreeMap<String, f64> {
     use std::io::Write;
-    let text = std::fs::read_to_string(daemon.stderr_path()).unwrap_or_default();
+    let text = daemon.stderr();
     let Some(addr) = text
         .split("metrics on http://")
         .nth(1)
@@ -635,12 +484,11 @@ fn throughput(
     data: &Path,
     secs: u64,
 ) -> Result<Value> {
-    let pid = daemon
-        .child
-        .as_ref()
-        .map(Child::id)
-        .context("daemon not running")?;
-    let log = daemon.dir.join("events.jsonl");
+    if !daemon.is_running() {
+        bail!("daemon not running");
+    }
+    let pid = daemon.pid() as u32;
+    let log = daemon.log.clone();
     let log_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let (cpu0, _) = daemon_cpu_rss(pid);
     let counters0 = event_counters(daemon);
@@ -704,7 +552,7 @@ fn throughput(
 
 /// A run under the policy that opens `data` as fast as it can for `secs` (agbench --flood).
 fn flood_command(daemon: &Daemon, policy_file: &Path, name: &str, agbench: &Path, secs: u64, data: &Path) -> Command {
-    let mut c = daemon.command();
+    let mut c = daemon.command(&[]);
     c.args(["run", "--policy"])
         .arg(policy_file)
         .args(["--name", name, "--"])
@@ -745,14 +593,13 @@ fn log_events(log: &Path, from: u64) -> Result<Vec<Value>> {
 /// own, makes `violations` reads outside it (each `cat` of a denied file). Every one of the
 /// quiet run's violations must reach the log.
 fn isolation(daemon: &Daemon, agbench: &Path, policy_file: &Path, data: &Path, secs: u64, violations: u32) -> Result<Value> {
-    let quiet_policy = daemon.dir.join("agbench-quiet.toml");
-    std::fs::write(
-        &quiet_policy,
-        "name = \"agbench-quiet\"\nmode = \"enforce\"\non_violation = \"deny\"\n[files]\n\
-         read = [\"/usr\", \"/lib\", \"/lib64\", \"/etc/ld.so.cache\", \"/etc/locale.alias\", \"/dev/null\"]\n\
-         [exec]\nallow = [\"/usr/bin/\"]\n",
-    )?;
-    let log = daemon.dir.join("events.jsonl");
+    let quiet_policy = PolicyFile::new("agbench-quiet")
+        .mode("enforce")
+        .on_violation("deny")
+        .read(["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/locale.alias", "/dev/null"])
+        .exec(["/usr/bin/"])
+        .write_to(daemon.dir.path());
+    let log = daemon.log.clone();
     let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let t = Instant::now();
     let flood = flood_command(daemon, policy_file, "agbench-isolation-flood", agbench, secs, data)
@@ -765,7 +612,7 @@ fn isolation(daemon: &Daemon, agbench: &Path, policy_file: &Path, data: &Path, s
     // policy refuses): nothing else may fail the loop. The run's output is captured.
     let script = format!("i=0; while [ $i -lt {violations} ]; do cat /etc/hostname; i=$((i+1)); done; exit 0");
     let quiet = daemon
-        .command()
+        .command(&[])
         .args(["run", "--policy"])
         .arg(&quiet_policy)
         .args(["--name", "agbench-quiet", "--", "/usr/bin/sh", "-c", &script])
@@ -812,20 +659,20 @@ fn freeze_latency(daemon: &Daemon, n: u32, reps: usize) -> Result<Value> {
     let before: HashSet<PathBuf> = daemon.runs().into_iter().collect();
     let script = format!("for i in $(seq {}); do sleep 600 & done; wait", n - 1);
     let mut child = daemon
-        .command()
+        .command(&[])
         .args(["run", "--name", &name, "--", "/usr/bin/sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let Some(cgroup) = daemon.new_run(&before, Duration::from_secs(60), |procs| procs >= n as usize) else {
+    let Some(cgroup) = new_run(daemon, &before, Duration::from_secs(60), |procs| procs >= n as usize) else {
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let _ = child.wait();
         bail!("the {n}-process run did not start");
     };
     let act = |what: &str| -> Result<f64> {
-        let out = daemon.command().args([what, &name]).output()?;
+        let out = daemon.command(&[what, &name]).output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             bail!("{what} {name}: {}", String::from_utf8_lossy(&out.stderr));

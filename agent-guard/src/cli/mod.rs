@@ -49,7 +49,7 @@ pub fn ps_table(runs: &[RunStatus]) -> String {
         .iter()
         .map(|r| {
             let name = match (&r.name, r.unregistered) {
-                (Some(n), _) => n.clone(),
+                (Some(n), _) => crate::output::text::printable(n).into_owned(),
                 (None, true) => "(unregistered)".into(),
                 (None, false) => "-".into(),
             };
@@ -87,7 +87,7 @@ pub fn ps_table(runs: &[RunStatus]) -> String {
         out.push_str(&fmt(row));
     }
     for r in runs.iter().filter(|r| r.held.is_some()) {
-        out.push_str(&format!("{} held: {}\n", r.id, r.held.as_deref().unwrap_or_default()));
+        out.push_str(&format!("{} held: {}\n", r.id, crate::output::text::printable(r.held.as_deref().unwrap_or_default())));
     }
     out
 }
@@ -162,8 +162,23 @@ fn act_direct(cfg: &Config, action: Action, spec: &str, why: &ClientError) -> Re
 }
 
 /// `events`: the daemon's recent events, and with `follow` every new one.
-pub fn events(cfg: &Config, run: Option<String>, follow: bool, json: bool) -> Result<Code> {
-    let (_, mut lines) = match control::stream(&cfg.control_socket, Request::Events { run, follow, json }) {
+/// `--since WHEN`: a duration ago (`10m`, `1h 30m`) or a time (RFC 3339), as the events' own
+/// timestamp format (UTC, microseconds), which the daemon compares with.
+pub fn parse_since(s: &str) -> Result<String, String> {
+    let t = match humantime::parse_duration(s) {
+        Ok(ago) => std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("{s}: too long ago"))?,
+        Err(_) => humantime::parse_rfc3339_weak(s)
+            .map_err(|e| format!("{s:?} is neither a duration (30s, 10m, 2h) nor a time (2026-12-05T10:00:00Z): {e}"))?,
+    };
+    Ok(crate::output::event::rfc3339(t))
+}
+
+/// `agent-guard events`: `req` is the `Events` request built from the arguments.
+pub fn events(cfg: &Config, req: Request) -> Result<Code> {
+    let follow = matches!(req, Request::Events { follow: true, .. });
+    let (_, mut lines) = match control::stream(&cfg.control_socket, req) {
         Ok(s) => s,
         Err(e) if e.daemon_down() => {
             eprintln!("agent-guard events: {}", down_message(&e));

@@ -11,16 +11,15 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncBufRead, AsyncWrite, AsyncWriteExt, Lines},
+    io::{AsyncBufRead, AsyncWrite, AsyncWriteExt},
     sync::broadcast::error::{RecvError, TryRecvError},
 };
 use tracing::{info, warn};
 
+use crate::control::{lines::RequestLines, Request};
 use crate::daemon::core::{RunInfo, Shared};
-use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus}, output::event::{self, Detail, Event}, runs::respond::{self, Action, Candidate, Lookup}};
+use crate::{control::peer as access, runs::cgroup, control::{ActionReport, DaemonStatus, Response, RunStatus, ViolationSummary}, output::event::{self, Detail, Event, Kind}, runs::respond::{self, Action, Candidate, Lookup}};
 
-/// Verdicts `ps` counts as violations.
-const VIOLATIONS: [&str; 4] = ["deny", "kill", "would_deny", "hold"];
 /// After a kill, how long the run's launcher has to report the run's end before the daemon
 /// records it itself (a launcher that is gone never will).
 const END_GRACE: Duration = Duration::from_secs(3);
@@ -29,8 +28,9 @@ impl Shared {
     /// Bookkeeping for an event the log has accepted: the feed, followers, the run's
     /// violation count and the drop total.
     pub(crate) fn record(&self, e: &Arc<Event>) {
-        // A `hold` event records the hold of a violation already counted.
-        if VIOLATIONS.contains(&e.verdict) && e.kind != "hold" {
+        // Violations `ps` counts (deny, kill, would_deny, hold). A `hold` event records the
+        // hold of a violation already counted.
+        if e.verdict.is_violation() && e.kind != Kind::Hold {
             if let Some(run) = &e.run {
                 let mut runs_own = self.own();
                 let runs = &mut runs_own.runs;
@@ -39,6 +39,14 @@ impl Shared {
                 matching.sort_by_key(|r| r.ended.is_none());
                 if let Some(r) = matching.pop() {
                     r.violations += 1;
+                }
+                drop(runs_own);
+                let mut tallies = self.ctl.tallies.lock().expect("tallies lock");
+                let t = tallies.entry(run.clone()).or_default();
+                t.total += 1;
+                *t.by_rule.entry(e.rule.map_or("-", |r| r.name()).to_string()).or_default() += 1;
+                if t.first.len() < ViolationSummary::FIRST {
+                    t.first.push(format!("{} {}", e.kind.name(), target(e)));
                 }
             }
         }
@@ -95,17 +103,108 @@ impl Shared {
     }
 }
 
-/// Whether the peer may use the control socket (see `access`).
-pub(crate) fn admit(shared: &Shared, peer: access::Peer) -> Result<(), String> {
+/// Whether the peer may use the control socket, and as what (see `access`).
+pub(crate) fn admit(shared: &Shared, peer: access::Peer) -> Result<access::Role, String> {
     let bound: Vec<PathBuf> = shared.bound_dirs().into_iter().map(|(_, d)| d).collect();
     let rules = access::Rules {
         group: &shared.ctl.cfg.control_group,
         gid: shared.ctl.gid,
+        admin_group: shared.ctl.cfg.admin_group.as_deref(),
+        admin_gid: shared.ctl.admin_gid,
         mount: &shared.mount,
         managed_root: &shared.root,
         bound: &bound,
     };
     access::check(peer, &rules)
+}
+
+fn admin_group(shared: &Shared) -> Option<&str> {
+    shared.ctl.cfg.admin_group.as_deref()
+}
+
+/// Whether `caller` may make request `req` (see `access`): policies are for root and
+/// `admin_group`; a run is for the uid that started it, root and `admin_group`. Requests that
+/// name a run by more than its id (freeze, thaw, kill, events) are checked once it is
+/// resolved; `ps` and `events` show a member only its own runs.
+pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request) -> Result<(), String> {
+    let admins = admin_group(shared);
+    let live_runs = |matches: &dyn Fn(&RunInfo) -> bool| -> Vec<(String, Option<u32>)> {
+        let own = shared.own();
+        own.runs.by_cgroup.values().filter(|r| r.ended.is_none() && matches(r)).map(|r| (r.id.clone(), r.started_by)).collect()
+    };
+    match req {
+        Request::Ping
+        | Request::Status
+        | Request::Ps
+        | Request::PolicyList
+        | Request::PolicyShow { .. }
+        | Request::Events { .. }
+        | Request::Freeze { .. }
+        | Request::Thaw { .. }
+        | Request::Kill { .. } => Ok(()),
+        Request::PolicyApply { file } => access::admin_only(caller, &format!("applying a policy ({})", file.source), admins),
+        // A member may run under a policy file of its own: it only narrows that run. One that
+        // binds host cgroups is a policy for others.
+        Request::Register { policy_file: Some(file), .. } if !caller.is_admin() => {
+            match crate::policy::parse(&file.text, &file.source).policy {
+                Some(p) if !p.bind_cgroups.is_empty() => access::admin_only(
+                    caller,
+                    &format!("a policy file with [bind] cgroups ({}: binds {})", file.source, p.bind_cgroups.join(", ")),
+                    admins,
+                ),
+                _ => Ok(()),
+            }
+        }
+        Request::Register { .. } => Ok(()),
+        Request::Landlock { run, .. }
+        | Request::End { run, .. }
+        | Request::Seccomp { run }
+        | Request::SeccompRefusal { run, .. } => {
+            live_runs(&|r| &r.id == run).iter().try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins))
+        }
+        Request::Approve { run, .. } | Request::Deny { run, .. } => live_runs(&|r| &r.id == run || r.name.as_ref() == Some(run))
+            .iter()
+            .try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins)),
+    }
+}
+
+/// The uid that started run `id`: from the registry, or else from its `run_start` event if
+/// that is still in memory. `Some(None)`: a known run whose starter is not recorded.
+fn starter(shared: &Shared, id: &str) -> Option<Option<u32>> {
+    {
+        let own = shared.own();
+        let mut matching: Vec<&RunInfo> = own.runs.by_cgroup.values().filter(|r| r.id == id).collect();
+        matching.sort_by_key(|r| r.ended.is_none());
+        if let Some(r) = matching.pop() {
+            return Some(r.started_by);
+        }
+    }
+    shared.ctl.feed.snapshot().iter().rev().find_map(|e| match &e.detail {
+        Detail::RunStart { requested_by_uid, .. } if e.run.as_deref() == Some(id) => Some(Some(*requested_by_uid)),
+        _ => None,
+    })
+}
+
+/// Which events a member sees: those of the runs it started (an admin sees all).
+struct Visible<'a> {
+    shared: &'a Shared,
+    caller: access::Caller,
+    runs: std::collections::HashMap<String, bool>,
+}
+
+impl Visible<'_> {
+    fn event(&mut self, e: &Event) -> bool {
+        if self.caller.is_admin() {
+            return true;
+        }
+        let Some(run) = &e.run else { return false };
+        if let Some(&v) = self.runs.get(run) {
+            return v;
+        }
+        let v = starter(self.shared, run).flatten() == Some(self.caller.uid);
+        self.runs.insert(run.clone(), v);
+        v
+    }
 }
 
 fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
@@ -120,13 +219,16 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
         hold: None,
         frozen_by_responder: false,
         landlock: None,
+        landlock_plan: None,
+        started_by: None,
         violations: 0,
         started: std::fs::metadata(&c.dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now()),
     }
 }
 
 /// `freeze`, `thaw`, `kill` of the run `spec` names, recorded as an event naming the requester.
-pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid: u32) -> Response {
+pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, caller: access::Caller) -> Response {
+    let (uid, pid) = (caller.uid, caller.pid);
     let cands = shared.candidates(false);
     let list: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
     let c = match respond::resolve(spec, &list, &shared.mount, Lookup { names: true }) {
@@ -138,6 +240,9 @@ pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
         .find(|(o, _)| o.id == c.id)
         .and_then(|(_, i)| i)
         .unwrap_or_else(|| unregistered(&c, cgroup::cgroup_id(&c.dir).unwrap_or(0)));
+    if let Err(why) = access::may_act_on(&caller, &info.id, info.started_by, admin_group(&shared)) {
+        return Response::err(why);
+    }
     if let (Action::Thaw, Some(why)) = (action, info.hold.as_ref().map(crate::runs::hold::Hold::summary)) {
         return Response::err(format!(
             "run {} is held for review ({why}): answer it with `agent-guard approve {}` or `agent-guard deny {}`",
@@ -156,7 +261,7 @@ pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, uid: u32, pid
         Ok(o) => (o.latency, o.processes),
         Err(_) => (start.elapsed(), respond::procs(&info.dir).map(|p| p.len()).unwrap_or(0)),
     };
-    let mut e = shared.base_event(action.name(), Some(&info));
+    let mut e = shared.base_event(action.kind(), Some(&info));
     e.detail = Detail::Action {
         requested_by_uid: uid,
         requested_by_pid: pid,
@@ -235,7 +340,7 @@ fn end_later(shared: Arc<Shared>, id: String) {
             info
         };
         info!("run {id} was killed and nobody reported its end: recorded it");
-        let mut e = shared.base_event("run_end", Some(&info));
+        let mut e = shared.base_event(Kind::RunEnd, Some(&info));
         e.detail = Detail::RunEnd { exit_status: None };
         shared.emit(e);
     });
@@ -272,11 +377,13 @@ fn run_status(shared: &Shared, r: &RunInfo, bound: bool, unregistered: bool) -> 
     }
 }
 
-fn statuses(shared: &Shared) -> Vec<RunStatus> {
+/// The runs `caller` may see: all for root and `admin_group`, else those it started.
+fn statuses(shared: &Shared, caller: &access::Caller) -> Vec<RunStatus> {
     let bound: HashSet<u64> = shared.bound_dirs().into_iter().map(|(id, _)| id).collect();
     let mut out: Vec<RunStatus> = shared
         .candidates(false)
         .into_iter()
+        .filter(|(_, info)| caller.is_admin() || info.as_ref().is_some_and(|r| r.started_by == Some(caller.uid)))
         .map(|(c, info)| match info {
             Some(r) => run_status(shared, &r, bound.contains(&r.cgroup_id), false),
             None => run_status(shared, &unregistered(&c, 0), false, true),
@@ -286,12 +393,13 @@ fn statuses(shared: &Shared) -> Vec<RunStatus> {
     out
 }
 
-pub(crate) fn ps(shared: &Shared) -> Response {
-    Response { runs: Some(statuses(shared)), ..Response::ok() }
+pub(crate) fn ps(shared: &Shared, caller: &access::Caller) -> Response {
+    Response { runs: Some(statuses(shared, caller)), ..Response::ok() }
 }
 
-pub(crate) fn status(shared: &Shared) -> Response {
-    let runs = statuses(shared);
+/// The daemon's state. The counts are of every run; the runs it names, `caller`'s only.
+pub(crate) fn status(shared: &Shared, caller: &access::Caller) -> Response {
+    let runs = statuses(shared, &access::Caller { role: access::Role::Root, ..*caller });
     let count = |state: &str| runs.iter().filter(|r| r.state == state).count() as u64;
     let cfg = &shared.ctl.cfg;
     let binder_own = shared.own();
@@ -327,6 +435,7 @@ pub(crate) fn status(shared: &Shared) -> Response {
         landlock_enabled: cfg.landlock,
         landlock_runs: runs
             .iter()
+            .filter(|r| caller.is_admin() || starter(shared, &r.id).flatten() == Some(caller.uid))
             .filter_map(|r| {
                 let coverage = r.landlock.clone()?;
                 Some(crate::control::LandlockRun { run: r.id.clone(), name: r.name.clone(), coverage })
@@ -341,7 +450,7 @@ pub(crate) fn status(shared: &Shared) -> Response {
 fn events_filter(shared: &Shared, spec: &str) -> Result<String, String> {
     let mut list: Vec<Candidate> = shared.candidates(true).into_iter().map(|(c, _)| c).collect();
     for e in shared.ctl.feed.snapshot() {
-        if let (Some(id), true) = (&e.run, e.kind == "run_start") {
+        if let (Some(id), true) = (&e.run, e.kind == Kind::RunStart) {
             if !list.iter().any(|c| &c.id == id) {
                 let dir = e.cgroup.as_deref().map_or_else(PathBuf::new, |c| respond::cgroup_path(c, &shared.mount));
                 list.push(Candidate { id: id.clone(), name: e.run_name.clone(), dir });
@@ -366,18 +475,49 @@ fn line(e: &Event, json: bool, out: &mut Vec<u8>) {
 
 /// `events`: the response, the buffered events, and with `follow` every new one until the
 /// client closes its side. Takes the connection over.
+/// What a violation was about, in a few words: the path, the address, the syscall.
+fn target(e: &Event) -> String {
+    match &e.detail {
+        Detail::Open { path, .. } | Detail::Exec { path, .. } => path.clone(),
+        Detail::Connect { addr, port, .. } => format!("{addr}:{port}"),
+        Detail::Syscall { name, .. } => name.clone(),
+        _ => e.rule.map(|r| r.name().to_string()).unwrap_or_default(),
+    }
+}
+
+/// What `events` asks for besides the run: violations only, a start time, the last N.
+#[derive(Debug, Default)]
+pub(crate) struct EventFilter {
+    pub(crate) violations: bool,
+    pub(crate) since: Option<String>,
+    pub(crate) tail: Option<usize>,
+}
+
+impl EventFilter {
+    fn keeps(&self, e: &Event) -> bool {
+        (!self.violations || e.verdict.is_violation()) && self.since.as_ref().is_none_or(|s| e.ts.as_str() >= s.as_str())
+    }
+}
+
 pub(crate) async fn stream_events<R, W>(
     shared: Arc<Shared>,
+    caller: access::Caller,
     run: Option<String>,
     follow: bool,
     json: bool,
-    mut requests: Lines<R>,
+    only: EventFilter,
+    mut requests: RequestLines<R>,
     mut wr: W,
 ) where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let filter = match run.as_deref().map(|spec| events_filter(&shared, spec)).transpose() {
+    let filter = match run.as_deref().map(|spec| events_filter(&shared, spec)).transpose().and_then(|id| {
+        if let Some(id) = &id {
+            access::may_act_on(&caller, id, starter(&shared, id).flatten(), admin_group(&shared))?;
+        }
+        Ok(id)
+    }) {
         Ok(f) => f,
         Err(msg) => {
             let _ = write_response(&mut wr, &Response::err(msg)).await;
@@ -387,7 +527,8 @@ pub(crate) async fn stream_events<R, W>(
     if write_response(&mut wr, &Response { stream: Some("events".into()), ..Response::ok() }).await.is_err() {
         return;
     }
-    let wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id));
+    let mut visible = Visible { shared: &shared, caller, runs: Default::default() };
+    let mut wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id)) && only.keeps(e) && visible.event(e);
     let (recent, rx) = if follow {
         let (recent, rx) = shared.ctl.feed.follow();
         (recent, Some(rx))
@@ -395,7 +536,9 @@ pub(crate) async fn stream_events<R, W>(
         (shared.ctl.feed.snapshot(), None)
     };
     let mut buf = Vec::with_capacity(1 << 16);
-    for e in recent.iter().filter(|e| wanted(e)) {
+    let backlog: Vec<&Arc<Event>> = recent.iter().filter(|e| wanted(e)).collect();
+    let skip = only.tail.map_or(0, |n| backlog.len().saturating_sub(n));
+    for e in backlog.into_iter().skip(skip) {
         line(e, json, &mut buf);
         if buf.len() >= 1 << 16 {
             if wr.write_all(&buf).await.is_err() {
@@ -430,7 +573,7 @@ pub(crate) async fn stream_events<R, W>(
                         }
                         Err(Some(missed)) => {
                             shared.metrics.dropped("follower", missed);
-                            let mut e = shared.base_event("drop", None);
+                            let mut e = shared.base_event(Kind::Drop, None);
                             e.detail = Detail::Drop { count: missed, stage: "follower" };
                             line(&e, json, &mut buf);
                         }
@@ -458,7 +601,7 @@ pub(crate) async fn stream_events<R, W>(
     }
 }
 
-async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> std::io::Result<()> {
+pub(crate) async fn write_response<W: AsyncWrite + Unpin>(wr: &mut W, resp: &Response) -> std::io::Result<()> {
     let mut out = serde_json::to_string(resp).expect("serializable");
     out.push('\n');
     wr.write_all(out.as_bytes()).await?;

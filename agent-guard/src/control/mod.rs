@@ -1,7 +1,9 @@
 //! The control socket: the protocol (one JSON object per line each way), who may connect,
 //! and the daemon's side of incident response.
 pub mod incident;
+mod lines;
 pub mod server;
 pub mod peer;
+pub mod seccomp;
 mod protocol;
 pub use protocol::*;

@@ -1,11 +1,15 @@
-//! Who may use the control socket.
+//! Who may use the control socket, and for what.
 //!
 //! Two layers. The socket file is mode 0660, owned by root and the `control_group` group, so
 //! the kernel refuses `connect()` to everyone else. The daemon checks again per connection
 //! with the peer's SO_PEERCRED credentials: root, or a process whose group or supplementary
-//! groups include `control_group`. And a process inside a run (its cgroup is at or below the
-//! managed root or a bound cgroup) is refused even as root: an agent must not be able to
-//! freeze, thaw or kill runs, or start new ones outside its own.
+//! groups include `control_group` (or `admin_group`). And a process inside a run (its cgroup
+//! is at or below the managed root or a bound cgroup) is refused even as root: an agent must
+//! not be able to freeze, thaw or kill runs, or start new ones outside its own.
+//!
+//! Then the peer has a [`Role`]: root; a member of `admin_group` (may apply policies, which
+//! binds cgroups, and act on every run); or a member of `control_group`, who may start runs
+//! and act only on the runs its uid started ([`may_act_on`]).
 //!
 //! Checked when the connection is accepted: a descriptor passed to another process keeps the
 //! rights of the process that connected.
@@ -37,6 +41,23 @@ pub fn secure_socket(socket: &Path, group: &str) -> io::Result<Option<u32>> {
     Ok(gid)
 }
 
+/// The gid of `admin_group`, or None (with a warning when it is configured but missing: then
+/// only root has its rights).
+pub fn admin_gid(group: Option<&str>) -> Option<u32> {
+    let group = group?;
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Some(g.gid.as_raw()),
+        Ok(None) => {
+            warn!("admin_group {group:?} does not exist: only root may apply policies and act on others' runs");
+            None
+        }
+        Err(e) => {
+            warn!("looking up admin_group {group:?}: {e}; only root may apply policies and act on others' runs");
+            None
+        }
+    }
+}
+
 /// The peer of a control connection, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
@@ -46,18 +67,46 @@ pub struct Peer {
     pub pid: u32,
 }
 
-/// What the daemon knows to decide: the control group and the cgroups of runs.
+/// What the peer may do, once admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Root,
+    /// A member of `admin_group`.
+    Admin,
+    /// A member of `control_group` only: its own runs.
+    Member,
+}
+
+/// An admitted peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub pid: u32,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Root or `admin_group`: every run, policies, bindings.
+    pub fn is_admin(&self) -> bool {
+        matches!(self.role, Role::Root | Role::Admin)
+    }
+}
+
+/// What the daemon knows to decide: the control and admin groups and the cgroups of runs.
 pub struct Rules<'a> {
     pub group: &'a str,
     pub gid: Option<u32>,
+    /// `admin_group` and its gid (None: not configured, or no such group).
+    pub admin_group: Option<&'a str>,
+    pub admin_gid: Option<u32>,
     pub mount: &'a Path,
     pub managed_root: &'a Path,
     pub bound: &'a [PathBuf],
 }
 
-/// Ok when `peer` may use the control socket; otherwise the reason, starting with
+/// The peer's role when it may use the control socket; otherwise the reason, starting with
 /// "permission denied".
-pub fn check(peer: Peer, rules: &Rules) -> Result<(), String> {
+pub fn check(peer: Peer, rules: &Rules) -> Result<Role, String> {
     if peer.pid == 0 {
         return Err("permission denied: the peer's process id is unknown (another pid namespace?)".into());
     }
@@ -80,7 +129,21 @@ pub fn check(peer: Peer, rules: &Rules) -> Result<(), String> {
         ));
     }
     if peer.uid == 0 {
-        return Ok(());
+        return Ok(Role::Root);
+    }
+    let groups = std::cell::OnceCell::new();
+    let member = |gid: u32| {
+        peer.gid == gid
+            || groups
+                .get_or_init(|| {
+                    std::fs::read_to_string(format!("/proc/{}/status", peer.pid))
+                        .map(|s| supplementary_groups(&s))
+                        .unwrap_or_default()
+                })
+                .contains(&gid)
+    };
+    if rules.admin_gid.is_some_and(member) {
+        return Ok(Role::Admin);
     }
     let Some(gid) = rules.gid else {
         return Err(format!(
@@ -88,18 +151,55 @@ pub fn check(peer: Peer, rules: &Rules) -> Result<(), String> {
             peer.uid, rules.group
         ));
     };
-    if peer.gid == gid {
-        return Ok(());
-    }
-    let groups = std::fs::read_to_string(format!("/proc/{}/status", peer.pid))
-        .map(|s| supplementary_groups(&s))
-        .unwrap_or_default();
-    if groups.contains(&gid) {
-        return Ok(());
+    if member(gid) {
+        return Ok(Role::Member);
     }
     Err(format!(
         "permission denied: uid {} is neither root nor a member of control_group {:?} (gid {gid})",
         peer.uid, rules.group
+    ))
+}
+
+/// Who besides root may do what a member may not: `root or admin_group "x"`, or `root
+/// (admin_group is not set)`.
+pub fn admins(admin_group: Option<&str>) -> String {
+    match admin_group {
+        Some(g) => format!("root or admin_group {g:?}"),
+        None => "root (admin_group is not set)".into(),
+    }
+}
+
+/// Ok when `caller` may act on run `run` (list it, watch its events, freeze, thaw, kill,
+/// approve, deny, end it), which uid `started_by` started (None: a bound cgroup, or a run
+/// whose starter is not recorded). The refusal names the role that was missing.
+pub fn may_act_on(caller: &Caller, run: &str, started_by: Option<u32>, admin_group: Option<&str>) -> Result<(), String> {
+    if caller.is_admin() || started_by == Some(caller.uid) {
+        return Ok(());
+    }
+    let who = admins(admin_group);
+    Err(match started_by {
+        Some(uid) => format!(
+            "permission denied: run {run} was started by uid {uid}; acting on it needs that uid, {who} (you are uid {})",
+            caller.uid
+        ),
+        None => format!(
+            "permission denied: run {run} has no recorded starter (a bound cgroup, or a run left by an earlier daemon); \
+             acting on it needs {who} (you are uid {})",
+            caller.uid
+        ),
+    })
+}
+
+/// Ok when `caller` may do `what` (apply a policy, bind cgroups), which needs root or
+/// `admin_group`.
+pub fn admin_only(caller: &Caller, what: &str, admin_group: Option<&str>) -> Result<(), String> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    Err(format!(
+        "permission denied: {what} needs {} (uid {} is a member of control_group only: it may start runs and act on its own)",
+        admins(admin_group),
+        caller.uid
     ))
 }
 
@@ -138,6 +238,27 @@ mod tests {
         assert_eq!(parse_cgroup("0::/agent-guard/r-1\n").as_deref(), Some("/agent-guard/r-1"));
         assert_eq!(parse_cgroup("12:cpu:/x\n0::/\n").as_deref(), Some("/"));
         assert_eq!(parse_cgroup("12:cpu:/x\n"), None);
+    }
+
+    #[test]
+    fn members_act_on_their_own_runs_admins_and_root_on_every_run() {
+        let member = Caller { uid: 1001, pid: 1, role: Role::Member };
+        let other = Caller { uid: 1002, pid: 1, role: Role::Member };
+        let admin = Caller { uid: 1003, pid: 1, role: Role::Admin };
+        let root = Caller { uid: 0, pid: 1, role: Role::Root };
+        let g = Some("agent-guard-admin");
+        assert!(may_act_on(&member, "r-1", Some(1001), g).is_ok());
+        assert!(may_act_on(&admin, "r-1", Some(1001), g).is_ok() && may_act_on(&root, "r-1", None, None).is_ok());
+        let e = may_act_on(&other, "r-abc123", Some(1001), g).unwrap_err();
+        assert!(
+            e.contains("run r-abc123 was started by uid 1001; acting on it needs that uid, root or admin_group \"agent-guard-admin\""),
+            "{e}"
+        );
+        let e = may_act_on(&member, "b-7", None, None).unwrap_err();
+        assert!(e.contains("no recorded starter") && e.contains("needs root (admin_group is not set)"), "{e}");
+        assert!(admin_only(&admin, "applying a policy", g).is_ok() && admin_only(&root, "x", None).is_ok());
+        let e = admin_only(&member, "applying a policy", g).unwrap_err();
+        assert!(e.starts_with("permission denied: applying a policy needs root or admin_group \"agent-guard-admin\""), "{e}");
     }
 
     #[test]

@@ -1,16 +1,30 @@
 //! The control socket protocol: one JSON object per line each way, versioned by `v`.
 //!
-//! Access (see [`crate::access`]): the socket file is mode 0660, owner root, group
-//! `control_group`; per connection the daemon allows root or a member of that group
-//! (SO_PEERCRED, and the peer's supplementary groups from /proc), and refuses any process inside
-//! a run (its cgroup at or below the managed root or a bound cgroup), even root. A refused
-//! connection gets `{"v":1,"ok":false,"error":"permission denied: ..."}` for each request.
+//! Access (see [`crate::control::peer`]): the socket file is mode 0660, owner root, group
+//! `control_group`; per connection the daemon allows root or a member of that group or of
+//! `admin_group` (SO_PEERCRED, and the peer's supplementary groups from /proc), and refuses
+//! any process inside a run (its cgroup at or below the managed root or a bound cgroup), even
+//! root. A refused connection gets one `{"v":1,"ok":false,"error":"permission denied: ..."}`
+//! and is closed; nothing it sent is read. `policy_apply` (and a `register` whose policy file
+//! binds cgroups) needs root or `admin_group`; a request about a run needs the uid that
+//! started it, root or `admin_group` (the error names what was missing).
+//!
+//! Limits: a request line is at most [`MAX_LINE`] bytes (a longer one is refused as soon as
+//! it passes that, and the connection closed); at most `control_max_connections` connections
+//! are served at once (one more gets an error and is closed).
 //!
 //! Requests (`op`), several per connection:
 //! - `ping`: the managed cgroup root (`cgroup_root`).
 //! - `register` (a run's cgroup, before its command starts, with the policy to bind: a loaded
-//!   policy's name, or a policy file's text); `landlock` (what the run's Landlock layer
-//!   refuses, sent by `run` before the command starts); `end` (the run is over).
+//!   policy's name, or a policy file's text): the bound policy (`policy`) and, for an
+//!   enforce-mode policy, its Landlock plan (`landlock`: what the layer handles and grants,
+//!   before the host's ABI masks it), from which `run` builds the layer; `landlock` (the
+//!   Landlock ABI the run's layer was applied with, sent by `run` before the command starts:
+//!   the daemon derives what the layer refuses from the plan it gave); `end` (the run is over).
+//! - `seccomp` (the run's processes carry `run`'s seccomp filter: the kernel marks the run, so
+//!   its sys_enter check leaves link/linkat to the launcher's layers) and `seccomp_refusal`
+//!   (a syscall the filter refused: the daemon emits its `syscall` event, `layer: seccomp`).
+//!   Both only on the connection that registered the run, for that run.
 //! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
 //! - `ps`: the runs and bound cgroups (`runs`).
 //! - `status`: the daemon's state (`status`).
@@ -28,6 +42,14 @@
 //! Every response has `v`, `ok` and, when `ok` is false, `error`. Fields a request does not
 //! produce are omitted; clients ignore fields they do not know, so new ones can be added
 //! without a version bump.
+//!
+//! Versions:
+//! - 2: `register`'s response carries the Landlock plan (`landlock`) instead of the policy's
+//!   text (`text`, which `run` parsed again to build its layer), and the `landlock` request
+//!   carries the ABI (`abi`) instead of the coverage `run` computed. The daemon still takes
+//!   version 1's other requests, which are unchanged; a version 1 `register` or `landlock`
+//!   is refused (an old `run` would otherwise start its command without the Landlock layer).
+//! - 1: the first.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
@@ -38,7 +60,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version whose requests the daemon takes (see the module's versions).
+pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
 /// Longest request line the daemon reads; longer ones are refused.
 pub const MAX_LINE: usize = 4 << 20;
 
@@ -62,15 +86,25 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         policy_file: Option<PolicyText>,
     },
-    /// The run's Landlock layer, as `run` applies it (before the command starts).
+    /// The run's Landlock layer was built from the `register` response's plan and is
+    /// applied (before the command starts) on a kernel with this Landlock ABI.
     Landlock {
         run: String,
-        coverage: crate::runs::landlock::Coverage,
+        abi: u32,
     },
     End {
         run: String,
         #[serde(default)]
         exit_status: Option<i32>,
+    },
+    /// The run's processes carry `run`'s seccomp filter (sent before the command starts).
+    Seccomp {
+        run: String,
+    },
+    /// A syscall the run's seccomp filter refused.
+    SeccompRefusal {
+        run: String,
+        refusal: crate::runs::seccomp::Refusal,
     },
     PolicyApply {
         file: PolicyText,
@@ -112,6 +146,16 @@ pub enum Request {
         /// JSON lines (else the human lines).
         #[serde(default)]
         json: bool,
+        /// Only violations: verdict deny, kill, hold or would_deny.
+        #[serde(default)]
+        violations: bool,
+        /// Only events at or after this time (RFC 3339, UTC, as events carry it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+        /// Of the events already in the daemon's buffer, only the last N (after the other
+        /// filters); new events are all streamed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<usize>,
     },
 }
 
@@ -254,7 +298,10 @@ pub struct Response {
     pub result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policies: Option<Vec<crate::kernel::rules::PolicySummary>>,
-    /// `policy_show`: the policy file's text as loaded.
+    /// `register`: the Landlock plan of the bound policy (enforce mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub landlock: Option<crate::runs::landlock::Plan>,
+    /// `policy_show`: the policy file's text as loaded; `approve`, `deny`: what was done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// `ps`.
@@ -269,6 +316,41 @@ pub struct Response {
     /// `events`: what the lines after this response are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
+    /// `register`: the seccomp filter's plan for an enforce-mode, `on_violation = "deny"`
+    /// policy (the syscalls it refuses), which `run` installs before the command starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<crate::runs::seccomp::SeccompPlan>,
+    /// `end`: the run's violations, for the line `run` prints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violations: Option<ViolationSummary>,
+}
+
+/// A run's violations (verdict deny, kill, hold or would_deny) as the daemon counted them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViolationSummary {
+    pub total: u64,
+    /// Rule (e.g. `files.read`) -> count.
+    pub by_rule: BTreeMap<String, u64>,
+    /// The first few targets: `kind path` (or address, syscall).
+    pub first: Vec<String>,
+}
+
+impl ViolationSummary {
+    /// How many targets `first` keeps.
+    pub const FIRST: usize = 3;
+
+    /// The line `agent-guard run` prints on stderr when its run ends with violations.
+    pub fn line(&self, run: &str) -> String {
+        let rules: Vec<String> = self.by_rule.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        let more = if self.total as usize > self.first.len() { ", ..." } else { "" };
+        format!(
+            "agent-guard: run {run} ended with {} violation{} ({}): {}{more}; all of them: agent-guard events --run {run} --violations",
+            self.total,
+            if self.total == 1 { "" } else { "s" },
+            rules.join(", "),
+            self.first.join(", "),
+        )
+    }
 }
 
 impl Response {
@@ -283,8 +365,15 @@ impl Response {
 /// Parses one request line; the error text goes back to the client.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     let env: Envelope = serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))?;
-    if env.v != PROTOCOL_VERSION {
+    if !(OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&env.v) {
         return Err(format!("unsupported protocol version {} (this daemon speaks {PROTOCOL_VERSION})", env.v));
+    }
+    if env.v < 2 && matches!(env.req, Request::Register { .. } | Request::Landlock { .. }) {
+        return Err(format!(
+            "protocol version {} `register` and `landlock` are not supported since version 2 (this daemon speaks \
+             {PROTOCOL_VERSION}): use the agent-guard binary of the daemon's version",
+            env.v
+        ));
     }
     Ok(env.req)
 }
@@ -328,7 +417,18 @@ fn send(socket: &Path, req: Request) -> Result<BufReader<UnixStream>, ClientErro
     s.set_read_timeout(Some(CALL_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req }).expect("serializable");
     line.push('\n');
-    s.write_all(line.as_bytes()).map_err(io)?;
+    if let Err(e) = s.write_all(line.as_bytes()) {
+        // The daemon may have answered and closed without reading (a refused peer, too many
+        // connections): its answer says why better than the broken pipe.
+        let mut r = BufReader::new(s);
+        let mut answer = String::new();
+        if r.read_line(&mut answer).is_ok() {
+            if let Ok(Response { ok: false, error: Some(why), .. }) = serde_json::from_str::<Response>(&answer) {
+                return Err(ClientError::Refused(why));
+            }
+        }
+        return Err(io(e));
+    }
     Ok(BufReader::new(s))
 }
 
@@ -351,6 +451,43 @@ fn response(socket: &Path, r: &mut BufReader<UnixStream>) -> Result<Response, Cl
 pub fn call(socket: &Path, req: Request) -> Result<Response, ClientError> {
     let mut r = send(socket, req)?;
     response(socket, &mut r)
+}
+
+/// A connection for several requests in turn: `run` registers its run on one and reports
+/// the run's seccomp refusals on it (the daemon accepts those only from that connection).
+pub struct Client {
+    socket: std::path::PathBuf,
+    conn: Option<BufReader<UnixStream>>,
+}
+
+impl Client {
+    /// A client of the daemon at `socket`; connects at the first request.
+    pub fn new(socket: &Path) -> Client {
+        Client { socket: socket.to_path_buf(), conn: None }
+    }
+
+    /// Sends one request on the connection and waits for its response. After an I/O error
+    /// the connection is gone (a later request would open a new one, which has not
+    /// registered anything).
+    pub fn call(&mut self, req: Request) -> Result<Response, ClientError> {
+        let r = match self.conn.take() {
+            Some(mut r) => {
+                let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req }).expect("serializable");
+                line.push('\n');
+                r.get_mut()
+                    .write_all(line.as_bytes())
+                    .map_err(|source| ClientError::Io { path: self.socket.display().to_string(), source })?;
+                r
+            }
+            None => send(&self.socket, req)?,
+        };
+        let mut r = r;
+        let resp = response(&self.socket, &mut r);
+        if matches!(resp, Ok(_) | Err(ClientError::Refused(_))) {
+            self.conn = Some(r);
+        }
+        resp
+    }
 }
 
 /// Sends a request whose response is followed by a stream of lines (`events`): returns the
@@ -378,18 +515,43 @@ mod tests {
             policy: Some("p".into()),
             policy_file: None,
         };
-        let line = serde_json::to_string(&Envelope { v: 1, req: r.clone() }).unwrap();
+        let line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, req: r.clone() }).unwrap();
         assert!(line.contains("\"op\":\"register\""), "{line}");
         assert_eq!(parse_request(&line).unwrap(), r);
-        assert!(parse_request("{\"v\":2,\"op\":\"ping\"}").unwrap_err().contains("version 2"));
+        assert!(parse_request("{\"v\":3,\"op\":\"ping\"}").unwrap_err().contains("version 3"));
+        assert!(parse_request("{\"v\":0,\"op\":\"ping\"}").unwrap_err().contains("version 0"));
         assert!(parse_request("{\"v\":1,\"op\":\"explode\"}").unwrap_err().contains("explode"));
         assert!(parse_request("not json").unwrap_err().starts_with("bad request"));
         assert!(parse_request("{\"v\":1,\"op\":\"end\",\"run\":\"r\",\"bogus\":1}").is_err());
         assert_eq!(parse_request("{\"v\":1,\"op\":\"freeze\",\"run\":\"r-1\"}").unwrap(), Request::Freeze { run: "r-1".into() });
         assert_eq!(
             parse_request("{\"v\":1,\"op\":\"events\",\"follow\":true}").unwrap(),
-            Request::Events { run: None, follow: true, json: false }
+            Request::Events { run: None, follow: true, json: false, violations: false, since: None, tail: None }
         );
         assert!(parse_request("{\"v\":1,\"op\":\"kill\"}").unwrap_err().contains("run"));
+        let r = parse_request(
+            "{\"v\":1,\"op\":\"seccomp_refusal\",\"run\":\"r-1\",\"refusal\":{\"pid\":7,\"syscall\":\"unshare\",\"nr\":272,\"arg0\":0,\"rule\":\"unseen\",\"errno\":1}}",
+        )
+        .unwrap();
+        assert!(matches!(&r, Request::SeccompRefusal { run, refusal } if run == "r-1" && refusal.syscall == "unshare" && refusal.path.is_none()), "{r:?}");
+        assert_eq!(parse_request("{\"v\":1,\"op\":\"seccomp\",\"run\":\"r-1\"}").unwrap(), Request::Seccomp { run: "r-1".into() });
+    }
+
+    #[test]
+    fn version_1_clients_keep_every_request_but_the_two_that_changed() {
+        let v1 = serde_json::to_string(&Envelope {
+            v: 1,
+            req: Request::Register { run: "r-1".into(), name: None, labels: BTreeMap::new(), argv: vec![], policy: None, policy_file: None },
+        })
+        .unwrap();
+        assert!(parse_request(&v1).unwrap_err().contains("since version 2"), "{v1}");
+        let old_landlock = "{\"v\":1,\"op\":\"landlock\",\"run\":\"r-1\",\"coverage\":{\"abi\":7}}";
+        assert!(parse_request(old_landlock).is_err());
+        assert!(parse_request("{\"v\":1,\"op\":\"landlock\",\"run\":\"r-1\",\"abi\":7}").unwrap_err().contains("since version 2"));
+        assert_eq!(
+            parse_request("{\"v\":2,\"op\":\"landlock\",\"run\":\"r-1\",\"abi\":7}").unwrap(),
+            Request::Landlock { run: "r-1".into(), abi: 7 }
+        );
+        assert_eq!(parse_request("{\"v\":1,\"op\":\"ps\"}").unwrap(), Request::Ps);
     }
 }

@@ -7,22 +7,35 @@ use std::{
 
 use agent_guard_common::{RunEntry, NO_POLICY};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::BufReader,
     net::{UnixListener, UnixStream},
+    sync::OwnedSemaphorePermit,
 };
 use tracing::{info, warn};
 use crate::{control::peer as access, runs::cgroup, control::{self, Request, Response}, runs::respond::Action, output::event::Detail};
 use crate::runs::hold::{answer, forget_run, Answer};
 use crate::daemon::core::*;
 use crate::control::incident;
+use crate::control::lines::{LineError, RequestLines};
 use crate::daemon::reload::{apply, install_for_run, rebind};
+use crate::runs::landlock;
 
 pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(handle_client(shared.clone(), stream));
-            }
+            Ok((stream, _)) => match shared.ctl.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(handle_client(shared.clone(), stream, permit));
+                }
+                Err(_) => {
+                    let max = shared.ctl.cfg.control_max_connections;
+                    info!("control socket: {max} connections already (control_max_connections): one more refused");
+                    tokio::spawn(refuse(
+                        stream,
+                        format!("too many control connections (control_max_connections = {max}); try again later"),
+                    ));
+                }
+            },
             Err(e) => {
                 warn!("control socket accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -31,57 +44,90 @@ pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
     }
 }
 
-pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream) {
+/// Answers `why` once and closes: nothing the peer sends is read.
+async fn refuse(stream: UnixStream, why: String) {
+    let (_rd, mut wr) = stream.into_split();
+    let _ = tokio::time::timeout(Duration::from_secs(5), incident::write_response(&mut wr, &Response::err(why))).await;
+}
+
+/// One control connection, holding one of the `control_max_connections` permits.
+pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream, _permit: OwnedSemaphorePermit) {
     let Ok(cred) = stream.peer_cred() else { return };
     let peer = access::Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0).max(0) as u32 };
     let (uid, pid) = (peer.uid, peer.pid);
-    // Checked once, when the peer connects (see `access`).
-    let denied = incident::admit(&shared, peer).err();
-    if let Some(why) = &denied {
-        info!("control socket: refused uid {uid} pid {pid}: {why}");
-    }
+    // Checked once, when the peer connects (see `access`). A refused peer is answered once
+    // and its requests are never read.
+    let caller = match incident::admit(&shared, peer) {
+        Ok(role) => access::Caller { uid, pid, role },
+        Err(why) => {
+            info!("control socket: refused uid {uid} pid {pid}: {why}");
+            return refuse(stream, why).await;
+        }
+    };
     let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd.take(control::MAX_LINE as u64 * 16)).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let resp = if line.len() > control::MAX_LINE {
-            Response::err(format!("request longer than {} bytes", control::MAX_LINE))
-        } else if let Some(why) = &denied {
-            Response::err(why.clone())
-        } else {
-            match control::parse_request(&line) {
-                Ok(Request::Events { run, follow, json }) => {
-                    incident::stream_events(shared.clone(), run, follow, json, lines, wr).await;
-                    return;
-                }
-                Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
-                    // Waits for the kernel: off the async workers.
-                    let shared = shared.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let (action, run) = match req {
-                            Request::Freeze { run } => (Action::Freeze, run),
-                            Request::Thaw { run } => (Action::Thaw, run),
-                            Request::Kill { run } => (Action::Kill, run),
-                            _ => return Response::err("unexpected request"),
-                        };
-                        incident::act(shared, action, &run, uid, pid)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
-                }
-                Ok(req @ (Request::Approve { .. } | Request::Deny { .. })) => {
-                    // Thawing waits for the kernel: off the async workers too.
-                    let shared = shared.clone();
-                    tokio::task::spawn_blocking(move || handle(&shared, req, uid, pid))
-                        .await
-                        .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
-                }
-                Ok(req) => handle(&shared, req, uid, pid),
-                Err(msg) => Response::err(msg),
+    let mut lines = RequestLines::new(BufReader::new(rd), control::MAX_LINE);
+    // The run this connection registered: only it may report that run's seccomp refusals.
+    let mut registered: Option<String> = None;
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(LineError::Io) => return,
+            Err(LineError::TooLong) => {
+                info!("control socket: uid {uid} pid {pid} sent a request longer than {} bytes: connection closed", control::MAX_LINE);
+                let why = format!("request longer than {} bytes: refused, connection closed", control::MAX_LINE);
+                let _ = incident::write_response(&mut wr, &Response::err(why)).await;
+                // The refused line's buffer (up to MAX_LINE) is freed; hand the freed heap back
+                // to the kernel too, so a flood of such lines leaves no resident trace.
+                // SAFETY: malloc_trim only releases free memory at the top of the heaps.
+                unsafe { libc::malloc_trim(0) };
+                return;
             }
         };
-        let mut out = serde_json::to_string(&resp).expect("serializable");
-        out.push('\n');
-        if wr.write_all(out.as_bytes()).await.is_err() {
+        let req = control::parse_request(&line).and_then(|req| incident::authorize(&shared, &caller, &req).map(|()| req));
+        let resp = match req {
+            Ok(Request::Events { run, follow, json, violations, since, tail }) => {
+                let filter = incident::EventFilter { violations, since, tail };
+                incident::stream_events(shared.clone(), caller, run, follow, json, filter, lines, wr).await;
+                return;
+            }
+            Ok(Request::Ps) => incident::ps(&shared, &caller),
+            Ok(Request::Status) => incident::status(&shared, &caller),
+            Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
+                // Waits for the kernel: off the async workers.
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let (action, run) = match req {
+                        Request::Freeze { run } => (Action::Freeze, run),
+                        Request::Thaw { run } => (Action::Thaw, run),
+                        Request::Kill { run } => (Action::Kill, run),
+                        _ => return Response::err("unexpected request"),
+                    };
+                    incident::act(shared, action, &run, caller)
+                })
+                .await
+                .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+            }
+            Ok(req @ (Request::Approve { .. } | Request::Deny { .. } | Request::End { .. })) => {
+                // Thawing waits for the kernel: off the async workers too.
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || handle(&shared, req, uid, pid))
+                    .await
+                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+            }
+            Ok(req @ (Request::Seccomp { .. } | Request::SeccompRefusal { .. })) => {
+                crate::control::seccomp::handle(&shared, req, registered.as_deref())
+            }
+            Ok(req) => {
+                let run = if let Request::Register { run, .. } = &req { Some(run.clone()) } else { None };
+                let resp = handle(&shared, req, uid, pid);
+                if resp.ok && run.is_some() {
+                    registered = run;
+                }
+                resp
+            }
+            Err(msg) => Response::err(msg),
+        };
+        if incident::write_response(&mut wr, &resp).await.is_err() {
             return;
         }
     }
@@ -121,6 +167,18 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                     Err(e) => return Response::err(e),
                 },
             };
+            // `run` builds its Landlock layer from this plan of the policy now bound.
+            let (plan, seccomp) = match &bound {
+                Some(b) => {
+                    let own = shared.own();
+                    let slot = own.policies.by_slot(b.slot);
+                    (
+                        slot.and_then(|s| landlock::Plan::for_policy(&s.policy)).map(Arc::new),
+                        slot.and_then(|s| crate::runs::seccomp::SeccompPlan::for_policy(&s.policy)),
+                    )
+                }
+                None => (None, None),
+            };
             let dir = shared.root.join(&run);
             let id = match cgroup::cgroup_id(&dir) {
                 Ok(id) => id,
@@ -139,6 +197,8 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 violations: 0,
                 frozen_by_responder: false,
                 landlock: None,
+                landlock_plan: plan.clone(),
+                started_by: Some(uid),
             };
             {
                 // The syscall tracepoints (and for a policied run the syscall check) are
@@ -174,14 +234,10 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 runs.next_index = runs.next_index.wrapping_add(1).max(1);
                 runs.by_cgroup.insert(id, info.clone());
             }
-            let mut e = shared.base_event("run_start", Some(&info));
+            let mut e = shared.base_event(crate::output::event::Kind::RunStart, Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
             shared.emit(e);
-            // The policy's text goes back too: `run` builds its Landlock layer from it.
-            let text = bound.as_ref().and_then(|b| {
-                shared.own().policies.by_slot(b.slot).map(|s| s.text.clone())
-            });
-            Response { policy: bound, text, ..Response::ok() }
+            Response { policy: bound, landlock: plan.map(Arc::unwrap_or_clone), seccomp, ..Response::ok() }
         }
         Request::PolicyApply { file } => {
             let source = file.source.clone();
@@ -219,18 +275,29 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             Ok(text) => Response { text: Some(text), ..Response::ok() },
             Err(e) => Response::err(e),
         },
-        Request::Ps => incident::ps(shared),
-        Request::Status => incident::status(shared),
-        Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } | Request::Events { .. } => {
+        Request::Freeze { .. }
+        | Request::Thaw { .. }
+        | Request::Kill { .. }
+        | Request::Events { .. }
+        | Request::Ps
+        | Request::Status
+        | Request::Seccomp { .. }
+        | Request::SeccompRefusal { .. } => {
             Response::err("this request is handled by the connection, not here")
         }
-        Request::Landlock { run, coverage } => {
+        Request::Landlock { run, abi } => {
             let mut runs_own = shared.own();
             let runs = &mut runs_own.runs;
             let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none() && r.dir.starts_with(&shared.root)) else {
                 return Response::err(format!("no active run {run}"));
             };
-            info.landlock = Some(coverage);
+            let Some(plan) = &info.landlock_plan else {
+                return Response::err(format!("run {run} was given no Landlock plan"));
+            };
+            if abi == 0 {
+                return Response::err("Landlock ABI 0: no layer");
+            }
+            info.landlock = Some(plan.coverage(abi));
             if let Err(e) = shared.state.save_run(&info.record()) {
                 warn!("recording run {run}'s Landlock layer in {}: {e}", shared.state.dir().display());
             }
@@ -256,12 +323,18 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 info
             };
             forget_run(shared, info.cgroup_id);
-            let mut e = shared.base_event("run_end", Some(&info));
+            let mut e = shared.base_event(crate::output::event::Kind::RunEnd, Some(&info));
             e.detail = Detail::RunEnd { exit_status };
-            if let Err(e) = shared.after_ring.send(e) {
-                shared.emit(e.0);
+            // run_end follows every record of the run still in the ring buffer; once it is
+            // recorded, so are the run's violations, and the summary is complete.
+            let (done, recorded) = std::sync::mpsc::sync_channel(1);
+            if let Err(e) = shared.after_ring.send((e, Some(done))) {
+                shared.emit(e.0 .0);
+            } else if recorded.recv_timeout(std::time::Duration::from_secs(2)).is_err() {
+                warn!("run {run}: run_end not recorded within 2 s; its violation summary may be short");
             }
-            Response::ok()
+            let violations = shared.ctl.tallies.lock().expect("tallies lock").remove(&info.id);
+            Response { violations, ..Response::ok() }
         }
     }
 }

@@ -63,6 +63,8 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
                     violations: 0,
                     frozen_by_responder: false,
                     landlock: r.landlock,
+                    landlock_plan: None,
+                    started_by: r.started_by_uid,
                 };
                 runs.by_cgroup.insert(r.cgroup_id, info);
                 adopted += 1;

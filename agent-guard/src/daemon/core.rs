@@ -9,8 +9,12 @@ use std::{
 
 use agent_guard_common::RunEntry;
 use tokio::sync::mpsc;
-use crate::{daemon::state::State, output::event::{self, Event}, runs::bind::Binder, kernel::rules::PolicyStore};
+use crate::{daemon::state::State, output::event::{self, Event, Kind, Verdict}, runs::bind::Binder, kernel::rules::PolicyStore};
 use crate::runs::grant::Hold;
+
+/// An event to emit once the ring buffer has been drained (a run's `run_end`), and who waits
+/// for it to be recorded.
+pub(crate) type AfterRing = (Event, Option<std::sync::mpsc::SyncSender<()>>);
 
 /// Events waiting for the writer; beyond this they are counted as `userspace_queue` drops.
 pub(crate) const QUEUE: usize = 65536;
@@ -37,6 +41,11 @@ pub(crate) struct RunInfo {
     pub(crate) frozen_by_responder: bool,
     /// What the run's Landlock layer refuses up front (runs of `agent-guard run` only).
     pub(crate) landlock: Option<crate::runs::landlock::Coverage>,
+    /// The Landlock plan handed to the run's `agent-guard run` (what `landlock` follows from).
+    pub(crate) landlock_plan: Option<Arc<crate::runs::landlock::Plan>>,
+    /// The uid that registered the run (`agent-guard run`): it may act on the run (see
+    /// `control::peer::may_act_on`). None: a bound cgroup, or a record from before this field.
+    pub(crate) started_by: Option<u32>,
 }
 
 impl RunInfo {
@@ -50,6 +59,7 @@ impl RunInfo {
             started_ms: self.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
             hold: self.hold.iter().flat_map(|h| h.attempts.iter().map(crate::runs::grant::Recorded::from)).collect(),
             landlock: self.landlock.clone(),
+            started_by_uid: self.started_by,
         }
     }
 }
@@ -86,7 +96,7 @@ pub(crate) struct Shared {
     /// Events the log could not take (a write error): reported as `drop`, stage `sink`.
     pub(crate) sink_drops: Arc<std::sync::atomic::AtomicU64>,
     /// Events emitted once the ring buffer has been drained (see `read_ring`).
-    pub(crate) after_ring: mpsc::UnboundedSender<Event>,
+    pub(crate) after_ring: mpsc::UnboundedSender<AfterRing>,
     pub(crate) queue_drops: std::sync::atomic::AtomicU64,
     pub(crate) state: State,
     /// Set once the daemon is shutting down: no new registrations or bindings.
@@ -109,7 +119,7 @@ impl Shared {
         root: PathBuf,
         mount: PathBuf,
         tx: mpsc::Sender<Arc<Event>>,
-        after_ring: mpsc::UnboundedSender<Event>,
+        after_ring: mpsc::UnboundedSender<AfterRing>,
         state: State,
         hold_timeout: Duration,
         ctl: Control,
@@ -147,12 +157,12 @@ impl Shared {
         self.own().runs.by_cgroup.get(&cgroup_id).cloned()
     }
 
-    pub(crate) fn base_event(&self, kind: &'static str, run: Option<&RunInfo>) -> Event {
+    pub(crate) fn base_event(&self, kind: Kind, run: Option<&RunInfo>) -> Event {
         self.event_at(kind, run, SystemTime::now())
     }
 
     /// An event of `run` that happened at `t`.
-    pub(crate) fn event_at(&self, kind: &'static str, run: Option<&RunInfo>, t: SystemTime) -> Event {
+    pub(crate) fn event_at(&self, kind: Kind, run: Option<&RunInfo>, t: SystemTime) -> Event {
         let (policy, policy_version) = match run.and_then(|r| r.policy) {
             Some(slot) => {
                 let store_guard = self.own();
@@ -169,14 +179,12 @@ impl Shared {
             policy_version,
             ts: event::rfc3339(t),
             host: self.host.clone(),
-            kind,
-            verdict: "allow",
             run: run.map(|r| r.id.clone()),
             run_name: run.and_then(|r| r.name.clone()),
             labels: run.map(|r| r.labels.clone()).unwrap_or_default(),
             cgroup: run.map(|r| self.rel(&r.dir)),
             cgroup_id: run.map(|r| r.cgroup_id),
-            ..Default::default()
+            ..Event::new(kind)
         }
     }
 
@@ -188,7 +196,7 @@ impl Shared {
     /// `emit` for the ring reader: a violation waits for room in the queue instead of being
     /// dropped (the ring reader slows down; the kernel keeps room in the ring for violations).
     pub(crate) async fn emit_from_ring(&self, e: Event) {
-        if e.verdict == "allow" {
+        if e.verdict == Verdict::Allow {
             return self.emit(e);
         }
         self.metrics.observe(&e);
@@ -235,6 +243,8 @@ pub(crate) fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) ->
         violations: 0,
         frozen_by_responder: false,
         landlock: None,
+        landlock_plan: None,
+        started_by: None,
     }
 }
 
@@ -253,12 +263,28 @@ pub(crate) struct Control {
     pub(crate) cfg: crate::config::Config,
     /// gid of `control_group`, None when the group does not exist.
     pub(crate) gid: Option<u32>,
+    /// gid of `admin_group`, None when it is not configured or does not exist.
+    pub(crate) admin_gid: Option<u32>,
+    /// Control connections being served: at most `control_max_connections`.
+    pub(crate) connections: Arc<tokio::sync::Semaphore>,
     pub(crate) kernel_drops: std::sync::atomic::AtomicU64,
+    /// Per live run: its violations by rule and the first few targets, for the summary `run`
+    /// prints when the run ends.
+    pub(crate) tallies: Mutex<HashMap<String, crate::control::ViolationSummary>>,
 }
 
 impl Control {
     pub(crate) fn new(cfg: &crate::config::Config, gid: Option<u32>) -> Self {
-        Self { feed: crate::output::feed::Feed::default(), started: Instant::now(), cfg: cfg.clone(), gid, kernel_drops: std::sync::atomic::AtomicU64::new(0) }
+        Self {
+            feed: crate::output::feed::Feed::default(),
+            started: Instant::now(),
+            cfg: cfg.clone(),
+            gid,
+            admin_gid: crate::control::peer::admin_gid(cfg.admin_group.as_deref()),
+            connections: Arc::new(tokio::sync::Semaphore::new(cfg.control_max_connections as usize)),
+            kernel_drops: std::sync::atomic::AtomicU64::new(0),
+            tallies: Default::default(),
+        }
     }
 }
 

@@ -37,7 +37,7 @@ pub(crate) fn apply_checked(
     parsed: Result<policy::Policy, String>,
     by: Option<(u32, u32)>,
 ) -> Result<(crate::kernel::rules::PolicySummary, Installed), String> {
-    let mut e = shared.base_event("policy_reload", None);
+    let mut e = shared.base_event(crate::output::event::Kind::PolicyReload, None);
     let outcome = parsed.and_then(|p| {
         let (name, version) = (p.name.clone(), p.version.clone());
         e.policy = Some(name.clone());
@@ -203,7 +203,7 @@ pub(crate) fn rebind(shared: &Shared) {
         forget_run(shared, id);
         if let Some(info) = info {
             info!("unbound {} (policy slot {slot})", dir.display());
-            let mut e = shared.base_event("run_end", Some(&info));
+            let mut e = shared.base_event(crate::output::event::Kind::RunEnd, Some(&info));
             e.detail = Detail::RunEnd { exit_status: None };
             shared.emit(e);
         }
@@ -213,7 +213,7 @@ pub(crate) fn rebind(shared: &Shared) {
         let info = bound_run_info(shared, id, &dir, slot);
         shared.own().runs.by_cgroup.insert(id, info.clone());
         info!("bound {rel} to policy slot {slot}");
-        let mut e = shared.base_event("run_start", Some(&info));
+        let mut e = shared.base_event(crate::output::event::Kind::RunStart, Some(&info));
         e.detail = Detail::RunStart { requested_by_uid: 0, requested_by_pid: std::process::id(), argv: vec![] };
         shared.emit(e);
     }

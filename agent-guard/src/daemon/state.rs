@@ -29,6 +29,9 @@ pub struct RunRecord {
     /// What the run's Landlock layer refuses up front, as `run` reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub landlock: Option<crate::runs::landlock::Coverage>,
+    /// The uid that started the run (None: not recorded, by a daemon before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by_uid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,6 +171,7 @@ mod tests {
             started_ms: 7,
             hold: vec![],
             landlock: Some(crate::runs::landlock::Coverage { abi: 7, files_read: true, ..Default::default() }),
+            started_by_uid: Some(1001),
         };
         st.save_run(&r).unwrap();
         st.save_policy(&PolicyRecord { slot: 3, ruleset: 1, source: "p.toml".into(), text: "name = \"p\"".into() }).unwrap();

@@ -107,7 +107,8 @@ pub struct Enforcement {
     /// exec, open-read, open-write, create/truncate/unlink/rename, connect, sendmsg,
     /// syscalls, self-protection.
     pub operation: String,
-    /// deny (refused before it happens, the process goes on), kill, observe, or none.
+    /// deny (refused before it happens, the process goes on), kill, observe, or none;
+    /// deny/kill: refused in runs of `agent-guard run`, killed elsewhere (`how` says which).
     pub action: String,
     pub how: String,
 }
@@ -126,7 +127,13 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
             },
         ),
         e("sendmsg", "deny", "cgroup sendmsg4/sendmsg6: EPERM"),
-        e("syscalls", "kill", "raw tracepoint sys_enter: [syscalls] deny and unseen syscalls get SIGKILL"),
+        e(
+            "syscalls",
+            "deny/kill",
+            "runs from `agent-guard run` with on_violation = \"deny\": the launcher's seccomp filter refuses [syscalls] deny \
+             and unseen syscalls with EPERM (ENOSYS for io_uring) before they run; bound cgroups (no launcher) and \
+             on_violation = \"kill\"/\"freeze\": raw tracepoint sys_enter, SIGKILL",
+        ),
     ];
     let unix_cgroup = crate::kernel::sockaddr_unix::state();
     let contain = [
@@ -199,7 +206,8 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
             e(
                 "create/truncate/unlink/rename",
                 "none",
-                "not seen by this backend (link is killed as unseen; runs from `agent-guard run` get the Landlock layer)",
+                "not seen by this backend (link is killed as unseen in bound cgroups; runs from `agent-guard run` get the \
+                 Landlock layer, which judges links, or their seccomp filter refuses link with EPERM)",
             ),
         ],
     };

@@ -1,7 +1,7 @@
 //! Loading and attaching the kernel programs. One owner (the daemon's core) holds the result.
 use std::path::{Path, PathBuf};
 
-use agent_guard_common::{names, net_names, Config as KernelConfig, GrantKey, KernelOffsets, NetOffsets, RunEntry};
+use agent_guard_common::{names, Config as KernelConfig, GrantKey, KernelOffsets, NetOffsets, RunEntry};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
@@ -144,9 +144,9 @@ const PINNED_MAPS: &[&str] = &[
     names::GRANTS,
     names::HELD,
     names::LSM_ON,
-    net_names::UNIX_RULES,
-    net_names::NET_CONTAIN,
-    net_names::LISTEN_RULES,
+    names::UNIX_RULES,
+    names::NET_CONTAIN,
+    names::LISTEN_RULES,
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -462,7 +462,7 @@ pub fn load(
         .map_max_entries(names::EVENTS, ring_bytes)
         .override_global(names::CONFIG, cfg, true)
         .override_global(names::OFFSETS, offsets, true)
-        .override_global(net_names::NET_OFFSETS, net_offsets, true);
+        .override_global(names::NET_OFFSETS, net_offsets, true);
     for name in PINNED_MAPS {
         loader.map_pin_path(name, pins.map(name));
     }
@@ -510,9 +510,9 @@ pub fn load(
         rulesets: HashMap::try_from(take(&mut ebpf, names::RULESETS)?).map_err(map_err(names::RULESETS))?,
         files: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
         net: LpmTrie::try_from(take(&mut ebpf, names::NET_RULES)?).map_err(map_err(names::NET_RULES))?,
-        unix: LpmTrie::try_from(take(&mut ebpf, net_names::UNIX_RULES)?).map_err(map_err(net_names::UNIX_RULES))?,
-        contain: HashMap::try_from(take(&mut ebpf, net_names::NET_CONTAIN)?).map_err(map_err(net_names::NET_CONTAIN))?,
-        listen: LpmTrie::try_from(take(&mut ebpf, net_names::LISTEN_RULES)?).map_err(map_err(net_names::LISTEN_RULES))?,
+        unix: LpmTrie::try_from(take(&mut ebpf, names::UNIX_RULES)?).map_err(map_err(names::UNIX_RULES))?,
+        contain: HashMap::try_from(take(&mut ebpf, names::NET_CONTAIN)?).map_err(map_err(names::NET_CONTAIN))?,
+        listen: LpmTrie::try_from(take(&mut ebpf, names::LISTEN_RULES)?).map_err(map_err(names::LISTEN_RULES))?,
     };
     Ok(Loaded {
         policy,

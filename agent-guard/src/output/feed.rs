@@ -88,7 +88,7 @@ mod tests {
     use super::*;
 
     fn ev(run: &str, n: u32) -> Arc<Event> {
-        Arc::new(Event { kind: "exec", run: Some(run.into()), pid: Some(n), ..Default::default() })
+        Arc::new(Event { run: Some(run.into()), pid: Some(n), ..Event::new(crate::output::event::Kind::Exec) })
     }
 
     #[test]

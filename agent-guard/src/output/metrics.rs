@@ -22,7 +22,7 @@ use prometheus::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::warn;
 
-use crate::output::event::{Detail, Event};
+use crate::output::event::{Detail, Event, Kind, Verdict};
 
 /// Where events are lost, as `drop` events and `agent_guard_events_dropped_total` name it.
 pub const DROP_STAGES: [&str; 5] = ["kernel_ringbuf", "kernel_pending", "userspace_queue", "follower", "sink"];
@@ -31,7 +31,7 @@ pub const RELOAD_RESULTS: [&str; 3] = ["ok", "unchanged", "error"];
 /// `outcome` of `agent_guard_runs_total`, from the run's `run_end`.
 pub const RUN_OUTCOMES: [&str; 4] = ["ok", "failed", "killed", "unknown"];
 /// Verdicts counted as violations (the action taken); `would_deny` is counted apart.
-const ACTIONS: [&str; 3] = ["deny", "kill", "hold"];
+const ACTIONS: [Verdict; 3] = [Verdict::Deny, Verdict::Kill, Verdict::Hold];
 /// Freezes take milliseconds; a slow one (a run with thousands of processes, a task stuck in
 /// the kernel) is what the upper buckets are for.
 const FREEZE_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -179,17 +179,18 @@ impl Metrics {
     /// Counts one event. Called for every event the daemon emits, before it is queued for
     /// the log, so a full log queue loses no count.
     pub fn observe(&self, e: &Event) {
-        add(&self.events, &[e.kind], 1);
+        let kind = e.kind.name();
+        add(&self.events, &[kind], 1);
         let policy = e.policy.as_deref().unwrap_or("");
         // A `hold` event is the daemon's account of a held operation (and of its answer),
         // which was counted when the kernel reported it.
-        if ACTIONS.contains(&e.verdict) && e.kind != "hold" {
-            add(&self.violations, &[policy, e.kind, e.verdict], 1);
+        if ACTIONS.contains(&e.verdict) && e.kind != Kind::Hold {
+            add(&self.violations, &[policy, kind, e.verdict.name()], 1);
             if e.layer == Some("landlock") {
-                add(&self.landlock_denials, &[policy, e.kind], 1);
+                add(&self.landlock_denials, &[policy, kind], 1);
             }
-        } else if e.verdict == "would_deny" {
-            add(&self.would_deny, &[policy, e.kind], 1);
+        } else if e.verdict == Verdict::WouldDeny {
+            add(&self.would_deny, &[policy, kind], 1);
         }
         match &e.detail {
             Detail::Drop { count, stage } => self.dropped(stage, *count),
@@ -199,11 +200,11 @@ impl Metrics {
                 add(&self.runs, &[policy, outcome(*exit_status, killed)], 1);
             }
             // Freezes: a responder's (`agent-guard freeze`) and a hold's.
-            Detail::Action { latency_ms, error: None, .. } if e.kind == "freeze" => {
+            Detail::Action { latency_ms, error: None, .. } if e.kind == Kind::Freeze => {
                 self.freeze.observe(latency_ms / 1000.0);
             }
             Detail::Hold { hold: "held", freeze_ms: Some(ms), .. } => self.freeze.observe(ms / 1000.0),
-            Detail::Action { error: None, .. } if e.kind == "kill" => {
+            Detail::Action { error: None, .. } if e.kind == Kind::Kill => {
                 if let Some(run) = &e.run {
                     let mut killed = self.killed_set();
                     if killed.len() >= KILLED_MAX {
@@ -331,8 +332,9 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics, snapshot: &dyn Fn() -> Option
 mod tests {
     use super::*;
 
-    fn event(kind: &'static str, verdict: &'static str, policy: Option<&str>, detail: Detail) -> Event {
-        Event { kind, verdict, policy: policy.map(str::to_string), run: Some("r-1".into()), detail, ..Default::default() }
+    fn event(kind: &str, verdict: &str, policy: Option<&str>, detail: Detail) -> Event {
+        let (kind, verdict) = (Kind::from_name(kind).unwrap(), Verdict::from_name(verdict).unwrap());
+        Event { verdict, policy: policy.map(str::to_string), run: Some("r-1".into()), detail, ..Event::new(kind) }
     }
 
     /// Value of the sample `series` (name and labels exactly as rendered), if present.

@@ -4,4 +4,5 @@ pub mod event;
 pub mod feed;
 pub mod metrics;
 pub mod sink;
+pub mod text;
 pub mod ring;

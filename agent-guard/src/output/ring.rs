@@ -12,7 +12,7 @@ use tokio::{
     sync::mpsc,
 };
 use tracing::warn;
-use crate::{runs::cgroup, output::event::{self, Detail, Event}};
+use crate::{runs::cgroup, output::event::{self, Detail, Event, Kind, Verdict}};
 use crate::runs::hold::on_hold;
 use crate::daemon::core::*;
 use crate::daemon::reload::rebind;
@@ -29,7 +29,7 @@ pub(crate) const RING_PAUSE: Duration = Duration::from_millis(5);
 pub(crate) async fn read_ring(
     shared: Arc<Shared>,
     ring: aya::maps::RingBuf<aya::maps::MapData>,
-    mut after_ring: mpsc::UnboundedReceiver<Event>,
+    mut after_ring: mpsc::UnboundedReceiver<AfterRing>,
 ) {
     // SAFETY: the ring buffer owns its fd and lives inside the AsyncFd until both drop.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -44,27 +44,23 @@ pub(crate) async fn read_ring(
     // Records are taken out of the ring in bounded batches, then emitted: an allowed event
     // that finds the queue full is dropped (and counted), a violation waits for room, so a
     // flooding run can cost other runs their allowed events but never their violations.
-    let mut batch: Vec<(Event, u64, Option<[u8; 16]>)> = Vec::with_capacity(DRAIN_BATCH);
-    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Vec<(Event, u64, Option<[u8; 16]>)>| {
+    let mut batch: Vec<Event> = Vec::with_capacity(DRAIN_BATCH);
+    let mut drain = |ring: &mut aya::maps::RingBuf<aya::maps::MapData>, batch: &mut Vec<Event>| {
         while batch.len() < DRAIN_BATCH {
             let Some(item) = ring.next() else { return false };
             match event::decode(&item) {
-                Ok(raw) => {
-                    let run_cgroup = raw.hdr.run_cgroup;
-                    let file_id = raw.file_id;
-                    batch.push((enrich(&shared, raw, &mut procs, &mut cgroup_paths), run_cgroup, file_id));
-                }
+                Ok(raw) => batch.push(enrich(&shared, raw, &mut procs, &mut cgroup_paths)),
                 Err(e) => warn!("undecodable kernel record: {e}"),
             }
         }
         true
     };
-    async fn emit_batch(shared: &Arc<Shared>, batch: &mut Vec<(Event, u64, Option<[u8; 16]>)>) {
-        for (e, run_cgroup, file_id) in batch.drain(..) {
-            let held = (e.verdict == "hold").then(|| e.clone());
+    async fn emit_batch(shared: &Arc<Shared>, batch: &mut Vec<Event>) {
+        for e in batch.drain(..) {
+            let held = (e.verdict == Verdict::Hold).then(|| e.clone());
             shared.emit_from_ring(e).await;
             if let Some(e) = held {
-                on_hold(shared, run_cgroup, file_id, e);
+                on_hold(shared, e);
             }
         }
     }
@@ -96,12 +92,15 @@ pub(crate) async fn read_ring(
                 // much later. The ring holds the backlog meanwhile (its drops are counted).
                 tokio::time::sleep(RING_PAUSE).await;
             }
-            Some(e) = after_ring.recv() => {
+            Some((e, done)) = after_ring.recv() => {
                 while drain(fd.get_mut(), &mut batch) {
                     emit_batch(&shared, &mut batch).await;
                 }
                 emit_batch(&shared, &mut batch).await;
                 shared.emit(e);
+                if let Some(done) = done {
+                    let _ = done.try_send(());
+                }
             }
         }
     }
@@ -117,10 +116,11 @@ pub(crate) fn enrich(
     let run = shared.run_for(h.run_cgroup);
     let wall = shared.boot_offset_ns + h.ts_ns as i128;
     let mut e = shared.event_at(raw.kind, run.as_ref(), SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
-    e.verdict = event::verdict_name(h.verdict);
-    e.rule = event::rule_name(h.rule).map(str::to_string);
+    e.verdict = raw.verdict;
+    e.rule = raw.rule;
+    e.facts = raw.facts;
     if h.ruleset != 0 {
-        e.hook = Some(event::hook_of_raw(&raw));
+        e.hook = Some(event::hook_of(raw.kind, h.flags));
         // The generation that decided, which may be older than the run's current policy.
         if let Some(p) = shared.own().policies.policy_of(h.ruleset) {
             e.policy = Some(p.name.clone());
@@ -167,8 +167,7 @@ pub(crate) fn enrich(
             crate::runs::landlock::attribute(&mut e, cov, policy.as_deref());
         }
     }
-    let violation = matches!(e.verdict, "deny" | "kill" | "would_deny" | "hold");
-    if let (true, Some(run)) = (violation, &run) {
+    if let (true, Some(run)) = (e.verdict.is_violation(), &run) {
         e.ancestry = Some(crate::runs::evidence::lineage(h.tgid, h.ppid, procs, &shared.mount, &run.dir));
     }
     e
@@ -189,21 +188,21 @@ pub(crate) async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArr
                 let count = total - seen[i];
                 seen[i] = total;
                 warn!("{count} events lost at {stage}");
-                let mut e = shared.base_event("drop", None);
+                let mut e = shared.base_event(Kind::Drop, None);
                 e.detail = Detail::Drop { count, stage };
                 shared.emit(e);
             }
         }
         let lost = shared.sink_drops.load(std::sync::atomic::Ordering::Relaxed);
         if lost > sink_seen {
-            let mut e = shared.base_event("drop", None);
+            let mut e = shared.base_event(Kind::Drop, None);
             e.detail = Detail::Drop { count: lost - sink_seen, stage: "sink" };
             sink_seen = lost;
             shared.emit(e);
         }
         let q = shared.queue_drops.load(std::sync::atomic::Ordering::Relaxed);
         if q > queue_seen {
-            let mut e = shared.base_event("drop", None);
+            let mut e = shared.base_event(Kind::Drop, None);
             e.detail = Detail::Drop { count: q - queue_seen, stage: "userspace_queue" };
             queue_seen = q;
             // Reported through the queue once it has room again: never silently.
@@ -220,6 +219,8 @@ pub(crate) async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArr
         let mut runs_own = shared.own();
         let runs = &mut runs_own.runs;
         runs.by_cgroup.retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < RUN_LINGER));
+        let known: std::collections::HashSet<&str> = runs.by_cgroup.values().map(|r| r.id.as_str()).collect();
+        shared.ctl.tallies.lock().expect("tallies lock").retain(|id, _| known.contains(id.as_str()));
     }
 }
 

@@ -76,23 +76,24 @@
 //! change of meaning does.
 mod compile;
 pub mod contain;
+mod eval;
 mod net;
 mod parse;
 mod paths;
 mod syscalls;
 pub(crate) use paths::lexical;
 #[cfg(test)]
+mod agreement;
+#[cfg(test)]
 mod tests;
 
-use std::{
-    fmt,
-    net::IpAddr,
-};
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use compile::Compiled;
+pub use eval::{Access, FileVerdict, PathMatch};
 pub use parse::{check_files, load_file, parse};
 #[allow(unused_imports)]
 use parse::*;
@@ -164,24 +165,6 @@ impl fmt::Display for OnViolation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Access {
-    Read,
-    Write,
-    ReadWrite,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileVerdict {
-    Allow,
-    Deny {
-        /// "files.read" | "files.write" | "files.deny"
-        rule: &'static str,
-        /// The rule prefix that decided, if any rule matched.
-        matched: Option<String>,
-    },
 }
 
 /// A checked policy. Lists keep the file's order, normalised.
@@ -338,51 +321,6 @@ impl Policy {
             s.push_str(&format!("{b:02x}"));
         }
         s
-    }
-
-    /// The verdict for `access` to `path` (absolute, normalised), per the module's semantics.
-    pub fn file_access(&self, path: &str, access: Access) -> FileVerdict {
-        let best = self
-            .files_read
-            .iter()
-            .chain(&self.files_write)
-            .chain(&self.files_deny)
-            .filter(|r| paths::covers(r, path))
-            .max_by_key(|r| paths::depth(r));
-        let Some(best) = best else {
-            let rule = if access == Access::Read { "files.read" } else { "files.write" };
-            return FileVerdict::Deny { rule, matched: None };
-        };
-        let at = |list: &[String]| list.iter().any(|r| paths::depth(r) == paths::depth(best) && paths::covers(r, path));
-        if at(&self.files_deny) {
-            FileVerdict::Deny { rule: "files.deny", matched: Some(best.clone()) }
-        } else if at(&self.files_write) || access == Access::Read {
-            FileVerdict::Allow
-        } else {
-            FileVerdict::Deny { rule: "files.write", matched: Some(best.clone()) }
-        }
-    }
-
-    /// True when exec.allow allows executing `path` (absolute, normalised).
-    pub fn exec_allowed(&self, path: &str) -> bool {
-        self.exec_allow.iter().any(|r| exec_covers(r, path))
-    }
-
-    /// True when network.connect allows `addr:port` (IPv4-mapped IPv6 is checked as IPv4).
-    pub fn connect_allowed(&self, addr: IpAddr, port: u16) -> bool {
-        let addr = normalise_addr(addr);
-        self.network_connect.iter().any(|r| r.allows(addr, port))
-    }
-
-    /// True when network.unix allows connecting to `name` (a path as passed, or "@name").
-    pub fn unix_allowed(&self, name: &str) -> bool {
-        contain::unix_allows(&self.network_unix, name)
-    }
-
-    /// True when network.listen allows binding and listening on `addr:port`.
-    pub fn listen_allowed(&self, addr: IpAddr, port: u16) -> bool {
-        let addr = normalise_addr(addr);
-        self.network_listen.iter().any(|r| r.allows(addr, port))
     }
 
     /// The bind.cgroups globs (relative to the cgroup2 mount; `*` never matches '/').

@@ -199,13 +199,6 @@ pub(super) fn check_name(name: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-pub(super) fn exec_covers(rule: &str, file: &str) -> bool {
-    match rule.strip_suffix('/') {
-        Some(dir) => paths::strictly_below(if dir.is_empty() { "/" } else { dir }, file),
-        None => rule == file,
-    }
-}
-
 /// Checks a policy file's text. `origin` is the file name shown in messages.
 pub fn parse(text: &str, origin: &str) -> Checked {
     let mut ctx = Ctx { text, file: origin, errors: Vec::new(), warnings: Vec::new() };
@@ -374,10 +367,10 @@ pub(super) fn warnings(
         }
     }
     for e in exec {
-        if let Some(sh) = SHELLS.iter().find(|s| exec_covers(&e.value, s)) {
+        if let Some(sh) = SHELLS.iter().find(|s| super::eval::exec_rule_covers(&e.value, s)) {
             ctx.warn(e, format!("allows the shell {sh}: a shell can run anything else the policy lets it read"));
         }
-        if let Some(ld) = LOADERS.iter().find(|s| exec_covers(&e.value, s)) {
+        if let Some(ld) = LOADERS.iter().find(|s| super::eval::exec_rule_covers(&e.value, s)) {
             ctx.warn(e, format!("allows the dynamic loader {ld}: ld.so runs any file it can read"));
         }
     }

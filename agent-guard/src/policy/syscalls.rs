@@ -18,6 +18,7 @@ pub const UNSEEN_SYSCALLS: &[&str] = &[
     "pivot_root",
     "move_mount",
     "open_tree",
+    "open_tree_attr",
     "fsopen",
     "fsmount",
     "fsconfig",
@@ -35,9 +36,53 @@ pub const UNSEEN_SYSCALLS: &[&str] = &[
 /// there as unseen: link and linkat (the path_link hook checks both names against the policy).
 pub const LSM_JUDGED_SYSCALLS: &[&str] = &["link", "linkat"];
 
+/// Of the [`UNSEEN_SYSCALLS`], those the Landlock layer of a launched run judges (a hard link
+/// needs Landlock's make-file right in the new name's directory, and its refer right on both
+/// sides when the directories differ): the launcher's seccomp filter lets them through when
+/// the layer handles writes and no `deny` or `read` rule lies inside a write tree (see
+/// `runs::seccomp`).
+pub const LANDLOCK_JUDGED_SYSCALLS: &[&str] = &["link", "linkat"];
+
+/// Of the [`UNSEEN_SYSCALLS`], those the seccomp filter of a launched run refuses with ENOSYS
+/// rather than EPERM: io_uring, whose users fall back to plain syscalls when it is missing.
+pub const ENOSYS_SYSCALLS: &[&str] = &["io_uring_setup", "io_uring_enter", "io_uring_register"];
+
+/// Syscalls the seccomp filter of a launched run never refuses with an errno, even when
+/// `[syscalls] deny` names them (the sys_enter check still kills them): `sendmsg`, which hands
+/// the filter's listener to `agent-guard run` after the filter is in place, and those after
+/// which a process cannot go on sensibly when refused (`exit`, `exit_group`, `rt_sigreturn`).
+pub const NEVER_ERRNO_SYSCALLS: &[&str] = &["sendmsg", "exit", "exit_group", "rt_sigreturn"];
+
+/// The highest x86_64 syscall number this build knows.
+pub fn last_syscall_number() -> u32 {
+    syscalls::x86_64::Sysno::last().id() as u32
+}
+
+/// Where a path syscall takes its path: (the index of its directory-descriptor argument, if
+/// any; the index of the path argument). For events: the path, never a raw pointer.
+pub fn path_argument(name: &str) -> Option<(Option<usize>, usize)> {
+    Some(match name {
+        "open" | "creat" | "stat" | "lstat" | "access" | "chmod" | "chown" | "lchown" | "truncate" | "unlink"
+        | "rmdir" | "mkdir" | "mknod" | "rename" | "link" | "readlink" | "utime" | "utimes" | "chdir" | "chroot"
+        | "execve" | "umount2" | "pivot_root" | "swapon" | "swapoff" | "acct" | "statfs" | "uselib" | "setxattr"
+        | "lsetxattr" | "getxattr" | "lgetxattr" | "listxattr" | "llistxattr" | "removexattr" | "lremovexattr" => {
+            (None, 0)
+        }
+        "symlink" | "mount" | "inotify_add_watch" => (None, 1),
+        "openat" | "openat2" | "newfstatat" | "statx" | "faccessat" | "faccessat2" | "fchmodat" | "fchmodat2"
+        | "fchownat" | "unlinkat" | "mkdirat" | "mknodat" | "renameat" | "renameat2" | "linkat" | "readlinkat"
+        | "utimensat" | "futimesat" | "execveat" | "open_tree" | "open_tree_attr" | "fspick" | "move_mount"
+        | "name_to_handle_at" | "setxattrat" | "getxattrat" | "listxattrat" | "removexattrat" | "file_getattr"
+        | "file_setattr" => (Some(0), 1),
+        "symlinkat" => (Some(1), 2),
+        "fanotify_mark" => (Some(3), 4),
+        _ => return None,
+    })
+}
+
 
 /// The x86_64 number of a syscall name.
-pub(super) fn syscall_number(name: &str) -> Option<u32> {
+pub fn syscall_number(name: &str) -> Option<u32> {
     syscalls::x86_64::Sysno::from_str(name).ok().and_then(|s| u32::try_from(s.id()).ok())
 }
 

@@ -62,17 +62,17 @@ fn the_documented_example_is_valid_and_warning_free() {
     assert_eq!(p.syscalls_deny[0], ("ptrace".to_string(), 101));
     assert_eq!(p.source, "p.toml");
     assert!(p.version.starts_with("sha256:") && p.version.len() == 7 + 64, "{}", p.version);
-    assert_eq!(p.file_access("/workspace/.env", Access::Read), denied("files.deny", Some("/workspace/.env")));
-    assert_eq!(p.file_access("/workspace/src/a.rs", Access::ReadWrite), FileVerdict::Allow);
-    assert_eq!(p.file_access("/etc/passwd", Access::Read), denied("files.read", None));
+    assert_eq!(p.decide_file("/workspace/.env", Access::Read), denied("files.deny", Some("/workspace/.env")));
+    assert_eq!(p.decide_file("/workspace/src/a.rs", Access::ReadWrite), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/etc/passwd", Access::Read), denied("files.read", None));
 }
 
 #[test]
 fn defaults_and_minimal_policy() {
     let p = ok("name = \"min\"");
     assert_eq!((p.mode, p.on_violation, p.raw_sockets), (Mode::Enforce, OnViolation::Deny, false));
-    assert_eq!(p.file_access("/", Access::Read), denied("files.read", None));
-    assert_eq!(p.file_access("/tmp/x", Access::Write), denied("files.write", None));
+    assert_eq!(p.decide_file("/", Access::Read), denied("files.read", None));
+    assert_eq!(p.decide_file("/tmp/x", Access::Write), denied("files.write", None));
     assert!(!p.exec_allowed("/bin/true"));
     assert!(!p.connect_allowed(IpAddr::V4(Ipv4Addr::LOCALHOST), 80));
 }
@@ -81,46 +81,46 @@ fn defaults_and_minimal_policy() {
 fn file_rules_match_on_directory_boundaries() {
     let p = files(&["/usr"], &[], &[]);
     for yes in ["/usr", "/usr/bin/x", "/usr/"] {
-        assert_eq!(p.file_access(yes, Access::Read), FileVerdict::Allow, "{yes}");
+        assert_eq!(p.decide_file(yes, Access::Read), FileVerdict::Allow, "{yes}");
     }
     for no in ["/usrx", "/usrx/bin", "/us", "/", "/lib/usr"] {
-        assert_eq!(p.file_access(no, Access::Read), denied("files.read", None), "{no}");
+        assert_eq!(p.decide_file(no, Access::Read), denied("files.read", None), "{no}");
     }
     // Trailing slashes are ignored in rules; "/" matches everything.
     let p = files(&["/usr/"], &[], &[]);
     assert_eq!(p.files_read, ["/usr"]);
-    assert_eq!(p.file_access("/usr/lib", Access::Read), FileVerdict::Allow);
-    assert_eq!(p.file_access("/usrx", Access::Read), denied("files.read", None));
+    assert_eq!(p.decide_file("/usr/lib", Access::Read), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/usrx", Access::Read), denied("files.read", None));
     let p = files(&["/"], &[], &[]);
-    assert_eq!(p.file_access("/anything/at/all", Access::Read), FileVerdict::Allow);
-    assert_eq!(p.file_access("/", Access::Read), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/anything/at/all", Access::Read), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/", Access::Read), FileVerdict::Allow);
 }
 
 #[test]
 fn longest_match_decides_and_deny_wins_ties() {
     // write implies read; a longer read rule makes a subtree read-only.
     let p = files(&["/w/ro"], &["/w"], &[]);
-    assert_eq!(p.file_access("/w/a", Access::Read), FileVerdict::Allow);
-    assert_eq!(p.file_access("/w/a", Access::ReadWrite), FileVerdict::Allow);
-    assert_eq!(p.file_access("/w/ro/a", Access::Read), FileVerdict::Allow);
-    assert_eq!(p.file_access("/w/ro/a", Access::Write), denied("files.write", Some("/w/ro")));
-    assert_eq!(p.file_access("/w/rox", Access::Write), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/w/a", Access::Read), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/w/a", Access::ReadWrite), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/w/ro/a", Access::Read), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/w/ro/a", Access::Write), denied("files.write", Some("/w/ro")));
+    assert_eq!(p.decide_file("/w/rox", Access::Write), FileVerdict::Allow);
 
     // Deny at the same prefix as an allow: deny wins.
     let p = files(&["/a"], &["/a"], &["/a"]);
-    assert_eq!(p.file_access("/a/b", Access::Read), denied("files.deny", Some("/a")));
+    assert_eq!(p.decide_file("/a/b", Access::Read), denied("files.deny", Some("/a")));
 
     // A longer allow inside a deny re-opens it; deny inside allow closes.
     let p = files(&["/", "/secret/public"], &[], &["/secret"]);
-    assert_eq!(p.file_access("/secret/key", Access::Read), denied("files.deny", Some("/secret")));
-    assert_eq!(p.file_access("/secret", Access::Read), denied("files.deny", Some("/secret")));
-    assert_eq!(p.file_access("/secret/public/x", Access::Read), FileVerdict::Allow);
-    assert_eq!(p.file_access("/secretx", Access::Read), FileVerdict::Allow);
-    assert_eq!(p.file_access("/etc", Access::Write), denied("files.write", Some("/")));
+    assert_eq!(p.decide_file("/secret/key", Access::Read), denied("files.deny", Some("/secret")));
+    assert_eq!(p.decide_file("/secret", Access::Read), denied("files.deny", Some("/secret")));
+    assert_eq!(p.decide_file("/secret/public/x", Access::Read), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/secretx", Access::Read), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/etc", Access::Write), denied("files.write", Some("/")));
 
     // read and write of the same path is fine: write wins over read.
     let p = files(&["/x"], &["/x"], &[]);
-    assert_eq!(p.file_access("/x/y", Access::Write), FileVerdict::Allow);
+    assert_eq!(p.decide_file("/x/y", Access::Write), FileVerdict::Allow);
 }
 
 #[test]
@@ -136,7 +136,7 @@ fn exec_exact_file_versus_directory() {
     assert!(!p.exec_allowed("/usr/local/binx/rg"));
     assert!(p.exec_allowed("/opt/tool/x"));
     // exec rules are not file rules.
-    assert_eq!(p.file_access("/usr/bin/git", Access::Read), denied("files.read", None));
+    assert_eq!(p.decide_file("/usr/bin/git", Access::Read), denied("files.read", None));
     let p = ok("name = \"t\"\n[exec]\nallow = [\"/\"]\n");
     assert!(p.exec_allowed("/x"));
 }

@@ -7,66 +7,43 @@
 //! run is `crate::respond`'s, as for `agent-guard freeze`.
 use std::{os::unix::fs::MetadataExt, path::Path};
 
-use agent_guard_common::{kind, GrantKey};
+use agent_guard_common::{GrantKey, Kind};
 
 use std::collections::HashMap;
 
-use crate::output::event::{Ancestor, Detail, Event};
+use crate::output::event::{Ancestor, Detail, Event, Target};
 use crate::runs::grant::Attempt;
 
 /// The access in a `hold` event, or None when the event is not one a responder can answer.
-/// `file_id`: the file as the kernel identified it (device, inode); without it the daemon
-/// asks /proc, whose device number can differ from the kernel's (btrfs, overlayfs).
-pub fn attempt(e: &Event, run_cgroup: u64, file_id: Option<[u8; 16]>) -> Option<Attempt> {
+/// The grant key is built from the kernel record's facts (`Event::facts`); a file the kernel
+/// did not identify is looked up in /proc, whose device number can differ from the kernel's
+/// (btrfs, overlayfs).
+pub fn attempt(e: &Event) -> Option<Attempt> {
     let (pid, tgid) = (e.pid?, e.tgid?);
-    let (kind_name, what, grant, happened) = match &e.detail {
-        Detail::Open { path, access, result, flags, .. } => {
-            let id = file_id.or_else(|| (*result >= 0).then(|| stat_id(&format!("/proc/{tgid}/fd/{result}"))).flatten());
-            let grant = id.map(|id| GrantKey { run: run_cgroup, kind: kind::OPEN, port: open_access(*flags), id });
-            ("open", format!("{path} ({access})"), grant, true)
+    let run = e.facts.run_cgroup;
+    let (what, grant, happened) = match (&e.detail, e.facts.target) {
+        (Detail::Open { path, access, result, .. }, Target::File { id, access: bits }) => {
+            let id = id.or_else(|| (*result >= 0).then(|| stat_id(&format!("/proc/{tgid}/fd/{result}"))).flatten());
+            let grant = id.map(|id| GrantKey { run, kind: Kind::Open.as_raw(), port: bits, id });
+            (format!("{path} ({access})"), grant, true)
         }
-        Detail::Exec { path, .. } => {
-            let grant = file_id.or_else(|| stat_id(&format!("/proc/{tgid}/exe"))).map(|id| GrantKey { run: run_cgroup, kind: kind::EXEC, port: 0, id });
-            ("exec", path.clone(), grant, true)
+        (Detail::Exec { path, .. }, Target::File { id, .. }) => {
+            let grant = id.or_else(|| stat_id(&format!("/proc/{tgid}/exe"))).map(|id| GrantKey { run, kind: Kind::Exec.as_raw(), port: 0, id });
+            (path.clone(), grant, true)
         }
-        Detail::Connect { addr, port, proto, .. } => {
-            let grant = match (addr.parse::<std::net::IpAddr>(), protocol_number(proto)) {
-                (Ok(ip), Some(p)) => Some(GrantKey { run: run_cgroup, kind: kind::CONNECT, port: *port as u32 | p << 16, id: mapped(ip) }),
-                _ => None,
-            };
-            (if e.kind == "sendmsg" { "sendmsg" } else { "connect" }, format!("{proto} {addr}:{port}"), grant, false)
+        (Detail::Connect { addr, port, proto, .. }, Target::Inet { ip, port: p, protocol }) => {
+            // UDP sends are approved with the connect key.
+            let grant = protocol.map(|proto| GrantKey {
+                run,
+                kind: Kind::Connect.as_raw(),
+                port: p as u32 | proto << 16,
+                id: Target::key_addr(ip),
+            });
+            (format!("{proto} {addr}:{port}"), grant, false)
         }
         _ => return None,
     };
-    Some(Attempt { kind: kind_name.to_string(), what, rule: e.rule.clone(), pid, tgid, comm: e.comm.clone(), grant, happened })
-}
-
-/// The access bits the kernel programs key an open's grant with (1 read, 2 write), from the
-/// open flags as they judge them: O_CREAT and O_TRUNC are writes.
-fn open_access(flags: u32) -> u32 {
-    let acc = flags & libc::O_ACCMODE as u32;
-    let write = acc != 0 || flags & (libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
-    let read = acc != libc::O_WRONLY as u32;
-    read as u32 | (write as u32) << 1
-}
-
-/// The IP protocol number of an event's `proto`.
-fn protocol_number(proto: &str) -> Option<u32> {
-    Some(match proto {
-        "tcp" => libc::IPPROTO_TCP as u32,
-        "udp" => libc::IPPROTO_UDP as u32,
-        "udplite" => libc::IPPROTO_UDPLITE as u32,
-        "mptcp" => libc::IPPROTO_MPTCP as u32,
-        _ => return None,
-    })
-}
-
-/// IPv6 bytes, IPv4 as IPv4-mapped (as the kernel programs key addresses).
-fn mapped(ip: std::net::IpAddr) -> [u8; 16] {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    }
+    Some(Attempt { kind: e.kind, what, rule: e.rule, pid, tgid, comm: e.comm.clone(), grant, happened })
 }
 
 /// A file's identity as the kernel programs compute it: the kernel's dev_t (major << 20 |
@@ -148,19 +125,9 @@ mod tests {
 
     #[test]
     fn addresses_are_keyed_like_the_kernel_keys_them() {
-        let v4 = mapped("10.1.2.3".parse().unwrap());
+        let v4 = Target::key_addr("10.1.2.3".parse().unwrap());
         assert_eq!(v4, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]);
-        assert_eq!(mapped("::1".parse().unwrap())[15], 1);
-    }
-
-    #[test]
-    fn open_access_is_judged_like_the_kernel_judges_it() {
-        assert_eq!(open_access(libc::O_RDONLY as u32), 1);
-        assert_eq!(open_access(libc::O_WRONLY as u32), 2);
-        assert_eq!(open_access(libc::O_RDWR as u32), 3);
-        assert_eq!(open_access((libc::O_RDONLY | libc::O_TRUNC) as u32), 3);
-        assert_eq!(protocol_number("tcp"), Some(6));
-        assert_eq!(protocol_number("raw"), None);
+        assert_eq!(Target::key_addr("::1".parse().unwrap())[15], 1);
     }
 
     #[test]

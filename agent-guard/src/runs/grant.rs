@@ -2,17 +2,17 @@
 //! key a responder approves, and what a person reads of it) and the hold of a run.
 use std::time::Instant;
 
-use agent_guard_common::GrantKey;
+use agent_guard_common::{GrantKey, Kind, Rule};
 use serde::{Deserialize, Serialize};
 
 /// One held access.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
     /// open | exec | connect | sendmsg
-    pub kind: String,
+    pub kind: Kind,
     /// What was attempted, as a person reads it: a path with its access, or addr:port.
     pub what: String,
-    pub rule: Option<String>,
+    pub rule: Option<Rule>,
     pub pid: u32,
     pub tgid: u32,
     pub comm: Option<String>,
@@ -65,10 +65,10 @@ impl Hold {
             .attempts
             .iter()
             .map(|a| {
-                format!("{} {} by pid {} ({}), rule {}", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?"), a.rule.as_deref().unwrap_or("-"))
+                format!("{} {} by pid {} ({}), rule {}", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?"), a.rule.map_or("-", Rule::name))
             })
             .collect();
-        format!("{}; held {} s", what.join("; "), self.since.elapsed().as_secs())
+        crate::output::text::printable(&format!("{}; held {} s", what.join("; "), self.since.elapsed().as_secs())).into_owned()
     }
 }
 

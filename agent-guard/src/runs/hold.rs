@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use crate::daemon::core::{RunInfo, Shared};
 pub(crate) use crate::runs::grant::Hold;
-use crate::{output::event::{self, Detail, Event}, runs::respond::{self, Action}};
+use crate::{output::event::{self, Detail, Event, Kind, Verdict}, runs::respond::{self, Action}};
 
 /// What a run leaves behind in the kernel when it ends: its grants.
 pub(crate) fn forget_run(shared: &Shared, run_cgroup: u64) {
@@ -21,8 +21,9 @@ pub(crate) fn forget_run(shared: &Shared, run_cgroup: u64) {
 
 /// A `hold` verdict from the kernel: the process is stopped (SIGSTOP); freeze its whole run,
 /// record the evidence and wait for an answer (or the timeout).
-pub(crate) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8; 16]>, e: Event) {
-    let Some(attempt) = crate::runs::evidence::attempt(&e, run_cgroup, file_id) else { return };
+pub(crate) fn on_hold(shared: &Arc<Shared>, e: Event) {
+    let run_cgroup = e.facts.run_cgroup;
+    let Some(attempt) = crate::runs::evidence::attempt(&e) else { return };
     let (info, new_hold) = {
         let mut runs_own = shared.own();
         let runs = &mut runs_own.runs;
@@ -63,9 +64,9 @@ pub(crate) fn on_hold(shared: &Arc<Shared>, run_cgroup: u64, file_id: Option<[u8
                 h.ready = true;
             }
         }
-        let mut ev = shared.base_event("hold", Some(&info));
-        ev.verdict = "hold";
-        ev.rule = attempt.rule.clone();
+        let mut ev = shared.base_event(Kind::Hold, Some(&info));
+        ev.verdict = Verdict::Hold;
+        ev.rule = attempt.rule;
         ev.pid = Some(attempt.pid);
         ev.tgid = Some(attempt.tgid);
         ev.comm = attempt.comm.clone();
@@ -209,8 +210,8 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
         Answer::Deny { .. } => ("denied", None),
         Answer::Timeout => ("timeout", None),
     };
-    let mut ev = shared.base_event("hold", Some(&info));
-    ev.verdict = if state == "approved" { "allow" } else { "deny" };
+    let mut ev = shared.base_event(Kind::Hold, Some(&info));
+    ev.verdict = if matches!(how, Answer::Approve { .. }) { Verdict::Allow } else { Verdict::Deny };
     ev.detail = Detail::Hold {
         hold: state,
         attempts: hold.attempts.clone(),
@@ -224,10 +225,11 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
     };
     info!("run {} hold {state}{}", info.id, if notes.is_empty() { String::new() } else { format!(": {}", notes.join("; ")) });
     shared.emit(ev);
-    let what: Vec<String> = hold.attempts.iter().map(|a| format!("{} {}", a.kind, a.what)).collect();
+    let what: Vec<String> =
+        hold.attempts.iter().map(|a| crate::output::text::printable(&format!("{} {}", a.kind, a.what)).into_owned()).collect();
     let mut text = format!("run {} {state} after {} ms: {}", info.id, hold.since.elapsed().as_millis(), what.join("; "));
     for n in notes {
-        text.push_str(&format!("\n  {n}"));
+        text.push_str(&format!("\n  {}", crate::output::text::printable(&n)));
     }
     Ok(text)
 }

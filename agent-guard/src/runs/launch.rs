@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{runs::cgroup, config::Config, control, runs::landlock};
+use crate::{runs::cgroup, config::Config, control, runs::landlock, runs::seccomp};
 
 /// Exit status when agent-guard itself fails before the command runs (as env(1) and
 /// docker do: 125 for our own errors, 126 not executable, 127 not found).
@@ -65,8 +65,9 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
     let pong = control::call(&cfg.control_socket, control::Request::Ping)?;
     let root = PathBuf::from(pong.cgroup_root.context("daemon did not report its cgroup root")?);
     let (id, dir) = create_run_cgroup(&root)?;
-    let registered = control::call(
-        &cfg.control_socket,
+    // Registered on a connection of its own: the run's seccomp refusals are reported on it.
+    let mut client = control::Client::new(&cfg.control_socket);
+    let registered = client.call(
         control::Request::Register {
             run: id.clone(),
             name: args.name.clone(),
@@ -83,29 +84,91 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
             return Err(e.into());
         }
     };
-    // Built before the fork: opening the policy's paths is not async-signal-safe.
-    let origin = registered.policy.as_ref().map_or_else(|| "policy".to_string(), |p| p.source.clone());
-    let layer = if cfg.landlock { landlock::prepare(registered.text.as_deref(), &origin) } else { Default::default() };
+    // Built before the fork, from the plan the daemon made of the policy: opening the
+    // policy's paths is not async-signal-safe.
+    let layer = if cfg.landlock { landlock::prepare(registered.landlock.as_ref()) } else { Default::default() };
     for w in &layer.warnings {
         eprintln!("agent-guard: {w}");
     }
-    if let Some(coverage) = layer.coverage.clone() {
-        // The daemon names the layer in events and in `status`; without it the layer still
-        // applies, only events of operations it refuses say less.
-        if let Err(e) = control::call(&cfg.control_socket, control::Request::Landlock { run: id.clone(), coverage }) {
+    if let Some(coverage) = &layer.coverage {
+        // The daemon names the layer in events and in `status` (what it covers follows from
+        // its plan and the ABI); without it the layer still applies, only events of
+        // operations it refuses say less.
+        let applied = control::Request::Landlock { run: id.clone(), abi: coverage.abi };
+        if let Err(e) = control::call(&cfg.control_socket, applied) {
             eprintln!("agent-guard: telling the daemon about the run's Landlock layer: {e}");
         }
     }
-    let status = spawn_in(&dir, &args.argv, layer.layer);
+    let landlock_writes = layer.coverage.as_ref().is_some_and(|c| c.files_write);
+    let (notifier, filter) = seccomp_for(cfg, registered.seccomp.as_ref(), landlock_writes, client, &id);
+    let status = spawn_in(&dir, &args.argv, layer.layer, filter);
     // The run is over when its command is: whatever it left behind goes with the cgroup.
     if let Err(e) = cgroup::kill_and_remove(&dir, Duration::from_secs(10)) {
         eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
     }
+    // Every refusal reported before the run ends.
+    if let Some(n) = notifier {
+        n.finish();
+    }
     let exit_status = status.as_ref().ok().copied();
-    if let Err(e) = control::call(&cfg.control_socket, control::Request::End { run: id, exit_status }) {
-        eprintln!("agent-guard: telling the daemon the run ended: {e}");
+    match control::call(&cfg.control_socket, control::Request::End { run: id.clone(), exit_status }) {
+        Ok(r) => {
+            if let Some(v) = r.violations.filter(|v| v.total > 0) {
+                eprintln!("{}", v.line(&id));
+            }
+        }
+        Err(e) => eprintln!("agent-guard: telling the daemon the run ended: {e}"),
     }
     status
+}
+
+/// The run's seccomp filter (see `runs::seccomp`), if its policy gets one: the thread that
+/// answers and reports its refusals on `client` (the connection that registered the run), and
+/// the child's side. If that cannot start, the run goes on without the filter (the eBPF layer
+/// kills what it would refuse).
+fn seccomp_for(
+    cfg: &Config,
+    plan: Option<&seccomp::SeccompPlan>,
+    landlock_writes: bool,
+    mut client: control::Client,
+    run: &str,
+) -> (Option<seccomp::Notifier>, Option<seccomp::ChildSide>) {
+    if !cfg.seccomp {
+        return (None, None);
+    }
+    let Some(plan) = plan else { return (None, None) };
+    let prepared = plan.filter(landlock_writes);
+    for w in &prepared.warnings {
+        eprintln!("agent-guard: warning: {w}");
+    }
+    let Some(filter) = prepared.filter else { return (None, None) };
+    if let Err(e) = client.call(control::Request::Seccomp { run: run.to_string() }) {
+        // Without the mark the sys_enter check kills link/linkat, which the filter lets
+        // through to the Landlock layer; everything else works as it should.
+        eprintln!("agent-guard: telling the daemon about the run's seccomp filter: {e}");
+    }
+    let run = run.to_string();
+    let (mut gone, mut warned) = (false, false);
+    let report = move |refusal| {
+        if gone {
+            return;
+        }
+        if let Err(e) = client.call(control::Request::SeccompRefusal { run: run.clone(), refusal }) {
+            // Once the daemon is gone (or this connection is), later refusals are not reported:
+            // a hung daemon must not hold up the run's answers.
+            gone = !matches!(e, control::ClientError::Refused(_));
+            if !std::mem::replace(&mut warned, true) {
+                eprintln!("agent-guard: reporting a syscall the seccomp filter refused: {e} (the process got its errno)");
+            }
+        }
+    };
+    match seccomp::Notifier::start(filter, report) {
+        Ok((n, child)) => (Some(n), Some(child)),
+        Err(e) => {
+            eprintln!("agent-guard: warning: cannot start the seccomp listener: {e}: no seccomp filter; the eBPF layer kills what it would refuse");
+            (None, None)
+        }
+    }
 }
 
 fn create_run_cgroup(root: &Path) -> Result<(String, PathBuf)> {
@@ -123,9 +186,9 @@ fn create_run_cgroup(root: &Path) -> Result<(String, PathBuf)> {
 
 /// Starts argv with the child moving itself into `dir` between fork and exec, so the command
 /// is inside the run from its first instruction, then (after that move, which is itself a file
-/// write) restricting itself with the Landlock `layer`, if any. Returns the shell-style exit
-/// status.
-fn spawn_in(dir: &Path, argv: &[String], layer: Option<landlock::Layer>) -> Result<i32> {
+/// write) restricting itself with the Landlock `layer`, if any, and last installing the
+/// seccomp `filter`, if any. Returns the shell-style exit status.
+fn spawn_in(dir: &Path, argv: &[String], layer: Option<landlock::Layer>, filter: Option<seccomp::ChildSide>) -> Result<i32> {
     let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
         .context("cgroup path contains NUL")?;
     let mut cmd = Command::new(&argv[0]);
@@ -152,10 +215,21 @@ fn spawn_in(dir: &Path, argv: &[String], layer: Option<landlock::Layer>) -> Resu
                     return Err(e);
                 }
             }
+            if let Some(filter) = &filter {
+                // Last: from here on every syscall of the child passes the filter.
+                if let Err(e) = filter.install() {
+                    let msg = b"agent-guard: installing the seccomp filter failed\n";
+                    libc::write(2, msg.as_ptr().cast(), msg.len());
+                    return Err(e);
+                }
+            }
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // Our copy of the child's end of the seccomp socket goes with the command.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             eprintln!("agent-guard: cannot run {}: {e}", argv[0]);

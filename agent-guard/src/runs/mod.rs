@@ -6,5 +6,6 @@ pub mod hold;
 pub mod landlock;
 pub mod launch;
 pub mod respond;
+pub mod seccomp;
 pub mod evidence;
 pub mod grant;

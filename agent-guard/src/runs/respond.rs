@@ -90,6 +90,15 @@ impl Action {
         }
     }
 
+    /// The kind of the event that reports it.
+    pub fn kind(self) -> agent_guard_common::Kind {
+        match self {
+            Action::Freeze => agent_guard_common::Kind::Freeze,
+            Action::Thaw => agent_guard_common::Kind::Thaw,
+            Action::Kill => agent_guard_common::Kind::Kill,
+        }
+    }
+
     pub fn past(self) -> &'static str {
         match self {
             Action::Freeze => "froze",

@@ -3,7 +3,8 @@
 //! EPERM from SIGKILL from success.
 //!
 //! Output: `ok ...` on success (exit 0) or `err ERRNO` (exit 1). A process the kernel kills
-//! prints nothing after the operation.
+//! prints nothing after the operation. `agprobe and-go-on OP ARGS...` prints OP's line, then
+//! `went on`, and exits 0 either way: the process lived through OP's answer.
 use std::{
     ffi::CString,
     io::{Read, Write},
@@ -22,6 +23,7 @@ fn fail(e: std::io::Error) -> ExitCode {
         Some(libc::EACCES) => "EACCES".to_string(),
         Some(libc::ENOENT) => "ENOENT".to_string(),
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".to_string(),
+        Some(libc::ENOSYS) => "ENOSYS".to_string(),
         Some(n) => format!("errno{n}"),
         None => e.to_string(),
     };
@@ -48,7 +50,11 @@ fn read_fd(fd: i32) -> String {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let go_on = args.first().is_some_and(|a| a == "and-go-on");
+    if go_on {
+        args.remove(0);
+    }
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let r: Result<String, std::io::Error> = (|| match a(0) {
         "read" => open(libc::AT_FDCWD, a(1), libc::O_RDONLY).map(|fd| format!("ok {}", read_fd(fd).trim_end())),
@@ -334,19 +340,71 @@ fn main() -> ExitCode {
             let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
             UdpSocket::bind(addr).and_then(|s| s.local_addr()).map(|l| format!("ok bound {l}"))
         }
+        // utimensat(AT_FDCWD, PATH, {2000-01-01, 2000-01-01}, 0).
+        "utimensat" => {
+            let t = libc::timespec { tv_sec: 946_684_800, tv_nsec: 0 };
+            let times = [t, t];
+            // SAFETY: valid C string and two timespecs.
+            let r = unsafe { libc::utimensat(libc::AT_FDCWD, c(a(1)).as_ptr(), times.as_ptr(), 0) };
+            if r < 0 { Err(errno()) } else { Ok("ok touched".into()) }
+        }
+        // mknod PATH char|block|fifo (a device node as 1:3, /dev/null's numbers).
+        "mknod" => {
+            let kind = match a(2) {
+                "char" => libc::S_IFCHR,
+                "block" => libc::S_IFBLK,
+                _ => libc::S_IFIFO,
+            };
+            // SAFETY: valid C string.
+            let r = unsafe { libc::mknodat(libc::AT_FDCWD, c(a(1)).as_ptr(), kind | 0o600, libc::makedev(1, 3)) };
+            if r < 0 { Err(errno()) } else { Ok("ok made".into()) }
+        }
+        // clone(2) with CLONE_NEWNS: a child in a new mount namespace, which exits at once.
+        "clone-ns" => {
+            // SAFETY: a fork-like clone (no CLONE_VM); the child only calls _exit.
+            let pid = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWNS | libc::SIGCHLD) as u64, 0u64, 0u64, 0u64, 0u64) };
+            if pid == 0 {
+                // SAFETY: leaving the child at once.
+                unsafe { libc::_exit(0) };
+            }
+            if pid < 0 {
+                return Err(errno());
+            }
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            Ok("ok cloned".into())
+        }
+        // getpid through the 32-bit entry (int 0x80, i386 number 20).
+        "int80-getpid" => {
+            let mut ret: i64 = 20;
+            // SAFETY: int 0x80 with eax = 20 (getpid) reads and writes no memory.
+            unsafe { std::arch::asm!("int 0x80", inout("rax") ret, out("r8") _, out("r9") _, out("r10") _, out("r11") _) };
+            if ret < 0 { Err(std::io::Error::from_raw_os_error(-ret as i32)) } else { Ok(format!("ok pid {ret}")) }
+        }
+        // getpid with the x32 syscall bit (0x40000000 | 39).
+        "x32-getpid" => {
+            // SAFETY: a syscall without pointer arguments.
+            let r = unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) };
+            if r < 0 { Err(errno()) } else { Ok(format!("ok pid {r}")) }
+        }
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs_f64(a(1).parse().unwrap_or(1.0)));
             Ok("ok slept".into())
         }
         other => Err(std::io::Error::other(format!("unknown probe {other:?}"))),
     })();
-    match r {
+    let code = match r {
         Ok(s) => {
             println!("{s}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    };
+    if go_on {
+        println!("went on");
+        return ExitCode::SUCCESS;
     }
+    code
 }
 
 /// Sends RTM_GETLINK (dump) on a NETLINK_ROUTE socket and counts RTM_NEWLINK answers.

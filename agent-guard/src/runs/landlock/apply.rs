@@ -12,8 +12,6 @@ use landlock::{
     RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetError, RulesetStatus,
 };
 
-use crate::policy::{self, Mode, Policy};
-
 /// What the layer says when it cannot refuse something up front.
 use super::*;
 
@@ -47,33 +45,16 @@ impl Layer {
 #[derive(Debug, Default)]
 pub struct Prepared {
     pub layer: Option<Layer>,
-    /// Set exactly when there is a layer.
+    /// Set exactly when there is a layer (`run` tells the daemon its ABI).
     pub coverage: Option<Coverage>,
     pub warnings: Vec<String>,
 }
 
-/// The layer for a run whose bound policy file is `text` (as the daemon returned it), if any.
-/// Never fails: whatever goes wrong becomes a warning and the run goes on without the layer.
-pub fn prepare(text: Option<&str>, origin: &str) -> Prepared {
-    let Some(text) = text else { return Prepared::default() };
-    let checked = policy::parse(text, origin);
-    let Some(policy) = checked.policy else {
-        let why = checked.errors.first().map_or_else(|| "no policy".to_string(), |e| e.message.clone());
-        return Prepared {
-            warnings: vec![format!(
-                "warning: the run's policy text does not parse ({why}): no Landlock layer; {FALLBACK}"
-            )],
-            ..Prepared::default()
-        };
-    };
-    for_policy(&policy)
-}
-
-/// The layer for `policy` on this host: none in monitor mode.
-pub fn for_policy(policy: &Policy) -> Prepared {
-    if policy.mode != Mode::Enforce {
-        return Prepared::default();
-    }
+/// The layer of a run whose policy's plan (from the daemon's `register` response) is `plan`,
+/// if any: on this host's Landlock ABI, with this host's loaders. Never fails: whatever goes
+/// wrong becomes a warning and the run goes on without the layer.
+pub fn prepare(plan: Option<&Plan>) -> Prepared {
+    let Some(plan) = plan else { return Prepared::default() };
     let abi = host_abi();
     if abi == 0 {
         return Prepared {
@@ -81,7 +62,7 @@ pub fn for_policy(policy: &Policy) -> Prepared {
             ..Prepared::default()
         };
     }
-    let plan = plan(policy, abi, &loaders(policy));
+    let plan = plan.on_host(abi, &loaders(plan));
     let mut warnings = Vec::new();
     let built = match build(&plan) {
         Ok(b) => b,
@@ -127,7 +108,7 @@ struct Built {
     missing: Vec<String>,
 }
 
-fn build(plan: &Plan) -> anyhow::Result<Built> {
+fn build(plan: &HostPlan) -> anyhow::Result<Built> {
     let mut attr = Ruleset::default().handle_access(plan.fs)?;
     if plan.ports.is_some() {
         attr = attr.handle_access(AccessNet::ConnectTcp)?;

@@ -2,7 +2,7 @@
 //! programs only as a failure; the daemon names the rule with the policy in force.
 
 
-use crate::{output::event::{Detail, Event}, policy::{self, Mode, Policy}};
+use crate::{output::event::{Detail, Event, Kind, Rule, Verdict}, policy::{self, Mode, Policy}};
 
 /// What the layer says when it cannot refuse something up front.
 use super::*;
@@ -10,8 +10,8 @@ use super::*;
 
 /// The layer named by an event from a kernel record before [`attribute`] looks closer:
 /// "ebpf" for the kinds the eBPF programs judge, None for the others (exit, the daemon's own).
-pub fn kernel_layer(kind: &str) -> Option<&'static str> {
-    matches!(kind, "exec" | "open" | "connect" | "sendmsg" | "socket" | "syscall" | "bind").then_some("ebpf")
+pub fn kernel_layer(kind: Kind) -> Option<&'static str> {
+    (kind.is_kernel() && kind != Kind::Exit).then_some("ebpf")
 }
 
 /// Whether `e` may be an operation the run's Landlock layer refused (the eBPF programs saw
@@ -23,12 +23,12 @@ pub fn maybe_refused(e: &Event, cov: &Coverage) -> bool {
         Detail::Open { result, path_resolved: false, path, flags, .. } => {
             let (read, write) = open_access(*flags);
             *result == -libc::EACCES
-                && e.verdict == "allow"
+                && e.verdict == Verdict::Allow
                 && path.starts_with('/')
                 && ((read && cov.files_read) || (write && cov.files_write))
         }
         Detail::Connect { result, proto, .. } => {
-            *result == -libc::EACCES && e.kind == "connect" && e.verdict == "deny" && *proto == "tcp" && cov.tcp_connect
+            *result == -libc::EACCES && e.kind == Kind::Connect && e.verdict == Verdict::Deny && *proto == "tcp" && cov.tcp_connect
         }
         _ => false,
     }
@@ -50,7 +50,7 @@ pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
             let (read, write) = open_access(*flags);
             let denial = |path: &str| {
                 let checks = [(write && cov.files_write, policy::Access::Write), (read && cov.files_read, policy::Access::Read)];
-                checks.into_iter().filter(|(handled, _)| *handled).find_map(|(_, access)| match p.file_access(path, access) {
+                checks.into_iter().filter(|(handled, _)| *handled).find_map(|(_, access)| match p.decide_file(path, access) {
                     policy::FileVerdict::Deny { rule, .. } => Some(rule),
                     policy::FileVerdict::Allow => None,
                 })
@@ -64,9 +64,10 @@ pub fn attribute(e: &mut Event, cov: &Coverage, policy: Option<&Policy>) {
                 let canonical = (!lexical.starts_with("/proc/")).then(|| std::fs::canonicalize(&lexical).ok()).flatten()?;
                 denial(canonical.to_str()?)
             });
-            if let Some(rule) = rule {
-                e.verdict = "deny";
-                e.rule = Some(rule.to_string());
+            // The policy names its file rules as events do.
+            if let Some(rule) = rule.and_then(Rule::from_name) {
+                e.verdict = Verdict::Deny;
+                e.rule = Some(rule);
                 e.layer = Some("landlock");
             }
         }

@@ -6,7 +6,7 @@
 //! the policy is judged at syscall exit and the process is killed there, an exec at
 //! `sched_process_exec`. Landlock refuses the same operations with `EACCES` *before* they
 //! happen, and the process goes on. For an `enforce` policy, `run` puts the command under a
-//! ruleset compiled from the same policy ([`plan`]):
+//! ruleset compiled from the same policy ([`Plan::for_policy`]):
 //!
 //! - **Writes** (every `on_violation`): write, truncate, create, remove, rename and link
 //!   rights ([`write_access`]), granted beneath each `[files] write` path. Refused before
@@ -45,12 +45,16 @@
 //!   target; a rule that is a regular file grants that file only.
 //! - **Already-open descriptors** (e.g. stdout redirected by the shell) are not checked again.
 //!
-//! The ruleset is built in `run` before the fork (opening the path descriptors is not
-//! async-signal-safe) and applied by the child between its move into the run cgroup (itself a
-//! file write) and `exec`, with the bare `landlock_restrict_self` syscall ([`Layer::apply`]).
-//! The ruleset descriptor is close-on-exec: the command never sees it. `run` reports the
-//! layer's [`Coverage`] to the daemon, which shows it in `status` and `ps --json` and uses it
-//! to say in events which layer refused an operation.
+//! The daemon makes the [`Plan`] from the policy it loaded and hands it to `run` in its
+//! `register` response; `run` parses no policy. It masks the plan with the host's Landlock
+//! ABI and grants the dynamic loaders ([`Plan::on_host`]: both depend on the launching host),
+//! builds the ruleset before the fork (opening the path descriptors is not async-signal-safe)
+//! and the child applies it between its move into the run cgroup (itself a file write) and
+//! `exec`, with the bare `landlock_restrict_self` syscall ([`Layer::apply`]). The ruleset
+//! descriptor is close-on-exec: the command never sees it. `run` tells the daemon the ABI the
+//! layer was applied with; the daemon derives the layer's [`Coverage`] from its plan
+//! ([`Plan::coverage`]), shows it in `status` and `ps --json` and uses it to say in events
+//! which layer refused an operation.
 //!
 //! Where Landlock is unavailable, or the kernel's ABI lacks some rights, `run` prints one
 //! warning and goes on: the eBPF layer still enforces, after the fact.
@@ -68,7 +72,7 @@ use landlock::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{self, OnViolation, Policy};
+use crate::policy::{self, Mode, OnViolation, Policy};
 
 /// What the layer says when it cannot refuse something up front.
 mod apply;
@@ -157,9 +161,41 @@ impl Coverage {
     }
 }
 
-/// What the layer for a policy is made of, before any path is opened.
-#[derive(Debug, Clone, PartialEq)]
+/// The layer for an enforce-mode policy, as the daemon hands it to `run` on `register`: what
+/// it handles and grants, before the launching host's Landlock ABI masks it. Rights are the
+/// kernel's `LANDLOCK_ACCESS_FS_*` bits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
+    /// Reads, execs and connects are refused only with `on_violation = "deny"`.
+    pub on_violation: OnViolation,
+    /// Handled filesystem rights.
+    pub fs: BitFlags<AccessFs>,
+    /// Path -> rights granted beneath it (masked to file rights for a non-directory).
+    pub grants: BTreeMap<String, BitFlags<AccessFs>>,
+    /// The exact `[exec] allow` files: `run` grants their `PT_INTERP` what an exec needs.
+    pub exec_files: Vec<String>,
+    pub tcp: TcpPlan,
+    /// `[network] unix` lists an `@name`: Landlock's scope would refuse every abstract socket
+    /// outside the run, so the eBPF layer judges abstract sockets alone.
+    #[serde(default)]
+    pub abstract_unix_allowed: bool,
+}
+
+/// What the layer does with TCP connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpPlan {
+    /// Left to the eBPF layer (`on_violation` is not "deny").
+    Ebpf,
+    /// Handled (Landlock ABI >= 4), with these ports allowed.
+    Ports(Vec<u16>),
+    /// The policy allows this many ports, more than [`PORTS_MAX`]: left to the cgroup programs.
+    TooMany(usize),
+}
+
+/// A [`Plan`] on a kernel with Landlock ABI `abi`, with the loaders granted: what `run` builds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostPlan {
     /// Handled filesystem rights.
     pub fs: BitFlags<AccessFs>,
     /// Path -> rights granted beneath it (masked to file rights for a non-directory).
@@ -170,87 +206,118 @@ pub struct Plan {
     pub coverage: Coverage,
 }
 
-/// The layer for an enforce-mode `policy` on a kernel with Landlock ABI `abi` (> 0);
-/// `loaders` are granted what an exec needs.
-pub fn plan(policy: &Policy, abi: u32, loaders: &[String]) -> Plan {
-    let kabi = ABI::from(abi as i32);
-    // Reads, execs and connects only where a refusal is what the policy asks for.
-    let refuse_all = policy.on_violation == OnViolation::Deny;
-    let wanted = if refuse_all { write_access() | read_access() } else { write_access() };
-    let fs = wanted & AccessFs::from_all(kabi);
-    let mut grants: BTreeMap<String, BitFlags<AccessFs>> = BTreeMap::new();
-    let mut grant = |p: &str, rights: BitFlags<AccessFs>| {
-        let rights = rights & fs;
-        if !rights.is_empty() {
-            *grants.entry(p.to_string()).or_insert_with(BitFlags::empty) |= rights;
+impl Plan {
+    /// The layer for `policy`: none in monitor mode.
+    pub fn for_policy(policy: &Policy) -> Option<Plan> {
+        if policy.mode != Mode::Enforce {
+            return None;
         }
-    };
-    // A deny rule at exactly an allowed path wins there: that path is not granted (rules
-    // deeper inside it still are).
-    let denied = |p: &String| policy.files_deny.contains(p);
-    for r in policy.files_read.iter().filter(|r| !denied(r)) {
-        grant(r, read_access());
-    }
-    for w in policy.files_write.iter().filter(|w| !denied(w)) {
-        grant(w, write_access() | read_access());
-    }
-    for e in &policy.exec_allow {
-        let p = e.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(e);
-        grant(p, exec_access());
-    }
-    for l in loaders {
-        grant(l, exec_access());
-    }
-    let mut ebpf_only = Vec::new();
-    if !refuse_all {
-        ebpf_only.push(format!(
-            "read, exec, tcp-connect: on_violation = \"{}\" (the eBPF layer must see them to {})",
-            policy.on_violation,
-            if policy.on_violation == OnViolation::Kill { "kill" } else { "hold the run" }
-        ));
-    }
-    if fs.contains(AccessFs::WriteFile) && !fs.contains(AccessFs::Truncate | AccessFs::Refer) {
-        ebpf_only.push(format!("truncate and cross-directory rename/link: Landlock ABI {abi} (ABI 3 has them)"));
-    }
-    let ports = match (refuse_all, abi >= 4) {
-        (false, _) => None,
-        (true, false) => {
-            ebpf_only.push(format!("tcp-connect: Landlock ABI {abi} has no network rules (ABI 4); the cgroup programs refuse with EPERM"));
-            None
+        // Reads, execs and connects only where a refusal is what the policy asks for.
+        let refuse_all = policy.on_violation == OnViolation::Deny;
+        let fs = if refuse_all { write_access() | read_access() } else { write_access() };
+        let mut grants: BTreeMap<String, BitFlags<AccessFs>> = BTreeMap::new();
+        let mut grant = |p: &str, rights: BitFlags<AccessFs>| {
+            let rights = rights & fs;
+            if !rights.is_empty() {
+                *grants.entry(p.to_string()).or_insert_with(BitFlags::empty) |= rights;
+            }
+        };
+        // A deny rule at exactly an allowed path wins there: that path is not granted (rules
+        // deeper inside it still are).
+        let denied = |p: &String| policy.files_deny.contains(p);
+        for r in policy.files_read.iter().filter(|r| !denied(r)) {
+            grant(r, read_access());
         }
-        (true, true) => {
-            match connect_ports(&policy.network_connect) {
-                Ok(ports) => Some(ports),
-                Err(count) => {
-                    ebpf_only.push(format!(
-                        "tcp-connect: the policy allows {count} ports (Landlock lists ports one by one; at most {PORTS_MAX}); \
-                         the cgroup programs refuse with EPERM"
-                    ));
-                    None
-                }
+        for w in policy.files_write.iter().filter(|w| !denied(w)) {
+            grant(w, write_access() | read_access());
+        }
+        for e in &policy.exec_allow {
+            let p = e.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(e);
+            grant(p, exec_access());
+        }
+        let exec_files = policy.exec_allow.iter().filter(|e| !e.ends_with('/')).cloned().collect();
+        let tcp = match (refuse_all, connect_ports(&policy.network_connect)) {
+            (false, _) => TcpPlan::Ebpf,
+            (true, Ok(ports)) => TcpPlan::Ports(ports),
+            (true, Err(count)) => TcpPlan::TooMany(count),
+        };
+        let abstract_unix_allowed = policy.network_unix.iter().any(|u| u.starts_with('@'));
+        Some(Plan { on_violation: policy.on_violation, fs, grants, exec_files, tcp, abstract_unix_allowed })
+    }
+
+    /// What the layer refuses on a kernel with Landlock ABI `abi` (> 0), and what it leaves
+    /// to the eBPF layer: the daemon's record of a run's layer, from the ABI `run` got.
+    pub fn coverage(&self, abi: u32) -> Coverage {
+        let kabi = ABI::from(abi as i32);
+        let fs = self.fs & AccessFs::from_all(kabi);
+        let mut ebpf_only = Vec::new();
+        if self.on_violation != OnViolation::Deny {
+            ebpf_only.push(format!(
+                "read, exec, tcp-connect: on_violation = \"{}\" (the eBPF layer must see them to {})",
+                self.on_violation,
+                if self.on_violation == OnViolation::Kill { "kill" } else { "hold the run" }
+            ));
+        }
+        if fs.contains(AccessFs::WriteFile) && !fs.contains(AccessFs::Truncate | AccessFs::Refer) {
+            ebpf_only.push(format!("truncate and cross-directory rename/link: Landlock ABI {abi} (ABI 3 has them)"));
+        }
+        let tcp_connect = match &self.tcp {
+            TcpPlan::Ebpf => false,
+            _ if abi < 4 => {
+                ebpf_only.push(format!("tcp-connect: Landlock ABI {abi} has no network rules (ABI 4); the cgroup programs refuse with EPERM"));
+                false
+            }
+            TcpPlan::Ports(_) => true,
+            TcpPlan::TooMany(count) => {
+                ebpf_only.push(format!(
+                    "tcp-connect: the policy allows {count} ports (Landlock lists ports one by one; at most {PORTS_MAX}); \
+                     the cgroup programs refuse with EPERM"
+                ));
+                false
+            }
+        };
+        let mut scopes = Scope::from_all(kabi);
+        if scopes.is_empty() {
+            ebpf_only.push(format!("signal, abstract-unix: Landlock ABI {abi} has no scoping (ABI 6)"));
+        } else if self.abstract_unix_allowed {
+            scopes.remove(Scope::AbstractUnixSocket);
+            ebpf_only.push("abstract-unix: the policy allows abstract sockets ([network] unix \"@...\")".into());
+        }
+        Coverage {
+            abi,
+            files_read: fs.contains(AccessFs::ReadFile | AccessFs::ReadDir),
+            files_write: fs.contains(AccessFs::WriteFile),
+            exec: fs.contains(AccessFs::Execute),
+            tcp_connect,
+            scope_signal: scopes.contains(Scope::Signal),
+            scope_abstract_unix: scopes.contains(Scope::AbstractUnixSocket),
+            ebpf_only,
+        }
+    }
+
+    /// The layer on a kernel with Landlock ABI `abi` (> 0); `loaders` are granted what an
+    /// exec needs.
+    pub fn on_host(&self, abi: u32, loaders: &[String]) -> HostPlan {
+        let coverage = self.coverage(abi);
+        let fs = self.fs & AccessFs::from_all(ABI::from(abi as i32));
+        let mut grants: BTreeMap<String, BitFlags<AccessFs>> = BTreeMap::new();
+        let paths = self.grants.iter().map(|(p, r)| (p, *r)).chain(loaders.iter().map(|l| (l, exec_access())));
+        for (p, rights) in paths {
+            let rights = rights & fs;
+            if !rights.is_empty() {
+                *grants.entry(p.clone()).or_insert_with(BitFlags::empty) |= rights;
             }
         }
-    };
-    let mut scopes = Scope::from_all(kabi);
-    if scopes.is_empty() {
-        ebpf_only.push(format!("signal, abstract-unix: Landlock ABI {abi} has no scoping (ABI 6)"));
-    } else if policy.network_unix.iter().any(|u| u.starts_with('@')) {
-        // Landlock's scope refuses every abstract socket outside the run; an allowed
-        // `@name` must work, so the eBPF layer judges abstract sockets alone.
-        scopes.remove(Scope::AbstractUnixSocket);
-        ebpf_only.push("abstract-unix: the policy allows abstract sockets ([network] unix \"@...\")".into());
+        let ports = match &self.tcp {
+            TcpPlan::Ports(ports) if coverage.tcp_connect => Some(ports.clone()),
+            _ => None,
+        };
+        let mut scopes = Scope::from_all(ABI::from(abi as i32));
+        if self.abstract_unix_allowed {
+            scopes.remove(Scope::AbstractUnixSocket);
+        }
+        HostPlan { fs, grants, ports, scopes, coverage }
     }
-    let coverage = Coverage {
-        abi,
-        files_read: fs.contains(AccessFs::ReadFile | AccessFs::ReadDir),
-        files_write: fs.contains(AccessFs::WriteFile),
-        exec: fs.contains(AccessFs::Execute),
-        tcp_connect: ports.is_some(),
-        scope_signal: scopes.contains(Scope::Signal),
-        scope_abstract_unix: scopes.contains(Scope::AbstractUnixSocket),
-        ebpf_only,
-    };
-    Plan { fs, grants, ports, scopes, coverage }
 }
 
 /// Every port some connect rule allows (for some address), ascending; `Err(count)` when
@@ -274,7 +341,7 @@ fn connect_ports(rules: &[policy::NetRuleSpec]) -> Result<Vec<u16>, usize> {
 
 /// The dynamic loaders the layer grants exec rights to: those in the usual library
 /// directories and the `PT_INTERP` of each exact `[exec] allow` file.
-pub fn loaders(policy: &Policy) -> Vec<String> {
+pub fn loaders(plan: &Plan) -> Vec<String> {
     let mut out = std::collections::BTreeSet::new();
     for d in LOADER_DIRS {
         let Ok(entries) = std::fs::read_dir(d) else { continue };
@@ -286,7 +353,7 @@ pub fn loaders(policy: &Policy) -> Vec<String> {
             }
         }
     }
-    for e in policy.exec_allow.iter().filter(|e| !e.ends_with('/')) {
+    for e in &plan.exec_files {
         if let Some(i) = elf_interp(Path::new(e)) {
             out.insert(i);
         }
@@ -329,7 +396,7 @@ fn elf_interp(path: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
-    use crate::output::event::{Detail, Event};
+    use crate::output::event::{Detail, Event, Kind, Rule, Verdict};
 
     fn available() -> bool {
         if host_abi() < 1 {
@@ -342,6 +409,11 @@ mod tests {
     fn parse(text: &str) -> Policy {
         let checked = policy::parse(text, "test.toml");
         checked.policy.unwrap_or_else(|| panic!("{:?}", checked.errors))
+    }
+
+    /// The daemon's plan for an enforce-mode `policy`, on a host with Landlock ABI `abi`.
+    fn plan(policy: &Policy, abi: u32, loaders: &[String]) -> HostPlan {
+        Plan::for_policy(policy).expect("an enforce-mode policy").on_host(abi, loaders)
     }
 
     fn list(paths: &[&Path]) -> String {
@@ -440,27 +512,38 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
         };
         assert!(interp.contains("ld-"), "{interp}");
         let pol = parse(&format!("name = \"x\"\n[exec]\nallow = [{:?}]\n", sh.display().to_string()));
-        assert!(loaders(&pol).contains(&interp));
+        assert!(loaders(&Plan::for_policy(&pol).unwrap()).contains(&interp));
         assert_eq!(elf_interp(Path::new("/etc/hostname")), None);
     }
 
     #[test]
-    fn no_text_and_monitor_mean_no_layer_and_bad_text_warns() {
-        let p = prepare(None, "x");
-        assert!(p.layer.is_none() && p.warnings.is_empty());
-        let p = prepare(Some("name = \"m\"\nmode = \"monitor\"\n[files]\nwrite = [\"/tmp\"]\n"), "m.toml");
-        assert!(p.layer.is_none() && p.coverage.is_none() && p.warnings.is_empty(), "{p:?}");
-        let p = prepare(Some("this is not toml ["), "bad.toml");
-        assert!(p.layer.is_none());
-        assert_eq!(p.warnings.len(), 1);
-        assert!(p.warnings[0].contains("after the fact"), "{p:?}");
+    fn no_plan_and_monitor_mean_no_layer() {
+        let p = prepare(None);
+        assert!(p.layer.is_none() && p.coverage.is_none() && p.warnings.is_empty());
+        let monitor = parse("name = \"m\"\nmode = \"monitor\"\n[files]\nwrite = [\"/tmp\"]\n");
+        assert_eq!(Plan::for_policy(&monitor), None);
+    }
+
+    #[test]
+    fn the_plan_crosses_the_control_socket_and_the_daemon_derives_the_runs_coverage() {
+        for text in [RICH.to_string(), RICH.replace("name = \"rich\"", "name = \"rich\"\non_violation = \"kill\"")] {
+            let plan = Plan::for_policy(&parse(&text)).unwrap();
+            let json = serde_json::to_string(&plan).unwrap();
+            assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan, "{json}");
+            for abi in 1..=7 {
+                assert_eq!(plan.coverage(abi), plan.on_host(abi, &[]).coverage, "ABI {abi}");
+            }
+        }
+        // Rights are the kernel's bits: unknown ones are refused, not dropped.
+        let json = serde_json::to_string(&Plan::for_policy(&parse(RICH)).unwrap()).unwrap();
+        let bad = json.replacen(&format!("\"fs\":{}", (write_access() | read_access()).bits()), "\"fs\":18446744073709551615", 1);
+        assert_ne!(bad, json);
+        assert!(serde_json::from_str::<Plan>(&bad).is_err());
     }
 
     fn open_event(path: &str, flags: i32, result: i32) -> Event {
         Event {
-            kind: "open",
-            verdict: "allow",
-            layer: kernel_layer("open"),
+            layer: kernel_layer(Kind::Open),
             detail: Detail::Open {
                 path: path.into(),
                 access: crate::output::event::access_of(flags as u32),
@@ -470,7 +553,7 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
                 path_resolved: result >= 0,
                 path_truncated: false,
             },
-            ..Default::default()
+            ..Event::new(Kind::Open)
         }
     }
 
@@ -481,7 +564,7 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
         let judged = |path: &str, flags: i32, result: i32| {
             let mut e = open_event(path, flags, result);
             attribute(&mut e, &cov, Some(&pol));
-            (e.verdict, e.rule, e.layer)
+            (e.verdict.name(), e.rule.map(|r| r.name().to_string()), e.layer)
         };
         let eacces = -libc::EACCES;
         let landlock = |rule: &str| ("deny", Some(rule.to_string()), Some("landlock"));
@@ -500,24 +583,23 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
         let kcov = plan(&kill, 7, &[]).coverage;
         let mut e = open_event("/etc/shadow", libc::O_RDONLY, eacces);
         attribute(&mut e, &kcov, Some(&kill));
-        assert_eq!((e.verdict, e.layer), ("allow", Some("ebpf")));
+        assert_eq!((e.verdict.name(), e.layer), ("allow", Some("ebpf")));
 
         let connect = |result: i32, verdict: &'static str| {
             let mut e = Event {
-                kind: "connect",
-                verdict,
-                rule: Some("network.connect".into()),
-                layer: kernel_layer("connect"),
+                verdict: Verdict::from_name(verdict).unwrap(),
+                rule: Some(Rule::Network),
+                layer: kernel_layer(Kind::Connect),
                 detail: Detail::Connect { family: "inet", addr: "127.0.0.1".into(), port: 9, proto: "tcp", result, error: None },
-                ..Default::default()
+                ..Event::new(Kind::Connect)
             };
             attribute(&mut e, &cov, Some(&pol));
-            (e.verdict, e.layer)
+            (e.verdict.name(), e.layer)
         };
         assert_eq!(connect(eacces, "deny"), ("deny", Some("landlock")));
         assert_eq!(connect(-libc::EPERM, "deny"), ("deny", Some("ebpf")));
-        assert_eq!(kernel_layer("exit"), None);
-        assert_eq!(kernel_layer("run_start"), None);
+        assert_eq!(kernel_layer(Kind::Exit), None);
+        assert_eq!(kernel_layer(Kind::RunStart), None);
     }
 
     #[test]
@@ -532,7 +614,7 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
         std::fs::write(ws.join("keep.txt"), "hello").unwrap();
         std::fs::write(tmp.path().join("secret.txt"), "TOPSECRET").unwrap();
         let gone = tmp.path().join("gone");
-        let p = for_policy(&enforce(&[&ws], &[&out, &gone]));
+        let p = prepare(Plan::for_policy(&enforce(&[&ws], &[&out, &gone])).as_ref());
         assert_eq!(p.warnings.len(), 1, "{p:?}");
         assert!(p.warnings[0].contains("gone (does not exist)"), "{p:?}");
         let cov = p.coverage.clone().expect("coverage");

@@ -1,24 +1,30 @@
 //! Events: decoding the kernel's records and the JSON-lines form of the contract.
-use std::{collections::BTreeMap, mem::size_of, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    mem::size_of,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
+pub use agent_guard_common::{Kind, Rule, Verdict};
 use agent_guard_common::{
-    net_kind, net_rule, UnixEvent,
-    kind, rule, verdict, ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent,
-    SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_LSM, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
+    ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent, SyscallEvent, UnixEvent, FLAG_ARGV_TRUNCATED,
+    FLAG_LISTEN, FLAG_LSM, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR, FLAG_TRACEPOINT, FLAG_UNIX,
 };
 use serde::Serialize;
 
 /// One event as written to the log (one JSON object per line). Kind-specific fields are
-/// omitted when they do not apply.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+/// omitted when they do not apply. Kinds, verdicts and rules are written by their contract
+/// names.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
     pub ts: String,
     pub host: String,
-    pub kind: &'static str,
-    pub verdict: &'static str,
-    pub rule: Option<String>,
-    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs) or
-    /// "landlock" (the run's Landlock layer refused it before it happened). Absent on events
+    pub kind: Kind,
+    pub verdict: Verdict,
+    pub rule: Option<Rule>,
+    /// Which enforcement layer decided an operation: "ebpf" (the kernel programs),
+    /// "landlock" (the run's Landlock layer refused it before it happened) or "seccomp" (the
+    /// seccomp filter of `agent-guard run` refused a syscall before it ran). Absent on events
     /// the daemon makes and on `exit`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<&'static str>,
@@ -58,6 +64,74 @@ pub struct Event {
     pub ancestry: Option<Vec<Ancestor>>,
     #[serde(flatten)]
     pub detail: Detail,
+    /// What the kernel record said beyond the fields above (not written).
+    #[serde(skip)]
+    pub facts: Facts,
+}
+
+impl Event {
+    /// An event of `kind`, allowed, with every other field empty.
+    pub fn new(kind: Kind) -> Self {
+        Event {
+            ts: String::new(),
+            host: String::new(),
+            kind,
+            verdict: Verdict::Allow,
+            rule: None,
+            layer: None,
+            run: None,
+            run_name: None,
+            labels: BTreeMap::new(),
+            policy: None,
+            policy_version: None,
+            hook: None,
+            pid: None,
+            tgid: None,
+            ppid: None,
+            uid: None,
+            gid: None,
+            comm: None,
+            exe: None,
+            cgroup: None,
+            cgroup_id: None,
+            ancestry: None,
+            detail: Detail::None,
+            facts: Facts::default(),
+        }
+    }
+}
+
+/// The facts of a kernel record a hold is built from, decoded once (`decode`) and carried
+/// with the event instead of being parsed back out of its text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// cgroup id of the record's run (`EventHeader::run_cgroup`; 0 for the daemon's events).
+    pub run_cgroup: u64,
+    pub target: Target,
+}
+
+/// What an operation was applied to, as the kernel programs key approvals of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Target {
+    #[default]
+    None,
+    /// An open's or exec's file: its device and inode when the kernel identified it, and
+    /// for an open the access the kernel judged (1 read | 2 write).
+    File { id: Option<[u8; 16]>, access: u32 },
+    /// A connect's or UDP send's destination (IPv4 as IPv4, never IPv4-mapped) and the IP
+    /// protocol approvals of it are keyed with (None: a protocol nothing is approved for).
+    Inet { ip: IpAddr, port: u16, protocol: Option<u32> },
+}
+
+impl Target {
+    /// The destination as the kernel programs key addresses: IPv6 bytes, IPv4 as
+    /// IPv4-mapped.
+    pub fn key_addr(ip: IpAddr) -> [u8; 16] {
+        match ip {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    }
 }
 
 /// One process of a violation's ancestry.
@@ -106,6 +180,12 @@ pub enum Detail {
         name: String,
         nr: u32,
         arg0: u64,
+        /// A path syscall refused by a launched run's seccomp filter: the path it named.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        /// Refused by the seccomp filter: the errno the process got (EPERM, ENOSYS).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     Socket {
         family: u32,
@@ -123,6 +203,9 @@ pub enum Detail {
         /// For netlink: the protocol's name ("audit", "kobject_uevent", ...).
         #[serde(skip_serializing_if = "Option::is_none")]
         netlink: Option<&'static str>,
+        /// Refused by a launched run's seccomp filter: the errno the process got (EPERM).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// A connect or send to a unix socket (kind `connect` or `sendmsg`, family `unix`).
     Unix {
@@ -135,8 +218,7 @@ pub enum Detail {
     },
     /// A bind or listen on an IP address and port (kind `bind`).
     Bind {
-        /// "bind" or "listen".
-        op: &'static str,
+        op: BindOp,
         family: &'static str,
         addr: String,
         port: u16,
@@ -211,15 +293,35 @@ pub enum Detail {
     },
 }
 
+/// What a `bind` event's operation was.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BindOp {
+    Bind,
+    Listen,
+}
+
+impl Detail {
+    /// A socket of a family the policy does not list, with the family's (and a netlink
+    /// protocol's) name: from a kernel record or a launched run's seccomp filter.
+    pub fn socket_family(family: u32, sock_type: u32, protocol: u32) -> Detail {
+        use crate::policy::contain;
+        let netlink = if family == contain::AF_NETLINK { contain::netlink_name(protocol) } else { None };
+        Detail::SocketFamily { family, sock_type, protocol, family_name: contain::family_name(family), netlink, error: None }
+    }
+}
+
 /// A kernel record, decoded but not yet enriched with run metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Raw {
     pub hdr: EventHeader,
-    pub kind: &'static str,
+    pub kind: Kind,
+    /// A verdict no program writes reads as `allow`.
+    pub verdict: Verdict,
+    pub rule: Option<Rule>,
     pub detail: Detail,
     pub read_error: bool,
-    /// An open's or exec's file as the kernel identifies it (device, inode), when known.
-    pub file_id: Option<[u8; 16]>,
+    pub facts: Facts,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -257,86 +359,52 @@ pub fn access_of(flags: u32) -> &'static str {
     }
 }
 
-/// The contract's verdict names.
-pub fn verdict_name(v: u32) -> &'static str {
-    match v {
-        verdict::DENY => "deny",
-        verdict::KILL => "kill",
-        verdict::WOULD_DENY => "would_deny",
-        verdict::HOLD => "hold",
-        _ => "allow",
-    }
-}
-
-/// As [`hook_of`], for a decoded record: the containment events of tracepoints (socket
-/// families, listen) come under kinds the cgroup programs also report.
-pub fn hook_of_raw(raw: &Raw) -> &'static str {
-    match (&raw.detail, raw.hdr.flags & FLAG_LSM != 0) {
-        (Detail::SocketFamily { .. }, false) | (Detail::Bind { op: "listen", .. }, false) => "tracepoint",
-        _ => hook_of(raw.kind, raw.hdr.flags),
-    }
+/// The access bits the kernel programs key an open's grant with (1 read, 2 write), from the
+/// open flags as they judge them (O_CREAT and O_TRUNC are writes): for records of programs
+/// older than `OpenEvent::access`.
+fn open_access(flags: u32) -> u32 {
+    let acc = flags & libc::O_ACCMODE as u32;
+    let write = acc != 0 || flags & (libc::O_CREAT | libc::O_TRUNC) as u32 != 0;
+    let read = acc != libc::O_WRONLY as u32;
+    read as u32 | (write as u32) << 1
 }
 
 /// The kind of program that decided a kernel event of `kind` with header `flags`.
-pub fn hook_of(kind: &str, flags: u32) -> &'static str {
+pub fn hook_of(kind: Kind, flags: u32) -> &'static str {
     if flags & FLAG_LSM != 0 {
         "lsm"
-    } else if matches!(kind, "connect" | "sendmsg" | "socket" | "bind") {
+    } else if flags & FLAG_TRACEPOINT == 0 && matches!(kind, Kind::Connect | Kind::Sendmsg | Kind::Socket | Kind::Bind) {
         "cgroup"
     } else {
         "tracepoint"
     }
 }
 
-/// The policy part that decided, as events name it (None when nothing was violated).
-pub fn rule_name(r: u32) -> Option<&'static str> {
-    Some(match r {
-        rule::FILES_READ => "files.read",
-        rule::FILES_WRITE => "files.write",
-        rule::FILES_DENY => "files.deny",
-        rule::EXEC => "exec.allow",
-        rule::NETWORK => "network.connect",
-        rule::SYSCALLS => "syscalls.deny",
-        rule::UNSEEN => "unseen",
-        rule::PATH_TOO_LONG => "files.path_too_long",
-        rule::RAW_SOCKET => "network.raw_sockets",
-        rule::GRANT => "grant",
-        rule::SELF_PROTECTION => "self_protection",
-        net_rule::UNIX => "network.unix",
-        net_rule::FAMILIES => "network.families",
-        net_rule::LISTEN => "network.listen",
-        _ => return None,
-    })
-}
-
-fn inet(family: u16, addr: &[u8; 16]) -> (&'static str, String) {
-    let v6 = std::net::Ipv6Addr::from(*addr);
-    if let (true, Some(v4)) = (family == libc::AF_INET as u16, v6.to_ipv4_mapped()) {
-        // sock_addr programs report IPv4 as IPv4-mapped.
-        return ("inet", v4.to_string());
-    }
-    if family == libc::AF_INET as u16 {
-        ("inet", IpAddr::from([addr[0], addr[1], addr[2], addr[3]]).to_string())
-    } else {
-        let v6 = std::net::Ipv6Addr::from(*addr);
-        // sock_addr programs see IPv4 as IPv4-mapped; show it as the IPv4 it is.
-        match v6.to_ipv4_mapped() {
-            Some(v4) if family != libc::AF_INET6 as u16 => ("inet", v4.to_string()),
-            _ => ("inet6", v6.to_string()),
-        }
+/// The address of a connect or send record. The one place that tells IPv4 from IPv4-mapped:
+/// AF_INET records carry IPv4 in the first 4 bytes, or IPv4-mapped (as sock_addr programs see
+/// it); any other family but AF_INET6 with an IPv4-mapped address is that IPv4 too. An
+/// AF_INET6 socket's IPv4-mapped destination stays the IPv6 address it is.
+fn ip_of(family: u16, addr: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*addr);
+    match (family as i32, v6.to_ipv4_mapped()) {
+        (libc::AF_INET, Some(v4)) => v4.into(),
+        (libc::AF_INET, None) => Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into(),
+        (libc::AF_INET6, _) | (_, None) => v6.into(),
+        (_, Some(v4)) => v4.into(),
     }
 }
 
-fn proto_name(protocol: u16, sock_type: u16) -> &'static str {
+/// The name events give a socket's protocol, and the IP protocol approvals of its operations
+/// are keyed with (only those whose operations the cgroup programs approve).
+fn proto_of(protocol: u16, sock_type: u16) -> (&'static str, Option<u32>) {
+    let (tcp, udp, mptcp) = (libc::IPPROTO_TCP as u32, libc::IPPROTO_UDP as u32, libc::IPPROTO_MPTCP as u32);
     match (protocol as i32, sock_type as i32) {
-        (libc::IPPROTO_TCP, _) => "tcp",
-        (libc::IPPROTO_UDP, _) => "udp",
-        (libc::IPPROTO_MPTCP, _) => "mptcp",
-        (libc::IPPROTO_SCTP, _) => "sctp",
-        (libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6, _) => "icmp",
-        (0, libc::SOCK_STREAM) => "tcp",
-        (0, libc::SOCK_DGRAM) => "udp",
-        _ => "other",
+        (libc::IPPROTO_TCP, _) | (0, libc::SOCK_STREAM) => ("tcp", Some(tcp)),
+        (libc::IPPROTO_UDP, _) | (0, libc::SOCK_DGRAM) => ("udp", Some(udp)),
+        (libc::IPPROTO_MPTCP, _) => ("mptcp", Some(mptcp)),
+        (libc::IPPROTO_SCTP, _) => ("sctp", None),
+        (libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6, _) => ("icmp", None),
+        _ => ("other", None),
     }
 }
 
@@ -346,11 +414,13 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
     }
     let hdr: EventHeader = read(bytes, 0)?;
     let f = hdr.flags;
-    let mut file_id = None;
-    let (kind, detail) = match hdr.kind {
-        kind::EXEC => {
+    let kind = Kind::from_raw(hdr.kind).ok_or(DecodeError::Kind(hdr.kind))?;
+    let verdict = Verdict::from_raw(hdr.verdict).unwrap_or(Verdict::Allow);
+    let mut target = Target::None;
+    let detail = match kind {
+        Kind::Exec => {
             let e: ExecEvent = read(bytes, hdr.kind)?;
-            file_id = Some(e.file_id).filter(|id| *id != [0; 16]);
+            target = Target::File { id: Some(e.file_id).filter(|id| *id != [0; 16]), access: 0 };
             let raw = &e.argv[..(e.argv_len as usize).min(e.argv.len())];
             let argv = raw
                 .split(|b| *b == 0)
@@ -361,17 +431,18 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 Some((last, rest)) if last.is_empty() => rest.to_vec(),
                 _ => argv,
             };
-            ("exec", Detail::Exec {
+            Detail::Exec {
                 path: text(&e.path, e.path_len),
                 argv,
                 argv_truncated: f & FLAG_ARGV_TRUNCATED != 0,
                 path_truncated: f & FLAG_PATH_TRUNCATED != 0,
-            })
+            }
         }
-        kind::OPEN => {
+        Kind::Open => {
             let e: OpenEvent = read(bytes, hdr.kind)?;
-            file_id = Some(e.file_id).filter(|id| *id != [0; 16]);
-            ("open", Detail::Open {
+            let access = if e.access != 0 { e.access } else { open_access(e.open_flags) };
+            target = Target::File { id: Some(e.file_id).filter(|id| *id != [0; 16]), access };
+            Detail::Open {
                 path: text(&e.path, e.path_len),
                 access: access_of(e.open_flags),
                 flags: e.open_flags,
@@ -379,72 +450,87 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 error: errno_name(e.result),
                 path_resolved: f & FLAG_PATH_UNRESOLVED == 0,
                 path_truncated: f & FLAG_PATH_TRUNCATED != 0,
-            })
+            }
         }
-        kind::CONNECT | kind::SENDMSG => {
-            let e: ConnectEvent = read(bytes, hdr.kind)?;
-            let (family, addr) = inet(e.family, &e.addr);
-            let result = if hdr.kind == kind::SENDMSG && hdr.verdict == verdict::DENY { -libc::EPERM } else { e.result };
-            (if hdr.kind == kind::CONNECT { "connect" } else { "sendmsg" }, Detail::Connect {
-                family,
-                addr,
-                port: e.port,
-                proto: proto_name(e.protocol, e.sock_type),
-                result,
-                error: errno_name(result),
-            })
-        }
-        kind::SYSCALL => {
-            let e: SyscallEvent = read(bytes, hdr.kind)?;
-            let name = crate::policy::syscall_name(e.nr).map(str::to_string).unwrap_or_else(|| format!("syscall_{}", e.nr));
-            ("syscall", Detail::Syscall { name, nr: e.nr, arg0: e.arg0 })
-        }
-        kind::SOCKET => {
-            let e: SocketEvent = read(bytes, hdr.kind)?;
-            ("socket", Detail::Socket { family: e.family, sock_type: e.sock_type, protocol: e.protocol })
-        }
-        kind::EXIT => {
-            let e: ExitEvent = read(bytes, hdr.kind)?;
-            let sig = (e.exit_code & 0x7f) as i32;
-            ("exit", Detail::Exit {
-                exit_code: ((e.exit_code >> 8) & 0xff) as i32,
-                signal: (sig != 0).then_some(sig),
-            })
-        }
-        net_kind::UNIX_CONNECT | net_kind::UNIX_SENDMSG => {
+        Kind::Connect | Kind::Sendmsg if f & FLAG_UNIX != 0 => {
             let e: UnixEvent = read(bytes, hdr.kind)?;
             let n = (e.path_len as usize).min(e.path.len());
             let name = &e.path[..n];
             let path = if e.abstract_name != 0 {
-                format!("@{}", name.iter().map(|b| if b.is_ascii_graphic() || *b == b' ' { (*b as char).to_string() } else { format!("\\x{b:02x}") }).collect::<String>())
+                // Abstract names may hold any byte, zeros included.
+                let shown: String = name
+                    .iter()
+                    .map(|b| if b.is_ascii_graphic() || *b == b' ' { (*b as char).to_string() } else { format!("\\x{b:02x}") })
+                    .collect();
+                format!("@{shown}")
             } else {
                 String::from_utf8_lossy(name).into_owned()
             };
             let result = if e.result < 0 { -libc::EPERM } else { 0 };
-            let kind = if hdr.kind == net_kind::UNIX_CONNECT { "connect" } else { "sendmsg" };
-            (kind, Detail::Unix { family: "unix", path, result, error: errno_name(result) })
+            Detail::Unix { family: "unix", path, result, error: errno_name(result) }
         }
-        net_kind::BIND | net_kind::LISTEN => {
+        Kind::Connect | Kind::Sendmsg => {
             let e: ConnectEvent = read(bytes, hdr.kind)?;
-            let (family, addr) = inet(e.family, &e.addr);
-            let result = if e.result < 0 { -libc::EPERM } else { 0 };
-            let op = if hdr.kind == net_kind::BIND { "bind" } else { "listen" };
-            ("bind", Detail::Bind { op, family, addr, port: e.port, result, error: errno_name(result) })
+            let ip = ip_of(e.family, &e.addr);
+            let (proto, protocol) = proto_of(e.protocol, e.sock_type);
+            target = Target::Inet { ip, port: e.port, protocol };
+            let result = if kind == Kind::Sendmsg && verdict == Verdict::Deny { -libc::EPERM } else { e.result };
+            Detail::Connect {
+                family: if ip.is_ipv4() { "inet" } else { "inet6" },
+                addr: ip.to_string(),
+                port: e.port,
+                proto,
+                result,
+                error: errno_name(result),
+            }
         }
-        net_kind::FAMILY => {
+        Kind::Syscall => {
+            let e: SyscallEvent = read(bytes, hdr.kind)?;
+            let name = crate::policy::syscall_name(e.nr).map(str::to_string).unwrap_or_else(|| format!("syscall_{}", e.nr));
+            Detail::Syscall { name, nr: e.nr, arg0: e.arg0, path: None, error: None }
+        }
+        Kind::Socket if Rule::from_raw(hdr.rule) == Some(Rule::Families) => {
             let e: SocketEvent = read(bytes, hdr.kind)?;
-            let netlink = if e.family == crate::policy::contain::AF_NETLINK { crate::policy::contain::netlink_name(e.protocol) } else { None };
-            ("socket", Detail::SocketFamily {
-                family: e.family,
-                sock_type: e.sock_type,
-                protocol: e.protocol,
-                family_name: crate::policy::contain::family_name(e.family),
-                netlink,
-            })
+            Detail::socket_family(e.family, e.sock_type, e.protocol)
         }
-        other => return Err(DecodeError::Kind(other)),
+        Kind::Socket => {
+            let e: SocketEvent = read(bytes, hdr.kind)?;
+            Detail::Socket { family: e.family, sock_type: e.sock_type, protocol: e.protocol }
+        }
+        Kind::Exit => {
+            let e: ExitEvent = read(bytes, hdr.kind)?;
+            let sig = (e.exit_code & 0x7f) as i32;
+            Detail::Exit {
+                exit_code: ((e.exit_code >> 8) & 0xff) as i32,
+                signal: (sig != 0).then_some(sig),
+            }
+        }
+        Kind::Bind => {
+            let e: ConnectEvent = read(bytes, hdr.kind)?;
+            let ip = ip_of(e.family, &e.addr);
+            let op = if f & FLAG_LISTEN != 0 { BindOp::Listen } else { BindOp::Bind };
+            let result = if e.result < 0 { -libc::EPERM } else { 0 };
+            Detail::Bind {
+                op,
+                family: if ip.is_ipv4() { "inet" } else { "inet6" },
+                addr: ip.to_string(),
+                port: e.port,
+                result,
+                error: errno_name(result),
+            }
+        }
+        // Kind::from_raw gives only the kernel's kinds.
+        _ => return Err(DecodeError::Kind(hdr.kind)),
     };
-    Ok(Raw { hdr, kind, detail, read_error: f & FLAG_READ_ERROR != 0, file_id })
+    Ok(Raw {
+        hdr,
+        kind,
+        verdict,
+        rule: Rule::from_raw(hdr.rule),
+        detail,
+        read_error: f & FLAG_READ_ERROR != 0,
+        facts: Facts { run_cgroup: hdr.run_cgroup, target },
+    })
 }
 
 /// RFC 3339 UTC with microseconds, e.g. 2026-11-22T01:02:03.123456Z.
@@ -500,7 +586,7 @@ pub fn human(e: &Event) -> String {
         ),
         Detail::Syscall { name, .. } => name.clone(),
         Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
-        Detail::SocketFamily { family, sock_type, protocol, family_name, netlink } => format!(
+        Detail::SocketFamily { family, sock_type, protocol, family_name, netlink, .. } => format!(
             "family={} type={sock_type} protocol={}",
             family_name.map_or(family.to_string(), str::to_string),
             netlink.map_or(protocol.to_string(), str::to_string)
@@ -509,7 +595,7 @@ pub fn human(e: &Event) -> String {
             format!("unix {path}{}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
         }
         Detail::Bind { op, addr, port, error, .. } => {
-            format!("{op} {addr}:{port}{}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
+            format!("{} {addr}:{port}{}", if *op == BindOp::Listen { "listen" } else { "bind" }, error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
         }
         Detail::PolicyReload { result, source, error, .. } => format!(
             "{} {result} ({source}){}",
@@ -518,120 +604,15 @@ pub fn human(e: &Event) -> String {
         ),
         Detail::None => String::new(),
     };
+    let rule = e.rule.map_or("", Rule::name);
     let verdict = match (e.verdict, e.layer) {
-        ("allow", _) => String::new(),
-        (v, Some("landlock")) => format!(" [{} {} by landlock]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
-        (v, _) => format!(" [{} {}]", v.to_uppercase(), e.rule.as_deref().unwrap_or("")),
+        (Verdict::Allow, _) => String::new(),
+        (v, Some("landlock")) => format!(" [{} {rule} by landlock]", v.name().to_uppercase()),
+        (v, _) => format!(" [{} {rule}]", v.name().to_uppercase()),
     };
-    format!("{} {:<7} {} {}{}", e.ts, e.kind, who.trim_end(), what, verdict)
+    // Paths, argv and comm are the run's to choose: never a control character on a terminal.
+    crate::output::text::printable(&format!("{} {:<7} {} {}{}", e.ts, e.kind.name(), who.trim_end(), what, verdict)).into_owned()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use agent_guard_common::{ARGV_MAX, PATH_MAX};
-
-    fn hdr(kind: u32, flags: u32) -> EventHeader {
-        EventHeader {
-            kind,
-            flags,
-            ts_ns: 1,
-            run_cgroup: 7,
-            cgroup: 7,
-            pid: 42,
-            tgid: 42,
-            ppid: 1,
-            uid: 0,
-            gid: 0,
-            verdict: 0,
-            rule: 0,
-            ruleset: 0,
-            comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
-        }
-    }
-
-    fn bytes_of<T>(v: &T) -> Vec<u8> {
-        // SAFETY: test records are plain-old-data.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
-    }
-
-    #[test]
-    fn exec_record_decodes_path_and_argv() {
-        let mut e = ExecEvent { hdr: hdr(kind::EXEC, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
-        e.path[..12].copy_from_slice(b"/usr/bin/cat");
-        let argv = b"cat\0/etc/hostname\0";
-        e.argv[..argv.len()].copy_from_slice(argv);
-        e.argv_len = argv.len() as u32;
-        let r = decode(&bytes_of(&e)).unwrap();
-        assert_eq!(r.kind, "exec");
-        assert_eq!(r.detail, Detail::Exec {
-            path: "/usr/bin/cat".into(),
-            argv: vec!["cat".into(), "/etc/hostname".into()],
-            argv_truncated: true,
-            path_truncated: false,
-        });
-    }
-
-    #[test]
-    fn open_and_connect_records_decode() {
-        let mut o = OpenEvent { hdr: hdr(kind::OPEN, FLAG_PATH_UNRESOLVED), open_flags: libc::O_RDWR as u32, result: -2, path_len: 4, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX] };
-        o.path[..4].copy_from_slice(b"/nox");
-        match decode(&bytes_of(&o)).unwrap().detail {
-            Detail::Open { path, access, error, path_resolved, .. } => {
-                assert_eq!((path.as_str(), access, error.as_deref(), path_resolved), ("/nox", "read_write", Some("ENOENT"), false));
-            }
-            d => panic!("{d:?}"),
-        }
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let c = ConnectEvent { hdr: hdr(kind::CONNECT, 0), result: 0, family: libc::AF_INET as u16, port: 8080, protocol: libc::IPPROTO_TCP as u16, sock_type: 1, _pad: 0, addr };
-        match decode(&bytes_of(&c)).unwrap().detail {
-            Detail::Connect { addr, port, proto, family, .. } => assert_eq!((addr.as_str(), port, proto, family), ("127.0.0.1", 8080, "tcp", "inet")),
-            d => panic!("{d:?}"),
-        }
-    }
-
-    #[test]
-    fn short_or_unknown_records_are_errors_not_panics() {
-        assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
-        let h = hdr(99, 0);
-        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::Kind(99)));
-        let h = hdr(kind::EXEC, 0);
-        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Size { .. })));
-    }
-
-    #[test]
-    fn json_line_has_the_contract_fields() {
-        let e = Event {
-            ts: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_000_001)),
-            kind: "exit",
-            verdict: "allow",
-            run: Some("r-abc123".into()),
-            detail: Detail::Exit { exit_code: 0, signal: None },
-            ..Default::default()
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["ts"], "1970-01-01T00:00:01.000001Z");
-        assert_eq!(v["kind"], "exit");
-        assert_eq!(v["run"], "r-abc123");
-        assert_eq!(v["exit_code"], 0);
-        assert!(v.get("signal").is_none());
-    }
-
-    #[test]
-    fn control_actions_name_who_asked_and_how_long_it_took() {
-        let e = Event {
-            kind: "freeze",
-            run: Some("r-abc123".into()),
-            run_name: Some("coding-1".into()),
-            detail: Detail::Action { requested_by_uid: 1000, requested_by_pid: 42, latency_ms: 3.217, processes: 101, error: None },
-            ..Default::default()
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!((v["kind"].as_str(), v["requested_by_uid"].as_u64(), v["requested_by_pid"].as_u64()), (Some("freeze"), Some(1000), Some(42)));
-        assert_eq!((v["latency_ms"].as_f64(), v["processes"].as_u64()), (Some(3.217), Some(101)));
-        assert!(v.get("error").is_none());
-        let h = human(&e);
-        assert!(h.contains("freeze  r-abc123 name=coding-1 101 processes in 3.217 ms, by uid 1000 pid 42"), "{h}");
-    }
-}
+mod tests;

@@ -1,0 +1,280 @@
+//! The seccomp filter of runs started by `agent-guard run` under an enforce-mode policy with
+//! `on_violation = "deny"`: syscalls the policy refuses get an errno *before* they run, and the
+//! process goes on (the sys_enter check of the tracepoint backend can only kill after the fact).
+//!
+//! What the filter refuses (every refusal is an event, see below):
+//! - each syscall of `[syscalls] deny` and of [`policy::UNSEEN_SYSCALLS`]: `EPERM` (`ENOSYS`
+//!   for io_uring, [`policy::ENOSYS_SYSCALLS`], so programs fall back to plain syscalls).
+//!   `link`/`linkat` are let through when the run's Landlock layer judges them
+//!   ([`policy::LANDLOCK_JUDGED_SYSCALLS`]: the layer handles writes and no `deny` or `read`
+//!   rule lies inside a write tree, where a hard link would give a carved-out file an allowed
+//!   name); the run is marked `RUN_SECCOMP` so the sys_enter check does not kill them either;
+//! - `mknod`/`mknodat` of a block or character device (`EPERM`; regular files, FIFOs and
+//!   sockets are made as usual);
+//! - `clone` with a namespace flag, or sharing the file table without being a thread (`EPERM`,
+//!   as the sys_enter check refuses them); `clone3`, whose flags a filter cannot read, fails
+//!   with `ENOSYS` without an event, so that libc falls back to `clone`, which is judged;
+//! - 32-bit syscalls (`int 0x80`, `AUDIT_ARCH_I386`), x32 syscalls (`__X32_SYSCALL_BIT`) and
+//!   numbers this build's syscall table does not know: `ENOSYS`, as on a kernel without them.
+//!
+//! Syscalls in [`policy::NEVER_ERRNO_SYSCALLS`] are never refused here (the sys_enter check
+//! still kills them when the policy denies them).
+//!
+//! **Events.** Seccomp runs before the sys_enter tracepoint, so the eBPF programs never see a
+//! refused syscall. Every refusal is `SECCOMP_RET_USER_NOTIF`: the child hands the filter's
+//! listener to `agent-guard run` (outside the run's cgroup, waiting for the command) over a
+//! socketpair before it execs; a thread there answers each notification with the errno, reads
+//! the path argument of path syscalls from the process's memory, and reports the refusal to
+//! the daemon, which emits the `syscall` event (`deny`, `layer: seccomp`). If `run` dies, the
+//! kernel answers every notification with `ENOSYS`: still refused, without an event.
+//!
+//! The filter is fixed when the run starts: a policy reload changes only the eBPF side.
+use std::collections::BTreeSet;
+
+use crate::policy::{self, Mode, OnViolation, Policy};
+
+pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const NR_CLONE: u32 = 56;
+const NR_CLONE3: u32 = 435;
+const NR_MKNOD: u32 = 133;
+const NR_MKNODAT: u32 = 259;
+/// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET.
+const CLONE_NEW_ANY: u32 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
+const CLONE_FILES: u32 = 0x0000_0400;
+const CLONE_THREAD: u32 = 0x0001_0000;
+const S_IFMT: u32 = 0o170_000;
+
+// Offsets in struct seccomp_data.
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+/// Low 32 bits of argument `i` (little-endian).
+const fn off_arg(i: u32) -> u32 {
+    16 + 8 * i
+}
+
+const RET_NOTIFY: u32 = libc::SECCOMP_RET_USER_NOTIF;
+const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+
+/// What the filter answers one syscall with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub rule: &'static str,
+    pub errno: i32,
+    pub name: String,
+}
+
+/// A run's filter: the classic BPF program and the tables it was built from (which the
+/// notification thread decides with, [`Filter::decide`]).
+#[derive(Debug, Clone)]
+pub struct Filter {
+    program: Vec<libc::sock_filter>,
+    denied: BTreeSet<u32>,
+    unseen: BTreeSet<u32>,
+    enosys: BTreeSet<u32>,
+}
+
+/// The outcome of [`prepare`]: maybe a filter, and lines for stderr.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub filter: Option<Filter>,
+    pub warnings: Vec<String>,
+}
+
+/// What the daemon hands `run` for its seccomp filter (in the Register response), made from the
+/// policy it parsed: the syscalls refused and whether hard links may be left to the Landlock
+/// layer. `run` finishes it with what only the launching host knows ([`SeccompPlan::filter`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SeccompPlan {
+    /// `[syscalls] deny`, by number (those that can be refused with an errno).
+    pub denied: BTreeSet<u32>,
+    /// The unseen list, by number, less what `denied` has and what never gets an errno.
+    pub unseen: BTreeSet<u32>,
+    /// No `deny` or `read` rule lies inside a `[files] write` tree: link/linkat may be left to
+    /// a Landlock layer that handles writes.
+    pub links_judgeable: bool,
+    /// Lines for stderr (what the filter cannot refuse).
+    pub warnings: Vec<String>,
+}
+
+impl SeccompPlan {
+    /// The plan for `policy`: none unless it enforces with `on_violation = "deny"` (with
+    /// "kill" the sys_enter check kills, with "freeze" it holds; monitor mode refuses nothing).
+    pub fn for_policy(policy: &Policy) -> Option<SeccompPlan> {
+        if policy.mode != Mode::Enforce || policy.on_violation != OnViolation::Deny {
+            return None;
+        }
+        let mut warnings = Vec::new();
+        let nr = |name: &str| policy::syscall_number(name);
+        let never: BTreeSet<u32> = policy::NEVER_ERRNO_SYSCALLS.iter().filter_map(|n| nr(n)).collect();
+        let mut denied = BTreeSet::new();
+        for (name, n) in &policy.syscalls_deny {
+            if never.contains(n) {
+                warnings.push(format!(
+                    "[syscalls] deny names {name}, which the seccomp filter cannot refuse with an errno: it stays killed by the eBPF check"
+                ));
+            } else {
+                denied.insert(*n);
+            }
+        }
+        let unseen =
+            policy::UNSEEN_SYSCALLS.iter().filter_map(|n| nr(n)).filter(|n| !never.contains(n) && !denied.contains(n)).collect();
+        Some(SeccompPlan { denied, unseen, links_judgeable: !carve_outs_in_write_trees(policy), warnings })
+    }
+
+    /// The filter on this host. `landlock_writes`: the run's Landlock layer refuses writes
+    /// outside `[files] write` (then, with no carve-out inside a write tree, it judges hard
+    /// links and the filter lets link/linkat through).
+    pub fn filter(&self, landlock_writes: bool) -> Prepared {
+        let links_judged = landlock_writes && self.links_judgeable;
+        let judged: BTreeSet<u32> =
+            policy::LANDLOCK_JUDGED_SYSCALLS.iter().filter_map(|n| policy::syscall_number(n)).collect();
+        let unseen: BTreeSet<u32> = self.unseen.iter().copied().filter(|n| !(links_judged && judged.contains(n))).collect();
+        // clone3 too, should the policy deny it: libc then falls back to clone.
+        let enosys = policy::ENOSYS_SYSCALLS.iter().filter_map(|n| policy::syscall_number(n)).chain([NR_CLONE3]).collect();
+        let program = program(&self.denied.union(&unseen).copied().collect());
+        Prepared { filter: Some(Filter { program, denied: self.denied.clone(), unseen, enosys }), warnings: self.warnings.clone() }
+    }
+}
+
+/// The filter for `policy` on a host whose Landlock layer does (or not) refuse writes.
+pub fn for_policy(policy: &Policy, landlock_writes: bool) -> Prepared {
+    SeccompPlan::for_policy(policy).map(|p| p.filter(landlock_writes)).unwrap_or_default()
+}
+
+/// Whether a `deny` or `read` rule lies strictly inside a `[files] write` tree: Landlock only
+/// grants, so there it lets a hard link give such a file a second, allowed name. (A `deny` at
+/// exactly a write path is not granted at all; a `read` rule there changes nothing.)
+fn carve_outs_in_write_trees(policy: &Policy) -> bool {
+    let inside = |p: &str, w: &str| p != w && (w == "/" || p.strip_prefix(w).is_some_and(|r| r.starts_with('/')));
+    policy.files_deny.iter().chain(&policy.files_read).any(|p| policy.files_write.iter().any(|w| inside(p, w)))
+}
+
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code: (libc::BPF_JMP | code | libc::BPF_K) as u16, jt, jf, k }
+}
+
+fn load(off: u32) -> libc::sock_filter {
+    stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, off)
+}
+
+fn ret(k: u32) -> libc::sock_filter {
+    stmt(libc::BPF_RET | libc::BPF_K, k)
+}
+
+/// Ranges of x86_64 syscall numbers up to the last one this build knows that name no syscall.
+fn unknown_ranges() -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = Vec::new();
+    for n in 0..=policy::last_syscall_number() {
+        if policy::syscall_name(n).is_some() {
+            continue;
+        }
+        match v.last_mut() {
+            Some(r) if r.1 + 1 == n => r.1 = n,
+            _ => v.push((n, n)),
+        }
+    }
+    v
+}
+
+/// The classic BPF program: `refused` syscalls and the rest of the module's list go to the
+/// listener, everything else is allowed.
+fn program(refused: &BTreeSet<u32>) -> Vec<libc::sock_filter> {
+    use libc::{BPF_ALU, BPF_AND, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JSET, BPF_K};
+    let mut p = vec![
+        load(OFF_ARCH),
+        jump(BPF_JEQ, AUDIT_ARCH_X86_64, 1, 0),
+        ret(RET_NOTIFY),
+        load(OFF_NR),
+        jump(BPF_JSET, X32_SYSCALL_BIT, 0, 1),
+        ret(RET_NOTIFY),
+        jump(BPF_JGT, policy::last_syscall_number(), 0, 1),
+        ret(RET_NOTIFY),
+    ];
+    for (lo, hi) in unknown_ranges() {
+        // lo <= nr <= hi: refused.
+        p.push(jump(BPF_JGE, lo, 0, 2));
+        p.push(jump(BPF_JGT, hi, 1, 0));
+        p.push(ret(RET_NOTIFY));
+    }
+    for &nr in refused {
+        p.push(jump(BPF_JEQ, nr, 0, 1));
+        p.push(ret(RET_NOTIFY));
+    }
+    p.push(jump(BPF_JEQ, NR_CLONE3, 0, 1));
+    p.push(ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32));
+    // The argument checks load another word: each ends in a return.
+    for (nr, arg) in [(NR_MKNOD, 1), (NR_MKNODAT, 2)] {
+        if refused.contains(&nr) {
+            continue;
+        }
+        p.push(jump(BPF_JEQ, nr, 0, 6));
+        p.push(load(off_arg(arg)));
+        p.push(stmt(BPF_ALU | BPF_AND | BPF_K, S_IFMT));
+        p.push(jump(BPF_JEQ, libc::S_IFCHR, 1, 0));
+        p.push(jump(BPF_JEQ, libc::S_IFBLK, 0, 1));
+        p.push(ret(RET_NOTIFY));
+        p.push(ret(RET_ALLOW));
+    }
+    if !refused.contains(&NR_CLONE) {
+        p.push(jump(BPF_JEQ, NR_CLONE, 0, 6));
+        p.push(load(off_arg(0)));
+        p.push(jump(BPF_JSET, CLONE_NEW_ANY, 3, 0));
+        p.push(stmt(BPF_ALU | BPF_AND | BPF_K, CLONE_FILES | CLONE_THREAD));
+        p.push(jump(BPF_JEQ, CLONE_FILES, 1, 0));
+        p.push(ret(RET_ALLOW));
+        p.push(ret(RET_NOTIFY));
+    }
+    p.push(ret(RET_ALLOW));
+    p
+}
+
+impl Filter {
+    /// What the filter answers a syscall the kernel notified (`None`: the program lets it
+    /// through, which the listener never sees). Mirrors [`program`].
+    pub fn decide(&self, arch: u32, nr: i32, args: &[u64; 6]) -> Option<Verdict> {
+        let unseen = |errno: i32, name: String| Some(Verdict { rule: "unseen", errno, name });
+        if arch != AUDIT_ARCH_X86_64 {
+            let abi = if arch == AUDIT_ARCH_I386 { "i386" } else { "arch" };
+            return unseen(libc::ENOSYS, format!("{abi}:{nr}"));
+        }
+        let n = nr as u32;
+        if n & X32_SYSCALL_BIT != 0 {
+            return unseen(libc::ENOSYS, format!("x32:{}", n & !X32_SYSCALL_BIT));
+        }
+        let Some(name) = policy::syscall_name(n).filter(|_| n <= policy::last_syscall_number()) else {
+            return unseen(libc::ENOSYS, format!("syscall_{n}"));
+        };
+        let errno = if self.enosys.contains(&n) { libc::ENOSYS } else { libc::EPERM };
+        if self.denied.contains(&n) {
+            return Some(Verdict { rule: "syscalls.deny", errno, name: name.into() });
+        }
+        let device = |mode: u64| matches!(mode as u32 & S_IFMT, libc::S_IFCHR | libc::S_IFBLK);
+        let clone = |flags: u64| {
+            let f = flags as u32;
+            f & CLONE_NEW_ANY != 0 || f & (CLONE_FILES | CLONE_THREAD) == CLONE_FILES
+        };
+        let refused = self.unseen.contains(&n)
+            || (n == NR_MKNOD && device(args[1]))
+            || (n == NR_MKNODAT && device(args[2]))
+            || (n == NR_CLONE && clone(args[0]));
+        refused.then(|| Verdict { rule: "unseen", errno, name: name.into() })
+    }
+
+    /// The syscalls it refuses by name (for messages and tests).
+    pub fn refused_names(&self) -> Vec<&'static str> {
+        self.denied.union(&self.unseen).filter_map(|n| policy::syscall_name(*n)).collect()
+    }
+}
+
+mod listener;
+pub use listener::*;
+
+#[cfg(test)]
+mod tests;
