@@ -163,17 +163,20 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
         ),
         e(
             "socket-families",
-            if backend == Backend::Lsm { "deny" } else { "kill" },
+            if backend == Backend::Lsm { "deny" } else { "deny/kill" },
             if backend == Backend::Lsm {
-                "lsm socket_create: EPERM for a family outside inet, inet6, unix, netlink route and [network] families"
+                "lsm socket_create: EPERM for a family outside inet, inet6, unix, netlink route and [network] families \
+                 (runs from `agent-guard run` with on_violation = \"deny\": their seccomp filter refuses first)"
             } else {
-                "socket/socketpair entry: SIGKILL for a family outside inet, inet6, unix, netlink route and [network] \
-                 families (the socket is created; the process never runs again)"
+                "runs from `agent-guard run` with on_violation = \"deny\": the launcher's seccomp filter refuses \
+                 socket/socketpair of a family outside inet, inet6, unix, netlink route and [network] families with \
+                 EPERM before the socket exists; bound cgroups and on_violation = \"kill\"/\"freeze\": \
+                 socket/socketpair entry, SIGKILL (the socket is created; the process never runs again)"
             },
         ),
         e(
             "bind/listen",
-            "deny",
+            if backend == Backend::Lsm { "deny" } else { "deny/kill" },
             if backend == Backend::Lsm {
                 "cgroup bind4/bind6: EPERM for an address:port outside [network] listen (port 0 allowed); lsm \
                  socket_listen: EPERM for listening on one"

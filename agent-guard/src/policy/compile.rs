@@ -134,14 +134,12 @@ impl Policy {
 
         let net_rules = net_entries(ruleset, &self.network_connect);
         let listen_rules = net_entries(ruleset, &self.network_listen);
-        let families: Vec<super::contain::Family> =
-            self.network_families.iter().filter_map(|f| super::contain::check_family(f).ok().map(|(f, _)| f)).collect();
         Compiled {
             header,
             file_nodes: trie.nodes,
             net_rules,
             unix_rules: super::contain::compile_unix(ruleset, &self.network_unix),
-            contain: super::contain::compile_families(&families, self.raw_sockets),
+            contain: self.net_contain(),
             listen_rules,
         }
     }

@@ -10,7 +10,10 @@
 //!   AF_INET, AF_INET6, AF_UNIX and netlink `route` are always allowed.
 use agent_guard_common::{NetContain, UnixKey, UNIX_ABSTRACT, UNIX_PATHNAME, UNIX_PATH_BYTES};
 
-use super::paths::{self, Problem};
+use super::{
+    paths::{self, Problem},
+    Policy,
+};
 
 /// Longest sun_path.
 pub const SUN_PATH: usize = 108;
@@ -190,6 +193,24 @@ pub fn compile_families(families: &[Family], raw_sockets: bool) -> NetContain {
         }
     }
     c
+}
+
+impl Policy {
+    /// What the policy lets a run create beyond IP, unix and netlink route sockets: the
+    /// kernel's AG_NET_CONTAIN value, which the seccomp filter of launched runs also compiles.
+    pub fn net_contain(&self) -> NetContain {
+        let families: Vec<Family> = self.network_families.iter().filter_map(|f| check_family(f).ok().map(|(f, _)| f)).collect();
+        compile_families(&families, self.raw_sockets)
+    }
+}
+
+/// Whether `c` allows a socket of `family` / `protocol`, both as the kernel's `int` (the
+/// kernel programs' `family_allowed`, for the seccomp filter's listener and tests).
+pub fn family_allowed(c: &NetContain, family: i32, protocol: i32) -> bool {
+    if !(0..64).contains(&family) || c.families & (1u64 << family) == 0 {
+        return false;
+    }
+    family as u32 != AF_NETLINK || ((0..32).contains(&protocol) && c.netlink & (1u32 << protocol) != 0)
 }
 
 /// AG_UNIX_RULES entries: (LPM prefix length in bits, key).
