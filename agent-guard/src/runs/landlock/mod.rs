@@ -461,6 +461,22 @@ connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:8079-8081"]
     }
 
     #[test]
+    fn an_allowed_abstract_socket_turns_off_the_abstract_scope() {
+        let text = RICH.replace("[network]", "[network]\nunix = [\"@agent\", \"/run/a.sock\"]");
+        let plan = Plan::for_policy(&parse(&text)).unwrap();
+        assert!(plan.abstract_unix_allowed);
+        let p = plan.on_host(7, &[]);
+        assert_eq!(p.scopes, BitFlags::from(Scope::Signal));
+        assert_eq!(p.coverage.refuses(), ["read", "write", "exec", "tcp-connect", "signal"]);
+        assert!(p.coverage.ebpf_only.iter().any(|l| l.contains("abstract-unix")), "{:?}", p.coverage.ebpf_only);
+        // A plan from a daemon that does not send the field keeps the scope.
+        let mut json: serde_json::Value = serde_json::to_value(&plan).unwrap();
+        json.as_object_mut().unwrap().remove("abstract_unix_allowed");
+        let old: Plan = serde_json::from_value(json).unwrap();
+        assert_eq!(old.on_host(7, &[]).scopes, Scope::AbstractUnixSocket | Scope::Signal);
+    }
+
+    #[test]
     fn kill_and_freeze_leave_reads_execs_and_connects_to_ebpf() {
         for action in ["kill", "freeze"] {
             let text = RICH.replace("name = \"rich\"", &format!("name = \"rich\"\non_violation = \"{action}\""));
