@@ -57,6 +57,15 @@ pub mod names {
     pub const HELD: &str = "AG_HELD";
     /// [0] = 1: the lsm backend's programs are attached (execs are decided there).
     pub const LSM_ON: &str = "AG_LSM_ON";
+    /// LPM trie of `[network] unix` (key [`UnixKey`](super::UnixKey)).
+    pub const UNIX_RULES: &str = "AG_UNIX_RULES";
+    /// Rule set id -> [`NetContain`](super::NetContain) (families, netlink protocols).
+    pub const NET_CONTAIN: &str = "AG_NET_CONTAIN";
+    /// LPM trie of `[network] listen` (key [`NetKey`](super::NetKey), value
+    /// [`NetRule`](super::NetRule), as `NET_RULES`).
+    pub const LISTEN_RULES: &str = "AG_LISTEN_RULES";
+    /// Global: [`NetOffsets`](super::NetOffsets).
+    pub const NET_OFFSETS: &str = "AG_NET_OFFSETS";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).
@@ -120,8 +129,12 @@ named! {
         Syscall = 5 => "syscall",
         /// A UDP send to an explicit address that the policy does not allow.
         Sendmsg = 6 => "sendmsg",
-        /// Creation of a raw or ICMP socket the policy does not allow.
+        /// Creation of a raw or ICMP socket, or of a socket family (`[network] families`),
+        /// the policy does not allow.
         Socket = 7 => "socket",
+        /// A bind(2) or listen(2) (with [`FLAG_LISTEN`]) on an IP socket that `[network]
+        /// listen` does not allow.
+        Bind = 8 => "bind",
         RunStart = 100 => "run_start",
         RunEnd = 101 => "run_end",
         /// `freeze`, `thaw` and `kill` of a run by a responder.
@@ -206,6 +219,12 @@ named! {
         /// A run's process acting outside its run: a signal or ptrace to a process outside
         /// it, bpf(), a mount (lsm backend).
         SelfProtection = 11 => "self_protection",
+        /// A connect or datagram to a unix socket `[network] unix` does not list.
+        Unix = 12 => "network.unix",
+        /// A socket of a family (or netlink protocol) `[network] families` does not list.
+        Families = 13 => "network.families",
+        /// A bind or listen on an address and port `[network] listen` does not list.
+        Listen = 14 => "network.listen",
     }
 }
 
@@ -297,6 +316,14 @@ pub const FLAG_PATH_UNRESOLVED: u32 = 1 << 2;
 pub const FLAG_READ_ERROR: u32 = 1 << 3;
 /// Decided by a BPF LSM program (lsm backend): a refusal happened before the operation.
 pub const FLAG_LSM: u32 = 1 << 4;
+/// A [`Kind::Connect`] or [`Kind::Sendmsg`] record to an AF_UNIX peer: a [`UnixEvent`], not a
+/// [`ConnectEvent`].
+pub const FLAG_UNIX: u32 = 1 << 5;
+/// A [`Kind::Bind`] record of listen(2), not bind(2).
+pub const FLAG_LISTEN: u32 = 1 << 6;
+/// Decided at a syscall's entry tracepoint where the kind's usual program is a cgroup one
+/// (a socket family, a listen): the event's `hook` is `tracepoint`.
+pub const FLAG_TRACEPOINT: u32 = 1 << 7;
 
 /// Set by the daemon before load: which cgroup subtree this daemon manages.
 #[repr(C)]
@@ -560,6 +587,91 @@ pub struct SocketEvent {
     pub _pad: u32,
 }
 
+// ---- containment: unix sockets, socket families, binding ----------------------------------
+
+/// Bytes of a unix socket name kept (sun_path is 108 bytes; one more for the terminator).
+pub const UNIX_PATH_BYTES: usize = 110;
+/// `UnixKey::kind`.
+pub const UNIX_PATHNAME: u8 = 1;
+pub const UNIX_ABSTRACT: u8 = 2;
+/// AG_UNIX_RULES entries across all rule sets.
+pub const UNIX_RULES_MAX: u32 = 1 << 14;
+
+/// Data of an AG_UNIX_RULES LPM-trie key. A pathname rule is stored as the path followed by
+/// its terminating zero (an exact rule: the prefix covers the zero) or as `dir/` (a
+/// directory rule: the prefix ends at the slash); `len` is 0. An abstract rule carries its
+/// length in `len` (names may hold zero bytes) and the prefix covers exactly the name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixKey {
+    pub ruleset_be: [u8; 4],
+    pub kind: u8,
+    pub len: u8,
+    pub path: [u8; UNIX_PATH_BYTES],
+}
+
+/// What a rule set allows beyond the defaults. `families`: bit N allows address family N
+/// (AF_INET, AF_INET6, AF_UNIX and AF_NETLINK are always set). `netlink`: bit N allows
+/// netlink protocol N (NETLINK_ROUTE, 0, is always set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetContain {
+    pub families: u64,
+    pub netlink: u32,
+    pub flags: u32,
+}
+
+/// A unix connect or send: the name as the process passed it (lsm backend: the peer's
+/// resolved path or abstract name).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixEvent {
+    pub hdr: EventHeader,
+    /// 0 or -errno.
+    pub result: i32,
+    /// 1 when the name is abstract (`path[..path_len]` is the name without its leading zero).
+    pub abstract_name: u16,
+    /// SOCK_* type of the socket, or 0 if unknown.
+    pub sock_type: u16,
+    pub path_len: u32,
+    pub _pad: u32,
+    pub path: [u8; UNIX_PATH_BYTES + 2],
+}
+
+/// Offsets the containment programs read (from BTF, 0 when the running kernel lacks them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetOffsets {
+    /// bpf_sock_addr_kern.uaddr and .uaddrlen (the kernel's copy of the address; 6.7+).
+    pub sa_kern_uaddr: u32,
+    pub sa_kern_uaddrlen: u32,
+    /// sock_common fields (at the start of struct sock).
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// unix_sock.addr (struct unix_address *) and unix_sock.path (struct path).
+    pub unix_sock_addr: u32,
+    pub unix_sock_path: u32,
+    /// unix_address.len and .name (a struct sockaddr_un).
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    /// socket.sk, socket.type (repeated here so the containment programs need nothing else).
+    pub socket_sk: u32,
+    pub socket_type: u32,
+    pub file_private_data: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod_net {
+    use super::*;
+    // SAFETY: plain-old-data, #[repr(C)] with explicit padding and no holes.
+    unsafe impl aya::Pod for UnixKey {}
+    unsafe impl aya::Pod for NetContain {}
+    unsafe impl aya::Pod for NetOffsets {}
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -631,6 +743,9 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), size_of::<EventHeader>() + 8);
         assert_eq!(size_of::<KernelOffsets>() % 8, 0);
         assert!(PATH_MAX.is_power_of_two() && ARGV_MAX.is_power_of_two());
+        assert_eq!(size_of::<UnixKey>(), 6 + UNIX_PATH_BYTES);
+        assert_eq!(size_of::<UnixEvent>(), size_of::<EventHeader>() + 16 + UNIX_PATH_BYTES + 2);
+        assert_eq!(size_of::<NetOffsets>() % 8, 0);
     }
 
     #[test]
@@ -645,8 +760,9 @@ mod tests {
         for r in Rule::ALL {
             assert_eq!((Rule::from_raw(r.as_raw()), Rule::from_name(r.name())), (Some(*r), Some(*r)));
         }
-        assert_eq!((Kind::from_raw(0), Kind::from_raw(Kind::RunStart.as_raw()), Kind::from_raw(8)), (None, None, None));
-        assert_eq!((Verdict::from_raw(5), Rule::from_raw(RULE_NONE), Rule::from_raw(12)), (None, None, None));
+        assert_eq!((Kind::from_raw(0), Kind::from_raw(Kind::RunStart.as_raw()), Kind::from_raw(9)), (None, None, None));
+        assert_eq!((Verdict::from_raw(5), Rule::from_raw(RULE_NONE), Rule::from_raw(15)), (None, None, None));
+        assert_eq!((Kind::Bind.name(), Rule::Unix.name(), Rule::Families.name(), Rule::Listen.name()), ("bind", "network.unix", "network.families", "network.listen"));
         assert_eq!(Rule::raw_of(None), RULE_NONE);
         assert_eq!((Kind::Sendmsg.as_raw(), Verdict::WouldDeny.as_raw(), Rule::Grant.as_raw()), (6, 3, 10));
         assert_eq!((Kind::PolicyReload.name(), Verdict::WouldDeny.name(), Rule::PathTooLong.name()), ("policy_reload", "would_deny", "files.path_too_long"));

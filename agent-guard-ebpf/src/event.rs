@@ -1,8 +1,9 @@
 //! The ring buffer, drop counters, and one event-filling helper per kind (`report_*`), used by the tracepoint, cgroup and LSM
 //! programs alike: each writes its record in place in the ring buffer.
 use agent_guard_common::{
-    drop_slot, ConnectEvent, EventHeader, ExecEvent, ExitEvent, Kind, OpenEvent, SocketEvent, SyscallEvent, Verdict,
-    ARGV_MAX, EVENTS_RING_BYTES, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR, PATH_MAX,
+    drop_slot, ConnectEvent, EventHeader, ExecEvent, ExitEvent, Kind, OpenEvent, SocketEvent, SyscallEvent, UnixEvent,
+    Verdict, ARGV_MAX, EVENTS_RING_BYTES, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
+    FLAG_UNIX, PATH_MAX, UNIX_PATH_BYTES,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
@@ -283,18 +284,55 @@ pub fn report_syscall(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, 
     entry.submit(0);
 }
 
-/// Reports a refused socket creation (always urgent).
+/// Reports a refused socket creation (always urgent): a raw or unseen socket, or a family
+/// the policy does not list.
 #[inline(always)]
-pub fn report_socket(run: &CurrentRun, d: &Decision, ruleset: u32, family: u32, sock_type: u32, protocol: u32) {
+pub fn report_socket(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, family: u32, sock_type: u32, protocol: u32) {
     let Some(mut entry) = reserve::<SocketEvent>(true) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: a reserved, writable SocketEvent, written field by field.
     unsafe {
-        fill_header(&mut (*ev).hdr, Kind::Socket, run, d, ruleset, 0);
+        fill_header(&mut (*ev).hdr, Kind::Socket, run, d, ruleset, flags);
         (*ev).family = family;
         (*ev).sock_type = sock_type;
         (*ev).protocol = protocol;
         (*ev)._pad = 0;
+    }
+    entry.submit(0);
+}
+
+/// What a unix `connect` or `sendmsg` event says besides its header.
+pub struct Unix {
+    pub result: i32,
+    /// The name is abstract (`path[..len]` is the name without its leading zero).
+    pub abstract_name: bool,
+    /// SOCK_* type of the socket, or 0 if unknown.
+    pub sock_type: u16,
+    pub len: u32,
+}
+
+/// Reports a connect or datagram (`kind`) to a unix socket decided by `d` (always urgent:
+/// only refusals are reported), its name copied from `path` (kernel memory, at least
+/// `UNIX_PATH_BYTES` long). The record is a [`UnixEvent`], marked with `FLAG_UNIX`.
+#[inline(always)]
+pub fn report_unix(kind: Kind, run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, u: &Unix, path: *const u8) {
+    let Some(mut entry) = reserve::<UnixEvent>(true) else { return };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: a reserved, writable UnixEvent, written field by field; the name is copied
+    // with a fixed size from memory the caller vouches for.
+    unsafe {
+        fill_header(&mut (*ev).hdr, kind, run, d, ruleset, flags | FLAG_UNIX);
+        (*ev).result = u.result;
+        (*ev).abstract_name = u16::from(u.abstract_name);
+        (*ev).sock_type = u.sock_type;
+        (*ev).path_len = u.len;
+        (*ev)._pad = 0;
+        let dst = (*ev).path.as_mut_ptr();
+        core::ptr::write_volatile(dst.add(UNIX_PATH_BYTES), 0);
+        core::ptr::write_volatile(dst.add(UNIX_PATH_BYTES + 1), 0);
+        if aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst.cast(), UNIX_PATH_BYTES as u32, path.cast()) != 0 {
+            (*ev).path_len = 0;
+        }
     }
     entry.submit(0);
 }

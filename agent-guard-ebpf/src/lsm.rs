@@ -47,7 +47,7 @@ const NR_BPF: u32 = 321;
 /// `-(denied & 1)`, and the verifier cannot bound a negation, while an LSM program must
 /// provably return a value in [-4095, 0] (6.12 checks).
 #[inline(always)]
-fn answer(d: &Decision) -> i32 {
+pub fn answer(d: &Decision) -> i32 {
     let allowed = !(d.verdict == Verdict::Deny || d.verdict == Verdict::Kill) as i32;
     // SAFETY: read of a local variable.
     let allowed = unsafe { core::ptr::read_volatile(&allowed) } & 1;

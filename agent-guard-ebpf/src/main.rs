@@ -12,12 +12,15 @@ mod exec;
 mod exit;
 mod files;
 mod kernel;
+mod listen;
 mod lsm;
 mod net;
 mod policy;
 mod run;
 mod scratch;
+mod sockets;
 mod syscalls;
+mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

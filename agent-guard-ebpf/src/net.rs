@@ -221,7 +221,7 @@ pub fn ag_sock_create(ctx: SockContext) -> i32 {
         return PASS;
     };
     let d = policy::refusal(&rs, rule);
-    event::report_socket(&run, &d, rs.id, family, ty, proto);
+    event::report_socket(&run, &d, rs.id, 0, family, ty, proto);
     if d.verdict == Verdict::Deny {
         kill_later(&rs, false);
         return REFUSE;

@@ -306,11 +306,31 @@ pub fn exec_decision(rs: &Ruleset, w: &Walked, can_refuse: bool, hold: impl FnOn
     }
 }
 
+/// (rule set, address prefix) -> ports a run may bind and listen on (`[network] listen`),
+/// compiled as `[network] connect`. IPv4 is stored IPv4-mapped.
+#[map]
+static AG_LISTEN_RULES: LpmTrie<NetKey, NetRule> =
+    LpmTrie::with_max_entries(NET_RULES_MAX, BPF_F_NO_PREALLOC);
+
 /// Whether `[network] connect` allows `addr` (16 bytes, IPv4 as IPv4-mapped) and `port`.
 #[inline(always)]
 pub fn net_allowed(rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
+    ports_allowed(&AG_NET_RULES, rs, addr, port)
+}
+
+/// Whether `[network] listen` allows binding or listening on `addr` (as [`net_allowed`]) and
+/// `port`.
+#[inline(always)]
+pub fn listen_allowed(rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
+    ports_allowed(&AG_LISTEN_RULES, rs, addr, port)
+}
+
+/// The one CIDR-and-port lookup: the longest prefix of `addr` in `trie` for the rule set, and
+/// whether one of its port ranges holds `port`.
+#[inline(always)]
+fn ports_allowed(trie: &LpmTrie<NetKey, NetRule>, rs: &Ruleset, addr: &[u8; 16], port: u16) -> bool {
     let key = Key::new(32 + 128, NetKey { ruleset_be: rs.id.to_be_bytes(), addr: *addr });
-    let Some(r) = AG_NET_RULES.get(&key) else { return false };
+    let Some(r) = trie.get(&key) else { return false };
     let n = if r.count as usize > PORT_RANGES_MAX { PORT_RANGES_MAX } else { r.count as usize };
     // Every slot at a constant offset, no early exit: the compiler unrolls this into plain
     // loads, where a loop with a break became a pointer walk the 6.1 verifier refuses

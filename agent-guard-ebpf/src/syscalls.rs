@@ -10,17 +10,15 @@
 //! (`RUN_SECCOMP`) that refuses the same syscalls with an errno before this hook runs: a
 //! refused syscall never gets here. Only `link`/`linkat` pass that filter (the run's Landlock
 //! layer judges them, or the filter refuses them), so they are not killed as unseen here.
-use agent_guard_common::{Rule, RS_RAW_SOCKETS, RUN_SECCOMP};
+use agent_guard_common::{Rule, RUN_SECCOMP};
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{event, kernel, policy, run};
 
-const NR_SOCKET: u32 = 41;
 const NR_CLONE: u32 = 56;
 const NR_CLONE3: u32 = 435;
 const NR_LINK: u32 = 86;
 const NR_LINKAT: u32 = 265;
-const AF_PACKET: u64 = 17;
 /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a new namespace
 /// would let the process remount paths under names the policy allows.
 const CLONE_NEW_ANY: u64 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
@@ -57,7 +55,7 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
         Rule::Unseen
-    } else if nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_SOCKET {
+    } else if nr == NR_CLONE || nr == NR_CLONE3 {
         let Ok(arg0) = arg0() else {
             // The argument that decides could not be read: refused, not guessed.
             return report(&run, &rs, Rule::Unseen, nr, 0);
@@ -66,10 +64,8 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
             Rule::Unseen
         } else if nr == NR_CLONE3 && clone3_flags(arg0).is_none_or(refused_clone) {
             Rule::Unseen
-        } else if nr == NR_SOCKET && arg0 == AF_PACKET && rs.hdr.flags & RS_RAW_SOCKETS == 0 {
-            // Packet sockets never reach the cgroup sock_create hook.
-            Rule::RawSocket
         } else {
+            // Socket families (packet sockets among them): sockets.rs.
             return 0;
         };
         return report(&run, &rs, rule, nr, arg0);

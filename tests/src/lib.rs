@@ -623,6 +623,9 @@ pub struct PolicyFile {
     deny: Vec<String>,
     exec: Vec<String>,
     connect: Vec<String>,
+    unix: Vec<String>,
+    families: Vec<String>,
+    listen: Vec<String>,
     syscalls_deny: Vec<String>,
     bind: Vec<String>,
     capabilities: Vec<String>,
@@ -647,6 +650,9 @@ impl PolicyFile {
             deny: vec![],
             exec: vec![],
             connect: vec![],
+            unix: vec![],
+            families: vec![],
+            listen: vec![],
             syscalls_deny: vec![],
             bind: vec![],
             capabilities: vec![],
@@ -705,6 +711,24 @@ impl PolicyFile {
         self
     }
 
+    /// network.unix: `/path`, `/dir/` or `@name`.
+    pub fn unix<S: AsRef<str>>(mut self, rules: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.unix.extend(strings(rules));
+        self
+    }
+
+    /// network.families: `packet`, `vsock`, `netlink`, `netlink:audit`, ...
+    pub fn families<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.families.extend(strings(names));
+        self
+    }
+
+    /// network.listen: `ADDR:PORT` or `ADDR:LO-HI` (CIDRs as connect).
+    pub fn listen<S: AsRef<str>>(mut self, rules: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.listen.extend(strings(rules));
+        self
+    }
+
     /// syscalls.deny
     pub fn syscalls_deny<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> PolicyFile {
         self.syscalls_deny.extend(strings(names));
@@ -752,7 +776,7 @@ impl std::fmt::Display for PolicyFile {
         let sections: [(&str, Lists); 6] = [
             ("files", &[("read", &self.read), ("write", &self.write), ("deny", &self.deny)]),
             ("exec", &[("allow", &self.exec)]),
-            ("network", &[("connect", &self.connect)]),
+            ("network", &[("connect", &self.connect), ("unix", &self.unix), ("families", &self.families), ("listen", &self.listen)]),
             ("syscalls", &[("deny", &self.syscalls_deny)]),
             ("bind", &[("cgroups", &self.bind)]),
             ("process", &[("capabilities", &self.capabilities)]),

@@ -97,6 +97,48 @@ pub struct Ctx {
     pub udp_bad: UdpSocket,
     /// A TCP socket created outside every run, inherited by the runs (not close-on-exec).
     pub passed_socket: i32,
+    /// Unix sockets, abstract names and ports of the containment scenarios.
+    pub contain: Contain,
+}
+
+/// What the containment scenarios point at: listeners outside every run.
+pub struct Contain {
+    /// `<dir>/allowed/ok.sock` (under the policy's `dir/` rule), `<dir>/bad.sock` (unlisted),
+    /// `<dir>/bad.dgram` (an unlisted datagram socket).
+    pub dir: PathBuf,
+    pub abstract_ok: String,
+    pub abstract_bad: String,
+    /// A loopback port `[network] listen` lists, and one it does not.
+    pub listen_ok: u16,
+    pub listen_bad: u16,
+    _listeners: Vec<std::os::unix::net::UnixListener>,
+    _dgram: std::os::unix::net::UnixDatagram,
+}
+
+impl Contain {
+    fn new(dir: PathBuf) -> Contain {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+        std::fs::create_dir_all(dir.join("allowed")).unwrap();
+        let tag = std::process::id();
+        let (abstract_ok, abstract_bad) = (format!("ag-ok-{tag}"), format!("ag-bad-{tag}"));
+        let mut listeners = vec![
+            UnixListener::bind(dir.join("allowed/ok.sock")).unwrap(),
+            UnixListener::bind(dir.join("bad.sock")).unwrap(),
+        ];
+        for name in [&abstract_ok, &abstract_bad] {
+            listeners.push(UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap());
+        }
+        let dgram = UnixDatagram::bind(dir.join("bad.dgram")).unwrap();
+        // Free ports now (a race with other processes is unlikely on loopback).
+        let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (listen_ok, listen_bad) = (free(), free());
+        Contain { dir, abstract_ok, abstract_bad, listen_ok, listen_bad, _listeners: listeners, _dgram: dgram }
+    }
+
+    fn path(&self, rel: &str) -> String {
+        s(&self.dir.join(rel))
+    }
 }
 
 impl Ctx {
@@ -348,17 +390,114 @@ pub fn scenarios() -> Vec<Scenario> {
                 Ok(())
             }),
         },
+        // Containment (tests/tests/containment.rs has the host's own, longer checks).
+        Scenario {
+            name: "unix-allowed",
+            args: |c| v(&["unix-connect", &c.contain.path("allowed/ok.sock")]),
+            tracepoint: Outcome::Ok("ok connected"),
+            lsm: Outcome::Ok("ok connected"),
+            event: None,
+            after: None,
+        },
+        Scenario {
+            name: "unix-denied",
+            args: |c| v(&["unix-connect", &c.contain.path("bad.sock")]),
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("connect", "network.unix")),
+            after: None,
+        },
+        // Out of the allowed directory with `..`: the cgroup programs refuse any `..`, the lsm
+        // hooks see the peer's resolved path.
+        Scenario {
+            name: "unix-dotdot",
+            args: |c| v(&["unix-connect", &c.contain.path("allowed/../bad.sock")]),
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("connect", "network.unix")),
+            after: None,
+        },
+        Scenario {
+            name: "unix-abstract-allowed",
+            args: |c| vec!["unix-connect".into(), format!("@{}", c.contain.abstract_ok)],
+            tracepoint: Outcome::Ok("ok connected"),
+            lsm: Outcome::Ok("ok connected"),
+            event: None,
+            after: None,
+        },
+        Scenario {
+            name: "unix-abstract-denied",
+            args: |c| vec!["unix-connect".into(), format!("@{}", c.contain.abstract_bad)],
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("connect", "network.unix")),
+            after: None,
+        },
+        Scenario {
+            name: "unix-dgram-denied",
+            args: |c| v(&["unix-send", &c.contain.path("bad.dgram")]),
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("sendmsg", "network.unix")),
+            after: None,
+        },
+        Scenario { name: "family-packet", args: |_| v(&["socket", "17", "3", "0"]), tracepoint: KILLED, lsm: EPERM, event: Some(("socket", "network.families")), after: None },
+        // High bits of the register: the kernel takes an int, and so do the checks.
+        Scenario {
+            name: "family-packet-high-bits",
+            args: |_| v(&["socket", "0x100000011", "3", "0"]),
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("socket", "network.families")),
+            after: None,
+        },
+        Scenario { name: "family-vsock", args: |_| v(&["socket", "40", "1", "0"]), tracepoint: KILLED, lsm: EPERM, event: Some(("socket", "network.families")), after: None },
+        Scenario { name: "family-tipc", args: |_| v(&["socket", "30", "2", "0"]), tracepoint: KILLED, lsm: EPERM, event: Some(("socket", "network.families")), after: None },
+        Scenario { name: "netlink-audit", args: |_| v(&["socket", "16", "3", "9"]), tracepoint: KILLED, lsm: EPERM, event: Some(("socket", "network.families")), after: None },
+        Scenario { name: "netlink-uevent", args: |_| v(&["socket", "16", "2", "15"]), tracepoint: KILLED, lsm: EPERM, event: Some(("socket", "network.families")), after: None },
+        Scenario { name: "netlink-route", args: |_| v(&["netlink-route"]), tracepoint: Outcome::Ok("ok links"), lsm: Outcome::Ok("ok links"), event: None, after: None },
+        Scenario { name: "socketpair-unix", args: |_| v(&["socketpair", "1", "1"]), tracepoint: Outcome::Ok("ok socketpair"), lsm: Outcome::Ok("ok socketpair"), event: None, after: None },
+        Scenario {
+            name: "listen-allowed",
+            args: |c| vec!["listen".into(), format!("127.0.0.1:{}", c.contain.listen_ok)],
+            tracepoint: Outcome::Ok("ok listening"),
+            lsm: Outcome::Ok("ok listening"),
+            event: None,
+            after: None,
+        },
+        Scenario {
+            name: "listen-denied",
+            args: |c| vec!["listen".into(), format!("127.0.0.1:{}", c.contain.listen_bad)],
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("bind", "network.listen")),
+            after: None,
+        },
+        Scenario {
+            name: "listen-any-address",
+            args: |c| vec!["listen".into(), format!("0.0.0.0:{}", c.contain.listen_ok)],
+            tracepoint: EPERM,
+            lsm: EPERM,
+            event: Some(("bind", "network.listen")),
+            after: None,
+        },
+        // listen(2) without bind: an ephemeral port on every address.
+        Scenario { name: "listen-unbound", args: |_| v(&["listen-unbound"]), tracepoint: KILLED, lsm: EPERM, event: Some(("bind", "network.listen")), after: None },
+        // A client's bind to port 0 (the kernel picks the port) is not serving.
+        Scenario { name: "bind-port-zero", args: |_| v(&["bind-udp", "127.0.0.1:0"]), tracepoint: Outcome::Ok("ok bound"), lsm: Outcome::Ok("ok bound"), event: None, after: None },
     ]
 }
 
 /// The suite's policy (see the module comment).
-fn policy(l: &Layout, net: &[String]) -> PolicyFile {
-    // The capabilities root needs to get as far as the layers under test (a raw socket, bpf(),
-    // mount): without them the kernel's own capability checks refuse first.
+fn policy(l: &Layout, net: &[String], contain: &Contain) -> PolicyFile {
     PolicyFile::for_workspace("scenarios", l)
         .deny([l.ws.join("out/locked")])
         .connect(net)
+        .unix([format!("{}/allowed/", contain.dir.display()), format!("@{}", contain.abstract_ok)])
+        .listen([format!("127.0.0.1:{}", contain.listen_ok)])
         .syscalls_deny(["ptrace"])
+        // The capabilities root needs to get as far as the layers under test (a raw socket,
+        // bpf(), mount): without them the kernel's own capability checks refuse first.
         .capabilities(["CAP_NET_RAW", "CAP_BPF", "CAP_SYS_ADMIN"])
 }
 
@@ -387,12 +526,13 @@ pub fn setup(backend: Backend) -> Ctx {
     if let Some(l) = &tcp6_ok {
         net.push(format!("[::1]/128:{}", port(l)));
     }
-    let policy = policy(&layout, &net).write_to(daemon.dir.path());
+    let contain = Contain::new(layout.tmp.path().join("sock"));
+    let policy = policy(&layout, &net, &contain).write_to(daemon.dir.path());
     // SAFETY: plain socket(2), without SOCK_CLOEXEC so that runs inherit it.
     let passed_socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     assert!(passed_socket >= 0, "socket: {}", std::io::Error::last_os_error());
     let outside = Command::new(probe()).args(["sleep", "600"]).stdout(Stdio::null()).spawn().unwrap();
-    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket }
+    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket, contain }
 }
 
 /// Runs one scenario; Err says how the observed behaviour differs from the expected one.
@@ -417,7 +557,11 @@ pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
             let e = wait_event(&c.daemon, sc.name, kind, Duration::from_secs(10))
                 .ok_or_else(|| format!("no {kind} event with a violation for run {}", sc.name))?;
             let got = (e["verdict"].as_str().unwrap_or(""), e["rule"].as_str().unwrap_or(""), e["hook"].as_str().unwrap_or(""));
-            let hook = hook(kind, want, backend);
+            // A bind event of listen(2) (`op: listen`) comes from the backend's own hook.
+            let hook = hook(if e["op"] == "listen" { "listen" } else { kind }, rule, want, backend);
+            // Unix peers: the cgroup unix programs (6.7+) refuse first; older kernels have
+            // only the lsm hooks.
+            let hook = if rule == "network.unix" && backend == Backend::Lsm && got.2 == "lsm" { "lsm" } else { hook };
             if got != (want.verdict(), rule, hook) || e["layer"] != "ebpf" {
                 return Err(format!("event: expected verdict {} rule {rule} layer ebpf hook {hook}, got {e}", want.verdict()));
             }
@@ -430,8 +574,13 @@ pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
 /// The hook an event of `kind` with outcome `want` names on `backend`: network refusals are
 /// the cgroup programs' on every backend, kills of syscalls the raw tracepoint's, and the
 /// rest the backend's own.
-fn hook(kind: &str, want: Outcome, backend: Backend) -> &'static str {
+fn hook(kind: &str, rule: &str, want: Outcome, backend: Backend) -> &'static str {
+    // Socket families and listen(2): the backend's own hooks (no cgroup hook sees them).
+    if rule == "network.families" || kind == "listen" {
+        return if backend == Backend::Lsm { "lsm" } else { "tracepoint" };
+    }
     match (kind, want, backend) {
+        ("bind", _, _) => "cgroup",
         ("connect" | "sendmsg" | "socket", _, _) => "cgroup",
         ("syscall", Outcome::Killed, _) => "tracepoint",
         (_, _, Backend::Lsm) => "lsm",
@@ -462,8 +611,8 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
         return Err(format!("status gives no reason for the backend: {v}"));
     }
     let ops = v["enforcement"].as_array().map_or(0, Vec::len);
-    if ops != 8 {
-        return Err(format!("status lists {ops} operations, not 8: {}", v["enforcement"]));
+    if ops != 11 {
+        return Err(format!("status lists {ops} operations, not 11: {}", v["enforcement"]));
     }
     let want = format!("agent_guard_backend_info{{backend=\"{}\"}} 1", backend.name());
     let scrape = metrics(d)?;

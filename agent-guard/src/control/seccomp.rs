@@ -42,10 +42,13 @@ pub(crate) fn handle(shared: &Shared, req: Request, registered: Option<&str>) ->
         }
         Request::SeccompRefusal { refusal, .. } => {
             drop(own);
-            let Some(rule) = [Rule::Syscalls, Rule::Unseen].into_iter().find(|r| r.name() == refusal.rule) else {
-                return Response::err(format!("unknown rule {:?}", refusal.rule));
+            let kind = match (refusal.rule, refusal.socket) {
+                (Rule::Syscalls | Rule::Unseen, _) => Kind::Syscall,
+                (Rule::Families, Some(_)) => Kind::Socket,
+                (rule, _) => return Response::err(format!("the seccomp filter does not refuse by rule {rule}")),
             };
-            let mut e = shared.base_event(Kind::Syscall, Some(&info));
+            let rule = refusal.rule;
+            let mut e = shared.base_event(kind, Some(&info));
             e.verdict = Verdict::Deny;
             e.rule = Some(rule);
             e.layer = Some("seccomp");
@@ -61,8 +64,18 @@ pub(crate) fn handle(shared: &Shared, req: Request, registered: Option<&str>) ->
             }
             let (tgid, ppid) = e.tgid.zip(e.ppid).unwrap_or((refusal.pid, 0));
             e.ancestry = Some(crate::runs::evidence::lineage(tgid, ppid, &procs, &shared.mount, &info.dir));
-            let Refusal { syscall, nr, arg0, path, errno, .. } = refusal;
-            e.detail = Detail::Syscall { name: syscall, nr, arg0, path, error: errno_name(-errno) };
+            let Refusal { syscall, nr, arg0, path, errno, socket, .. } = refusal;
+            e.detail = match socket {
+                Some([family, sock_type, protocol]) if kind == Kind::Socket => {
+                    // The type without SOCK_NONBLOCK/SOCK_CLOEXEC, as the kernel programs report it.
+                    let mut d = Detail::socket_family(family, sock_type & 0xf, protocol);
+                    if let Detail::SocketFamily { error, .. } = &mut d {
+                        *error = errno_name(-errno);
+                    }
+                    d
+                }
+                _ => Detail::Syscall { name: syscall, nr, arg0, path, error: errno_name(-errno) },
+            };
             shared.emit(e);
             Response::ok()
         }

@@ -52,7 +52,10 @@ async fn serve(cfg: Config) -> Result<()> {
         root_level: cgroup::level(&mount, &root)?,
         _pad: 0,
     };
-    let offsets = KernelBtf::load()?.offsets()?;
+    let btf = KernelBtf::load()?;
+    let offsets = btf.offsets()?;
+    let net_offsets = btf.net_offsets();
+    drop(btf);
     let pins = ebpf::Pins::new(&cfg.bpffs_dir, kcfg.root_id, cfg.events_ring_bytes);
     // Before anything pinned is looked at: a second daemon with this config stops here.
     let _lock = crate::daemon::state::Lock::take(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
@@ -82,7 +85,7 @@ async fn serve(cfg: Config) -> Result<()> {
     if !adopting {
         state.clear().with_context(|| format!("clearing state_dir {}", cfg.state_dir.display()))?;
     }
-    let loaded = match ebpf::load(&kcfg, &offsets, cfg.events_ring_bytes, &root, &pins, cfg.backend) {
+    let loaded = match ebpf::load(&kcfg, &offsets, &net_offsets, cfg.events_ring_bytes, &root, &pins, cfg.backend) {
         Ok(l) => l,
         Err(e) => {
             // A fresh start that failed half-way must not leave programs attached with no

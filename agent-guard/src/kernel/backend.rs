@@ -52,6 +52,12 @@ pub const LSM_PROGRAMS: &[(&str, &str)] = &[
     ("ag_lsm_bpf", "bpf"),
     ("ag_lsm_sb_mount", "sb_mount"),
     ("ag_lsm_socket_connect", "socket_connect"),
+    // Containment: socket families, unix peers, listening (kernel crate: sockets.rs,
+    // unix.rs, listen.rs).
+    ("ag_lsm_socket_create", "socket_create"),
+    ("ag_lsm_unix_stream_connect", "unix_stream_connect"),
+    ("ag_lsm_unix_may_send", "unix_may_send"),
+    ("ag_lsm_socket_listen", "socket_listen"),
 ];
 
 /// Pin-name prefix of the LSM programs' links.
@@ -129,6 +135,57 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
              on_violation = \"kill\"/\"freeze\": raw tracepoint sys_enter, SIGKILL",
         ),
     ];
+    let unix_cgroup = crate::kernel::sockaddr_unix::state();
+    let contain = [
+        e(
+            "unix-connect",
+            match (&unix_cgroup, backend) {
+                (Err(_), Backend::Tracepoint) => "none",
+                _ => "deny",
+            },
+            &match (&unix_cgroup, backend) {
+                (Ok(()), Backend::Lsm) => "cgroup connect_unix/sendmsg_unix: EPERM for a name outside [network] unix (as passed); \
+                     lsm unix_stream_connect/unix_may_send: EPERM for a peer whose resolved path or abstract name is outside it"
+                    .to_string(),
+                (Err(why), Backend::Lsm) => format!(
+                    "lsm unix_stream_connect/unix_may_send: EPERM for a peer whose resolved path or abstract name is outside \
+                     [network] unix (no cgroup unix hooks: {why})"
+                ),
+                (Ok(()), Backend::Tracepoint) => "cgroup connect_unix/sendmsg_unix: EPERM for a name outside [network] unix \
+                     (judged as passed: a symlink inside an allowed directory is followed)"
+                    .to_string(),
+                (Err(why), Backend::Tracepoint) => format!(
+                    "not checked: this kernel has neither BPF LSM nor the cgroup unix hooks ({why}); kernels before 6.7 \
+                     without BPF LSM do not judge unix connects (runs from `agent-guard run` still get Landlock's \
+                     abstract-socket scope, ABI 6)"
+                ),
+            },
+        ),
+        e(
+            "socket-families",
+            if backend == Backend::Lsm { "deny" } else { "deny/kill" },
+            if backend == Backend::Lsm {
+                "lsm socket_create: EPERM for a family outside inet, inet6, unix, netlink route and [network] families \
+                 (runs from `agent-guard run` with on_violation = \"deny\": their seccomp filter refuses first)"
+            } else {
+                "runs from `agent-guard run` with on_violation = \"deny\": the launcher's seccomp filter refuses \
+                 socket/socketpair of a family outside inet, inet6, unix, netlink route and [network] families with \
+                 EPERM before the socket exists; bound cgroups and on_violation = \"kill\"/\"freeze\": \
+                 socket/socketpair entry, SIGKILL (the socket is created; the process never runs again)"
+            },
+        ),
+        e(
+            "bind/listen",
+            if backend == Backend::Lsm { "deny" } else { "deny/kill" },
+            if backend == Backend::Lsm {
+                "cgroup bind4/bind6: EPERM for an address:port outside [network] listen (port 0 allowed); lsm \
+                 socket_listen: EPERM for listening on one"
+            } else {
+                "cgroup bind4/bind6: EPERM for an address:port outside [network] listen (port 0 allowed); listen(2) \
+                 on one (or on an unbound socket): SIGKILL at entry"
+            },
+        ),
+    ];
     let mut v = match backend {
         Backend::Lsm => vec![
             e("exec", "deny", "lsm bprm_check_security: EPERM, before the image loads (memfd and fexecve included)"),
@@ -158,6 +215,7 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
         ],
     };
     v.extend(net);
+    v.extend(contain);
     v.push(match backend {
         Backend::Lsm => e(
             "self-protection",
@@ -193,7 +251,19 @@ mod tests {
             let ops: Vec<String> = enforcement(b).into_iter().map(|e| e.operation).collect();
             assert_eq!(
                 ops,
-                ["exec", "open-read", "open-write", "create/truncate/unlink/rename", "connect", "sendmsg", "syscalls", "self-protection"]
+                [
+                    "exec",
+                    "open-read",
+                    "open-write",
+                    "create/truncate/unlink/rename",
+                    "connect",
+                    "sendmsg",
+                    "syscalls",
+                    "unix-connect",
+                    "socket-families",
+                    "bind/listen",
+                    "self-protection"
+                ]
             );
         }
     }

@@ -148,6 +148,30 @@ impl KernelBtf {
     }
 }
 
+impl KernelBtf {
+    /// Offsets the containment programs read (unix sockets, binding); a field this kernel
+    /// lacks is 0 and the program using it treats the structure as unreadable.
+    pub fn net_offsets(&self) -> agent_guard_common::NetOffsets {
+        let f = |s: &str, m: &str| self.field(s, m).map_or(0, |f| f.offset);
+        agent_guard_common::NetOffsets {
+            sa_kern_uaddr: f("bpf_sock_addr_kern", "uaddr"),
+            sa_kern_uaddrlen: f("bpf_sock_addr_kern", "uaddrlen"),
+            skc_family: f("sock_common", "skc_family"),
+            skc_num: f("sock_common", "skc_num"),
+            skc_rcv_saddr: f("sock_common", "skc_rcv_saddr"),
+            skc_v6_rcv_saddr: f("sock_common", "skc_v6_rcv_saddr"),
+            unix_sock_addr: f("unix_sock", "addr"),
+            unix_sock_path: f("unix_sock", "path"),
+            unix_address_len: f("unix_address", "len"),
+            unix_address_name: f("unix_address", "name"),
+            socket_sk: f("socket", "sk"),
+            socket_type: f("socket", "type"),
+            file_private_data: f("file", "private_data"),
+            _pad: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Loading and attaching the kernel programs. One owner (the daemon's core) holds the result.
 use std::path::{Path, PathBuf};
 
-use agent_guard_common::{names, Config as KernelConfig, GrantKey, KernelOffsets, RunEntry};
+use agent_guard_common::{names, Config as KernelConfig, GrantKey, KernelOffsets, NetOffsets, RunEntry};
 use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{links::FdLink, CgroupAttachMode, CgroupSock, CgroupSockAddr, TracePoint},
@@ -41,6 +41,10 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
     ("ag_exit_sendmmsg", "syscalls", "sys_exit_sendmmsg"),
     ("ag_exit_socket", "syscalls", "sys_exit_socket"),
+    // Containment (sockets.rs, listen.rs of the kernel crate): families and listen(2).
+    ("ag_enter_socket", "syscalls", "sys_enter_socket"),
+    ("ag_enter_socketpair", "syscalls", "sys_enter_socketpair"),
+    ("ag_enter_listen", "syscalls", "sys_enter_listen"),
 ];
 
 /// The syscall check: a raw tracepoint (cheaper per hit than a perf-event tracepoint), run by
@@ -51,9 +55,10 @@ const SYS_ENTER: (&str, &str) = ("ag_sys_enter", "sys_enter");
 /// cgroup sock_addr programs, attached to the managed root (never to any other cgroup).
 /// aya attaches them with bpf_link, which always lets other links coexist on the cgroup
 /// and refuses attach flags: hence `CgroupAttachMode::Single` (no flags).
-const SOCK_ADDR: &[&str] = &["ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6"];
+const SOCK_ADDR: &[&str] = &["ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6", "ag_bind4", "ag_bind6"];
 const SOCK_CREATE: &str = "ag_sock_create";
-/// How many programs `attach_cgroup` attaches to a cgroup.
+/// How many programs `attach_cgroup` attaches to a cgroup with aya (the unix ones of
+/// `sockaddr_unix`, on kernels that have them, come on top).
 pub const CGROUP_PROGRAMS: usize = SOCK_ADDR.len() + 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,10 @@ pub struct PolicyMaps {
     pub rulesets: HashMap<MapData, u32, agent_guard_common::RulesetHeader>,
     pub files: HashMap<MapData, agent_guard_common::FileNodeKey, agent_guard_common::FileNode>,
     pub net: LpmTrie<MapData, agent_guard_common::NetKey, agent_guard_common::NetRule>,
+    /// `[network] unix`, families and listen (see policy/contain.rs).
+    pub unix: LpmTrie<MapData, agent_guard_common::UnixKey, u32>,
+    pub contain: HashMap<MapData, u32, agent_guard_common::NetContain>,
+    pub listen: LpmTrie<MapData, agent_guard_common::NetKey, agent_guard_common::NetRule>,
 }
 
 /// The loaded programs and the maps userspace works with.
@@ -128,12 +137,16 @@ const PINNED_MAPS: &[&str] = &[
     names::EVENTS,
     names::DROPS,
     "AG_SCRATCH",
+    "AG_UNIX_SCRATCH",
     "AG_PENDING_OPEN",
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
     names::GRANTS,
     names::HELD,
     names::LSM_ON,
+    names::UNIX_RULES,
+    names::NET_CONTAIN,
+    names::LISTEN_RULES,
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -409,6 +422,12 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, pins: &Pins, dir: &Path, prefix: &str) -> 
             return Err(e);
         }
     }
+    if let Err(e) = crate::kernel::sockaddr_unix::attach(&cgroup, |name| pins.link(&format!("{prefix}{name}"))) {
+        for pin in &done {
+            let _ = pins.unpin(pin);
+        }
+        return Err(LoadError::Pin(format!("{prefix}unix programs (cgroup {})", dir.display()), e));
+    }
     Ok(())
 }
 
@@ -428,6 +447,7 @@ pub fn detach_cgroup(pins: &Pins, prefix: &str) {
 pub fn load(
     cfg: &KernelConfig,
     offsets: &KernelOffsets,
+    net_offsets: &NetOffsets,
     ring_bytes: u32,
     root: &Path,
     pins: &Pins,
@@ -441,13 +461,16 @@ pub fn load(
     loader
         .map_max_entries(names::EVENTS, ring_bytes)
         .override_global(names::CONFIG, cfg, true)
-        .override_global(names::OFFSETS, offsets, true);
+        .override_global(names::OFFSETS, offsets, true)
+        .override_global(names::NET_OFFSETS, net_offsets, true);
     for name in PINNED_MAPS {
         loader.map_pin_path(name, pins.map(name));
     }
     // Links pinned before anything here attaches: an earlier daemon's state, adopted as it is.
     let adopting = !pins.links("").is_empty();
     let mut ebpf = loader.load(OBJECT).map_err(LoadError::Object)?;
+    // Before any map is taken out of `ebpf`: they are relocated against its maps.
+    crate::kernel::sockaddr_unix::load(OBJECT, &ebpf);
     if let Some((name, _)) = ebpf.maps().find(|(n, _)| !n.starts_with('.') && !PINNED_MAPS.contains(n)) {
         return Err(LoadError::Unpinned(name.to_string()));
     }
@@ -487,6 +510,9 @@ pub fn load(
         rulesets: HashMap::try_from(take(&mut ebpf, names::RULESETS)?).map_err(map_err(names::RULESETS))?,
         files: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
         net: LpmTrie::try_from(take(&mut ebpf, names::NET_RULES)?).map_err(map_err(names::NET_RULES))?,
+        unix: LpmTrie::try_from(take(&mut ebpf, names::UNIX_RULES)?).map_err(map_err(names::UNIX_RULES))?,
+        contain: HashMap::try_from(take(&mut ebpf, names::NET_CONTAIN)?).map_err(map_err(names::NET_CONTAIN))?,
+        listen: LpmTrie::try_from(take(&mut ebpf, names::LISTEN_RULES)?).map_err(map_err(names::LISTEN_RULES))?,
     };
     Ok(Loaded {
         policy,

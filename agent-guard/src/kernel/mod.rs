@@ -5,3 +5,4 @@ pub mod btf;
 pub mod load;
 pub mod mounts;
 pub mod rules;
+pub mod sockaddr_unix;

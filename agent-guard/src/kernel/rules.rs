@@ -175,6 +175,29 @@ impl PolicyStore {
             for k in nets {
                 let _ = self.maps.net.remove(&k);
             }
+            for id in &stale {
+                let _ = self.maps.contain.remove(id);
+            }
+            let unix: Vec<_> = self
+                .maps
+                .unix
+                .keys()
+                .flatten()
+                .filter(|k| stale.contains(&u32::from_be_bytes(k.data().ruleset_be)))
+                .collect();
+            for k in unix {
+                let _ = self.maps.unix.remove(&k);
+            }
+            let listen: Vec<Key<NetKey>> = self
+                .maps
+                .listen
+                .keys()
+                .flatten()
+                .filter(|k| stale.contains(&u32::from_be_bytes(k.data().ruleset_be)))
+                .collect();
+            for k in listen {
+                let _ = self.maps.listen.remove(&k);
+            }
         }
         problems
     }
@@ -223,6 +246,9 @@ impl PolicyStore {
         self.maps.rulesets.get(&id, 0).is_ok_and(|h| h == c.header)
             && c.file_nodes.iter().all(|(k, v)| self.maps.files.get(k, 0).is_ok_and(|x| x == *v))
             && c.net_rules.iter().all(|(len, k, v)| self.maps.net.get(&Key::new(*len, *k), 0).is_ok_and(|x| x == *v))
+            && self.maps.contain.get(&id, 0).is_ok_and(|x| x == c.contain)
+            && c.unix_rules.iter().all(|(len, k)| self.maps.unix.get(&Key::new(*len, *k), 0).is_ok())
+            && c.listen_rules.iter().all(|(len, k, v)| self.maps.listen.get(&Key::new(*len, *k), 0).is_ok_and(|x| x == *v))
     }
 
     fn entries_in_use(&self) -> (usize, usize, usize) {
@@ -302,6 +328,13 @@ impl PolicyStore {
         for (len, k, v) in &c.net_rules {
             self.maps.net.insert(&Key::new(*len, *k), v, 0)?;
         }
+        for (len, k) in &c.unix_rules {
+            self.maps.unix.insert(&Key::new(*len, *k), 1, 0)?;
+        }
+        for (len, k, v) in &c.listen_rules {
+            self.maps.listen.insert(&Key::new(*len, *k), v, 0)?;
+        }
+        self.maps.contain.insert(id, c.contain, 0)?;
         self.maps.rulesets.insert(id, c.header, 0)
     }
 
@@ -312,6 +345,13 @@ impl PolicyStore {
         }
         for (len, k, _) in &c.net_rules {
             let _ = self.maps.net.remove(&Key::new(*len, *k));
+        }
+        let _ = self.maps.contain.remove(&id);
+        for (len, k) in &c.unix_rules {
+            let _ = self.maps.unix.remove(&Key::new(*len, *k));
+        }
+        for (len, k, _) in &c.listen_rules {
+            let _ = self.maps.listen.remove(&Key::new(*len, *k));
         }
     }
 

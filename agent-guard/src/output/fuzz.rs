@@ -28,16 +28,18 @@ const KINDS: &[u32] = &[
     Kind::Syscall.as_raw(),
     Kind::Socket.as_raw(),
     Kind::Exit.as_raw(),
+    Kind::Bind.as_raw(),
     0,
-    8,
+    9,
     u32::MAX,
 ];
 
-fn record_size(k: u32) -> Option<usize> {
+fn record_size(k: u32, flags: u32) -> Option<usize> {
     Some(match Kind::from_raw(k)? {
         Kind::Exec => size_of::<ExecEvent>(),
         Kind::Open => size_of::<OpenEvent>(),
-        Kind::Connect | Kind::Sendmsg => size_of::<ConnectEvent>(),
+        Kind::Connect | Kind::Sendmsg if flags & agent_guard_common::FLAG_UNIX != 0 => size_of::<agent_guard_common::UnixEvent>(),
+        Kind::Connect | Kind::Sendmsg | Kind::Bind => size_of::<ConnectEvent>(),
         Kind::Syscall => size_of::<SyscallEvent>(),
         Kind::Socket => size_of::<SocketEvent>(),
         Kind::Exit => size_of::<ExitEvent>(),
@@ -48,7 +50,8 @@ fn record_size(k: u32) -> Option<usize> {
 fn property(b: &[u8]) -> Result<(), String> {
     let decoded = bounded("decode", b.len(), PER_BYTE, FIXED, || event::decode(b))?;
     let hdr_len = size_of::<EventHeader>();
-    let want = (b.len() >= 4).then(|| u32::from_ne_bytes(b[..4].try_into().expect("4 bytes"))).and_then(record_size);
+    let word = |at: usize| (b.len() >= at + 4).then(|| u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes")));
+    let want = word(0).and_then(|k| record_size(k, word(4).unwrap_or(0)));
     let raw = match (decoded, want) {
         (Err(_), Some(n)) if b.len() >= n => return Err(format!("a whole record of {} bytes refused", b.len())),
         (Err(_), _) => return Ok(()),
@@ -91,7 +94,11 @@ fn record_of(k: u32, fields: &[u8], len: usize) -> Vec<u8> {
 fn valid_header() -> impl Strategy<Value = Vec<u8>> {
     let kinds = select(KINDS);
     (kinds, vec(any::<u8>(), 1..512), -24i64..64, any::<bool>()).prop_map(|(k, fields, delta, short)| {
-        let base = record_size(k).unwrap_or(size_of::<EventHeader>()) as i64;
+        // The header's flags are the fields' bytes 4..8 (see record_of): they choose the layout
+        // of a connect (unix or IP).
+        let f = |i: usize| fields[i % fields.len()];
+        let flags = u32::from_ne_bytes([f(4), f(5), f(6), f(7)]);
+        let base = record_size(k, flags).unwrap_or(size_of::<EventHeader>()) as i64;
         let len = if short { (base + delta).max(0) } else { base * 2 / 3 + delta.abs() } as usize;
         record_of(k, &fields, len)
     })

@@ -1,9 +1,10 @@
 //! The userspace evaluator ([`Policy::decide_file`], [`Policy::exec_allowed`],
-//! [`Policy::connect_allowed`]) against the kernel's: random policies are compiled into the
+//! [`Policy::connect_allowed`], [`Policy::listen_allowed`], [`Policy::unix_allowed`]) against the kernel's: random policies are compiled into the
 //! kernel's map entries and every random path (destination) is judged both by the evaluator
 //! and by a simulation of the kernel's lookups in those entries (agent-guard-ebpf/src/policy.rs:
-//! `match_path`, `match_step`, `file_decision`, `exec_decision`; `net_allowed`, a longest-prefix
-//! match in the CIDR trie). They must agree on every case.
+//! `match_path`, `match_step`, `file_decision`, `exec_decision`; `net_allowed` and
+//! `listen_allowed`, a longest-prefix match in a CIDR trie; unix.rs's `allowed`, a prefix
+//! match in the unix-name trie). They must agree on every case.
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
@@ -271,4 +272,88 @@ fn the_evaluator_agrees_with_the_kernels_cidr_trie() {
         })
         .unwrap();
     eprintln!("{} network policies, {} destinations each, judged both ways in {:?}", judged.get(), ADDRS.len() * DEST_PORTS.len(), start.elapsed());
+}
+
+#[test]
+fn listen_rules_agree_with_the_kernels_cidr_trie() {
+    // The same CIDR compiler as connect, in its own trie; connect rules beside them must not
+    // leak into it.
+    let rule = (proptest::sample::select(CIDRS), proptest::sample::select(PORTS)).prop_map(|(c, p)| format!("{c}:{p}"));
+    let mut runner = proptest::test_runner::TestRunner::new(Config { cases: CASES / 8, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&(proptest::collection::btree_set(rule.clone(), 0..=5), proptest::collection::btree_set(rule, 0..=3)), |(listen, connect)| {
+            let q = |s: &BTreeSet<String>| s.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+            let text = format!("name = \"net\"\n[network]\nconnect = [{}]\nlisten = [{}]\n", q(&connect), q(&listen));
+            let Some(policy) = parse(&text, "net.toml").policy else { return Ok(()) };
+            let entries = policy.compile(9).listen_rules;
+            for addr in ADDRS.iter().map(|a| a.parse::<IpAddr>().unwrap()) {
+                for &port in DEST_PORTS {
+                    let (user, kern) = (policy.listen_allowed(addr, port), kernel_connect(&entries, 9, addr, port));
+                    prop_assert_eq!(user, kern, "{}{}:{}", text, addr, port);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// unix.rs's `allowed` over a rule set's AG_UNIX_RULES entries: the name's key (a pathname
+/// with its terminating zero, an abstract name with its length) matches an entry whose
+/// prefix it extends; a pathname with a `..` component matches nothing.
+fn kernel_unix(entries: &[(u32, agent_guard_common::UnixKey)], ruleset: u32, name: &str) -> bool {
+    use agent_guard_common::{UNIX_ABSTRACT, UNIX_PATHNAME};
+    let bytes = |k: &agent_guard_common::UnixKey| {
+        let mut b = vec![0u8; 6 + k.path.len()];
+        b[..4].copy_from_slice(&k.ruleset_be);
+        (b[4], b[5]) = (k.kind, k.len);
+        b[6..].copy_from_slice(&k.path);
+        b
+    };
+    let mut key = agent_guard_common::UnixKey { ruleset_be: ruleset.to_be_bytes(), kind: UNIX_PATHNAME, len: 0, path: [0; agent_guard_common::UNIX_PATH_BYTES] };
+    let bits = match name.strip_prefix('@') {
+        Some(n) => {
+            (key.kind, key.len) = (UNIX_ABSTRACT, n.len() as u8);
+            key.path[..n.len()].copy_from_slice(n.as_bytes());
+            48 + 8 * n.len() as u32
+        }
+        None => {
+            let b = name.as_bytes();
+            let climbs = (0..b.len()).any(|i| {
+                b[i..].starts_with(b"..") && (i == 0 || b[i - 1] == b'/') && (i + 2 == b.len() || b[i + 2] == b'/')
+            });
+            if climbs {
+                return false;
+            }
+            key.path[..b.len()].copy_from_slice(b);
+            48 + 8 * (b.len() as u32 + 1)
+        }
+    };
+    let k = bytes(&key);
+    let bit = |b: &[u8], i: u32| b[(i / 8) as usize] >> (7 - i % 8) & 1;
+    entries.iter().any(|(len, e)| *len <= bits && (0..*len).all(|i| bit(&bytes(e), i) == bit(&k, i)))
+}
+
+#[test]
+fn unix_rules_agree_with_the_kernels_trie() {
+    let comp = proptest::sample::select(&["a", "b", "ab", "..", "."][..]);
+    let path = vec(comp, 1..=4).prop_map(|c| format!("/{}", c.join("/")));
+    let rule = prop_oneof![
+        path.clone(),
+        path.clone().prop_map(|p| format!("{p}/")),
+        proptest::sample::select(&["@a", "@ab", "@b", "/"][..]).prop_map(str::to_string),
+    ];
+    let name = prop_oneof![path.clone(), path.prop_map(|p| format!("{p}/x")), proptest::sample::select(&["@a", "@ab", "@abc", "@"][..]).prop_map(str::to_string)];
+    let mut runner = proptest::test_runner::TestRunner::new(Config { cases: CASES / 4, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&(proptest::collection::btree_set(rule, 0..=5), vec(name, 1..=20)), |(rules, names)| {
+            let q = rules.iter().map(|r| format!("{r:?}")).collect::<Vec<_>>().join(", ");
+            let text = format!("name = \"unix\"\n[network]\nunix = [{q}]\n");
+            let Some(policy) = parse(&text, "unix.toml").policy else { return Ok(()) }; // a rule with `..`
+            let entries = policy.compile(9).unix_rules;
+            for n in names.iter().filter(|n| n.as_str() != "@") {
+                prop_assert_eq!(policy.unix_allowed(n), kernel_unix(&entries, 9, n), "{}{}", text, n);
+            }
+            Ok(())
+        })
+        .unwrap();
 }

@@ -24,6 +24,12 @@ pub struct Compiled {
     /// ::ffff:0:0/96 when an IPv6 rule (like "::/0") would otherwise be the longest match for
     /// IPv4 destinations, because IPv6 rules never allow IPv4 destinations.
     pub net_rules: Vec<(u32, NetKey, NetRule)>,
+    /// AG_UNIX_RULES entries: (LPM prefix length in bits, key); see contain.rs.
+    pub unix_rules: Vec<(u32, agent_guard_common::UnixKey)>,
+    /// AG_NET_CONTAIN value (families, netlink protocols).
+    pub contain: agent_guard_common::NetContain,
+    /// AG_LISTEN_RULES entries, as `net_rules`.
+    pub listen_rules: Vec<(u32, NetKey, NetRule)>,
 }
 
 struct Trie {
@@ -126,7 +132,22 @@ impl Policy {
         }
         header.root_flags = trie.root_flags;
 
-        let merged = net::merged_ranges(&self.network_connect);
+        let net_rules = net_entries(ruleset, &self.network_connect);
+        let listen_rules = net_entries(ruleset, &self.network_listen);
+        Compiled {
+            header,
+            file_nodes: trie.nodes,
+            net_rules,
+            unix_rules: super::contain::compile_unix(ruleset, &self.network_unix),
+            contain: self.net_contain(),
+            listen_rules,
+        }
+    }
+}
+
+/// LPM entries for CIDR:port rules (`network.connect`, `network.listen`).
+fn net_entries(ruleset: u32, rules: &[net::NetRuleSpec]) -> Vec<(u32, NetKey, NetRule)> {
+        let merged = net::merged_ranges(rules);
         let mut net_rules: Vec<(u32, NetKey, NetRule)> = merged
             .iter()
             .map(|(n, ranges)| {
@@ -140,8 +161,7 @@ impl Policy {
             })
             .collect();
         let base = net::v4_mapped_base();
-        let v6_covers_v4 = self
-            .network_connect
+        let v6_covers_v4 = rules
             .iter()
             .any(|r| matches!(r.net, IpNet::V6(n) if n.contains(&base)));
         let v4_any: IpNet = "0.0.0.0/0".parse().expect("valid");
@@ -150,6 +170,5 @@ impl Policy {
             net_rules.push((len, key, NetRule::default()));
         }
         net_rules.sort_by_key(|a| (a.1.addr, a.0));
-        Compiled { header, file_nodes: trie.nodes, net_rules }
-    }
+        net_rules
 }

@@ -1,5 +1,5 @@
 //! The one userspace evaluator of a policy: what the kernel programs decide for a file access,
-//! an exec and a connect. Every userspace consumer that judges an access against a policy
+//! an exec, a connect, a unix connect and a bind or listen. Every userspace consumer that judges an access against a policy
 //! (the Landlock layer's attribution of a refused open, `policy check`'s warnings) asks here.
 //!
 //! The kernel judges files and execs by walking the path trie that [`Policy::compile`] builds,
@@ -114,5 +114,17 @@ impl Policy {
     pub fn connect_allowed(&self, addr: IpAddr, port: u16) -> bool {
         let addr = normalise_addr(addr);
         self.network_connect.iter().any(|r| r.allows(addr, port))
+    }
+
+    /// True when network.unix allows connecting to `name` (a path as passed, or "@name").
+    pub fn unix_allowed(&self, name: &str) -> bool {
+        super::contain::unix_allows(&self.network_unix, name)
+    }
+
+    /// True when network.listen allows binding and listening on `addr:port` (IPv4-mapped
+    /// IPv6 is checked as IPv4).
+    pub fn listen_allowed(&self, addr: IpAddr, port: u16) -> bool {
+        let addr = normalise_addr(addr);
+        self.network_listen.iter().any(|r| r.allows(addr, port))
     }
 }

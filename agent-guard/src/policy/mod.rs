@@ -14,6 +14,9 @@
 //! [network]
 //! connect = ["127.0.0.1/32:8080", "10.0.0.0/8:443", "[::1]/128:1-65535"]
 //! raw_sockets = false            # default false
+//! unix = ["/run/myagent.sock", "@abstract-name"]   # default none (see contain.rs)
+//! families = ["packet"]          # beyond inet, inet6, unix, netlink route (default none)
+//! listen = ["127.0.0.1:3000-3999", "[::1]:8080"]  # bind/listen (default none)
 //! [syscalls]
 //! deny = ["ptrace", "mount", "bpf", "unshare"]
 //! [bind]
@@ -72,6 +75,7 @@
 //! (sorted, normalised lists): comments, whitespace and list order do not change it; any
 //! change of meaning does.
 mod compile;
+pub mod contain;
 mod eval;
 mod net;
 mod parse;
@@ -180,6 +184,12 @@ pub struct Policy {
     pub exec_allow: Vec<String>,
     pub network_connect: Vec<NetRuleSpec>,
     pub raw_sockets: bool,
+    /// `[network] unix`: "/path", "/dir/" or "@name" (see contain.rs).
+    pub network_unix: Vec<String>,
+    /// `[network] families`, as written (validated names).
+    pub network_families: Vec<String>,
+    /// `[network] listen`: where a run may bind and listen.
+    pub network_listen: Vec<NetRuleSpec>,
     /// (name, x86_64 number).
     pub syscalls_deny: Vec<(String, u32)>,
     pub bind_cgroups: Vec<String>,
@@ -287,6 +297,12 @@ struct Canonical<'a> {
     run_as: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     devices: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    network_unix: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    network_families: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    network_listen: Vec<String>,
 }
 
 impl Policy {
@@ -310,6 +326,14 @@ impl Policy {
             capabilities: sorted(self.capabilities.iter().map(|(n, _)| n)),
             run_as: self.run_as.as_deref(),
             devices: self.devices,
+            network_unix: sorted(&self.network_unix),
+            network_families: sorted(&self.network_families),
+            network_listen: {
+                let mut l: Vec<String> = self.network_listen.iter().map(ToString::to_string).collect();
+                l.sort_unstable();
+                l.dedup();
+                l
+            },
         };
         let json = serde_json::to_vec(&canonical).expect("serialisable");
         let digest = Sha256::digest(&json);

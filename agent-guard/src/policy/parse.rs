@@ -65,6 +65,9 @@ pub(super) struct RawExec {
 pub(super) struct RawNetwork {
     connect: SList,
     raw_sockets: Option<Spanned<bool>>,
+    unix: SList,
+    families: SList,
+    listen: SList,
 }
 
 #[derive(Deserialize, Default)]
@@ -284,6 +287,11 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
     let connect = ctx.list("network.connect", &raw.network.connect, |s| {
         net::parse_connect(s).map(|r| (r, r.to_string()))
     });
+    let unix = ctx.list("network.unix", &raw.network.unix, super::contain::check_unix);
+    let families = ctx.list("network.families", &raw.network.families, |s| {
+        super::contain::check_family(s).map(|(f, k)| ((f, k.clone()), k))
+    });
+    let listen = ctx.list("network.listen", &raw.network.listen, |s| net::parse_connect(s).map(|r| (r, r.to_string())));
     let sys = ctx.list("syscalls.deny", &raw.syscalls.deny, check_syscall);
     let bind = ctx.list("bind.cgroups", &raw.bind.cgroups, |s| {
         paths::check_cgroup_glob(s).map(|_| (s.to_string(), s.to_string()))
@@ -298,9 +306,10 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
     });
 
     // Port ranges per kernel entry, once enclosing CIDRs are merged in.
-    for (net, ranges) in net::merged_ranges(connect.iter().map(|i| &i.value)) {
+    for list in [&connect, &listen] {
+    for (net, ranges) in net::merged_ranges(list.iter().map(|i| &i.value)) {
         if ranges.len() > PORT_RANGES_MAX {
-            let first = connect.iter().find(|i| i.value.net == net).expect("net comes from a rule");
+            let first = list.iter().find(|i| i.value.net == net).expect("net comes from a rule");
             let (field, span) = (first.field.clone(), first.span.clone());
             ctx.error(
                 &span,
@@ -315,6 +324,7 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
                 ),
             );
         }
+    }
     }
 
     warnings(&mut ctx, &read, &write, &deny, &exec, &connect);
@@ -344,6 +354,9 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
             exec_allow: exec.into_iter().map(|i| i.value).collect(),
             network_connect: connect.into_iter().map(|i| i.value).collect(),
             raw_sockets: raw.network.raw_sockets.as_ref().is_some_and(|b| *b.get_ref()),
+            network_unix: unix.into_iter().map(|i| i.value).collect(),
+            network_families: families.into_iter().map(|i| i.value.1).collect(),
+            network_listen: listen.into_iter().map(|i| i.value).collect(),
             syscalls_deny: sys.into_iter().map(|i| i.value).collect(),
             bind_cgroups: bind.into_iter().map(|i| i.value).collect(),
             capabilities: caps.into_iter().map(|i| i.value).collect(),

@@ -59,7 +59,7 @@ impl Binder {
             let prefix = ebpf::cgroup_prefix(id);
             match cgroup::find_by_id(mount, id, BIND_DEPTH_MAX as u32) {
                 Some(dir) => {
-                    let network = self.pins.links(&prefix).len() == ebpf::CGROUP_PROGRAMS;
+                    let network = self.pins.links(&prefix).len() >= ebpf::CGROUP_PROGRAMS;
                     adopted.push((id, dir.clone(), entry.policy));
                     self.bound.insert(id, Bound { dir, slot: entry.policy, network });
                 }

@@ -267,6 +267,79 @@ fn main() -> ExitCode {
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(a(1).as_bytes())?;
             std::os::unix::net::UnixStream::connect_addr(&addr).map(|_| "ok connected".into())
         }
+        // Containment probes (tests/tests/containment.rs).
+        // Drops to UID (and gid UID, no supplementary groups), then runs the probe ARGS...
+        "as-user" => {
+            let uid: u32 = a(1).parse().map_err(std::io::Error::other)?;
+            // SAFETY: plain credential syscalls.
+            if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 || unsafe { libc::setgid(uid) } != 0 || unsafe { libc::setuid(uid) } != 0 {
+                return Err(errno());
+            }
+            use std::os::unix::process::CommandExt;
+            Err(std::process::Command::new(std::env::current_exe()?).args(&args[2..]).exec())
+        }
+        // Connects to the unix socket PATH (or @NAME: abstract).
+        "unix-connect" => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = match a(1).strip_prefix('@') {
+                Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?,
+                None => std::os::unix::net::SocketAddr::from_pathname(a(1))?,
+            };
+            std::os::unix::net::UnixStream::connect_addr(&addr).map(|_| "ok connected".into())
+        }
+        // Sends a datagram to the unix socket PATH (or @NAME) from an unbound socket.
+        "unix-send" => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = match a(1).strip_prefix('@') {
+                Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?,
+                None => std::os::unix::net::SocketAddr::from_pathname(a(1))?,
+            };
+            let s = std::os::unix::net::UnixDatagram::unbound()?;
+            s.send_to_addr(b"ping", &addr).map(|n| format!("ok sent {n}"))
+        }
+        // socket(FAMILY, TYPE, PROTOCOL) with raw numbers (decimal or 0x hex, up to 64 bits:
+        // the high bits go into the register as they are).
+        "socket" => {
+            let num = |s: &str| -> u64 {
+                s.strip_prefix("0x").map_or_else(|| s.parse().unwrap_or(0), |h| u64::from_str_radix(h, 16).unwrap_or(0))
+            };
+            // SAFETY: raw socket(2) with integer arguments.
+            let fd = unsafe { libc::syscall(libc::SYS_socket, num(a(1)), num(a(2)), num(a(3))) };
+            if fd < 0 { Err(errno()) } else { Ok(format!("ok socket {fd}")) }
+        }
+        // socketpair(FAMILY, TYPE, 0).
+        "socketpair" => {
+            let mut sv = [0i32; 2];
+            let f: i32 = a(1).parse().unwrap_or(0);
+            let t: i32 = a(2).parse().unwrap_or(1);
+            // SAFETY: sv has room for two descriptors.
+            let r = unsafe { libc::socketpair(f, t, 0, sv.as_mut_ptr()) };
+            if r < 0 { Err(errno()) } else { Ok("ok socketpair".into()) }
+        }
+        // An RTM_GETLINK dump on a NETLINK_ROUTE socket: counts the links the kernel reports.
+        "netlink-route" => netlink_getlink(),
+        // bind(ADDR) then listen on a TCP socket: "ok listening PORT".
+        "listen" => {
+            let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
+            let l = std::net::TcpListener::bind(addr)?;
+            Ok(format!("ok listening {}", l.local_addr()?.port()))
+        }
+        // listen(2) on a TCP socket that was never bound (the kernel picks an ephemeral port on
+        // every address).
+        "listen-unbound" => {
+            // SAFETY: plain socket(2) and listen(2).
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            if fd < 0 {
+                return Err(errno());
+            }
+            // SAFETY: as above.
+            if unsafe { libc::listen(fd, 1) } < 0 { Err(errno()) } else { Ok("ok listening".into()) }
+        }
+        // bind(ADDR) on a UDP socket (port 0: the kernel picks one).
+        "bind-udp" => {
+            let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
+            UdpSocket::bind(addr).and_then(|s| s.local_addr()).map(|l| format!("ok bound {l}"))
+        }
         // utimensat(AT_FDCWD, PATH, {2000-01-01, 2000-01-01}, 0).
         "utimensat" => {
             let t = libc::timespec { tv_sec: 946_684_800, tv_nsec: 0 };
@@ -332,4 +405,48 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     code
+}
+
+/// Sends RTM_GETLINK (dump) on a NETLINK_ROUTE socket and counts RTM_NEWLINK answers.
+fn netlink_getlink() -> Result<String, std::io::Error> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // nlmsghdr (16 bytes) + ifinfomsg (16 bytes).
+    let mut req = [0u8; 32];
+    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&(libc::RTM_GETLINK as u16).to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_UNSPEC as u8;
+    // SAFETY: a valid buffer of the given length.
+    if unsafe { libc::send(fd, req.as_ptr().cast(), req.len(), 0) } < 0 {
+        return Err(errno());
+    }
+    let mut links = 0;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        // SAFETY: a valid buffer of the given length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(errno());
+        }
+        let mut off = 0usize;
+        while off + 16 <= n as usize {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2 bytes"));
+            if ty == libc::NLMSG_DONE as u16 {
+                return Ok(format!("ok links {links}"));
+            }
+            if ty == libc::RTM_NEWLINK {
+                links += 1;
+            }
+            if len < 16 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+    }
 }

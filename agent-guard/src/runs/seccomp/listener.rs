@@ -26,14 +26,18 @@ pub struct Refusal {
     pub syscall: String,
     pub nr: u32,
     pub arg0: u64,
-    /// `syscalls.deny` or `unseen`.
-    pub rule: String,
+    /// `syscalls.deny`, `unseen` or `network.families`.
+    pub rule: agent_guard_common::Rule,
     /// The errno the process got.
     pub errno: i32,
     /// For a path syscall, the path it named (made absolute with the process's working
     /// directory or directory descriptor; the descriptor's path when the path is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// A refused socket(2) or socketpair(2): its family, type and protocol, as the kernel's
+    /// `int`s (the low 32 bits of the registers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<[u32; 3]>,
     /// The caller as /proc showed it while it waited for the answer (it may be gone by the
     /// time the daemon looks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -268,7 +272,7 @@ fn serve(listener: &OwnedFd, filter: &Filter, stop: &AtomicBool, tx: &mpsc::Sync
         let d = &req.data;
         let verdict = filter.decide(d.arch, d.nr, &d.args).unwrap_or_else(|| Verdict {
             // The program and `decide` disagree (a bug): refuse anyway, and say so.
-            rule: "unseen",
+            rule: agent_guard_common::Rule::Unseen,
             errno: libc::EPERM,
             name: policy::syscall_name(d.nr as u32).map_or_else(|| format!("syscall_{}", d.nr), str::to_string),
         });
@@ -284,14 +288,16 @@ fn serve(listener: &OwnedFd, filter: &Filter, stop: &AtomicBool, tx: &mpsc::Sync
         if !valid {
             continue;
         }
+        let socket = (verdict.rule == agent_guard_common::Rule::Families).then(|| [0, 1, 2].map(|i| d.args[i] as u32));
         let _ = tx.send(Refusal {
             pid: req.pid,
             syscall: verdict.name,
             nr: d.nr as u32,
             arg0: d.args[0],
-            rule: verdict.rule.to_string(),
+            rule: verdict.rule,
             errno: verdict.errno,
             path,
+            socket,
             process,
         });
     }

@@ -15,7 +15,12 @@
 //!   as the sys_enter check refuses them); `clone3`, whose flags a filter cannot read, fails
 //!   with `ENOSYS` without an event, so that libc falls back to `clone`, which is judged;
 //! - 32-bit syscalls (`int 0x80`, `AUDIT_ARCH_I386`), x32 syscalls (`__X32_SYSCALL_BIT`) and
-//!   numbers this build's syscall table does not know: `ENOSYS`, as on a kernel without them.
+//!   numbers this build's syscall table does not know: `ENOSYS`, as on a kernel without them;
+//! - `socket`/`socketpair` of a family outside `[network] families` (and the defaults: inet,
+//!   inet6, unix, netlink route): `EPERM` before the socket exists, reported as a `socket`
+//!   event with rule `network.families`. The family is compared as the kernel takes it, the
+//!   low 32 bits of the register (`int family`), and for netlink the protocol (`arg2`) too.
+//!   (The eBPF check can only kill at the syscall's entry, after which the socket is made.)
 //!
 //! Syscalls in [`policy::NEVER_ERRNO_SYSCALLS`] are never refused here (the sys_enter check
 //! still kills them when the policy denies them).
@@ -25,13 +30,16 @@
 //! listener to `agent-guard run` (outside the run's cgroup, waiting for the command) over a
 //! socketpair before it execs; a thread there answers each notification with the errno, reads
 //! the path argument of path syscalls from the process's memory, and reports the refusal to
-//! the daemon, which emits the `syscall` event (`deny`, `layer: seccomp`). If `run` dies, the
+//! the daemon, which emits the `syscall` event (`deny`, `layer: seccomp`; a refused socket
+//! family: a `socket` event). If `run` dies, the
 //! kernel answers every notification with `ENOSYS`: still refused, without an event.
 //!
 //! The filter is fixed when the run starts: a policy reload changes only the eBPF side.
 use std::collections::BTreeSet;
 
-use crate::policy::{self, Mode, OnViolation, Policy};
+use agent_guard_common::Rule;
+
+use crate::policy::{self, contain, Mode, OnViolation, Policy};
 
 pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
@@ -41,6 +49,8 @@ const NR_CLONE: u32 = 56;
 const NR_CLONE3: u32 = 435;
 const NR_MKNOD: u32 = 133;
 const NR_MKNODAT: u32 = 259;
+const NR_SOCKET: u32 = 41;
+const NR_SOCKETPAIR: u32 = 53;
 /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET.
 const CLONE_NEW_ANY: u32 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
 const CLONE_FILES: u32 = 0x0000_0400;
@@ -61,7 +71,8 @@ const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
 /// What the filter answers one syscall with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    pub rule: &'static str,
+    /// `syscalls.deny`, `unseen` or `network.families`.
+    pub rule: Rule,
     pub errno: i32,
     pub name: String,
 }
@@ -76,6 +87,35 @@ pub struct Filter {
     enosys: BTreeSet<u32>,
     /// Device nodes may be made (`[files] devices`).
     devices: bool,
+    families: Families,
+}
+
+/// The socket families a run may create, as the filter compares them: bit N of `families`
+/// allows address family N, bit N of `netlink` netlink protocol N (the kernel programs'
+/// `NetContain`, defaults included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Families {
+    pub families: u64,
+    pub netlink: u32,
+}
+
+impl Default for Families {
+    /// Every family: what a plan without the field (an older daemon's) refuses.
+    fn default() -> Families {
+        Families { families: u64::MAX, netlink: u32::MAX }
+    }
+}
+
+impl Families {
+    fn all(&self) -> bool {
+        *self == Families::default()
+    }
+
+    /// Whether a socket of `family` / `protocol` (the kernel's `int`s) may be created.
+    pub fn allows(&self, family: i32, protocol: i32) -> bool {
+        let c = agent_guard_common::NetContain { families: self.families, netlink: self.netlink, flags: 0 };
+        self.all() || contain::family_allowed(&c, family, protocol)
+    }
 }
 
 /// The outcome of [`prepare`]: maybe a filter, and lines for stderr.
@@ -97,6 +137,9 @@ pub struct SeccompPlan {
     /// No `deny` or `read` rule lies inside a `[files] write` tree: link/linkat may be left to
     /// a Landlock layer that handles writes.
     pub links_judgeable: bool,
+    /// `[network] families` with the defaults: other sockets are refused.
+    #[serde(default)]
+    pub families: Families,
     /// Lines for stderr (what the filter cannot refuse).
     pub warnings: Vec<String>,
     /// `[files] devices`: mknod of block and char devices is not refused.
@@ -130,10 +173,13 @@ impl SeccompPlan {
         }
         let unseen =
             policy::UNSEEN_SYSCALLS.iter().filter_map(|n| nr(n)).filter(|n| !never.contains(n) && !denied.contains(n)).collect();
+        let c = policy.net_contain();
+        let families = Families { families: c.families, netlink: c.netlink };
         Some(SeccompPlan {
             denied,
             unseen,
             links_judgeable: !carve_outs_in_write_trees(policy),
+            families,
             warnings,
             devices: policy.devices,
             monitor: policy.mode == Mode::Monitor,
@@ -150,8 +196,8 @@ impl SeccompPlan {
         let unseen: BTreeSet<u32> = self.unseen.iter().copied().filter(|n| !(links_judged && judged.contains(n))).collect();
         // clone3 too, should the policy deny it: libc then falls back to clone.
         let enosys = policy::ENOSYS_SYSCALLS.iter().filter_map(|n| policy::syscall_number(n)).chain([NR_CLONE3]).collect();
-        let program = program(&self.denied.union(&unseen).copied().collect(), self.devices);
-        let filter = Filter { program, denied: self.denied.clone(), unseen, enosys, devices: self.devices };
+        let program = program(&self.denied.union(&unseen).copied().collect(), &self.families, self.devices);
+        let filter = Filter { program, denied: self.denied.clone(), unseen, enosys, families: self.families, devices: self.devices };
         Prepared { filter: Some(filter), warnings: self.warnings.clone() }
     }
 }
@@ -210,9 +256,35 @@ fn unknown_ranges() -> Vec<(u32, u32)> {
     v
 }
 
+/// The checks of socket(2) and socketpair(2), entered with the syscall's number loaded: a
+/// family `families` allows (for netlink, with an allowed protocol) is allowed, anything else
+/// goes to the listener. Every path ends in a return.
+fn socket_checks(families: &Families) -> Vec<libc::sock_filter> {
+    use libc::BPF_JEQ;
+    let mut sec = vec![load(off_arg(0))];
+    for f in (0..64u32).filter(|f| families.families & (1 << f) != 0 && *f != contain::AF_NETLINK) {
+        sec.push(jump(BPF_JEQ, f, 0, 1));
+        sec.push(ret(RET_ALLOW));
+    }
+    if families.families & (1 << contain::AF_NETLINK) != 0 {
+        // Protocol by protocol even when all are allowed: 32 and above are none (the kernel
+        // programs refuse them too).
+        let mut netlink = vec![load(off_arg(2))];
+        for p in (0..32u32).filter(|p| families.netlink & (1 << p) != 0) {
+            netlink.push(jump(BPF_JEQ, p, 0, 1));
+            netlink.push(ret(RET_ALLOW));
+        }
+        netlink.push(ret(RET_NOTIFY));
+        sec.push(jump(BPF_JEQ, contain::AF_NETLINK, 0, u8::try_from(netlink.len()).expect("short")));
+        sec.extend(netlink);
+    }
+    sec.push(ret(RET_NOTIFY));
+    sec
+}
+
 /// The classic BPF program: `refused` syscalls and the rest of the module's list go to the
 /// listener, everything else is allowed.
-fn program(refused: &BTreeSet<u32>, devices: bool) -> Vec<libc::sock_filter> {
+fn program(refused: &BTreeSet<u32>, families: &Families, devices: bool) -> Vec<libc::sock_filter> {
     use libc::{BPF_ALU, BPF_AND, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JSET, BPF_K};
     let mut p = vec![
         load(OFF_ARCH),
@@ -258,6 +330,13 @@ fn program(refused: &BTreeSet<u32>, devices: bool) -> Vec<libc::sock_filter> {
         p.push(ret(RET_ALLOW));
         p.push(ret(RET_NOTIFY));
     }
+    if !families.all() {
+        let sec = socket_checks(families);
+        for nr in [NR_SOCKET, NR_SOCKETPAIR].into_iter().filter(|nr| !refused.contains(nr)) {
+            p.push(jump(BPF_JEQ, nr, 0, u8::try_from(sec.len()).expect("fewer than 256 checks")));
+            p.extend(sec.iter().copied());
+        }
+    }
     p.push(ret(RET_ALLOW));
     p
 }
@@ -266,7 +345,7 @@ impl Filter {
     /// What the filter answers a syscall the kernel notified (`None`: the program lets it
     /// through, which the listener never sees). Mirrors [`program`].
     pub fn decide(&self, arch: u32, nr: i32, args: &[u64; 6]) -> Option<Verdict> {
-        let unseen = |errno: i32, name: String| Some(Verdict { rule: "unseen", errno, name });
+        let unseen = |errno: i32, name: String| Some(Verdict { rule: Rule::Unseen, errno, name });
         if arch != AUDIT_ARCH_X86_64 {
             let abi = if arch == AUDIT_ARCH_I386 { "i386" } else { "arch" };
             return unseen(libc::ENOSYS, format!("{abi}:{nr}"));
@@ -280,7 +359,7 @@ impl Filter {
         };
         let errno = if self.enosys.contains(&n) { libc::ENOSYS } else { libc::EPERM };
         if self.denied.contains(&n) {
-            return Some(Verdict { rule: "syscalls.deny", errno, name: name.into() });
+            return Some(Verdict { rule: Rule::Syscalls, errno, name: name.into() });
         }
         let device = |mode: u64| !self.devices && matches!(mode as u32 & S_IFMT, libc::S_IFCHR | libc::S_IFBLK);
         let clone = |flags: u64| {
@@ -291,7 +370,13 @@ impl Filter {
             || (n == NR_MKNOD && device(args[1]))
             || (n == NR_MKNODAT && device(args[2]))
             || (n == NR_CLONE && clone(args[0]));
-        refused.then(|| Verdict { rule: "unseen", errno, name: name.into() })
+        if refused {
+            return Some(Verdict { rule: Rule::Unseen, errno, name: name.into() });
+        }
+        // The kernel's `int family, int type, int protocol`: the low 32 bits.
+        let socket = n == NR_SOCKET || n == NR_SOCKETPAIR;
+        (socket && !self.families.allows(args[0] as u32 as i32, args[2] as u32 as i32))
+            .then(|| Verdict { rule: Rule::Families, errno: libc::EPERM, name: name.into() })
     }
 
     /// The syscalls it refuses by name (for messages and tests).

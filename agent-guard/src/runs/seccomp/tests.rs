@@ -87,20 +87,63 @@ fn the_program_and_decide_agree_on_every_syscall() {
 fn what_is_refused_and_with_which_errno() {
     let f = filter(BASE, true).filter.unwrap();
     let d = |name: &str, args: [u64; 6]| f.decide(AUDIT_ARCH_X86_64, nr(name), &args).map(|v| (v.rule, v.errno));
-    assert_eq!(d("utimensat", [0; 6]), Some(("syscalls.deny", libc::EPERM)));
-    assert_eq!(d("unshare", [0; 6]), Some(("unseen", libc::EPERM)));
-    assert_eq!(d("io_uring_setup", [0; 6]), Some(("unseen", libc::ENOSYS)));
-    assert_eq!(d("mknod", [0, libc::S_IFCHR as u64 | 0o600, 0, 0, 0, 0]), Some(("unseen", libc::EPERM)));
-    assert_eq!(d("mknodat", [0, 0, libc::S_IFBLK as u64 | 0o600, 0, 0, 0]), Some(("unseen", libc::EPERM)));
+    assert_eq!(d("utimensat", [0; 6]), Some((Rule::Syscalls, libc::EPERM)));
+    assert_eq!(d("unshare", [0; 6]), Some((Rule::Unseen, libc::EPERM)));
+    assert_eq!(d("io_uring_setup", [0; 6]), Some((Rule::Unseen, libc::ENOSYS)));
+    assert_eq!(d("mknod", [0, libc::S_IFCHR as u64 | 0o600, 0, 0, 0, 0]), Some((Rule::Unseen, libc::EPERM)));
+    assert_eq!(d("mknodat", [0, 0, libc::S_IFBLK as u64 | 0o600, 0, 0, 0]), Some((Rule::Unseen, libc::EPERM)));
     assert_eq!(d("mknodat", [0, 0, libc::S_IFIFO as u64 | 0o600, 0, 0, 0]), None);
-    assert_eq!(d("clone", [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0]), Some(("unseen", libc::EPERM)));
+    assert_eq!(d("clone", [libc::CLONE_NEWNS as u64, 0, 0, 0, 0, 0]), Some((Rule::Unseen, libc::EPERM)));
     assert_eq!(d("read", [0; 6]), None);
     assert_eq!(d("openat", [0; 6]), None);
     // The Landlock layer judges hard links here: the filter lets them through.
     assert_eq!(d("linkat", [0; 6]), None);
-    assert_eq!(f.decide(AUDIT_ARCH_X86_64, 500, &[0; 6]).map(|v| (v.rule, v.errno)), Some(("unseen", libc::ENOSYS)));
+    assert_eq!(f.decide(AUDIT_ARCH_X86_64, 500, &[0; 6]).map(|v| (v.rule, v.errno)), Some((Rule::Unseen, libc::ENOSYS)));
     // A hole in the table (no syscall 400 on x86_64).
     assert_eq!(f.decide(AUDIT_ARCH_X86_64, 400, &[0; 6]).map(|v| v.name), Some("syscall_400".to_string()));
+}
+
+/// Socket arguments: family and protocol as the kernel's ints, high register bits ignored.
+fn socket_args() -> Vec<[u64; 6]> {
+    let mut v = Vec::new();
+    for family in [0u64, 1, 2, 10, 16, 17, 30, 40, 45, 63, 64, 200, 0x1_0000_0011, 0xffff_ffff, u64::MAX] {
+        for protocol in [0u64, 9, 15, 31, 32, 0x1_0000_0000, 0xffff_ffff] {
+            v.push([family, libc::SOCK_RAW as u64, protocol, 0, 0, 0]);
+        }
+    }
+    v
+}
+
+#[test]
+fn socket_families_outside_the_policy_are_refused_as_the_kernel_reads_them() {
+    for (families, raw) in [("", false), ("families = [\"vsock\", \"netlink:audit\"]\n", false), ("families = [\"netlink\"]\n", true)] {
+        let net = format!("[network]\n{families}{}", if raw { "raw_sockets = true\n" } else { "" });
+        let f = filter(&format!("{BASE}{net}"), true).filter.unwrap();
+        for nr in [NR_SOCKET as i32, NR_SOCKETPAIR as i32] {
+            for args in socket_args() {
+                let ret = run(&f.program, AUDIT_ARCH_X86_64, nr, args);
+                let d = f.decide(AUDIT_ARCH_X86_64, nr, &args);
+                assert_eq!(ret == RET_NOTIFY, d.is_some(), "{net} nr {nr} args {args:?}: program {ret:#x}, decide {d:?}");
+                // The kernel programs' rule: the same answer for the same ints.
+                let want = f.families.allows(args[0] as u32 as i32, args[2] as u32 as i32);
+                assert_eq!(d.is_none(), want, "{net} {args:?}");
+                if let Some(v) = d {
+                    assert_eq!((v.rule, v.errno), (Rule::Families, libc::EPERM));
+                }
+            }
+        }
+    }
+    let f = filter(&format!("{BASE}[network]\nfamilies = [\"vsock\", \"netlink:audit\"]\n"), true).filter.unwrap();
+    let allowed = |family: u64, protocol: u64| f.decide(AUDIT_ARCH_X86_64, NR_SOCKET as i32, &[family, 3, protocol, 0, 0, 0]).is_none();
+    assert!(allowed(2, 0) && allowed(10, 0) && allowed(1, 0) && allowed(16, 0) && allowed(40, 0) && allowed(16, 9));
+    assert!(!allowed(17, 0) && !allowed(30, 0) && !allowed(16, 15) && !allowed(0x1_0000_0011, 0) && !allowed(64, 0));
+    // The high half of the register is not the kernel's int: still AF_INET.
+    assert!(allowed(0x1_0000_0002, 0));
+    // A plan without families (an older daemon's) refuses none.
+    let mut plan = SeccompPlan::for_policy(&policy::parse(BASE, "t.toml").policy.unwrap()).unwrap();
+    plan.families = Families::default();
+    let f = plan.filter(true).filter.unwrap();
+    assert_eq!(run(&f.program, AUDIT_ARCH_X86_64, NR_SOCKET as i32, [17, 3, 0, 0, 0, 0]), RET_ALLOW);
 }
 
 #[test]
@@ -129,7 +172,11 @@ fn only_enforce_mode_with_deny_gets_a_filter() {
 
 #[test]
 fn a_refusal_round_trips_as_json() {
-    let r = Refusal { pid: 7, syscall: "utimensat".into(), nr: 280, arg0: 3, rule: "syscalls.deny".into(), errno: 1, path: Some("/w/f".into()), process: Caller::of(std::process::id()) };
+    let r = Refusal { pid: 7, syscall: "utimensat".into(), nr: 280, arg0: 3, rule: Rule::Syscalls, errno: 1, path: Some("/w/f".into()), socket: None, process: Caller::of(std::process::id()) };
     let s = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<Refusal>(&s).unwrap(), r);
+    let r = Refusal { syscall: "socket".into(), nr: 41, arg0: 17, rule: Rule::Families, path: None, socket: Some([17, 3, 0]), ..r };
+    let s = serde_json::to_string(&r).unwrap();
+    assert!(s.contains("\"rule\":\"network.families\"") && s.contains("\"socket\":[17,3,0]"), "{s}");
     assert_eq!(serde_json::from_str::<Refusal>(&s).unwrap(), r);
 }

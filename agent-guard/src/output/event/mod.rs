@@ -7,8 +7,8 @@ use std::{
 
 pub use agent_guard_common::{Kind, Rule, Verdict};
 use agent_guard_common::{
-    ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent, SyscallEvent, FLAG_ARGV_TRUNCATED, FLAG_LSM,
-    FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
+    ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent, SyscallEvent, UnixEvent, FLAG_ARGV_TRUNCATED,
+    FLAG_LISTEN, FLAG_LSM, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR, FLAG_TRACEPOINT, FLAG_UNIX,
 };
 use serde::Serialize;
 
@@ -192,6 +192,40 @@ pub enum Detail {
         sock_type: u32,
         protocol: u32,
     },
+    /// A socket of a family `[network] families` does not allow (kind `socket`).
+    SocketFamily {
+        family: u32,
+        sock_type: u32,
+        protocol: u32,
+        /// "packet", "vsock", "netlink", ... (absent for an unnamed family number).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        family_name: Option<&'static str>,
+        /// For netlink: the protocol's name ("audit", "kobject_uevent", ...).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        netlink: Option<&'static str>,
+        /// Refused by a launched run's seccomp filter: the errno the process got (EPERM).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A connect or send to a unix socket (kind `connect` or `sendmsg`, family `unix`).
+    Unix {
+        family: &'static str,
+        /// The path as passed (lsm backend: the peer's resolved path), or "@name".
+        path: String,
+        result: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A bind or listen on an IP address and port (kind `bind`).
+    Bind {
+        op: BindOp,
+        family: &'static str,
+        addr: String,
+        port: u16,
+        result: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     PolicyReload {
         /// ok | unchanged | error
         result: &'static str,
@@ -259,6 +293,24 @@ pub enum Detail {
     },
 }
 
+/// What a `bind` event's operation was.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BindOp {
+    Bind,
+    Listen,
+}
+
+impl Detail {
+    /// A socket of a family the policy does not list, with the family's (and a netlink
+    /// protocol's) name: from a kernel record or a launched run's seccomp filter.
+    pub fn socket_family(family: u32, sock_type: u32, protocol: u32) -> Detail {
+        use crate::policy::contain;
+        let netlink = if family == contain::AF_NETLINK { contain::netlink_name(protocol) } else { None };
+        Detail::SocketFamily { family, sock_type, protocol, family_name: contain::family_name(family), netlink, error: None }
+    }
+}
+
 /// A kernel record, decoded but not yet enriched with run metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Raw {
@@ -322,7 +374,7 @@ fn open_access(flags: u32) -> u32 {
 pub fn hook_of(kind: Kind, flags: u32) -> &'static str {
     if flags & FLAG_LSM != 0 {
         "lsm"
-    } else if matches!(kind, Kind::Connect | Kind::Sendmsg | Kind::Socket) {
+    } else if flags & FLAG_TRACEPOINT == 0 && matches!(kind, Kind::Connect | Kind::Sendmsg | Kind::Socket | Kind::Bind) {
         "cgroup"
     } else {
         "tracepoint"
@@ -401,6 +453,23 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 path_truncated: f & FLAG_PATH_TRUNCATED != 0,
             }
         }
+        Kind::Connect | Kind::Sendmsg if f & FLAG_UNIX != 0 => {
+            let e: UnixEvent = read(bytes, hdr.kind)?;
+            let n = (e.path_len as usize).min(e.path.len());
+            let name = &e.path[..n];
+            let path = if e.abstract_name != 0 {
+                // Abstract names may hold any byte, zeros included.
+                let shown: String = name
+                    .iter()
+                    .map(|b| if b.is_ascii_graphic() || *b == b' ' { (*b as char).to_string() } else { format!("\\x{b:02x}") })
+                    .collect();
+                format!("@{shown}")
+            } else {
+                String::from_utf8_lossy(name).into_owned()
+            };
+            let result = if e.result < 0 { -libc::EPERM } else { 0 };
+            Detail::Unix { family: "unix", path, result, error: errno_name(result) }
+        }
         Kind::Connect | Kind::Sendmsg => {
             let e: ConnectEvent = read(bytes, hdr.kind)?;
             let ip = ip_of(e.family, &e.addr);
@@ -421,6 +490,10 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
             let name = crate::policy::syscall_name(e.nr).map(str::to_string).unwrap_or_else(|| format!("syscall_{}", e.nr));
             Detail::Syscall { name, nr: e.nr, arg0: e.arg0, path: None, error: None }
         }
+        Kind::Socket if Rule::from_raw(hdr.rule) == Some(Rule::Families) => {
+            let e: SocketEvent = read(bytes, hdr.kind)?;
+            Detail::socket_family(e.family, e.sock_type, e.protocol)
+        }
         Kind::Socket => {
             let e: SocketEvent = read(bytes, hdr.kind)?;
             Detail::Socket { family: e.family, sock_type: e.sock_type, protocol: e.protocol }
@@ -431,6 +504,20 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
             Detail::Exit {
                 exit_code: ((e.exit_code >> 8) & 0xff) as i32,
                 signal: (sig != 0).then_some(sig),
+            }
+        }
+        Kind::Bind => {
+            let e: ConnectEvent = read(bytes, hdr.kind)?;
+            let ip = ip_of(e.family, &e.addr);
+            let op = if f & FLAG_LISTEN != 0 { BindOp::Listen } else { BindOp::Bind };
+            let result = if e.result < 0 { -libc::EPERM } else { 0 };
+            Detail::Bind {
+                op,
+                family: if ip.is_ipv4() { "inet" } else { "inet6" },
+                addr: ip.to_string(),
+                port: e.port,
+                result,
+                error: errno_name(result),
             }
         }
         // Kind::from_raw gives only the kernel's kinds.
@@ -500,6 +587,17 @@ pub fn human(e: &Event) -> String {
         ),
         Detail::Syscall { name, .. } => name.clone(),
         Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
+        Detail::SocketFamily { family, sock_type, protocol, family_name, netlink, .. } => format!(
+            "family={} type={sock_type} protocol={}",
+            family_name.map_or(family.to_string(), str::to_string),
+            netlink.map_or(protocol.to_string(), str::to_string)
+        ),
+        Detail::Unix { path, error, .. } => {
+            format!("unix {path}{}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
+        }
+        Detail::Bind { op, addr, port, error, .. } => {
+            format!("{} {addr}:{port}{}", if *op == BindOp::Listen { "listen" } else { "bind" }, error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
+        }
         Detail::PolicyReload { result, source, error, .. } => format!(
             "{} {result} ({source}){}",
             e.policy.as_deref().unwrap_or("-"),
@@ -518,168 +616,4 @@ pub fn human(e: &Event) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use agent_guard_common::{ARGV_MAX, PATH_MAX};
-
-    fn hdr(kind: Kind, flags: u32) -> EventHeader {
-        EventHeader {
-            kind: kind.as_raw(),
-            flags,
-            ts_ns: 1,
-            run_cgroup: 7,
-            cgroup: 7,
-            pid: 42,
-            tgid: 42,
-            ppid: 1,
-            uid: 0,
-            gid: 0,
-            verdict: 0,
-            rule: 0,
-            ruleset: 0,
-            comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
-        }
-    }
-
-    fn bytes_of<T>(v: &T) -> Vec<u8> {
-        // SAFETY: test records are plain-old-data.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
-    }
-
-    #[test]
-    fn exec_record_decodes_path_and_argv() {
-        let mut e = ExecEvent { hdr: hdr(Kind::Exec, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
-        e.path[..12].copy_from_slice(b"/usr/bin/cat");
-        let argv = b"cat\0/etc/hostname\0";
-        e.argv[..argv.len()].copy_from_slice(argv);
-        e.argv_len = argv.len() as u32;
-        let r = decode(&bytes_of(&e)).unwrap();
-        assert_eq!(r.kind, Kind::Exec);
-        assert_eq!(r.detail, Detail::Exec {
-            path: "/usr/bin/cat".into(),
-            argv: vec!["cat".into(), "/etc/hostname".into()],
-            argv_truncated: true,
-            path_truncated: false,
-        });
-    }
-
-    #[test]
-    fn open_and_connect_records_decode() {
-        let mut o = OpenEvent { hdr: hdr(Kind::Open, FLAG_PATH_UNRESOLVED), open_flags: libc::O_RDWR as u32, result: -2, path_len: 4, access: 0, file_id: [0; 16], path: [0; PATH_MAX] };
-        o.path[..4].copy_from_slice(b"/nox");
-        match decode(&bytes_of(&o)).unwrap().detail {
-            Detail::Open { path, access, error, path_resolved, .. } => {
-                assert_eq!((path.as_str(), access, error.as_deref(), path_resolved), ("/nox", "read_write", Some("ENOENT"), false));
-            }
-            d => panic!("{d:?}"),
-        }
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let c = ConnectEvent { hdr: hdr(Kind::Connect, 0), result: 0, family: libc::AF_INET as u16, port: 8080, protocol: libc::IPPROTO_TCP as u16, sock_type: 1, _pad: 0, addr };
-        match decode(&bytes_of(&c)).unwrap().detail {
-            Detail::Connect { addr, port, proto, family, .. } => assert_eq!((addr.as_str(), port, proto, family), ("127.0.0.1", 8080, "tcp", "inet")),
-            d => panic!("{d:?}"),
-        }
-    }
-
-    #[test]
-    fn open_access_is_judged_like_the_kernel_judges_it() {
-        assert_eq!(open_access(libc::O_RDONLY as u32), 1);
-        assert_eq!(open_access(libc::O_WRONLY as u32), 2);
-        assert_eq!(open_access(libc::O_RDWR as u32), 3);
-        assert_eq!(open_access((libc::O_RDONLY | libc::O_TRUNC) as u32), 3);
-    }
-
-    #[test]
-    fn records_carry_what_a_grant_is_keyed_with() {
-        let mut o = OpenEvent { hdr: hdr(Kind::Open, 0), open_flags: libc::O_RDWR as u32, result: 3, path_len: 0, access: 2, file_id: [7; 16], path: [0; PATH_MAX] };
-        o.hdr.verdict = Verdict::Hold.as_raw();
-        o.hdr.rule = Rule::FilesWrite.as_raw();
-        let r = decode(&bytes_of(&o)).unwrap();
-        assert_eq!((r.verdict, r.rule), (Verdict::Hold, Some(Rule::FilesWrite)));
-        assert_eq!(r.facts, Facts { run_cgroup: 7, target: Target::File { id: Some([7; 16]), access: 2 } });
-        // A record of programs that did not fill `access`: judged from the flags.
-        o.access = 0;
-        assert_eq!(decode(&bytes_of(&o)).unwrap().facts.target, Target::File { id: Some([7; 16]), access: 3 });
-
-        let v4: IpAddr = "10.1.2.3".parse().unwrap();
-        let mapped = Target::key_addr(v4);
-        let mut first4 = [0u8; 16];
-        first4[..4].copy_from_slice(&[10, 1, 2, 3]);
-        let conn = |kind, family: i32, addr, protocol: i32, sock_type: i32| {
-            let c = ConnectEvent { hdr: hdr(kind, 0), result: 0, family: family as u16, port: 53, protocol: protocol as u16, sock_type: sock_type as u16, _pad: 0, addr };
-            decode(&bytes_of(&c)).unwrap()
-        };
-        // IPv4 in the first bytes or IPv4-mapped: the same IPv4 destination, keyed mapped.
-        for (kind, addr) in [(Kind::Connect, first4), (Kind::Sendmsg, mapped)] {
-            let r = conn(kind, libc::AF_INET, addr, 0, libc::SOCK_DGRAM);
-            assert_eq!(r.facts.target, Target::Inet { ip: v4, port: 53, protocol: Some(17) });
-            assert!(matches!(r.detail, Detail::Connect { family: "inet", ref addr, proto: "udp", .. } if addr == "10.1.2.3"), "{r:?}");
-        }
-        // An IPv6 socket's IPv4-mapped destination stays IPv6 (its key bytes are the same).
-        let r = conn(Kind::Connect, libc::AF_INET6, mapped, libc::IPPROTO_TCP, libc::SOCK_STREAM);
-        let Target::Inet { ip, protocol, .. } = r.facts.target else { panic!("{r:?}") };
-        assert_eq!((ip.to_string().as_str(), Target::key_addr(ip), protocol), ("::ffff:10.1.2.3", mapped, Some(6)));
-        assert!(matches!(r.detail, Detail::Connect { family: "inet6", .. }));
-        // Protocols approvals are not keyed with.
-        assert_eq!(proto_of(libc::IPPROTO_SCTP as u16, libc::SOCK_STREAM as u16), ("sctp", None));
-        assert_eq!(proto_of(libc::IPPROTO_ICMP as u16, libc::SOCK_DGRAM as u16), ("icmp", None));
-        assert_eq!(proto_of(0, libc::SOCK_RAW as u16), ("other", None));
-    }
-
-    #[test]
-    fn kinds_verdicts_and_rules_are_written_by_name_and_facts_not_at_all() {
-        let e = Event {
-            verdict: Verdict::WouldDeny,
-            rule: Some(Rule::PathTooLong),
-            facts: Facts { run_cgroup: 9, target: Target::File { id: None, access: 1 } },
-            ..Event::new(Kind::PolicyReload)
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!((v["kind"].as_str(), v["verdict"].as_str(), v["rule"].as_str()), (Some("policy_reload"), Some("would_deny"), Some("files.path_too_long")));
-        assert!(v.get("facts").is_none() && v.get("run_cgroup").is_none() && v.get("target").is_none(), "{v}");
-        assert_eq!(serde_json::to_value(Event::new(Kind::Exit)).unwrap()["rule"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn short_or_unknown_records_are_errors_not_panics() {
-        assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
-        let h = EventHeader { kind: 99, ..hdr(Kind::Exec, 0) };
-        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::Kind(99)));
-        let h = hdr(Kind::Exec, 0);
-        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Size { .. })));
-    }
-
-    #[test]
-    fn json_line_has_the_contract_fields() {
-        let e = Event {
-            ts: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_000_001)),
-            verdict: Verdict::Allow,
-            run: Some("r-abc123".into()),
-            detail: Detail::Exit { exit_code: 0, signal: None },
-            ..Event::new(Kind::Exit)
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["ts"], "1970-01-01T00:00:01.000001Z");
-        assert_eq!(v["kind"], "exit");
-        assert_eq!(v["run"], "r-abc123");
-        assert_eq!(v["exit_code"], 0);
-        assert!(v.get("signal").is_none());
-    }
-
-    #[test]
-    fn control_actions_name_who_asked_and_how_long_it_took() {
-        let e = Event {
-            run: Some("r-abc123".into()),
-            run_name: Some("coding-1".into()),
-            detail: Detail::Action { requested_by_uid: 1000, requested_by_pid: 42, latency_ms: 3.217, processes: 101, error: None },
-            ..Event::new(Kind::Freeze)
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!((v["kind"].as_str(), v["requested_by_uid"].as_u64(), v["requested_by_pid"].as_u64()), (Some("freeze"), Some(1000), Some(42)));
-        assert_eq!((v["latency_ms"].as_f64(), v["processes"].as_u64()), (Some(3.217), Some(101)));
-        assert!(v.get("error").is_none());
-        let h = human(&e);
-        assert!(h.contains("freeze  r-abc123 name=coding-1 101 processes in 3.217 ms, by uid 1000 pid 42"), "{h}");
-    }
-}
+mod tests;
