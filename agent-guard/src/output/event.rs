@@ -108,6 +108,9 @@ pub struct Facts {
     /// cgroup id of the record's run (`EventHeader::run_cgroup`; 0 for the daemon's events).
     pub run_cgroup: u64,
     pub target: Target,
+    /// A refused exec's directory descriptor (execveat; AT_FDCWD for execve), which a relative
+    /// path is relative to.
+    pub dirfd: i32,
 }
 
 /// What an operation was applied to, as the kernel programs key approvals of it.
@@ -150,10 +153,18 @@ pub enum Detail {
     #[default]
     None,
     Exec {
+        /// The executable the kernel resolved; for a refused exec (`result`), the string the
+        /// process passed.
         path: String,
         argv: Vec<String>,
         argv_truncated: bool,
         path_truncated: bool,
+        /// An exec refused before it happened (tracepoint backend: execve/execveat failed):
+        /// its -errno. Absent for an exec that happened.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     Open {
         path: String,
@@ -365,6 +376,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
     let kind = Kind::from_raw(hdr.kind).ok_or(DecodeError::Kind(hdr.kind))?;
     let verdict = Verdict::from_raw(hdr.verdict).unwrap_or(Verdict::Allow);
     let mut target = Target::None;
+    let mut dirfd = 0;
     let detail = match kind {
         Kind::Exec => {
             let e: ExecEvent = read(bytes, hdr.kind)?;
@@ -379,11 +391,14 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 Some((last, rest)) if last.is_empty() => rest.to_vec(),
                 _ => argv,
             };
+            dirfd = e.dirfd;
             Detail::Exec {
                 path: text(&e.path, e.path_len),
                 argv,
                 argv_truncated: f & FLAG_ARGV_TRUNCATED != 0,
                 path_truncated: f & FLAG_PATH_TRUNCATED != 0,
+                result: (e.result < 0).then_some(e.result),
+                error: errno_name(e.result),
             }
         }
         Kind::Open => {
@@ -442,7 +457,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         rule: Rule::from_raw(hdr.rule),
         detail,
         read_error: f & FLAG_READ_ERROR != 0,
-        facts: Facts { run_cgroup: hdr.run_cgroup, target },
+        facts: Facts { run_cgroup: hdr.run_cgroup, target, dirfd },
     })
 }
 
@@ -469,6 +484,8 @@ pub fn human(e: &Event) -> String {
         e.pid.map(|p| format!("pid={p}")).unwrap_or_default()
     );
     let what = match &e.detail {
+        // A refused exec has no argv: its path, as passed, and the error.
+        Detail::Exec { argv, path, error: Some(error), .. } if argv.is_empty() => format!("{path} {error}"),
         Detail::Exec { argv, .. } => argv.join(" "),
         Detail::Open { path, access, error, .. } => {
             format!("{path} ({access}){}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
@@ -517,168 +534,4 @@ pub fn human(e: &Event) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use agent_guard_common::{ARGV_MAX, PATH_MAX};
-
-    fn hdr(kind: Kind, flags: u32) -> EventHeader {
-        EventHeader {
-            kind: kind.as_raw(),
-            flags,
-            ts_ns: 1,
-            run_cgroup: 7,
-            cgroup: 7,
-            pid: 42,
-            tgid: 42,
-            ppid: 1,
-            uid: 0,
-            gid: 0,
-            verdict: 0,
-            rule: 0,
-            ruleset: 0,
-            comm: *b"cat\0\0\0\0\0\0\0\0\0\0\0\0\0",
-        }
-    }
-
-    fn bytes_of<T>(v: &T) -> Vec<u8> {
-        // SAFETY: test records are plain-old-data.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
-    }
-
-    #[test]
-    fn exec_record_decodes_path_and_argv() {
-        let mut e = ExecEvent { hdr: hdr(Kind::Exec, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
-        e.path[..12].copy_from_slice(b"/usr/bin/cat");
-        let argv = b"cat\0/etc/hostname\0";
-        e.argv[..argv.len()].copy_from_slice(argv);
-        e.argv_len = argv.len() as u32;
-        let r = decode(&bytes_of(&e)).unwrap();
-        assert_eq!(r.kind, Kind::Exec);
-        assert_eq!(r.detail, Detail::Exec {
-            path: "/usr/bin/cat".into(),
-            argv: vec!["cat".into(), "/etc/hostname".into()],
-            argv_truncated: true,
-            path_truncated: false,
-        });
-    }
-
-    #[test]
-    fn open_and_connect_records_decode() {
-        let mut o = OpenEvent { hdr: hdr(Kind::Open, FLAG_PATH_UNRESOLVED), open_flags: libc::O_RDWR as u32, result: -2, path_len: 4, access: 0, file_id: [0; 16], path: [0; PATH_MAX] };
-        o.path[..4].copy_from_slice(b"/nox");
-        match decode(&bytes_of(&o)).unwrap().detail {
-            Detail::Open { path, access, error, path_resolved, .. } => {
-                assert_eq!((path.as_str(), access, error.as_deref(), path_resolved), ("/nox", "read_write", Some("ENOENT"), false));
-            }
-            d => panic!("{d:?}"),
-        }
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        let c = ConnectEvent { hdr: hdr(Kind::Connect, 0), result: 0, family: libc::AF_INET as u16, port: 8080, protocol: libc::IPPROTO_TCP as u16, sock_type: 1, _pad: 0, addr };
-        match decode(&bytes_of(&c)).unwrap().detail {
-            Detail::Connect { addr, port, proto, family, .. } => assert_eq!((addr.as_str(), port, proto, family), ("127.0.0.1", 8080, "tcp", "inet")),
-            d => panic!("{d:?}"),
-        }
-    }
-
-    #[test]
-    fn open_access_is_judged_like_the_kernel_judges_it() {
-        assert_eq!(open_access(libc::O_RDONLY as u32), 1);
-        assert_eq!(open_access(libc::O_WRONLY as u32), 2);
-        assert_eq!(open_access(libc::O_RDWR as u32), 3);
-        assert_eq!(open_access((libc::O_RDONLY | libc::O_TRUNC) as u32), 3);
-    }
-
-    #[test]
-    fn records_carry_what_a_grant_is_keyed_with() {
-        let mut o = OpenEvent { hdr: hdr(Kind::Open, 0), open_flags: libc::O_RDWR as u32, result: 3, path_len: 0, access: 2, file_id: [7; 16], path: [0; PATH_MAX] };
-        o.hdr.verdict = Verdict::Hold.as_raw();
-        o.hdr.rule = Rule::FilesWrite.as_raw();
-        let r = decode(&bytes_of(&o)).unwrap();
-        assert_eq!((r.verdict, r.rule), (Verdict::Hold, Some(Rule::FilesWrite)));
-        assert_eq!(r.facts, Facts { run_cgroup: 7, target: Target::File { id: Some([7; 16]), access: 2 } });
-        // A record of programs that did not fill `access`: judged from the flags.
-        o.access = 0;
-        assert_eq!(decode(&bytes_of(&o)).unwrap().facts.target, Target::File { id: Some([7; 16]), access: 3 });
-
-        let v4: IpAddr = "10.1.2.3".parse().unwrap();
-        let mapped = Target::key_addr(v4);
-        let mut first4 = [0u8; 16];
-        first4[..4].copy_from_slice(&[10, 1, 2, 3]);
-        let conn = |kind, family: i32, addr, protocol: i32, sock_type: i32| {
-            let c = ConnectEvent { hdr: hdr(kind, 0), result: 0, family: family as u16, port: 53, protocol: protocol as u16, sock_type: sock_type as u16, _pad: 0, addr };
-            decode(&bytes_of(&c)).unwrap()
-        };
-        // IPv4 in the first bytes or IPv4-mapped: the same IPv4 destination, keyed mapped.
-        for (kind, addr) in [(Kind::Connect, first4), (Kind::Sendmsg, mapped)] {
-            let r = conn(kind, libc::AF_INET, addr, 0, libc::SOCK_DGRAM);
-            assert_eq!(r.facts.target, Target::Inet { ip: v4, port: 53, protocol: Some(17) });
-            assert!(matches!(r.detail, Detail::Connect { family: "inet", ref addr, proto: "udp", .. } if addr == "10.1.2.3"), "{r:?}");
-        }
-        // An IPv6 socket's IPv4-mapped destination stays IPv6 (its key bytes are the same).
-        let r = conn(Kind::Connect, libc::AF_INET6, mapped, libc::IPPROTO_TCP, libc::SOCK_STREAM);
-        let Target::Inet { ip, protocol, .. } = r.facts.target else { panic!("{r:?}") };
-        assert_eq!((ip.to_string().as_str(), Target::key_addr(ip), protocol), ("::ffff:10.1.2.3", mapped, Some(6)));
-        assert!(matches!(r.detail, Detail::Connect { family: "inet6", .. }));
-        // Protocols approvals are not keyed with.
-        assert_eq!(proto_of(libc::IPPROTO_SCTP as u16, libc::SOCK_STREAM as u16), ("sctp", None));
-        assert_eq!(proto_of(libc::IPPROTO_ICMP as u16, libc::SOCK_DGRAM as u16), ("icmp", None));
-        assert_eq!(proto_of(0, libc::SOCK_RAW as u16), ("other", None));
-    }
-
-    #[test]
-    fn kinds_verdicts_and_rules_are_written_by_name_and_facts_not_at_all() {
-        let e = Event {
-            verdict: Verdict::WouldDeny,
-            rule: Some(Rule::PathTooLong),
-            facts: Facts { run_cgroup: 9, target: Target::File { id: None, access: 1 } },
-            ..Event::new(Kind::PolicyReload)
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!((v["kind"].as_str(), v["verdict"].as_str(), v["rule"].as_str()), (Some("policy_reload"), Some("would_deny"), Some("files.path_too_long")));
-        assert!(v.get("facts").is_none() && v.get("run_cgroup").is_none() && v.get("target").is_none(), "{v}");
-        assert_eq!(serde_json::to_value(Event::new(Kind::Exit)).unwrap()["rule"], serde_json::Value::Null);
-    }
-
-    #[test]
-    fn short_or_unknown_records_are_errors_not_panics() {
-        assert_eq!(decode(&[0u8; 3]), Err(DecodeError::Short(3)));
-        let h = EventHeader { kind: 99, ..hdr(Kind::Exec, 0) };
-        assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::Kind(99)));
-        let h = hdr(Kind::Exec, 0);
-        assert!(matches!(decode(&bytes_of(&h)), Err(DecodeError::Size { .. })));
-    }
-
-    #[test]
-    fn json_line_has_the_contract_fields() {
-        let e = Event {
-            ts: rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_000_001)),
-            verdict: Verdict::Allow,
-            run: Some("r-abc123".into()),
-            detail: Detail::Exit { exit_code: 0, signal: None },
-            ..Event::new(Kind::Exit)
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["ts"], "1970-01-01T00:00:01.000001Z");
-        assert_eq!(v["kind"], "exit");
-        assert_eq!(v["run"], "r-abc123");
-        assert_eq!(v["exit_code"], 0);
-        assert!(v.get("signal").is_none());
-    }
-
-    #[test]
-    fn control_actions_name_who_asked_and_how_long_it_took() {
-        let e = Event {
-            run: Some("r-abc123".into()),
-            run_name: Some("coding-1".into()),
-            detail: Detail::Action { requested_by_uid: 1000, requested_by_pid: 42, latency_ms: 3.217, processes: 101, error: None },
-            ..Event::new(Kind::Freeze)
-        };
-        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
-        assert_eq!((v["kind"].as_str(), v["requested_by_uid"].as_u64(), v["requested_by_pid"].as_u64()), (Some("freeze"), Some(1000), Some(42)));
-        assert_eq!((v["latency_ms"].as_f64(), v["processes"].as_u64()), (Some(3.217), Some(101)));
-        assert!(v.get("error").is_none());
-        let h = human(&e);
-        assert!(h.contains("freeze  r-abc123 name=coding-1 101 processes in 3.217 ms, by uid 1000 pid 42"), "{h}");
-    }
-}
+mod tests;
