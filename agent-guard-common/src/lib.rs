@@ -310,7 +310,8 @@ pub mod drop_slot {
 /// `EventHeader::flags` bits.
 pub const FLAG_PATH_TRUNCATED: u32 = 1 << 0;
 pub const FLAG_ARGV_TRUNCATED: u32 = 1 << 1;
-/// The path is the string the process passed (the open failed, so the kernel resolved none).
+/// The path is the string the process passed (the open or exec failed, so the kernel
+/// resolved none).
 pub const FLAG_PATH_UNRESOLVED: u32 = 1 << 2;
 /// A kernel read failed while building the event; some fields are empty.
 pub const FLAG_READ_ERROR: u32 = 1 << 3;
@@ -511,7 +512,13 @@ pub struct ExecEvent {
     pub hdr: EventHeader,
     pub path_len: u32,
     pub argv_len: u32,
-    pub _pad: u64,
+    /// 0 for an exec that happened; -errno for one refused before it happened (execve or
+    /// execveat failed with EACCES or EPERM: then `path` is the string the process passed,
+    /// with [`FLAG_PATH_UNRESOLVED`], and argv is empty).
+    pub result: i32,
+    /// A refused exec's directory descriptor (execveat), or AT_FDCWD (-100): what a
+    /// relative `path` is relative to.
+    pub dirfd: i32,
     /// The executable's device and inode (see `GrantKey`), for approving a held exec; zero
     /// unless the exec violated the policy (the kernel identifies the file only then).
     pub file_id: [u8; 16],

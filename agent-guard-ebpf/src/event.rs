@@ -197,12 +197,31 @@ pub fn report_open(
     entry.submit(0);
 }
 
-/// Reports an exec decided by `d`, with the executable's walked path and, given the new
-/// image's `mm`, its argv. Refusals are urgent (see [`reserve`]).
+/// An exec refused before it happened (execve/execveat failed with EACCES or EPERM): the
+/// filename the process passed (a user pointer), what a relative one is relative to, the
+/// -errno.
+pub struct RefusedExec {
+    pub filename: u64,
+    pub dirfd: i32,
+    pub result: i32,
+}
+
+/// Reports an exec decided by `d`: of the new image, with the executable's walked path and,
+/// given its `mm`, its argv; or, given `refused`, an exec that failed before it happened, with
+/// the path as the process passed it and no argv. Refusals are urgent (see [`reserve`]).
 #[inline(always)]
-pub fn report_exec(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, file_id: [u8; 16], walked: Option<&Walked>, mm: Option<u64>) {
+pub fn report_exec(
+    run: &CurrentRun,
+    d: &Decision,
+    ruleset: u32,
+    flags: u32,
+    file_id: [u8; 16],
+    walked: Option<&Walked>,
+    mm: Option<u64>,
+    refused: Option<&RefusedExec>,
+) {
     let flags = path_flags(walked, flags);
-    let Some(mut entry) = reserve::<ExecEvent>(d.verdict != Verdict::Allow) else { return };
+    let Some(mut entry) = reserve::<ExecEvent>(d.verdict != Verdict::Allow || refused.is_some()) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written one by one to
     // keep the 512-byte stack free.
@@ -210,11 +229,23 @@ pub fn report_exec(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, fil
         fill_header(&mut (*ev).hdr, Kind::Exec, run, d, ruleset, flags);
         core::ptr::write_volatile(&mut (*ev).path_len, 0);
         core::ptr::write_volatile(&mut (*ev).argv_len, 0);
-        core::ptr::write_volatile(&mut (*ev)._pad, 0);
+        core::ptr::write_volatile(&mut (*ev).result, 0);
+        core::ptr::write_volatile(&mut (*ev).dirfd, 0);
         put16((*ev).file_id.as_mut_ptr(), file_id);
         let mut flags = flags;
         if let (Some(w), Some(buf)) = (walked, crate::scratch::scratch()) {
             (*ev).path_len = copy_walked(buf, w.start, (*ev).path.as_mut_ptr());
+        }
+        if let Some(r) = refused {
+            flags |= FLAG_PATH_UNRESOLVED;
+            (*ev).result = r.result;
+            (*ev).dirfd = r.dirfd;
+            let n = bpf_probe_read_user_str((*ev).path.as_mut_ptr().cast(), PATH_MAX as u32, r.filename as *const _);
+            if n > 0 {
+                (*ev).path_len = (n as u32 - 1) & (PATH_MAX as u32 - 1);
+            } else {
+                flags |= FLAG_READ_ERROR;
+            }
         }
         if let Some(mm) = mm {
             let o = kernel::offsets();

@@ -1,6 +1,13 @@
-//! exec: the new image's executable (resolved path of mm->exe_file) and its argv.
-use agent_guard_common::{GrantKey, Kind, Rule, FLAG_READ_ERROR};
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+//! exec: the new image's executable (resolved path of mm->exe_file) and its argv; and, on
+//! the tracepoint backend, execs refused before they happened (the run's Landlock layer
+//! fails them with EACCES, and `sched_process_exec` never fires for them).
+use agent_guard_common::{drop_slot, GrantKey, Kind, Rule, FLAG_READ_ERROR, PENDING_MAX};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, tracepoint},
+    maps::LruHashMap,
+    programs::TracePointContext,
+};
 
 use crate::{event, kernel, policy, run};
 
@@ -59,6 +66,82 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
             (decision, file_id) = decide_exec(rs, &run, exe_file, walked, false);
         }
     }
-    event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked, Some(mm));
+    event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked, Some(mm), None);
     0
+}
+
+/// An execve/execveat in progress: the filename the process passed and its dirfd.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PendingExec {
+    filename: u64,
+    dirfd: i32,
+    _pad: u32,
+}
+
+/// Thread (pid_tgid) -> its exec in progress. A successful exec of a thread other than the
+/// leader takes the leader's pid, so its entry is left to the LRU (never read again: every
+/// exit is preceded by its own entry's insert).
+#[map]
+static AG_PENDING_EXEC: LruHashMap<u64, PendingExec> = LruHashMap::with_max_entries(PENDING_MAX, 0);
+
+/// Offsets of the sys_enter_* arguments and of the sys_exit_* result in their records.
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const RET: usize = 16;
+const AT_FDCWD: i32 = -100;
+
+#[inline(always)]
+fn remember(filename: u64, dirfd: i32) {
+    if run::current_run().is_none() {
+        return;
+    }
+    let p = PendingExec { filename, dirfd, _pad: 0 };
+    if AG_PENDING_EXEC.insert(&bpf_get_current_pid_tgid(), &p, 0).is_err() {
+        event::count_drop(drop_slot::PENDING_FULL);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execve")]
+pub fn ag_enter_execve(ctx: TracePointContext) -> u32 {
+    remember(kernel::tp_u64(&ctx, ARG0), AT_FDCWD);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_execveat")]
+pub fn ag_enter_execveat(ctx: TracePointContext) -> u32 {
+    remember(kernel::tp_u64(&ctx, ARG1), kernel::tp_u64(&ctx, ARG0) as i32);
+    0
+}
+
+/// A refused exec (EACCES, EPERM) of a run's process becomes an `exec` event with the path as
+/// the process passed it and the error; the daemon says which layer refused it. The filename
+/// is still in the caller's memory: a failed exec leaves the old image in place. Not attached
+/// under the lsm backend, whose bprm_check_security program refuses and reports.
+#[inline(always)]
+fn finish(ctx: &TracePointContext) -> u32 {
+    let Some(run) = run::current_run() else { return 0 };
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the entry is copied out before it is removed.
+    let Some(p) = (unsafe { AG_PENDING_EXEC.get(&key) }).copied() else { return 0 };
+    let _ = AG_PENDING_EXEC.remove(&key);
+    let ret = kernel::tp_u64(ctx, RET) as i64;
+    if !event::refused(ret) {
+        return 0;
+    }
+    let rs = run::ruleset(&run);
+    let refused = event::RefusedExec { filename: p.filename, dirfd: p.dirfd, result: ret as i32 };
+    let ruleset = rs.as_ref().map_or(0, |r| r.id);
+    event::report_exec(&run, &policy::ALLOWED, ruleset, 0, [0; 16], None, None, Some(&refused));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execve")]
+pub fn ag_exit_execve(ctx: TracePointContext) -> u32 {
+    finish(&ctx)
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_execveat")]
+pub fn ag_exit_execveat(ctx: TracePointContext) -> u32 {
+    finish(&ctx)
 }

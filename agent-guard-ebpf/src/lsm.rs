@@ -109,7 +109,7 @@ pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
     if d.verdict == Verdict::Allow {
         return 0;
     }
-    event::report_exec(&run, &d, rs.id, FLAG_LSM, file_id, walked, None);
+    event::report_exec(&run, &d, rs.id, FLAG_LSM, file_id, walked, None, None);
     answer(&d)
 }
 

@@ -98,6 +98,7 @@ fn every_kind_of_event_matches_the_published_schema() {
     for (name, args) in [
         ("read-ok", vec!["read".to_string(), s(&l.ws.join("ok.txt"))]),
         ("read-secret", vec!["read".into(), secret]),
+        ("exec-secret", vec!["execve".into(), s(&l.outside.join("secret.txt"))]),
         ("connect-ok", vec!["connect".into(), format!("127.0.0.1:{port}")]),
         ("connect-no", vec!["connect".into(), format!("127.0.0.1:{other}")]),
         ("udp-no", vec!["udp".into(), format!("127.0.0.1:{other}")]),
@@ -143,6 +144,8 @@ fn every_kind_of_event_matches_the_published_schema() {
     for layer in ["ebpf", "landlock"] {
         assert!(events.iter().any(|e| e["layer"] == layer), "no event decided by {layer}");
     }
+    // And its exec: an exec event with the error.
+    assert!(events.iter().any(|e| e["kind"] == "exec" && e["run_name"] == "exec-secret" && e["error"] == "EACCES"), "no refused exec");
     // The ancestry of a violation: the process, then its parents inside the run.
     let cat = events
         .iter()

@@ -296,7 +296,7 @@ fn syscall_tracepoints_are_attached_only_while_a_run_exists() {
         e["kind"] == "open" && e["run_name"] == "first" && e["path"] == "/etc/hostname"
     });
     assert!(ev.iter().any(|e| e["kind"] == "exec" && e["run_name"] == "first" && e["comm"] == "cat"));
-    assert_eq!(syscall_links(&d).len(), 17, "{:?}", d.pinned_links());
+    assert_eq!(syscall_links(&d).len(), 21, "{:?}", d.pinned_links());
     assert_eq!(status(&d)["syscall_tracepoints_attached"], true);
 
     // A policied run brings the syscall check; a run without a policy started next to it

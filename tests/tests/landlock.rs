@@ -193,6 +193,8 @@ fn execs_outside_the_policy_are_eacces_and_allowed_ones_load_their_libraries() {
     let o = d.run(&["--policy", pol.to_str().unwrap(), "--name", "cmd", "--", t.to_str().unwrap()]);
     assert_eq!(status(&o), 126, "{o:?}");
     assert!(stderr(&o).contains("Permission denied"), "{o:?}");
+    let e = event_of(&d, "cmd", "exec", |e| e["result"].is_i64());
+    assert_eq!((layer_of(&e), e["path"].as_str()), (("deny", "exec.allow", "landlock"), t.to_str()), "{e}");
 
     // A binary inside a read tree but outside [exec] allow is left to the eBPF layer (the
     // policy judges scripts by their interpreter, which Landlock cannot express): killed
@@ -202,6 +204,62 @@ fn execs_outside_the_policy_are_eacces_and_allowed_ones_load_their_libraries() {
     assert_eq!((status(&o), stdout(&o).trim()), (0, "ok signal 9"), "{o:?}");
     let e = event_of(&d, "wide-true", "exec", |e| e["verdict"] != "allow");
     assert_eq!(layer_of(&e), ("kill", "exec.allow", "ebpf"), "{e}");
+}
+
+/// The eBPF programs see a refused exec only as a failed execve: the daemon names it from the
+/// policy, like a refused open.
+#[test]
+fn refused_execs_are_events_that_name_the_rule_and_the_layer() {
+    require_root!();
+    require_landlock!(1);
+    let d = Daemon::start();
+    let l = layout();
+    let t = std::fs::canonicalize("/usr/bin/true").unwrap();
+    let bin = t.parent().unwrap();
+    let probe = probe();
+    // ok.txt is allowed to run, but is no program (mode 0644).
+    let text = l.ws.join("ok.txt");
+    let pol = PolicyFile::new("exec-ev")
+        .read(["/usr/lib", "/lib", "/lib64", "/etc/ld.so.cache", "/proc", "/dev/null"])
+        .read([probe.parent().unwrap(), &l.ws])
+        .exec([&probe, &text])
+        .write_to(d.dir.path());
+    fn refused(e: &Value) -> ((&str, &str, &str), &str, Option<&str>, Option<i64>) {
+        (layer_of(e), e["path"].as_str().unwrap_or("?"), e["error"].as_str(), e["result"].as_i64())
+    }
+
+    // Outside [exec] allow: EACCES, and the process goes on.
+    let o = d.probe_run(&pol, "x-abs", &["and-go-on", "execve", &s(&t)]);
+    assert_eq!((status(&o), stdout(&o).as_str()), (0, "err EACCES\nwent on\n"), "{o:?}");
+    let e = event_of(&d, "x-abs", "exec", |e| e["result"].is_i64());
+    let want = (("deny", "exec.allow", "landlock"), s(&t), Some("EACCES"), Some(-13));
+    assert_eq!(refused(&e), (want.0, want.1.as_str(), want.2, want.3), "{e}");
+    assert!(e["ancestry"].is_array() && e["argv"] == serde_json::json!([]), "{e}");
+    // A violation: the run's summary line says so, and `events --violations` lists it.
+    let line = stderr(&o).lines().find(|l| l.contains("ended with")).map(str::to_string);
+    assert!(line.as_deref().is_some_and(|l| l.contains("1 violation (1 exec.allow)") && l.contains(&s(&t))), "{o:?}");
+    let run = e["run"].as_str().unwrap();
+    let v = d.cli(&["events", "--json", "--run", run, "--violations"]);
+    let v: Vec<Value> = stdout(&v).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!((v[0]["kind"].as_str(), v[0]["path"].as_str()), (Some("exec"), Some(s(&t).as_str())), "{v:#?}");
+
+    // A relative path: resolved against the process's working directory.
+    let o = d.probe_run(&pol, "x-rel", &["execve-rel", &s(bin), t.file_name().unwrap().to_str().unwrap()]);
+    assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
+    let e = event_of(&d, "x-rel", "exec", |e| e["result"].is_i64());
+    assert_eq!(refused(&e), (want.0, "true", want.2, want.3), "{e}");
+
+    // Allowed by the policy but not executable: the file's own mode refused it. An event
+    // with the error, and no violation.
+    let o = d.probe_run(&pol, "x-text", &["execve", &s(&text)]);
+    assert_eq!((status(&o), stdout(&o).trim()), (1, "err EACCES"), "{o:?}");
+    let e = event_of(&d, "x-text", "exec", |e| e["result"].is_i64());
+    assert_eq!(refused(&e), (("allow", "-", "ebpf"), s(&text).as_str(), want.2, want.3), "{e}");
+    assert!(!stderr(&o).contains("ended with"), "{o:?}");
+    let run = e["run"].as_str().unwrap();
+    let v = d.cli(&["events", "--json", "--run", run, "--violations"]);
+    assert_eq!(stdout(&v).trim(), "", "{v:?}");
 }
 
 #[test]

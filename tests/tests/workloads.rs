@@ -187,7 +187,6 @@ fn forbidden(d: &Daemon, policy: &str, env: &[(&str, String)], cases: Vec<Forbid
                 let got = (e["kind"].as_str(), e["verdict"].as_str(), e["rule"].as_str(), e["layer"].as_str());
                 assert_eq!(got, (Some(kind), Some(verdict), Some(rule), Some(layer)), "{}: {e}", f.name);
             }
-            // A refused exec is not an event (README): nothing the eBPF programs saw.
             None => assert!(v.is_empty(), "{}: {v:#?}", f.name),
         }
     }
@@ -242,7 +241,7 @@ fn coding_agent_codes_and_is_refused_secrets_other_homes_hosts_and_tools() {
             case("c-other-port", &[&agprobe, "connect", "127.0.0.1:80"], 1, "err EPERM\n", Some(("connect", "deny", "network.connect", "ebpf"))),
             case("c-other-host", &[&agprobe, "connect", &format!("127.0.0.2:{dev_port}")], 1, "err EPERM\n", Some(("connect", "deny", "network.connect", "ebpf"))),
             // Outside every tree: refused by Landlock (no event: the eBPF programs see no exec).
-            case("c-exec-outside", &[&agprobe, "exec", &s(&outside_tool)], 1, "err EACCES\n", None),
+            case("c-exec-outside", &[&agprobe, "exec", &s(&outside_tool)], 1, "err EACCES\n", Some(("exec", "deny", "exec.allow", "landlock"))),
             // Inside a read tree but not in [exec] allow: the eBPF layer kills it before its
             // first instruction (Landlock grants execute where the policy lets an interpreter
             // read); the probe goes on.
@@ -305,7 +304,7 @@ fn support_agent_answers_a_ticket_and_is_refused_writes_hosts_and_tools() {
             case("s-write-tmp", &[&agprobe, "write", "/tmp/ag-support-agent-note"], 1, "err EACCES\n", lands("open", "files.write")),
             case("s-other-port", &[&agprobe, "connect", &format!("127.0.0.1:{}", if port == 65535 { 1024 } else { port + 1 })], 1, "err EACCES\n", lands("connect", "network.connect")),
             case("s-other-host", &[&agprobe, "connect", &format!("127.0.0.2:{port}")], 1, "err EPERM\n", Some(("connect", "deny", "network.connect", "ebpf"))),
-            case("s-exec-outside", &[&agprobe, "exec", &s(&outside_tool)], 1, "err EACCES\n", None),
+            case("s-exec-outside", &[&agprobe, "exec", &s(&outside_tool)], 1, "err EACCES\n", Some(("exec", "deny", "exec.allow", "landlock"))),
             case("s-exec-curl", &[&agprobe, "exec", "/usr/bin/curl", "--version"], 0, "ok signal 9\n", Some(("exec", "kill", "exec.allow", "ebpf"))),
         ],
     );

@@ -35,6 +35,10 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_exit_creat", "syscalls", "sys_exit_creat"),
     ("ag_enter_openat2", "syscalls", "sys_enter_openat2"),
     ("ag_exit_openat2", "syscalls", "sys_exit_openat2"),
+    ("ag_enter_execve", "syscalls", "sys_enter_execve"),
+    ("ag_exit_execve", "syscalls", "sys_exit_execve"),
+    ("ag_enter_execveat", "syscalls", "sys_enter_execveat"),
+    ("ag_exit_execveat", "syscalls", "sys_exit_execveat"),
     ("ag_enter_connect", "syscalls", "sys_enter_connect"),
     ("ag_exit_connect", "syscalls", "sys_exit_connect"),
     ("ag_exit_sendto", "syscalls", "sys_exit_sendto"),
@@ -139,6 +143,7 @@ const PINNED_MAPS: &[&str] = &[
     "AG_SCRATCH",
     "AG_UNIX_SCRATCH",
     "AG_PENDING_OPEN",
+    "AG_PENDING_EXEC",
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
     names::GRANTS,
@@ -312,17 +317,19 @@ fn attach_tracepoint(ebpf: &mut Ebpf, pins: &Pins, name: &str, category: &str, e
     pins.pin(&pin, FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?)
 }
 
-/// The open tracepoints: not attached under the lsm backend, whose file_open program decides
-/// and reports opens.
-const OPEN_TRACEPOINTS: &[&str] = &[
+/// The open and refused-exec tracepoints: not attached under the lsm backend, whose
+/// file_open program decides and reports opens, and whose bprm_check_security program
+/// refuses and reports execs.
+const LSM_DECIDES: &[&str] = &[
     "ag_enter_openat", "ag_exit_openat", "ag_enter_open", "ag_exit_open",
     "ag_enter_creat", "ag_exit_creat", "ag_enter_openat2", "ag_exit_openat2",
+    "ag_enter_execve", "ag_exit_execve", "ag_enter_execveat", "ag_exit_execveat",
 ];
 
 /// The syscall tracepoints this backend uses (the LSM programs' links pinned: lsm).
 fn wanted_syscall_tracepoints(pins: &Pins) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
     let lsm = lsm_pinned(pins);
-    SYSCALL_TRACEPOINTS.iter().filter(move |(name, _, _)| !(lsm && OPEN_TRACEPOINTS.contains(name)))
+    SYSCALL_TRACEPOINTS.iter().filter(move |(name, _, _)| !(lsm && LSM_DECIDES.contains(name)))
 }
 
 /// Every syscall tracepoint is attached (an earlier daemon may have attached them).
@@ -488,7 +495,7 @@ pub fn load(
     let backend = choose(backend, &mut ebpf, pins, adopting)?;
     mark(&mut ebpf, backend.backend)?;
     adopted_links += if adopting { pins.links(LSM_LINK_PREFIX).len() } else { 0 };
-    // Only those this backend uses (the open ones are not even verified under lsm).
+    // Only those this backend uses (the open and exec ones are not even verified under lsm).
     for (name, _, _) in wanted_syscall_tracepoints(pins) {
         program::<TracePoint>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
         adopted_links += usize::from(pins.has_link(&tracepoint_pin(name)));

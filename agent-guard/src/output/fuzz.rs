@@ -115,7 +115,7 @@ fn header(k: u32) -> EventHeader {
 
 /// An exec record carrying `path` and `argv` (each argument NUL-terminated).
 fn exec_record(path: &str, argv: &[String]) -> Vec<u8> {
-    let mut e = ExecEvent { hdr: header(Kind::Exec.as_raw()), path_len: 0, argv_len: 0, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
+    let mut e = ExecEvent { hdr: header(Kind::Exec.as_raw()), path_len: 0, argv_len: 0, result: 0, dirfd: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
     e.path[..path.len()].copy_from_slice(path.as_bytes());
     e.path_len = path.len() as u32;
     let mut n = 0;

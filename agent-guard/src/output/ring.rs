@@ -134,7 +134,8 @@ pub(crate) fn enrich(
     e.gid = Some(h.gid);
     let comm = h.comm.split(|b| *b == 0).next().unwrap_or_default();
     e.comm = Some(String::from_utf8_lossy(comm).into_owned());
-    if let Detail::Exec { path, argv, .. } = &raw.detail {
+    // An exec that happened (a refused one leaves the process as it was).
+    if let Detail::Exec { path, argv, result: None, .. } = &raw.detail {
         procs.insert(h.tgid, crate::runs::evidence::Proc { ppid: h.ppid, exe: path.clone(), argv: argv.clone() });
     }
     e.exe = procs

@@ -162,6 +162,19 @@ fn main() -> ExitCode {
             unsafe { libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
             Err(errno())
         }
+        // execve(NAME) from DIR: a relative path. A failure is answered after a pause, so the
+        // daemon finds the process (and its working directory) still there.
+        "execve-rel" => {
+            std::env::set_current_dir(a(1))?;
+            let p = c(a(2));
+            let argv = [p.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            // SAFETY: NUL-terminated argv and envp arrays of valid C strings.
+            unsafe { libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            let e = errno();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            Err(e)
+        }
         // Copies this program into a memfd and runs that (fexecve: no path in the file tree).
         "exec-memfd" => {
             let me = std::fs::read("/proc/self/exe")?;

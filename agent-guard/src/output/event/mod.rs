@@ -108,6 +108,9 @@ pub struct Facts {
     /// cgroup id of the record's run (`EventHeader::run_cgroup`; 0 for the daemon's events).
     pub run_cgroup: u64,
     pub target: Target,
+    /// A refused exec's directory descriptor (execveat; AT_FDCWD for execve), which a relative
+    /// path is relative to.
+    pub dirfd: i32,
 }
 
 /// What an operation was applied to, as the kernel programs key approvals of it.
@@ -150,10 +153,18 @@ pub enum Detail {
     #[default]
     None,
     Exec {
+        /// The executable the kernel resolved; for a refused exec (`result`), the string the
+        /// process passed.
         path: String,
         argv: Vec<String>,
         argv_truncated: bool,
         path_truncated: bool,
+        /// An exec refused before it happened (tracepoint backend: execve/execveat failed):
+        /// its -errno. Absent for an exec that happened.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     Open {
         path: String,
@@ -418,6 +429,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
     let kind = Kind::from_raw(hdr.kind).ok_or(DecodeError::Kind(hdr.kind))?;
     let verdict = Verdict::from_raw(hdr.verdict).unwrap_or(Verdict::Allow);
     let mut target = Target::None;
+    let mut dirfd = 0;
     let detail = match kind {
         Kind::Exec => {
             let e: ExecEvent = read(bytes, hdr.kind)?;
@@ -432,11 +444,14 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 Some((last, rest)) if last.is_empty() => rest.to_vec(),
                 _ => argv,
             };
+            dirfd = e.dirfd;
             Detail::Exec {
                 path: text(&e.path, e.path_len),
                 argv,
                 argv_truncated: f & FLAG_ARGV_TRUNCATED != 0,
                 path_truncated: f & FLAG_PATH_TRUNCATED != 0,
+                result: (e.result < 0).then_some(e.result),
+                error: errno_name(e.result),
             }
         }
         Kind::Open => {
@@ -530,7 +545,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
         rule: Rule::from_raw(hdr.rule),
         detail,
         read_error: f & FLAG_READ_ERROR != 0,
-        facts: Facts { run_cgroup: hdr.run_cgroup, target },
+        facts: Facts { run_cgroup: hdr.run_cgroup, target, dirfd },
     })
 }
 
@@ -557,6 +572,8 @@ pub fn human(e: &Event) -> String {
         e.pid.map(|p| format!("pid={p}")).unwrap_or_default()
     );
     let what = match &e.detail {
+        // A refused exec has no argv: its path, as passed, and the error.
+        Detail::Exec { argv, path, error: Some(error), .. } if argv.is_empty() => format!("{path} {error}"),
         Detail::Exec { argv, .. } => argv.join(" "),
         Detail::Open { path, access, error, .. } => {
             format!("{path} ({access}){}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())

@@ -1,4 +1,4 @@
-//! Decoding of kernel records and the JSON form of events.
+//! Tests of the kernel records' decoding and of the event lines.
 use super::*;
 use agent_guard_common::{ARGV_MAX, PATH_MAX};
 
@@ -28,7 +28,7 @@ fn bytes_of<T>(v: &T) -> Vec<u8> {
 
 #[test]
 fn exec_record_decodes_path_and_argv() {
-    let mut e = ExecEvent { hdr: hdr(Kind::Exec, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, _pad: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
+    let mut e = ExecEvent { hdr: hdr(Kind::Exec, FLAG_ARGV_TRUNCATED), path_len: 12, argv_len: 0, result: 0, dirfd: 0, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
     e.path[..12].copy_from_slice(b"/usr/bin/cat");
     let argv = b"cat\0/etc/hostname\0";
     e.argv[..argv.len()].copy_from_slice(argv);
@@ -40,7 +40,19 @@ fn exec_record_decodes_path_and_argv() {
         argv: vec!["cat".into(), "/etc/hostname".into()],
         argv_truncated: true,
         path_truncated: false,
+        result: None,
+        error: None,
     });
+    // A refused exec: the path as passed, no argv, the error, what it is relative to.
+    let mut e = ExecEvent { hdr: hdr(Kind::Exec, FLAG_PATH_UNRESOLVED), path_len: 4, argv_len: 0, result: -13, dirfd: 3, file_id: [0; 16], path: [0; PATH_MAX], argv: [0; ARGV_MAX] };
+    e.path[..4].copy_from_slice(b"true");
+    let r = decode(&bytes_of(&e)).unwrap();
+    assert_eq!(r.facts.dirfd, 3);
+    assert_eq!(r.detail, Detail::Exec { path: "true".into(), argv: vec![], argv_truncated: false, path_truncated: false, result: Some(-13), error: Some("EACCES".into()) });
+    let ev = Event { detail: r.detail, ..Event::new(Kind::Exec) };
+    assert!(human(&ev).ends_with(" true EACCES"), "{}", human(&ev));
+    let json = serde_json::to_value(&ev).unwrap();
+    assert_eq!((json["result"].as_i64(), json["error"].as_str()), (Some(-13), Some("EACCES")), "{json}");
 }
 
 #[test]
@@ -77,7 +89,7 @@ fn records_carry_what_a_grant_is_keyed_with() {
     o.hdr.rule = Rule::FilesWrite.as_raw();
     let r = decode(&bytes_of(&o)).unwrap();
     assert_eq!((r.verdict, r.rule), (Verdict::Hold, Some(Rule::FilesWrite)));
-    assert_eq!(r.facts, Facts { run_cgroup: 7, target: Target::File { id: Some([7; 16]), access: 2 } });
+    assert_eq!(r.facts, Facts { run_cgroup: 7, target: Target::File { id: Some([7; 16]), access: 2 }, dirfd: 0 });
     // A record of programs that did not fill `access`: judged from the flags.
     o.access = 0;
     assert_eq!(decode(&bytes_of(&o)).unwrap().facts.target, Target::File { id: Some([7; 16]), access: 3 });
@@ -112,7 +124,7 @@ fn kinds_verdicts_and_rules_are_written_by_name_and_facts_not_at_all() {
     let e = Event {
         verdict: Verdict::WouldDeny,
         rule: Some(Rule::PathTooLong),
-        facts: Facts { run_cgroup: 9, target: Target::File { id: None, access: 1 } },
+        facts: Facts { run_cgroup: 9, target: Target::File { id: None, access: 1 }, dirfd: 0 },
         ..Event::new(Kind::PolicyReload)
     };
     let v: serde_json::Value = serde_json::to_value(&e).unwrap();
