@@ -328,7 +328,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             Response::ok()
         }
         Request::End { run, exit_status } => {
-            let info = {
+            let (info, forget) = {
                 let mut runs_own = shared.own();
                 let runs = &mut runs_own.runs;
                 let Some(info) = runs.by_cgroup.values_mut().find(|r| r.id == run && r.ended.is_none()) else {
@@ -340,15 +340,18 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 // entry goes only once the cgroup is empty or gone.
                 if matches!(cgroup::populated(&info.dir), Ok(true)) {
                     warn!("run {run} ended with processes still in {}; its policy stays on them", info.dir.display());
+                    (info, false)
                 } else {
                     let _ = runs.map.remove(&info.cgroup_id);
-                    shared.state.remove_run(&info.id);
+                    (info, true)
                 }
-                info
             };
             forget_run(shared, info.cgroup_id);
             let mut e = shared.base_event(crate::output::event::Kind::RunEnd, Some(&info));
             e.detail = Detail::RunEnd { exit_status };
+            // Its record goes once the run_end is in the log (a daemon killed before that
+            // writes it at its next start).
+            e.forget_run = forget.then(|| info.id.clone());
             // run_end follows every record of the run still in the ring buffer; once it is
             // recorded, so are the run's violations, and the summary is complete.
             let (done, recorded) = std::sync::mpsc::sync_channel(1);

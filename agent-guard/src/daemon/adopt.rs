@@ -74,7 +74,6 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
                 // The run ended while no daemon was up (its launcher's `end` found none): its
                 // run_end is still due, after whatever of it the ring buffer holds. The exit
                 // status is unknown.
-                shared.state.remove_run(&r.id);
                 let info = RunInfo {
                     id: r.id,
                     name: r.name,
@@ -107,6 +106,8 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
     for info in ended {
         let mut e = shared.base_event(Kind::RunEnd, Some(&info));
         e.detail = crate::output::event::Detail::RunEnd { exit_status: None };
+        // The record goes once this run_end is in the log.
+        e.forget_run = Some(info.id.clone());
         if let Err(e) = shared.after_ring.send((e, None)) {
             shared.emit(e.0 .0);
         }

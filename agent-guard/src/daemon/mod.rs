@@ -163,7 +163,10 @@ async fn serve(cfg: Config) -> Result<()> {
         backend,
     ));
 
-    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone(), cfg.stderr_events));
+    // The writer drops a finished run's record once its run_end is in the log.
+    let records = State::open(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
+    let forget_run = Box::new(move |id: &str| records.remove_run(id));
+    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone(), cfg.stderr_events, forget_run));
     if adopting {
         adopt(&shared);
     }

@@ -193,6 +193,7 @@ pub(crate) async fn write_events(
     mut reopen: mpsc::UnboundedReceiver<()>,
     sink: Arc<SinkLosses>,
     stderr_events: crate::config::StderrEvents,
+    forget_run: Box<dyn Fn(&str) + Send>,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
     let mut human = Vec::with_capacity(1 << 12);
@@ -240,7 +241,16 @@ pub(crate) async fn write_events(
         if !human.is_empty() {
             let _ = stderr.write_all(&human);
         }
-        if let Err(e) = tokio::task::block_in_place(|| log.write(&buf)) {
+        let written = tokio::task::block_in_place(|| log.write(&buf));
+        let lines = match &written {
+            Ok(()) => batch.len(),
+            Err(e) => e.written_lines.min(batch.len()),
+        };
+        // Runs whose run_end is in the log now: their records are no longer needed.
+        for id in batch[..lines].iter().filter_map(|e| e.forget_run.as_deref()) {
+            forget_run(id);
+        }
+        if let Err(e) = written {
             let lost = &batch[e.written_lines.min(batch.len())..];
             let lost_reports: u64 = lost
                 .iter()

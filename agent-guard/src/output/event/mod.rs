@@ -67,6 +67,10 @@ pub struct Event {
     /// What the kernel record said beyond the fields above (not written).
     #[serde(skip)]
     pub facts: Facts,
+    /// A run whose record in `state_dir` goes once this line is in the log (its `run_end`):
+    /// a daemon killed before that still finds the record and writes the run_end then.
+    #[serde(skip)]
+    pub forget_run: Option<String>,
 }
 
 impl Event {
@@ -97,6 +101,7 @@ impl Event {
             ancestry: None,
             detail: Detail::None,
             facts: Facts::default(),
+            forget_run: None,
         }
     }
 }
