@@ -34,12 +34,20 @@ fn rewritten(name: &str, mode: &str, pairs: &[(&str, String)]) -> String {
     text
 }
 
-/// A temporary tree outside every tree the example policies name (not under /tmp, which they
-/// may write), canonical (rules match resolved paths).
+/// A temporary tree outside every tree the example policies name, canonical (rules match
+/// resolved paths). Never under /tmp, which they may write: the secrets carved out of the
+/// tree would make the Landlock layer grant /tmp entry by entry (so nothing new could be made
+/// directly in /tmp, where compilers put their temporary files). The checkout itself may be
+/// under /tmp (CI's clone may be), so /var/tmp comes first.
 fn site() -> tempfile::TempDir {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(base).unwrap();
-    tempfile::Builder::new().prefix("ag-workload-").tempdir_in(base.canonicalize().unwrap()).unwrap()
+    let named = ["/tmp", "/workspace", "/home", "/data", "/opt", "/srv"];
+    let inside = |p: &Path| named.iter().any(|n| p.starts_with(n));
+    let base = [Path::new("/var/tmp/agent-guard-tests"), Path::new(env!("CARGO_TARGET_TMPDIR"))]
+        .into_iter()
+        .filter_map(|b| std::fs::create_dir_all(b).and_then(|()| b.canonicalize()).ok())
+        .find(|b| !inside(b))
+        .unwrap_or_else(|| panic!("no place for the workload tree outside {named:?}"));
+    tempfile::Builder::new().prefix("ag-workload-").tempdir_in(base).unwrap()
 }
 
 fn mkdirs(root: &Path, dirs: &[&str]) {
