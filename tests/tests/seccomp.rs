@@ -9,7 +9,7 @@ use std::{
     process::Output,
 };
 
-use agent_guard_tests::{layout, privileged, probe, s, status, stdout, Daemon, Layout, PolicyFile};
+use agent_guard_tests::{layout, privileged, probe, probe_in, s, status, stdout, Daemon, Layout, PolicyFile, TestCgroup};
 use serde_json::Value;
 
 const KILLED: i32 = 128 + 9;
@@ -198,36 +198,6 @@ fn git_works_and_hard_links_are_left_to_landlock() {
     assert_eq!(e["path"].as_str(), Some(s(&out.join("a.txt")).as_str()), "{e}");
 }
 
-/// A cgroup tree the test owns below the cgroup2 mount, removed (deepest first) on drop.
-struct TestCgroup(std::path::PathBuf);
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        agent_guard_tests::remove_cgroup_tree(&self.0);
-    }
-}
-
-/// Runs `probe ARGS` with the child moving itself into `cgroup` before exec.
-fn probe_in(cgroup: &Path, args: &[&str]) -> Output {
-    use std::os::unix::process::CommandExt;
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").to_str().unwrap()).unwrap();
-    let mut cmd = std::process::Command::new(probe());
-    cmd.args(args);
-    // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-            libc::close(fd);
-            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
-    }
-    cmd.output().unwrap()
-}
-
 fn shell_status(o: &Output) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     o.status.signal().map_or_else(|| o.status.code().unwrap_or(-1), |s| 128 + s)
@@ -239,10 +209,8 @@ fn kill_policies_and_bound_cgroups_keep_the_ebpf_kill() {
         return;
     }
     let l = layout();
-    let top_name = format!("agent-guard-seccomptest-{}", std::process::id());
-    let top = agent_guard_tests::cgroup2_mount().join(&top_name);
-    std::fs::create_dir(&top).unwrap();
-    let _cleanup = TestCgroup(top.clone());
+    let cgroup = TestCgroup::create("agent-guard-seccomptest");
+    let (top_name, top) = (cgroup.name(), cgroup.0.clone());
     std::fs::create_dir(top.join("a.scope")).unwrap();
     let pdir = l.tmp.path().join("policies.d");
     std::fs::create_dir(&pdir).unwrap();
