@@ -1,7 +1,7 @@
 //! The daemon's side of incident response: who may connect, `ps`, `status`, `freeze`,
 //! `thaw`, `kill` and `events`, and the recent-events feed they read.
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     path::PathBuf,
     sync::{
         atomic::Ordering,
@@ -209,20 +209,8 @@ impl Visible<'_> {
 
 fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
     RunInfo {
-        id: c.id.clone(),
-        name: None,
-        labels: BTreeMap::new(),
-        dir: c.dir.clone(),
-        cgroup_id,
-        policy: None,
-        ended: None,
-        hold: None,
-        frozen_by_responder: false,
-        landlock: None,
-        landlock_plan: None,
-        started_by: None,
-        violations: 0,
         started: std::fs::metadata(&c.dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now()),
+        ..RunInfo::new(c.id.clone(), c.dir.clone(), cgroup_id)
     }
 }
 

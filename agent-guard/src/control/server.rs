@@ -2,7 +2,7 @@
 //! requests.
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use agent_guard_common::{RunEntry, NO_POLICY};
@@ -209,20 +209,12 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 Err(e) => return Response::err(format!("run cgroup {}: {e}", dir.display())),
             };
             let info = RunInfo {
-                id: run.clone(),
                 name,
                 labels,
-                dir,
-                cgroup_id: id,
                 policy: bound.as_ref().map(|p| p.slot),
-                started: SystemTime::now(),
-                ended: None,
-                hold: None,
-                violations: 0,
-                frozen_by_responder: false,
-                landlock: None,
                 landlock_plan: plan.clone(),
                 started_by: Some(uid),
+                ..RunInfo::new(run.clone(), dir, id)
             };
             {
                 // The syscall tracepoints (and for a policied run the syscall check) are

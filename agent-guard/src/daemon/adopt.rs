@@ -2,7 +2,7 @@
 use std::{
     collections::HashMap,
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::Instant,
 };
 
 use agent_guard_common::{Kind, RunEntry, NO_POLICY};
@@ -32,14 +32,14 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
     runs.next_index = entries.values().map(|e| e.run_index).max().unwrap_or(0).wrapping_add(1).max(1);
     let mut adopted = 0;
     let mut ended = Vec::new();
-    for r in records {
+    for mut r in records {
         let alive = cgroup::cgroup_id(&r.dir).is_ok_and(|id| id == r.cgroup_id);
         match entries.get(&r.cgroup_id) {
             Some(entry) if alive => {
                 let hold = (!r.hold.is_empty()).then(|| Hold {
                     id: shared.next_hold.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
                     since: Instant::now(),
-                    attempts: r.hold.into_iter().map(crate::runs::grant::Attempt::from).collect(),
+                    attempts: std::mem::take(&mut r.hold).into_iter().map(crate::runs::grant::Attempt::from).collect(),
                     ready: true,
                 });
                 if let Some(h) = &hold {
@@ -51,45 +51,17 @@ pub(crate) fn adopt(shared: &Arc<Shared>) {
                     );
                     arm_hold_timeout(&tokio::runtime::Handle::current(), shared.clone(), r.id.clone(), h.id);
                 }
-                let info = RunInfo {
-                    id: r.id,
-                    name: r.name,
-                    labels: r.labels,
-                    dir: r.dir,
-                    cgroup_id: r.cgroup_id,
-                    policy: (entry.policy != NO_POLICY).then_some(entry.policy),
-                    started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
-                    ended: None,
-                    hold,
-                    violations: 0,
-                    frozen_by_responder: false,
-                    landlock: r.landlock,
-                    landlock_plan: None,
-                    started_by: r.started_by_uid,
-                };
-                runs.by_cgroup.insert(r.cgroup_id, info);
+                let policy = (entry.policy != NO_POLICY).then_some(entry.policy);
+                let info = RunInfo { hold, ..RunInfo::from_record(r, policy) };
+                runs.by_cgroup.insert(info.cgroup_id, info);
                 adopted += 1;
             }
             entry => {
                 // The run ended while no daemon was up (its launcher's `end` found none): its
                 // run_end is still due, after whatever of it the ring buffer holds. The exit
                 // status is unknown.
-                let info = RunInfo {
-                    id: r.id,
-                    name: r.name,
-                    labels: r.labels,
-                    dir: r.dir,
-                    cgroup_id: r.cgroup_id,
-                    policy: entry.filter(|e| e.policy != NO_POLICY).map(|e| e.policy),
-                    started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
-                    ended: Some(Instant::now()),
-                    hold: None,
-                    violations: 0,
-                    frozen_by_responder: false,
-                    landlock: r.landlock,
-                    landlock_plan: None,
-                    started_by: r.started_by_uid,
-                };
+                let policy = entry.filter(|e| e.policy != NO_POLICY).map(|e| e.policy);
+                let info = RunInfo { ended: Some(Instant::now()), ..RunInfo::from_record(r, policy) };
                 info!("run {} ended while the daemon was down", info.id);
                 ended.push(info);
             }

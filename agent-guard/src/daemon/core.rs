@@ -49,6 +49,40 @@ pub(crate) struct RunInfo {
 }
 
 impl RunInfo {
+    /// A run that has just been found: nothing known of it but where it is.
+    pub(crate) fn new(id: String, dir: PathBuf, cgroup_id: u64) -> RunInfo {
+        RunInfo {
+            id,
+            name: None,
+            labels: BTreeMap::new(),
+            dir,
+            cgroup_id,
+            policy: None,
+            started: SystemTime::now(),
+            ended: None,
+            violations: 0,
+            hold: None,
+            frozen_by_responder: false,
+            landlock: None,
+            landlock_plan: None,
+            started_by: None,
+        }
+    }
+
+    /// A run as an earlier daemon recorded it (the inverse of [`RunInfo::record`], less its
+    /// hold, which the adopter rebuilds).
+    pub(crate) fn from_record(r: crate::daemon::state::RunRecord, policy: Option<u32>) -> RunInfo {
+        RunInfo {
+            name: r.name,
+            labels: r.labels,
+            policy,
+            started: SystemTime::UNIX_EPOCH + Duration::from_millis(r.started_ms),
+            landlock: r.landlock,
+            started_by: r.started_by_uid,
+            ..RunInfo::new(r.id, r.dir, r.cgroup_id)
+        }
+    }
+
     pub(crate) fn record(&self) -> crate::daemon::state::RunRecord {
         crate::daemon::state::RunRecord {
             id: self.id.clone(),
@@ -231,20 +265,10 @@ pub(crate) fn hostname() -> String {
 
 pub(crate) fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) -> RunInfo {
     RunInfo {
-        id: format!("b-{id}"),
         name: Some(shared.rel(dir)),
         labels: BTreeMap::from([("bound".to_string(), "true".to_string())]),
-        dir: dir.to_path_buf(),
-        cgroup_id: id,
         policy: Some(slot),
-        started: SystemTime::now(),
-        ended: None,
-        hold: None,
-        violations: 0,
-        frozen_by_responder: false,
-        landlock: None,
-        landlock_plan: None,
-        started_by: None,
+        ..RunInfo::new(format!("b-{id}"), dir.to_path_buf(), id)
     }
 }
 
