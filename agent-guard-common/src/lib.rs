@@ -5,6 +5,26 @@
 //! there are no holes, and no enums or bools cross the boundary.
 #![no_std]
 
+/// clone(2) and clone3(2) as both enforcement layers judge them: the eBPF syscall check and
+/// the seccomp filter of launched runs refuse the same clones.
+pub mod clone {
+    pub const NR_CLONE: u32 = 56;
+    pub const NR_CLONE3: u32 = 435;
+    /// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a new namespace
+    /// would let the process remount paths under names the policy allows.
+    pub const NEW_ANY: u64 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
+    /// A child sharing the file table without being a thread: it would keep a descriptor whose
+    /// opener was killed for opening it.
+    pub const FILES: u64 = 0x0000_0400;
+    pub const THREAD: u64 = 0x0001_0000;
+
+    /// Whether a clone with these flags is refused.
+    #[inline(always)]
+    pub const fn refused(flags: u64) -> bool {
+        flags & NEW_ANY != 0 || flags & (FILES | THREAD) == FILES
+    }
+}
+
 /// Bytes kept of a path (the one the kernel resolved for an opened file, or an exe). Longer
 /// paths keep their last `PATH_MAX - 1` bytes and carry [`FLAG_PATH_TRUNCATED`].
 pub const PATH_MAX: usize = 1024;

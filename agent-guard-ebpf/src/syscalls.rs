@@ -15,17 +15,9 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::raw_tracepoint, programs::R
 
 use crate::{event, kernel, policy, run};
 
-const NR_CLONE: u32 = 56;
-const NR_CLONE3: u32 = 435;
+use agent_guard_common::clone::{NR_CLONE, NR_CLONE3};
 const NR_LINK: u32 = 86;
 const NR_LINKAT: u32 = 265;
-/// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a new namespace
-/// would let the process remount paths under names the policy allows.
-const CLONE_NEW_ANY: u64 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
-/// A child sharing the file table without being a thread: it would keep a descriptor whose
-/// opener was killed for opening it.
-const CLONE_FILES: u64 = 0x0000_0400;
-const CLONE_THREAD: u64 = 0x0001_0000;
 /// x86 thread_info.status bit of a 32-bit (int 0x80 / compat) syscall, whose numbers are
 /// another table.
 const TS_COMPAT: u32 = 0x0002;
@@ -84,7 +76,7 @@ fn report(run: &run::CurrentRun, rs: &run::Ruleset, rule: Rule, nr: u32, arg0: u
 
 #[inline(always)]
 fn refused_clone(flags: u64) -> bool {
-    flags & CLONE_NEW_ANY != 0 || (flags & CLONE_FILES != 0 && flags & CLONE_THREAD == 0)
+    agent_guard_common::clone::refused(flags)
 }
 
 /// clone_args.flags (the first u64 of the struct clone3 is given); None if unreadable.

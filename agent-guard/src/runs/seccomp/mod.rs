@@ -45,16 +45,15 @@ pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 pub const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
-const NR_CLONE: u32 = 56;
-const NR_CLONE3: u32 = 435;
+use agent_guard_common::clone::{NR_CLONE, NR_CLONE3};
+// The clone flags, as the 32-bit words classic BPF compares (all of them are in the low half).
+const CLONE_NEW_ANY: u32 = agent_guard_common::clone::NEW_ANY as u32;
+const CLONE_FILES: u32 = agent_guard_common::clone::FILES as u32;
+const CLONE_THREAD: u32 = agent_guard_common::clone::THREAD as u32;
 const NR_MKNOD: u32 = 133;
 const NR_MKNODAT: u32 = 259;
 const NR_SOCKET: u32 = 41;
 const NR_SOCKETPAIR: u32 = 53;
-/// CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET.
-const CLONE_NEW_ANY: u32 = 0x0002_0000 | 0x0200_0000 | 0x0400_0000 | 0x0800_0000 | 0x1000_0000 | 0x2000_0000 | 0x4000_0000;
-const CLONE_FILES: u32 = 0x0000_0400;
-const CLONE_THREAD: u32 = 0x0001_0000;
 const S_IFMT: u32 = 0o170_000;
 
 // Offsets in struct seccomp_data.
@@ -362,10 +361,8 @@ impl Filter {
             return Some(Verdict { rule: Rule::Syscalls, errno, name: name.into() });
         }
         let device = |mode: u64| !self.devices && matches!(mode as u32 & S_IFMT, libc::S_IFCHR | libc::S_IFBLK);
-        let clone = |flags: u64| {
-            let f = flags as u32;
-            f & CLONE_NEW_ANY != 0 || f & (CLONE_FILES | CLONE_THREAD) == CLONE_FILES
-        };
+        // The filter compares the low 32 bits, where every flag it judges lives.
+        let clone = |flags: u64| agent_guard_common::clone::refused(flags & u32::MAX as u64);
         let refused = self.unseen.contains(&n)
             || (n == NR_MKNOD && device(args[1]))
             || (n == NR_MKNODAT && device(args[2]))
