@@ -72,6 +72,9 @@ pub struct Config {
     /// What a restarted daemon needs besides the pinned kernel state: run records and the
     /// text of loaded policies. On tmpfs by default: it lives exactly as long as the pins.
     pub state_dir: PathBuf,
+    /// What must outlive a reboot: the events log's chain head and signing key, every applied
+    /// policy version. On persistent storage by default.
+    pub data_dir: PathBuf,
     /// A hold for review (`on_violation = "freeze"`) not answered within this time is denied.
     #[serde(with = "humantime_serde")]
     pub hold_timeout: std::time::Duration,
@@ -109,6 +112,7 @@ impl Default for Config {
             cgroup_root: "agent-guard".into(),
             bpffs_dir: "/sys/fs/bpf/agent-guard".into(),
             state_dir: "/run/agent-guard/state".into(),
+            data_dir: "/var/lib/agent-guard".into(),
             hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
             landlock: true,
