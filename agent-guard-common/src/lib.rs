@@ -17,6 +17,9 @@ pub mod clone {
     /// opener was killed for opening it.
     pub const FILES: u64 = 0x0000_0400;
     pub const THREAD: u64 = 0x0001_0000;
+    /// clone3 only: the child starts in the cgroup whose descriptor clone_args.cgroup gives,
+    /// which may be outside the run.
+    pub const INTO_CGROUP: u64 = 0x2_0000_0000;
 
     /// Whether a clone with these flags is refused.
     #[inline(always)]
@@ -245,6 +248,16 @@ named! {
         Families = 13 => "network.families",
         /// A bind or listen on an address and port `[network] listen` does not list.
         Listen = 14 => "network.listen",
+        /// Leaving the run's cgroup: a write to the cgroup filesystem (`cgroup.procs`,
+        /// `cgroup.threads`, ...), `clone3(CLONE_INTO_CGROUP)`, or a process of the run
+        /// found in another cgroup. No policy allows it.
+        ContainCgroup = 15 => "contain.cgroup",
+        /// Another process's /proc/PID files (cmdline, environ, maps, fd, ...): a process
+        /// outside the run. No policy allows it.
+        ContainProc = 16 => "contain.proc",
+        /// A process in a cgroup below the managed root that is no registered run (made by
+        /// hand, or the managed root itself): refused everything.
+        Unregistered = 17 => "contain.unregistered",
     }
 }
 
@@ -414,6 +427,17 @@ pub struct KernelOffsets {
     /// sock.sk_cgrp_data.cgroup: the cgroup v2 a socket belongs to (its creator's).
     pub sock_sk_cgrp_data: u32,
     pub sock_cgroup_data_cgroup: u32,
+    /// super_block.s_magic: which filesystem a file is on (cgroup, procfs).
+    pub super_block_s_magic: u32,
+    /// Where a procfs inode's process is: proc_inode.vfs_inode and proc_inode.pid, then
+    /// pid.tasks[PIDTYPE_PID].first, an hlist_node inside task_struct.pid_links[PIDTYPE_PID].
+    /// `proc_ok` is 0 when this kernel's BTF lacks one of them: then another process's
+    /// /proc/PID files are not judged (status says so).
+    pub proc_inode_vfs_inode: u32,
+    pub proc_inode_pid: u32,
+    pub pid_tasks: u32,
+    pub task_pid_links: u32,
+    pub proc_ok: u32,
 }
 
 /// `RunEntry::flags`: the run's processes carry the seccomp filter of `agent-guard run`

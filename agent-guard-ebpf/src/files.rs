@@ -105,9 +105,12 @@ pub fn decide_open(
         file_id = kernel::file_id(&kernel::offsets(), file);
         GrantKey { run: run.run_cgroup, kind: Kind::Open.as_raw(), port: access_bits(read, write), id: file_id }
     };
-    let d = match walked {
-        Some(w) => policy::file_decision(rs, w, read, write, can_refuse, Some(key)),
-        None => policy::violation(rs, Rule::Unseen, can_refuse, policy::NO_HOLD),
+    let d = match crate::contain::open_breaks(&kernel::offsets(), run, file, write) {
+        Some(rule) => policy::violation(rs, rule, can_refuse, policy::NO_HOLD),
+        None => match walked {
+            Some(w) => policy::file_decision(rs, w, read, write, can_refuse, Some(key)),
+            None => policy::violation(rs, Rule::Unseen, can_refuse, policy::NO_HOLD),
+        },
     };
     (d, file_id)
 }

@@ -50,6 +50,12 @@ static AG_OFFSETS: KernelOffsets = KernelOffsets {
     kernfs_node_id: 0,
     sock_sk_cgrp_data: 0,
     sock_cgroup_data_cgroup: 0,
+    super_block_s_magic: 0,
+    proc_inode_vfs_inode: 0,
+    proc_inode_pid: 0,
+    pid_tasks: 0,
+    task_pid_links: 0,
+    proc_ok: 0,
 };
 
 #[inline(always)]

@@ -13,7 +13,7 @@
 //! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
 //! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
 use agent_guard_common::{
-    KernelOffsets, Kind, Rule, Verdict, BIND_DEPTH_MAX, FLAG_LSM,
+    Kind, Rule, Verdict, FLAG_LSM,
 };
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 
@@ -225,31 +225,6 @@ pub fn ag_lsm_path_rename(ctx: LsmContext) -> i32 {
     write_in(ctx.arg(2), ctx.arg(3))
 }
 
-/// Whether `task` is in the cgroup `run_cgroup` or below it (cgroup v2).
-#[inline(always)]
-fn task_in(o: &KernelOffsets, task: u64, run_cgroup: u64) -> bool {
-    let Ok(cset) = kernel::read::<u64>(task, o.task_cgroups) else { return false };
-    let Ok(cgrp) = kernel::read::<u64>(cset, o.css_set_dfl_cgrp) else { return false };
-    cgroup_in(o, cgrp, run_cgroup)
-}
-
-/// Whether the cgroup `cgrp` (a `struct cgroup *`) is `run_cgroup` or below it.
-#[inline(always)]
-fn cgroup_in(o: &KernelOffsets, cgrp: u64, run_cgroup: u64) -> bool {
-    let Ok(level) = kernel::read::<i32>(cgrp, o.cgroup_level) else { return false };
-    for l in 0..=BIND_DEPTH_MAX {
-        if l > level {
-            break;
-        }
-        let Ok(anc) = kernel::read::<u64>(cgrp + o.cgroup_ancestors as u64 + l as u64 * 8, 0) else { return false };
-        let Ok(kn) = kernel::read::<u64>(anc, o.cgroup_kn) else { return false };
-        if kernel::read::<u64>(kn, o.kernfs_node_id) == Ok(run_cgroup) {
-            return true;
-        }
-    }
-    false
-}
-
 /// A run's process acting outside its run (self-protection): refused under an enforcing
 /// policy (reported as would_deny in monitor mode), reported as a `syscall` event.
 #[inline(always)]
@@ -267,7 +242,7 @@ pub fn ag_lsm_task_kill(ctx: LsmContext) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let target: u64 = ctx.arg(0);
     let o = kernel::offsets();
-    if task_in(&o, target, run.run_cgroup) {
+    if crate::contain::task_in(&o, target, run.run_cgroup) {
         return 0;
     }
     let pid: i32 = kernel::read(target, o.task_tgid).unwrap_or(0);
@@ -281,7 +256,7 @@ pub fn ag_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let target: u64 = ctx.arg(0);
     let o = kernel::offsets();
-    if task_in(&o, target, run.run_cgroup) {
+    if crate::contain::task_in(&o, target, run.run_cgroup) {
         return 0;
     }
     let pid: i32 = kernel::read(target, o.task_tgid).unwrap_or(0);
@@ -321,7 +296,7 @@ pub fn ag_lsm_socket_connect(ctx: LsmContext) -> i32 {
     let o = kernel::offsets();
     let sk: u64 = kernel::read(sock, o.socket_sk).unwrap_or(0);
     if let Ok(cgrp) = kernel::read::<u64>(sk + o.sock_sk_cgrp_data as u64, o.sock_cgroup_data_cgroup) {
-        if sk != 0 && cgroup_in(&o, cgrp, run.run_cgroup) {
+        if sk != 0 && crate::contain::cgroup_in(&o, cgrp, run.run_cgroup) {
             return 0;
         }
     }

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod contain;
 mod event;
 mod exec;
 mod exit;

@@ -116,6 +116,7 @@ pub const ALLOWED: Decision = Decision { verdict: Verdict::Allow, rule: None };
 #[inline(always)]
 pub fn violation(rs: &Ruleset, rule: Rule, can_refuse: bool, hold: Option<impl FnOnce() -> GrantKey>) -> Decision {
     let d = refusal(rs, rule);
+    let rule = d.rule.unwrap_or(rule);
     if d.verdict == Verdict::WouldDeny {
         return d;
     }
@@ -139,6 +140,8 @@ pub fn violation(rs: &Ruleset, rule: Rule, can_refuse: bool, hold: Option<impl F
 /// programs): `would_deny` in monitor mode, otherwise `deny` (the hook returns EPERM).
 #[inline(always)]
 pub fn refusal(rs: &Ruleset, rule: Rule) -> Decision {
+    // The fail-closed rule set (id 0) answers for a cgroup no run registered.
+    let rule = if rs.id == 0 { Rule::Unregistered } else { rule };
     let verdict = if rs.hdr.mode == mode::MONITOR { Verdict::WouldDeny } else { Verdict::Deny };
     Decision { verdict, rule: Some(rule) }
 }

@@ -37,6 +37,10 @@ static AG_POLICY_CUR: Array<u32> = Array::with_max_entries(POLICIES_MAX, 0);
 #[map]
 static AG_RULESETS: HashMap<u32, RulesetHeader> = HashMap::with_max_entries(RULESETS_MAX, 0);
 
+/// The policy slot of a cgroup below the managed root that no run registered: no slot has
+/// it, so [`ruleset`] answers with the fail-closed rule set.
+pub const UNREGISTERED: u32 = POLICIES_MAX;
+
 /// The current task's run. The task's own cgroup id is read when an event needs it
 /// (`event::header`), not on every hook.
 pub struct CurrentRun {
@@ -62,8 +66,12 @@ pub fn current_run() -> Option<CurrentRun> {
     }
     let run_cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32 + 1) };
     // SAFETY: the value is copied out at once.
-    let e = unsafe { AG_RUNS.get(&run_cgroup) }?;
-    Some(CurrentRun { run_cgroup, policy: e.policy, flags: e.flags })
+    match unsafe { AG_RUNS.get(&run_cgroup) } {
+        Some(e) => Some(CurrentRun { run_cgroup, policy: e.policy, flags: e.flags }),
+        // Below the managed root but no registered run (a cgroup made by hand, or the root
+        // itself, run_cgroup 0): refused everything (the fail-closed rule set).
+        None => Some(CurrentRun { run_cgroup, policy: UNREGISTERED, flags: 0 }),
+    }
 }
 
 /// The binding the current task is under, searching its cgroup's ancestors from the top.

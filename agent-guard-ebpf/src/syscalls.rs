@@ -15,9 +15,10 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::raw_tracepoint, programs::R
 
 use crate::{event, kernel, policy, run};
 
-use agent_guard_common::clone::{NR_CLONE, NR_CLONE3};
+use agent_guard_common::clone::{INTO_CGROUP, NR_CLONE, NR_CLONE3};
 const NR_LINK: u32 = 86;
 const NR_LINKAT: u32 = 265;
+const NR_BPF: u32 = 321;
 /// x86 thread_info.status bit of a 32-bit (int 0x80 / compat) syscall, whose numbers are
 /// another table.
 const TS_COMPAT: u32 = 0x0002;
@@ -46,19 +47,27 @@ pub fn ag_sys_enter(ctx: RawTracePointContext) -> i32 {
         if run.flags & RUN_SECCOMP != 0 && (nr == NR_LINK || nr == NR_LINKAT) {
             return 0;
         }
-        Rule::Unseen
+        if nr == NR_BPF {
+            Rule::SelfProtection
+        } else {
+            Rule::Unseen
+        }
     } else if nr == NR_CLONE || nr == NR_CLONE3 {
         let Ok(arg0) = arg0() else {
             // The argument that decides could not be read: refused, not guessed.
             return report(&run, &rs, Rule::Unseen, nr, 0);
         };
-        let rule = if nr == NR_CLONE && refused_clone(arg0) {
-            Rule::Unseen
-        } else if nr == NR_CLONE3 && clone3_flags(arg0).is_none_or(refused_clone) {
+        let rule = if nr == NR_CLONE {
+            if !refused_clone(arg0) {
+                return 0;
+            }
             Rule::Unseen
         } else {
-            // Socket families (packet sockets among them): sockets.rs.
-            return 0;
+            match clone3_flags(arg0) {
+                Some(f) if f & INTO_CGROUP != 0 => Rule::ContainCgroup,
+                Some(f) if !refused_clone(f) => return 0,
+                _ => Rule::Unseen,
+            }
         };
         return report(&run, &rs, rule, nr, arg0);
     } else {

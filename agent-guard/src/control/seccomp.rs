@@ -43,7 +43,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, registered: Option<&str>) ->
         Request::SeccompRefusal { refusal, .. } => {
             drop(own);
             let kind = match (refusal.rule, refusal.socket) {
-                (Rule::Syscalls | Rule::Unseen, _) => Kind::Syscall,
+                (Rule::Syscalls | Rule::Unseen | Rule::SelfProtection, _) => Kind::Syscall,
                 (Rule::Families, Some(_)) => Kind::Socket,
                 (rule, _) => return Response::err(format!("the seccomp filter does not refuse by rule {rule}")),
             };

@@ -99,6 +99,12 @@ impl KernelBtf {
     pub fn offsets(&self) -> Result<KernelOffsets, BtfError> {
         let f = |s: &str, m: &str| self.field(s, m).map(|f| f.offset);
         let protocol = self.field("sock", "sk_protocol")?;
+        // fs/proc/internal.h's proc_inode is in the BTF of the kernels we know; optional all
+        // the same (the check it serves is then reported as not covered).
+        let proc = (|| -> Result<[u32; 4], BtfError> {
+            Ok([f("proc_inode", "vfs_inode")?, f("proc_inode", "pid")?, f("pid", "tasks")?, f("task_struct", "pid_links")?])
+        })()
+        .ok();
         Ok(KernelOffsets {
             task_real_parent: f("task_struct", "real_parent")?,
             task_tgid: f("task_struct", "tgid")?,
@@ -144,6 +150,12 @@ impl KernelBtf {
             kernfs_node_id: f("kernfs_node", "id")?,
             sock_sk_cgrp_data: f("sock", "sk_cgrp_data")?,
             sock_cgroup_data_cgroup: f("sock_cgroup_data", "cgroup")?,
+            super_block_s_magic: f("super_block", "s_magic")?,
+            proc_inode_vfs_inode: proc.map_or(0, |p| p[0]),
+            proc_inode_pid: proc.map_or(0, |p| p[1]),
+            pid_tasks: proc.map_or(0, |p| p[2]),
+            task_pid_links: proc.map_or(0, |p| p[3]),
+            proc_ok: proc.is_some() as u32,
         })
     }
 }
@@ -192,5 +204,8 @@ mod tests {
         assert_eq!((o.qstr_len, o.qstr_name), (4, 8));
         assert!(o.file_f_path > 0 && o.task_real_parent > 0 && o.mm_arg_end > o.mm_arg_start);
         assert!(btf.field("task_struct", "no_such_field").is_err());
+        // The /proc/PID check needs proc_inode: present in the BTF of the kernels we test on.
+        assert_eq!(o.proc_ok, 1, "proc_inode missing from this kernel's BTF");
+        assert!(o.proc_inode_vfs_inode > 0 && o.task_pid_links > 0);
     }
 }

@@ -30,11 +30,15 @@ pub const UNSEEN_SYSCALLS: &[&str] = &[
     "pidfd_getfd",
     "process_vm_readv",
     "process_vm_writev",
+    // Not unseen but never a run's business: the kernel state of the enforcement itself
+    // (reported as `self_protection`).
+    "bpf",
 ];
 
 /// Of the [`UNSEEN_SYSCALLS`], those the lsm backend judges itself, so they are not refused
-/// there as unseen: link and linkat (the path_link hook checks both names against the policy).
-pub const LSM_JUDGED_SYSCALLS: &[&str] = &["link", "linkat"];
+/// there as unseen: link and linkat (the path_link hook checks both names against the policy),
+/// bpf (the bpf hook refuses it with EPERM).
+pub const LSM_JUDGED_SYSCALLS: &[&str] = &["link", "linkat", "bpf"];
 
 /// Of the [`UNSEEN_SYSCALLS`], those the Landlock layer of a launched run judges (a hard link
 /// needs Landlock's make-file right in the new name's directory, and its refer right on both

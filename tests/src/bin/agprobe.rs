@@ -400,6 +400,38 @@ fn main() -> ExitCode {
             let r = unsafe { libc::syscall(0x4000_0000 | libc::SYS_getpid) };
             if r < 0 { Err(errno()) } else { Ok(format!("ok pid {r}")) }
         }
+        // Writes "0" (itself) into DIR/cgroup.procs: leaving its cgroup for DIR.
+        "cgroup-join" => {
+            let fd = open(libc::AT_FDCWD, &format!("{}/cgroup.procs", a(1)), libc::O_WRONLY)?;
+            // SAFETY: we own fd; a one-byte buffer.
+            let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+            let err = errno();
+            // SAFETY: we own fd.
+            unsafe { libc::close(fd) };
+            if n != 1 { Err(err) } else { Ok("ok joined".into()) }
+        }
+        // clone3(CLONE_INTO_CGROUP) with DIR: a child that starts in DIR and exits at once.
+        "clone3-into" => {
+            let dir = open(libc::AT_FDCWD, a(1), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack,
+            // stack_size, tls, set_tid, set_tid_size, cgroup (11 u64, CLONE_ARGS_SIZE_VER2).
+            let mut args = [0u64; 11];
+            args[0] = 0x2_0000_0000; // CLONE_INTO_CGROUP
+            args[4] = libc::SIGCHLD as u64;
+            args[10] = dir as u64;
+            // SAFETY: a fork-like clone3 (no CLONE_VM, no stack): the child only calls _exit.
+            let pid = unsafe { libc::syscall(libc::SYS_clone3, args.as_mut_ptr(), std::mem::size_of_val(&args)) };
+            if pid == 0 {
+                // SAFETY: leaving the child at once.
+                unsafe { libc::_exit(0) };
+            }
+            if pid < 0 {
+                return Err(errno());
+            }
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            Ok("ok cloned into".into())
+        }
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs_f64(a(1).parse().unwrap_or(1.0)));
             Ok("ok slept".into())

@@ -54,6 +54,7 @@ const NR_MKNOD: u32 = 133;
 const NR_MKNODAT: u32 = 259;
 const NR_SOCKET: u32 = 41;
 const NR_SOCKETPAIR: u32 = 53;
+const NR_BPF: u32 = 321;
 const S_IFMT: u32 = 0o170_000;
 
 // Offsets in struct seccomp_data.
@@ -368,7 +369,8 @@ impl Filter {
             || (n == NR_MKNODAT && device(args[2]))
             || (n == NR_CLONE && clone(args[0]));
         if refused {
-            return Some(Verdict { rule: Rule::Unseen, errno, name: name.into() });
+            let rule = if n == NR_BPF { Rule::SelfProtection } else { Rule::Unseen };
+            return Some(Verdict { rule, errno, name: name.into() });
         }
         // The kernel's `int family, int type, int protocol`: the low 32 bits.
         let socket = n == NR_SOCKET || n == NR_SOCKETPAIR;

@@ -1,0 +1,155 @@
+//! Containment, continued (issue "nothing leaves a run"): leaving the run's cgroup, reading
+//! other processes' /proc files, a cgroup below the managed root that no run registered, and
+//! the enforcement's own state (bpf(), agent-guard's paths). Real attacks from real runs on
+//! this host's kernel (tracepoint backend; the VM matrix runs the scenarios against lsm), as
+//! root inside the run and as an unprivileged user; each outcome is checked on the kernel's
+//! side (the process did not move, nothing was read), not only on what the probe printed.
+//!
+//! On the tracepoint backend an open is judged at the syscall's exit: an open the Landlock
+//! layer let through (these policies grant the trees on purpose) is answered with SIGKILL
+//! before the process sees the descriptor. The lsm backend refuses it with EPERM.
+
+use agent_guard_tests::{cgroup_procs, probe_in, require_root, status, stdout, Daemon, PolicyFile, TestCgroup};
+use serde_json::Value;
+
+const KILLED: i32 = 128 + 9;
+
+fn said(o: &std::process::Output) -> String {
+    stdout(o).trim().to_string()
+}
+
+/// Refused: killed at the syscall's exit (tracepoint) or refused with an errno (ESRCH: procfs
+/// answers an `environ` open that its ptrace check refused so).
+fn refused(o: &std::process::Output) -> bool {
+    killed(o) || ["err EPERM", "err EACCES", "err ENOSYS", "err errno3"].contains(&said(o).as_str())
+}
+
+/// Killed by SIGKILL (a run's process: `agent-guard run` exits 128+9; a bare one: the signal).
+fn killed(o: &std::process::Output) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status(o) == KILLED || o.status.signal() == Some(9)
+}
+
+fn event(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    d.wait_for(what, &pred).into_iter().find(|e| pred(e)).unwrap()
+}
+
+/// Class 1: a process of a run writes its pid into another cgroup's `cgroup.procs`, or starts
+/// a child there with clone3(CLONE_INTO_CGROUP). The policy even grants writing the cgroup
+/// filesystem: no policy can allow leaving the run.
+#[test]
+fn leaving_the_run_cgroup_is_refused() {
+    require_root!();
+    for seccomp in [true, false] {
+        let d = Daemon::start_with(if seccomp { "" } else { "seccomp = false" });
+        let target = TestCgroup::create(if seccomp { "ag-escape-a" } else { "ag-escape-b" });
+        let t = target.0.display().to_string();
+        let policy = PolicyFile::for_probe("escape")
+            .read(["/sys/fs/cgroup"])
+            .write(["/sys/fs/cgroup"])
+            .capabilities(["CAP_SETUID", "CAP_SETGID"])
+            .write_to(d.dir.path());
+        for user in [false, true] {
+            let who = if user { "user" } else { "root" };
+            let mut join = vec!["cgroup-join", t.as_str()];
+            let mut clone = vec!["clone3-into", t.as_str()];
+            if user {
+                join.splice(0..0, ["as-user", "65534"]);
+                clone.splice(0..0, ["as-user", "65534"]);
+            }
+            let o = d.probe_run(&policy, &format!("join-{who}"), &join);
+            assert!(refused(&o), "seccomp={seccomp} {who}: cgroup.procs write not refused: {o:?}");
+            let o = d.probe_run(&policy, &format!("clone3-{who}"), &clone);
+            assert!(refused(&o), "seccomp={seccomp} {who}: clone3(CLONE_INTO_CGROUP) not refused: {o:?}");
+            assert_eq!(cgroup_procs(&target.0), Vec::<u32>::new(), "a process of the run reached {t}");
+        }
+        // As root the open of cgroup.procs itself is what the kernel programs refuse.
+        let e = event(&d, "contain.cgroup refusal of join-root", |e| e["run_name"] == "join-root" && e["kind"] == "open" && e["verdict"] != "allow");
+        assert_eq!(e["rule"], "contain.cgroup", "{e}");
+        if !seccomp {
+            // Without the launcher's seccomp filter (which answers clone3 with ENOSYS) the
+            // eBPF check sees the flag.
+            let e = event(&d, "clone3 refusal", |e| e["run_name"] == "clone3-root" && e["kind"] == "syscall" && e["verdict"] != "allow");
+            assert_eq!(e["rule"], "contain.cgroup", "{e}");
+        }
+        // The same write from outside every run works: only runs are held.
+        let o = probe_in(&target.0, &["read", "/proc/self/cgroup"]);
+        assert!(said(&o).contains(&target.name()), "{o:?}");
+    }
+}
+
+/// Class 8: /proc/PID files of a process outside the run, although the policy grants /proc.
+#[test]
+fn other_processes_proc_files_are_refused() {
+    require_root!();
+    let d = Daemon::start();
+    use std::os::unix::process::CommandExt;
+    let mut other = std::process::Command::new("sleep")
+        .arg0("ag-marker-cmdline")
+        .arg("30")
+        .env("AG_SECRET", "hunter2-environ")
+        .spawn()
+        .unwrap();
+    let pid = other.id();
+    let policy = PolicyFile::for_probe("procs").capabilities(["CAP_SETUID", "CAP_SETGID"]).write_to(d.dir.path());
+    for user in [false, true] {
+        for f in ["cmdline", "environ", "status", "maps", "stat"] {
+            let name = format!("proc-{f}-{}", if user { "user" } else { "root" });
+            let path = format!("/proc/{pid}/{f}");
+            let mut args = vec!["read", path.as_str()];
+            if user {
+                args.splice(0..0, ["as-user", "65534"]);
+            }
+            let o = d.probe_run(&policy, &name, &args);
+            assert!(refused(&o), "{name}: {o:?}");
+            let out = stdout(&o);
+            assert!(!out.contains("ag-marker") && !out.contains("hunter2") && !out.contains("sleep"), "{name} read it: {out}");
+        }
+    }
+    let e = event(&d, "contain.proc refusal", |e| e["run_name"] == "proc-cmdline-root" && e["kind"] == "open" && e["verdict"] != "allow");
+    assert_eq!(e["rule"], "contain.proc", "{e}");
+    // Its own process is the run's: readable.
+    for f in ["/proc/self/cmdline", "/proc/self/status", "/proc/thread-self/comm", "/proc/meminfo"] {
+        let o = d.probe_run(&policy, "proc-own", &["read", f]);
+        assert!(said(&o).starts_with("ok"), "{f}: {o:?}");
+    }
+    // Outside every run it stays readable.
+    let o = std::process::Command::new(agent_guard_tests::probe()).args(["read", &format!("/proc/{pid}/cmdline")]).output().unwrap();
+    assert!(said(&o).contains("ag-marker"), "{o:?}");
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+/// Class 7: a cgroup made by hand below the managed root is no run: a process put there is
+/// refused everything (here: its exec, and every open), and the event says why.
+#[test]
+fn a_cgroup_no_run_registered_is_refused_everything() {
+    require_root!();
+    let d = Daemon::start();
+    let hand = d.cgroup_root.join("handmade");
+    std::fs::create_dir(&hand).unwrap();
+    let o = probe_in(&hand, &["read", "/etc/hostname"]);
+    assert!(killed(&o), "{o:?}");
+    let e = event(&d, "contain.unregistered refusal", |e| e["rule"] == "contain.unregistered");
+    assert_ne!(e["verdict"], "allow", "{e}");
+    let _ = std::fs::remove_dir(&hand);
+}
+
+/// Class 5: bpf() from a run, even with every capability it needs, is refused before it runs
+/// (the seccomp filter of `agent-guard run`, or the eBPF check) and reported as self-protection.
+#[test]
+fn bpf_is_refused_in_runs() {
+    require_root!();
+    for seccomp in [true, false] {
+        let d = Daemon::start_with(if seccomp { "" } else { "seccomp = false" });
+        let policy =
+            PolicyFile::for_probe("nobpf").capabilities(["CAP_BPF", "CAP_SYS_ADMIN", "CAP_PERFMON"]).write_to(d.dir.path());
+        let o = d.probe_run(&policy, "bpf", &["bpf"]);
+        assert!(refused(&o), "seccomp={seccomp}: {o:?}");
+        let e = event(&d, "bpf refusal", |e| e["run_name"] == "bpf" && e["kind"] == "syscall" && e["verdict"] != "allow");
+        assert_eq!(e["rule"], "self_protection", "{e}");
+        // Outside every run bpf() works (the test runs as root).
+        let o = std::process::Command::new(agent_guard_tests::probe()).arg("bpf").output().unwrap();
+        assert_eq!(said(&o), "ok bpf map", "{o:?}");
+    }
+}
