@@ -132,6 +132,28 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// agent-guard's own state, which no run may open whatever its policy grants: the pins,
+    /// the state and data directories, the events log and its rotations, the control socket,
+    /// the policy directory and this configuration file. Absolute paths as written.
+    pub fn protected_paths(&self) -> Vec<String> {
+        let mut v: Vec<std::path::PathBuf> =
+            vec![self.bpffs_dir.clone(), self.state_dir.clone(), self.data_dir.clone(), self.control_socket.clone(), self.policy_dir.clone()];
+        v.push(self.events_log.clone());
+        for n in 1..=self.events_log_keep {
+            let mut rotated = self.events_log.clone().into_os_string();
+            rotated.push(format!(".{n}"));
+            v.push(rotated.into());
+        }
+        v.extend(self.source.clone());
+        let mut out: Vec<String> = v
+            .into_iter()
+            .filter(|p| p.is_absolute() && p.parent().is_some())
+            .map(|p| p.display().to_string().trim_end_matches('/').to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
     /// Loads `path`. When `explicit` is false and the file does not exist, the defaults apply
     /// (a host without /etc/agent-guard/config.toml); an explicit path must exist.
     pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {

@@ -46,13 +46,19 @@ enum Cmd {
     /// Check, apply, list and show policies
     #[command(subcommand)]
     Policy(PolicyCmd),
-    /// Answer a hold for review: grant the held access and let the run go on
+    /// Answer a hold for review: show the held attempts, grant exactly those and let the run go on
     Approve {
         /// The held run: its id or name
         run: String,
         /// Grant the access for the rest of the run (default: once)
         #[arg(long)]
         for_run: bool,
+        /// The number of attempts you reviewed (the held events): any other number approves nothing
+        #[arg(long, value_name = "N")]
+        attempts: Option<usize>,
+        /// Do not ask on a terminal
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Answer a hold for review: the violation stands, and the run goes on without it
     Deny {
@@ -200,7 +206,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Approve { run, for_run } => answer(&cfg, control::Request::Approve { run, for_run }),
+        Cmd::Approve { run, for_run, attempts, yes } => incident("approve", cli::approve(&cfg, run, for_run, attempts, yes)),
         Cmd::Deny { run, kill } => answer(&cfg, control::Request::Deny { run, kill }),
         Cmd::Ps { json } => incident("ps", cli::ps(&cfg, json)),
         Cmd::Freeze { run } => incident("freeze", cli::act(&cfg, Action::Freeze, &run)),

@@ -192,7 +192,7 @@ impl Daemon {
     /// A daemon of `bin` whose config also holds `extra`, its cgroup root and bpffs directory
     /// named PREFIX-PID-N; not started yet.
     pub fn configure(bin: &Path, prefix: &str, extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = daemon_dir();
         let name = format!("{prefix}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let config = write_config(dir.path(), &name, extra);
         Daemon {
@@ -553,6 +553,22 @@ pub fn probe() -> PathBuf {
         .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agprobe"), PathBuf::from);
     // Canonical, because policies name the path the kernel resolves.
     p.canonicalize().unwrap_or_else(|e| panic!("{}: {e} (cargo builds it for the tests)", p.display()))
+}
+
+/// A test daemon's directory (config, socket, state, data, log): below /run/agent-guard-tests
+/// when we may create it, as a deployment keeps them under /run and /var rather than under the
+/// /tmp that policies grant runs (a run may never reach a daemon's state, so a granted tree
+/// holding it would get carve-outs no real deployment has).
+fn daemon_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let base = Path::new("/run/agent-guard-tests");
+    if std::fs::create_dir_all(base).is_ok() {
+        let _ = std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755));
+        if let Ok(d) = tempfile::Builder::new().prefix("d-").tempdir_in(base) {
+            return d;
+        }
+    }
+    tempfile::tempdir().unwrap()
 }
 
 /// What the probe needs to start under a policy: its libraries, /proc, /dev/null and its

@@ -370,11 +370,40 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "bpf-syscall",
             args: |_| v(&["bpf"]),
-            tracepoint: Outcome::Ok("ok bpf map"),
+            tracepoint: KILLED,
             lsm: EPERM,
             event: Some(("syscall", "self_protection")),
             after: None,
         },
+        // Leaving the run's cgroup: no policy allows it (tests/tests/escape.rs has the host's
+        // longer checks). The open of cgroup.procs for writing is what is refused, so nothing
+        // is written; a clone3 killed at its entry never makes the child.
+        Scenario {
+            name: "cgroup-join",
+            args: |_| v(&["cgroup-join", &s(&crate::cgroup2_mount())]),
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("open", "contain.cgroup")),
+            after: None,
+        },
+        Scenario {
+            name: "clone3-into-cgroup",
+            args: |_| v(&["clone3-into", &s(&crate::cgroup2_mount())]),
+            tracepoint: KILLED,
+            lsm: KILLED,
+            event: Some(("syscall", "contain.cgroup")),
+            after: None,
+        },
+        // Another process's /proc files, although the policy reads /proc; its own are its.
+        Scenario {
+            name: "proc-other",
+            args: |c| vec!["read".into(), format!("/proc/{}/cmdline", c.outside.id())],
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("open", "contain.proc")),
+            after: None,
+        },
+        Scenario { name: "proc-own", args: |_| v(&["read", "/proc/self/status"]), tracepoint: Outcome::Ok("ok Name"), lsm: Outcome::Ok("ok Name"), event: None, after: None },
         // The tracepoint backend kills mount(2) as it returns: the mount was made (the hook
         // below removes it again).
         Scenario {

@@ -153,3 +153,56 @@ fn bpf_is_refused_in_runs() {
         assert_eq!(said(&o), "ok bpf map", "{o:?}");
     }
 }
+
+/// Class 5: agent-guard's own state (its pins, state and data directories, events log,
+/// configuration, policy directory) stays out of a run's reach although the policy grants the
+/// trees that hold them: reads, writes and unlinks are refused, and nothing changed.
+#[test]
+fn agent_guard_state_is_out_of_reach() {
+    require_root!();
+    let d = Daemon::start();
+    let base = d.dir.path().parent().unwrap().display().to_string();
+    assert!(base.starts_with("/run/"), "the test daemon's directory is not below /run: {base}");
+    let policy = PolicyFile::for_probe("reach")
+        .read([base.as_str(), "/sys/fs/bpf"])
+        .write([base.as_str(), "/sys/fs/bpf"])
+        .capabilities(["CAP_SETUID", "CAP_SETGID"])
+        .write_to(d.dir.path());
+    let pin = walk_files(&d.bpffs_dir).into_iter().next().expect("a pinned file");
+    let dir = d.dir.path();
+    let (log, config, state) = (dir.join("events.jsonl"), dir.join("config.toml"), dir.join("state/planted"));
+    let s = |p: &std::path::Path| p.display().to_string();
+    for user in [false, true] {
+        let who = if user { "user" } else { "root" };
+        for (what, args) in [
+            ("log", vec!["read".to_string(), s(&log)]),
+            ("config", vec!["read".into(), s(&config)]),
+            ("state", vec!["write".into(), s(&state)]),
+            ("pin", vec!["unlink".into(), s(&pin)]),
+        ] {
+            let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if user {
+                args.splice(0..0, ["as-user", "65534"]);
+            }
+            let o = d.probe_run(&policy, &format!("reach-{what}-{who}"), &args);
+            assert!(refused(&o), "{what} as {who}: {o:?}");
+            assert!(!stdout(&o).contains("run_name"), "{what} as {who}: read the log: {o:?}");
+        }
+    }
+    assert!(pin.exists() && !state.exists(), "the run changed agent-guard's state");
+    let e = event(&d, "refused read of the events log", |e| e["run_name"] == "reach-log-root" && e["verdict"] != "allow");
+    assert_eq!(e["rule"], "files.deny", "{e}");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

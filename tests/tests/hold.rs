@@ -91,6 +91,16 @@ fn state_of(pid: u64) -> String {
     st.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string()
 }
 
+/// One request on the control socket, as a harness would send it; the response.
+fn raw(sock: &Path, req: Value) -> Value {
+    use std::io::{BufRead, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    writeln!(c, "{req}").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
 #[test]
 fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
     require_root!();
@@ -127,8 +137,21 @@ fn a_held_connect_is_frozen_until_approved_and_the_retry_goes_through() {
     let o = d.cli(&["thaw", &id]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("approve"), "{o:?}");
 
-    let o = d.cli(&["approve", &id]);
+    // An approval approves exactly what the responder reviewed: a count that is not the
+    // hold's approves nothing, and a control client that does not say what it reviewed is
+    // refused.
+    let o = d.cli(&["approve", "--attempts", "2", &id]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nothing approved"), "{o:?}");
+    let sock = d.dir.path().join("control.sock");
+    let r = raw(&sock, serde_json::json!({"v": 2, "op": "approve", "run": id}));
+    assert!(r["ok"] == false && r["error"].as_str().unwrap().contains("reviewed"), "{r}");
+    let r = raw(&sock, serde_json::json!({"v": 2, "op": "approve", "run": id, "hold": 1, "attempts": 3}));
+    assert!(r["ok"] == false && r["error"].as_str().unwrap().contains("nothing approved"), "{r}");
+    assert!(std::fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1"), "still held");
+
+    let o = d.cli(&["approve", "--attempts", "1", &id]);
     assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains(&format!("1. connect tcp {target}")), "the attempt approved is listed: {}", stdout(&o));
     assert!(stdout(&o).contains("approved"), "{}", stdout(&o));
     let out = finish(run);
     let text = stdout(&out);

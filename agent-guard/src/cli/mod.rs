@@ -17,6 +17,9 @@ pub const EXIT_DAEMON_DOWN: u8 = 3;
 /// How a command ended: its exit status, after it printed what it had to.
 pub type Code = u8;
 
+mod approve;
+pub use approve::approve;
+
 fn down_message(e: &ClientError) -> String {
     match e {
         ClientError::Connect { path, source } => format!("the agent-guard daemon is not running ({path}: {source})"),

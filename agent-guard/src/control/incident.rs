@@ -162,7 +162,7 @@ pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request)
         | Request::SeccompRefusal { run, .. } => {
             live_runs(&|r| &r.id == run).iter().try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins))
         }
-        Request::Approve { run, .. } | Request::Deny { run, .. } => live_runs(&|r| &r.id == run || r.name.as_ref() == Some(run))
+        Request::Approve { run, .. } | Request::Deny { run, .. } | Request::HoldShow { run } => live_runs(&|r| &r.id == run || r.name.as_ref() == Some(run))
             .iter()
             .try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins)),
     }

@@ -44,6 +44,9 @@
 //! without a version bump.
 //!
 //! Versions:
+//! - 2, later additions: `hold_show` gives a held run's hold id and attempts; `approve`
+//!   carries the `hold` and the number of `attempts` the responder reviewed, and without
+//!   them (or when the hold has changed since) it approves nothing.
 //! - 2: `register`'s response carries the Landlock plan (`landlock`) instead of the policy's
 //!   text (`text`, which `run` parsed again to build its layer), and the `landlock` request
 //!   carries the ABI (`abi`) instead of the coverage `run` computed. The daemon still takes
@@ -113,11 +116,21 @@ pub enum Request {
     PolicyShow {
         name: String,
     },
+    /// A run's hold as a responder reviews it before answering: its id and each attempt.
+    HoldShow {
+        run: String,
+    },
     /// Answer a hold for review: grant the held accesses (once, or for the rest of the run).
+    /// `hold` and `attempts` say what the responder was shown (`hold_show`): the approval is
+    /// refused if the hold has changed since, so it approves exactly that.
     Approve {
         run: String,
         #[serde(default)]
         for_run: bool,
+        #[serde(default)]
+        hold: Option<u64>,
+        #[serde(default)]
+        attempts: Option<usize>,
     },
     /// Answer a hold for review: the violation stands (and with `kill`, the run ends).
     Deny {
@@ -307,6 +320,9 @@ pub struct Response {
     /// `ps`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs: Option<Vec<RunStatus>>,
+    /// `hold_show`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldView>,
     /// `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DaemonStatus>,
@@ -558,4 +574,14 @@ mod tests {
         );
         assert_eq!(parse_request("{\"v\":1,\"op\":\"ps\"}").unwrap(), Request::Ps);
     }
+}
+
+/// A hold as `hold_show` gives it: what `approve` then names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HoldView {
+    /// The run's id.
+    pub run: String,
+    pub hold: u64,
+    /// Each attempt as a person reads it (control characters escaped).
+    pub attempts: Vec<String>,
 }

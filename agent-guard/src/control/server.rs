@@ -281,8 +281,13 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 _ => Response::err(format!("no policy named {name:?} is loaded")),
             }
         }
-        Request::Approve { run, for_run } => {
-            match answer(shared, &run, None, Answer::Approve { for_run }, Some((uid, pid))) {
+        Request::HoldShow { run } => match crate::runs::hold::show(shared, &run) {
+            Ok(view) => Response { hold: Some(view), ..Response::ok() },
+            Err(e) => Response::err(e),
+        },
+        Request::Approve { run, for_run, hold, attempts } => {
+            let shown = hold.zip(attempts);
+            match answer(shared, &run, None, Answer::Approve { for_run, shown }, Some((uid, pid))) {
                 Ok(text) => Response { text: Some(text), ..Response::ok() },
                 Err(e) => Response::err(e),
             }

@@ -143,7 +143,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let (after_ring, after_ring_rx) = mpsc::unbounded_channel();
     let owned = Owned {
         runs: Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 },
-        policies: PolicyStore::new(policy_maps).for_backend(backend.backend),
+        policies: PolicyStore::new(policy_maps).for_backend(backend.backend).protecting(cfg.protected_paths()),
         // Owns the programs; their attachments are pinned and outlive the daemon.
         binder: Binder::new(programs, pins.clone(), bound, bind_on),
         grants,

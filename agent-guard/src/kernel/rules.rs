@@ -80,6 +80,8 @@ pub struct PolicyStore {
     reserved: HashSet<u32>,
     /// Compile for the lsm backend (see `Policy::compile_for`).
     lsm: bool,
+    /// Denied in every policy installed or adopted (`Config::protected_paths`).
+    protected: Vec<String>,
 }
 
 /// How long a removed rule set's name and version stay known to the event enricher.
@@ -96,7 +98,14 @@ impl PolicyStore {
             forgotten: Vec::new(),
             reserved: HashSet::new(),
             lsm: false,
+            protected: Vec::new(),
         }
+    }
+
+    /// Paths denied in every policy from now on (set once, before any policy is loaded).
+    pub fn protecting(mut self, paths: Vec<String>) -> Self {
+        self.protected = paths;
+        self
     }
 
     /// Compiles for `backend` from now on (set once, before any policy is loaded).
@@ -123,7 +132,8 @@ impl PolicyStore {
             }
             let checked = crate::policy::parse(&r.text, &r.source);
             match checked.policy {
-                Some(p) if checked.errors.is_empty() => {
+                Some(mut p) if checked.errors.is_empty() => {
+                    p.protect(&self.protected);
                     let compiled = p.compile_for(cur, self.lsm);
                     if !self.in_kernel(cur, &compiled) {
                         // Another daemon build compiles this text differently: its model of
@@ -258,7 +268,8 @@ impl PolicyStore {
     }
 
     /// Installs `policy` (new, or replacing the one with its name). On error nothing changed.
-    pub fn install(&mut self, policy: Policy, text: String) -> Result<Installed, String> {
+    pub fn install(&mut self, mut policy: Policy, text: String) -> Result<Installed, String> {
+        policy.protect(&self.protected);
         self.reap(false);
         let existing = self.slot_of(&policy.name);
         if let Some(i) = existing {

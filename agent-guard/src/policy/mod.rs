@@ -270,6 +270,20 @@ pub struct Checked {
     pub warnings: Vec<Warning>,
 }
 
+impl Policy {
+    /// Adds `paths` (agent-guard's own state, see `Config::protected_paths`) to the denied
+    /// paths, whatever the policy grants: they are then refused on every layer (the kernel
+    /// rules, and the Landlock layer's carve-outs where a granted tree contains them). The
+    /// version stays that of the text.
+    pub fn protect(&mut self, paths: &[String]) {
+        for p in paths {
+            if !self.files_deny.contains(p) {
+                self.files_deny.push(p.clone());
+            }
+        }
+    }
+}
+
 impl Checked {
     pub fn is_ok(&self) -> bool {
         self.errors.is_empty()

@@ -119,7 +119,8 @@ pub(crate) fn arm_hold_timeout(rt: &tokio::runtime::Handle, shared: Arc<Shared>,
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Answer {
-    Approve { for_run: bool },
+    /// `shown`: the hold id and the number of attempts the responder was shown.
+    Approve { for_run: bool, shown: Option<(u64, usize)> },
     Deny { kill: bool },
     Timeout,
 }
@@ -154,6 +155,23 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
             }
             _ => {}
         }
+        if let (Answer::Approve { shown, .. }, Some(h)) = (how, &info.hold) {
+            // An approval grants exactly the attempts the responder reviewed: not one that
+            // arrived (before the freeze took hold) after they looked.
+            match shown {
+                None => return Err(format!("approving hold {} of run {} needs the hold and attempts reviewed (`agent-guard approve` shows them first)", h.id, info.id)),
+                Some((id, n)) if id != h.id || n != h.attempts.len() => {
+                    return Err(format!(
+                        "hold {} of run {} now has {} attempt(s), {} reviewed (of hold {id}): nothing approved; review it again",
+                        h.id,
+                        info.id,
+                        h.attempts.len(),
+                        n
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         let hold = info.hold.take().expect("held");
         save_hold(shared, info);
         (info.clone(), hold)
@@ -161,7 +179,7 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
     let mount = &shared.mount;
     let mut notes = Vec::new();
     match how {
-        Answer::Approve { for_run } => {
+        Answer::Approve { for_run, .. } => {
             let flags = if for_run { agent_guard_common::grant::RUN } else { agent_guard_common::grant::ONCE };
             let mut grants_own = shared.own();
             let grants = &mut grants_own.grants;
@@ -206,7 +224,7 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
         }
     }
     let (state, grant) = match how {
-        Answer::Approve { for_run } => ("approved", Some(if for_run { "run" } else { "once" })),
+        Answer::Approve { for_run, .. } => ("approved", Some(if for_run { "run" } else { "once" })),
         Answer::Deny { .. } => ("denied", None),
         Answer::Timeout => ("timeout", None),
     };
@@ -232,4 +250,30 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
         text.push_str(&format!("\n  {}", crate::output::text::printable(&n)));
     }
     Ok(text)
+}
+
+/// Run `run`'s hold for review as `approve` shows it before answering. Refused while the
+/// run is still being frozen (attempts may still arrive).
+pub(crate) fn show(shared: &Shared, run: &str) -> Result<crate::control::HoldView, String> {
+    let own = shared.own();
+    let matches: Vec<&RunInfo> =
+        own.runs.by_cgroup.values().filter(|r| r.ended.is_none() && (r.id == run || r.name.as_deref() == Some(run))).collect();
+    let info = match matches.as_slice() {
+        [r] => *r,
+        [] => return Err(format!("no active run {run:?}")),
+        _ => return Err(format!("{run:?} names {} runs; give the run id", matches.len())),
+    };
+    let Some(h) = &info.hold else { return Err(format!("run {} is not held", info.id)) };
+    if !h.ready {
+        return Err(format!("run {} is being frozen for its hold; answer again in a moment", info.id));
+    }
+    let attempts = h
+        .attempts
+        .iter()
+        .map(|a| {
+            let what = format!("{} {} by pid {} ({}), rule {}", a.kind, a.what, a.tgid, a.comm.as_deref().unwrap_or("?"), a.rule.map_or("-", |r| r.name()));
+            crate::output::text::printable(&what).into_owned()
+        })
+        .collect();
+    Ok(crate::control::HoldView { run: info.id.clone(), hold: h.id, attempts })
 }

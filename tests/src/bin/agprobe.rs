@@ -412,7 +412,8 @@ fn main() -> ExitCode {
         }
         // clone3(CLONE_INTO_CGROUP) with DIR: a child that starts in DIR and exits at once.
         "clone3-into" => {
-            let dir = open(libc::AT_FDCWD, a(1), libc::O_RDONLY | libc::O_DIRECTORY)?;
+            // O_PATH: the kernel takes any descriptor of the directory, and no open is judged.
+            let dir = open(libc::AT_FDCWD, a(1), libc::O_PATH | libc::O_DIRECTORY)?;
             // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack,
             // stack_size, tls, set_tid, set_tid_size, cgroup (11 u64, CLONE_ARGS_SIZE_VER2).
             let mut args = [0u64; 11];
