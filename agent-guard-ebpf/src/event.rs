@@ -3,13 +3,13 @@
 use agent_guard_common::{
     drop_slot, ConnectEvent, EventHeader, ExecEvent, ExitEvent, Kind, OpenEvent, SocketEvent, SyscallEvent, UnixEvent,
     Verdict, ARGV_MAX, EVENTS_RING_BYTES, FLAG_ARGV_TRUNCATED, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR,
-    FLAG_UNIX, PATH_MAX, UNIX_PATH_BYTES,
+    FLAG_UNIX, PATH_MAX, RUNS_MAX, UNIX_PATH_BYTES,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
-    helpers::generated::{bpf_get_current_comm, bpf_ktime_get_boot_ns, bpf_probe_read_user, bpf_probe_read_user_str},
+    helpers::generated::{bpf_get_current_comm, bpf_ktime_get_boot_ns, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 
 use crate::{
@@ -46,17 +46,63 @@ pub fn refused(ret: i64) -> bool {
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_RING_SIZE: u64 = 1;
 
-/// Reserves `T` in the ring buffer, counting a failure. The last quarter of the ring is kept
-/// for `urgent` events (violations, refusals): a routine event that would eat into it is
-/// dropped (and counted) instead, so a run flooding the ring with allowed events cannot cost
-/// another run (or itself) a violation event. (The default ring of 16 MiB keeps 4 MiB: some
-/// 3,000 exec events, while the daemon reads the ring every millisecond.)
+/// A run's share of the last eighth of the ring (see [`reserve`]): urgent events at 250 a
+/// second with bursts of 256 (a generic cell rate: each event moves the run's theoretical
+/// arrival time 4 ms on; an event more than 256 events ahead of now is over the share). Far
+/// below what the daemon drains (it reads the ring every millisecond and writes some 12,000
+/// events a second on the 2-core development machine), so a flooding run's share of the last
+/// eighth is drained long before it fills, even when the daemon is starved for a while.
+const URGENT_EVERY_NS: u64 = 4_000_000;
+const URGENT_BURST_NS: u64 = 256 * URGENT_EVERY_NS;
+
+/// Run cgroup -> its theoretical arrival time (ns). LRU: a run forgotten under pressure starts
+/// afresh, which only errs on the side of reporting.
+#[map]
+static AG_URGENT: LruHashMap<u64, u64> = LruHashMap::with_max_entries(RUNS_MAX, 0);
+
+/// Whether `run` may put one more event into the last eighth of the ring now.
 #[inline(always)]
-pub fn reserve<T: 'static>(urgent: bool) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
-    if !urgent {
+fn within_budget(run: &CurrentRun) -> bool {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = run.run_cgroup;
+    if let Some(v) = AG_URGENT.get_ptr_mut(&key) {
+        // SAFETY: updated in place; racing CPUs can only miscount by an event or two.
+        let v = unsafe { &mut *v };
+        let tat = if *v > now { *v } else { now };
+        if tat - now > URGENT_BURST_NS {
+            return false;
+        }
+        *v = tat + URGENT_EVERY_NS;
+        return true;
+    }
+    let _ = AG_URGENT.insert(&key, &(now + URGENT_EVERY_NS), 0);
+    true
+}
+
+/// Reserves `T` in the ring buffer, counting a failure. The ring is kept in three tiers so
+/// that a run flooding it cannot cost another run (or itself) a violation event:
+/// - routine events (allowed operations) only while the ring is less than 3/4 full;
+/// - urgent events (violations, refusals) up to 7/8 full;
+/// - the last eighth only for urgent events within their run's share
+///   so a run flooding violations (refused UDP sends in a loop) cannot fill it either.
+///   ([`URGENT_EVERY_NS`])
+///
+/// Nothing is lost while the ring has room. (The default ring of 16 MiB keeps 4 MiB for
+/// violations: some 3,000 exec events, while the daemon reads the ring every millisecond.)
+#[inline(always)]
+pub fn reserve<T: 'static>(urgent: bool, run: &CurrentRun) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+    let keep = if !urgent {
+        4
+    } else if within_budget(run) {
+        0
+    } else {
+        8
+    };
+    if keep != 0 {
         let size = AG_EVENTS.query(BPF_RB_RING_SIZE);
         let used = AG_EVENTS.query(BPF_RB_AVAIL_DATA) + core::mem::size_of::<T>() as u64;
-        if used + size / 4 > size {
+        if used + size / keep > size {
             count_drop(drop_slot::RINGBUF_FULL);
             return None;
         }
@@ -168,7 +214,7 @@ pub fn report_open(
     user_path: Option<u64>,
 ) {
     let flags = path_flags(walked, flags);
-    let Some(mut entry) = reserve::<OpenEvent>(urgent) else { return };
+    let Some(mut entry) = reserve::<OpenEvent>(urgent, run) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable OpenEvent, written field by field.
     unsafe {
@@ -221,7 +267,7 @@ pub fn report_exec(
     refused: Option<&RefusedExec>,
 ) {
     let flags = path_flags(walked, flags);
-    let Some(mut entry) = reserve::<ExecEvent>(d.verdict != Verdict::Allow || refused.is_some()) else { return };
+    let Some(mut entry) = reserve::<ExecEvent>(d.verdict != Verdict::Allow || refused.is_some(), run) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, writable ExecEvent; fields are written one by one to
     // keep the 512-byte stack free.
@@ -284,7 +330,7 @@ pub struct Connect {
 /// Reports a connect or UDP send (`kind`) decided by `d`. `urgent`: see [`reserve`].
 #[inline(always)]
 pub fn report_connect(kind: Kind, run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, urgent: bool, c: &Connect) {
-    let Some(mut entry) = reserve::<ConnectEvent>(urgent) else { return };
+    let Some(mut entry) = reserve::<ConnectEvent>(urgent, run) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: a reserved, writable ConnectEvent, written field by field.
     unsafe {
@@ -303,7 +349,7 @@ pub fn report_connect(kind: Kind, run: &CurrentRun, d: &Decision, ruleset: u32, 
 /// Reports a syscall decided by `d` (always urgent: only violations are reported).
 #[inline(always)]
 pub fn report_syscall(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, nr: u32, arg0: u64) {
-    let Some(mut entry) = reserve::<SyscallEvent>(true) else { return };
+    let Some(mut entry) = reserve::<SyscallEvent>(true, run) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: a reserved, writable SyscallEvent, written field by field.
     unsafe {
@@ -319,7 +365,7 @@ pub fn report_syscall(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, 
 /// the policy does not list.
 #[inline(always)]
 pub fn report_socket(run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, family: u32, sock_type: u32, protocol: u32) {
-    let Some(mut entry) = reserve::<SocketEvent>(true) else { return };
+    let Some(mut entry) = reserve::<SocketEvent>(true, run) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: a reserved, writable SocketEvent, written field by field.
     unsafe {
@@ -347,7 +393,7 @@ pub struct Unix {
 /// `UNIX_PATH_BYTES` long). The record is a [`UnixEvent`], marked with `FLAG_UNIX`.
 #[inline(always)]
 pub fn report_unix(kind: Kind, run: &CurrentRun, d: &Decision, ruleset: u32, flags: u32, u: &Unix, path: *const u8) {
-    let Some(mut entry) = reserve::<UnixEvent>(true) else { return };
+    let Some(mut entry) = reserve::<UnixEvent>(true, run) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: a reserved, writable UnixEvent, written field by field; the name is copied
     // with a fixed size from memory the caller vouches for.
@@ -371,7 +417,7 @@ pub fn report_unix(kind: Kind, run: &CurrentRun, d: &Decision, ruleset: u32, fla
 /// Reports the end of a run's process (never urgent).
 #[inline(always)]
 pub fn report_exit(run: &CurrentRun, exit_code: u32) {
-    let Some(mut entry) = reserve::<ExitEvent>(false) else { return };
+    let Some(mut entry) = reserve::<ExitEvent>(false, run) else { return };
     let ev = entry.as_mut_ptr();
     // SAFETY: a reserved, writable ExitEvent, written field by field.
     unsafe {

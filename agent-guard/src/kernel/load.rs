@@ -146,6 +146,7 @@ const PINNED_MAPS: &[&str] = &[
     "AG_PENDING_EXEC",
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
+    "AG_URGENT",
     names::GRANTS,
     names::HELD,
     names::LSM_ON,

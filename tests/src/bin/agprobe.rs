@@ -132,6 +132,14 @@ fn main() -> ExitCode {
             let s = UdpSocket::bind(bind)?;
             s.send_to(b"ping", addr).map(|n| format!("ok sent {n}"))
         }
+        // Sends N datagrams to ADDR as fast as it can, whatever each send returns.
+        "udp-flood" => {
+            let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
+            let s = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            let n: u64 = a(2).parse().unwrap_or(1000);
+            let refused = (0..n).filter(|_| s.send_to(b"x", addr).is_err()).count();
+            Ok(format!("ok {refused} of {n} refused"))
+        }
         "raw" => {
             // SAFETY: plain socket(2).
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
