@@ -54,6 +54,7 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     let btf = KernelBtf::load()?;
     let offsets = btf.offsets()?;
+    crate::kernel::backend::set_proc_judged(offsets.proc_ok != 0);
     let net_offsets = btf.net_offsets();
     drop(btf);
     let pins = ebpf::Pins::new(&cfg.bpffs_dir, kcfg.root_id, cfg.events_ring_bytes);
@@ -114,6 +115,9 @@ async fn serve(cfg: Config) -> Result<()> {
     } = loaded;
     info!("enforcement backend: {} ({})", backend.backend.name(), backend.reason);
     let metrics = Arc::new(crate::output::metrics::Metrics::new(backend.backend.name()).context("setting up the metrics")?);
+    let coverage: Vec<(String, String)> =
+        crate::kernel::backend::enforcement(backend.backend).into_iter().map(|e| (e.operation, e.action)).collect();
+    metrics.set_coverage(&coverage).context("setting up the coverage metric")?;
     if adopting {
         info!("adopting the pinned state in {} ({adopted_links} links attached by an earlier daemon)", pins.dir().display());
     }

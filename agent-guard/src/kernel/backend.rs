@@ -113,6 +113,14 @@ pub struct Enforcement {
     pub how: String,
 }
 
+/// Whether this kernel's BTF lets the programs find the process a /proc file describes (set
+/// once at load; false until then).
+static PROC_JUDGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_proc_judged(yes: bool) {
+    PROC_JUDGED.store(yes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Per operation, what `backend` really does (never more than it does).
 pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
     let e = |operation: &str, action: &str, how: &str| Enforcement { operation: operation.into(), action: action.into(), how: how.into() };
@@ -216,6 +224,50 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
     };
     v.extend(net);
     v.extend(contain);
+    let lsm = backend == Backend::Lsm;
+    v.push(e(
+        "cgroup-escape",
+        "deny/kill",
+        if lsm {
+            "lsm file_open: EPERM for opening a file of the cgroup filesystem for writing (cgroup.procs, cgroup.threads, ...), \
+             whatever the policy; clone3(CLONE_INTO_CGROUP): the launcher's seccomp filter answers clone3 with ENOSYS, \
+             elsewhere sys_enter SIGKILL before the child exists"
+        } else {
+            "open syscalls' exit: SIGKILL for opening a file of the cgroup filesystem for writing, before anything is \
+             written, whatever the policy (runs from `agent-guard run`: their Landlock layer refuses it with EACCES first \
+             unless [files] write grants the cgroup mount); clone3(CLONE_INTO_CGROUP): the launcher's seccomp filter \
+             answers clone3 with ENOSYS, elsewhere sys_enter SIGKILL before the child exists"
+        },
+    ));
+    let proc_judged = PROC_JUDGED.load(std::sync::atomic::Ordering::Relaxed);
+    v.push(match (proc_judged, lsm) {
+        (false, _) => e(
+            "other-processes-proc",
+            "none",
+            "not checked: this kernel's BTF has no proc_inode (runs from `agent-guard run` still get Landlock's ptrace \
+             scope for environ, maps, mem and fd)",
+        ),
+        (true, true) => e("other-processes-proc", "deny", "lsm file_open: EPERM for /proc/PID files of a process outside the run"),
+        (true, false) => e(
+            "other-processes-proc",
+            "kill",
+            "open syscalls' exit: SIGKILL for /proc/PID files of a process outside the run, before the process reads \
+             them (environ, maps, mem, fd: Landlock's ptrace scope refuses them first in runs from `agent-guard run`)",
+        ),
+    });
+    v.push(e(
+        "unregistered-cgroups",
+        if lsm { "deny" } else { "deny/kill" },
+        "a process below the managed root outside every registered run (a cgroup made by hand, the root itself) is \
+         judged by an empty enforcing policy: every judged operation refused",
+    ));
+    v.push(e(
+        "agent-guard-state",
+        if lsm { "deny" } else { "deny/kill" },
+        "the pins, state_dir, data_dir, events log, control socket, policy_dir and config are denied in every policy \
+         (as [files] deny: refused up front by the Landlock layer where a granted tree holds them, by the kernel \
+         programs otherwise)",
+    ));
     v.push(match backend {
         Backend::Lsm => e(
             "self-protection",
@@ -224,8 +276,10 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
         ),
         Backend::Tracepoint => e(
             "self-protection",
-            "kill",
-            "only mount, unshare, setns and the like (killed as unseen); signals to processes outside the run and bpf() are not checked",
+            "deny/kill",
+            "bpf(): the launcher's seccomp filter refuses it with EPERM, elsewhere sys_enter SIGKILL; mount, unshare, \
+             setns and the like: refused or killed as unseen; signals to processes outside the run: Landlock's signal \
+             scope in runs from `agent-guard run` (ABI 6), not checked in bound cgroups",
         ),
     });
     v
@@ -262,6 +316,10 @@ mod tests {
                     "unix-connect",
                     "socket-families",
                     "bind/listen",
+                    "cgroup-escape",
+                    "other-processes-proc",
+                    "unregistered-cgroups",
+                    "agent-guard-state",
                     "self-protection"
                 ]
             );

@@ -86,6 +86,26 @@ fn add(vec: &IntCounterVec, labels: &[&str], n: u64) {
 }
 
 impl Metrics {
+    /// `agent_guard_coverage{operation,action}` from `rows` (operation, action) of `status`'s
+    /// enforcement table: 1 where the backend refuses or kills the operation's violations, 0
+    /// where this host does not check them (action `none`), so an alert can fire on 0.
+    pub fn set_coverage(&self, rows: &[(String, String)]) -> prometheus::Result<()> {
+        let g = register(
+            &self.registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "agent_guard_coverage",
+                    "Per operation, whether this host enforces it (1: refused or killed; 0: not checked), with the action.",
+                ),
+                &["operation", "action"],
+            )?,
+        )?;
+        for (op, action) in rows {
+            g.get_metric_with_label_values(&[op, action])?.set((action != "none") as i64);
+        }
+        Ok(())
+    }
+
     /// The registry with every metric, and `backend_info` set for `backend`.
     pub fn new(backend: &str) -> prometheus::Result<Self> {
         let r = Registry::new();
