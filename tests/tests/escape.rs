@@ -78,6 +78,34 @@ fn leaving_the_run_cgroup_is_refused() {
     }
 }
 
+/// Class 1, the backstop: a process of a run that ends up outside it anyway (here through a
+/// descriptor of another cgroup's `cgroup.procs` it inherited from outside the run, which no
+/// open check sees) is found by the daemon's scan, moved back into its run and killed there,
+/// and reported.
+#[test]
+fn a_process_found_outside_its_run_is_brought_back_and_killed() {
+    require_root!();
+    let d = Daemon::start();
+    let target = TestCgroup::create("ag-escape-fd");
+    let procs = std::ffi::CString::new(target.0.join("cgroup.procs").to_str().unwrap()).unwrap();
+    // SAFETY: a plain open without O_CLOEXEC: the run inherits it.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    let policy = PolicyFile::for_probe("leak").write_to(d.dir.path());
+    let fds = fd.to_string();
+    let t = std::time::Instant::now();
+    let o = d.probe_run(&policy, "leaked-fd", &["write-fd", &fds, "0", "30"]);
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    assert!(killed(&o), "{o:?}");
+    assert!(said(&o).starts_with("ok wrote"), "the write itself went through: {o:?}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(20), "killed by the scan, not at the end of its sleep");
+    let e = event(&d, "contain.cgroup kill", |e| e["run_name"] == "leaked-fd" && e["kind"] == "kill" && e["rule"] == "contain.cgroup");
+    assert_eq!(e["verdict"], "kill", "{e}");
+    assert_eq!(e["cgroup"], format!("/{}", target.name()), "where it was found: {e}");
+    assert_eq!(cgroup_procs(&target.0), Vec::<u32>::new());
+}
+
 /// Class 8: /proc/PID files of a process outside the run, although the policy grants /proc.
 #[test]
 fn other_processes_proc_files_are_refused() {

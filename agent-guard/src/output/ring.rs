@@ -114,6 +114,13 @@ pub(crate) fn enrich(
 ) -> Event {
     let h = raw.hdr;
     let run = shared.run_for(h.run_cgroup);
+    if run.is_some() {
+        if matches!(raw.detail, Detail::Exit { .. }) {
+            crate::runs::escape::exited(h.run_cgroup, h.tgid);
+        } else {
+            crate::runs::escape::seen(h.run_cgroup, h.tgid);
+        }
+    }
     let wall = shared.boot_offset_ns + h.ts_ns as i128;
     let mut e = shared.event_at(raw.kind, run.as_ref(), SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.verdict = raw.verdict;
@@ -223,6 +230,10 @@ pub(crate) async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArr
         }
         shared.own().policies.reap(false);
         rebind(&shared);
+        {
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::runs::escape::scan(&shared)).await;
+        }
         // Forget runs that ended a while ago.
         let mut runs_own = shared.own();
         let runs = &mut runs_own.runs;

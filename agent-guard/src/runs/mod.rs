@@ -10,4 +10,5 @@ pub mod respond;
 pub mod session;
 pub mod seccomp;
 pub mod evidence;
+pub mod escape;
 pub mod grant;

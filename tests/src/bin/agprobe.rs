@@ -418,6 +418,18 @@ fn main() -> ExitCode {
             unsafe { libc::close(fd) };
             if n != 1 { Err(err) } else { Ok("ok joined".into()) }
         }
+        // Writes TEXT to descriptor FD (one it inherited), then sleeps SECS.
+        "write-fd" => {
+            let fd: i32 = a(1).parse().map_err(std::io::Error::other)?;
+            // SAFETY: writing a buffer of the given length to a descriptor.
+            let n = unsafe { libc::write(fd, a(2).as_ptr().cast(), a(2).len()) };
+            if n < 0 {
+                return Err(errno());
+            }
+            println!("ok wrote");
+            std::thread::sleep(std::time::Duration::from_secs_f64(a(3).parse().unwrap_or(0.0)));
+            Ok("ok slept".into())
+        }
         // clone3(CLONE_INTO_CGROUP) with DIR: a child that starts in DIR and exits at once.
         "clone3-into" => {
             // O_PATH: the kernel takes any descriptor of the directory, and no open is judged.
