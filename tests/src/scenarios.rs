@@ -640,13 +640,21 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
         return Err(format!("status gives no reason for the backend: {v}"));
     }
     let ops = v["enforcement"].as_array().map_or(0, Vec::len);
-    if ops != 11 {
-        return Err(format!("status lists {ops} operations, not 11: {}", v["enforcement"]));
+    if ops != 15 {
+        return Err(format!("status lists {ops} operations, not 15: {}", v["enforcement"]));
     }
     let want = format!("agent_guard_backend_info{{backend=\"{}\"}} 1", backend.name());
     let scrape = metrics(d)?;
     if !scrape.lines().any(|l| l == want) {
         return Err(format!("no `{want}` in the metrics:\n{scrape}"));
+    }
+    // One coverage series per row of the table, 0 exactly where it says `none`.
+    for row in v["enforcement"].as_array().into_iter().flatten() {
+        let (op, action) = (row["operation"].as_str().unwrap_or(""), row["action"].as_str().unwrap_or(""));
+        let want = format!("agent_guard_coverage{{action=\"{action}\",operation=\"{op}\"}} {}", (action != "none") as u8);
+        if !scrape.lines().any(|l| l == want) {
+            return Err(format!("no `{want}` in the metrics:\n{scrape}"));
+        }
     }
     Ok(())
 }
