@@ -77,6 +77,7 @@
 mod compile;
 pub mod contain;
 mod eval;
+mod narrow;
 mod net;
 mod parse;
 mod paths;
@@ -101,6 +102,7 @@ pub use parse::{check_files, check_files_on, host_notes, load_file, parse, HostN
 #[allow(unused_imports)]
 use parse::*;
 pub use syscalls::*;
+pub use narrow::narrow;
 pub use net::{normalise_addr, NetRuleSpec};
 
 
