@@ -26,6 +26,10 @@
 //!   (a syscall the filter refused: the daemon emits its `syscall` event, `layer: seccomp`).
 //!   Both only on the connection that registered the run, for that run.
 //! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
+//! - `policy_history` (`name`: every version applied, `history`), `policy_version` (`name`,
+//!   `version`: a number or `sha256:HEX`; that entry with its text) and `policy_rollback`
+//!   (`name`, optional `version`, default the one before the current: applied again as
+//!   `policy_apply` does, needs root or `admin_group`).
 //! - `ps`: the runs and bound cgroups (`runs`).
 //! - `status`: the daemon's state (`status`).
 //! - `freeze`, `thaw`, `kill` with `run` (a run id, name, cgroup path or pid): the action is
@@ -112,6 +116,21 @@ pub enum Request {
     PolicyList,
     PolicyShow {
         name: String,
+    },
+    /// Every version of a policy the daemon applied (`data_dir`).
+    PolicyHistory {
+        name: String,
+    },
+    /// One version of a policy from its history, with its text: its number or `sha256:HEX`.
+    PolicyVersion {
+        name: String,
+        version: String,
+    },
+    /// Applies a version from the history again (default: the one before the current).
+    PolicyRollback {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
     /// Answer a hold for review: grant the held accesses (once, or for the rest of the run).
     Approve {
@@ -324,6 +343,10 @@ pub struct Response {
     /// policy (the syscalls it refuses), which `run` installs before the command starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<crate::runs::seccomp::SeccompPlan>,
+    /// `policy_history`: the versions (no texts); `policy_version`: the one asked for, with its
+    /// text; `policy_rollback`: the version restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<crate::daemon::history::Entry>>,
     /// `end`: the run's violations, for the line `run` prints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violations: Option<ViolationSummary>,
