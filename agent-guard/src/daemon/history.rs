@@ -116,7 +116,7 @@ impl History {
     }
 
     /// The entry `spec` names: its number (`3`), or its version (`sha256:ab12...`, or a
-    /// prefix of the hex digits of at least 6).
+    /// prefix of the hex digits of at least 6: the first entry of that version).
     pub fn find<'a>(name: &str, entries: &'a [Entry], spec: &str) -> Result<&'a Entry, String> {
         let numbers = || match (entries.first(), entries.last()) {
             (Some(a), Some(b)) => format!("versions {}-{}; see `agent-guard policy history {name}`", a.number, b.number),
@@ -130,7 +130,7 @@ impl History {
             return Err(format!("bad version {spec:?}: a number from `agent-guard policy history {name}`, or sha256:HEX (at least 6 hex digits)"));
         }
         let hits: Vec<&Entry> = entries.iter().filter(|e| e.result == "ok" && e.version.strip_prefix("sha256:").is_some_and(|v| v.starts_with(hex))).collect();
-        match hits.last() {
+        match hits.first() {
             Some(e) => Ok(e),
             None => Err(format!("policy {name:?} has no version {spec} ({})", numbers())),
         }
@@ -171,7 +171,7 @@ mod tests {
         assert!(skipped.is_empty());
         assert_eq!(all.iter().map(|e| e.number).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert_eq!(History::find("p", &all, "2").unwrap().version, "sha256:bbbbbb22");
-        assert_eq!(History::find("p", &all, "sha256:aaaaaa").unwrap().number, 4);
+        assert_eq!(History::find("p", &all, "sha256:aaaaaa").unwrap().number, 1);
         assert_eq!(History::find("p", &all, "bbbbbb22").unwrap().number, 2);
         assert!(History::find("p", &all, "9").unwrap_err().contains("no version 9 (versions 1-4"));
         assert!(History::find("p", &all, "xyz").unwrap_err().starts_with("bad version \"xyz\""));

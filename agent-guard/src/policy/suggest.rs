@@ -557,12 +557,13 @@ fn header(events: usize, runs: &BTreeSet<String>, base: Option<&Policy>, added: 
     }
     h.push_str(&format!(
         "# Rules of thumb: a directory becomes one rule when the runs used {FOLD_AT} or more entries\n\
-         # in it, never {} or a home directory as a whole; a file the runs\n\
-         # created stands for its directory; temporary names (tmp.XXXXXX, pid-numbered) stand for\n\
-         # their directory; writes are kept apart from reads (a write rule allows reading too);\n\
-         # {FOLD_AT} or more programs from one directory become dir/; network rules are the hosts\n\
-         # and ports the runs reached. Likely secrets are never allowed.\n",
-        NEVER_WHOLE.join(", ")
+         # in it, never one of {} or a home directory\n\
+         # as a whole; a file the runs created stands for its directory; temporary names\n\
+         # (tmp.XXXXXX, pid-numbered) stand for their directory; writes are kept apart from reads\n\
+         # (a write rule allows reading too); {FOLD_AT} or more programs from one directory become\n\
+         # dir/; network rules are the hosts and ports the runs reached. Likely secrets are never\n\
+         # allowed.\n",
+        NEVER_WHOLE.join(" ")
     ));
     h
 }
