@@ -153,3 +153,29 @@ fn a_broken_event_is_named_by_where_it_came_from() {
     assert!(e.contains("field addr"), "{e}");
     assert!(suggest(&at(vec![read("/a")]), None, Some("bad name!")).unwrap_err().contains("not a valid policy name"));
 }
+
+#[test]
+fn sockets_binds_and_what_adds_nothing() {
+    let ev = vec![
+        json!({"kind": "connect", "verdict": "would_deny", "run": "r-1", "family": "unix", "path": "/run/app.sock", "result": 0}),
+        json!({"kind": "sendmsg", "verdict": "would_deny", "run": "r-1", "family": "unix", "path": "@name", "result": 0}),
+        json!({"kind": "bind", "verdict": "would_deny", "run": "r-1", "op": "listen", "family": "inet", "addr": "127.0.0.1", "port": 3000, "result": 0}),
+        json!({"kind": "bind", "verdict": "allow", "run": "r-1", "op": "bind", "family": "inet", "addr": "0.0.0.0", "port": 0, "result": 0}),
+        json!({"kind": "socket", "verdict": "would_deny", "run": "r-1", "rule": "network.families", "family": 16, "sock_type": 3, "protocol": 9, "family_name": "netlink", "netlink": "audit"}),
+        json!({"kind": "socket", "verdict": "would_deny", "run": "r-1", "rule": "network.raw_sockets", "family": 2, "sock_type": 3, "protocol": 1}),
+        // Refused by file permissions: nothing to allow. A relative path: no rule.
+        json!({"kind": "open", "verdict": "allow", "run": "r-1", "path": "/etc/shadow", "access": "read", "flags": 0, "result": -13, "error": "EACCES"}),
+        json!({"kind": "open", "verdict": "allow", "run": "r-1", "path": "rel/x", "access": "read", "flags": 0, "result": -2, "error": "ENOENT"}),
+        // Listing / itself: no rule for every file, a warning.
+        read("/"),
+        read("/w/a"),
+    ];
+    let s = suggest(&at(ev), None, None).unwrap();
+    let p = policy(&s.text);
+    assert_eq!(p.network_unix, vec!["/run/app.sock", "@name"]);
+    assert_eq!(p.network_listen.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["127.0.0.1/32:3000"]);
+    assert_eq!(p.network_families, vec!["netlink:audit"]);
+    assert!(p.raw_sockets);
+    assert_eq!(p.files_read, vec!["/w/a"], "{}", s.text);
+    assert!(s.warnings.iter().any(|w| w.contains("opened / itself")), "{:?}", s.warnings);
+}
