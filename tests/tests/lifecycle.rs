@@ -9,7 +9,11 @@ use std::{
     time::Duration,
 };
 
-use agent_guard_tests::{binary, privileged, probe, s, status, stderr, stdout, write_config, Daemon, PolicyFile};
+use agent_guard_tests::{
+    binary, privileged, probe, s, status, stderr, stdout,
+    users::{TestGroup, TestUser},
+    write_config, Daemon, PolicyFile,
+};
 use serde_json::Value;
 
 const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -355,4 +359,31 @@ fn broken_input_is_named_by_file_line_and_field() {
     let o = cli(&["policy", "diff", "--json", &s(&good), "missing.toml"]);
     assert_eq!(status(&o), 2, "{o:?}");
     assert!(stderr(&o).contains("missing.toml: cannot read"), "{}", stderr(&o));
+}
+
+#[test]
+fn members_read_the_history_and_only_admins_roll_back() {
+    if !privileged("members_read_the_history_and_only_admins_roll_back") {
+        return;
+    }
+    let ctl = TestGroup::new("ctl");
+    let adm = TestGroup::new("adm");
+    let member = TestUser::new("member", &[&ctl]);
+    let admin = TestUser::new("admin", &[&ctl, &adm]);
+    let d = Daemon::start_with(&format!("control_group = \"{}\"\nadmin_group = \"{}\"", ctl.name, adm.name));
+    // The test daemon's directory is private by default: let the users reach the socket.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    apply(&d, "roles-v1", &PolicyFile::new("roles").read(["/usr"]).to_string());
+    apply(&d, "roles-v2", &PolicyFile::new("roles").read(["/usr", "/opt"]).to_string());
+    let h: Value = serde_json::from_str(&ok(&member.cli(&d.config, &["policy", "history", "--json", "roles"]), "member: history")).unwrap();
+    assert_eq!(h.as_array().map(Vec::len), Some(2), "{h}");
+    ok(&member.cli(&d.config, &["policy", "show", "roles@1"]), "member: show NAME@VERSION");
+    let o = member.cli(&d.config, &["policy", "rollback", "roles"]);
+    assert_eq!(status(&o), 1, "{o:?}");
+    assert!(stderr(&o).contains("permission denied") && stderr(&o).contains("rolling back policy \"roles\""), "{}", stderr(&o));
+    assert_eq!(history(&d, "roles").len(), 2, "a refused rollback changes nothing");
+    ok(&admin.cli(&d.config, &["policy", "rollback", "roles"]), "admin: rollback");
+    let h = history(&d, "roles");
+    assert_eq!((h.len(), h[2]["requested_by_uid"].as_u64(), h[2]["restores"].as_u64()), (3, Some(admin.uid as u64), Some(1)), "{h:#?}");
 }

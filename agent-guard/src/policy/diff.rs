@@ -40,6 +40,9 @@ impl std::fmt::Display for Change {
     }
 }
 
+/// One list of a policy's rules, as text.
+type Rules = fn(&Policy) -> Vec<String>;
+
 /// What a policy lets a process do with a path: "denied", "read-only", "writable".
 fn file_state(p: &Policy, path: &str) -> &'static str {
     if p.decide_file(path, Access::Write) == FileVerdict::Allow {
@@ -74,7 +77,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
 
     // Files: each rule added or removed, with what the other side decides at that path.
     for (what, get) in [
-        ("read", (|p: &Policy| p.files_read.clone()) as fn(&Policy) -> Vec<String>),
+        ("read", (|p: &Policy| p.files_read.clone()) as Rules),
         ("write", |p: &Policy| p.files_write.clone()),
         ("deny", |p: &Policy| p.files_deny.clone()),
     ] {
@@ -92,7 +95,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
             out.push(Change { section: "files", sign: "-", what, rule: r.clone(), note });
         }
     }
-    let lists: [(&'static str, &'static str, fn(&Policy) -> Vec<String>); 8] = [
+    let lists: [(&'static str, &'static str, Rules); 8] = [
         ("exec", "exec", |p| p.exec_allow.clone()),
         ("network", "connect", |p| p.network_connect.iter().map(ToString::to_string).collect()),
         ("network", "unix", |p| p.network_unix.clone()),
