@@ -221,6 +221,11 @@ fn suggest_with_a_base_policy_adds_exactly_the_two_rules_it_lacks() {
     let site = Site::new("base");
     let port = server();
     let text = learn(&d, &site, port);
+    // A restarted daemon no longer holds the run's events: they come from the events log.
+    let mut d = d;
+    d.restart();
+    let again = ok(&d.cli(&["policy", "suggest", "--run", "learn-monitor"]), "policy suggest from the log");
+    assert_eq!(again, text);
     // The learned policy without its data directory and its one connect rule, in monitor
     // mode, as "learn-base".
     let mut p: toml::Table = toml::from_str(&text).unwrap();

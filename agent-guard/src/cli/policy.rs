@@ -141,11 +141,40 @@ pub fn suggest(cfg: &Config, a: SuggestArgs) -> Result<Code> {
         for run in &a.runs {
             let of_run = |e: &Value| e["run"].as_str() == Some(run) || e["run_name"].as_str() == Some(run);
             let mut mine: Vec<(String, Value)> = from_files.iter().filter(|(_, e)| of_run(e)).cloned().collect();
+            let mut asked = Vec::new();
             if mine.is_empty() {
-                mine = daemon_events(cfg, run)?;
+                match daemon_events(cfg, run) {
+                    Ok(v) => mine = v,
+                    Err(e) => asked.push(format!("{e:#}")),
+                }
+            }
+            // Events that left the daemon's buffer (a long run, or a daemon restarted since):
+            // the log, when it holds more of the run (its run_start).
+            let started = |v: &[(String, Value)]| v.iter().any(|(_, e)| e["kind"] == "run_start");
+            if !started(&mine) && cfg.events_log.is_file() {
+                match read_events(&cfg.events_log) {
+                    Ok(v) => {
+                        let logged: Vec<(String, Value)> = v.into_iter().filter(|(_, e)| of_run(e)).collect();
+                        if mine.is_empty() || started(&logged) {
+                            mine = logged;
+                        }
+                    }
+                    Err(e) => asked.push(format!("{e:#}")),
+                }
+            }
+            if !mine.is_empty() && !started(&mine) {
+                eprintln!(
+                    "agent-guard policy suggest: warning: the events of run {run} lack its start: what it did first may be missing \
+                     (give the rotated events logs with --events FILE)"
+                );
             }
             if mine.is_empty() {
-                bail!("run {run}: no events (in the daemon's buffer{})", if a.events.is_empty() { "" } else { " or the --events files" });
+                bail!(
+                    "run {run}: no events in the daemon's buffer{}, nor in {}{}; give a rotated log with --events FILE",
+                    if a.events.is_empty() { "" } else { ", the --events files" },
+                    cfg.events_log.display(),
+                    asked.iter().map(|e| format!("\n  {e}")).collect::<String>()
+                );
             }
             events.extend(mine);
         }
