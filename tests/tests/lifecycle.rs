@@ -351,6 +351,12 @@ fn broken_input_is_named_by_file_line_and_field() {
     let o = cli(&["policy", "suggest", "--events", &s(&ev)]);
     assert!(stderr(&o).contains(&format!("{}:2: field path: missing", s(&ev))), "{}", stderr(&o));
     assert!(stdout(&o).is_empty());
+    // A run whose start is not among its events: it says what may be missing.
+    std::fs::write(&ev, "{\"kind\":\"open\",\"verdict\":\"allow\",\"run\":\"r-x\",\"path\":\"/a\",\"access\":\"read\",\"flags\":0,\"result\":3}\n").unwrap();
+    let o = cli(&["policy", "suggest", "--events", &s(&ev), "--run", "r-x"]);
+    assert_eq!(status(&o), 0, "{o:?}");
+    assert!(stderr(&o).contains("the events of run r-x lack its start"), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"/a\",  # 1 event, first: /a; run r-x"), "{}", stdout(&o));
     let o = cli(&["policy", "suggest", "--name", "x"]);
     assert_eq!(status(&o), 1, "{o:?}");
     assert!(stderr(&o).contains("give the runs to learn from: --run RUN"), "{o:?}");
