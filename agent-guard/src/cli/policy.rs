@@ -11,8 +11,7 @@ use serde_json::Value;
 
 use crate::{
     config::Config,
-    control::{self, Request},
-    daemon::history::Entry,
+    control::{self, HistoryEntry as Entry, Request},
     policy::{self, diff, suggest, Policy},
 };
 

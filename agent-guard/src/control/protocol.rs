@@ -346,10 +346,37 @@ pub struct Response {
     /// `policy_history`: the versions (no texts); `policy_version`: the one asked for, with its
     /// text; `policy_rollback`: the version restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<Vec<crate::daemon::history::Entry>>,
+    pub history: Option<Vec<HistoryEntry>>,
     /// `end`: the run's violations, for the line `run` prints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violations: Option<ViolationSummary>,
+}
+
+/// One version of a policy as it was applied (`policy_history`, `policy_version`,
+/// `policy_rollback`; kept by `daemon::history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// 1, 2, 3, ... per policy name.
+    pub number: u64,
+    /// `sha256:...` (empty for a text that did not parse).
+    pub version: String,
+    /// When it was applied (RFC 3339, UTC).
+    pub time: String,
+    /// The file it came from, or `rollback`.
+    pub source: String,
+    /// The control-socket caller who asked (absent: policy_dir at start or on SIGHUP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by_uid: Option<u32>,
+    /// `ok` (in force from then on) or `error` (refused; the previous version stayed).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A rollback: the number of the version it restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restores: Option<u64>,
+    /// The policy file's text (left out of `policy history` answers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
 }
 
 /// A run's violations (verdict deny, kill, hold or would_deny) as the daemon counted them.
@@ -562,6 +589,13 @@ mod tests {
         .unwrap();
         assert!(matches!(&r, Request::SeccompRefusal { run, refusal } if run == "r-1" && refusal.syscall == "unshare" && refusal.path.is_none()), "{r:?}");
         assert_eq!(parse_request("{\"v\":1,\"op\":\"seccomp\",\"run\":\"r-1\"}").unwrap(), Request::Seccomp { run: "r-1".into() });
+        assert_eq!(parse_request("{\"v\":2,\"op\":\"policy_history\",\"name\":\"p\"}").unwrap(), Request::PolicyHistory { name: "p".into() });
+        assert_eq!(
+            parse_request("{\"v\":2,\"op\":\"policy_version\",\"name\":\"p\",\"version\":\"3\"}").unwrap(),
+            Request::PolicyVersion { name: "p".into(), version: "3".into() }
+        );
+        assert_eq!(parse_request("{\"v\":2,\"op\":\"policy_rollback\",\"name\":\"p\"}").unwrap(), Request::PolicyRollback { name: "p".into(), version: None });
+        assert!(parse_request("{\"v\":2,\"op\":\"policy_version\",\"name\":\"p\"}").unwrap_err().contains("version"));
     }
 
     #[test]

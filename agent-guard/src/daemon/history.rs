@@ -13,33 +13,7 @@ use std::{
     sync::Mutex,
 };
 
-use serde::{Deserialize, Serialize};
-
-/// One version of a policy as it was applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// 1, 2, 3, ... per policy name.
-    pub number: u64,
-    /// `sha256:...` (empty for a text that did not parse).
-    pub version: String,
-    /// When it was applied (RFC 3339, UTC).
-    pub time: String,
-    /// The file it came from, or `rollback`.
-    pub source: String,
-    /// The control-socket caller who asked (absent: policy_dir at start or on SIGHUP).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested_by_uid: Option<u32>,
-    /// `ok` (in force from then on) or `error` (refused; the previous version stayed).
-    pub result: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// A rollback: the number of the version it restored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restores: Option<u64>,
-    /// The policy file's text (left out of `policy history` answers).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub text: String,
-}
+pub use crate::control::HistoryEntry as Entry;
 
 /// Appends are serialised (numbers are read, then written).
 static APPEND: Mutex<()> = Mutex::new(());
