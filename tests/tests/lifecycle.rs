@@ -335,6 +335,16 @@ fn history_and_rollback_survive_a_daemon_restart() {
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
     }
     assert_eq!(history(&d, "hist").len(), 5);
+    // A refused text is recorded as an error when its name can be read; never rolled back to.
+    let broken = d.write_policy("hist-broken", "name = \"hist\"\n[files]\nread = [\"relative\"]\n");
+    assert_eq!(status(&d.cli(&["policy", "apply", &s(&broken)])), 1);
+    let h = history(&d, "hist");
+    assert_eq!((h.len(), h[5]["result"].as_str(), h[5]["version"].as_str()), (6, Some("error"), Some("")), "{h:#?}");
+    assert!(h[5]["error"].as_str().is_some_and(|e| e.contains("files.read[0]")), "{h:#?}");
+    let o = d.cli(&["policy", "rollback", "hist", "6"]);
+    assert!(stderr(&o).contains("version 6 of policy \"hist\" was refused when it was applied"), "{}", stderr(&o));
+    let shown = ok(&d.cli(&["policy", "show", "hist"]), "policy show");
+    assert!(shown.contains(&sha1), "version 1 stays in force: {shown}");
 }
 
 #[test]
