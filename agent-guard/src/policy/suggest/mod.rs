@@ -25,7 +25,7 @@ use super::{paths, Access, FileVerdict, Policy};
 
 mod names;
 mod render;
-pub use names::{secret, temporary};
+pub use names::{redact, secret, temporary};
 use names::{foldable, parent, untemp};
 use render::{header, plain, quote, render, values, List};
 
@@ -141,7 +141,7 @@ fn observe(e: &Value) -> Result<Option<(Op, String)>, String> {
                 return Ok(None);
             }
             let argv: Vec<&str> = e.get("argv").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-            let first = if argv.is_empty() { path.to_string() } else { argv.join(" ") };
+            let first = if argv.is_empty() { path.to_string() } else { redact(&argv) };
             (Op::Exec(paths::lexical(path)), first)
         }
         "connect" | "sendmsg" => match string(e, "family")? {

@@ -27,6 +27,37 @@ pub fn secret(path: &str) -> Option<&'static str> {
     }
 }
 
+/// Words in an argument that say the next value (or the rest of this one) is a credential.
+const SECRET_WORDS: &[&str] = &["token", "passw", "secret", "authorization", "bearer", "apikey", "api-key", "api_key", "credential"];
+
+/// `argv` as one line for a comment, with credentials left out: `--token=X` and
+/// `Authorization: Bearer X` keep their name, a value after `--password` or `-H
+/// 'Authorization...'` is `<redacted>`.
+pub fn redact(argv: &[&str]) -> String {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut next_is_secret = false;
+    for a in argv {
+        let lower = a.to_ascii_lowercase();
+        let names_one = SECRET_WORDS.iter().any(|w| lower.contains(w));
+        if next_is_secret {
+            out.push("<redacted>".to_string());
+            next_is_secret = false;
+        } else if names_one {
+            match a.find(['=', ':']) {
+                Some(i) => out.push(format!("{}<redacted>", &a[..=i])),
+                None if a.starts_with('-') => {
+                    out.push(a.to_string());
+                    next_is_secret = true;
+                }
+                None => out.push("<redacted>".to_string()),
+            }
+        } else {
+            out.push(a.to_string());
+        }
+    }
+    out.join(" ")
+}
+
 /// True for a directory folding may make one rule of.
 pub(super) fn foldable(dir: &str) -> bool {
     !NEVER_WHOLE.contains(&dir) && !home(dir)

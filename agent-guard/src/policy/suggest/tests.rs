@@ -53,6 +53,16 @@ fn secrets_are_recognised() {
 }
 
 #[test]
+fn credentials_in_argv_stay_out_of_the_comments() {
+    assert_eq!(redact(&["curl", "-H", "Authorization: Bearer abc", "https://x"]), "curl -H Authorization:<redacted> https://x");
+    assert_eq!(redact(&["tool", "--token=abc", "--password", "hunter2", "--verbose"]), "tool --token=<redacted> --password <redacted> --verbose");
+    assert_eq!(redact(&["git", "push", "origin"]), "git push origin");
+    let ev = vec![json!({"kind": "exec", "verdict": "allow", "run": "r-1", "path": "/usr/bin/tool", "argv": ["tool", "--api-key", "sk-123"]})];
+    let s = suggest(&at(ev), None, None).unwrap();
+    assert!(s.text.contains("first: tool --api-key <redacted>;") && !s.text.contains("sk-123"), "{}", s.text);
+}
+
+#[test]
 fn directories_used_broadly_fold_and_others_stay_exact() {
     let mut ev = vec![
         read("/usr/lib/x86_64-linux-gnu/libc.so.6"),
