@@ -408,3 +408,57 @@ fn members_read_the_history_and_only_admins_roll_back() {
     let h = history(&d, "roles");
     assert_eq!((h.len(), h[2]["requested_by_uid"].as_u64(), h[2]["restores"].as_u64()), (3, Some(admin.uid as u64), Some(1)), "{h:#?}");
 }
+
+/// The coding task of tests/workloads/coding-agent.sh (git, unittest, sed -i, make and cc, a
+/// venv, curl to a dev server): learned in monitor mode from nothing, then enforced.
+#[test]
+fn a_coding_task_learned_from_nothing_passes_enforced() {
+    if !privileged("a_coding_task_learned_from_nothing_passes_enforced") {
+        return;
+    }
+    for tool in ["git", "python3", "make", "cc", "curl"] {
+        if !std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap().status.success() {
+            agent_guard_tests::skip_test!("{tool} is not installed");
+        }
+    }
+    let d = Daemon::start();
+    let site = Site::new("coding");
+    let home = site.root.join("home");
+    std::fs::create_dir_all(site.ws.join("repo")).unwrap();
+    std::fs::create_dir_all(&home).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/coding-agent.sh");
+    std::fs::copy(script, site.ws.join("tools/coding-agent.sh")).unwrap();
+    let dev = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dev_port = dev.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for c in dev.incoming().flatten() {
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = (&c).write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+        }
+    });
+    let sh = s(&site.ws.join("tools/coding-agent.sh"));
+    let code = |policy: &str, name: &str| {
+        let mut c = d.command(&["run", "--policy", policy, "--name", name, "--", "/bin/sh", &sh]);
+        c.env_clear().env("PATH", PATH).env("WORKSPACE", s(&site.ws)).env("HOME", s(&home)).env("DEV_PORT", dev_port.to_string());
+        c.output().unwrap()
+    };
+    apply(&d, "code-empty", &PolicyFile::new("code").mode("monitor").to_string());
+    let o = code("code", "code-monitor");
+    assert_eq!(status(&o), 0, "{o:?}");
+    events_of(&d, "code-monitor");
+    let o = d.cli(&["policy", "suggest", "--run", "code-monitor"]);
+    let text = ok(&o, "policy suggest");
+    eprintln!("{}\n{text}", stderr(&o));
+    let file = d.write_policy("code-learned", &text);
+    ok(&d.cli(&["policy", "check", &s(&file)]), "policy check");
+    ok(&d.cli(&["policy", "apply", &s(&file)]), "policy apply");
+    let o = code("code", "code-enforce");
+    let ev = events_of(&d, "code-enforce");
+    assert_eq!((status(&o), violations(&ev)), (0, vec![]), "{o:?}");
+    assert!(stdout(&o).ends_with("workload done\n"), "{o:?}");
+}

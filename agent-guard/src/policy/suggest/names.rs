@@ -8,7 +8,9 @@ use super::NEVER_WHOLE;
 pub fn secret(path: &str) -> Option<&'static str> {
     let base = path.rsplit('/').next().unwrap_or(path);
     let lower = base.to_ascii_lowercase();
-    let stem = lower.split_once('.').filter(|(s, _)| !s.is_empty()).map_or(lower.as_str(), |(s, _)| s);
+    let (stem, ext) = lower.split_once('.').filter(|(s, _)| !s.is_empty()).unwrap_or((lower.as_str(), ""));
+    // A token *file* holds data; `token.py` and its bytecode are Python's tokenizer.
+    let data = matches!(ext, "" | "json" | "txt" | "yaml" | "yml" | "toml" | "conf" | "cfg" | "ini");
     if lower == ".env" || lower.starts_with(".env.") {
         Some(".env file")
     } else if lower.ends_with(".pem") && !path.contains("/certs/") && !path.starts_with("/usr/share/ca-certificates/") {
@@ -20,7 +22,7 @@ pub fn secret(path: &str) -> Option<&'static str> {
         Some("AWS credentials")
     } else if lower == ".netrc" || lower == ".git-credentials" {
         Some("password file")
-    } else if lower == ".token" || stem == "token" || stem.ends_with("_token") || stem.ends_with("-token") {
+    } else if lower == ".token" || (data && (stem == "token" || stem.ends_with("_token") || stem.ends_with("-token"))) {
         Some("token file")
     } else {
         None

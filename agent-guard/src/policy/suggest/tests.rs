@@ -47,7 +47,7 @@ fn secrets_are_recognised() {
     for s in ["/w/.env", "/w/.env.local", "/k/server.pem", "/home/a/.ssh/id_ed25519", "/home/a/.aws/credentials", "/home/a/.netrc", "/w/gh_token", "/w/.git-credentials", "/w/token.json", "/w/api-token.txt"] {
         assert!(secret(s).is_some(), "{s}");
     }
-    for s in ["/w/env.py", "/home/a/.ssh/id_rsa.pub", "/w/calc.py", "/etc/passwd", "/usr/lib/python3.12/tokenize.py", "/etc/ssl/certs/ISRG_Root_X1.pem"] {
+    for s in ["/w/env.py", "/home/a/.ssh/id_rsa.pub", "/w/calc.py", "/etc/passwd", "/usr/lib/python3.12/tokenize.py", "/usr/lib/python3.11/token.py", "/usr/lib/python3.11/__pycache__/token.cpython-311.pyc", "/etc/ssl/certs/ISRG_Root_X1.pem"] {
         assert!(secret(s).is_none(), "{s}");
     }
 }
