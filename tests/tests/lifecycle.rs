@@ -176,6 +176,7 @@ fn a_policy_learned_in_monitor_mode_passes_the_task_in_enforce_mode_and_refuses_
     // The same task, enforced under the suggestion: it passes with no violation.
     ok(&d.cli(&["policy", "apply", &s(&file)]), "policy apply of the suggestion");
     let o = task(&d, "learn", "learn-enforce", &site, port);
+    assert!(status(&o) != 125, "the run did not start: {o:?}");
     let ev = events_of(&d, "learn-enforce");
     assert_eq!(status(&o), 0, "{o:?}\nviolations: {:#?}", violations(&ev));
     assert!(stdout(&o).ends_with("task done\n"), "{o:?}");
