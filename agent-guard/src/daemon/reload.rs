@@ -41,6 +41,8 @@ pub(crate) fn apply_checked(
     apply_recorded(shared, file, parsed, by, None)
 }
 
+static APPLY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `apply_checked`, recorded in the policy history as a rollback to version `restores` when
 /// it is one.
 pub(crate) fn apply_recorded(
@@ -50,6 +52,8 @@ pub(crate) fn apply_recorded(
     by: Option<(u32, u32)>,
     restores: Option<u64>,
 ) -> Result<(crate::kernel::rules::PolicySummary, Installed), String> {
+    // One apply at a time, so the history lists versions in the order they came into force.
+    let _serial = APPLY.lock().unwrap_or_else(|p| p.into_inner());
     let named = match &parsed {
         Ok(p) => Some((p.name.clone(), p.version.clone())),
         Err(_) => name_in(&file.text).map(|n| (n, String::new())),
