@@ -85,18 +85,27 @@ pub fn diff(cfg: &Config, old: &str, new: &str, json: bool) -> Result<Code> {
     Ok(if changes.is_empty() { 0 } else { EXIT_DIFFERENT })
 }
 
-/// The JSON lines of `path`, each with where it came from (`FILE:LINE`); blank lines skipped.
-pub fn read_events(path: &Path) -> Result<Vec<(String, Value)>> {
+/// The JSON lines of `path` that `keep` keeps, each with where it came from (`FILE:LINE`);
+/// blank lines skipped, every line checked (a rotated log of 100 MB is not held whole).
+/// `strict`: a line that is not JSON is an error; else it is skipped (the live log, whose
+/// last line the daemon may be writing).
+pub fn read_events(path: &Path, keep: &dyn Fn(&Value) -> bool, strict: bool) -> Result<Vec<(String, Value)>> {
     let f = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let at = format!("{}:{}", path.display(), i + 1);
-        let line = line.with_context(|| format!("{at}: cannot read"))?;
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let line = line.with_context(|| format!("{}: cannot read", at()))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("{at}: not a JSON event: {e}"))?;
-        out.push((at, v));
+        let v: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) if strict => bail!("{}: not a JSON event: {e}", at()),
+            Err(_) => continue,
+        };
+        if keep(&v) {
+            out.push((at(), v));
+        }
     }
     Ok(out)
 }
@@ -129,17 +138,18 @@ pub fn suggest(cfg: &Config, a: SuggestArgs) -> Result<Code> {
     if a.runs.is_empty() && a.events.is_empty() {
         bail!("give the runs to learn from: --run RUN (their events in the daemon) and/or --events FILE (JSON lines, e.g. the events log)");
     }
+    let of_run = |e: &Value, run: &str| e["run"].as_str() == Some(run) || e["run_name"].as_str() == Some(run);
+    let wanted = |e: &Value| a.runs.is_empty() || a.runs.iter().any(|r| of_run(e, r));
     let mut from_files = Vec::new();
     for f in &a.events {
-        from_files.extend(read_events(f)?);
+        from_files.extend(read_events(f, &wanted, true)?);
     }
     let mut events = Vec::new();
     if a.runs.is_empty() {
         events = from_files;
     } else {
         for run in &a.runs {
-            let of_run = |e: &Value| e["run"].as_str() == Some(run) || e["run_name"].as_str() == Some(run);
-            let mut mine: Vec<(String, Value)> = from_files.iter().filter(|(_, e)| of_run(e)).cloned().collect();
+            let mut mine: Vec<(String, Value)> = from_files.iter().filter(|(_, e)| of_run(e, run)).cloned().collect();
             let mut asked = Vec::new();
             if mine.is_empty() {
                 match daemon_events(cfg, run) {
@@ -151,9 +161,8 @@ pub fn suggest(cfg: &Config, a: SuggestArgs) -> Result<Code> {
             // the log, when it holds more of the run (its run_start).
             let started = |v: &[(String, Value)]| v.iter().any(|(_, e)| e["kind"] == "run_start");
             if !started(&mine) && cfg.events_log.is_file() {
-                match read_events(&cfg.events_log) {
-                    Ok(v) => {
-                        let logged: Vec<(String, Value)> = v.into_iter().filter(|(_, e)| of_run(e)).collect();
+                match read_events(&cfg.events_log, &|e| of_run(e, run), false) {
+                    Ok(logged) => {
                         if mine.is_empty() || started(&logged) {
                             mine = logged;
                         }
