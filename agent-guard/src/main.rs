@@ -43,7 +43,7 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
-    /// Check, apply, list and show policies
+    /// Policies: check, apply, list, show; suggest one from runs, diff two, history, rollback
     #[command(subcommand)]
     Policy(PolicyCmd),
     /// Answer a hold for review: grant the held access and let the run go on
@@ -155,7 +155,8 @@ enum PolicyCmd {
     /// never allowed (stderr warns); with --base, only the additions that policy needs
     #[command(arg_required_else_help = true)]
     Suggest {
-        /// A run to learn from, finished or not: its events in the daemon's buffer (repeatable)
+        /// A run to learn from (id or name), finished or not: its events in the daemon's buffer,
+        /// else in events_log (repeatable)
         #[arg(long = "run", value_name = "RUN")]
         runs: Vec<String>,
         /// A JSON-lines events file (the events log, a rotated one); with --run, only those

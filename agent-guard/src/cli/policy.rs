@@ -136,7 +136,7 @@ pub struct SuggestArgs {
 /// `policy suggest`: the policy on stdout; warnings and a summary on stderr.
 pub fn suggest(cfg: &Config, a: SuggestArgs) -> Result<Code> {
     if a.runs.is_empty() && a.events.is_empty() {
-        bail!("give the runs to learn from: --run RUN (their events in the daemon) and/or --events FILE (JSON lines, e.g. the events log)");
+        bail!("give the runs to learn from: --run RUN (their events in the daemon or its events log) and/or --events FILE (JSON lines, e.g. a rotated log)");
     }
     let of_run = |e: &Value, run: &str| e["run"].as_str() == Some(run) || e["run_name"].as_str() == Some(run);
     let wanted = |e: &Value| a.runs.is_empty() || a.runs.iter().any(|r| of_run(e, r));
