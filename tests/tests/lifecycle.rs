@@ -44,7 +44,9 @@ struct Site {
 
 impl Site {
     fn new(test: &str) -> Site {
-        let root = PathBuf::from(format!("/var/tmp/agent-guard-tests/lifecycle-{test}"));
+        // The pid in letters: digits would be a pid-numbered name, which the suggestion folds.
+        let pid: String = std::process::id().to_string().bytes().map(|d| (b'a' + (d - b'0')) as char).collect();
+        let root = PathBuf::from(format!("/var/tmp/agent-guard-tests/lifecycle-{test}-{pid}"));
         let _ = std::fs::remove_dir_all(&root);
         let ws = root.join("ws");
         for d in ["data", "out", "tools"] {
