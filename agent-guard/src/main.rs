@@ -43,7 +43,7 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
-    /// Check, apply, list and show policies
+    /// Policies: check, apply, list, show; suggest one from runs, diff two, history, rollback
     #[command(subcommand)]
     Policy(PolicyCmd),
     /// Answer a hold for review: show the held attempts, grant exactly those and let the run go on
@@ -152,8 +152,51 @@ enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
-    /// A loaded policy's text and version
-    Show { name: String },
+    /// A loaded policy's text and version, or with NAME@VERSION that version from the history
+    Show {
+        #[arg(value_name = "NAME[@VERSION]")]
+        name: String,
+    },
+    /// Print a policy built from what runs did: each rule with its evidence, likely secrets
+    /// never allowed (stderr warns); with --base, only the additions that policy needs
+    #[command(arg_required_else_help = true)]
+    Suggest {
+        /// A run to learn from (id or name), finished or not: its events in the daemon's buffer,
+        /// else in events_log (repeatable)
+        #[arg(long = "run", value_name = "RUN")]
+        runs: Vec<String>,
+        /// A JSON-lines events file (the events log, a rotated one); with --run, only those
+        /// runs' events (repeatable)
+        #[arg(long = "events", value_name = "FILE")]
+        events: Vec<PathBuf>,
+        /// Suggest only what this policy lacks, from its would_deny and deny events
+        #[arg(long, value_name = "NAME|FILE")]
+        base: Option<String>,
+        /// The suggested policy's name [default: the base's, else the runs' policy's]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// What NEW allows that OLD did not, and the reverse, per section (exit 0 equal, 1
+    /// different, 2 on error). OLD and NEW: a file, a loaded policy's name, or NAME@VERSION
+    Diff {
+        old: String,
+        new: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every version of a policy the daemon applied: number, time, version, result, who, source
+    History {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply an earlier version again, atomically like apply (default: the one before the
+    /// version in force)
+    Rollback {
+        name: String,
+        /// A number from `policy history`, or sha256:HEX
+        version: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -198,6 +241,22 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Policy(PolicyCmd::Diff { old, new, json }) => match cli::policy::diff(&cfg, &old, &new, json) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("agent-guard policy diff: {e:#}");
+                ExitCode::from(cli::policy::EXIT_TROUBLE)
+            }
+        },
+        Cmd::Policy(PolicyCmd::Suggest { runs, events, base, name }) => {
+            incident("policy suggest", cli::policy::suggest(&cfg, cli::policy::SuggestArgs { runs, events, base, name }))
+        }
+        Cmd::Policy(PolicyCmd::History { name, json }) => incident("policy history", cli::policy::history(&cfg, &name, json)),
+        Cmd::Policy(PolicyCmd::Rollback { name, version }) => incident("policy rollback", cli::policy::rollback(&cfg, &name, version)),
+        Cmd::Policy(PolicyCmd::Show { name }) if name.contains('@') => {
+            let (name, version) = name.split_once('@').unwrap_or_default();
+            incident("policy show", cli::policy::show_version(&cfg, name, version))
         }
         Cmd::Policy(cmd) => match policy_cmd(&cfg, cmd) {
             Ok(()) => ExitCode::SUCCESS,
@@ -257,6 +316,9 @@ fn policy_cmd(cfg: &config::Config, cmd: PolicyCmd) -> anyhow::Result<()> {
     use anyhow::Context;
     match cmd {
         PolicyCmd::Check { .. } => unreachable!("handled before the config is read"),
+        PolicyCmd::Suggest { .. } | PolicyCmd::Diff { .. } | PolicyCmd::History { .. } | PolicyCmd::Rollback { .. } => {
+            unreachable!("handled in cli::policy")
+        }
         PolicyCmd::Apply { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let source = file.display().to_string();

@@ -6,6 +6,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod policy;
+
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 

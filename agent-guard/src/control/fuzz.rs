@@ -114,6 +114,9 @@ fn request() -> impl Strategy<Value = Request> {
         (run.clone(), any::<Option<i32>>()).prop_map(|(run, exit_status)| Request::End { run, exit_status }),
         (text(), text()).prop_map(|(source, text)| Request::PolicyApply { file: PolicyText { source, text } }),
         text().prop_map(|name| Request::PolicyShow { name }),
+        text().prop_map(|name| Request::PolicyHistory { name }),
+        (text(), text()).prop_map(|(name, version)| Request::PolicyVersion { name, version }),
+        (text(), prop::option::of(text())).prop_map(|(name, version)| Request::PolicyRollback { name, version }),
         (run.clone(), any::<bool>(), any::<Option<u64>>(), any::<Option<usize>>())
             .prop_map(|(run, for_run, hold, attempts)| Request::Approve { run, for_run, hold, attempts }),
         run.clone().prop_map(|run| Request::HoldShow { run }),

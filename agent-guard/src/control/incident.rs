@@ -138,11 +138,14 @@ pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request)
         | Request::Ps
         | Request::PolicyList
         | Request::PolicyShow { .. }
+        | Request::PolicyHistory { .. }
+        | Request::PolicyVersion { .. }
         | Request::Events { .. }
         | Request::Freeze { .. }
         | Request::Thaw { .. }
         | Request::Kill { .. } => Ok(()),
         Request::PolicyApply { file } => access::admin_only(caller, &format!("applying a policy ({})", file.source), admins),
+        Request::PolicyRollback { name, .. } => access::admin_only(caller, &format!("rolling back policy {name:?}"), admins),
         // A member may run under a policy file of its own: it only narrows that run. One that
         // binds host cgroups is a policy for others.
         Request::Register { policy_file: Some(file), .. } if !caller.is_admin() => {

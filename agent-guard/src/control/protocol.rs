@@ -26,6 +26,10 @@
 //!   (a syscall the filter refused: the daemon emits its `syscall` event, `layer: seccomp`).
 //!   Both only on the connection that registered the run, for that run.
 //! - `policy_apply` (load or replace a policy from its text); `policy_list`; `policy_show`.
+//! - `policy_history` (`name`: every version applied, `history`), `policy_version` (`name`,
+//!   `version`: a number or `sha256:HEX`; that entry with its text) and `policy_rollback`
+//!   (`name`, optional `version`, default the one before the current: applied again as
+//!   `policy_apply` does, needs root or `admin_group`).
 //! - `ps`: the runs and bound cgroups (`runs`).
 //! - `status`: the daemon's state (`status`).
 //! - `freeze`, `thaw`, `kill` with `run` (a run id, name, cgroup path or pid): the action is
@@ -46,7 +50,8 @@
 //! Versions:
 //! - 2, later additions: `hold_show` gives a held run's hold id and attempts; `approve`
 //!   carries the `hold` and the number of `attempts` the responder reviewed, and without
-//!   them (or when the hold has changed since) it approves nothing.
+//!   them (or when the hold has changed since) it approves nothing; `policy_history`,
+//!   `policy_version` and `policy_rollback` read and roll back a policy's versions.
 //! - 2: `register`'s response carries the Landlock plan (`landlock`) instead of the policy's
 //!   text (`text`, which `run` parsed again to build its layer), and the `landlock` request
 //!   carries the ABI (`abi`) instead of the coverage `run` computed. The daemon still takes
@@ -119,6 +124,21 @@ pub enum Request {
     /// A run's hold as a responder reviews it before answering: its id and each attempt.
     HoldShow {
         run: String,
+    },
+    /// Every version of a policy the daemon applied (`data_dir`).
+    PolicyHistory {
+        name: String,
+    },
+    /// One version of a policy from its history, with its text: its number or `sha256:HEX`.
+    PolicyVersion {
+        name: String,
+        version: String,
+    },
+    /// Applies a version from the history again (default: the one before the current).
+    PolicyRollback {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
     },
     /// Answer a hold for review: grant the held accesses (once, or for the rest of the run).
     /// `hold` and `attempts` say what the responder was shown (`hold_show`): the approval is
@@ -340,9 +360,40 @@ pub struct Response {
     /// policy (the syscalls it refuses), which `run` installs before the command starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<crate::runs::seccomp::SeccompPlan>,
+    /// `policy_history`: the versions (no texts); `policy_version`: the one asked for, with its
+    /// text; `policy_rollback`: the version restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<HistoryEntry>>,
     /// `end`: the run's violations, for the line `run` prints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub violations: Option<ViolationSummary>,
+}
+
+/// One version of a policy as it was applied (`policy_history`, `policy_version`,
+/// `policy_rollback`; kept by `daemon::history`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// 1, 2, 3, ... per policy name.
+    pub number: u64,
+    /// `sha256:...` (empty for a text that did not parse).
+    pub version: String,
+    /// When it was applied (RFC 3339, UTC).
+    pub time: String,
+    /// The file it came from, or `rollback`.
+    pub source: String,
+    /// The control-socket caller who asked (absent: policy_dir at start or on SIGHUP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by_uid: Option<u32>,
+    /// `ok` (in force from then on) or `error` (refused; the previous version stayed).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A rollback: the number of the version it restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restores: Option<u64>,
+    /// The policy file's text (left out of `policy history` answers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
 }
 
 /// A run's violations (verdict deny, kill, hold or would_deny) as the daemon counted them.
@@ -555,6 +606,13 @@ mod tests {
         .unwrap();
         assert!(matches!(&r, Request::SeccompRefusal { run, refusal } if run == "r-1" && refusal.syscall == "unshare" && refusal.path.is_none()), "{r:?}");
         assert_eq!(parse_request("{\"v\":1,\"op\":\"seccomp\",\"run\":\"r-1\"}").unwrap(), Request::Seccomp { run: "r-1".into() });
+        assert_eq!(parse_request("{\"v\":2,\"op\":\"policy_history\",\"name\":\"p\"}").unwrap(), Request::PolicyHistory { name: "p".into() });
+        assert_eq!(
+            parse_request("{\"v\":2,\"op\":\"policy_version\",\"name\":\"p\",\"version\":\"3\"}").unwrap(),
+            Request::PolicyVersion { name: "p".into(), version: "3".into() }
+        );
+        assert_eq!(parse_request("{\"v\":2,\"op\":\"policy_rollback\",\"name\":\"p\"}").unwrap(), Request::PolicyRollback { name: "p".into(), version: None });
+        assert!(parse_request("{\"v\":2,\"op\":\"policy_version\",\"name\":\"p\"}").unwrap_err().contains("version"));
     }
 
     #[test]

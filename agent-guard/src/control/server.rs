@@ -281,6 +281,9 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 _ => Response::err(format!("no policy named {name:?} is loaded")),
             }
         }
+        Request::PolicyHistory { name } => crate::daemon::rollback::history(shared, &name),
+        Request::PolicyVersion { name, version } => crate::daemon::rollback::version(shared, &name, &version),
+        Request::PolicyRollback { name, version } => crate::daemon::rollback::rollback(shared, &name, version.as_deref(), (uid, pid)),
         Request::HoldShow { run } => match crate::runs::hold::show(shared, &run) {
             Ok(view) => Response { hold: Some(view), ..Response::ok() },
             Err(e) => Response::err(e),

@@ -2,6 +2,8 @@
 pub(crate) mod adopt;
 pub mod core;
 pub(crate) mod reload;
+pub mod history;
+pub(crate) mod rollback;
 pub(crate) mod uninstall;
 pub mod notify;
 pub mod state;

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::{daemon::state::PolicyRecord, control::PolicyText, output::event::Detail, kernel::rules::Installed, policy};
 use crate::runs::hold::forget_run;
 use crate::daemon::core::*;
+use crate::daemon::history::{valid_name, Entry, History};
 
 /// Parses and validates a policy's text; every problem in one message, one per line.
 pub(crate) fn check(file: &PolicyText) -> Result<policy::Policy, String> {
@@ -37,6 +38,70 @@ pub(crate) fn apply_checked(
     parsed: Result<policy::Policy, String>,
     by: Option<(u32, u32)>,
 ) -> Result<(crate::kernel::rules::PolicySummary, Installed), String> {
+    apply_recorded(shared, file, parsed, by, None)
+}
+
+static APPLY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `apply_checked`, recorded in the policy history as a rollback to version `restores` when
+/// it is one.
+pub(crate) fn apply_recorded(
+    shared: &Shared,
+    file: PolicyText,
+    parsed: Result<policy::Policy, String>,
+    by: Option<(u32, u32)>,
+    restores: Option<u64>,
+) -> Result<(crate::kernel::rules::PolicySummary, Installed), String> {
+    // One apply at a time, so the history lists versions in the order they came into force.
+    let _serial = APPLY.lock().unwrap_or_else(|p| p.into_inner());
+    let named = match &parsed {
+        Ok(p) => Some((p.name.clone(), p.version.clone())),
+        Err(_) => name_in(&file.text).map(|n| (n, String::new())),
+    };
+    let outcome = install_and_report(shared, &file, parsed, by);
+    if let Some((name, version)) = named {
+        let entry = match &outcome {
+            Ok((_, Installed::Unchanged { .. })) => None,
+            Ok((s, _)) => Some(history_entry(&file, s.version.clone(), "ok", None, by, restores)),
+            Err(msg) => Some(history_entry(&file, version, "error", Some(msg.clone()), by, restores)),
+        };
+        if let Some(entry) = entry {
+            let h = History::new(&shared.ctl.cfg.data_dir);
+            if let Err(e) = h.record(&name, entry) {
+                warn!("recording policy {name} in its history ({}): {e}", h.dir().display());
+            }
+        }
+    }
+    outcome
+}
+
+/// The `name` of a policy text that did not pass its check, if it can be read.
+fn name_in(text: &str) -> Option<String> {
+    let t: toml::Table = toml::from_str(text).ok()?;
+    t.get("name")?.as_str().filter(|n| valid_name(n)).map(str::to_string)
+}
+
+fn history_entry(file: &PolicyText, version: String, result: &str, error: Option<String>, by: Option<(u32, u32)>, restores: Option<u64>) -> Entry {
+    Entry {
+        number: 0,
+        version,
+        time: crate::output::event::rfc3339(std::time::SystemTime::now()),
+        source: file.source.clone(),
+        requested_by_uid: by.map(|b| b.0),
+        result: result.into(),
+        error,
+        restores,
+        text: file.text.clone(),
+    }
+}
+
+fn install_and_report(
+    shared: &Shared,
+    file: &PolicyText,
+    parsed: Result<policy::Policy, String>,
+    by: Option<(u32, u32)>,
+) -> Result<(crate::kernel::rules::PolicySummary, Installed), String> {
+    let file = file.clone();
     let mut e = shared.base_event(crate::output::event::Kind::PolicyReload, None);
     let outcome = parsed.and_then(|p| {
         let (name, version) = (p.name.clone(), p.version.clone());

@@ -318,6 +318,31 @@ fn attach_tracepoint(ebpf: &mut Ebpf, pins: &Pins, name: &str, category: &str, e
     pins.pin(&pin, FdLink::try_from(link).map_err(|e| LoadError::Pin(pin.clone(), e.to_string()))?)
 }
 
+/// `attach_tracepoint`, again while the kernel answers EEXIST: a tracepoint keeps the programs
+/// of perf events released a moment ago (the last run's links, just unpinned) until an RCU
+/// grace period has passed, and the same program cannot be in its list twice. Up to 2 s.
+fn attach_tracepoint_retrying(ebpf: &mut Ebpf, pins: &Pins, name: &str, category: &str, event: &str) -> Result<(), LoadError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match attach_tracepoint(ebpf, pins, name, category, event) {
+            Err(e) if is_eexist(&e) && std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(10)),
+            r => return r,
+        }
+    }
+}
+
+/// True when an OS error EEXIST caused `e`.
+fn is_eexist(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EEXIST) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// The open and refused-exec tracepoints: not attached under the lsm backend, whose
 /// file_open program decides and reports opens, and whose bprm_check_security program
 /// refuses and reports execs.
@@ -351,7 +376,7 @@ pub fn attach_syscall_tracepoints(ebpf: &mut Ebpf, pins: &Pins) -> Result<(), Lo
         if pins.has_link(&tracepoint_pin(name)) {
             continue;
         }
-        if let Err(e) = attach_tracepoint(ebpf, pins, name, category, event) {
+        if let Err(e) = attach_tracepoint_retrying(ebpf, pins, name, category, event) {
             for pin in &done {
                 let _ = pins.unpin(pin);
             }
@@ -543,6 +568,20 @@ const ROOT_PREFIX: &str = "root-";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tracepoint_still_holding_the_last_runs_program_is_retried() {
+        let err = |errno| LoadError::Program {
+            name: "ag_enter_openat (syscalls:sys_enter_openat)".into(),
+            source: aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_link_create",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }),
+        };
+        assert!(is_eexist(&err(libc::EEXIST)));
+        assert!(!is_eexist(&err(libc::EPERM)));
+        assert!(!is_eexist(&LoadError::MissingProgram("x".into())));
+    }
 
     #[test]
     fn state_names_carry_the_managed_root() {

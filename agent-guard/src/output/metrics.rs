@@ -367,6 +367,7 @@ mod tests {
     /// Events touching every metric family.
     fn fed() -> Metrics {
         let m = Metrics::new("tracepoint").unwrap();
+        m.set_coverage(&[("exec".into(), "kill".into()), ("create/truncate/unlink/rename".into(), "none".into())]).unwrap();
         m.observe(&event("open", "kill", Some("coding"), Detail::None));
         m.observe(&event("open", "kill", Some("coding"), Detail::None));
         m.observe(&event("connect", "deny", Some("coding"), Detail::None));

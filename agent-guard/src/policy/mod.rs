@@ -76,12 +76,14 @@
 //! change of meaning does.
 mod compile;
 pub mod contain;
+pub mod diff;
 mod eval;
 mod narrow;
 mod net;
 mod parse;
 mod paths;
 pub mod process;
+pub mod suggest;
 mod syscalls;
 pub(crate) use paths::lexical;
 #[cfg(test)]
