@@ -66,6 +66,9 @@ pub const NO_POLICY: u32 = u32::MAX;
 /// Map and global names, as the kernel object exports them.
 pub mod names {
     pub const RUNS: &str = "AG_RUNS";
+    /// Task cgroup id -> [`RunEntry`](super::RunEntry) (the task's policy slot): tasks are
+    /// the run cgroup's direct children (`agent-guard task`).
+    pub const TASKS: &str = "AG_TASKS";
     pub const EVENTS: &str = "AG_EVENTS";
     pub const DROPS: &str = "AG_DROPS";
     pub const CONFIG: &str = "AG_CONFIG";
@@ -446,6 +449,9 @@ pub struct KernelOffsets {
 /// the launcher's layers (the filter refuses them, or the run's Landlock layer judges both
 /// names) instead of killing them as unseen. Bound cgroups never have it.
 pub const RUN_SECCOMP: u32 = 1 << 0;
+/// `RunEntry::flags`: the run has tasks (children of its cgroup with a policy of their own,
+/// in AG_TASKS): only then do its processes pay for the task lookup.
+pub const RUN_TASKS: u32 = 1 << 1;
 
 /// What the kernel keeps per run cgroup.
 #[repr(C)]

@@ -1,6 +1,6 @@
 //! Which run, if any, the current task belongs to, and the rule set that governs it.
 use agent_guard_common::{
-    action, mode, Config, RulesetHeader, RunEntry, BIND_DEPTH_MAX, NO_POLICY, POLICIES_MAX, RULESETS_MAX, RUNS_MAX,
+    action, mode, Config, RulesetHeader, RunEntry, BIND_DEPTH_MAX, NO_POLICY, POLICIES_MAX, RULESETS_MAX, RUNS_MAX, RUN_TASKS,
     SYSCALL_WORDS,
 };
 use aya_ebpf::{
@@ -17,6 +17,12 @@ static AG_CONFIG: Config = Config { root_id: 0, root_level: 0, _pad: 0 };
 /// cgroup below a run belongs to that run.
 #[map]
 static AG_RUNS: HashMap<u64, RunEntry> = HashMap::with_max_entries(RUNS_MAX, 0);
+
+/// Task cgroup id -> the task's entry (its policy slot). Tasks are the run cgroup's direct
+/// children; a process in a task (or below it) is judged by the task's policy, the
+/// intersection of its run's and its own (`agent-guard task`).
+#[map]
+static AG_TASKS: HashMap<u64, RunEntry> = HashMap::with_max_entries(RUNS_MAX, 0);
 
 /// cgroups bound to a policy by `[bind] cgroups` (outside the managed root): cgroup id ->
 /// entry. A process in a bound cgroup or any cgroup below it belongs to that binding.
@@ -67,6 +73,16 @@ pub fn current_run() -> Option<CurrentRun> {
     let run_cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32 + 1) };
     // SAFETY: the value is copied out at once.
     match unsafe { AG_RUNS.get(&run_cgroup) } {
+        Some(e) if e.flags & RUN_TASKS != 0 => {
+            // SAFETY: helper without pointer arguments; 0 for a process in the run cgroup itself.
+            let task = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.root_level as i32 + 2) };
+            // SAFETY: copied out at once.
+            let policy = match unsafe { AG_TASKS.get(&task) } {
+                Some(t) if task != 0 => t.policy,
+                _ => e.policy,
+            };
+            Some(CurrentRun { run_cgroup, policy, flags: e.flags })
+        }
         Some(e) => Some(CurrentRun { run_cgroup, policy: e.policy, flags: e.flags }),
         // Below the managed root but no registered run (a cgroup made by hand, or the root
         // itself, run_cgroup 0): refused everything (the fail-closed rule set).

@@ -46,6 +46,9 @@ impl StderrEvents {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub control_socket: PathBuf,
+    /// The socket processes inside runs start tasks of their own run on (`agent-guard task`):
+    /// connectable by every run whatever its `[network] unix` says, and by nothing else.
+    pub task_socket: PathBuf,
     pub events_log: PathBuf,
     /// Rotate events_log once it would grow past this many bytes (0: never; then rotate it
     /// with logrotate and SIGHUP, which reopens it).
@@ -100,6 +103,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             control_socket: "/run/agent-guard/control.sock".into(),
+            task_socket: "/run/agent-guard/task.sock".into(),
             events_log: "/var/log/agent-guard/events.jsonl".into(),
             events_log_max_bytes: 100 << 20,
             events_log_keep: 5,

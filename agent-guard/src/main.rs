@@ -43,6 +43,26 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
+    /// Run a command as a task of a run: its own id, labels and a policy that can only narrow
+    /// the run's (from inside the run, or with --run from outside)
+    Task {
+        /// The run (id or name), when called from outside it (needs the control socket's rights)
+        #[arg(long)]
+        run: Option<String>,
+        /// The task's id, e.g. the harness's tool-call id (default: t-XXXXXX)
+        #[arg(long)]
+        id: Option<String>,
+        /// A label carried by every event of the task (repeatable)
+        #[arg(long = "label", value_name = "K=V", value_parser = run::parse_label)]
+        labels: Vec<(String, String)>,
+        /// The task's policy: a loaded policy's name or a policy file; the task gets what both
+        /// it and the run allow
+        #[arg(long, value_name = "NAME|FILE")]
+        policy: Option<String>,
+        /// The command and its arguments
+        #[arg(last = true, required = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
     /// Policies: check, apply, list, show; suggest one from runs, diff two, history, rollback
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -206,6 +226,14 @@ fn main() -> ExitCode {
         let code = policy::check_files_on(files, &mut std::io::stdout(), &mut std::io::stderr(), &agent_guard::runs::landlock::review);
         return ExitCode::from(code.clamp(0, 255) as u8);
     }
+    // Inside a run, `agent-guard task` needs only the task socket, which `agent-guard run`
+    // hands down (the configuration file is agent-guard's own state: a run may not read it).
+    if let (Cmd::Task { run: None, .. }, Some(sock)) = (&cli.command, std::env::var_os(run::TASK_SOCKET_ENV)) {
+        let cfg = config::Config { task_socket: sock.into(), ..Default::default() };
+        if let Cmd::Task { run, id, labels, policy, argv } = cli.command {
+            return task_cmd(&cfg, run, id, labels, policy, argv);
+        }
+    }
     let (path, explicit) = match &cli.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(config::DEFAULT_PATH), false),
@@ -276,6 +304,7 @@ fn main() -> ExitCode {
             incident("events", cli::events(&cfg, req))
         }
         Cmd::Status { json } => incident("status", cli::status(&cfg, json)),
+        Cmd::Task { run, id, labels, policy, argv } => task_cmd(&cfg, run, id, labels, policy, argv),
         Cmd::Run { policy, name, labels, user, argv } => {
             let labels: BTreeMap<_, _> = labels.into_iter().collect();
             match run::run(&cfg, run::RunArgs { policy, name, labels, user, argv }) {
@@ -285,6 +314,24 @@ fn main() -> ExitCode {
                     ExitCode::from(run::EXIT_SETUP_FAILED as u8)
                 }
             }
+        }
+    }
+}
+
+fn task_cmd(
+    cfg: &config::Config,
+    run: Option<String>,
+    id: Option<String>,
+    labels: Vec<(String, String)>,
+    policy: Option<String>,
+    argv: Vec<String>,
+) -> ExitCode {
+    let labels: BTreeMap<_, _> = labels.into_iter().collect();
+    match cli::task(cfg, cli::TaskArgs { run, id, labels, policy, argv }) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("agent-guard task: {e:#}");
+            ExitCode::from(run::EXIT_SETUP_FAILED as u8)
         }
     }
 }

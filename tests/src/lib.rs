@@ -167,7 +167,7 @@ pub fn write_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "control_socket = \"{d}/control.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
+            "control_socket = \"{d}/control.sock\"\ntask_socket = \"{d}/task.sock\"\nevents_log = \"{d}/events.jsonl\"\ncgroup_root = \"{name}\"\n\
              bpffs_dir = \"/sys/fs/bpf/{name}\"\nstate_dir = \"{d}/state\"\ndata_dir = \"{d}/data\"\n{policy_dir}{metrics}{extra}\n",
             d = dir.display(),
         ),

@@ -21,6 +21,8 @@ pub type Code = u8;
 
 mod approve;
 pub use approve::approve;
+mod task;
+pub use task::{task, TaskArgs};
 
 fn down_message(e: &ClientError) -> String {
     match e {

@@ -168,6 +168,21 @@ pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request)
         Request::Approve { run, .. } | Request::Deny { run, .. } | Request::HoldShow { run } => live_runs(&|r| &r.id == run || r.name.as_ref() == Some(run))
             .iter()
             .try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins)),
+        Request::TaskStart { run: None, .. } => Err("task_start on the control socket names the run (`agent-guard task --run RUN`)".into()),
+        Request::TaskStart { run: Some(run), .. } => {
+            let runs = live_runs(&|r| &r.id == run || r.name.as_ref() == Some(run));
+            if runs.is_empty() {
+                return Err(format!("no active run {run:?}"));
+            }
+            runs.iter().try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins))
+        }
+        Request::TaskJoin { task, .. } | Request::TaskEnd { task, .. } => {
+            let run = shared.own().runs.tasks.values().find(|t| &t.id == task && t.ended.is_none()).map(|t| t.run_id.clone());
+            match run {
+                None => Err(format!("no task {task:?}")),
+                Some(run) => live_runs(&|r| r.id == run).iter().try_for_each(|(id, by)| access::may_act_on(caller, id, *by, admins)),
+            }
+        }
     }
 }
 
@@ -220,6 +235,46 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
 /// `freeze`, `thaw`, `kill` of the run `spec` names, recorded as an event naming the requester.
 pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, caller: access::Caller) -> Response {
     let (uid, pid) = (caller.uid, caller.pid);
+    // A task id: the action is on the task's cgroup only; the rest of the run goes on.
+    let task = shared.own().runs.tasks.values().find(|t| t.id == spec && t.ended.is_none()).cloned();
+    if let Some(t) = task {
+        let info = shared.own().runs.by_cgroup.get(&t.run_cgroup).cloned();
+        let Some(info) = info else { return Response::err(format!("task {spec}: its run is gone")) };
+        if let Err(why) = access::may_act_on(&caller, &info.id, info.started_by, admin_group(&shared)) {
+            return Response::err(why);
+        }
+        let result = respond::act(&shared.scope(), &t.dir, action, false, respond::TIMEOUT);
+        let (latency, processes) = match &result {
+            Ok(o) => (o.latency, o.processes),
+            Err(_) => (Duration::ZERO, 0),
+        };
+        let mut e = shared.base_event(action.kind(), Some(&info));
+        e.task = Some(t.id.clone());
+        e.task_labels = Some(t.labels.clone());
+        e.cgroup = Some(shared.rel(&t.dir));
+        e.detail = Detail::Action {
+            requested_by_uid: uid,
+            requested_by_pid: pid,
+            latency_ms: respond::millis(latency),
+            processes: processes as u64,
+            error: result.as_ref().err().map(|e| e.to_string()),
+        };
+        shared.emit(e);
+        return match result {
+            Ok(o) => Response {
+                action: Some(ActionReport {
+                    run: info.id.clone(),
+                    name: Some(t.id.clone()),
+                    cgroup: shared.rel(&t.dir),
+                    latency_ms: respond::millis(o.latency),
+                    processes: o.processes as u64,
+                    removed: false,
+                }),
+                ..Response::ok()
+            },
+            Err(e) => Response::err(e.to_string()),
+        };
+    }
     let cands = shared.candidates(false);
     let list: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
     let c = match respond::resolve(spec, &list, &shared.mount, Lookup { names: true }) {
@@ -364,6 +419,7 @@ fn run_status(shared: &Shared, r: &RunInfo, bound: bool, unregistered: bool) -> 
         bound,
         unregistered,
         labels: r.labels.clone(),
+        tasks: crate::runs::task::statuses(shared, r.cgroup_id),
         landlock: r.landlock.clone(),
     }
 }

@@ -3,9 +3,11 @@
 pub mod incident;
 mod lines;
 pub mod server;
+pub mod tasks;
 pub mod peer;
 pub mod seccomp;
 mod protocol;
+mod views;
 #[cfg(test)]
 mod fuzz;
 pub use protocol::*;

@@ -68,6 +68,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub use super::views::{HoldView, TaskStatus};
+
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest version whose requests the daemon takes (see the module's versions).
 pub const OLDEST_PROTOCOL_VERSION: u32 = 1;
@@ -120,6 +122,35 @@ pub enum Request {
     PolicyList,
     PolicyShow {
         name: String,
+    },
+    /// Starts a task of a run (`agent-guard task`): a child cgroup of the run's with its own
+    /// id, labels and policy (the intersection of the run's and this one). On the task
+    /// socket `run` is the caller's own run (and may be left out); on the control socket it
+    /// names the run. The command joins it with `task_join`.
+    TaskStart {
+        #[serde(default)]
+        run: Option<String>,
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        #[serde(default)]
+        policy: Option<String>,
+        #[serde(default)]
+        policy_file: Option<PolicyText>,
+        #[serde(default)]
+        argv: Vec<String>,
+    },
+    /// Moves process `pid` (the caller's child) into task `task`.
+    TaskJoin {
+        task: String,
+        pid: u32,
+    },
+    /// The task's command ended: its cgroup is emptied and removed.
+    TaskEnd {
+        task: String,
+        #[serde(default)]
+        exit_status: Option<i32>,
     },
     /// A run's hold as a responder reviews it before answering: its id and each attempt.
     HoldShow {
@@ -221,6 +252,9 @@ pub struct RunStatus {
     pub unregistered: bool,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The run's live tasks (`agent-guard task`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskStatus>,
     /// What the run's Landlock layer refuses up front (runs of `agent-guard run` under an
     /// enforce-mode policy, on a kernel with Landlock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -343,6 +377,9 @@ pub struct Response {
     /// `hold_show`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldView>,
+    /// `task_start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskStatus>,
     /// `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DaemonStatus>,
@@ -634,12 +671,3 @@ mod tests {
     }
 }
 
-/// A hold as `hold_show` gives it: what `approve` then names.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HoldView {
-    /// The run's id.
-    pub run: String,
-    pub hold: u64,
-    /// Each attempt as a person reads it (control characters escaped).
-    pub attempts: Vec<String>,
-}

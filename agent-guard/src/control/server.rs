@@ -284,6 +284,16 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
         Request::PolicyHistory { name } => crate::daemon::rollback::history(shared, &name),
         Request::PolicyVersion { name, version } => crate::daemon::rollback::version(shared, &name, &version),
         Request::PolicyRollback { name, version } => crate::daemon::rollback::rollback(shared, &name, version.as_deref(), (uid, pid)),
+        Request::TaskStart { run, id, labels, policy, policy_file, argv: _ } => {
+            let run = run.unwrap_or_default();
+            let info = shared.own().runs.by_cgroup.values().find(|r| r.ended.is_none() && (r.id == run || r.name.as_deref() == Some(&run))).cloned();
+            match info {
+                Some(info) => crate::runs::task::start(shared, &crate::runs::task::Asker::Control { pid }, &info, id, labels, policy, policy_file),
+                None => Response::err(format!("no active run {run:?}")),
+            }
+        }
+        Request::TaskJoin { task, pid: child } => crate::runs::task::join(shared, &crate::runs::task::Asker::Control { pid }, &task, child),
+        Request::TaskEnd { task, .. } => crate::runs::task::end(shared, &crate::runs::task::Asker::Control { pid }, &task),
         Request::HoldShow { run } => match crate::runs::hold::show(shared, &run) {
             Ok(view) => Response { hold: Some(view), ..Response::ok() },
             Err(e) => Response::err(e),
@@ -347,6 +357,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 }
             };
             forget_run(shared, info.cgroup_id);
+            crate::runs::task::forget_run_tasks(shared, info.cgroup_id);
             let mut e = shared.base_event(crate::output::event::Kind::RunEnd, Some(&info));
             e.detail = Detail::RunEnd { exit_status };
             // Its record goes once the run_end is in the log (a daemon killed before that

@@ -103,6 +103,9 @@ pub(crate) struct Runs {
     pub(crate) map: aya::maps::HashMap<aya::maps::MapData, u64, RunEntry>,
     pub(crate) by_cgroup: HashMap<u64, RunInfo>,
     pub(crate) next_index: u32,
+    /// The kernel's task map (task cgroup id -> the task's policy slot) and the live tasks.
+    pub(crate) tasks_map: aya::maps::HashMap<aya::maps::MapData, u64, RunEntry>,
+    pub(crate) tasks: HashMap<u64, crate::runs::task::TaskInfo>,
 }
 
 /// What the daemon writes into the kernel, with the registry that mirrors it: the run map and

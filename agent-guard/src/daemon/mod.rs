@@ -105,6 +105,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let ebpf::Loaded {
         ebpf: programs,
         runs,
+        tasks,
         drops,
         events,
         policy: policy_maps,
@@ -124,7 +125,7 @@ async fn serve(cfg: Config) -> Result<()> {
         info!("adopting the pinned state in {} ({adopted_links} links attached by an earlier daemon)", pins.dir().display());
     }
 
-    for p in [&cfg.control_socket, &cfg.events_log] {
+    for p in [&cfg.control_socket, &cfg.task_socket, &cfg.events_log] {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -144,12 +145,13 @@ async fn serve(cfg: Config) -> Result<()> {
     std::fs::set_permissions(&cfg.control_socket, std::fs::Permissions::from_mode(0o660))?;
     let control_gid = access::secure_socket(&cfg.control_socket, &cfg.control_group)
         .with_context(|| format!("setting the owner of control_socket {}", cfg.control_socket.display()))?;
+    let task_listener = crate::control::tasks::bind(&cfg.task_socket)?;
 
     let (tx, rx) = mpsc::channel(QUEUE);
     let (after_ring, after_ring_rx) = mpsc::unbounded_channel();
     let owned = Owned {
-        runs: Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1 },
-        policies: PolicyStore::new(policy_maps).for_backend(backend.backend).protecting(cfg.protected_paths()),
+        runs: Runs { map: runs, by_cgroup: HashMap::new(), next_index: 1, tasks_map: tasks, tasks: HashMap::new() },
+        policies: PolicyStore::new(policy_maps).for_backend(backend.backend).protecting(cfg.protected_paths(), vec![cfg.task_socket.display().to_string()]),
         // Owns the programs; their attachments are pinned and outlive the daemon.
         binder: Binder::new(programs, pins.clone(), bound, bind_on),
         grants,
@@ -181,6 +183,7 @@ async fn serve(cfg: Config) -> Result<()> {
     tokio::spawn(read_ring(shared.clone(), events, after_ring_rx));
     tokio::spawn(watch_drops(shared.clone(), drops));
     tokio::spawn(accept(shared.clone(), listener));
+    tokio::spawn(crate::control::tasks::accept(shared.clone(), task_listener));
     let metrics_addr = metrics_listener.local_addr()?;
     let weak = Arc::downgrade(&shared);
     tokio::spawn(crate::output::metrics::serve(metrics_listener, metrics, move || weak.upgrade().map(|s| metrics_snapshot(&s))));

@@ -114,6 +114,7 @@ pub struct Loaded {
     /// attachment is a link pinned under `Pins`: dropping this detaches nothing.
     pub ebpf: Ebpf,
     pub runs: HashMap<MapData, u64, RunEntry>,
+    pub tasks: HashMap<MapData, u64, RunEntry>,
     pub drops: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
     pub policy: PolicyMaps,
@@ -132,6 +133,7 @@ pub struct Loaded {
 /// left attached) share them. `load` refuses an object with a map missing from this list.
 const PINNED_MAPS: &[&str] = &[
     names::RUNS,
+    names::TASKS,
     names::BOUND,
     names::BIND_ON,
     names::POLICY_CUR,
@@ -554,6 +556,7 @@ pub fn load(
         grants: HashMap::try_from(take(&mut ebpf, names::GRANTS)?).map_err(map_err(names::GRANTS))?,
         held: HashMap::try_from(take(&mut ebpf, names::HELD)?).map_err(map_err(names::HELD))?,
         runs: HashMap::try_from(take(&mut ebpf, names::RUNS)?).map_err(map_err(names::RUNS))?,
+        tasks: HashMap::try_from(take(&mut ebpf, names::TASKS)?).map_err(map_err(names::TASKS))?,
         drops: PerCpuArray::try_from(take(&mut ebpf, names::DROPS)?).map_err(map_err(names::DROPS))?,
         events: RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?,
         ebpf,

@@ -82,6 +82,8 @@ pub struct PolicyStore {
     lsm: bool,
     /// Denied in every policy installed or adopted (`Config::protected_paths`).
     protected: Vec<String>,
+    /// Unix sockets every policy may connect to (the task socket).
+    unix_always: Vec<String>,
 }
 
 /// How long a removed rule set's name and version stay known to the event enricher.
@@ -99,12 +101,14 @@ impl PolicyStore {
             reserved: HashSet::new(),
             lsm: false,
             protected: Vec::new(),
+            unix_always: Vec::new(),
         }
     }
 
     /// Paths denied in every policy from now on (set once, before any policy is loaded).
-    pub fn protecting(mut self, paths: Vec<String>) -> Self {
+    pub fn protecting(mut self, paths: Vec<String>, unix_always: Vec<String>) -> Self {
         self.protected = paths;
+        self.unix_always = unix_always;
         self
     }
 
@@ -134,6 +138,7 @@ impl PolicyStore {
             match checked.policy {
                 Some(mut p) if checked.errors.is_empty() => {
                     p.protect(&self.protected);
+                    p.allow_unix(&self.unix_always);
                     let compiled = p.compile_for(cur, self.lsm);
                     if !self.in_kernel(cur, &compiled) {
                         // Another daemon build compiles this text differently: its model of
@@ -270,6 +275,7 @@ impl PolicyStore {
     /// Installs `policy` (new, or replacing the one with its name). On error nothing changed.
     pub fn install(&mut self, mut policy: Policy, text: String) -> Result<Installed, String> {
         policy.protect(&self.protected);
+        policy.allow_unix(&self.unix_always);
         self.reap(false);
         let existing = self.slot_of(&policy.name);
         if let Some(i) = existing {

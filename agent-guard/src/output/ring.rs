@@ -165,6 +165,12 @@ pub(crate) fn enrich(
             }),
         };
     }
+    if run.is_some() && h.cgroup != h.run_cgroup {
+        if let Some((task, labels)) = crate::runs::task::of_event(shared, h.run_cgroup, h.cgroup, e.cgroup.as_deref()) {
+            e.task = Some(task);
+            e.task_labels = Some(labels);
+        }
+    }
     e.detail = raw.detail;
     // Which layer decided: an operation the run's Landlock layer refused reached the eBPF
     // programs only as a failure; the daemon names the rule with the policy in force.
@@ -238,6 +244,7 @@ pub(crate) async fn watch_drops(shared: Arc<Shared>, drops: aya::maps::PerCpuArr
         let mut runs_own = shared.own();
         let runs = &mut runs_own.runs;
         runs.by_cgroup.retain(|_, r| r.ended.is_none_or(|t| t.elapsed() < RUN_LINGER));
+        runs.tasks.retain(|_, t| t.ended.is_none_or(|e| e.elapsed() < RUN_LINGER));
         let known: std::collections::HashSet<&str> = runs.by_cgroup.values().map(|r| r.id.as_str()).collect();
         shared.ctl.tallies.lock().expect("tallies lock").retain(|id, _| known.contains(id.as_str()));
     }

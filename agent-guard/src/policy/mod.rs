@@ -286,6 +286,16 @@ impl Policy {
             }
         }
     }
+
+    /// Lets the run connect to the unix sockets `names` whatever `[network] unix` says (the
+    /// task socket).
+    pub fn allow_unix(&mut self, names: &[String]) {
+        for n in names {
+            if !self.network_unix.contains(n) {
+                self.network_unix.push(n.clone());
+            }
+        }
+    }
 }
 
 impl Checked {

@@ -18,6 +18,10 @@ use crate::{config::Config, control, runs::{cgroup, landlock, privileges, seccom
 /// docker do: 125 for our own errors, 126 not executable, 127 not found).
 pub const EXIT_SETUP_FAILED: i32 = 125;
 
+/// The environment variable that tells a run's processes where the task socket is
+/// (`agent-guard task` inside the run reads no configuration file).
+pub const TASK_SOCKET_ENV: &str = "AGENT_GUARD_TASK_SOCKET";
+
 pub struct RunArgs {
     /// A loaded policy's name, or a policy file (a path: contains '/' or ends in .toml).
     pub policy: Option<String>,
@@ -116,7 +120,7 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
     }
     let landlock_writes = layer.coverage.as_ref().is_some_and(|c| c.files_write);
     let (notifier, filter) = seccomp_for(cfg, registered.seccomp.as_ref(), landlock_writes, client, &id);
-    let spawned = spawn_in(&dir, &args.argv, layer.layer, filter, session, privileges);
+    let spawned = spawn_in(&dir, &args.argv, layer.layer, filter, session, privileges, &cfg.task_socket);
     // The run is over when its command is: whatever it left behind goes with the cgroup.
     if let Err(e) = cgroup::kill_and_remove(&dir, Duration::from_secs(10)) {
         eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
@@ -226,11 +230,12 @@ fn spawn_in(
     filter: Option<seccomp::ChildSide>,
     session: session::Session,
     privileges: privileges::Privileges,
+    task_socket: &Path,
 ) -> Result<(i32, Option<session::Running>)> {
     let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
         .context("cgroup path contains NUL")?;
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
+    cmd.args(&argv[1..]).env(TASK_SOCKET_ENV, task_socket);
     let child_session = session.child();
     // SAFETY: the closure only calls async-signal-safe libc functions on data prepared above.
     unsafe {

@@ -11,4 +11,5 @@ pub mod session;
 pub mod seccomp;
 pub mod evidence;
 pub mod escape;
+pub mod task;
 pub mod grant;

@@ -418,6 +418,15 @@ fn main() -> ExitCode {
             unsafe { libc::close(fd) };
             if n != 1 { Err(err) } else { Ok("ok joined".into()) }
         }
+        // One JSON line to the unix socket SOCK; prints the response line.
+        "unix-request" => {
+            use std::io::{BufRead, Write};
+            let mut c = std::os::unix::net::UnixStream::connect(a(1))?;
+            writeln!(c, "{}", a(2))?;
+            let mut line = String::new();
+            std::io::BufReader::new(c).read_line(&mut line)?;
+            Ok(format!("ok {}", line.trim_end()))
+        }
         // Writes TEXT to descriptor FD (one it inherited), then sleeps SECS.
         "write-fd" => {
             let fd: i32 = a(1).parse().map_err(std::io::Error::other)?;

@@ -31,6 +31,11 @@ pub struct Event {
     pub run: Option<String>,
     pub run_name: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The task (`agent-guard task`) the process is in, and its labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_labels: Option<BTreeMap<String, String>>,
     pub policy: Option<String>,
     pub policy_version: Option<String>,
     /// For an operation the eBPF layer judged under a policy: the kind of program that
@@ -86,6 +91,8 @@ impl Event {
             run: None,
             run_name: None,
             labels: BTreeMap::new(),
+            task: None,
+            task_labels: None,
             policy: None,
             policy_version: None,
             hook: None,
