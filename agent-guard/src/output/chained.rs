@@ -1,0 +1,153 @@
+//! The log writer's side of the chain: seals each line it writes, keeps the head in
+//! `data_dir` in step with what reached the log, and signs checkpoints every N lines or T
+//! seconds.
+use std::{
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context;
+use ed25519_dalek::SigningKey;
+use tracing::{info, warn};
+
+use crate::output::{
+    chain::{self, Hash, Head},
+    event::{self, Detail, Event, Kind},
+};
+
+pub struct ChainWriter {
+    /// The last line that reached the log.
+    seq: u64,
+    chain: Hash,
+    /// Where the batch being written started, and each of its lines as sealed.
+    before: (u64, Hash),
+    sealed: Vec<(u64, Hash)>,
+    head: Head,
+    key: SigningKey,
+    pubkey: String,
+    host: String,
+    every_lines: u64,
+    every: Duration,
+    /// Lines written since the last checkpoint.
+    uncovered: u64,
+    last_checkpoint: Instant,
+    /// Events to write before any other (a chain gap found at start).
+    pending: Vec<Event>,
+    /// The log ends in half a line: a newline goes first.
+    pub partial: bool,
+}
+
+impl ChainWriter {
+    /// Opens the key and the head in `data_dir` (making them on first start) and finds where
+    /// the log `log` ends.
+    pub fn open(data_dir: &Path, log: &Path, host: &str, every_lines: u64, every: Duration) -> anyhow::Result<Self> {
+        let (key, made) = chain::load_or_create_key(data_dir).with_context(|| format!("the log signing key in data_dir {}", data_dir.display()))?;
+        let pubkey = hex::encode(key.verifying_key().as_bytes());
+        if made {
+            info!("made the log signing key {} (public key {pubkey})", chain::key_path(data_dir).display());
+        }
+        let saved = chain::read_head(data_dir);
+        let head = Head::open(data_dir).with_context(|| format!("the chain head in data_dir {}", data_dir.display()))?;
+        let resume = chain::resume(log, saved).with_context(|| format!("reading the end of events_log {}", log.display()))?;
+        let mut pending = Vec::new();
+        if let Some(gap) = resume.gap {
+            warn!("events_log chain: {}", gap.reason);
+            let mut e = Event::new(Kind::ChainGap);
+            e.ts = event::rfc3339(SystemTime::now());
+            e.host = host.to_string();
+            e.detail = Detail::ChainGap { head_seq: gap.head_seq, log_seq: gap.log_seq, reason: gap.reason };
+            pending.push(e);
+        }
+        Ok(ChainWriter {
+            seq: resume.seq,
+            chain: resume.chain,
+            before: (resume.seq, resume.chain),
+            sealed: Vec::new(),
+            head,
+            key,
+            pubkey,
+            host: host.to_string(),
+            every_lines: every_lines.max(1),
+            every,
+            uncovered: 0,
+            last_checkpoint: Instant::now(),
+            pending,
+            partial: resume.partial,
+        })
+    }
+
+    /// The events to write first (a gap report).
+    pub fn take_pending(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// A batch starts.
+    pub fn begin(&mut self) {
+        self.before = (self.seq, self.chain);
+        self.sealed.clear();
+    }
+
+    /// Seals the event serialised at `buf[start..]` as the next line.
+    pub fn seal(&mut self, buf: &mut Vec<u8>, start: usize) {
+        let (seq, prev) = self.sealed.last().copied().unwrap_or(self.before);
+        let chain = chain::seal(buf, start, seq + 1, &prev);
+        self.sealed.push((seq + 1, chain));
+    }
+
+    /// `written` lines of the batch reached the log: the chain goes on from the last of them
+    /// (lines that did not are sealed again with the next batch's numbers), and the head in
+    /// data_dir says so.
+    pub fn commit(&mut self, written: usize) {
+        let written = written.min(self.sealed.len());
+        (self.seq, self.chain) = if written == 0 { self.before } else { self.sealed[written - 1] };
+        self.uncovered += written as u64;
+        if written > 0 {
+            if let Err(e) = self.head.store(self.seq, &self.chain) {
+                warn!("writing the chain head: {e}");
+            }
+        }
+        self.sealed.clear();
+    }
+
+    /// Whether a checkpoint is due (lines written since the last one, and N of them or T).
+    pub fn due(&self) -> bool {
+        self.uncovered > 0 && (self.uncovered >= self.every_lines || self.last_checkpoint.elapsed() >= self.every)
+    }
+
+    /// When the next checkpoint is due by time (None: nothing to cover).
+    pub fn deadline(&self) -> Option<Instant> {
+        (self.uncovered > 0).then(|| self.last_checkpoint + self.every)
+    }
+
+    /// Lines not covered by a checkpoint yet.
+    pub fn uncovered(&self) -> u64 {
+        self.uncovered
+    }
+
+    /// The checkpoint event over the last line written.
+    pub fn checkpoint(&self) -> Event {
+        let mut e = Event::new(Kind::Checkpoint);
+        e.ts = event::rfc3339(SystemTime::now());
+        e.host = self.host.clone();
+        e.detail = Detail::Checkpoint {
+            covers_seq: self.seq,
+            covers_chain: chain::hash_hex(&self.chain),
+            pubkey: self.pubkey.clone(),
+            signature: chain::sign(&self.key, self.seq, &self.chain),
+        };
+        e
+    }
+
+    /// A checkpoint line reached the log (or not).
+    pub fn checkpointed(&mut self, ok: bool) {
+        if ok {
+            self.uncovered = 0;
+        }
+        self.last_checkpoint = Instant::now();
+    }
+
+    /// The last line written: seq and chain value.
+    pub fn last(&self) -> (u64, Hash) {
+        (self.seq, self.chain)
+    }
+}
