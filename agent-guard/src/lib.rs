@@ -14,6 +14,7 @@
 //! - [`control`]: the control-socket protocol, the peer check and the daemon's server;
 //! - [`daemon`]: wiring: start-up, adoption, reload, uninstall;
 //! - [`cli`]: the incident-response commands.
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod control;

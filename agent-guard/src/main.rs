@@ -113,6 +113,9 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
     },
+    /// The events log's hash chain: verify it, print the key its checkpoints verify with
+    #[command(subcommand)]
+    Log(LogCmd),
     /// The daemon's state: pid, uptime, paths, runs, policies, what is attached, drops
     /// (exit 3 when the daemon is not running)
     Status {
@@ -127,6 +130,23 @@ path (absolute, or relative to the cgroup2 mount) or the pid of a process in the
 or ambiguous RUN is an error that lists the runs.\n\nWhen the daemon is not running, freeze, thaw \
 and kill act on cgroupfs directly (as root, on runs below the managed root, by id, path or pid); \
 no event is recorded then.";
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Check that every line is chained to the one before and every checkpoint is signed by
+    /// the host key: exit 0 and a summary, or 1 naming the first bad file:line and what is
+    /// wrong (edited, deleted, reordered, truncated, bad checkpoint signature)
+    Verify {
+        /// The public key to verify checkpoints with [default: the host's, in data_dir]
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        /// Log files, oldest first [default: events_log's rotations, then events_log]
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Print the host's public key (hex), to verify the log or a bundle elsewhere
+    Pubkey,
+}
 
 #[derive(Subcommand)]
 enum PolicyCmd {
@@ -210,6 +230,8 @@ fn main() -> ExitCode {
             let req = control::Request::Events { run, follow, json, violations, since, tail };
             incident("events", cli::events(&cfg, req))
         }
+        Cmd::Log(LogCmd::Verify { pubkey, files }) => incident("log verify", cli::log::verify_cmd(&cfg, pubkey, files)),
+        Cmd::Log(LogCmd::Pubkey) => incident("log pubkey", cli::log::pubkey_cmd(&cfg)),
         Cmd::Status { json } => incident("status", cli::status(&cfg, json)),
         Cmd::Run { policy, name, labels, user, argv } => {
             let labels: BTreeMap<_, _> = labels.into_iter().collect();

@@ -17,6 +17,8 @@ pub const EXIT_DAEMON_DOWN: u8 = 3;
 /// How a command ended: its exit status, after it printed what it had to.
 pub type Code = u8;
 
+pub mod log;
+
 fn down_message(e: &ClientError) -> String {
     match e {
         ClientError::Connect { path, source } => format!("the agent-guard daemon is not running ({path}: {source})"),
@@ -261,6 +263,9 @@ pub fn status(cfg: &Config, json: bool) -> Result<Code> {
     println!("config file     {}", s.config_file.as_deref().unwrap_or("(none: defaults)"));
     println!("control socket  {} ({group})", s.control_socket);
     println!("events log      {}", s.events_log);
+    if let Some(key) = &s.log_pubkey {
+        println!("log public key  {key} (verifies its checkpoints: agent-guard log verify)");
+    }
     println!("policy dir      {}", s.policy_dir);
     println!("bpffs dir       {}", s.bpffs_dir);
     println!("managed root    {}", s.managed_root);

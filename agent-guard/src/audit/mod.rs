@@ -1,0 +1,3 @@
+//! Evidence from the events log: checking its hash chain (`log verify`), one run's story
+//! (`show`) and the bundle a reviewer checks elsewhere (`evidence`).
+pub mod verify;
