@@ -17,6 +17,7 @@ pub const EXIT_DAEMON_DOWN: u8 = 3;
 /// How a command ended: its exit status, after it printed what it had to.
 pub type Code = u8;
 
+pub mod evidence;
 pub mod log;
 
 fn down_message(e: &ClientError) -> String {

@@ -135,6 +135,7 @@ pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request)
     match req {
         Request::Ping
         | Request::Status
+        | Request::Checkpoint
         | Request::Ps
         | Request::PolicyList
         | Request::PolicyShow { .. }

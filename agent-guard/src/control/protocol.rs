@@ -127,6 +127,9 @@ pub enum Request {
     },
     Ps,
     Status,
+    /// Sign the events log now (a `checkpoint` line after what is queued), so an evidence
+    /// bundle of a live run is covered; `result` is the checkpoint's seq.
+    Checkpoint,
     Freeze {
         run: String,
     },

@@ -162,6 +162,7 @@ async fn serve(cfg: Config) -> Result<()> {
         root.clone(),
         mount,
         tx,
+        writer_cmd.clone(),
         after_ring,
         state,
         cfg.hold_timeout,
