@@ -11,6 +11,9 @@ use std::{
 use agent_guard_tests::{layout, require_root, s, stdout, Daemon, PolicyFile};
 use serde_json::Value;
 
+/// A valid Ed25519 public key that is not the host's (RFC 8032, test 1).
+const OTHER_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
 fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -129,9 +132,8 @@ fn a_real_runs_log_verifies_and_each_tampering_is_named_at_its_line() {
     fails_at(&verify(&d, Some(&pubkey), &[&copy]), &copy, cp + 1, "bad checkpoint signature");
     // Another key.
     let wrong = d.dir.path().join("wrong.pub");
-    std::fs::write(&wrong, format!("{}\n", "ab".repeat(32))).unwrap();
-    let o = verify(&d, Some(&wrong), &[&d.log]);
-    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    std::fs::write(&wrong, format!("{OTHER_KEY}\n")).unwrap();
+    fails_at(&verify(&d, Some(&wrong), &[&d.log]), &d.log, checkpoints[0] + 1, "not the trusted key");
     // Garbage, and a key that is not one: errors, not panics.
     std::fs::write(&copy, "hello\n").unwrap();
     fails_at(&verify(&d, Some(&pubkey), &[&copy]), &copy, 1, "not a chained log line");
@@ -182,4 +184,133 @@ fn rotation_and_restarts_keep_one_chain_and_a_gap_is_reported_at_start() {
     let o = verify(&d, None, &[]);
     fails_at(&o, &d.log, log.len() - 2, "deleted");
     assert!(stderr_of(&o).contains("the daemon reported this gap at start"), "{}", stderr_of(&o));
+}
+
+/// `agent-guard run` of the probe in the background.
+fn start_probe(d: &Daemon, pol: &Path, name: &str, args: &[&str]) -> std::process::Child {
+    let probe = agent_guard_tests::probe();
+    d.command(&["run", "--policy", &s(pol), "--name", name, "--", &s(&probe)])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Unpacks a bundle with the system's tar into `dir` (its one directory inside).
+fn unpack(bundle: &Path, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let o = std::process::Command::new("tar").arg("xzf").arg(bundle).arg("-C").arg(dir).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    std::fs::read_dir(dir).unwrap().flatten().next().unwrap().path()
+}
+
+/// Packs `inner` (a bundle's directory) again as `out`.
+fn repack(inner: &Path, out: &Path) {
+    let o = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(out)
+        .arg("-C")
+        .arg(inner.parent().unwrap())
+        .arg(inner.file_name().unwrap())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+}
+
+#[test]
+fn a_runs_bundle_with_a_violation_and_a_hold_verifies_and_fails_once_edited() {
+    require_root!();
+    let d = Daemon::start();
+    let l = layout();
+    let pol = PolicyFile::for_probe("review").on_violation("freeze").read([&l.ws]).write_to(d.dir.path());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let run = start_probe(&d, &pol, "evidence-run", &["connect-retry", &target, "50", "100"]);
+    d.wait_for("held", |e| e["kind"] == "hold" && e["hold"] == "held" && e["run_name"] == "evidence-run");
+    let id = agent_guard_tests::run_id(&d.events(), "evidence-run");
+
+    // While it is held: `show` tells the story so far, and a bundle of the live run is signed
+    // (the daemon writes a checkpoint on request).
+    let o = d.cli(&["show", "evidence-run"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains("**held for review**: connect tcp"), "{}", stdout(&o));
+    let live = d.dir.path().join("live.tar.gz");
+    let o = d.cli(&["evidence", &id, "-o", &s(&live)]);
+    assert!(o.status.success(), "{o:?}");
+    let pubkey = pubkey_file(&d);
+    let o = d.cli(&["evidence", "verify", &s(&live), "--pubkey", &s(&pubkey)]);
+    assert!(o.status.success() && stdout(&o).contains("intact: run"), "{o:?}");
+
+    assert!(d.cli(&["approve", &id]).status.success());
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    d.wait_for("run_end", |e| e["kind"] == "run_end" && e["run"] == id.as_str());
+
+    let bundle = d.dir.path().join("bundle.tar.gz");
+    let o = d.cli(&["evidence", "evidence-run", "-o", &s(&bundle)]);
+    assert!(o.status.success(), "{o:?}");
+    let o = d.cli(&["evidence", "verify", &s(&bundle), "--pubkey", &s(&pubkey)]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stdout(&o).contains(&format!("intact: run {id}")) && stdout(&o).contains("policy texts 1 of 1"), "{}", stdout(&o));
+    // Without --pubkey: the bundle's own key, and it says so.
+    let o = d.cli(&["evidence", "verify", &s(&bundle)]);
+    assert!(o.status.success() && stdout(&o).contains("the bundle's own key"), "{o:?}");
+
+    let inner = unpack(&bundle, &d.dir.path().join("x"));
+    let summary = std::fs::read_to_string(inner.join("summary.md")).unwrap();
+    assert!(summary.contains("**HOLD** connect tcp") && summary.contains("rule network.connect"), "the violation: {summary}");
+    assert!(summary.contains("**hold approved** (once) by uid 0"), "the answer: {summary}");
+    assert!(summary.contains("**started**") && summary.contains("**ended**, exit status 0"), "{summary}");
+    let o = d.cli(&["show", &id]);
+    assert_eq!(stdout(&o), summary, "show prints the bundle's summary");
+    let holds: Value = serde_json::from_str(&std::fs::read_to_string(inner.join("holds.json")).unwrap()).unwrap();
+    assert_eq!(holds[0]["answer"]["answer"], "approved", "{holds:#}");
+    assert_eq!(holds[0]["attempts"][0]["what"], format!("tcp {target}"), "{holds:#}");
+    let run_json: Value = serde_json::from_str(&std::fs::read_to_string(inner.join("run.json")).unwrap()).unwrap();
+    assert_eq!((run_json["run"].as_str(), run_json["exit_status"].as_i64()), (Some(id.as_str()), Some(0)), "{run_json:#}");
+    assert!(std::fs::read_dir(inner.join("policies")).unwrap().count() == 1);
+    let events = lines(&inner.join("events.jsonl"));
+    assert!(events.iter().all(|l| l.contains("\"seq\":") && l.contains("\"chain\":\"")));
+    // The bundle's lines are the log's lines.
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(events.iter().all(|l| log.lines().any(|x| x == l)));
+
+    // Any event edited: named at its line.
+    let tampered = d.dir.path().join("tampered.tar.gz");
+    for (i, line) in events.iter().enumerate() {
+        if i % 7 != 0 && i + 1 != events.len() {
+            continue; // a sample: the first, every 7th and the last
+        }
+        let mut t = events.clone();
+        let at = line.find("\"ts\":\"").unwrap() + 7;
+        t[i].replace_range(at..at + 1, if &line[at..at + 1] == "9" { "8" } else { "9" });
+        write_lines(&inner.join("events.jsonl"), &t);
+        repack(&inner, &tampered);
+        let o = d.cli(&["evidence", "verify", &s(&tampered), "--pubkey", &s(&pubkey)]);
+        let err = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(1), "{o:?}");
+        assert!(err.contains(&format!("events.jsonl:{}: edited", i + 1)), "line {}: {err}", i + 1);
+    }
+    // An event left out, or the summary edited.
+    let mut t = events.clone();
+    t.remove(1);
+    write_lines(&inner.join("events.jsonl"), &t);
+    repack(&inner, &tampered);
+    let o = d.cli(&["evidence", "verify", &s(&tampered), "--pubkey", &s(&pubkey)]);
+    assert!(o.status.code() == Some(1) && stderr_of(&o).contains("summary.md: edited"), "{o:?}");
+    write_lines(&inner.join("events.jsonl"), &events);
+    std::fs::write(inner.join("summary.md"), summary.replace("approved", "denied")).unwrap();
+    repack(&inner, &tampered);
+    let o = d.cli(&["evidence", "verify", &s(&tampered), "--pubkey", &s(&pubkey)]);
+    assert!(o.status.code() == Some(1) && stderr_of(&o).contains("summary.md: edited"), "{o:?}");
+    // Another host's key, and things that are not bundles: errors, never panics.
+    let wrong = d.dir.path().join("wrong.pub");
+    std::fs::write(&wrong, format!("{OTHER_KEY}\n")).unwrap();
+    let o = d.cli(&["evidence", "verify", &s(&bundle), "--pubkey", &s(&wrong)]);
+    assert!(o.status.code() == Some(1) && stderr_of(&o).contains("checkpoints.jsonl:"), "{o:?}");
+    let o = d.cli(&["evidence", "verify", &s(&d.log)]);
+    assert!(o.status.code() == Some(1) && stderr_of(&o).contains("not an evidence bundle"), "{o:?}");
+    let o = d.cli(&["evidence", "no-such-run"]);
+    assert!(o.status.code() == Some(1) && stderr_of(&o).contains("no events of a run"), "{o:?}");
 }
