@@ -4,3 +4,5 @@ pub mod verify;
 pub mod bundle;
 pub mod collect;
 pub mod summary;
+#[cfg(test)]
+mod tests;

@@ -106,6 +106,16 @@ fn md(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { '�' } else if c == '`' { '\'' } else { c }).collect()
 }
 
+/// The event with every string made safe for markdown (see `md`).
+fn clean(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(md(s)),
+        Value::Array(a) => Value::Array(a.iter().map(clean).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), clean(v))).collect()),
+        other => other.clone(),
+    }
+}
+
 fn by(e: &Value) -> String {
     match (e["requested_by_uid"].as_u64(), e["requested_by_pid"].as_u64()) {
         (Some(u), Some(p)) => format!(" by uid {u} (pid {p})"),
@@ -157,7 +167,7 @@ fn timeline_line(e: &Value) -> Option<String> {
             e["layer"].as_str().map(|l| format!(", by {l}")).unwrap_or_default()
         ),
     };
-    Some(format!("- `{ts}` {}", md(&line)))
+    Some(format!("- `{ts}` {line}"))
 }
 
 /// summary.md: the run at a glance, then the timeline of what a reviewer must see.
@@ -194,13 +204,13 @@ pub fn summary(run: &str, events: &[Value]) -> String {
     out.push_str(&row("holds", holds.to_string()));
     out.push_str("\n## Timeline\n\n");
     let mut quiet: BTreeMap<String, u64> = BTreeMap::new();
-    for e in events {
-        match timeline_line(e) {
+    for e in events.iter().map(clean) {
+        match timeline_line(&e) {
             Some(l) => {
                 out.push_str(&l);
                 out.push('\n');
             }
-            None => *quiet.entry(str_of(e, "kind").to_string()).or_default() += 1,
+            None => *quiet.entry(str_of(&e, "kind").to_string()).or_default() += 1,
         }
     }
     if !quiet.is_empty() {
