@@ -172,6 +172,7 @@ fn rotation_and_restarts_keep_one_chain_and_a_gap_is_reported_at_start() {
         assert_eq!(e["seq"], i as u64 + 1, "one sequence across files and restarts: {e}");
     }
     assert!(!all.iter().any(|e| e["kind"] == "chain_gap"), "no gap: {all:#?}");
+    assert!(all.iter().any(|e| e["kind"] == "checkpoint"));
 
     // Lines lost while the daemon was down: reported at start, and verify points at it.
     let log = lines(&d.log);
@@ -179,6 +180,13 @@ fn rotation_and_restarts_keep_one_chain_and_a_gap_is_reported_at_start() {
     d.try_start().unwrap();
     let ev = d.wait_for("chain_gap", |e| e["kind"] == "chain_gap");
     let gap = ev.iter().find(|e| e["kind"] == "chain_gap").unwrap();
+    // Every line, checkpoints and the gap report too, is an event of the published schema.
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/events.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for e in all.iter().chain(&ev) {
+        let errors: Vec<String> = validator.iter_errors(e).map(|err| format!("{err} at {}", err.instance_path)).collect();
+        assert!(errors.is_empty(), "{errors:#?}\n{e:#}");
+    }
     assert!(gap["reason"].as_str().unwrap().contains("3 lines are missing"), "{gap}");
     d.stop();
     let o = verify(&d, None, &[]);
