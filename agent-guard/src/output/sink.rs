@@ -247,7 +247,7 @@ fn checkpoint(log: &mut EventLog, chain: &mut Option<ChainWriter>, buf: &mut Vec
 /// `sink`) by watch_drops; that report reaches the log once writing works again (see
 /// [`SinkLosses`]).
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn write_events(
+pub async fn write_events(
     mut rx: mpsc::Receiver<Arc<Event>>,
     mut log: EventLog,
     mut chain: Option<ChainWriter>,
