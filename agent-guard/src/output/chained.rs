@@ -151,3 +151,59 @@ impl ChainWriter {
         (self.seq, self.chain)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(c: &mut ChainWriter, buf: &mut Vec<u8>, text: &str) {
+        let start = buf.len();
+        buf.extend_from_slice(text.as_bytes());
+        c.seal(buf, start);
+    }
+
+    #[test]
+    fn lines_that_did_not_reach_the_log_are_sealed_again_and_checkpoints_come_when_due() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, log) = (tmp.path().join("data"), tmp.path().join("events.jsonl"));
+        let mut c = ChainWriter::open(&data, &log, "h", 3, Duration::from_secs(3600)).unwrap();
+        assert!(c.take_pending().is_empty(), "a first start is no gap");
+        let mut buf = Vec::new();
+        c.begin();
+        line(&mut c, &mut buf, r#"{"ts":"a"}"#);
+        line(&mut c, &mut buf, r#"{"ts":"b"}"#);
+        // Only the first line reached the log (a full disk).
+        c.commit(1);
+        let first = buf.split(|b| *b == b'\n').next().unwrap().to_vec();
+        assert_eq!(c.last().0, 1);
+        assert_eq!(chain::read_head(&data), Some(c.last()));
+        assert!(!c.due());
+        let mut next = Vec::new();
+        c.begin();
+        line(&mut c, &mut next, r#"{"ts":"b"}"#);
+        line(&mut c, &mut next, r#"{"ts":"c"}"#);
+        c.commit(2);
+        // The retried line is seq 2 and links to line 1.
+        let l1 = chain::parse_line(&first).unwrap();
+        let l2 = chain::parse_line(next.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!((l2.fields.seq, chain::link(&l1.chain, &l2.digest)), (2, l2.chain));
+        assert!(c.due(), "3 lines written: a checkpoint is due");
+        let cp = c.checkpoint();
+        match &cp.detail {
+            Detail::Checkpoint { covers_seq, covers_chain, pubkey, signature } => {
+                assert_eq!((*covers_seq, covers_chain.as_str()), (3, chain::hash_hex(&c.last().1).as_str()));
+                let key = chain::parse_pubkey(pubkey).unwrap();
+                assert!(chain::signature_ok(&key, 3, &c.last().1, signature));
+            }
+            other => panic!("{other:?}"),
+        }
+        c.begin();
+        let mut b = Vec::new();
+        let start = b.len();
+        serde_json::to_writer(&mut b, &cp).unwrap();
+        c.seal(&mut b, start);
+        c.commit(1);
+        c.checkpointed(true);
+        assert!(!c.due() && c.deadline().is_none());
+    }
+}
