@@ -96,7 +96,7 @@ fn garbage_and_half_lines_are_errors_with_a_line_not_panics() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("half");
     std::fs::write(&p, format!("{}\n{}", lines[0], &lines[1][..20])).unwrap();
-    let e = verify(&[p.clone()], &key.verifying_key(), None).unwrap_err();
+    let e = verify(std::slice::from_ref(&p), &key.verifying_key(), None).unwrap_err();
     assert_eq!((e.line, e.what.starts_with("truncated")), (2, true), "{e}");
     std::fs::write(&p, [0xff, 0xfe, b'\n', 0]).unwrap();
     assert_eq!(verify(&[p], &key.verifying_key(), None).unwrap_err().line, 1);
@@ -117,4 +117,21 @@ fn the_chain_runs_across_files() {
     let e = verify(&[a, b.clone()], &key.verifying_key(), Some(head)).unwrap_err();
     assert_eq!((&e.file, e.line), (&b, 1));
     assert!(e.what.contains("deleted or truncated"), "{e}");
+}
+
+#[test]
+fn the_live_logs_half_written_last_line_is_left_to_the_head() {
+    let (lines, key, head) = log(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("events.jsonl");
+    let n = lines.len();
+    // The daemon is writing line n as we read: the head says n-1.
+    let prev = check(&lines[..n - 1], &key, None).unwrap().last_seq.unwrap();
+    let text: String = lines[..n - 1].iter().map(|l| format!("{l}\n")).collect::<String>() + &lines[n - 1][..10];
+    std::fs::write(&p, &text).unwrap();
+    let at = |seq| Some((seq, chain::parse_line(lines[seq as usize - 1].as_bytes()).unwrap().chain));
+    assert_eq!(verify(std::slice::from_ref(&p), &key.verifying_key(), at(prev)).unwrap().lines, n as u64 - 1);
+    // The head says line n was written: cut.
+    let e = verify(std::slice::from_ref(&p), &key.verifying_key(), Some(head)).unwrap_err();
+    assert_eq!((e.line, e.what.starts_with("truncated")), (n, true), "{e}");
 }
