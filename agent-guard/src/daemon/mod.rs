@@ -123,8 +123,7 @@ async fn serve(cfg: Config) -> Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    let log = crate::output::sink::EventLog::open(&cfg.events_log, cfg.events_log_max_bytes, cfg.events_log_keep)
-        .with_context(|| format!("opening events_log {}", cfg.events_log.display()))?;
+    // Before the log is opened: it may cut a half-written last line off the log.
     let chain = crate::output::chained::ChainWriter::open(
         &cfg.data_dir,
         &cfg.events_log,
@@ -132,6 +131,8 @@ async fn serve(cfg: Config) -> Result<()> {
         cfg.log_checkpoint_lines,
         cfg.log_checkpoint_interval,
     )?;
+    let log = crate::output::sink::EventLog::open(&cfg.events_log, cfg.events_log_max_bytes, cfg.events_log_keep)
+        .with_context(|| format!("opening events_log {}", cfg.events_log.display()))?;
     let (writer_cmd, writer_cmd_rx) = mpsc::unbounded_channel();
 
     match std::fs::remove_file(&cfg.control_socket) {

@@ -314,6 +314,27 @@ pub fn last_line(path: &Path) -> io::Result<(Option<Vec<u8>>, bool)> {
     }
 }
 
+/// Cuts an incomplete last line (a write cut short by a crash) off `path`: it was never part
+/// of the chain (the head is written after the line). Returns the bytes cut.
+pub fn cut_partial(path: &Path) -> io::Result<u64> {
+    let f = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = f.metadata()?.len();
+    let mut keep = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    while keep > 0 {
+        let from = keep.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(keep - from) as usize];
+        f.read_exact_at(chunk, from)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            keep = from + i as u64 + 1;
+            break;
+        }
+        keep = from;
+    }
+    f.set_len(keep)?;
+    Ok(len - keep)
+}
+
 /// Where the chain goes on at start, and what did not add up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resume {

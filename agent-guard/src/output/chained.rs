@@ -33,8 +33,6 @@ pub struct ChainWriter {
     last_checkpoint: Instant,
     /// Events to write before any other (a chain gap found at start).
     pending: Vec<Event>,
-    /// The log ends in half a line: a newline goes first.
-    pub partial: bool,
 }
 
 impl ChainWriter {
@@ -48,7 +46,14 @@ impl ChainWriter {
         }
         let saved = chain::read_head(data_dir);
         let head = Head::open(data_dir).with_context(|| format!("the chain head in data_dir {}", data_dir.display()))?;
-        let resume = chain::resume(log, saved).with_context(|| format!("reading the end of events_log {}", log.display()))?;
+        let mut resume = chain::resume(log, saved).with_context(|| format!("reading the end of events_log {}", log.display()))?;
+        if resume.partial {
+            let cut = chain::cut_partial(log).with_context(|| format!("cutting the incomplete last line off events_log {}", log.display()))?;
+            if let Some(g) = resume.gap.as_mut() {
+                g.reason = format!("{} ({cut} bytes, cut off)", g.reason);
+            }
+            resume.partial = false;
+        }
         let mut pending = Vec::new();
         if let Some(gap) = resume.gap {
             warn!("events_log chain: {}", gap.reason);
@@ -72,7 +77,6 @@ impl ChainWriter {
             uncovered: 0,
             last_checkpoint: Instant::now(),
             pending,
-            partial: resume.partial,
         })
     }
 
@@ -205,5 +209,33 @@ mod tests {
         c.commit(1);
         c.checkpointed(true);
         assert!(!c.due() && c.deadline().is_none());
+    }
+}
+
+#[cfg(test)]
+mod partial {
+    use super::*;
+
+    #[test]
+    fn a_half_written_last_line_is_cut_off_and_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, log) = (tmp.path().join("data"), tmp.path().join("events.jsonl"));
+        let mut buf = br#"{"ts":"a"}"#.to_vec();
+        let c1 = chain::seal(&mut buf, 0, 1, &[0; 32]);
+        let whole = buf.clone();
+        buf.extend_from_slice(br#"{"ts":"b","kind":"op"#);
+        std::fs::write(&log, &buf).unwrap();
+        Head::open(&data).unwrap().store(1, &c1).unwrap();
+        let mut c = ChainWriter::open(&data, &log, "h", 10, Duration::from_secs(60)).unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), whole, "cut back to the last whole line");
+        assert_eq!(c.last(), (1, c1));
+        let gap = c.take_pending();
+        match &gap[..] {
+            [e] => match &e.detail {
+                Detail::ChainGap { reason, head_seq: Some(1), log_seq: Some(1) } => assert!(reason.contains("(20 bytes, cut off)"), "{reason}"),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -260,11 +260,6 @@ pub async fn write_events(
     let mut human = Vec::with_capacity(1 << 12);
     let mut stderr = std::io::stderr();
     if let Some(c) = chain.as_mut() {
-        if c.partial {
-            // Whatever ended the log in half a line, the next line starts on a line of its own.
-            let _ = tokio::task::block_in_place(|| log.write(b"\n"));
-            c.partial = false;
-        }
         let first: Vec<Arc<Event>> = c.take_pending().into_iter().map(Arc::new).collect();
         if !first.is_empty() {
             if let (_, Some(e)) = write_batch(&mut log, &mut chain, &mut buf, &first) {
