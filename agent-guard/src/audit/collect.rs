@@ -57,6 +57,9 @@ fn runs_named(files: &[PathBuf], spec: &str) -> Result<Vec<String>, String> {
 
 /// Collects run `spec` (a run id, or the name of exactly one run) from `files` (oldest first).
 pub fn collect(files: &[PathBuf], spec: &str) -> Result<Collected, String> {
+    if spec.is_empty() {
+        return Err("no run named: give a run id or name".into());
+    }
     let names = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     let ids = runs_named(files, spec)?;
     let run = match ids.as_slice() {

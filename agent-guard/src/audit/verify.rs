@@ -40,12 +40,18 @@ pub struct Report {
     pub unsigned: u64,
     /// The first line is not the chain's first (earlier lines were rotated away).
     pub anchored: bool,
+    /// Lines before the chain's first line (seq 1): written before the daemon chained its
+    /// log (an upgrade); not verified.
+    pub before_chain: u64,
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (a, b) = (self.first_seq.unwrap_or(0), self.last_seq.unwrap_or(0));
         write!(f, "intact: {} lines (seq {a}..{b}) in {} file(s), {} checkpoint(s) verified", self.lines, self.files, self.checkpoints)?;
+        if self.before_chain > 0 {
+            write!(f, "; {} earlier line(s) from before the chain began are not verified", self.before_chain)?;
+        }
         if self.anchored {
             write!(f, "; starts at seq {a} (earlier lines rotated away)")?;
         }
@@ -86,6 +92,7 @@ pub fn verify(files: &[PathBuf], key: &VerifyingKey, head: Option<(u64, Hash)>) 
     let mut report = Report { files: files.len(), ..Report::default() };
     let mut prev: Option<(u64, Hash)> = None;
     let mut last_line = (PathBuf::new(), 0);
+    let mut first_unchained: Option<(PathBuf, usize)> = None;
     for (fi, file) in files.iter().enumerate() {
         let data = read(file)?;
         let bad = |line: usize, what: String| Problem { file: file.clone(), line, what };
@@ -99,7 +106,17 @@ pub fn verify(files: &[PathBuf], key: &VerifyingKey, head: Option<(u64, Hash)>) 
             }
             last_line.1 = n;
             let l = match chain::parse_line(raw) {
+                Ok(l) if prev.is_none() && report.before_chain > 0 && l.fields.seq != 1 => {
+                    return Err(bad(n, format!("the chain does not begin here (seq {}, not 1) after lines that are not chained", l.fields.seq)));
+                }
                 Ok(l) => l,
+                // Lines of a daemon from before the chain, then the chain's first line.
+                Err(LineError::Unchained) if prev.is_none() => {
+                    first_unchained.get_or_insert((file.clone(), n));
+                    report.before_chain += 1;
+                    last_line.1 = n;
+                    continue;
+                }
                 Err(e @ LineError::Unchained) => return Err(bad(n, e.to_string())),
                 Err(e @ LineError::Json(_)) => return Err(bad(n, e.to_string())),
             };
@@ -165,6 +182,10 @@ pub fn verify(files: &[PathBuf], key: &VerifyingKey, head: Option<(u64, Hash)>) 
         }
     }
     report.last_seq = prev.map(|p| p.0);
+    if let (None, Some((file, line))) = (prev, first_unchained) {
+        // Nothing chained at all: not a log of this daemon.
+        return Err(Problem { file, line, what: LineError::Unchained.to_string() });
+    }
     if let Some((hs, _)) = head {
         if hs > report.last_seq.unwrap_or(0) {
             let (file, n) = last_line;

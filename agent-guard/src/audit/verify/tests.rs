@@ -91,15 +91,26 @@ fn each_tampering_is_named_at_its_line() {
 #[test]
 fn garbage_and_half_lines_are_errors_with_a_line_not_panics() {
     let (lines, key, _) = log(3);
-    let e = check(&["not json at all".to_string()], &key, None).unwrap_err();
-    assert_eq!(e.to_string(), "events.jsonl:1: not a chained log line (no \"chain\" field at its end)");
+    let e = check(&["not json at all".to_string(), lines[1].clone()], &key, None).unwrap_err();
+    assert_eq!(e.to_string(), "events.jsonl:2: the chain does not begin here (seq 2, not 1) after lines that are not chained");
+    let e = check(&[lines[0].clone(), "not json at all".to_string()], &key, None).unwrap_err();
+    assert_eq!(e.to_string(), "events.jsonl:2: not a chained log line (no \"chain\" field at its end)");
+    // A log from before the chain (an upgrade), then the chain from its start.
+    let mut upgraded = vec!["{\"ts\":\"old\"}".to_string(); 2];
+    upgraded.extend(lines.iter().cloned());
+    let r = check(&upgraded, &key, None).unwrap();
+    assert_eq!((r.before_chain, r.lines), (2, lines.len() as u64));
+    assert!(r.to_string().contains("2 earlier line(s) from before the chain began are not verified"), "{r}");
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("half");
     std::fs::write(&p, format!("{}\n{}", lines[0], &lines[1][..20])).unwrap();
     let e = verify(std::slice::from_ref(&p), &key.verifying_key(), None).unwrap_err();
     assert_eq!((e.line, e.what.starts_with("truncated")), (2, true), "{e}");
     std::fs::write(&p, [0xff, 0xfe, b'\n', 0]).unwrap();
-    assert_eq!(verify(&[p], &key.verifying_key(), None).unwrap_err().line, 1);
+    assert_eq!(verify(std::slice::from_ref(&p), &key.verifying_key(), None).unwrap_err().line, 2);
+    std::fs::write(&p, "a\nb\n").unwrap();
+    let e = verify(&[p], &key.verifying_key(), None).unwrap_err();
+    assert_eq!((e.line, e.what.starts_with("not a chained log line")), (1, true), "{e}");
     let e = verify(&[tmp.path().join("missing")], &key.verifying_key(), None).unwrap_err();
     assert!(e.to_string().contains("missing: cannot read"), "{e}");
 }
