@@ -34,11 +34,33 @@ pub struct Collected {
     pub checkpoints: Vec<Found>,
 }
 
+/// Why a run's lines could not be collected.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("no run named: give a run id or name")]
+    Empty,
+    #[error("no events of a run {spec:?} (id or name) in {files}")]
+    NoRun { spec: String, files: String },
+    #[error("{spec:?} names {} runs: {}; give the run id", ids.len(), ids.join(", "))]
+    Ambiguous { spec: String, ids: Vec<String> },
+    #[error("{}: {error}", file.display())]
+    Read { file: PathBuf, error: std::io::Error },
+    /// The log is broken inside the run's span (`at` is FILE:LINE).
+    #[error("{at}: {what}; `agent-guard log verify` says more")]
+    Broken { at: String, what: String },
+    #[error("{at}: the line before the run's first (seq {seq}) is not in the log (rotated away or broken): its events cannot be tied to the chain")]
+    Unanchored { at: String, seq: u64 },
+}
+
+fn read(file: &PathBuf) -> Result<Vec<u8>, CollectError> {
+    std::fs::read(file).map_err(|error| CollectError::Read { file: file.clone(), error })
+}
+
 /// The run ids of the lines whose `run` or `run_name` is `spec`.
-fn runs_named(files: &[PathBuf], spec: &str) -> Result<Vec<String>, String> {
+fn runs_named(files: &[PathBuf], spec: &str) -> Result<Vec<String>, CollectError> {
     let mut ids: Vec<String> = Vec::new();
     for file in files {
-        let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let data = read(file)?;
         for (_, raw, _) in lines_of(&data) {
             // Cheap test first: most lines are not the run's.
             if !raw.windows(spec.len()).any(|w| w == spec.as_bytes()) {
@@ -56,17 +78,17 @@ fn runs_named(files: &[PathBuf], spec: &str) -> Result<Vec<String>, String> {
 }
 
 /// Collects run `spec` (a run id, or the name of exactly one run) from `files` (oldest first).
-pub fn collect(files: &[PathBuf], spec: &str) -> Result<Collected, String> {
+pub fn collect(files: &[PathBuf], spec: &str) -> Result<Collected, CollectError> {
     if spec.is_empty() {
-        return Err("no run named: give a run id or name".into());
+        return Err(CollectError::Empty);
     }
     let names = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ");
     let ids = runs_named(files, spec)?;
     let run = match ids.as_slice() {
-        [] => return Err(format!("no events of a run {spec:?} (id or name) in {names}")),
+        [] => return Err(CollectError::NoRun { spec: spec.into(), files: names }),
         [one] => one.clone(),
         many if many.iter().any(|id| id == spec) => spec.to_string(),
-        many => return Err(format!("{spec:?} names {} runs: {}; give the run id", many.len(), many.join(", "))),
+        many => return Err(CollectError::Ambiguous { spec: spec.into(), ids: many.to_vec() }),
     };
     let mut out = Collected { run: run.clone(), events: Vec::new(), start_seq: 0, prev: [0; 32], digests: Vec::new(), checkpoints: Vec::new() };
     let mut before: Option<(u64, Hash)> = None;
@@ -74,7 +96,7 @@ pub fn collect(files: &[PathBuf], spec: &str) -> Result<Collected, String> {
     let mut host_lines: Vec<Found> = Vec::new();
     let mut last_run_seq = 0;
     for file in files {
-        let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let data = read(file)?;
         for (n, raw, complete) in lines_of(&data) {
             let where_ = || format!("{}:{n}", file.display());
             let started = !out.digests.is_empty();
@@ -88,7 +110,7 @@ pub fn collect(files: &[PathBuf], spec: &str) -> Result<Collected, String> {
                     before = None;
                     continue;
                 }
-                Err(e) => return Err(format!("{}: {e}; `agent-guard log verify` says more", where_())),
+                Err(e) => return Err(CollectError::Broken { at: where_(), what: e.to_string() }),
             };
             let seq = parsed.fields.seq;
             let mine = parsed.fields.run.as_deref() == Some(run.as_str());
@@ -101,17 +123,11 @@ pub fn collect(files: &[PathBuf], spec: &str) -> Result<Collected, String> {
                 out.prev = match before {
                     Some((s, c)) if s + 1 == seq => c,
                     None if seq == 1 => [0; 32],
-                    _ => return Err(format!(
-                        "{}: the line before the run's first (seq {seq}) is not in the log (rotated away or broken): its events cannot be tied to the chain",
-                        where_()
-                    )),
+                    _ => return Err(CollectError::Unanchored { at: where_(), seq }),
                 };
             } else if seq != out.start_seq + out.digests.len() as u64 {
-                return Err(format!(
-                    "{}: the chain breaks here (seq {seq}, expected {}); `agent-guard log verify` says more",
-                    where_(),
-                    out.start_seq + out.digests.len() as u64
-                ));
+                let want = out.start_seq + out.digests.len() as u64;
+                return Err(CollectError::Broken { at: where_(), what: format!("the chain breaks here (seq {seq}, expected {want})") });
             }
             out.digests.push(parsed.digest);
             let found = || Found { file: file.clone(), line: n, text: String::from_utf8_lossy(raw).into_owned(), parsed: parsed.clone() };

@@ -86,7 +86,7 @@ fn a_run_not_yet_under_a_checkpoint_is_not_covered_and_unknown_runs_are_errors()
     let m: BTreeMap<String, Vec<u8>> = bundle::members(&c, &key.verifying_key(), &BTreeMap::new(), "now").into_iter().collect();
     assert!(bundle::verify(&m, &key.verifying_key()).unwrap_err().to_string().contains("no checkpoint covers"));
     let e = collect::collect(std::slice::from_ref(&p), "r-zzz").unwrap_err();
-    assert!(e.contains("no events of a run \"r-zzz\""), "{e}");
+    assert!(e.to_string().contains("no events of a run \"r-zzz\""), "{e}");
     let run = summary::run_record("r-a", &summary::parse_events(c.events.iter().map(|e| e.text.as_str())));
     assert_eq!((run["exit_status"].as_i64(), run["violations"].as_u64()), (Some(1), Some(1)));
 }

@@ -54,13 +54,13 @@ fn policy_texts(cfg: &Config, wanted: &std::collections::BTreeSet<(String, Strin
 /// Writes the evidence bundle of run `spec` to `output` (default: evidence-RUN.tar.gz here).
 pub fn evidence_cmd(cfg: &Config, spec: &str, output: Option<PathBuf>) -> Result<Code> {
     let files = log_files(cfg)?;
-    let mut c = collect::collect(&files, spec).map_err(|e| anyhow!(e))?;
+    let mut c = collect::collect(&files, spec).map_err(anyhow::Error::new)?;
     if !c.covered() {
         // A live run, or one the daemon has not signed yet: ask for a checkpoint now.
         control::call(&cfg.control_socket, Request::Checkpoint).map_err(|e| {
             anyhow!("run {}: its last events are not under a checkpoint yet, and the daemon could not write one: {e}", c.run)
         })?;
-        c = collect::collect(&log_files(cfg)?, &c.run).map_err(|e| anyhow!(e))?;
+        c = collect::collect(&log_files(cfg)?, &c.run).map_err(anyhow::Error::new)?;
         if !c.covered() {
             return Err(anyhow!("run {}: its last events are still not under a checkpoint", c.run));
         }
@@ -134,7 +134,7 @@ pub fn verify_cmd(cfg: &Config, file: &Path, pubkey: Option<PathBuf>) -> Result<
 
 /// Prints a run's summary (the timeline of summary.md) from the log.
 pub fn show_cmd(cfg: &Config, spec: &str) -> Result<Code> {
-    let c = collect::collect(&log_files(cfg)?, spec).map_err(|e| anyhow!(e))?;
+    let c = collect::collect(&log_files(cfg)?, spec).map_err(anyhow::Error::new)?;
     let events = summary::parse_events(c.events.iter().map(|e| e.text.as_str()));
     print!("{}", summary::summary(&c.run, &events));
     Ok(0)
