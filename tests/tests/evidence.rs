@@ -284,12 +284,9 @@ fn a_runs_bundle_with_a_violation_and_a_hold_verifies_and_fails_once_edited() {
     let log = std::fs::read_to_string(&d.log).unwrap();
     assert!(events.iter().all(|l| log.lines().any(|x| x == l)));
 
-    // Any event edited: named at its line.
+    // Any event edited (each of them, one digit of its time): named at its line.
     let tampered = d.dir.path().join("tampered.tar.gz");
     for (i, line) in events.iter().enumerate() {
-        if i % 7 != 0 && i + 1 != events.len() {
-            continue; // a sample: the first, every 7th and the last
-        }
         let mut t = events.clone();
         let at = line.find("\"ts\":\"").unwrap() + 7;
         t[i].replace_range(at..at + 1, if &line[at..at + 1] == "9" { "8" } else { "9" });
