@@ -108,3 +108,20 @@ fn bundle_files_that_are_not_bundles_are_clear_errors() {
     }
     assert!(bundle::read_bundle(&tmp.path().join("none")).unwrap_err().to_string().contains("cannot read"));
 }
+
+#[test]
+fn a_run_across_a_rotation_is_collected_from_both_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, key) = log(tmp.path(), 5);
+    let text = std::fs::read_to_string(&p).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (old, new) = (tmp.path().join("events.jsonl.1"), tmp.path().join("events.jsonl"));
+    std::fs::write(&old, lines[..3].iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    std::fs::write(&new, lines[3..].iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let files = chain::log_files(&new);
+    assert_eq!(files, vec![old.clone(), new.clone()]);
+    let c = collect::collect(&files, "r-a").unwrap();
+    assert_eq!((c.events.len(), c.events[0].file.clone(), c.events[3].file.clone()), (4, old, new));
+    let m: BTreeMap<String, Vec<u8>> = bundle::members(&c, &key.verifying_key(), &BTreeMap::new(), "now").into_iter().collect();
+    assert_eq!(bundle::verify(&m, &key.verifying_key()).unwrap().checkpoint_seq, 6);
+}
