@@ -172,6 +172,11 @@ named! {
         PolicyReload = 106 => "policy_reload",
         /// Events lost somewhere on the way (count, stage).
         Drop = 107 => "drop",
+        /// The daemon's signature over the events log's hash chain up to the line before it.
+        Checkpoint = 108 => "checkpoint",
+        /// At start: the events log does not continue where the daemon's chain head says it
+        /// ended (lines lost or removed, or the head itself missing).
+        ChainGap = 109 => "chain_gap",
     }
 }
 

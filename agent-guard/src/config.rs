@@ -78,6 +78,11 @@ pub struct Config {
     /// What must outlive a reboot: the events log's chain head and signing key, every applied
     /// policy version. On persistent storage by default.
     pub data_dir: PathBuf,
+    /// The events log's chain is signed (a `checkpoint` line) after this many lines...
+    pub log_checkpoint_lines: u64,
+    /// ...or once this much time has passed since the last checkpoint with lines to cover.
+    #[serde(with = "humantime_serde")]
+    pub log_checkpoint_interval: std::time::Duration,
     /// A hold for review (`on_violation = "freeze"`) not answered within this time is denied.
     #[serde(with = "humantime_serde")]
     pub hold_timeout: std::time::Duration,
@@ -117,6 +122,8 @@ impl Default for Config {
             bpffs_dir: "/sys/fs/bpf/agent-guard".into(),
             state_dir: "/run/agent-guard/state".into(),
             data_dir: "/var/lib/agent-guard".into(),
+            log_checkpoint_lines: 10_000,
+            log_checkpoint_interval: std::time::Duration::from_secs(60),
             hold_timeout: std::time::Duration::from_secs(300),
             backend: BackendChoice::Auto,
             landlock: true,
@@ -200,6 +207,7 @@ impl Config {
             ("policy_dir", &self.policy_dir),
             ("bpffs_dir", &self.bpffs_dir),
             ("state_dir", &self.state_dir),
+            ("data_dir", &self.data_dir),
         ] {
             if !p.is_absolute() {
                 return Err(format!("{field}: {} is not an absolute path", p.display()));
@@ -210,6 +218,12 @@ impl Config {
                 "bpffs_dir: {} must be a directory below /sys/fs/bpf (the daemon pins its programs there)",
                 self.bpffs_dir.display()
             ));
+        }
+        if self.log_checkpoint_lines == 0 {
+            return Err("log_checkpoint_lines: must be at least 1".into());
+        }
+        if self.log_checkpoint_interval.is_zero() {
+            return Err("log_checkpoint_interval: must be longer than 0 (like \"60s\")".into());
         }
         if self.hold_timeout.is_zero() {
             return Err("hold_timeout: must be longer than 0 (like \"5m\")".into());
@@ -312,6 +326,9 @@ mod tests {
             ("admin_group = \"x;y\"", "admin_group"),
             ("control_max_connections = 0", "control_max_connections"),
             ("control_max_connections = -1", "line 1"),
+            ("log_checkpoint_lines = 0", "log_checkpoint_lines"),
+            ("log_checkpoint_interval = \"0s\"", "log_checkpoint_interval"),
+            ("data_dir = \"var/lib\"", "data_dir"),
         ] {
             let e = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

@@ -13,7 +13,9 @@
 //!   holds' evidence, bindings, the Landlock layer;
 //! - [`control`]: the control-socket protocol, the peer check and the daemon's server;
 //! - [`daemon`]: wiring: start-up, adoption, reload, uninstall;
+//! - [`audit`]: the events log's chain checked, one run's lines, summary and evidence bundle;
 //! - [`cli`]: the incident-response commands.
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -1,7 +1,7 @@
 use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
 
 use agent_guard::{cli, config, control, daemon, policy, runs::launch as run, runs::respond::Action};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Host-level sandbox monitor for AI-agent runs.
 #[derive(Parser)]
@@ -139,6 +139,17 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         tail: Option<usize>,
     },
+    /// The events log's hash chain: verify it, print the key its checkpoints verify with
+    #[command(subcommand)]
+    Log(LogCmd),
+    /// One run's evidence bundle (tar.gz: run record, policies, its events with their chain
+    /// fields, holds, the covering checkpoints, summary.md); `evidence verify FILE` checks one
+    Evidence(EvidenceArgs),
+    /// A run's timeline from the events log: start, violations, holds and answers, freezes, end
+    Show {
+        /// The run: its id or name
+        run: String,
+    },
     /// The daemon's state: pid, uptime, paths, runs, policies, what is attached, drops
     /// (exit 3 when the daemon is not running)
     Status {
@@ -153,6 +164,50 @@ path (absolute, or relative to the cgroup2 mount) or the pid of a process in the
 or ambiguous RUN is an error that lists the runs.\n\nWhen the daemon is not running, freeze, thaw \
 and kill act on cgroupfs directly (as root, on runs below the managed root, by id, path or pid); \
 no event is recorded then.";
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true, arg_required_else_help = true)]
+struct EvidenceArgs {
+    #[command(subcommand)]
+    cmd: Option<EvidenceCmd>,
+    /// The run: its id or name (live, or finished while its events are in the log)
+    #[arg(value_name = "RUN", required = true)]
+    run: Option<String>,
+    /// Where to write the bundle [default: evidence-RUN.tar.gz]
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum EvidenceCmd {
+    /// Check a bundle: its events are the chained lines under a valid checkpoint signature,
+    /// and summary.md, run.json, holds.json and the policy texts are what they make (exit 0),
+    /// or name what is wrong (exit 1)
+    Verify {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The host's public key [default: the one in the bundle, which proves integrity only]
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCmd {
+    /// Check that every line is chained to the one before and every checkpoint is signed by
+    /// the host key: exit 0 and a summary, or 1 naming the first bad file:line and what is
+    /// wrong (edited, deleted, reordered, truncated, bad checkpoint signature)
+    Verify {
+        /// The public key to verify checkpoints with [default: the host's, in data_dir]
+        #[arg(long, value_name = "FILE")]
+        pubkey: Option<PathBuf>,
+        /// Log files, oldest first [default: events_log's rotations, then events_log]
+        #[arg(value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Print the host's public key (hex), to verify the log or a bundle elsewhere
+    Pubkey,
+}
 
 #[derive(Subcommand)]
 enum PolicyCmd {
@@ -303,6 +358,15 @@ fn main() -> ExitCode {
             let req = control::Request::Events { run, follow, json, violations, since, tail };
             incident("events", cli::events(&cfg, req))
         }
+        Cmd::Log(LogCmd::Verify { pubkey, files }) => incident("log verify", cli::log::verify_cmd(&cfg, pubkey, files)),
+        Cmd::Log(LogCmd::Pubkey) => incident("log pubkey", cli::log::pubkey_cmd(&cfg)),
+        Cmd::Evidence(EvidenceArgs { cmd: Some(EvidenceCmd::Verify { file, pubkey }), .. }) => {
+            incident("evidence verify", cli::evidence::verify_cmd(&cfg, &file, pubkey))
+        }
+        Cmd::Evidence(EvidenceArgs { cmd: None, run, output }) => {
+            incident("evidence", cli::evidence::evidence_cmd(&cfg, run.as_deref().unwrap_or_default(), output))
+        }
+        Cmd::Show { run } => incident("show", cli::evidence::show_cmd(&cfg, &run)),
         Cmd::Status { json } => incident("status", cli::status(&cfg, json)),
         Cmd::Task { run, id, labels, policy, argv } => task_cmd(&cfg, run, id, labels, policy, argv),
         Cmd::Run { policy, name, labels, user, argv } => {

@@ -398,5 +398,9 @@ pub fn soak(cfg: &SoakConfig) -> SoakReport {
     assert!(rep.end.1 <= rep.warm.1 + FD_SLACK, "open descriptors: {} warm, {} after the soak", rep.warm.1, rep.end.1);
     assert!(rep.end.0 <= rep.warm.0 + RSS_SLACK_KIB, "VmRSS: {} KiB warm, {} KiB after the soak", rep.warm.0, rep.end.0);
     assert!(rep.reloads > 0, "no policy apply went through");
+    // The daemon kills left one hash chain: every line linked, every checkpoint signed.
+    let o = d.cli(&["log", "verify"]);
+    assert!(o.status.success(), "log verify after the soak: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    eprintln!("soak: log verify: {}", String::from_utf8_lossy(&o.stdout).trim());
     rep
 }

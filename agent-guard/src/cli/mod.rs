@@ -23,6 +23,8 @@ mod approve;
 pub use approve::approve;
 mod task;
 pub use task::{task, TaskArgs};
+pub mod evidence;
+pub mod log;
 
 fn down_message(e: &ClientError) -> String {
     match e {
@@ -268,6 +270,9 @@ pub fn status(cfg: &Config, json: bool) -> Result<Code> {
     println!("config file     {}", s.config_file.as_deref().unwrap_or("(none: defaults)"));
     println!("control socket  {} ({group})", s.control_socket);
     println!("events log      {}", s.events_log);
+    if let Some(key) = &s.log_pubkey {
+        println!("log public key  {key} (verifies its checkpoints: agent-guard log verify)");
+    }
     println!("policy dir      {}", s.policy_dir);
     println!("bpffs dir       {}", s.bpffs_dir);
     println!("managed root    {}", s.managed_root);

@@ -93,6 +93,7 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Ping),
         Just(Request::Ps),
         Just(Request::Status),
+        Just(Request::Checkpoint),
         Just(Request::PolicyList),
         (
             run.clone(),

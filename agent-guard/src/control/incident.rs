@@ -135,6 +135,7 @@ pub(crate) fn authorize(shared: &Shared, caller: &access::Caller, req: &Request)
     match req {
         Request::Ping
         | Request::Status
+        | Request::Checkpoint
         | Request::Ps
         | Request::PolicyList
         | Request::PolicyShow { .. }
@@ -460,6 +461,7 @@ pub(crate) fn status(shared: &Shared, caller: &access::Caller) -> Response {
         control_group: cfg.control_group.clone(),
         control_group_gid: shared.ctl.gid,
         events_log: cfg.events_log.display().to_string(),
+        log_pubkey: crate::output::chain::host_pubkey(&cfg.data_dir).ok().map(|k| hex::encode(k.as_bytes())),
         policy_dir: cfg.policy_dir.display().to_string(),
         bpffs_dir: cfg.bpffs_dir.display().to_string(),
         cgroup_mount: shared.mount.display().to_string(),

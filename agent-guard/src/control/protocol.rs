@@ -191,6 +191,9 @@ pub enum Request {
     },
     Ps,
     Status,
+    /// Sign the events log now (a `checkpoint` line after what is queued), so an evidence
+    /// bundle of a live run is covered; `result` is the checkpoint's seq.
+    Checkpoint,
     Freeze {
         run: String,
     },
@@ -273,6 +276,9 @@ pub struct DaemonStatus {
     /// None: the group does not exist, only root may use the socket.
     pub control_group_gid: Option<u32>,
     pub events_log: String,
+    /// The public key (hex) that verifies the events log's checkpoints (None: no key yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_pubkey: Option<String>,
     pub policy_dir: String,
     pub bpffs_dir: String,
     pub cgroup_mount: String,

@@ -92,6 +92,14 @@ pub(crate) async fn handle_client(shared: Arc<Shared>, stream: UnixStream, _perm
             }
             Ok(Request::Ps) => incident::ps(&shared, &caller),
             Ok(Request::Status) => incident::status(&shared, &caller),
+            Ok(Request::Checkpoint) => {
+                let (done, signed) = tokio::sync::oneshot::channel();
+                let sent = shared.log_writer.send(crate::output::sink::WriterCmd::Checkpoint(Some(done))).is_ok();
+                match tokio::time::timeout(std::time::Duration::from_secs(10), signed).await {
+                    Ok(Ok(Some(seq))) if sent => Response { result: Some(seq.to_string()), ..Response::ok() },
+                    _ => Response::err("the log writer did not write a checkpoint (see the daemon's log)"),
+                }
+            }
             Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. })) => {
                 // Waits for the kernel: off the async workers.
                 let shared = shared.clone();
@@ -315,6 +323,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
         | Request::Events { .. }
         | Request::Ps
         | Request::Status
+        | Request::Checkpoint
         | Request::Seccomp { .. }
         | Request::SeccompRefusal { .. } => {
             Response::err("this request is handled by the connection, not here")

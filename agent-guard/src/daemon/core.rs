@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel timestamps into wall time.
     pub(crate) boot_offset_ns: i128,
     pub(crate) tx: mpsc::Sender<Arc<Event>>,
+    /// Asks of the log writer: reopen the log, write a checkpoint.
+    pub(crate) log_writer: mpsc::UnboundedSender<crate::output::sink::WriterCmd>,
     /// Events the log could not take (a write error): reported as `drop`, stage `sink`.
     pub(crate) sink_drops: Arc<crate::output::sink::SinkLosses>,
     /// Events emitted once the ring buffer has been drained (see `read_ring`).
@@ -156,6 +158,7 @@ impl Shared {
         root: PathBuf,
         mount: PathBuf,
         tx: mpsc::Sender<Arc<Event>>,
+        log_writer: mpsc::UnboundedSender<crate::output::sink::WriterCmd>,
         after_ring: mpsc::UnboundedSender<AfterRing>,
         state: State,
         hold_timeout: Duration,
@@ -171,6 +174,7 @@ impl Shared {
             host: hostname(),
             boot_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME),
             tx,
+            log_writer,
             sink_drops: Default::default(),
             after_ring,
             queue_drops: Default::default(),

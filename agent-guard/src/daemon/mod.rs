@@ -28,7 +28,7 @@ use tokio::{
 use tracing::{info, warn};
 use crate::{control::peer as access, kernel::btf::KernelBtf, runs::cgroup, config::Config, daemon::state::State, kernel::load as ebpf, runs::bind::Binder, kernel::rules::PolicyStore};
 use crate::daemon::core::*;
-use crate::output::{ring::{read_ring, watch_drops}, sink::write_events};
+use crate::output::{ring::{read_ring, watch_drops}, sink::{write_events, WriterCmd}};
 use crate::control::server::accept;
 
 pub fn run(cfg: Config) -> Result<()> {
@@ -130,9 +130,17 @@ async fn serve(cfg: Config) -> Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
+    // Before the log is opened: it may cut a half-written last line off the log.
+    let chain = crate::output::chained::ChainWriter::open(
+        &cfg.data_dir,
+        &cfg.events_log,
+        &crate::daemon::core::hostname(),
+        cfg.log_checkpoint_lines,
+        cfg.log_checkpoint_interval,
+    )?;
     let log = crate::output::sink::EventLog::open(&cfg.events_log, cfg.events_log_max_bytes, cfg.events_log_keep)
         .with_context(|| format!("opening events_log {}", cfg.events_log.display()))?;
-    let (reopen_log, reopen_rx) = mpsc::unbounded_channel();
+    let (writer_cmd, writer_cmd_rx) = mpsc::unbounded_channel();
 
     match std::fs::remove_file(&cfg.control_socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -163,6 +171,7 @@ async fn serve(cfg: Config) -> Result<()> {
         root.clone(),
         mount,
         tx,
+        writer_cmd.clone(),
         after_ring,
         state,
         cfg.hold_timeout,
@@ -174,7 +183,7 @@ async fn serve(cfg: Config) -> Result<()> {
     // The writer drops a finished run's record once its run_end is in the log.
     let records = State::open(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
     let forget_run = Box::new(move |id: &str| records.remove_run(id));
-    let writer = tokio::spawn(write_events(rx, log, reopen_rx, shared.sink_drops.clone(), cfg.stderr_events, forget_run));
+    let writer = tokio::spawn(write_events(rx, log, Some(chain), writer_cmd_rx, shared.sink_drops.clone(), cfg.stderr_events, forget_run));
     if adopting {
         adopt(&shared);
     }
@@ -205,7 +214,7 @@ async fn serve(cfg: Config) -> Result<()> {
             _ = term.recv() => break,
             _ = hup.recv() => {
                 info!("SIGHUP: reopening events_log, reloading policies from {}", shared.policy_dir.display());
-                let _ = reopen_log.send(());
+                let _ = writer_cmd.send(WriterCmd::Reopen);
                 load_policy_dir(&shared);
                 rebind(&shared);
             }
@@ -267,6 +276,14 @@ async fn serve(cfg: Config) -> Result<()> {
         idle
     };
     drop(shared);
+    // What is queued goes to the log, signed by a last checkpoint.
+    let (done, signed) = tokio::sync::oneshot::channel();
+    if writer_cmd.send(WriterCmd::Checkpoint(Some(done))).is_ok() {
+        match tokio::time::timeout(Duration::from_secs(2), signed).await {
+            Ok(Ok(Some(seq))) => info!("events_log signed up to seq {seq}"),
+            _ => warn!("events_log: no last checkpoint written"),
+        }
+    }
     // Give the writer a moment to flush what is queued.
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     if idle {

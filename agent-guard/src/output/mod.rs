@@ -1,5 +1,7 @@
 //! What the daemon reports: the event model and its JSON-lines form, the events log, the
 //! recent-events feed, and Prometheus metrics.
+pub mod chain;
+pub mod chained;
 pub mod event;
 pub mod feed;
 pub mod metrics;

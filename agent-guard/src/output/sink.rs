@@ -15,7 +15,10 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::output::event::{self, Event};
+use crate::output::{
+    chained::ChainWriter,
+    event::{self, Event},
+};
 
 pub struct EventLog {
     path: PathBuf,
@@ -183,14 +186,72 @@ mod tests {
 
 /// How long the log writer waits for a short batch to fill (see `write_events`).
 pub(crate) const WRITE_PAUSE: Duration = Duration::from_millis(1);
+
+/// What the daemon asks of the log writer besides writing events.
+#[derive(Debug)]
+pub enum WriterCmd {
+    /// Open events_log again (SIGHUP, after logrotate moved it).
+    Reopen,
+    /// Write what is queued, then a checkpoint if any line is not covered by one; the answer
+    /// is the seq of the last checkpoint line written (None: no chain).
+    Checkpoint(Option<tokio::sync::oneshot::Sender<Option<u64>>>),
+}
+
+/// Serialises `batch` into `buf` (sealed into the chain when there is one) and writes it;
+/// returns how many of its events reached the log and the error, if any.
+fn write_batch(log: &mut EventLog, chain: &mut Option<ChainWriter>, buf: &mut Vec<u8>, batch: &[Arc<Event>]) -> (usize, Option<WriteError>) {
+    buf.clear();
+    if let Some(c) = chain.as_mut() {
+        c.begin();
+    }
+    for e in batch {
+        let start = buf.len();
+        serde_json::to_writer(&mut *buf, &**e).expect("events serialize");
+        match chain.as_mut() {
+            Some(c) => c.seal(buf, start),
+            None => buf.push(b'\n'),
+        }
+    }
+    let written = tokio::task::block_in_place(|| log.write(buf));
+    let (lines, err) = match written {
+        Ok(()) => (batch.len(), None),
+        Err(e) => (e.written_lines.min(batch.len()), Some(e)),
+    };
+    if let Some(c) = chain.as_mut() {
+        c.commit(lines);
+    }
+    (lines, err)
+}
+
+/// Writes a checkpoint if one is due (or `force`d and any line is uncovered); returns the
+/// seq of the chain's last line when a checkpoint is the last line.
+fn checkpoint(log: &mut EventLog, chain: &mut Option<ChainWriter>, buf: &mut Vec<u8>, force: bool) -> Option<u64> {
+    let c = chain.as_mut()?;
+    if !(c.due() || force && c.uncovered() > 0) {
+        return (c.uncovered() == 0).then(|| c.last().0);
+    }
+    let e = Arc::new(c.checkpoint());
+    let (lines, err) = write_batch(log, chain, buf, std::slice::from_ref(&e));
+    let c = chain.as_mut()?;
+    c.checkpointed(lines == 1);
+    if let Some(err) = err {
+        warn!("writing a checkpoint to events_log: {}", err.error);
+        return None;
+    }
+    Some(c.last().0)
+}
+
 /// Writes the events to the log (and a human line each to stderr, which journald keeps
-/// under systemd). What of a batch cannot be written is counted in `sink` and reported as a
-/// `drop` event (stage `sink`) by watch_drops; that report reaches the log once writing works
-/// again (see [`SinkLosses`]).
-pub(crate) async fn write_events(
+/// under systemd), each line sealed into the hash chain when `chain` is given. What of a
+/// batch cannot be written is counted in `sink` and reported as a `drop` event (stage
+/// `sink`) by watch_drops; that report reaches the log once writing works again (see
+/// [`SinkLosses`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn write_events(
     mut rx: mpsc::Receiver<Arc<Event>>,
     mut log: EventLog,
-    mut reopen: mpsc::UnboundedReceiver<()>,
+    mut chain: Option<ChainWriter>,
+    mut cmds: mpsc::UnboundedReceiver<WriterCmd>,
     sink: Arc<SinkLosses>,
     stderr_events: crate::config::StderrEvents,
     forget_run: Box<dyn Fn(&str) + Send>,
@@ -198,17 +259,46 @@ pub(crate) async fn write_events(
     let mut buf = Vec::with_capacity(1 << 16);
     let mut human = Vec::with_capacity(1 << 12);
     let mut stderr = std::io::stderr();
+    if let Some(c) = chain.as_mut() {
+        let first: Vec<Arc<Event>> = c.take_pending().into_iter().map(Arc::new).collect();
+        if !first.is_empty() {
+            if let (_, Some(e)) = write_batch(&mut log, &mut chain, &mut buf, &first) {
+                warn!("writing events_log: {}", e.error);
+            }
+        }
+    }
     loop {
+        let deadline = chain.as_ref().and_then(ChainWriter::deadline);
         let first = tokio::select! {
             e = rx.recv() => match e {
                 Some(e) => e,
-                None => return,
-            },
-            Some(()) = reopen.recv() => {
-                match log.reopen() {
-                    Ok(()) => info!("events_log reopened"),
-                    Err(e) => warn!("reopening events_log: {e}; still writing to the old file"),
+                None => {
+                    checkpoint(&mut log, &mut chain, &mut buf, true);
+                    return;
                 }
+            },
+            Some(cmd) = cmds.recv() => {
+                match cmd {
+                    WriterCmd::Reopen => match log.reopen() {
+                        Ok(()) => info!("events_log reopened"),
+                        Err(e) => warn!("reopening events_log: {e}; still writing to the old file"),
+                    },
+                    WriterCmd::Checkpoint(reply) => {
+                        // What is queued first, so the checkpoint covers it.
+                        let queued: Vec<Arc<Event>> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+                        for part in queued.chunks(4096) {
+                            write_logged(&mut log, &mut chain, &mut buf, part, &sink, &forget_run);
+                        }
+                        let seq = checkpoint(&mut log, &mut chain, &mut buf, true);
+                        if let Some(reply) = reply {
+                            let _ = reply.send(seq);
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                checkpoint(&mut log, &mut chain, &mut buf, false);
                 continue;
             }
         };
@@ -228,11 +318,8 @@ pub(crate) async fn write_events(
             tokio::time::sleep(WRITE_PAUSE).await;
             more(&mut batch);
         }
-        buf.clear();
         human.clear();
         for e in &batch {
-            serde_json::to_writer(&mut buf, &**e).expect("events serialize");
-            buf.push(b'\n');
             if stderr_events.shows(e.kind, e.verdict) {
                 let _ = writeln!(human, "{}", event::human(e));
             }
@@ -241,28 +328,43 @@ pub(crate) async fn write_events(
         if !human.is_empty() {
             let _ = stderr.write_all(&human);
         }
-        let written = tokio::task::block_in_place(|| log.write(&buf));
-        let lines = match &written {
-            Ok(()) => batch.len(),
-            Err(e) => e.written_lines.min(batch.len()),
-        };
-        // Runs whose run_end is in the log now: their records are no longer needed.
-        for id in batch[..lines].iter().filter_map(|e| e.forget_run.as_deref()) {
-            forget_run(id);
-        }
-        if let Err(e) = written {
-            let lost = &batch[e.written_lines.min(batch.len())..];
-            let lost_reports: u64 = lost
-                .iter()
-                .map(|e| match e.detail {
-                    event::Detail::Drop { count, stage: "sink" } => count,
-                    _ => 0,
-                })
-                .sum();
-            warn!("writing events_log: {}; {} events lost (reported as a drop)", e.error, lost.len());
-            sink.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
-            sink.unreported.fetch_add(lost.len() as u64 + lost_reports, Ordering::Relaxed);
-        }
+        write_logged(&mut log, &mut chain, &mut buf, &batch, &sink, &forget_run);
+        checkpoint(&mut log, &mut chain, &mut buf, false);
     }
 }
 
+async fn sleep_until(t: Option<std::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a batch of events; accounts for the runs it ends and for what it lost.
+fn write_logged(
+    log: &mut EventLog,
+    chain: &mut Option<ChainWriter>,
+    buf: &mut Vec<u8>,
+    batch: &[Arc<Event>],
+    sink: &SinkLosses,
+    forget_run: &dyn Fn(&str),
+) {
+    let (lines, err) = write_batch(log, chain, buf, batch);
+    // Runs whose run_end is in the log now: their records are no longer needed.
+    for id in batch[..lines].iter().filter_map(|e| e.forget_run.as_deref()) {
+        forget_run(id);
+    }
+    if let Some(e) = err {
+        let lost = &batch[lines..];
+        let lost_reports: u64 = lost
+            .iter()
+            .map(|e| match e.detail {
+                event::Detail::Drop { count, stage: "sink" } => count,
+                _ => 0,
+            })
+            .sum();
+        warn!("writing events_log: {}; {} events lost (reported as a drop)", e.error, lost.len());
+        sink.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
+        sink.unreported.fetch_add(lost.len() as u64 + lost_reports, Ordering::Relaxed);
+    }
+}

@@ -314,6 +314,14 @@ pub enum Detail {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The host key's signature over the log's chain up to the line before (see `chain`).
+    Checkpoint { covers_seq: u64, covers_chain: String, pubkey: String, signature: String },
+    /// At start, the log did not continue the chain head (see `chain::resume`).
+    ChainGap {
+        head_seq: Option<u64>,
+        log_seq: Option<u64>,
+        reason: String,
+    },
 }
 
 /// What a `bind` event's operation was.
@@ -632,6 +640,8 @@ pub fn human(e: &Event) -> String {
             e.policy.as_deref().unwrap_or("-"),
             error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
         ),
+        Detail::Checkpoint { covers_seq, .. } => format!("log signed up to seq {covers_seq}"),
+        Detail::ChainGap { reason, .. } => format!("log chain gap: {reason}"),
         Detail::None => String::new(),
     };
     let rule = e.rule.map_or("", Rule::name);
