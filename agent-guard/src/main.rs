@@ -94,6 +94,9 @@ enum Cmd {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// List each run's tasks under it (`agent-guard task`)
+        #[arg(long)]
+        tasks: bool,
     },
     /// Freeze every process of a run at once (cgroup freezer); prints how long it took
     #[command(after_help = RUN_HELP)]
@@ -350,7 +353,7 @@ fn main() -> ExitCode {
         },
         Cmd::Approve { run, for_run, attempts, yes } => incident("approve", cli::approve(&cfg, run, for_run, attempts, yes)),
         Cmd::Deny { run, kill } => answer(&cfg, control::Request::Deny { run, kill }),
-        Cmd::Ps { json } => incident("ps", cli::ps(&cfg, json)),
+        Cmd::Ps { json, tasks } => incident("ps", cli::ps(&cfg, json, tasks)),
         Cmd::Freeze { run } => incident("freeze", cli::act(&cfg, Action::Freeze, &run)),
         Cmd::Thaw { run } => incident("thaw", cli::act(&cfg, Action::Thaw, &run)),
         Cmd::Kill { run } => incident("kill", cli::act(&cfg, Action::Kill, &run)),

@@ -34,7 +34,7 @@ fn down_message(e: &ClientError) -> String {
 }
 
 /// `ps`: the daemon's runs and bound cgroups.
-pub fn ps(cfg: &Config, json: bool) -> Result<Code> {
+pub fn ps(cfg: &Config, json: bool, tasks: bool) -> Result<Code> {
     let resp = match control::call(&cfg.control_socket, Request::Ps) {
         Ok(r) => r,
         Err(e) if e.daemon_down() => {
@@ -48,6 +48,23 @@ pub fn ps(cfg: &Config, json: bool) -> Result<Code> {
         println!("{}", serde_json::to_string_pretty(&runs)?);
     } else {
         print!("{}", ps_table(&runs));
+        if tasks {
+            for r in &runs {
+                for t in &r.tasks {
+                    let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let line = format!(
+                        "{} task {}: {} {} processes, policy {}{}",
+                        r.id,
+                        t.id,
+                        t.state,
+                        t.processes,
+                        t.policy.as_deref().unwrap_or("-"),
+                        if labels.is_empty() { String::new() } else { format!(", labels {}", labels.join(",")) }
+                    );
+                    println!("{}", crate::output::text::printable(&line));
+                }
+            }
+        }
     }
     Ok(0)
 }
@@ -393,6 +410,7 @@ mod tests {
             bound: false,
             unregistered: false,
             labels: Default::default(),
+            tasks: vec![],
             landlock: None,
         };
         let t = ps_table(&[r("r-000001", Some("a-much-longer-name"), "running", None), r("r-000002", None, "held", Some("files.read /etc/shadow"))]);

@@ -562,6 +562,10 @@ pub(crate) async fn stream_events<R, W>(
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // A task id: the events of that task (of its run, with `task` set to it).
+    let task_run = run.as_deref().and_then(|spec| shared.own().runs.tasks.values().find(|t| t.id == spec).map(|t| (t.id.clone(), t.run_id.clone())));
+    let task_only = task_run.as_ref().map(|(t, _)| t.clone());
+    let run = task_run.map(|(_, r)| r).or(run);
     let filter = match run.as_deref().map(|spec| events_filter(&shared, spec)).transpose().and_then(|id| {
         if let Some(id) = &id {
             access::may_act_on(&caller, id, starter(&shared, id).flatten(), admin_group(&shared))?;
@@ -578,7 +582,12 @@ pub(crate) async fn stream_events<R, W>(
         return;
     }
     let mut visible = Visible { shared: &shared, caller, runs: Default::default() };
-    let mut wanted = |e: &Event| filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id)) && only.keeps(e) && visible.event(e);
+    let mut wanted = |e: &Event| {
+        filter.as_ref().is_none_or(|id| e.run.as_ref() == Some(id))
+            && task_only.as_ref().is_none_or(|t| e.task.as_ref() == Some(t))
+            && only.keeps(e)
+            && visible.event(e)
+    };
     let (recent, rx) = if follow {
         let (recent, rx) = shared.ctl.feed.follow();
         (recent, Some(rx))

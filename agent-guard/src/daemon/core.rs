@@ -98,6 +98,22 @@ impl RunInfo {
     }
 }
 
+/// A task of a run (`agent-guard task`, see `runs::task`).
+#[derive(Debug, Clone)]
+pub(crate) struct TaskInfo {
+    pub(crate) id: String,
+    pub(crate) run_id: String,
+    pub(crate) run_cgroup: u64,
+    pub(crate) cgroup_id: u64,
+    pub(crate) dir: PathBuf,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) policy: Option<String>,
+    /// The process that started it (`agent-guard task`): only it and its children may join.
+    pub(crate) starter: u32,
+    /// Ended: kept a while so that its last events, read after the end, still name it.
+    pub(crate) ended: Option<std::time::Instant>,
+}
+
 /// The one owner of the kernel run map and the run registry.
 pub(crate) struct Runs {
     pub(crate) map: aya::maps::HashMap<aya::maps::MapData, u64, RunEntry>,
@@ -105,7 +121,7 @@ pub(crate) struct Runs {
     pub(crate) next_index: u32,
     /// The kernel's task map (task cgroup id -> the task's policy slot) and the live tasks.
     pub(crate) tasks_map: aya::maps::HashMap<aya::maps::MapData, u64, RunEntry>,
-    pub(crate) tasks: HashMap<u64, crate::runs::task::TaskInfo>,
+    pub(crate) tasks: HashMap<u64, TaskInfo>,
 }
 
 /// What the daemon writes into the kernel, with the registry that mirrors it: the run map and

@@ -72,6 +72,8 @@ pub(crate) fn on_hold(shared: &Arc<Shared>, e: Event) {
         ev.comm = attempt.comm.clone();
         ev.exe = e.exe.clone();
         ev.ancestry = e.ancestry.clone();
+        ev.task = e.task.clone();
+        ev.task_labels = e.task_labels.clone();
         const EVIDENCE_EVENTS: usize = 10;
         let recent = shared
             .last_events(&info.id, EVIDENCE_EVENTS)

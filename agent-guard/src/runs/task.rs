@@ -17,25 +17,10 @@ use tracing::{info, warn};
 
 use crate::{
     control::{PolicyText, Response, TaskStatus},
-    daemon::core::{RunInfo, Shared},
+    daemon::core::{RunInfo, Shared, TaskInfo},
     policy::Policy,
 };
 
-/// A live task.
-#[derive(Debug, Clone)]
-pub(crate) struct TaskInfo {
-    pub(crate) id: String,
-    pub(crate) run_id: String,
-    pub(crate) run_cgroup: u64,
-    pub(crate) cgroup_id: u64,
-    pub(crate) dir: PathBuf,
-    pub(crate) labels: BTreeMap<String, String>,
-    pub(crate) policy: Option<String>,
-    /// The process that started it (`agent-guard task`): only it and its children may join.
-    pub(crate) starter: u32,
-    /// Ended: kept a while so that its last events, read after the end, still name it.
-    pub(crate) ended: Option<std::time::Instant>,
-}
 
 /// Who asks for a task operation.
 #[derive(Debug, Clone)]
