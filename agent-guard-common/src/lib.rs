@@ -823,7 +823,7 @@ mod tests {
             assert_eq!((Rule::from_raw(r.as_raw()), Rule::from_name(r.name())), (Some(*r), Some(*r)));
         }
         assert_eq!((Kind::from_raw(0), Kind::from_raw(Kind::RunStart.as_raw()), Kind::from_raw(9)), (None, None, None));
-        assert_eq!((Verdict::from_raw(5), Rule::from_raw(RULE_NONE), Rule::from_raw(15)), (None, None, None));
+        assert_eq!((Verdict::from_raw(5), Rule::from_raw(RULE_NONE), Rule::from_raw(18)), (None, None, None));
         assert_eq!((Kind::Bind.name(), Rule::Unix.name(), Rule::Families.name(), Rule::Listen.name()), ("bind", "network.unix", "network.families", "network.listen"));
         assert_eq!(Rule::raw_of(None), RULE_NONE);
         assert_eq!((Kind::Sendmsg.as_raw(), Verdict::WouldDeny.as_raw(), Rule::Grant.as_raw()), (6, 3, 10));

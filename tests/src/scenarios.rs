@@ -404,6 +404,21 @@ pub fn scenarios() -> Vec<Scenario> {
             after: None,
         },
         Scenario { name: "proc-own", args: |_| v(&["read", "/proc/self/status"]), tracepoint: Outcome::Ok("ok Name"), lsm: Outcome::Ok("ok Name"), event: None, after: None },
+        // A task (agent-guard task) under a policy narrower than the run's: the workspace the
+        // run reads is refused to the task, by the task's own rule set in the kernel.
+        Scenario {
+            name: "task-narrower",
+            args: |c| {
+                let mut v = v(&["exec-argv", &s(&crate::binary()), "task", "--id", "sc-task", "--policy", &c.ws("narrow.toml"), "--", &s(&probe())]);
+                v.extend(["read".to_string(), c.ws("ok.txt")]);
+                v
+            },
+            tracepoint: KILLED,
+            lsm: EPERM,
+            event: Some(("open", "files.deny")),
+            after: None,
+        },
+        Scenario { name: "task-same", args: |c| v(&["exec-argv", &s(&crate::binary()), "task", "--id", "sc-task2", "--", &s(&probe()), "read", &c.ws("ok.txt")]), tracepoint: Outcome::Ok("ok hello"), lsm: Outcome::Ok("ok hello"), event: None, after: None },
         // The tracepoint backend kills mount(2) as it returns: the mount was made (the hook
         // below removes it again).
         Scenario {
@@ -519,7 +534,10 @@ pub fn scenarios() -> Vec<Scenario> {
 
 /// The suite's policy (see the module comment).
 fn policy(l: &Layout, net: &[String], contain: &Contain) -> PolicyFile {
+    // The workspace's run may start agent-guard (a task scenario).
+    let exec: Vec<std::path::PathBuf> = vec![crate::binary()];
     PolicyFile::for_workspace("scenarios", l)
+        .exec(exec)
         .deny([l.ws.join("out/locked")])
         .connect(net)
         .unix([format!("{}/allowed/", contain.dir.display()), format!("@{}", contain.abstract_ok)])
@@ -544,6 +562,8 @@ pub fn setup(backend: Backend) -> Ctx {
     std::fs::copy(probe(), layout.outside.join("prog")).unwrap();
     std::fs::create_dir_all(layout.ws.join("out/mnt")).unwrap();
     std::fs::write(layout.ws.join("ro.txt"), "READONLY\n").unwrap();
+    // A task's policy that lets the probe start and nothing of the workspace.
+    PolicyFile::for_probe("narrow").write_as(&layout.ws.join("narrow.toml"));
     let tcp_ok = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp_bad = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp6_ok = TcpListener::bind("[::1]:0").ok();

@@ -158,7 +158,10 @@ pub(crate) fn start(
         ended: None,
     };
     runs.tasks.insert(cgroup_id, info);
+    // The task's Landlock layer, unless the configuration turns the layer off (`task` inside a
+    // run reads no configuration: the daemon decides).
     let plan = slot
+        .filter(|_| shared.ctl.cfg.landlock)
         .and_then(|s| own.policies.by_slot(s))
         .and_then(|s| crate::runs::landlock::Plan::for_policy(&s.policy));
     drop(own);

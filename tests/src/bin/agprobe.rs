@@ -418,6 +418,15 @@ fn main() -> ExitCode {
             unsafe { libc::close(fd) };
             if n != 1 { Err(err) } else { Ok("ok joined".into()) }
         }
+        // Replaces itself with CMD ARG... (execv): a scenario whose command is not the probe.
+        "exec-argv" => {
+            let argv: Vec<CString> = args[1..].iter().map(|a| c(a)).collect();
+            let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            // SAFETY: NUL-terminated strings and a NULL-terminated array that outlive the call.
+            unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
+            Err(errno())
+        }
         // One JSON line to the unix socket SOCK; prints the response line.
         "unix-request" => {
             use std::io::{BufRead, Write};
