@@ -152,3 +152,39 @@ fn killing_one_task_leaves_the_run_and_ps_lists_tasks() {
     assert!(!k.is_empty());
     let _ = Path::new("/");
 }
+
+#[test]
+fn a_hold_of_a_task_names_the_task() {
+    require_root!();
+    let w = world();
+    let (ag, pr) = (s(&binary()), s(&probe()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    // The task's policy holds violations for review and allows no connect.
+    let held = PolicyFile::for_probe("held").on_violation("freeze").write_to(w.tmp.path());
+    let mut run = w.d.spawn_run(&[
+        "--policy",
+        w.run_policy.to_str().unwrap(),
+        "--name",
+        "tasks-hold",
+        "--",
+        &ag,
+        "task",
+        "--id",
+        "toolu_h",
+        "--policy",
+        &s(&held),
+        "--",
+        &pr,
+        "connect",
+        &target,
+    ]);
+    let h = events_of(&w.d, "the task's hold", |e| e["kind"] == "hold" && e["hold"] == "held");
+    let h = h.first().unwrap();
+    assert_eq!(h["task"], "toolu_h", "{h}");
+    assert_eq!(h["run_name"], "tasks-hold", "{h}");
+    let id = h["run"].as_str().unwrap().to_string();
+    let o = w.d.cli(&["deny", &id]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(run.wait_exit(std::time::Duration::from_secs(20)), Some(1), "the connect stays refused: {}", run.stderr());
+}
