@@ -23,7 +23,11 @@ fn world() -> World {
     let tmp = tempfile::Builder::new().prefix("ag-tasks-").tempdir_in("/var/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // The probe's directory (read) holds the agent-guard binary too (cargo's target dir).
-    let run_policy = PolicyFile::for_probe("taskrun").read(["/etc".to_string(), s(tmp.path())]).exec([binary()]).write_to(d.dir.path());
+    let run_policy = PolicyFile::for_probe("taskrun")
+        .read(["/etc".to_string(), s(tmp.path())])
+        .exec([binary()])
+        .connect(["127.0.0.1:1-65535"])
+        .write_to(d.dir.path());
     World { d, tmp, run_policy }
 }
 
@@ -160,7 +164,8 @@ fn a_hold_of_a_task_names_the_task() {
     let (ag, pr) = (s(&binary()), s(&probe()));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap().to_string();
-    // The task's policy holds violations for review and allows no connect.
+    // The run may connect to loopback; the task's policy allows no connect and holds
+    // violations for review.
     let held = PolicyFile::for_probe("held").on_violation("freeze").write_to(w.tmp.path());
     let mut run = w.d.spawn_run(&[
         "--policy",
