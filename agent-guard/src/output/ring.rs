@@ -57,7 +57,10 @@ pub(crate) async fn read_ring(
     };
     async fn emit_batch(shared: &Arc<Shared>, batch: &mut Vec<Event>) {
         for e in batch.drain(..) {
-            let held = (e.verdict == Verdict::Hold).then(|| e.clone());
+            let held = matches!(e.verdict, Verdict::Hold | Verdict::Decoy).then(|| e.clone());
+            if e.kind == Kind::Limit && e.verdict == Verdict::Kill {
+                crate::runs::hold::on_limit_kill(shared, &e);
+            }
             shared.emit_from_ring(e).await;
             if let Some(e) = held {
                 on_hold(shared, e);
