@@ -254,6 +254,15 @@ fn spawn_in(
             // First a session (and terminal) of its own: nothing of the run shares the
             // launcher's.
             child_session.enter()?;
+            if let Some(p) = &pids_procs {
+                // The v1 pids cgroup of `[limits] processes` (runs::pids): joined before the run,
+                // whose programs refuse a write to the cgroup filesystem from inside it.
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -263,14 +272,6 @@ fn spawn_in(
             libc::close(fd);
             if n != 1 {
                 return Err(err);
-            }
-            if let Some(p) = &pids_procs {
-                // The v1 pids cgroup of `[limits] processes` (runs::pids).
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(fd);
             }
             if let Some(layer) = &layer {
                 // The parent applied the same ruleset to a thread of its own already, so this

@@ -1,0 +1,238 @@
+//! Tripwires on the real kernel: `[decoys]` (a decoy opened freezes the run, in monitor mode
+//! too), `decoy plant`, and `[limits]` (per-run budgets counted in the kernel: a crossing is a
+//! `limit` event and, by default, a hold; `processes` is the pids controller's cap).
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use agent_guard_tests::{layout, probe, require_root, run_id, s, stdout, Daemon, PolicyFile};
+use serde_json::Value;
+
+/// `agent-guard run` of the probe in the background, its output captured.
+fn start(d: &Daemon, pol: &Path, name: &str, args: &[&str]) -> Child {
+    Command::new(agent_guard_tests::binary())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["run", "--policy", pol.to_str().unwrap(), "--name", name, "--", probe().to_str().unwrap()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the run to finish (at most 20 s; then it is ended and the test fails).
+fn finish(mut c: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let o = c.wait_with_output().unwrap();
+            panic!("the run did not finish: {o:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.wait_with_output().unwrap()
+}
+
+/// The `held` event of the run named `name`.
+fn held(d: &Daemon, name: &str) -> Value {
+    let is = |e: &Value| e["kind"] == "hold" && e["hold"] == "held" && e["run_name"] == name;
+    d.wait_for("hold", is).into_iter().find(is).unwrap()
+}
+
+fn frozen(d: &Daemon, id: &str) -> bool {
+    std::fs::read_to_string(d.cgroup_root.join(id).join("cgroup.events")).unwrap_or_default().contains("frozen 1")
+}
+
+fn stopped(pid: u64) -> bool {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let st = st.lines().find_map(|l| l.strip_prefix("State:")).unwrap_or("").trim().to_string();
+    st.starts_with('T') || st.starts_with('t')
+}
+
+#[test]
+fn reading_a_decoy_in_monitor_mode_freezes_the_run_with_a_decoy_event() {
+    require_root!();
+    let d = Daemon::start();
+    let l = layout();
+    let decoy = l.ws.join(".env.production");
+    std::fs::write(&decoy, "API_KEY=fake\n").unwrap();
+    // Monitor mode, and the workspace readable: the rest of the policy would let it be.
+    let pol = PolicyFile::for_probe("watch").mode("monitor").read([&l.ws]).decoy_files([&decoy]).write_to(d.dir.path());
+    let run = start(&d, &pol, "tripped", &["read", &s(&decoy)]);
+
+    let h = held(&d, "tripped");
+    assert_eq!(h["reason"], "decoy", "{h:#}");
+    assert_eq!(h["rule"], "decoys.files", "{h:#}");
+    assert_eq!(h["attempts"][0]["kind"], "open", "{h:#}");
+    assert!(h["attempts"][0]["what"].as_str().unwrap().starts_with(&s(&decoy)), "{h:#}");
+    let id = run_id(&d.events(), "tripped");
+    assert!(frozen(&d, &id), "the run is frozen");
+    assert!(stopped(h["tgid"].as_u64().unwrap()), "the reader is stopped");
+    let ev = d.events();
+    let open = ev.iter().find(|e| e["kind"] == "open" && e["path"] == s(&decoy).as_str()).unwrap_or_else(|| panic!("{ev:#?}"));
+    assert_eq!((open["verdict"].as_str(), open["rule"].as_str()), (Some("decoy"), Some("decoys.files")), "{open:#}");
+    // It stays held.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(frozen(&d, &id));
+
+    // Denied: the reader, which holds the decoy open, ends.
+    let o = d.cli(&["deny", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert!(!stdout(&out).contains("API_KEY"), "the content never reached the process: {out:?}");
+    let ev = d.wait_for("denied", |e| e["kind"] == "hold" && e["hold"] == "denied");
+    let denied = ev.iter().find(|e| e["kind"] == "hold" && e["hold"] == "denied").unwrap();
+    assert_eq!(denied["reason"], "decoy", "{denied:#}");
+}
+
+#[test]
+fn a_decoy_written_under_enforce_is_a_decoy_not_a_denial_and_approve_lets_it_go_on() {
+    require_root!();
+    let d = Daemon::start();
+    let l = layout();
+    let decoy = l.outside.join("credentials");
+    std::fs::write(&decoy, "[default]\n").unwrap();
+    // Outside every allow rule, under on_violation = "deny" (the Landlock layer applies).
+    let pol = PolicyFile::for_probe("strict").read([&l.ws]).decoy_files([&decoy]).write_to(d.dir.path());
+    let run = start(&d, &pol, "writer", &["write", &s(&decoy)]);
+    let h = held(&d, "writer");
+    assert_eq!((h["reason"].as_str(), h["rule"].as_str()), (Some("decoy"), Some("decoys.files")), "{h:#}");
+    assert!(h["attempts"][0]["what"].as_str().unwrap().contains("write"), "{h:#}");
+    let id = run_id(&d.events(), "writer");
+    let o = d.cli(&["approve", "--attempts", "1", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert_eq!(stdout(&out).trim(), "ok", "{out:?}");
+}
+
+#[test]
+fn decoy_plant_creates_what_is_missing_and_never_overwrites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real/.env.production");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::write(&real, "REAL_SECRET=keep-me\n").unwrap();
+    let aws = tmp.path().join("home/.aws/credentials");
+    let pol = PolicyFile::new("decoys").decoy_files([&real, &aws]).write_to(tmp.path());
+    let plant = || Command::new(agent_guard_tests::binary()).args(["decoy", "plant", &s(&pol)]).output().unwrap();
+
+    let o = plant();
+    assert!(o.status.success(), "{o:?}");
+    let text = stdout(&o);
+    assert!(text.contains(&format!("kept     {}", s(&real))), "{text}");
+    assert!(text.contains(&format!("planted  {}", s(&aws))), "{text}");
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), "REAL_SECRET=keep-me\n", "the real file is untouched");
+    let content = std::fs::read_to_string(&aws).unwrap();
+    assert!(content.starts_with("[default]\naws_access_key_id = AKIA") && content.contains("aws_secret_access_key"), "{content}");
+    let marker = text.split("marker ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string();
+    assert!(marker.starts_with("agdecoy-") && content.contains(&marker), "{marker} in {content}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&aws).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Again: both exist now, nothing is written.
+    std::fs::write(&aws, "changed by its owner\n").unwrap();
+    let o = plant();
+    assert!(o.status.success() && !stdout(&o).contains("planted"), "{o:?}");
+    assert_eq!(std::fs::read_to_string(&aws).unwrap(), "changed by its owner\n");
+}
+
+#[test]
+fn decoy_hosts_that_are_names_are_refused_with_line_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pol = tmp.path().join("p.toml");
+    std::fs::write(&pol, "name = \"p\"\n[decoys]\nhosts = [\"203.0.113.7:443\", \"canary.internal.example:443\"]\n[limits]\nprocesses = 0\n").unwrap();
+    let o = Command::new(agent_guard_tests::binary()).args(["policy", "check", &s(&pol)]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned() + &stdout(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains(":3:29: decoys.hosts[1]: decoy host \"canary.internal.example:443\" is a name"), "{err}");
+    assert!(err.contains(":5:13: limits.processes: 0 is not a budget"), "{err}");
+}
+
+/// A loopback listener that accepts everything (kept open for the test).
+fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("127.0.0.1:{}", l.local_addr().unwrap().port());
+    (l, target)
+}
+
+#[test]
+fn six_connects_over_a_budget_of_five_hold_the_run_at_the_sixth_and_approve_starts_a_new_window() {
+    require_root!();
+    let d = Daemon::start();
+    let (_l, target) = listener();
+    let pol = PolicyFile::for_probe("budget").connect(["127.0.0.1/32:1-65535"]).limit("connects_per_minute", 5).write_to(d.dir.path());
+    let run = start(&d, &pol, "chatty", &["connect-n", &target, "8"]);
+
+    let h = held(&d, "chatty");
+    assert_eq!((h["reason"].as_str(), h["rule"].as_str()), (Some("limit"), Some("limits.connects_per_minute")), "{h:#}");
+    let what = h["attempts"][0]["what"].as_str().unwrap();
+    assert!(what.contains("6 over the budget of 5 in a 60 s window"), "the counter, the limit and the window: {what}");
+    assert!(!h["recent_events"].as_array().unwrap().is_empty(), "the last events: {h:#}");
+    let ev = d.events();
+    let lim = ev.iter().find(|e| e["kind"] == "limit").unwrap_or_else(|| panic!("{ev:#?}"));
+    assert_eq!((lim["rule"].as_str(), lim["verdict"].as_str()), (Some("limits.connects_per_minute"), Some("hold")), "{lim:#}");
+    assert_eq!((lim["count"].as_u64(), lim["max"].as_u64(), lim["window_s"].as_u64()), (Some(6), Some(5), Some(60)), "{lim:#}");
+    let id = run_id(&ev, "chatty");
+    assert!(frozen(&d, &id));
+    let ok = ev.iter().filter(|e| e["kind"] == "connect" && e["run_name"] == "chatty" && e["verdict"] == "allow").count();
+    assert_eq!(ok, 5, "five connects went through before the hold: {ev:#?}");
+
+    // The metric counts it.
+    let metrics = d.cli(&["status", "--json"]);
+    let _ = metrics;
+
+    let o = d.cli(&["approve", "--attempts", "1", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    let text = stdout(&out);
+    // The sixth was refused (nothing over the budget without a review); the approval started
+    // a new window, in which the seventh and eighth fit.
+    assert!(text.contains("connect 5: ok\nconnect 6: EPERM\nconnect 7: ok\nconnect 8: ok"), "{text}");
+}
+
+#[test]
+fn processes_twenty_refuses_the_twenty_first_fork_and_reports_it() {
+    require_root!();
+    let d = Daemon::start();
+    let pol = PolicyFile::for_probe("forks").limit("processes", 20).on_limit("report").write_to(d.dir.path());
+    let o = d.probe_run(&pol, "forky", &["fork-n", "40"]);
+    // The probe is the first of the run's 20 processes: 19 children, then EAGAIN.
+    assert_eq!(stdout(&o).trim(), "ok forked 19 then EAGAIN", "{o:?}");
+    let ev = d.wait_for("limit", |e| e["kind"] == "limit" && e["run_name"] == "forky");
+    let lim = ev.iter().find(|e| e["kind"] == "limit").unwrap();
+    assert_eq!((lim["rule"].as_str(), lim["verdict"].as_str()), (Some("limits.processes"), Some("deny")), "{lim:#}");
+    assert_eq!((lim["count"].as_u64(), lim["max"].as_u64()), (Some(21), Some(20)), "{lim:#}");
+    assert_eq!(ev.iter().filter(|e| e["kind"] == "limit").count(), 1, "reported once: {ev:#?}");
+}
+
+#[test]
+fn counters_of_one_run_never_count_anothers() {
+    require_root!();
+    let d = Daemon::start();
+    let (_l, target) = listener();
+    let pol = PolicyFile::for_probe("shared")
+        .connect(["127.0.0.1/32:1-65535"])
+        .limit("connects_per_minute", 5)
+        .on_limit("report")
+        .write_to(d.dir.path());
+    // Two runs of the same policy at once, four connects each: eight in the minute, but never
+    // more than five in one run.
+    let (a, b) = (start(&d, &pol, "a", &["connect-n", &target, "4"]), start(&d, &pol, "b", &["connect-n", &target, "4"]));
+    for run in [a, b] {
+        let out = finish(run);
+        assert_eq!(stdout(&out).matches(": ok").count(), 4, "{out:?}");
+    }
+    // A third run crosses its own budget: one event, its own.
+    let o = d.probe_run(&pol, "c", &["connect-n", &target, "6"]);
+    assert_eq!(stdout(&o).matches(": ok").count(), 6, "report lets it go on: {o:?}");
+    let ev = d.wait_for("limit", |e| e["kind"] == "limit");
+    let limits: Vec<&Value> = ev.iter().filter(|e| e["kind"] == "limit").collect();
+    assert_eq!(limits.len(), 1, "{limits:#?}");
+    assert_eq!((limits[0]["run_name"].as_str(), limits[0]["verdict"].as_str()), (Some("c"), Some("allow")), "{:#}", limits[0]);
+}
