@@ -64,6 +64,10 @@ fn reading_a_decoy_in_monitor_mode_freezes_the_run_with_a_decoy_event() {
     let decoy = l.ws.join(".env.production");
     std::fs::write(&decoy, "API_KEY=fake\n").unwrap();
     // Monitor mode, and the workspace readable: the rest of the policy would let it be.
+    // Without the tripwire the read goes through unnoticed: nothing to hold.
+    let plain = PolicyFile::for_probe("plain").mode("monitor").read([&l.ws]).write_to(d.dir.path());
+    let o = d.probe_run(&plain, "untripped", &["read", &s(&decoy)]);
+    assert_eq!(stdout(&o).trim(), "ok API_KEY=fake", "{o:?}");
     let pol = PolicyFile::for_probe("watch").mode("monitor").read([&l.ws]).decoy_files([&decoy]).write_to(d.dir.path());
     let run = start(&d, &pol, "tripped", &["read", &s(&decoy)]);
 
@@ -76,7 +80,7 @@ fn reading_a_decoy_in_monitor_mode_freezes_the_run_with_a_decoy_event() {
     assert!(frozen(&d, &id), "the run is frozen");
     assert!(stopped(h["tgid"].as_u64().unwrap()), "the reader is stopped");
     let ev = d.events();
-    let open = ev.iter().find(|e| e["kind"] == "open" && e["path"] == s(&decoy).as_str()).unwrap_or_else(|| panic!("{ev:#?}"));
+    let open = ev.iter().find(|e| e["kind"] == "open" && e["run_name"] == "tripped" && e["path"] == s(&decoy).as_str()).unwrap_or_else(|| panic!("{ev:#?}"));
     assert_eq!((open["verdict"].as_str(), open["rule"].as_str()), (Some("decoy"), Some("decoys.files")), "{open:#}");
     // It stays held.
     std::thread::sleep(Duration::from_millis(300));
@@ -90,6 +94,48 @@ fn reading_a_decoy_in_monitor_mode_freezes_the_run_with_a_decoy_event() {
     let ev = d.wait_for("denied", |e| e["kind"] == "hold" && e["hold"] == "denied");
     let denied = ev.iter().find(|e| e["kind"] == "hold" && e["hold"] == "denied").unwrap();
     assert_eq!(denied["reason"], "decoy", "{denied:#}");
+    assert!(!ev.iter().any(|e| e["kind"] == "hold" && e["run_name"] == "untripped"), "{ev:#?}");
+    let m = metrics(&d);
+    assert!(m.contains("agent_guard_violations_total{action=\"decoy\",kind=\"open\",policy=\"watch\"} 1"), "{m}");
+}
+
+/// The daemon's `/metrics` text.
+fn metrics(d: &Daemon) -> String {
+    use std::io::{Read, Write};
+    let err = d.stderr();
+    let addr = err
+        .lines()
+        .find_map(|l| l.split("metrics on http://").nth(1)?.split("/metrics").next().map(str::to_string))
+        .unwrap_or_else(|| panic!("no metrics address:\n{err}"));
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    write!(c, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn a_connect_to_a_decoy_host_is_refused_and_holds_the_run() {
+    require_root!();
+    let d = Daemon::start();
+    let (l, target) = listener();
+    l.set_nonblocking(true).unwrap();
+    // Every loopback port is allowed: only the tripwire stands in the way.
+    let pol = PolicyFile::for_probe("canary").connect(["127.0.0.1/32:1-65535"]).decoy_hosts([&target]).write_to(d.dir.path());
+    let run = start(&d, &pol, "caller", &["connect", &target]);
+    let h = held(&d, "caller");
+    assert_eq!((h["reason"].as_str(), h["rule"].as_str()), (Some("decoy"), Some("decoys.hosts")), "{h:#}");
+    assert_eq!(h["attempts"][0]["what"], format!("tcp {target}"), "{h:#}");
+    let id = run_id(&d.events(), "caller");
+    assert!(frozen(&d, &id));
+    let ev = d.events();
+    let c = ev.iter().find(|e| e["kind"] == "connect" && e["run_name"] == "caller").unwrap_or_else(|| panic!("{ev:#?}"));
+    assert_eq!((c["verdict"].as_str(), c["rule"].as_str()), (Some("decoy"), Some("decoys.hosts")), "{c:#}");
+    let o = d.cli(&["deny", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert_eq!(stdout(&out).trim(), "err EPERM", "{out:?}");
+    assert!(l.accept().is_err(), "no connection reached the decoy host");
 }
 
 #[test]
@@ -166,6 +212,10 @@ fn six_connects_over_a_budget_of_five_hold_the_run_at_the_sixth_and_approve_star
     require_root!();
     let d = Daemon::start();
     let (_l, target) = listener();
+    // Without the budget all eight go through.
+    let free = PolicyFile::for_probe("free").connect(["127.0.0.1/32:1-65535"]).write_to(d.dir.path());
+    let o = d.probe_run(&free, "free", &["connect-n", &target, "8"]);
+    assert_eq!(stdout(&o).matches(": ok").count(), 8, "{o:?}");
     let pol = PolicyFile::for_probe("budget").connect(["127.0.0.1/32:1-65535"]).limit("connects_per_minute", 5).write_to(d.dir.path());
     let run = start(&d, &pol, "chatty", &["connect-n", &target, "8"]);
 
@@ -183,9 +233,8 @@ fn six_connects_over_a_budget_of_five_hold_the_run_at_the_sixth_and_approve_star
     let ok = ev.iter().filter(|e| e["kind"] == "connect" && e["run_name"] == "chatty" && e["verdict"] == "allow").count();
     assert_eq!(ok, 5, "five connects went through before the hold: {ev:#?}");
 
-    // The metric counts it.
-    let metrics = d.cli(&["status", "--json"]);
-    let _ = metrics;
+    let m = metrics(&d);
+    assert!(m.contains("agent_guard_limit_exceeded_total{limit=\"connects_per_minute\",policy=\"budget\"} 1"), "{m}");
 
     let o = d.cli(&["approve", "--attempts", "1", &id]);
     assert!(o.status.success(), "{o:?}");
