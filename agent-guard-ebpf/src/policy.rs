@@ -287,8 +287,11 @@ pub fn file_decision(
     }
     let m = match_path(rs, w);
     if m.decoy {
-        // A tripwire, whatever the rest of the policy says and in monitor mode too.
-        return crate::tripwire::decoy_file();
+        // A tripwire (`[decoys] files`), whatever the rest of the policy says and in monitor
+        // mode too: the process stops before it returns to user space and the daemon holds
+        // the run.
+        stop_current();
+        return Decision { verdict: Verdict::Decoy, rule: Some(Rule::DecoyFiles) };
     }
     let rule = if m.access & file_rule::DENY != 0 {
         Rule::FilesDeny

@@ -1,11 +1,11 @@
-//! Tripwires: `[decoys]` (a decoy file opened or a decoy host contacted stops the process and
-//! holds its run, whatever the mode) and `[limits]` (per-run budgets counted here over a fixed
-//! one-minute window). The userspace compiler side is agent-guard/src/policy/tripwire.rs.
+//! Tripwires: `[decoys]` hosts (a connect or send to one is refused and the process stopped,
+//! its run held, whatever the mode; decoy files are a flag of the path trie, see `policy`) and
+//! `[limits]` (per-run budgets counted here over a fixed one-minute window). The userspace compiler side is agent-guard/src/policy/tripwire.rs.
 //!
 //! A rule set without them costs a hook one bit test of its header's flags; processes outside
 //! every run never get here.
 use agent_guard_common::{
-    limit, DecoyHostKey, DestKey, Kind, LimitCounts, LimitEvent, Limits, Rule, Verdict, DECOY_HOSTS_MAX, DESTS_MAX,
+    limit, DecoyHostKey, DestKey, Kind, LimitCounts, LimitEvent, Limits, Verdict, DECOY_HOSTS_MAX, DESTS_MAX,
     RS_DECOY_HOSTS, RS_LIMITS, RULESETS_MAX, RUNS_MAX,
 };
 use aya_ebpf::{
@@ -40,14 +40,6 @@ static AG_DECOY_HOSTS: HashMap<DecoyHostKey, u32> = HashMap::with_max_entries(DE
 static AG_DESTS: LruHashMap<DestKey, u32> = LruHashMap::with_max_entries(DESTS_MAX, 0);
 
 const BPF_NOEXIST: u64 = 1;
-
-/// The decision on opening a decoy file: the process stops before it returns to user space
-/// (SIGSTOP; the daemon freezes the run and holds it), in monitor mode too.
-#[inline(always)]
-pub fn decoy_file() -> Decision {
-    policy::stop_current();
-    Decision { verdict: Verdict::Decoy, rule: Some(Rule::DecoyFiles) }
-}
 
 /// Whether `addr`:`port` is a decoy host of `rs` (the caller refuses and stops).
 #[inline(always)]
