@@ -475,6 +475,9 @@ pub const FLAG_LISTEN: u32 = 1 << 6;
 /// Decided at a syscall's entry tracepoint where the kind's usual program is a cgroup one
 /// (a socket family, a listen): the event's `hook` is `tracepoint`.
 pub const FLAG_TRACEPOINT: u32 = 1 << 7;
+/// A [`Kind::Limit`] record written by a cgroup socket program (a connect or send crossed the
+/// budget): the event's `hook` is `cgroup`.
+pub const FLAG_CGROUP: u32 = 1 << 8;
 
 /// Set by the daemon before load: which cgroup subtree this daemon manages.
 #[repr(C)]

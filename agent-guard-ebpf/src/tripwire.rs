@@ -5,7 +5,7 @@
 //! A rule set without them costs a hook one bit test of its header's flags; processes outside
 //! every run never get here.
 use agent_guard_common::{
-    limit, DecoyHostKey, DestKey, Kind, LimitCounts, LimitEvent, Limits, Verdict, DECOY_HOSTS_MAX, DESTS_MAX,
+    limit, DecoyHostKey, DestKey, Kind, LimitCounts, LimitEvent, Limits, Verdict, DECOY_HOSTS_MAX, DESTS_MAX, FLAG_CGROUP,
     RS_DECOY_HOSTS, RS_LIMITS, RULESETS_MAX, RUNS_MAX,
 };
 use aya_ebpf::{
@@ -238,13 +238,13 @@ pub fn crossed(run: &CurrentRun, rs: &Ruleset, which: usize, o: &Over, can_signa
         }
         _ => Verdict::Allow,
     };
-    report(run, rs, which, o, verdict);
+    report(run, rs, which, o, verdict, if can_signal { 0 } else { FLAG_CGROUP });
     verdict
 }
 
 /// Writes the `limit` event.
 #[inline(always)]
-pub fn report(run: &CurrentRun, rs: &Ruleset, which: usize, o: &Over, verdict: Verdict) {
+pub fn report(run: &CurrentRun, rs: &Ruleset, which: usize, o: &Over, verdict: Verdict, flags: u32) {
     let which = if which < limit::COUNT { which } else { limit::COUNT - 1 };
     let rule = Some(limit::RULES[which]);
     let d = Decision { verdict, rule };
@@ -252,7 +252,7 @@ pub fn report(run: &CurrentRun, rs: &Ruleset, which: usize, o: &Over, verdict: V
     let ev = e.as_mut_ptr();
     // SAFETY: a reserved, writable entry.
     unsafe {
-        event::fill_header(&mut (*ev).hdr, Kind::Limit, run, &d, rs.id, 0);
+        event::fill_header(&mut (*ev).hdr, Kind::Limit, run, &d, rs.id, flags);
         (*ev).limit = which as u32;
         (*ev).count = o.count;
         (*ev).max = o.max;
@@ -278,7 +278,7 @@ fn fork_refused(run: &CurrentRun, rs: &Ruleset) {
     }
     let o = Over { over: true, first: true, count: max.wrapping_add(1), max, on_limit: l.on_limit, window_start: t.window_start };
     if l.on_limit == limit::REPORT {
-        report(run, rs, limit::PROCESSES, &o, Verdict::Deny);
+        report(run, rs, limit::PROCESSES, &o, Verdict::Deny, 0);
     } else {
         crossed(run, rs, limit::PROCESSES, &o, true);
     }

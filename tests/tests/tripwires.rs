@@ -97,6 +97,18 @@ fn reading_a_decoy_in_monitor_mode_freezes_the_run_with_a_decoy_event() {
     assert!(!ev.iter().any(|e| e["kind"] == "hold" && e["run_name"] == "untripped"), "{ev:#?}");
     let m = metrics(&d);
     assert!(m.contains("agent_guard_violations_total{action=\"decoy\",kind=\"open\",policy=\"watch\"} 1"), "{m}");
+    conforms(&d);
+}
+
+/// Every event of the log matches deploy/events.schema.json.
+fn conforms(d: &Daemon) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/events.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for e in d.events() {
+        let errors: Vec<String> = validator.iter_errors(&e).map(|err| format!("{err} at {}", err.instance_path)).collect();
+        assert!(errors.is_empty(), "{errors:?} in {e:#}");
+    }
 }
 
 /// The daemon's `/metrics` text.
@@ -136,6 +148,7 @@ fn a_connect_to_a_decoy_host_is_refused_and_holds_the_run() {
     let out = finish(run);
     assert_eq!(stdout(&out).trim(), "err EPERM", "{out:?}");
     assert!(l.accept().is_err(), "no connection reached the decoy host");
+    conforms(&d);
 }
 
 #[test]
@@ -228,6 +241,7 @@ fn six_connects_over_a_budget_of_five_hold_the_run_at_the_sixth_and_approve_star
     let lim = ev.iter().find(|e| e["kind"] == "limit").unwrap_or_else(|| panic!("{ev:#?}"));
     assert_eq!((lim["rule"].as_str(), lim["verdict"].as_str()), (Some("limits.connects_per_minute"), Some("hold")), "{lim:#}");
     assert_eq!((lim["count"].as_u64(), lim["max"].as_u64(), lim["window_s"].as_u64()), (Some(6), Some(5), Some(60)), "{lim:#}");
+    assert_eq!(lim["hook"], "cgroup", "counted by the connect program: {lim:#}");
     let id = run_id(&ev, "chatty");
     assert!(frozen(&d, &id));
     let ok = ev.iter().filter(|e| e["kind"] == "connect" && e["run_name"] == "chatty" && e["verdict"] == "allow").count();
@@ -243,6 +257,8 @@ fn six_connects_over_a_budget_of_five_hold_the_run_at_the_sixth_and_approve_star
     // The sixth was refused (nothing over the budget without a review); the approval started
     // a new window, in which the seventh and eighth fit.
     assert!(text.contains("connect 5: ok\nconnect 6: EPERM\nconnect 7: ok\nconnect 8: ok"), "{text}");
+    d.wait_for("approved", |e| e["kind"] == "hold" && e["hold"] == "approved" && e["reason"] == "limit");
+    conforms(&d);
 }
 
 #[test]
@@ -258,6 +274,7 @@ fn processes_twenty_refuses_the_twenty_first_fork_and_reports_it() {
     assert_eq!((lim["rule"].as_str(), lim["verdict"].as_str()), (Some("limits.processes"), Some("deny")), "{lim:#}");
     assert_eq!((lim["count"].as_u64(), lim["max"].as_u64()), (Some(21), Some(20)), "{lim:#}");
     assert_eq!(ev.iter().filter(|e| e["kind"] == "limit").count(), 1, "reported once: {ev:#?}");
+    conforms(&d);
 }
 
 #[test]
