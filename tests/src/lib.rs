@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub mod daemons;
 pub mod scenarios;
+pub mod scenarios_tripwires;
 pub mod soak;
 pub mod reliability;
 pub mod users;
