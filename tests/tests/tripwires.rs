@@ -302,3 +302,67 @@ fn counters_of_one_run_never_count_anothers() {
     assert_eq!(limits.len(), 1, "{limits:#?}");
     assert_eq!((limits[0]["run_name"].as_str(), limits[0]["verdict"].as_str()), (Some("c"), Some("allow")), "{:#}", limits[0]);
 }
+
+/// The `limit` events of the run named `name`, once there is one.
+fn limit_events(d: &Daemon, name: &str) -> Vec<Value> {
+    let is = |e: &Value| e["kind"] == "limit" && e["run_name"] == name;
+    d.wait_for("limit", is).into_iter().filter(is).collect()
+}
+
+#[test]
+fn each_budget_counts_its_own_operations() {
+    require_root!();
+    let d = Daemon::start();
+    let l = layout();
+    let ok = s(&l.ws.join("ok.txt"));
+    let (_a, ta) = listener();
+    let (_b, tb) = listener();
+    let (_c, tc) = listener();
+    let base = |name: &str| {
+        PolicyFile::for_probe(name).mode("monitor").read([&l.ws]).exec(["/usr/bin/true"]).connect(["127.0.0.1/32:1-65535"]).on_limit("report")
+    };
+    // opens: 30 reads under a budget of 20; the 21st open crosses it.
+    let pol = base("opens").limit("opens_per_minute", 20).write_to(d.dir.path());
+    let o = d.probe_run(&pol, "opens", &["read-n", &ok, "30"]);
+    assert_eq!(stdout(&o).trim(), "ok 30 of 30", "report lets them go on: {o:?}");
+    let ev = limit_events(&d, "opens");
+    assert_eq!((ev.len(), ev[0]["rule"].as_str(), ev[0]["count"].as_u64()), (1, Some("limits.opens_per_minute"), Some(21)), "{ev:#?}");
+    // execs: the probe itself, then three of /usr/bin/true under a budget of 2.
+    let pol = base("execs").limit("execs_per_minute", 2).write_to(d.dir.path());
+    let o = d.probe_run(&pol, "execs", &["spawn-n", "/usr/bin/true", "3"]);
+    assert_eq!(stdout(&o).trim(), "ok spawned 3", "{o:?}");
+    let ev = limit_events(&d, "execs");
+    assert_eq!((ev[0]["rule"].as_str(), ev[0]["count"].as_u64(), ev[0]["max"].as_u64()), (Some("limits.execs_per_minute"), Some(3), Some(2)), "{ev:#?}");
+    // denials: five reads monitor mode would refuse, under a budget of 3.
+    let pol = base("denials").limit("denials_per_minute", 3).write_to(d.dir.path());
+    let o = d.probe_run(&pol, "denials", &["read-n", &s(&l.outside.join("secret.txt")), "5"]);
+    assert_eq!(stdout(&o).trim(), "ok 5 of 5", "{o:?}");
+    let ev = limit_events(&d, "denials");
+    assert_eq!((ev[0]["rule"].as_str(), ev[0]["count"].as_u64()), (Some("limits.denials_per_minute"), Some(4)), "{ev:#?}");
+    // destinations: three listeners, the first one twice, under a budget of 2: the third new one.
+    let pol = base("dests").limit("distinct_destinations", 2).write_to(d.dir.path());
+    let o = d.probe_run(&pol, "dests", &["connect-all", &ta, &ta, &tb, &tb, &tc]);
+    assert_eq!(stdout(&o).matches(": ok").count(), 5, "{o:?}");
+    let ev = limit_events(&d, "dests");
+    assert_eq!((ev.len(), ev[0]["rule"].as_str(), ev[0]["count"].as_u64()), (1, Some("limits.distinct_destinations"), Some(3)), "{ev:#?}");
+    assert!(ev[0].get("window_s").is_none(), "over the run's life: {:#}", ev[0]);
+    conforms(&d);
+}
+
+#[test]
+fn on_limit_kill_ends_the_run_at_the_crossing() {
+    require_root!();
+    let d = Daemon::start();
+    let (_l, target) = listener();
+    let pol = PolicyFile::for_probe("strict-budget")
+        .connect(["127.0.0.1/32:1-65535"])
+        .limit("connects_per_minute", 2)
+        .on_limit("kill")
+        .write_to(d.dir.path());
+    let o = d.probe_run(&pol, "killed", &["connect-n", &target, "5"]);
+    assert_eq!(o.status.code(), Some(128 + 9), "{o:?}");
+    let text = stdout(&o);
+    assert!(text.starts_with("connect 1: ok\nconnect 2: ok\n") && !text.contains("connect 4"), "{text}");
+    let ev = limit_events(&d, "killed");
+    assert_eq!((ev[0]["verdict"].as_str(), ev[0]["count"].as_u64()), (Some("kill"), Some(3)), "{ev:#?}");
+}

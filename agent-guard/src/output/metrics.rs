@@ -397,6 +397,9 @@ mod tests {
         };
         m.observe(&event("hold", "hold", Some("review"), held));
         m.observe(&event("open", "would_deny", Some("watch"), Detail::None));
+        m.observe(&event("open", "decoy", Some("watch"), Detail::None));
+        let crossed = Detail::Limit { limit: "connects_per_minute", count: 6, max: 5, on_limit: "freeze", window_s: Some(60) };
+        m.observe(&event("limit", "hold", Some("review"), crossed));
         m.observe(&event("open", "allow", None, Detail::None));
         m.observe(&event("drop", "allow", None, Detail::Drop { count: 7, stage: "kernel_ringbuf" }));
         let reload = |result| Detail::PolicyReload {
@@ -433,7 +436,9 @@ mod tests {
         assert_eq!(v(r#"agent_guard_violations_total{action="hold",kind="exec",policy="review"}"#), Some(1.0));
         assert!(!t.contains(r#"kind="hold",policy"#), "hold events are not violations: {t}");
         assert_eq!(v(r#"agent_guard_would_deny_total{kind="open",policy="watch"}"#), Some(1.0));
-        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(5.0));
+        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(6.0));
+        assert_eq!(v(r#"agent_guard_violations_total{action="decoy",kind="open",policy="watch"}"#), Some(1.0), "a tripwire, in monitor mode too");
+        assert_eq!(v(r#"agent_guard_limit_exceeded_total{limit="connects_per_minute",policy="review"}"#), Some(1.0));
         assert_eq!(v(r#"agent_guard_violations_total{action="deny",kind="open",policy="coding"}"#), Some(1.0));
         assert_eq!(v(r#"agent_guard_landlock_denials_total{kind="open",policy="coding"}"#), Some(1.0));
         assert_eq!(v("agent_guard_landlock_abi"), Some(crate::runs::landlock::host_abi() as f64));

@@ -140,6 +140,33 @@ impl Tripwires {
             .collect()
     }
 
+    /// The `[decoys]` and `[limits]` sections as a policy file writes them (empty: none).
+    pub fn to_toml(&self) -> String {
+        let quote = |s: String| toml::Value::String(s).to_string();
+        let mut s = String::new();
+        if !self.decoy_files.is_empty() || !self.decoy_hosts.is_empty() {
+            s.push_str("\n[decoys]\n");
+            for (key, items) in [
+                ("files", self.decoy_files.clone()),
+                ("hosts", self.decoy_hosts.iter().map(ToString::to_string).collect()),
+            ] {
+                if !items.is_empty() {
+                    s.push_str(&format!("{key} = [{}]\n", items.into_iter().map(quote).collect::<Vec<_>>().join(", ")));
+                }
+            }
+        }
+        if self.has_limits() {
+            s.push_str("\n[limits]\n");
+            for (name, v) in LIMIT_NAMES.iter().zip(self.limits) {
+                if let Some(v) = v {
+                    s.push_str(&format!("{name} = {v}\n"));
+                }
+            }
+            s.push_str(&format!("on_limit = \"{}\"\n", self.on_limit.as_str()));
+        }
+        s
+    }
+
     /// Canonical text of the lists and budgets, for the policy version.
     pub(super) fn canonical(&self) -> Vec<String> {
         let mut out: Vec<String> = self.decoy_files.iter().map(|f| format!("decoy file {f}")).collect();
@@ -212,5 +239,14 @@ mod tests {
         assert!(check_decoy_file("/").is_err() && check_decoy_file("relative").is_err());
         assert_eq!((check_limit(5).unwrap(), check_limit(0).is_err(), check_limit(-1).is_err()), (5, true, true));
         assert!(check_limit(1 << 33).is_err());
+    }
+
+    #[test]
+    fn sections_written_back_parse_to_the_same_tripwires() {
+        let text = "name = \"p\"\n[decoys]\nfiles = [\"/a/b\"]\nhosts = [\"[::1]:9\", \"10.0.0.1:443\"]\n[limits]\nprocesses = 20\nopens_per_minute = 5\non_limit = \"kill\"\n";
+        let p = crate::policy::parse(text, "t").policy.expect("valid");
+        let again = crate::policy::parse(&format!("name = \"p\"\n{}", p.tripwires.to_toml()), "t").policy.expect("valid");
+        assert_eq!(again.tripwires, p.tripwires);
+        assert_eq!(again.version, p.version);
     }
 }

@@ -130,6 +130,30 @@ fn main() -> ExitCode {
             }
             Ok("ok done".into())
         }
+        // Opens and reads PATH N times; says how many opens succeeded.
+        "read-n" => {
+            let n: usize = a(2).parse().unwrap_or(1);
+            let ok = (0..n).filter(|_| open(libc::AT_FDCWD, a(1), libc::O_RDONLY).map(read_fd).is_ok()).count();
+            Ok(format!("ok {ok} of {n}"))
+        }
+        // Runs PATH (no arguments) N times, one after the other.
+        "spawn-n" => {
+            let n: usize = a(2).parse().unwrap_or(1);
+            for _ in 0..n {
+                std::process::Command::new(a(1)).status()?;
+            }
+            Ok(format!("ok spawned {n}"))
+        }
+        // One connect to each ADDR; each result printed.
+        "connect-all" => {
+            let mut out = std::io::stdout().lock();
+            for (i, addr) in args[1..].iter().enumerate() {
+                let addr: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+                let r = TcpStream::connect(addr).map_or_else(|e| errno_name(&e), |_| "ok".into());
+                let _ = writeln!(out, "connect {}: {r}", i + 1);
+            }
+            Ok("ok done".into())
+        }
         // Forks up to N children that wait; says how many it made and why it stopped.
         "fork-n" => {
             let n: usize = a(1).parse().unwrap_or(1);
