@@ -695,7 +695,8 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
             failed.push("status-backend".to_string());
         }
     }
-    let tripwires: [(&str, Box<dyn Fn() -> Result<(), String>>); 2] = [
+    type Check<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
+    let tripwires: [(&str, Check); 2] = [
         ("tripwire-decoy-read", Box::new(|| crate::scenarios_tripwires::decoy_read(&c, backend))),
         ("tripwire-connect-budget", Box::new(|| crate::scenarios_tripwires::connect_budget(&c))),
     ];

@@ -403,9 +403,9 @@ fn open_access(flags: u32) -> u32 {
 pub fn hook_of(kind: Kind, flags: u32) -> &'static str {
     if flags & FLAG_LSM != 0 {
         "lsm"
-    } else if flags & agent_guard_common::FLAG_CGROUP != 0 {
-        "cgroup"
-    } else if flags & FLAG_TRACEPOINT == 0 && matches!(kind, Kind::Connect | Kind::Sendmsg | Kind::Socket | Kind::Bind) {
+    } else if flags & agent_guard_common::FLAG_CGROUP != 0
+        || (flags & FLAG_TRACEPOINT == 0 && matches!(kind, Kind::Connect | Kind::Sendmsg | Kind::Socket | Kind::Bind))
+    {
         "cgroup"
     } else {
         "tracepoint"
