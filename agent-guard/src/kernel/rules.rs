@@ -187,6 +187,11 @@ impl PolicyStore {
             }
             for id in &stale {
                 let _ = self.maps.contain.remove(id);
+                let _ = self.maps.limits.remove(id);
+            }
+            let decoys: Vec<_> = self.maps.decoy_hosts.keys().flatten().filter(|k| stale.contains(&k.ruleset)).collect();
+            for k in decoys {
+                let _ = self.maps.decoy_hosts.remove(&k);
             }
             let unix: Vec<_> = self
                 .maps
