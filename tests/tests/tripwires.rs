@@ -82,6 +82,7 @@ fn reading_a_decoy_in_monitor_mode_freezes_the_run_with_a_decoy_event() {
     let ev = d.events();
     let open = ev.iter().find(|e| e["kind"] == "open" && e["run_name"] == "tripped" && e["path"] == s(&decoy).as_str()).unwrap_or_else(|| panic!("{ev:#?}"));
     assert_eq!((open["verdict"].as_str(), open["rule"].as_str()), (Some("decoy"), Some("decoys.files")), "{open:#}");
+    assert_eq!((open["severity"].as_str(), h["severity"].as_str()), (Some("critical"), Some("critical")), "{open:#} {h:#}");
     // It stays held.
     std::thread::sleep(Duration::from_millis(300));
     assert!(frozen(&d, &id));
@@ -242,6 +243,7 @@ fn six_connects_over_a_budget_of_five_hold_the_run_at_the_sixth_and_approve_star
     assert_eq!((lim["rule"].as_str(), lim["verdict"].as_str()), (Some("limits.connects_per_minute"), Some("hold")), "{lim:#}");
     assert_eq!((lim["count"].as_u64(), lim["max"].as_u64(), lim["window_s"].as_u64()), (Some(6), Some(5), Some(60)), "{lim:#}");
     assert_eq!(lim["hook"], "cgroup", "counted by the connect program: {lim:#}");
+    assert_eq!((lim["severity"].as_str(), h["severity"].as_str()), (Some("warning"), Some("warning")), "{lim:#}");
     let id = run_id(&ev, "chatty");
     assert!(frozen(&d, &id));
     let ok = ev.iter().filter(|e| e["kind"] == "connect" && e["run_name"] == "chatty" && e["verdict"] == "allow").count();

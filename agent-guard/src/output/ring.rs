@@ -128,6 +128,7 @@ pub(crate) fn enrich(
     let mut e = shared.event_at(raw.kind, run.as_ref(), SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.verdict = raw.verdict;
     e.rule = raw.rule;
+    e.severity = event::severity(raw.kind, raw.verdict);
     e.facts = raw.facts;
     if h.ruleset != 0 {
         e.hook = Some(event::hook_of(raw.kind, h.flags));

@@ -67,6 +67,7 @@ pub(crate) fn on_hold(shared: &Arc<Shared>, e: Event) {
         let mut ev = shared.base_event(Kind::Hold, Some(&info));
         ev.verdict = Verdict::Hold;
         ev.rule = attempt.rule;
+        ev.severity = event::severity(Kind::Hold, e.verdict).or(event::severity(e.kind, e.verdict));
         ev.pid = Some(attempt.pid);
         ev.tgid = Some(attempt.tgid);
         ev.comm = attempt.comm.clone();

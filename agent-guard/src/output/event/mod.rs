@@ -22,6 +22,10 @@ pub struct Event {
     pub kind: Kind,
     pub verdict: Verdict,
     pub rule: Option<Rule>,
+    /// How urgent a tripwire is: `critical` for a decoy touched (and its hold), `warning` for a
+    /// budget crossed. Absent on other events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<&'static str>,
     /// Which enforcement layer decided an operation: "ebpf" (the kernel programs),
     /// "landlock" (the run's Landlock layer refused it before it happened) or "seccomp" (the
     /// seccomp filter of `agent-guard run` refused a syscall before it ran). Absent on events
@@ -82,6 +86,7 @@ impl Event {
             kind,
             verdict: Verdict::Allow,
             rule: None,
+            severity: None,
             layer: None,
             run: None,
             run_name: None,
@@ -103,6 +108,16 @@ impl Event {
             facts: Facts::default(),
             forget_run: None,
         }
+    }
+}
+
+/// The `severity` of a tripwire's event: a decoy touched is critical, a budget crossed a
+/// warning.
+pub fn severity(kind: Kind, verdict: Verdict) -> Option<&'static str> {
+    match (kind, verdict) {
+        (_, Verdict::Decoy) => Some("critical"),
+        (Kind::Limit, _) => Some("warning"),
+        _ => None,
     }
 }
 
