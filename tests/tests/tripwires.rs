@@ -368,3 +368,22 @@ fn on_limit_kill_ends_the_run_at_the_crossing() {
     let ev = limit_events(&d, "killed");
     assert_eq!((ev[0]["verdict"].as_str(), ev[0]["count"].as_u64()), (Some("kill"), Some(3)), "{ev:#?}");
 }
+
+#[test]
+fn budgets_and_their_counters_survive_a_daemon_restart() {
+    require_root!();
+    let mut d = Daemon::start();
+    let (_l, target) = listener();
+    let pol = PolicyFile::for_probe("kept").connect(["127.0.0.1/32:1-65535"]).limit("connects_per_minute", 3).on_limit("report").write_to(d.dir.path());
+    // Five connects 700 ms apart; the daemon is killed after the first and started again.
+    let run = start(&d, &pol, "steady", &["connect-n", &target, "5", "700"]);
+    d.wait_for("first connect", |e| e["kind"] == "connect" && e["run_name"] == "steady");
+    d.kill9();
+    d.restart();
+    let out = finish(run);
+    assert_eq!(stdout(&out).matches(": ok").count(), 5, "{out:?}");
+    // The fourth crossed the budget: counted in the pinned map across the restart, reported by
+    // the new daemon.
+    let ev = limit_events(&d, "steady");
+    assert_eq!((ev.len(), ev[0]["count"].as_u64(), ev[0]["policy"].as_str()), (1, Some(4), Some("kept")), "{ev:#?}");
+}

@@ -115,12 +115,17 @@ fn main() -> ExitCode {
             }
             Err(std::io::Error::from_raw_os_error(libc::EPERM))
         }
-        // N connects to ADDR one after the other, each result printed ("connect I: ok|ERR").
+        // N connects to ADDR one after the other (MS apart, default 0), each result printed
+        // ("connect I: ok|ERR").
         "connect-n" => {
             let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
             let n: usize = a(2).parse().unwrap_or(1);
+            let pause = std::time::Duration::from_millis(a(3).parse().unwrap_or(0));
             let mut out = std::io::stdout().lock();
             for i in 1..=n {
+                if i > 1 {
+                    std::thread::sleep(pause);
+                }
                 let r = match TcpStream::connect(addr) {
                     Ok(_) => "ok".to_string(),
                     Err(e) => errno_name(&e),
