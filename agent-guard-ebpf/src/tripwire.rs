@@ -1,6 +1,7 @@
 //! Tripwires: `[decoys]` hosts (a connect or send to one is refused and the process stopped,
 //! its run held, whatever the mode; decoy files are a flag of the path trie, see `policy`) and
-//! `[limits]` (per-run budgets counted here over a fixed one-minute window). The userspace compiler side is agent-guard/src/policy/tripwire.rs.
+//! `[limits]` (per-run budgets counted here over a fixed one-minute window). The userspace
+//! compiler side is agent-guard/src/policy/tripwire.rs.
 //!
 //! A rule set without them costs a hook one bit test of its header's flags; processes outside
 //! every run never get here.
