@@ -387,3 +387,22 @@ fn budgets_and_their_counters_survive_a_daemon_restart() {
     let ev = limit_events(&d, "steady");
     assert_eq!((ev.len(), ev[0]["count"].as_u64(), ev[0]["policy"].as_str()), (1, Some(4), Some("kept")), "{ev:#?}");
 }
+
+#[test]
+fn a_refused_fork_under_freeze_holds_the_run_until_approved() {
+    require_root!();
+    let d = Daemon::start();
+    // on_limit defaults to freeze.
+    let pol = PolicyFile::for_probe("fork-hold").limit("processes", 5).write_to(d.dir.path());
+    let run = start(&d, &pol, "forker", &["fork-n", "10"]);
+    let h = held(&d, "forker");
+    assert_eq!((h["reason"].as_str(), h["rule"].as_str()), (Some("limit"), Some("limits.processes")), "{h:#}");
+    assert!(h["attempts"][0]["what"].as_str().unwrap().contains("6 over the budget of 5"), "{h:#}");
+    let id = run_id(&d.events(), "forker");
+    assert!(frozen(&d, &id));
+    assert!(stopped(h["tgid"].as_u64().unwrap()), "the process whose fork was refused is stopped");
+    let o = d.cli(&["approve", "--attempts", "1", &id]);
+    assert!(o.status.success(), "{o:?}");
+    let out = finish(run);
+    assert_eq!(stdout(&out).trim(), "ok forked 4 then EAGAIN", "{out:?}");
+}
