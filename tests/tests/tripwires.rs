@@ -277,6 +277,9 @@ fn processes_twenty_refuses_the_twenty_first_fork_and_reports_it() {
     assert_eq!((lim["count"].as_u64(), lim["max"].as_u64()), (Some(21), Some(20)), "{lim:#}");
     assert_eq!(ev.iter().filter(|e| e["kind"] == "limit").count(), 1, "reported once: {ev:#?}");
     conforms(&d);
+    // On a hybrid host the run had a cgroup v1 pids group of its own: gone with the run.
+    let v1 = Path::new("/sys/fs/cgroup/pids").join(d.cgroup_root.file_name().unwrap());
+    assert!(!v1.exists(), "{} is left behind", v1.display());
 }
 
 #[test]

@@ -37,15 +37,18 @@ pub fn setup(dir: &Path, max: u32) -> Result<Pids, String> {
 }
 
 impl Drop for Pids {
-    /// The v1 cgroup goes once the run's processes are gone (the run cgroup was emptied first).
+    /// The v1 cgroup goes once the run's processes are gone (the run cgroup was emptied
+    /// first), and its parent with it when no other run is left in it.
     fn drop(&mut self) {
-        if let Some(d) = &self.v1_dir {
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    return;
+        let Some(d) = &self.v1_dir else { return };
+        for _ in 0..50 {
+            if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                if let Some(parent) = d.parent() {
+                    let _ = std::fs::remove_dir(parent);
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                return;
             }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }
