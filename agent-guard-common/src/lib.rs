@@ -92,6 +92,14 @@ pub mod names {
     pub const LISTEN_RULES: &str = "AG_LISTEN_RULES";
     /// Global: [`NetOffsets`](super::NetOffsets).
     pub const NET_OFFSETS: &str = "AG_NET_OFFSETS";
+    /// Rule set id -> [`Limits`](super::Limits).
+    pub const LIMITS: &str = "AG_LIMITS";
+    /// Run cgroup id -> [`LimitCounts`](super::LimitCounts).
+    pub const LIMIT_COUNTS: &str = "AG_LIMIT_COUNTS";
+    /// [`DecoyHostKey`](super::DecoyHostKey) -> 1.
+    pub const DECOY_HOSTS: &str = "AG_DECOY_HOSTS";
+    /// [`DestKey`](super::DestKey) -> 1 (LRU).
+    pub const DESTS: &str = "AG_DESTS";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).
@@ -161,6 +169,8 @@ named! {
         /// A bind(2) or listen(2) (with [`FLAG_LISTEN`]) on an IP socket that `[network]
         /// listen` does not allow.
         Bind = 8 => "bind",
+        /// A `[limits]` budget of a run crossed (a [`LimitEvent`]).
+        Limit = 9 => "limit",
         RunStart = 100 => "run_start",
         RunEnd = 101 => "run_end",
         /// `freeze`, `thaw` and `kill` of a run by a responder.
@@ -210,6 +220,9 @@ named! {
         /// run is held for review (an open or exec has happened, a network operation was
         /// refused).
         Hold = 4 => "hold",
+        /// A `[decoys]` tripwire: a decoy file opened or a decoy host contacted, in any mode.
+        /// The process was stopped (SIGSTOP; a connect is also refused) and its run is held.
+        Decoy = 5 => "decoy",
     }
 }
 
@@ -266,6 +279,16 @@ named! {
         /// A process in a cgroup below the managed root that is no registered run (made by
         /// hand, or the managed root itself): refused everything.
         Unregistered = 17 => "contain.unregistered",
+        /// `[decoys] files`: a decoy file was opened (read or write).
+        DecoyFiles = 18 => "decoys.files",
+        /// `[decoys] hosts`: a connect or send to a decoy address and port.
+        DecoyHosts = 19 => "decoys.hosts",
+        LimitExecs = 20 => "limits.execs_per_minute",
+        LimitOpens = 21 => "limits.opens_per_minute",
+        LimitConnects = 22 => "limits.connects_per_minute",
+        LimitDestinations = 23 => "limits.distinct_destinations",
+        LimitDenials = 24 => "limits.denials_per_minute",
+        LimitProcesses = 25 => "limits.processes",
     }
 }
 
@@ -334,10 +357,104 @@ pub mod file_rule {
     /// exec.allow of everything below this directory ("dir/").
     pub const EXEC_DIR: u32 = 1 << 4;
     pub const ACCESS_MASK: u32 = READ | WRITE | DENY;
+    /// `[decoys] files`: exactly this file is a decoy (not a prefix rule).
+    pub const DECOY: u32 = 1 << 5;
 }
 
 /// `RulesetHeader::flags`.
 pub const RS_RAW_SOCKETS: u32 = 1 << 0;
+/// The rule set has `[decoys] hosts` (AG_DECOY_HOSTS entries): only then is it looked up.
+pub const RS_DECOY_HOSTS: u32 = 1 << 1;
+/// The rule set has `[limits]` (an AG_LIMITS entry): only then does a hook count.
+pub const RS_LIMITS: u32 = 1 << 2;
+
+/// `[limits]`: per-run budgets counted in the kernel (see `agent-guard-ebpf/src/tripwire.rs`).
+pub mod limit {
+    use super::Rule;
+    /// Indexes of `Limits::max` and `LimitCounts::n`.
+    pub const EXECS: usize = 0;
+    pub const OPENS: usize = 1;
+    pub const CONNECTS: usize = 2;
+    pub const DESTINATIONS: usize = 3;
+    pub const DENIALS: usize = 4;
+    pub const PROCESSES: usize = 5;
+    pub const COUNT: usize = 6;
+    /// The rule each limit reports, by index.
+    pub const RULES: [Rule; COUNT] = [
+        Rule::LimitExecs,
+        Rule::LimitOpens,
+        Rule::LimitConnects,
+        Rule::LimitDestinations,
+        Rule::LimitDenials,
+        Rule::LimitProcesses,
+    ];
+    /// The per-minute counters' window: fixed, one minute from the first operation counted
+    /// after the previous window ended (or after an approval).
+    pub const WINDOW_NS: u64 = 60_000_000_000;
+    /// `Limits::on_limit`.
+    pub const REPORT: u32 = 1;
+    pub const FREEZE: u32 = 2;
+    pub const KILL: u32 = 3;
+}
+
+/// AG_LIMITS value (keyed by rule set id): the budget per limit (0: none) and what a crossing
+/// does (`limit::REPORT`, ...).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max: [u32; limit::COUNT],
+    pub on_limit: u32,
+    pub _pad: u32,
+}
+
+/// AG_LIMIT_COUNTS value (keyed by run cgroup id): the counters of the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitCounts {
+    /// CLOCK_MONOTONIC ns at which the current window started.
+    pub window_start: u64,
+    pub n: [u32; limit::COUNT],
+}
+
+/// AG_DECOY_HOSTS key: a decoy destination of a rule set (IPv4 as IPv4-mapped).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecoyHostKey {
+    pub ruleset: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub addr: [u8; 16],
+}
+pub const DECOY_HOSTS_MAX: u32 = 4096;
+
+/// AG_DESTS key: a destination a run has connected or sent to (`distinct_destinations`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DestKey {
+    pub run: u64,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+pub const DESTS_MAX: u32 = 1 << 16;
+
+/// A budget crossed: the first operation over `max` in the window (`hdr.rule` names the
+/// limit, `hdr.verdict` what was done: allow for `report`, hold, kill, or deny for a fork the
+/// pids controller refused under `on_limit = "report"`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LimitEvent {
+    pub hdr: EventHeader,
+    /// `limit::*` index.
+    pub limit: u32,
+    /// The count including the operation that crossed.
+    pub count: u32,
+    pub max: u32,
+    pub on_limit: u32,
+    /// Window length and its start (CLOCK_MONOTONIC ns; 0 for limits without a window).
+    pub window_ns: u64,
+    pub window_start_ns: u64,
+}
 
 /// Index into the per-CPU `AG_DROPS` array.
 pub mod drop_slot {
@@ -366,6 +483,9 @@ pub const FLAG_LISTEN: u32 = 1 << 6;
 /// Decided at a syscall's entry tracepoint where the kind's usual program is a cgroup one
 /// (a socket family, a listen): the event's `hook` is `tracepoint`.
 pub const FLAG_TRACEPOINT: u32 = 1 << 7;
+/// A [`Kind::Limit`] record written by a cgroup socket program (a connect or send crossed the
+/// budget): the event's `hook` is `cgroup`.
+pub const FLAG_CGROUP: u32 = 1 << 8;
 
 /// Set by the daemon before load: which cgroup subtree this daemon manages.
 #[repr(C)]
@@ -732,6 +852,10 @@ mod pod_net {
     unsafe impl aya::Pod for UnixKey {}
     unsafe impl aya::Pod for NetContain {}
     unsafe impl aya::Pod for NetOffsets {}
+    unsafe impl aya::Pod for Limits {}
+    unsafe impl aya::Pod for LimitCounts {}
+    unsafe impl aya::Pod for DecoyHostKey {}
+    unsafe impl aya::Pod for DestKey {}
 }
 
 #[cfg(feature = "user")]
@@ -808,6 +932,10 @@ mod tests {
         assert_eq!(size_of::<UnixKey>(), 6 + UNIX_PATH_BYTES);
         assert_eq!(size_of::<UnixEvent>(), size_of::<EventHeader>() + 16 + UNIX_PATH_BYTES + 2);
         assert_eq!(size_of::<NetOffsets>() % 8, 0);
+        assert_eq!(size_of::<Limits>(), 4 * limit::COUNT + 8);
+        assert_eq!(size_of::<LimitCounts>(), 8 + 4 * limit::COUNT);
+        assert_eq!((size_of::<DecoyHostKey>(), size_of::<DestKey>()), (24, 32));
+        assert_eq!(size_of::<LimitEvent>(), size_of::<EventHeader>() + 32);
     }
 
     #[test]
@@ -822,8 +950,11 @@ mod tests {
         for r in Rule::ALL {
             assert_eq!((Rule::from_raw(r.as_raw()), Rule::from_name(r.name())), (Some(*r), Some(*r)));
         }
-        assert_eq!((Kind::from_raw(0), Kind::from_raw(Kind::RunStart.as_raw()), Kind::from_raw(9)), (None, None, None));
-        assert_eq!((Verdict::from_raw(5), Rule::from_raw(RULE_NONE), Rule::from_raw(18)), (None, None, None));
+        assert_eq!((Kind::from_raw(0), Kind::from_raw(Kind::RunStart.as_raw()), Kind::from_raw(10)), (None, None, None));
+        assert_eq!((Verdict::from_raw(6), Rule::from_raw(RULE_NONE), Rule::from_raw(26)), (None, None, None));
+        for (i, r) in limit::RULES.iter().enumerate() {
+            assert!(r.name().starts_with("limits.") && limit::RULES[..i].iter().all(|o| o != r));
+        }
         assert_eq!((Kind::Bind.name(), Rule::Unix.name(), Rule::Families.name(), Rule::Listen.name()), ("bind", "network.unix", "network.families", "network.listen"));
         assert_eq!(Rule::raw_of(None), RULE_NONE);
         assert_eq!((Kind::Sendmsg.as_raw(), Verdict::WouldDeny.as_raw(), Rule::Grant.as_raw()), (6, 3, 10));

@@ -1,7 +1,7 @@
 //! exec: the new image's executable (resolved path of mm->exe_file) and its argv; and, on
 //! the tracepoint backend, execs refused before they happened (the run's Landlock layer
 //! fails them with EACCES, and `sched_process_exec` never fires for them).
-use agent_guard_common::{drop_slot, GrantKey, Kind, Rule, FLAG_READ_ERROR, PENDING_MAX};
+use agent_guard_common::{drop_slot, limit, GrantKey, Kind, Rule, FLAG_READ_ERROR, PENDING_MAX};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, tracepoint},
@@ -65,6 +65,7 @@ pub fn ag_exec(_ctx: TracePointContext) -> u32 {
         if walked.is_none() || !crate::run::decides_exec() {
             (decision, file_id) = decide_exec(rs, &run, exe_file, walked, false);
         }
+        crate::tripwire::counted(&run, rs, limit::EXECS, &decision);
     }
     event::report_exec(&run, &decision, rs.as_ref().map_or(0, |r| r.id), flags, file_id, walked, Some(mm), None);
     0

@@ -1,7 +1,7 @@
 //! open: flags are taken at syscall entry; at exit the path is rebuilt from the new
 //! descriptor's `struct file` (the path the kernel resolved: symlinks, `..`, relative paths
 //! and dirfds are already applied). A failed open reports the string the process passed.
-use agent_guard_common::{drop_slot, GrantKey, Kind, Rule, Verdict, PENDING_MAX, FLAG_READ_ERROR};
+use agent_guard_common::{drop_slot, limit, GrantKey, Kind, Rule, Verdict, PENDING_MAX, FLAG_READ_ERROR};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, tracepoint},
@@ -112,6 +112,7 @@ pub fn decide_open(
             None => policy::violation(rs, Rule::Unseen, can_refuse, policy::NO_HOLD),
         },
     };
+    crate::tripwire::counted(run, rs, limit::OPENS, &d);
     (d, file_id)
 }
 

@@ -5,6 +5,9 @@
 //! whether the current task lives under this daemon's managed cgroup root. Every other process
 //! on the host returns right there.
 #![no_std]
+// atomic_xadd: the target has no atomic types, but BPF has an atomic add with fetch.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod contain;
@@ -21,6 +24,7 @@ mod run;
 mod scratch;
 mod sockets;
 mod syscalls;
+mod tripwire;
 mod unix;
 
 #[cfg(not(test))]

@@ -4,7 +4,7 @@
 //! caller's sockaddr at syscall entry, the result and the socket's type and protocol are
 //! taken at exit (IPv4 and IPv6 only).
 use agent_guard_common::{
-    action, drop_slot, mode, GrantKey, Kind, Rule, Verdict, PENDING_MAX, FLAG_READ_ERROR, RS_RAW_SOCKETS,
+    action, drop_slot, limit, mode, GrantKey, Kind, Rule, Verdict, PENDING_MAX, FLAG_READ_ERROR, RS_RAW_SOCKETS,
 };
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -48,6 +48,11 @@ const PENDING_GRANTED: u32 = 3;
 /// socket_connect hook (which turns a refusal into a `policy::violation` of its own).
 #[inline(always)]
 pub fn decide_connect(rs: &run::Ruleset, run: &run::CurrentRun, addr: &[u8; 16], port: u16, grants: Option<u32>) -> policy::Decision {
+    if crate::tripwire::decoy_host(rs, addr, port) {
+        // A tripwire, whatever the rest of the policy says and in monitor mode too: the
+        // caller refuses it and stops the process.
+        return policy::Decision { verdict: Verdict::Decoy, rule: Some(Rule::DecoyHosts) };
+    }
     if policy::net_allowed(rs, addr, port) {
         return policy::ALLOWED;
     }
@@ -98,6 +103,52 @@ fn kill_later(rs: &run::Ruleset, holdable: bool) -> Verdict {
     Verdict::Deny
 }
 
+/// A decoy host: refused here and stopped at the exit of the syscall (the daemon holds the
+/// run).
+#[inline(always)]
+fn stop_later(v: Verdict) -> Verdict {
+    let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &PENDING_STOP, 0);
+    v
+}
+
+/// Counts a connect (`which`: `limit::CONNECTS`; `limit::COUNT` for a send, which only counts
+/// towards destinations and denials) against the run's budgets. True when the operation is
+/// over a budget under `freeze` or `kill`: the caller refuses it, and the exit of its syscall
+/// stops or kills the process (these programs cannot send signals).
+#[inline(always)]
+fn budgeted(run: &run::CurrentRun, rs: &run::Ruleset, which: usize, addr: &[u8; 16], port: u16, d: &policy::Decision) -> bool {
+    use crate::tripwire;
+    if rs.hdr.flags & agent_guard_common::RS_LIMITS == 0 {
+        return false;
+    }
+    let mut refuse = false;
+    let mut act = |which: usize, o: tripwire::Over| {
+        if o.first {
+            tripwire::crossed(run, rs, which, &o, false);
+        }
+        if o.refuses() {
+            refuse = true;
+        }
+    };
+    if which == limit::CONNECTS {
+        act(limit::CONNECTS, tripwire::count(run, rs, limit::CONNECTS));
+    }
+    if d.verdict == Verdict::Allow {
+        act(limit::DESTINATIONS, tripwire::count_destination(run, rs, addr, port));
+    }
+    act(limit::DENIALS, tripwire::denied(run, rs, d));
+    if refuse {
+        let p = if rs_kills(rs) { PENDING_KILL } else { PENDING_STOP };
+        let _ = AG_KILL_PENDING.insert(&bpf_get_current_pid_tgid(), &p, 0);
+    }
+    refuse
+}
+
+#[inline(always)]
+fn rs_kills(rs: &run::Ruleset) -> bool {
+    crate::tripwire::on_limit(rs) == limit::KILL
+}
+
 /// IPv4 address of a sock_addr context as IPv4-mapped bytes, and the port (host order).
 #[inline(always)]
 fn v4_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
@@ -124,10 +175,17 @@ fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     // SAFETY: context fields the verifier allows reading.
     let (protocol, sock_type, family) = unsafe { ((*sa).protocol, (*sa).type_, (*sa).user_family) };
     let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
-    let (reported, ret) = match &rs {
+    let (mut reported, mut ret) = match &rs {
         Some(rs) if d.verdict == Verdict::Deny => (kill_later(rs, true), REFUSE),
+        Some(_) if d.verdict == Verdict::Decoy => (stop_later(Verdict::Decoy), REFUSE),
         _ => (d.verdict, PASS),
     };
+    if let Some(rs) = &rs {
+        if budgeted(&run, rs, limit::CONNECTS, &addr, port, &d) && ret == PASS {
+            // Over a budget under freeze or kill: refused, and stopped or killed at the exit.
+            (reported, ret) = (Verdict::Deny, REFUSE);
+        }
+    }
     // Inside connect(2) (its entry left a record): leave the judgment for the exit's event,
     // which then needs neither the socket's kernel structures nor a second rule lookup.
     if let Some(p) = AG_PENDING_CONNECT.get_ptr_mut(&bpf_get_current_pid_tgid()) {
@@ -154,11 +212,16 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
     // SAFETY: a context field the verifier allows reading.
     let protocol = unsafe { (*sa).protocol };
     let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
+    let over = match &rs {
+        Some(rs) => budgeted(&run, rs, limit::COUNT, &addr, port, &d),
+        None => false,
+    };
     if d.verdict == Verdict::Allow {
-        return PASS;
+        return if over { REFUSE } else { PASS };
     }
-    let refused = d.verdict == Verdict::Deny;
+    let refused = d.verdict == Verdict::Deny || d.verdict == Verdict::Decoy;
     let reported = match &rs {
+        Some(_) if d.verdict == Verdict::Decoy => stop_later(Verdict::Decoy),
         Some(rs) if refused => kill_later(rs, true),
         _ => d.verdict,
     };

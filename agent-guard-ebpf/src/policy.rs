@@ -171,6 +171,8 @@ pub struct PathMatch {
     pub access: u32,
     /// An exec rule allows this exact file or a directory above it.
     pub exec: bool,
+    /// The path is a decoy file (`[decoys] files`).
+    pub decoy: bool,
 }
 
 
@@ -234,6 +236,9 @@ extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
     if node.flags & file_rule::EXEC_FILE != 0 && st.i == st.n {
         st.exec = 1;
     }
+    if node.flags & file_rule::DECOY != 0 && st.i == st.n {
+        st.decoy = 1;
+    }
     0
 }
 
@@ -241,7 +246,7 @@ extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
 #[inline(always)]
 pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
     let root = rs.hdr.root_flags;
-    let none = PathMatch { access: 0, exec: false };
+    let none = PathMatch { access: 0, exec: false, decoy: false };
     let Some(s) = scratch::scratch_all() else { return none };
     // SAFETY: per-CPU scratch; the loop state is written before and read after the loop.
     unsafe {
@@ -253,9 +258,11 @@ pub fn match_path(rs: &Ruleset, w: &Walked) -> PathMatch {
             access: root & file_rule::ACCESS_MASK,
             // "/" as an exec directory rule covers every file strictly below it: not "/".
             exec: (root & file_rule::EXEC_DIR != 0 && w.ncomps > 0) as u32,
+            decoy: 0,
+            _pad: 0,
         };
         bpf_loop(agent_guard_common::PATH_DEPTH_MAX, match_step as *const () as *mut _, core::ptr::null_mut(), 0);
-        PathMatch { access: (*s).m.access, exec: (*s).m.exec != 0 }
+        PathMatch { access: (*s).m.access, exec: (*s).m.exec != 0, decoy: (*s).m.decoy != 0 }
     }
 }
 
@@ -279,6 +286,13 @@ pub fn file_decision(
         return ALLOWED;
     }
     let m = match_path(rs, w);
+    if m.decoy {
+        // A tripwire (`[decoys] files`), whatever the rest of the policy says and in monitor
+        // mode too: the process stops before it returns to user space and the daemon holds
+        // the run.
+        stop_current();
+        return Decision { verdict: Verdict::Decoy, rule: Some(Rule::DecoyFiles) };
+    }
     let rule = if m.access & file_rule::DENY != 0 {
         Rule::FilesDeny
     } else if write && m.access & file_rule::WRITE == 0 {

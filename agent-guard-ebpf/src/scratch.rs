@@ -12,6 +12,9 @@ pub struct MatchState {
     pub n: u32,
     pub access: u32,
     pub exec: u32,
+    /// The whole path is a `[decoys] files` entry.
+    pub decoy: u32,
+    pub _pad: u32,
 }
 
 /// Room to rebuild a path right to left (see `kernel::path_to_buf`), where its components

@@ -66,6 +66,9 @@ enum Cmd {
     /// Policies: check, apply, list, show; suggest one from runs, diff two, history, rollback
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Tripwires: plant the decoy files of a policy
+    #[command(subcommand)]
+    Decoy(DecoyCmd),
     /// Answer a hold for review: show the held attempts, grant exactly those and let the run go on
     Approve {
         /// The held run: its id or name
@@ -277,8 +280,22 @@ enum PolicyCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum DecoyCmd {
+    /// Create the policy's [decoys] files that do not exist (fake content with a marker unique
+    /// to this host, mode 0600); never overwrites a file
+    Plant {
+        /// The policy file
+        policy: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Decoy(DecoyCmd::Plant { policy }) = &cli.command {
+        // Needs no daemon and no config.
+        return ExitCode::from(cli::decoy::plant(policy, &mut std::io::stdout(), &mut std::io::stderr()));
+    }
     if let Cmd::Policy(PolicyCmd::Check { files }) = &cli.command {
         // Needs no daemon and no config.
         let code = policy::check_files_on(files, &mut std::io::stdout(), &mut std::io::stderr(), &agent_guard::runs::landlock::review);
@@ -351,6 +368,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Decoy(DecoyCmd::Plant { policy }) => ExitCode::from(cli::decoy::plant(&policy, &mut std::io::stdout(), &mut std::io::stderr())),
         Cmd::Approve { run, for_run, attempts, yes } => incident("approve", cli::approve(&cfg, run, for_run, attempts, yes)),
         Cmd::Deny { run, kill } => answer(&cfg, control::Request::Deny { run, kill }),
         Cmd::Ps { json, tasks } => incident("ps", cli::ps(&cfg, json, tasks)),

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub mod daemons;
 pub mod scenarios;
+pub mod scenarios_tripwires;
 pub mod soak;
 pub mod reliability;
 pub mod users;
@@ -645,6 +646,10 @@ pub struct PolicyFile {
     syscalls_deny: Vec<String>,
     bind: Vec<String>,
     capabilities: Vec<String>,
+    decoy_files: Vec<String>,
+    decoy_hosts: Vec<String>,
+    /// `[limits]` keys and their TOML values, as written.
+    limits: Vec<(String, String)>,
 }
 
 fn strings<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> impl Iterator<Item = String> {
@@ -672,6 +677,9 @@ impl PolicyFile {
             syscalls_deny: vec![],
             bind: vec![],
             capabilities: vec![],
+            decoy_files: vec![],
+            decoy_hosts: vec![],
+            limits: vec![],
         }
     }
 
@@ -763,6 +771,30 @@ impl PolicyFile {
         self
     }
 
+    /// decoys.files
+    pub fn decoy_files<P: AsRef<Path>>(mut self, p: impl IntoIterator<Item = P>) -> PolicyFile {
+        self.decoy_files.extend(paths(p));
+        self
+    }
+
+    /// decoys.hosts: `IP:PORT`.
+    pub fn decoy_hosts<S: AsRef<str>>(mut self, hosts: impl IntoIterator<Item = S>) -> PolicyFile {
+        self.decoy_hosts.extend(strings(hosts));
+        self
+    }
+
+    /// A `[limits]` budget (`connects_per_minute`, `processes`, ...).
+    pub fn limit(mut self, name: &str, value: u32) -> PolicyFile {
+        self.limits.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// limits.on_limit: `report`, `freeze` or `kill`.
+    pub fn on_limit(mut self, action: &str) -> PolicyFile {
+        self.limits.push(("on_limit".into(), toml::Value::String(action.into()).to_string()));
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -797,13 +829,20 @@ impl std::fmt::Display for PolicyFile {
             ("bind", &[("cgroups", &self.bind)]),
             ("process", &[("capabilities", &self.capabilities)]),
         ];
-        for (section, lists) in sections {
+        let decoys: Lists = &[("files", &self.decoy_files), ("hosts", &self.decoy_hosts)];
+        for (section, lists) in sections.into_iter().chain([("decoys", decoys)]) {
             if lists.iter().all(|(_, v)| v.is_empty()) {
                 continue;
             }
             writeln!(f, "[{section}]")?;
             for (key, v) in lists.iter().filter(|(_, v)| !v.is_empty()) {
                 writeln!(f, "{key} = [{}]", v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", "))?;
+            }
+        }
+        if !self.limits.is_empty() {
+            writeln!(f, "[limits]")?;
+            for (k, v) in &self.limits {
+                writeln!(f, "{k} = {v}")?;
             }
         }
         Ok(())

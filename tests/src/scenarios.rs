@@ -715,6 +715,23 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
             failed.push("status-backend".to_string());
         }
     }
+    type Check<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
+    let tripwires: [(&str, Check); 2] = [
+        ("tripwire-decoy-read", Box::new(|| crate::scenarios_tripwires::decoy_read(&c, backend))),
+        ("tripwire-connect-budget", Box::new(|| crate::scenarios_tripwires::connect_budget(&c))),
+    ];
+    for (name, check) in tripwires.iter().filter(|(n, _)| only.is_empty() || only.iter().any(|o| o == n)) {
+        match check() {
+            Ok(()) => {
+                passed += 1;
+                println!("AGSCENARIO pass {name}");
+            }
+            Err(why) => {
+                println!("AGSCENARIO FAIL {name}: {why}");
+                failed.push(name.to_string());
+            }
+        }
+    }
     for sc in scenarios().iter().filter(|sc| only.is_empty() || only.iter().any(|o| o == sc.name)) {
         let t = Instant::now();
         match run_one(&c, sc, backend) {

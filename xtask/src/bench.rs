@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: agbench (tests/src/bin/agbench.rs) under three conditions, interleaved
 //! over rounds: (a) no agent-guard at all (daemon stopped: with no run under it, a stopped
 //! daemon detaches everything), (b) a daemon running with agbench outside every run, (c)
-//! agbench inside a run under a policy with 1,000 file rules and 1,000 CIDR rules. Also the
+//! agbench inside a run under a policy with 1,000 file rules and 1,000 CIDR rules, (e) the same
+//! with every `[limits]` budget on (never reached: the cost of counting). Also the
 //! kernel cost per invocation of each ag_* program (kernel.bpf_stats_enabled, restored after)
 //! and the daemon's time to ready, fresh and with pinned state.
 use std::{
@@ -17,15 +18,20 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 pub const OPS: [&str; 4] = ["open_close", "connect", "fork_exec", "getpid"];
-const CONDS: [&str; 4] = ["a", "b", "d", "c"];
-const COND_NAMES: [&str; 4] = [
+const CONDS: [&str; 5] = ["a", "b", "d", "c", "e"];
+const COND_NAMES: [&str; 5] = [
     "(a) no agent-guard",
     "(b) daemon, no run on the host",
     "(d) outside runs, another run alive",
     "(c) inside a run",
+    "(e) inside a run, with [limits]",
 ];
 /// The conditions with agent-guard running, in table order.
-const WITH_DAEMON: [&str; 3] = ["b", "d", "c"];
+const WITH_DAEMON: [&str; 4] = ["b", "d", "c", "e"];
+/// Condition (e)'s budgets: every per-minute counter and distinct_destinations on, none ever
+/// reached (agbench makes 200,000 opens and 20,000 connects a round), so each open and connect
+/// is counted and nothing more happens.
+const NEVER_REACHED: u32 = 1_000_000_000;
 
 /// kernel.bpf_stats_enabled set to 1 for as long as this lives, then restored.
 struct BpfStats(String);
@@ -108,7 +114,7 @@ fn new_run(daemon: &Daemon, before: &HashSet<PathBuf>, timeout: Duration, ready:
 }
 
 /// A policy that allows what agbench does, among 1,000 file rules and 1,000 CIDR rules.
-fn policy(agbench: &Path, data: &Path) -> PolicyFile {
+fn policy(name: &str, agbench: &Path, data: &Path) -> PolicyFile {
     let mut read: Vec<String> = [
         "/usr",
         "/lib",
@@ -139,7 +145,7 @@ fn policy(agbench: &Path, data: &Path) -> PolicyFile {
         cidrs.push(format!("10.{}.{}.0/24:443", i / 256, i % 256));
         i += 1;
     }
-    PolicyFile::new("agbench")
+    PolicyFile::new(name)
         .mode("enforce")
         .on_violation("deny")
         .read(read)
@@ -245,7 +251,14 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
     let data = data_dir.join("file.txt");
     std::fs::write(&data, "agbench\n")?;
     let policy_file = dir.join("agbench.toml");
-    policy(agbench, &data).write_as(&policy_file);
+    policy("agbench", agbench, &data).write_as(&policy_file);
+    let limits_file = dir.join("agbench-limits.toml");
+    let mut limited = policy("agbench-limits", agbench, &data).on_limit("report");
+    for l in ["execs_per_minute", "opens_per_minute", "connects_per_minute", "distinct_destinations", "denials_per_minute"] {
+        limited = limited.limit(l, NEVER_REACHED);
+    }
+    limited.write_as(&limits_file);
+    let policy_of = |cond: &str| if cond == "e" { &limits_file } else { &policy_file };
 
     let mut daemon = Daemon::configure(bin, "agent-guard-bench", "events_log_max_bytes = 0");
     let mut ours = HashSet::new();
@@ -279,7 +292,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
             if !json_out {
                 eprintln!("bench: round {}/{rounds}: {}", round + 1, COND_NAMES[ci]);
             }
-            let out = run_in_condition(&daemon, cond, &policy_file, agbench, &bench_args, &format!("agbench-{round}"))?;
+            let out = run_in_condition(&daemon, cond, policy_of(cond), agbench, &bench_args, &format!("agbench-{round}"))?;
             let r = parse_result(&out, &format!("agbench under {}", COND_NAMES[ci]))?;
             for (op, v) in r {
                 samples
@@ -301,7 +314,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
         let _stats = BpfStats::enable()?;
         for cond in WITH_DAEMON {
             let before = ag_programs();
-            let out = run_in_condition(&daemon, cond, &policy_file, agbench, &bench_args, "agbench-stats")?;
+            let out = run_in_condition(&daemon, cond, policy_of(cond), agbench, &bench_args, "agbench-stats")?;
             let after = ag_programs();
             parse_result(&out, "agbench (program cost pass)")?;
             for (id, (name, cnt, ns)) in &after {
@@ -390,7 +403,7 @@ fn run_in_condition(
         wait_idle(daemon)?;
     }
     let holder = if cond == "d" { Some(Holder::start(daemon, policy_file)?) } else { None };
-    let mut cmd = if cond == "c" {
+    let mut cmd = if cond == "c" || cond == "e" {
         let mut c = daemon.command(&[]);
         c.args(["run", "--policy"]).arg(policy_file).args(["--name", name, "--"]).arg(agbench);
         c
@@ -836,9 +849,15 @@ fn report(r: &Results, rounds: usize, json_out: bool) {
         }
         println!("{row}");
     }
-    println!("\nkernel cost per program invocation (one pass of (b), (d) and (c) with kernel.bpf_stats_enabled):\n");
-    println!("| program | (b) runs | (b) ns/run | (d) runs | (d) ns/run | (c) runs | (c) ns/run |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\ncounting of [limits] on the open and connect paths, (e) against (c) in the same rounds:\n");
+    println!("| op | (c) inside a run | (e) with [limits] | (e)/(c) |");
+    println!("|---|---|---|---|");
+    for op in ["open_close", "connect"] {
+        println!("| {op} | {:.0} | {:.0} | **x{:.3}** |", med("c", op), med("e", op), med("e", op) / med("c", op));
+    }
+    println!("\nkernel cost per program invocation (one pass of (b), (d), (c) and (e) with kernel.bpf_stats_enabled):\n");
+    println!("| program | (b) runs | (b) ns/run | (d) runs | (d) ns/run | (c) runs | (c) ns/run | (e) runs | (e) ns/run |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let names: std::collections::BTreeSet<&String> =
         programs.values().flat_map(|m| m.keys()).collect();
     for n in names {
@@ -854,7 +873,7 @@ fn report(r: &Results, rounds: usize, json_out: bool) {
                     }
                 })
         };
-        println!("| {n} | {} | {} | {} |", cell("b"), cell("d"), cell("c"));
+        println!("| {n} | {} | {} | {} | {} |", cell("b"), cell("d"), cell("c"), cell("e"));
     }
     let s = |v: &[f64]| {
         let mut v = v.to_vec();

@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod decoy;
 pub mod policy;
 
 use anyhow::{bail, Context, Result};

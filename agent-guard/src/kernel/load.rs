@@ -49,6 +49,9 @@ const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("ag_enter_socket", "syscalls", "sys_enter_socket"),
     ("ag_enter_socketpair", "syscalls", "sys_enter_socketpair"),
     ("ag_enter_listen", "syscalls", "sys_enter_listen"),
+    // `[limits] processes` (tripwire.rs): forks the pids controller refused.
+    ("ag_exit_clone", "syscalls", "sys_exit_clone"), ("ag_exit_clone3", "syscalls", "sys_exit_clone3"),
+    ("ag_exit_fork", "syscalls", "sys_exit_fork"), ("ag_exit_vfork", "syscalls", "sys_exit_vfork"),
 ];
 
 /// The syscall check: a raw tracepoint (cheaper per hit than a perf-event tracepoint), run by
@@ -106,6 +109,10 @@ pub struct PolicyMaps {
     pub unix: LpmTrie<MapData, agent_guard_common::UnixKey, u32>,
     pub contain: HashMap<MapData, u32, agent_guard_common::NetContain>,
     pub listen: LpmTrie<MapData, agent_guard_common::NetKey, agent_guard_common::NetRule>,
+    /// `[limits]` and `[decoys] hosts` (see policy/tripwire.rs), and the runs' counters.
+    pub limits: HashMap<MapData, u32, agent_guard_common::Limits>,
+    pub decoy_hosts: HashMap<MapData, agent_guard_common::DecoyHostKey, u32>,
+    pub limit_counts: HashMap<MapData, u64, agent_guard_common::LimitCounts>,
 }
 
 /// The loaded programs and the maps userspace works with.
@@ -155,6 +162,7 @@ const PINNED_MAPS: &[&str] = &[
     names::UNIX_RULES,
     names::NET_CONTAIN,
     names::LISTEN_RULES,
+    names::LIMITS, names::LIMIT_COUNTS, names::DECOY_HOSTS, names::DESTS, "AG_TRIPPED",
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -548,6 +556,9 @@ pub fn load(
         unix: LpmTrie::try_from(take(&mut ebpf, names::UNIX_RULES)?).map_err(map_err(names::UNIX_RULES))?,
         contain: HashMap::try_from(take(&mut ebpf, names::NET_CONTAIN)?).map_err(map_err(names::NET_CONTAIN))?,
         listen: LpmTrie::try_from(take(&mut ebpf, names::LISTEN_RULES)?).map_err(map_err(names::LISTEN_RULES))?,
+        limits: HashMap::try_from(take(&mut ebpf, names::LIMITS)?).map_err(map_err(names::LIMITS))?,
+        decoy_hosts: HashMap::try_from(take(&mut ebpf, names::DECOY_HOSTS)?).map_err(map_err(names::DECOY_HOSTS))?,
+        limit_counts: HashMap::try_from(take(&mut ebpf, names::LIMIT_COUNTS)?).map_err(map_err(names::LIMIT_COUNTS))?,
     };
     Ok(Loaded {
         policy,

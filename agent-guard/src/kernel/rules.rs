@@ -192,6 +192,11 @@ impl PolicyStore {
             }
             for id in &stale {
                 let _ = self.maps.contain.remove(id);
+                let _ = self.maps.limits.remove(id);
+            }
+            let decoys: Vec<_> = self.maps.decoy_hosts.keys().flatten().filter(|k| stale.contains(&k.ruleset)).collect();
+            for k in decoys {
+                let _ = self.maps.decoy_hosts.remove(&k);
             }
             let unix: Vec<_> = self
                 .maps
@@ -264,6 +269,14 @@ impl PolicyStore {
             && self.maps.contain.get(&id, 0).is_ok_and(|x| x == c.contain)
             && c.unix_rules.iter().all(|(len, k)| self.maps.unix.get(&Key::new(*len, *k), 0).is_ok())
             && c.listen_rules.iter().all(|(len, k, v)| self.maps.listen.get(&Key::new(*len, *k), 0).is_ok_and(|x| x == *v))
+            && c.limits.is_none_or(|l| self.maps.limits.get(&id, 0).is_ok_and(|x| x == l))
+            && c.decoy_hosts.iter().all(|k| self.maps.decoy_hosts.get(k, 0).is_ok())
+    }
+
+    /// Starts a new window for the run's budgets (an approval of a limit's hold): its
+    /// per-minute counters and distinct_destinations count afresh from here.
+    pub fn reset_limits(&mut self, run_cgroup: u64) {
+        let _ = self.maps.limit_counts.remove(&run_cgroup);
     }
 
     fn entries_in_use(&self) -> (usize, usize, usize) {
@@ -352,6 +365,12 @@ impl PolicyStore {
             self.maps.listen.insert(&Key::new(*len, *k), v, 0)?;
         }
         self.maps.contain.insert(id, c.contain, 0)?;
+        if let Some(l) = c.limits {
+            self.maps.limits.insert(id, l, 0)?;
+        }
+        for k in &c.decoy_hosts {
+            self.maps.decoy_hosts.insert(k, 1, 0)?;
+        }
         self.maps.rulesets.insert(id, c.header, 0)
     }
 
@@ -369,6 +388,10 @@ impl PolicyStore {
         }
         for (len, k, _) in &c.listen_rules {
             let _ = self.maps.listen.remove(&Key::new(*len, *k));
+        }
+        let _ = self.maps.limits.remove(&id);
+        for k in &c.decoy_hosts {
+            let _ = self.maps.decoy_hosts.remove(k);
         }
     }
 

@@ -29,8 +29,9 @@ const KINDS: &[u32] = &[
     Kind::Socket.as_raw(),
     Kind::Exit.as_raw(),
     Kind::Bind.as_raw(),
+    Kind::Limit.as_raw(),
     0,
-    9,
+    10,
     u32::MAX,
 ];
 
@@ -43,6 +44,7 @@ fn record_size(k: u32, flags: u32) -> Option<usize> {
         Kind::Syscall => size_of::<SyscallEvent>(),
         Kind::Socket => size_of::<SocketEvent>(),
         Kind::Exit => size_of::<ExitEvent>(),
+        Kind::Limit => size_of::<agent_guard_common::LimitEvent>(),
         _ => return None,
     })
 }

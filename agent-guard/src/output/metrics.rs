@@ -30,8 +30,9 @@ pub const DROP_STAGES: [&str; 5] = ["kernel_ringbuf", "kernel_pending", "userspa
 pub const RELOAD_RESULTS: [&str; 3] = ["ok", "unchanged", "error"];
 /// `outcome` of `agent_guard_runs_total`, from the run's `run_end`.
 pub const RUN_OUTCOMES: [&str; 4] = ["ok", "failed", "killed", "unknown"];
-/// Verdicts counted as violations (the action taken); `would_deny` is counted apart.
-const ACTIONS: [Verdict; 3] = [Verdict::Deny, Verdict::Kill, Verdict::Hold];
+/// Verdicts counted as violations (the action taken); `would_deny` is counted apart. A
+/// tripwire (`decoy`) counts in any mode.
+const ACTIONS: [Verdict; 4] = [Verdict::Deny, Verdict::Kill, Verdict::Hold, Verdict::Decoy];
 /// Freezes take milliseconds; a slow one (a run with thousands of processes, a task stuck in
 /// the kernel) is what the upper buckets are for.
 const FREEZE_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -56,6 +57,7 @@ pub struct Metrics {
     registry: Registry,
     violations: IntCounterVec,
     would_deny: IntCounterVec,
+    limits: IntCounterVec,
     events: IntCounterVec,
     dropped: IntCounterVec,
     runs_active: IntGauge,
@@ -121,6 +123,12 @@ impl Metrics {
                 "agent_guard_would_deny_total",
                 "Operations a policy in monitor mode would have refused.",
                 &["policy", "kind"],
+            )?,
+            limits: counter(
+                &r,
+                "agent_guard_limit_exceeded_total",
+                "Budgets of [limits] crossed by a run (once per window), by policy and limit.",
+                &["policy", "limit"],
             )?,
             events: counter(&r, "agent_guard_events_total", "Events the daemon processed, by kind.", &["kind"])?,
             dropped: counter(
@@ -217,6 +225,7 @@ impl Metrics {
             // stage sink may report some of them again after it was itself lost.
             Detail::Drop { count, stage } if *stage != "sink" => self.dropped(stage, *count),
             Detail::PolicyReload { result, .. } => add(&self.reloads, &[result], 1),
+            Detail::Limit { limit, .. } => add(&self.limits, &[policy, limit], 1),
             Detail::RunEnd { exit_status } => {
                 let killed = e.run.as_ref().is_some_and(|r| self.killed_set().remove(r));
                 add(&self.runs, &[policy, outcome(*exit_status, killed)], 1);
@@ -376,6 +385,7 @@ mod tests {
         // The daemon's own hold events are not violations of their own.
         let held = Detail::Hold {
             hold: "held",
+            reason: None,
             attempts: vec![],
             held_argv: vec![],
             recent_events: vec![],
@@ -387,6 +397,9 @@ mod tests {
         };
         m.observe(&event("hold", "hold", Some("review"), held));
         m.observe(&event("open", "would_deny", Some("watch"), Detail::None));
+        m.observe(&event("open", "decoy", Some("watch"), Detail::None));
+        let crossed = Detail::Limit { limit: "connects_per_minute", count: 6, max: 5, on_limit: "freeze", window_s: Some(60) };
+        m.observe(&event("limit", "hold", Some("review"), crossed));
         m.observe(&event("open", "allow", None, Detail::None));
         m.observe(&event("drop", "allow", None, Detail::Drop { count: 7, stage: "kernel_ringbuf" }));
         let reload = |result| Detail::PolicyReload {
@@ -423,7 +436,9 @@ mod tests {
         assert_eq!(v(r#"agent_guard_violations_total{action="hold",kind="exec",policy="review"}"#), Some(1.0));
         assert!(!t.contains(r#"kind="hold",policy"#), "hold events are not violations: {t}");
         assert_eq!(v(r#"agent_guard_would_deny_total{kind="open",policy="watch"}"#), Some(1.0));
-        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(5.0));
+        assert_eq!(v(r#"agent_guard_events_total{kind="open"}"#), Some(6.0));
+        assert_eq!(v(r#"agent_guard_violations_total{action="decoy",kind="open",policy="watch"}"#), Some(1.0), "a tripwire, in monitor mode too");
+        assert_eq!(v(r#"agent_guard_limit_exceeded_total{limit="connects_per_minute",policy="review"}"#), Some(1.0));
         assert_eq!(v(r#"agent_guard_violations_total{action="deny",kind="open",policy="coding"}"#), Some(1.0));
         assert_eq!(v(r#"agent_guard_landlock_denials_total{kind="open",policy="coding"}"#), Some(1.0));
         assert_eq!(v("agent_guard_landlock_abi"), Some(crate::runs::landlock::host_abi() as f64));

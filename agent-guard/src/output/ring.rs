@@ -57,7 +57,10 @@ pub(crate) async fn read_ring(
     };
     async fn emit_batch(shared: &Arc<Shared>, batch: &mut Vec<Event>) {
         for e in batch.drain(..) {
-            let held = (e.verdict == Verdict::Hold).then(|| e.clone());
+            let held = matches!(e.verdict, Verdict::Hold | Verdict::Decoy).then(|| e.clone());
+            if e.kind == Kind::Limit && e.verdict == Verdict::Kill {
+                crate::runs::hold::on_limit_kill(shared, &e);
+            }
             shared.emit_from_ring(e).await;
             if let Some(e) = held {
                 on_hold(shared, e);
@@ -125,6 +128,7 @@ pub(crate) fn enrich(
     let mut e = shared.event_at(raw.kind, run.as_ref(), SystemTime::UNIX_EPOCH + Duration::from_nanos(wall.max(0) as u64));
     e.verdict = raw.verdict;
     e.rule = raw.rule;
+    e.severity = event::severity(raw.kind, raw.verdict);
     e.facts = raw.facts;
     if h.ruleset != 0 {
         e.hook = Some(event::hook_of(raw.kind, h.flags));

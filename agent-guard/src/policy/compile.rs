@@ -30,6 +30,9 @@ pub struct Compiled {
     pub contain: agent_guard_common::NetContain,
     /// AG_LISTEN_RULES entries, as `net_rules`.
     pub listen_rules: Vec<(u32, NetKey, NetRule)>,
+    /// AG_LIMITS value (`[limits]`), and AG_DECOY_HOSTS keys (see tripwire.rs).
+    pub limits: Option<agent_guard_common::Limits>,
+    pub decoy_hosts: Vec<agent_guard_common::DecoyHostKey>,
 }
 
 struct Trie {
@@ -130,6 +133,17 @@ impl Policy {
             let flag = if p.ends_with('/') { file_rule::EXEC_DIR } else { file_rule::EXEC_FILE };
             trie.add(p, flag);
         }
+        for p in &self.tripwires.decoy_files {
+            trie.add(p, file_rule::DECOY);
+        }
+        let limits = self.tripwires.kernel_limits();
+        let decoy_hosts = self.tripwires.decoy_host_keys(ruleset);
+        if limits.is_some() {
+            header.flags |= agent_guard_common::RS_LIMITS;
+        }
+        if !decoy_hosts.is_empty() {
+            header.flags |= agent_guard_common::RS_DECOY_HOSTS;
+        }
         header.root_flags = trie.root_flags;
 
         let net_rules = net_entries(ruleset, &self.network_connect);
@@ -141,6 +155,8 @@ impl Policy {
             unix_rules: super::contain::compile_unix(ruleset, &self.network_unix),
             contain: self.net_contain(),
             listen_rules,
+            limits,
+            decoy_hosts,
         }
     }
 }

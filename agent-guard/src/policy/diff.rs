@@ -10,13 +10,13 @@ use super::{Access, FileVerdict, Policy};
 /// One difference: `+` a rule NEW has and OLD has not, `-` the reverse, `~` a value changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// "files", "exec", "network", "syscalls", "bind", "process", "policy".
+    /// "files", "exec", "network", "syscalls", "bind", "process", "decoys", "limits", "policy".
     pub section: &'static str,
     /// "+", "-" or "~".
     pub sign: &'static str,
     /// What kind of rule: "read", "write", "deny", "exec", "connect", "unix", "family",
     /// "listen", "raw_sockets", "deny syscall", "bind", "capability", "user", "devices",
-    /// "mode", "on_violation", "name".
+    /// "mode", "on_violation", "name", "decoy file", "decoy host", a `[limits]` key.
     pub what: &'static str,
     /// The rule ("/workspace/cache", "10.0.0.0/8:5432") or, for `~`, "OLD -> NEW".
     pub rule: String,
@@ -74,6 +74,12 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
     value("network", "raw_sockets", old.raw_sockets.to_string(), new.raw_sockets.to_string());
     let user = |p: &Policy| p.run_as.clone().unwrap_or_else(|| "(the caller)".into());
     value("process", "user", user(old), user(new));
+    for (i, name) in super::tripwire::LIMIT_NAMES.iter().enumerate() {
+        let budget = |p: &Policy| p.tripwires.limits[i].map_or_else(|| "(none)".into(), |n| n.to_string());
+        value("limits", name, budget(old), budget(new));
+    }
+    let on_limit = |p: &Policy| if p.tripwires.has_limits() { p.tripwires.on_limit.as_str() } else { "(no limits)" }.to_string();
+    value("limits", "on_limit", on_limit(old), on_limit(new));
 
     // Files: each rule added or removed, with what the other side decides at that path.
     for (what, get) in [
@@ -95,7 +101,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
             out.push(Change { section: "files", sign: "-", what, rule: r.clone(), note });
         }
     }
-    let lists: [(&'static str, &'static str, Rules); 8] = [
+    let lists: [(&'static str, &'static str, Rules); 10] = [
         ("exec", "exec", |p| p.exec_allow.clone()),
         ("network", "connect", |p| p.network_connect.iter().map(ToString::to_string).collect()),
         ("network", "unix", |p| p.network_unix.clone()),
@@ -104,6 +110,8 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
         ("syscalls", "deny syscall", |p| p.syscalls_deny.iter().map(|(n, _)| n.clone()).collect()),
         ("bind", "bind", |p| p.bind_cgroups.clone()),
         ("process", "capability", |p| p.capabilities.iter().map(|(n, _)| n.clone()).collect()),
+        ("decoys", "decoy file", |p| p.tripwires.decoy_files.clone()),
+        ("decoys", "decoy host", |p| p.tripwires.decoy_hosts.iter().map(ToString::to_string).collect()),
     ];
     for (section, what, get) in lists {
         let (a, b) = (set(get(old)), set(get(new)));
@@ -114,7 +122,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
             out.push(Change { section, sign: "-", what, rule: r.clone(), note: None });
         }
     }
-    let order = ["policy", "files", "exec", "network", "syscalls", "bind", "process"];
+    let order = ["policy", "files", "exec", "network", "syscalls", "bind", "process", "decoys", "limits"];
     out.sort_by_key(|c| order.iter().position(|s| *s == c.section));
     out
 }
@@ -252,6 +260,14 @@ cgroups = ["agents.slice/*.scope"]
                 "~ raw_sockets: false -> true",
                 "~ user: (the caller) -> agent",
             ]
+        );
+        let tripwires = lines(
+            empty,
+            "name = \"x\"\n[decoys]\nfiles = [\"/w/.env\"]\nhosts = [\"10.0.0.9:443\"]\n[limits]\nconnects_per_minute = 5\n",
+        );
+        assert_eq!(
+            tripwires,
+            vec!["+ decoy file /w/.env", "+ decoy host 10.0.0.9:443", "~ connects_per_minute: (none) -> 5", "~ on_limit: (no limits) -> freeze"],
         );
         let t = text(&diff(&p(empty), &p(FULL)));
         assert!(t.starts_with("[files]\n+ read /etc/ssl (was denied)\n"), "{t}");

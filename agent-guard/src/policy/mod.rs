@@ -85,6 +85,7 @@ mod paths;
 pub mod process;
 pub mod suggest;
 mod syscalls;
+pub mod tripwire;
 pub(crate) use paths::lexical;
 #[cfg(test)]
 mod agreement;
@@ -203,6 +204,8 @@ pub struct Policy {
     pub run_as: Option<String>,
     /// `[files] devices`: device nodes may be created (mknod of block and char devices).
     pub devices: bool,
+    /// `[decoys]` and `[limits]`.
+    pub tripwires: tripwire::Tripwires,
     /// "sha256:" + hex.
     pub version: String,
     /// The file it came from (for messages).
@@ -331,6 +334,8 @@ struct Canonical<'a> {
     network_families: Vec<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     network_listen: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tripwires: Vec<String>,
 }
 
 impl Policy {
@@ -362,6 +367,7 @@ impl Policy {
                 l.dedup();
                 l
             },
+            tripwires: self.tripwires.canonical(),
         };
         let json = serde_json::to_vec(&canonical).expect("serialisable");
         let digest = Sha256::digest(&json);

@@ -36,6 +36,10 @@ pub(super) struct Raw {
     bind: RawBind,
     #[serde(default)]
     process: RawProcess,
+    #[serde(default)]
+    decoys: super::tripwire::RawDecoys,
+    #[serde(default)]
+    limits: super::tripwire::RawLimits,
 }
 
 #[derive(Deserialize, Default)]
@@ -305,6 +309,30 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
         }
     });
 
+    let decoy_files = ctx.list("decoys.files", &raw.decoys.files, super::tripwire::check_decoy_file);
+    let decoy_hosts = ctx.list("decoys.hosts", &raw.decoys.hosts, super::tripwire::check_decoy_host);
+    let mut tripwires = super::tripwire::Tripwires {
+        decoy_files: decoy_files.into_iter().map(|i| i.value).collect(),
+        decoy_hosts: decoy_hosts.into_iter().map(|i| i.value).collect(),
+        ..Default::default()
+    };
+    for (slot, (field, v)) in tripwires.limits.iter_mut().zip(raw.limits.entries()) {
+        if let Some(v) = v {
+            match super::tripwire::check_limit(*v.get_ref()) {
+                Ok(n) => *slot = Some(n),
+                Err(p) => ctx.error(&v.span(), field, p),
+            }
+        }
+    }
+    use super::tripwire::OnLimit;
+    tripwires.on_limit = keyword(
+        &mut ctx,
+        "limits.on_limit",
+        &raw.limits.on_limit,
+        OnLimit::Freeze,
+        &[("report", OnLimit::Report), ("freeze", OnLimit::Freeze), ("kill", OnLimit::Kill)],
+    );
+
     // Port ranges per kernel entry, once enclosing CIDRs are merged in.
     for list in [&connect, &listen] {
     for (net, ranges) in net::merged_ranges(list.iter().map(|i| &i.value)) {
@@ -362,6 +390,7 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
             capabilities: caps.into_iter().map(|i| i.value).collect(),
             run_as: user,
             devices: raw.files.devices.as_ref().is_some_and(|b| *b.get_ref()),
+            tripwires,
             version: String::new(),
             source: origin.to_string(),
         };

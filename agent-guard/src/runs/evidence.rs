@@ -41,8 +41,14 @@ pub fn attempt(e: &Event) -> Option<Attempt> {
             });
             (format!("{proto} {addr}:{port}"), grant, false)
         }
+        (Detail::Limit { limit, count, max, window_s, .. }, _) => {
+            let window = window_s.map_or(String::new(), |w| format!(" in a {w} s window"));
+            (format!("limits.{limit}: {count} over the budget of {max}{window}"), None, false)
+        }
         _ => return None,
     };
+    // A tripwire is never approved for later: each decoy access holds the run again.
+    let grant = grant.filter(|_| e.verdict != agent_guard_common::Verdict::Decoy);
     Some(Attempt { kind: e.kind, what, rule: e.rule, pid, tgid, comm: e.comm.clone(), grant, happened })
 }
 

@@ -67,6 +67,7 @@ pub(crate) fn on_hold(shared: &Arc<Shared>, e: Event) {
         let mut ev = shared.base_event(Kind::Hold, Some(&info));
         ev.verdict = Verdict::Hold;
         ev.rule = attempt.rule;
+        ev.severity = event::severity(Kind::Hold, e.verdict).or(event::severity(e.kind, e.verdict));
         ev.pid = Some(attempt.pid);
         ev.tgid = Some(attempt.tgid);
         ev.comm = attempt.comm.clone();
@@ -82,6 +83,7 @@ pub(crate) fn on_hold(shared: &Arc<Shared>, e: Event) {
             .collect();
         ev.detail = Detail::Hold {
             hold: "held",
+            reason: Some(reason(std::slice::from_ref(&attempt))),
             held_argv: crate::runs::evidence::argv(attempt.tgid),
             recent_events: recent,
             attempts: vec![attempt],
@@ -207,6 +209,11 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
             notes.push(format!("cgroup.kill: {e}"));
         }
     }
+    if let (Answer::Approve { .. }, true) = (how, hold.attempts.iter().any(|a| a.kind == Kind::Limit)) {
+        // An approved budget starts a new window: the run goes on with its budgets intact
+        // (not raised), counted afresh from the approval.
+        shared.own().policies.reset_limits(info.cgroup_id);
+    }
     {
         // Let go in the kernel first: a held process that runs is otherwise killed.
         let mut held_own = shared.own();
@@ -234,6 +241,7 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
     ev.verdict = if matches!(how, Answer::Approve { .. }) { Verdict::Allow } else { Verdict::Deny };
     ev.detail = Detail::Hold {
         hold: state,
+        reason: Some(reason(&hold.attempts)),
         attempts: hold.attempts.clone(),
         held_argv: vec![],
         recent_events: vec![],
@@ -278,4 +286,31 @@ pub(crate) fn show(shared: &Shared, run: &str) -> Result<crate::control::HoldVie
         })
         .collect();
     Ok(crate::control::HoldView { run: info.id.clone(), hold: h.id, attempts })
+}
+
+/// What held a run, from its attempts: a tripwire (`decoy`), a budget (`limit`), or a
+/// policy violation.
+fn reason(attempts: &[crate::runs::grant::Attempt]) -> &'static str {
+    use agent_guard_common::Rule;
+    if attempts.iter().any(|a| matches!(a.rule, Some(Rule::DecoyFiles | Rule::DecoyHosts))) {
+        "decoy"
+    } else if attempts.iter().any(|a| a.kind == Kind::Limit) {
+        "limit"
+    } else {
+        "violation"
+    }
+}
+
+/// A budget crossed under `on_limit = "kill"`: the kernel killed the process that crossed
+/// it; the run ends with it.
+pub(crate) fn on_limit_kill(shared: &Arc<Shared>, e: &Event) {
+    let run_cgroup = e.facts.run_cgroup;
+    let info = shared.own().runs.by_cgroup.get(&run_cgroup).cloned();
+    let Some(info) = info else { return };
+    let shared = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = respond::act(&shared.scope(), &info.dir, Action::Kill, false, respond::TIMEOUT) {
+            warn!("limit of run {}: killing {}: {err}", info.id, info.dir.display());
+        }
+    });
 }

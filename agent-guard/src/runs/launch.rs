@@ -118,13 +118,24 @@ pub fn run(cfg: &Config, args: RunArgs) -> Result<i32> {
             eprintln!("agent-guard: telling the daemon about the run's Landlock layer: {e}");
         }
     }
+    // `[limits] processes`: a run that cannot get its cap does not start.
+    let pids = match process.pids_max.map(|max| crate::runs::pids::setup(&dir, max)).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = cgroup::remove_tree(&dir);
+            let _ = control::call(&cfg.control_socket, control::Request::End { run: id.clone(), exit_status: None });
+            bail!("[limits] processes: {e}");
+        }
+    };
     let landlock_writes = layer.coverage.as_ref().is_some_and(|c| c.files_write);
     let (notifier, filter) = seccomp_for(cfg, registered.seccomp.as_ref(), landlock_writes, client, &id);
-    let spawned = spawn_in(&dir, &args.argv, layer.layer, filter, session, privileges, &cfg.task_socket);
+    let join = pids.as_ref().and_then(|p| p.join.clone());
+    let spawned = spawn_in(&dir, join.as_deref(), &args.argv, layer.layer, filter, session, privileges, &cfg.task_socket);
     // The run is over when its command is: whatever it left behind goes with the cgroup.
     if let Err(e) = cgroup::kill_and_remove(&dir, Duration::from_secs(10)) {
         eprintln!("agent-guard: cleaning up run cgroup {}: {e}", dir.display());
     }
+    drop(pids);
     let status = spawned.map(|(code, running)| {
         if let Some(r) = running {
             r.finish();
@@ -225,6 +236,7 @@ fn create_run_cgroup(root: &Path) -> Result<(String, PathBuf)> {
 /// seccomp `filter`, if any. Returns the shell-style exit status.
 fn spawn_in(
     dir: &Path,
+    pids_procs: Option<&Path>,
     argv: &[String],
     layer: Option<landlock::Layer>,
     filter: Option<seccomp::ChildSide>,
@@ -233,6 +245,10 @@ fn spawn_in(
     task_socket: &Path,
 ) -> Result<(i32, Option<session::Running>)> {
     let procs = CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
+        .context("cgroup path contains NUL")?;
+    let pids_procs = pids_procs
+        .map(|p| CString::new(p.as_os_str().as_encoded_bytes().to_vec()))
+        .transpose()
         .context("cgroup path contains NUL")?;
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]).env(TASK_SOCKET_ENV, task_socket);
@@ -243,6 +259,15 @@ fn spawn_in(
             // First a session (and terminal) of its own: nothing of the run shares the
             // launcher's.
             child_session.enter()?;
+            if let Some(p) = &pids_procs {
+                // The v1 pids cgroup of `[limits] processes` (runs::pids): joined before the run,
+                // whose programs refuse a write to the cgroup filesystem from inside it.
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());

@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod hold;
 pub mod landlock;
 pub mod launch;
+pub mod pids;
 pub mod privileges;
 pub mod respond;
 pub mod session;

@@ -17,6 +17,9 @@ pub struct ProcessPlan {
     pub user: Option<String>,
     /// `[files] devices`.
     pub devices: bool,
+    /// `[limits] processes`: the run's pids.max (see `runs::pids`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u32>,
 }
 
 impl ProcessPlan {
@@ -25,6 +28,7 @@ impl ProcessPlan {
             capabilities: policy.capabilities.iter().map(|(_, n)| *n).collect(),
             user: policy.run_as.clone(),
             devices: policy.devices,
+            pids_max: policy.tripwires.processes(),
         }
     }
 }
@@ -185,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_mask_keeps_only_listed_known_capabilities() {
-        let plan = ProcessPlan { capabilities: vec![10, 27, 99], user: None, devices: false };
+        let plan = ProcessPlan { capabilities: vec![10, 27, 99], user: None, devices: false, pids_max: None };
         assert_eq!(Privileges::new(&plan, None).keep(), 1 << 10 | 1 << 27);
         assert_eq!(Privileges::new(&ProcessPlan::default(), None).keep(), 0);
     }

@@ -17,16 +17,21 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
-fn fail(e: std::io::Error) -> ExitCode {
-    let name = match e.raw_os_error() {
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
         Some(libc::EPERM) => "EPERM".to_string(),
         Some(libc::EACCES) => "EACCES".to_string(),
         Some(libc::ENOENT) => "ENOENT".to_string(),
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".to_string(),
         Some(libc::ENOSYS) => "ENOSYS".to_string(),
+        Some(libc::EAGAIN) => "EAGAIN".to_string(),
         Some(n) => format!("errno{n}"),
         None => e.to_string(),
-    };
+    }
+}
+
+fn fail(e: std::io::Error) -> ExitCode {
+    let name = errno_name(&e);
     println!("err {name}");
     ExitCode::from(1)
 }
@@ -109,6 +114,78 @@ fn main() -> ExitCode {
                 std::thread::sleep(pause);
             }
             Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        }
+        // N connects to ADDR one after the other (MS apart, default 0), each result printed
+        // ("connect I: ok|ERR").
+        "connect-n" => {
+            let addr: SocketAddr = a(1).parse().map_err(std::io::Error::other)?;
+            let n: usize = a(2).parse().unwrap_or(1);
+            let pause = std::time::Duration::from_millis(a(3).parse().unwrap_or(0));
+            let mut out = std::io::stdout().lock();
+            for i in 1..=n {
+                if i > 1 {
+                    std::thread::sleep(pause);
+                }
+                let r = match TcpStream::connect(addr) {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => errno_name(&e),
+                };
+                let _ = writeln!(out, "connect {i}: {r}");
+                let _ = out.flush();
+            }
+            Ok("ok done".into())
+        }
+        // Opens and reads PATH N times; says how many opens succeeded.
+        "read-n" => {
+            let n: usize = a(2).parse().unwrap_or(1);
+            let ok = (0..n).filter(|_| open(libc::AT_FDCWD, a(1), libc::O_RDONLY).map(read_fd).is_ok()).count();
+            Ok(format!("ok {ok} of {n}"))
+        }
+        // Runs PATH (no arguments) N times, one after the other.
+        "spawn-n" => {
+            let n: usize = a(2).parse().unwrap_or(1);
+            for _ in 0..n {
+                std::process::Command::new(a(1)).status()?;
+            }
+            Ok(format!("ok spawned {n}"))
+        }
+        // One connect to each ADDR; each result printed.
+        "connect-all" => {
+            let mut out = std::io::stdout().lock();
+            for (i, addr) in args[1..].iter().enumerate() {
+                let addr: SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+                let r = TcpStream::connect(addr).map_or_else(|e| errno_name(&e), |_| "ok".into());
+                let _ = writeln!(out, "connect {}: {r}", i + 1);
+            }
+            Ok("ok done".into())
+        }
+        // Forks up to N children that wait; says how many it made and why it stopped.
+        "fork-n" => {
+            let n: usize = a(1).parse().unwrap_or(1);
+            let mut kids = Vec::new();
+            let mut why = "all".to_string();
+            for _ in 0..n {
+                // SAFETY: the child only sleeps and exits (async-signal-safe calls).
+                match unsafe { libc::fork() } {
+                    0 => unsafe {
+                        libc::sleep(30);
+                        libc::_exit(0)
+                    },
+                    -1 => {
+                        why = errno_name(&std::io::Error::last_os_error());
+                        break;
+                    }
+                    pid => kids.push(pid),
+                }
+            }
+            for k in &kids {
+                // SAFETY: our own children.
+                unsafe {
+                    libc::kill(*k, libc::SIGKILL);
+                    libc::waitpid(*k, std::ptr::null_mut(), 0);
+                }
+            }
+            Ok(format!("ok forked {} then {why}", kids.len()))
         }
         // connect(2) on descriptor FD (a socket this process inherited) to ADDR (IPv4).
         "connect-fd" => {

@@ -7,7 +7,7 @@ use std::{
 
 pub use agent_guard_common::{Kind, Rule, Verdict};
 use agent_guard_common::{
-    ConnectEvent, EventHeader, ExecEvent, ExitEvent, OpenEvent, SocketEvent, SyscallEvent, UnixEvent, FLAG_ARGV_TRUNCATED,
+    ConnectEvent, EventHeader, ExecEvent, ExitEvent, LimitEvent, OpenEvent, SocketEvent, SyscallEvent, UnixEvent, FLAG_ARGV_TRUNCATED,
     FLAG_LISTEN, FLAG_LSM, FLAG_PATH_TRUNCATED, FLAG_PATH_UNRESOLVED, FLAG_READ_ERROR, FLAG_TRACEPOINT, FLAG_UNIX,
 };
 use serde::Serialize;
@@ -22,6 +22,10 @@ pub struct Event {
     pub kind: Kind,
     pub verdict: Verdict,
     pub rule: Option<Rule>,
+    /// How urgent a tripwire is: `critical` for a decoy touched (and its hold), `warning` for a
+    /// budget crossed. Absent on other events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<&'static str>,
     /// Which enforcement layer decided an operation: "ebpf" (the kernel programs),
     /// "landlock" (the run's Landlock layer refused it before it happened) or "seccomp" (the
     /// seccomp filter of `agent-guard run` refused a syscall before it ran). Absent on events
@@ -87,6 +91,7 @@ impl Event {
             kind,
             verdict: Verdict::Allow,
             rule: None,
+            severity: None,
             layer: None,
             run: None,
             run_name: None,
@@ -110,6 +115,16 @@ impl Event {
             facts: Facts::default(),
             forget_run: None,
         }
+    }
+}
+
+/// The `severity` of a tripwire's event: a decoy touched is critical, a budget crossed a
+/// warning.
+pub fn severity(kind: Kind, verdict: Verdict) -> Option<&'static str> {
+    match (kind, verdict) {
+        (_, Verdict::Decoy) => Some("critical"),
+        (Kind::Limit, _) => Some("warning"),
+        _ => None,
     }
 }
 
@@ -285,6 +300,9 @@ pub enum Detail {
     /// `denied` or `timeout`.
     Hold {
         hold: &'static str,
+        /// What held the run: `violation`, `decoy` (a tripwire) or `limit` (a budget).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
         attempts: Vec<crate::runs::grant::Attempt>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         held_argv: Vec<String>,
@@ -301,6 +319,16 @@ pub enum Detail {
         requested_by_uid: Option<u32>,
         #[serde(skip_serializing_if = "Option::is_none")]
         requested_by_pid: Option<u32>,
+    },
+    /// A `[limits]` budget crossed (`limit` event): the counter, the budget, the window.
+    Limit {
+        limit: &'static str,
+        count: u32,
+        max: u32,
+        on_limit: &'static str,
+        /// The window of per-minute limits (absent: counted over the run's life).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        window_s: Option<u64>,
     },
     /// `freeze`, `thaw` and `kill` of a run by a responder.
     Action {
@@ -405,7 +433,9 @@ fn open_access(flags: u32) -> u32 {
 pub fn hook_of(kind: Kind, flags: u32) -> &'static str {
     if flags & FLAG_LSM != 0 {
         "lsm"
-    } else if flags & FLAG_TRACEPOINT == 0 && matches!(kind, Kind::Connect | Kind::Sendmsg | Kind::Socket | Kind::Bind) {
+    } else if flags & agent_guard_common::FLAG_CGROUP != 0
+        || (flags & FLAG_TRACEPOINT == 0 && matches!(kind, Kind::Connect | Kind::Sendmsg | Kind::Socket | Kind::Bind))
+    {
         "cgroup"
     } else {
         "tracepoint"
@@ -555,6 +585,21 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 error: errno_name(result),
             }
         }
+        Kind::Limit => {
+            let e: LimitEvent = read(bytes, hdr.kind)?;
+            let i = (e.limit as usize).min(agent_guard_common::limit::COUNT - 1);
+            Detail::Limit {
+                limit: crate::policy::tripwire::LIMIT_NAMES[i],
+                count: e.count,
+                max: e.max,
+                on_limit: match e.on_limit {
+                    agent_guard_common::limit::REPORT => "report",
+                    agent_guard_common::limit::KILL => "kill",
+                    _ => "freeze",
+                },
+                window_s: (e.window_ns != 0).then_some(e.window_ns / 1_000_000_000),
+            }
+        }
         // Kind::from_raw gives only the kernel's kinds.
         _ => return Err(DecodeError::Kind(hdr.kind)),
     };
@@ -623,6 +668,10 @@ pub fn human(e: &Event) -> String {
             error.as_deref().map(|e| format!(": FAILED: {e}")).unwrap_or_default()
         ),
         Detail::Syscall { name, .. } => name.clone(),
+        Detail::Limit { limit, count, max, window_s, .. } => match window_s {
+            Some(w) => format!("{limit}: {count} over {max} in a {w} s window"),
+            None => format!("{limit}: {count} over {max}"),
+        },
         Detail::Socket { family, sock_type, protocol } => format!("family={family} type={sock_type} protocol={protocol}"),
         Detail::SocketFamily { family, sock_type, protocol, family_name, netlink, .. } => format!(
             "family={} type={sock_type} protocol={}",

@@ -14,6 +14,7 @@
 //! - Exec: [`FOLD_AT`] or more programs from one directory become `dir/`.
 //! - Network: each address and port reached, as one host (`/32`, `/128`); unix sockets by
 //!   path; binds by address and port; socket families and raw sockets the runs opened.
+//! - Limits: twice the runs' peaks (see `limits`), unless the base policy has `[limits]`.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -23,6 +24,7 @@ use serde_json::Value;
 
 use super::{paths, Access, FileVerdict, Policy};
 
+mod limits;
 mod names;
 mod render;
 pub use names::{redact, secret, temporary};
@@ -415,7 +417,14 @@ pub fn suggest(events: &[(String, Value)], base: Option<&Policy>, name: Option<&
         1 => seen.policies.iter().next().cloned().unwrap_or_default(),
         _ => "suggested".into(),
     });
-    let text = render(&header(events.len(), &seen.runs, base, added), &name, base, &lists, raw.as_ref(), &secret_notes);
+    let mut text = render(&header(events.len(), &seen.runs, base, added), &name, base, &lists, raw.as_ref(), &secret_notes);
+    // The base's tripwires as they are; budgets from the runs' peaks unless the base has its own.
+    if let Some(b) = base {
+        text.push_str(&b.tripwires.to_toml());
+    }
+    if !base.is_some_and(|b| b.tripwires.has_limits()) {
+        text.push_str(&limits::render(&limits::peaks(events)));
+    }
     // The last word: a valid policy, and no secret allowed that the base did not allow.
     let checked = super::parse(&text, "the suggestion");
     let Some(policy) = checked.policy.filter(|_| checked.errors.is_empty()) else {

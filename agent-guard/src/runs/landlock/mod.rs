@@ -247,6 +247,10 @@ impl Plan {
         for w in policy.files_write.iter().filter(|w| !denied(w)) {
             grant(w, write_access() | read_access());
         }
+        // A decoy must reach the eBPF layer, which trips on it whatever the rest says.
+        for d in &policy.tripwires.decoy_files {
+            grant(d, write_access() | read_access());
+        }
         for e in &policy.exec_allow {
             let p = e.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(e);
             grant(p, exec_access());
