@@ -193,3 +193,27 @@ fn a_hold_of_a_task_names_the_task() {
     assert!(o.status.success(), "{o:?}");
     assert_eq!(run.wait_exit(std::time::Duration::from_secs(20)), Some(1), "the connect stays refused: {}", run.stderr());
 }
+
+/// A process in a narrower task that starts, joins and ends a task of its own goes back to
+/// the narrower task, never to the run's wider rules. The Landlock layer is off here so that
+/// the kernel's rules alone decide (the task's Landlock layer would otherwise still hold the
+/// process wherever its cgroup is).
+#[test]
+fn ending_a_task_never_widens_its_starter() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start_with("landlock = false");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = tempfile::Builder::new().prefix("ag-tasks-").tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run_policy = PolicyFile::for_probe("hoprun").read(["/etc".to_string(), s(tmp.path())]).exec([binary()]).write_to(d.dir.path());
+    let narrow = PolicyFile::for_probe("hopnarrow").write_to(tmp.path());
+    let sock = s(&d.dir.path().join("task.sock"));
+    let (ag, pr) = (s(&binary()), s(&probe()));
+    let mut args = vec!["--policy", run_policy.to_str().unwrap(), "--name", "hop-run", "--"];
+    let cmd = [ag.as_str(), "task", "--id", "narrow-1", "--policy", narrow.to_str().unwrap(), "--", pr.as_str(), "task-hop", sock.as_str(), "/etc/hostname"];
+    args.extend_from_slice(&cmd);
+    let o = d.run(&args);
+    assert!(!said(&o).starts_with("ok"), "the process left its narrower task for the run's rules: {o:?}");
+    assert_eq!(status(&o), 137, "{o:?}");
+}

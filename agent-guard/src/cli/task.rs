@@ -38,8 +38,11 @@ pub fn task(cfg: &Config, args: TaskArgs) -> Result<i32> {
         }
         Some(name) => (Some(name.clone()), None),
     };
-    let started = control::call(
-        socket,
+    // One connection for the task's requests: once this process is in the task (from outside a
+    // run: in a run's cgroup), it may no longer connect to the control socket, but it may
+    // still use a connection it has.
+    let mut client = control::Client::new(socket);
+    let started = client.call(
         Request::TaskStart { run: args.run.clone(), id: args.id.clone(), labels: args.labels.clone(), policy, policy_file, argv: args.argv.clone() },
     )?;
     let Some(t) = started.task else { bail!("the daemon started no task") };
@@ -48,9 +51,16 @@ pub fn task(cfg: &Config, args: TaskArgs) -> Result<i32> {
             eprintln!("agent-guard task: {n}: no effect (a task can only narrow its run)");
         }
     }
-    let end = |status: Option<i32>| {
-        if let Err(e) = control::call(socket, Request::TaskEnd { task: t.id.clone(), exit_status: status }) {
-            eprintln!("agent-guard task: ending task {}: {e}", t.id);
+    let task_id = t.id.clone();
+    let end = move |client: &mut control::Client, status: Option<i32>| {
+        let req = || Request::TaskEnd { task: task_id.clone(), exit_status: status };
+        // The task socket closes idle connections: then once more on a new one.
+        let r = match client.call(req()) {
+            Err(control::ClientError::Io { .. }) => control::call(socket, req()),
+            r => r,
+        };
+        if let Err(e) = r {
+            eprintln!("agent-guard task: ending task {task_id}: {e}");
         }
     };
     // The task's Landlock layer, stacked on the run's (Landlock layers only ever narrow).
@@ -61,8 +71,8 @@ pub fn task(cfg: &Config, args: TaskArgs) -> Result<i32> {
     // This process joins the task first, so the command starts inside it from its first
     // instruction (spawn returns only once the command has exec'd: nothing may wait for the
     // parent between fork and exec).
-    if let Err(e) = control::call(socket, Request::TaskJoin { task: t.id.clone(), pid: std::process::id() }) {
-        end(None);
+    if let Err(e) = client.call(Request::TaskJoin { task: t.id.clone(), pid: std::process::id() }) {
+        end(&mut client, None);
         bail!("joining task {}: {e}", t.id);
     }
     let mut cmd = Command::new(&args.argv[0]);
@@ -76,12 +86,12 @@ pub fn task(cfg: &Config, args: TaskArgs) -> Result<i32> {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            end(None);
+            end(&mut client, None);
             return Err(e).with_context(|| format!("starting {}", args.argv[0]));
         }
     };
     let status = child.wait().context("waiting for the task's command")?;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    end(Some(code));
+    end(&mut client, Some(code));
     Ok(code)
 }

@@ -236,8 +236,13 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
 /// `freeze`, `thaw`, `kill` of the run `spec` names, recorded as an event naming the requester.
 pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, caller: access::Caller) -> Response {
     let (uid, pid) = (caller.uid, caller.pid);
-    // A task id: the action is on the task's cgroup only; the rest of the run goes on.
-    let task = shared.own().runs.tasks.values().find(|t| t.id == spec && t.ended.is_none()).cloned();
+    // A task id (never one that names a run: runs come first): the action is on the task's
+    // cgroup only; the rest of the run goes on.
+    let names_a_run = {
+        let list: Vec<Candidate> = shared.candidates(false).into_iter().map(|(c, _)| c).collect();
+        respond::resolve(spec, &list, &shared.mount, Lookup { names: true }).is_ok()
+    };
+    let task = if names_a_run { None } else { shared.own().runs.tasks.values().find(|t| t.id == spec && t.ended.is_none()).cloned() };
     if let Some(t) = task {
         let info = shared.own().runs.by_cgroup.get(&t.run_cgroup).cloned();
         let Some(info) = info else { return Response::err(format!("task {spec}: its run is gone")) };
@@ -563,7 +568,10 @@ pub(crate) async fn stream_events<R, W>(
     W: AsyncWrite + Unpin,
 {
     // A task id: the events of that task (of its run, with `task` set to it).
-    let task_run = run.as_deref().and_then(|spec| shared.own().runs.tasks.values().find(|t| t.id == spec).map(|t| (t.id.clone(), t.run_id.clone())));
+    let task_run = run
+        .as_deref()
+        .filter(|spec| events_filter(&shared, spec).is_err())
+        .and_then(|spec| shared.own().runs.tasks.values().find(|t| t.id == spec).map(|t| (t.id.clone(), t.run_id.clone())));
     let task_only = task_run.as_ref().map(|(t, _)| t.clone());
     let run = task_run.map(|(_, r)| r).or(run);
     let filter = match run.as_deref().map(|spec| events_filter(&shared, spec)).transpose().and_then(|id| {

@@ -15,6 +15,16 @@ use crate::{
     runs::task::{self, Asker},
 };
 
+/// Connections served at once on the task socket: a pool of its own, so that runs can never
+/// take the control socket's (incident response must always get through).
+const TASK_CONNECTIONS: usize = 64;
+static SLOTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(TASK_CONNECTIONS)));
+/// A task socket connection with no request for this long is closed.
+const IDLE: Duration = Duration::from_secs(30);
+/// Longest request line on the task socket (a task policy file's text fits).
+const MAX_TASK_LINE: usize = 1 << 20;
+
 /// Binds the task socket (mode 0666: who may use it is decided per peer).
 pub(crate) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     match std::fs::remove_file(path) {
@@ -31,7 +41,7 @@ pub(crate) fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => match shared.ctl.connections.clone().try_acquire_owned() {
+            Ok((stream, _)) => match SLOTS.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
@@ -39,7 +49,7 @@ pub(crate) async fn accept(shared: Arc<Shared>, listener: UnixListener) {
                         drop(permit);
                     });
                 }
-                Err(_) => info!("task socket: control_max_connections reached: a connection refused"),
+                Err(_) => info!("task socket: {TASK_CONNECTIONS} connections already: one more refused"),
             },
             Err(e) => {
                 warn!("task socket accept: {e}");
@@ -62,13 +72,22 @@ async fn client(shared: Arc<Shared>, stream: UnixStream) {
         let _ = incident::write_response(&mut wr, &Response::err(why)).await;
         return;
     };
-    let asker = Asker::InRun { run_cgroup, task: in_task, pid };
-    let mut lines = RequestLines::new(BufReader::new(rd), control::MAX_LINE);
-    while let Ok(Some(line)) = lines.next_line().await {
+    let _ = (run_cgroup, in_task);
+    let mut lines = RequestLines::new(BufReader::new(rd), MAX_TASK_LINE);
+    loop {
+        // An idle connection is closed: a run must not hold the socket's slots.
+        let line = match tokio::time::timeout(IDLE, lines.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            _ => return,
+        };
         let shared = shared.clone();
-        let asker = asker.clone();
         let resp = tokio::task::spawn_blocking(move || match control::parse_request(&line) {
-            Ok(req) => handle(&shared, &asker, req),
+            // Where the peer is now, for every request: a process that joined a task since it
+            // connected asks as that task's process.
+            Ok(req) => match task::locate(&shared, pid) {
+                Some((run_cgroup, task)) => handle(&shared, &Asker::InRun { run_cgroup, task, pid }, req),
+                None => Response::err("the caller is no longer in a run"),
+            },
             Err(e) => Response::err(e),
         })
         .await

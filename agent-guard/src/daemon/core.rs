@@ -110,6 +110,9 @@ pub(crate) struct TaskInfo {
     pub(crate) policy: Option<String>,
     /// The process that started it (`agent-guard task`): only it and its children may join.
     pub(crate) starter: u32,
+    /// Where the starter was when it joined the task (it goes back there at the end, never
+    /// anywhere wider).
+    pub(crate) starter_from: Option<PathBuf>,
     /// Ended: kept a while so that its last events, read after the end, still name it.
     pub(crate) ended: Option<std::time::Instant>,
 }

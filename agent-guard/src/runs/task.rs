@@ -68,6 +68,16 @@ pub(crate) fn start(
     if !valid_task_id(&id) {
         return Response::err(format!("invalid task id {id:?} (letters, digits, '-', '_', '.'; at most 64)"));
     }
+    // A task id must never be taken for a run (or a pid) by `kill`, `freeze` or `events --run`.
+    if id.bytes().all(|b| b.is_ascii_digit()) || id.starts_with("r-") || id.starts_with("b-") {
+        return Response::err(format!("task id {id:?} could be taken for a pid or a run id; choose another"));
+    }
+    if shared.own().runs.by_cgroup.values().any(|r| r.ended.is_none() && (r.id == id || r.name.as_deref() == Some(&id))) {
+        return Response::err(format!("task id {id:?} is the id or name of a run; choose another"));
+    }
+    if labels.len() > 32 || labels.iter().any(|(k, v)| k.len() > 128 || v.len() > 256) {
+        return Response::err("too many or too long task labels (at most 32, keys of 128 and values of 256 bytes)");
+    }
     // The parent: the task the caller is in, else the run.
     let parent_task = match asker {
         Asker::InRun { task, .. } => task.clone(),
@@ -94,7 +104,17 @@ pub(crate) fn start(
         return Response::err(format!("a task {id:?} is running already"));
     }
     let parent_slot = match &parent_task {
-        Some(t) => own.runs.tasks.values().find(|x| &x.id == t).and_then(|x| x.policy.as_ref()).and_then(|n| own.policies.slot_of(n)),
+        Some(t) => match own.runs.tasks.values().find(|x| &x.id == t && x.run_cgroup == run.cgroup_id && x.ended.is_none()) {
+            // A task without a policy of its own has its run's.
+            Some(x) => match &x.policy {
+                Some(n) => match own.policies.slot_of(n) {
+                    Some(s) => Some(s),
+                    None => return Response::err(format!("the policy of task {t} is no longer loaded: no task can be started from it")),
+                },
+                None => run.policy,
+            },
+            None => return Response::err(format!("the caller's task {t} has ended")),
+        },
         None => run.policy,
     };
     let base = parent_slot.and_then(|s| own.policies.by_slot(s)).map(|s| s.policy.clone());
@@ -111,7 +131,7 @@ pub(crate) fn start(
                 None => p,
             };
             // One slot per distinct pair: later tasks with the same policies share it.
-            effective.name = format!("{}@{}", effective.name, &effective.version[7..19]);
+            effective.name = format!("{}@{}", effective.name, effective.version.get(7..19).unwrap_or("x"));
             match own.policies.install(effective.clone(), text) {
                 Ok(installed) => Some(installed.slot()),
                 Err(e) => return Response::err(format!("installing the task's policy: {e}")),
@@ -155,6 +175,7 @@ pub(crate) fn start(
         labels: labels.clone(),
         policy: policy_name.clone(),
         starter: asker.pid(),
+        starter_from: None,
         ended: None,
     };
     runs.tasks.insert(cgroup_id, info);
@@ -204,6 +225,12 @@ pub(crate) fn join(shared: &Shared, asker: &Asker, task: &str, pid: u32) -> Resp
     if asker.pid() != t.starter || (pid != asker.pid() && parent_of(pid) != Some(asker.pid())) {
         return Response::err(format!("process {pid} is neither the process that started task {task} nor its child"));
     }
+    // Only from where the starter is (the task was narrowed from there): a child in a narrower
+    // task of its own must not move into a wider one.
+    let from = crate::runs::respond::pid_cgroup(pid, &shared.mount);
+    if from.is_none() || from != crate::runs::respond::pid_cgroup(asker.pid(), &shared.mount) {
+        return Response::err(format!("process {pid} is not where the process that started task {task} is"));
+    }
     // From inside a run the child must be in that run already (it is the caller's child).
     if let Asker::InRun { .. } = asker {
         let run_dir = t.dir.parent().map(PathBuf::from).unwrap_or_default();
@@ -212,7 +239,14 @@ pub(crate) fn join(shared: &Shared, asker: &Asker, task: &str, pid: u32) -> Resp
         }
     }
     match std::fs::write(t.dir.join("cgroup.procs"), pid.to_string()) {
-        Ok(()) => Response::ok(),
+        Ok(()) => {
+            if pid == t.starter {
+                if let Some(x) = shared.own().runs.tasks.get_mut(&t.cgroup_id) {
+                    x.starter_from = from;
+                }
+            }
+            Response::ok()
+        }
         Err(e) => Response::err(format!("moving process {pid} into task {task}: {e}")),
     }
 }
@@ -231,13 +265,12 @@ pub(crate) fn end(shared: &Shared, asker: &Asker, task: &str) -> Response {
     if asker.pid() != t.starter {
         return Response::err(format!("task {task} is ended by the process that started it"));
     }
-    // The starter (`agent-guard task`, inside its task) goes back to the run's cgroup before
-    // what is left in the task is killed.
+    // The starter (`agent-guard task`, inside its task) goes back to where it joined from
+    // before what is left in the task is killed; if that is gone, it ends with the task.
     if crate::runs::evidence::in_cgroup(t.starter, &shared.mount, &t.dir) {
-        if let Some(run_dir) = t.dir.parent() {
-            if let Err(e) = std::fs::write(run_dir.join("cgroup.procs"), t.starter.to_string()) {
-                warn!("task {task}: moving its starter {} back to the run: {e}", t.starter);
-            }
+        let back = t.starter_from.as_ref().filter(|d| d.exists()).map(|d| std::fs::write(d.join("cgroup.procs"), t.starter.to_string()));
+        if !matches!(back, Some(Ok(()))) {
+            warn!("task {task}: its starter {} cannot go back where it came from: it ends with the task", t.starter);
         }
     }
     forget(shared, &t);
@@ -247,6 +280,14 @@ pub(crate) fn end(shared: &Shared, asker: &Asker, task: &str) -> Response {
 fn forget(shared: &Shared, t: &TaskInfo) {
     if matches!(crate::runs::cgroup::populated(&t.dir), Ok(true)) {
         let _ = crate::runs::respond::act(&shared.scope(), &t.dir, crate::runs::respond::Action::Kill, false, crate::runs::respond::TIMEOUT);
+    }
+    if matches!(crate::runs::cgroup::populated(&t.dir), Ok(true)) {
+        // Survivors keep the task's rules: the kernel entry stays until the cgroup is empty.
+        warn!("task {}: processes survived its end; they stay under its rules", t.id);
+        if let Some(x) = shared.own().runs.tasks.get_mut(&t.cgroup_id) {
+            x.ended = Some(std::time::Instant::now());
+        }
+        return;
     }
     if let Err(e) = std::fs::remove_dir(&t.dir) {
         if t.dir.exists() {

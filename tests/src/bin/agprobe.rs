@@ -504,6 +504,27 @@ fn main() -> ExitCode {
             unsafe { libc::execv(ptrs[0], ptrs.as_ptr()) };
             Err(errno())
         }
+        // On one connection to the task socket SOCK: starts task "hop" with no policy of its
+        // own, joins it, ends it; then reads PATH (an attempt to leave a narrower task for the
+        // run's wider rules).
+        "task-hop" => {
+            use std::io::{BufRead, Write};
+            let c = std::os::unix::net::UnixStream::connect(a(1))?;
+            let mut r = std::io::BufReader::new(c.try_clone()?);
+            let mut w = c;
+            let me = std::process::id();
+            for req in [
+                r#"{"v":2,"op":"task_start","id":"hop"}"#.to_string(),
+                format!(r#"{{"v":2,"op":"task_join","task":"hop","pid":{me}}}"#),
+                r#"{"v":2,"op":"task_end","task":"hop"}"#.to_string(),
+            ] {
+                writeln!(w, "{req}")?;
+                let mut line = String::new();
+                r.read_line(&mut line)?;
+                eprintln!("{}", line.trim_end());
+            }
+            open(libc::AT_FDCWD, a(2), libc::O_RDONLY).map(|fd| format!("ok {}", read_fd(fd).trim_end()))
+        }
         // One JSON line to the unix socket SOCK; prints the response line.
         "unix-request" => {
             use std::io::{BufRead, Write};
