@@ -36,12 +36,14 @@ fn a_flooding_run_cannot_cost_a_quiet_run_its_violations() {
     let quiet = format!("i=0; while [ $i -lt {n} ]; do cat /etc/hostname; i=$((i+1)); done");
     let out = d.run(&["--policy", policy.to_str().unwrap(), "--name", "quiet", "--", "sh", "-c", &quiet]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    d.wait_for("run_end of quiet", |e| e["kind"] == "run_end" && e["run_name"] == "quiet");
-    // The flood overflowed the ring meanwhile (drop counts are reported once a second).
-    let ev = d.wait_for("a kernel_ringbuf drop report", |e| e["kind"] == "drop" && e["stage"] == "kernel_ringbuf");
+    // The flood ends first: its events would otherwise keep the daemon (and this test's
+    // reading of the log) busy for longer than the waits below.
     let id = flood.cgroup.clone().unwrap();
     let _ = std::fs::write(id.join("cgroup.kill"), "1");
     assert_eq!(flood.wait_exit(std::time::Duration::from_secs(10)), Some(137));
+    d.wait_for("run_end of quiet", |e| e["kind"] == "run_end" && e["run_name"] == "quiet");
+    // The flood overflowed the ring meanwhile (drop counts are reported once a second).
+    let ev = d.wait_for("a kernel_ringbuf drop report", |e| e["kind"] == "drop" && e["stage"] == "kernel_ringbuf");
     let violations = ev
         .iter()
         .filter(|e| e["run_name"] == "quiet" && e["kind"] == "open" && e["path"] == "/etc/hostname" && e["verdict"] == "would_deny")

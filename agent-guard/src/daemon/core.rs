@@ -269,10 +269,28 @@ impl Shared {
     pub(crate) fn emit(&self, e: Event) {
         self.metrics.observe(&e);
         let e = Arc::new(e);
-        if self.tx.try_send(e.clone()).is_err() {
-            self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            self.record(&e);
+        match self.tx.try_send(e.clone()) {
+            Ok(()) => self.record(&e),
+            // The daemon's own events (a run's start and end, holds, responders' actions,
+            // policy reloads, drop reports) and violations are never dropped for a full
+            // queue: they wait for room (seen: a run_end lost behind a flood of allowed opens).
+            Err(mpsc::error::TrySendError::Full(_)) if !e.kind.is_kernel() || e.verdict != Verdict::Allow => {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        self.record(&e);
+                        let tx = self.tx.clone();
+                        h.spawn(async move {
+                            let _ = tx.send(e).await;
+                        });
+                    }
+                    Err(_) => {
+                        self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(_) => {
+                self.queue_drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }
