@@ -233,59 +233,69 @@ fn unregistered(c: &Candidate, cgroup_id: u64) -> RunInfo {
     }
 }
 
-/// `freeze`, `thaw`, `kill` of the run `spec` names, recorded as an event naming the requester.
+/// The event recording a responder's `action` on `info` (or a task of it).
+fn action_event(shared: &Shared, action: Action, info: &RunInfo, by: (u32, u32), latency: Duration, processes: usize, error: Option<String>) -> crate::output::event::Event {
+    let mut e = shared.base_event(action.kind(), Some(info));
+    e.detail = Detail::Action {
+        requested_by_uid: by.0,
+        requested_by_pid: by.1,
+        latency_ms: respond::millis(latency),
+        processes: processes as u64,
+        error,
+    };
+    e
+}
+
+/// `freeze`, `thaw`, `kill` of a task (`agent-guard task`): on the task's cgroup only; the
+/// rest of the run goes on.
+fn act_on_task(shared: &Shared, action: Action, t: &crate::daemon::core::TaskInfo, caller: &access::Caller) -> Response {
+    let info = shared.own().runs.by_cgroup.get(&t.run_cgroup).cloned();
+    let Some(info) = info else { return Response::err(format!("task {}: its run is gone", t.id)) };
+    if let Err(why) = access::may_act_on(caller, &info.id, info.started_by, admin_group(shared)) {
+        return Response::err(why);
+    }
+    let result = respond::act(&shared.scope(), &t.dir, action, false, respond::TIMEOUT);
+    let (latency, processes) = match &result {
+        Ok(o) => (o.latency, o.processes),
+        Err(_) => (Duration::ZERO, 0),
+    };
+    let mut e = action_event(shared, action, &info, (caller.uid, caller.pid), latency, processes, result.as_ref().err().map(|e| e.to_string()));
+    e.task = Some(t.id.clone());
+    e.task_labels = Some(t.labels.clone());
+    e.cgroup = Some(shared.rel(&t.dir));
+    shared.emit(e);
+    match result {
+        Ok(o) => Response {
+            action: Some(ActionReport {
+                run: info.id.clone(),
+                name: Some(t.id.clone()),
+                cgroup: shared.rel(&t.dir),
+                latency_ms: respond::millis(o.latency),
+                processes: o.processes as u64,
+                removed: false,
+            }),
+            ..Response::ok()
+        },
+        Err(e) => Response::err(e.to_string()),
+    }
+}
+
+/// `freeze`, `thaw`, `kill` of the run `spec` names (or, when it names no run, of the live
+/// task with that id), recorded as an event naming the requester.
 pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, caller: access::Caller) -> Response {
     let (uid, pid) = (caller.uid, caller.pid);
-    // A task id (never one that names a run: runs come first): the action is on the task's
-    // cgroup only; the rest of the run goes on.
-    let names_a_run = {
-        let list: Vec<Candidate> = shared.candidates(false).into_iter().map(|(c, _)| c).collect();
-        respond::resolve(spec, &list, &shared.mount, Lookup { names: true }).is_ok()
-    };
-    let task = if names_a_run { None } else { shared.own().runs.tasks.values().find(|t| t.id == spec && t.ended.is_none()).cloned() };
-    if let Some(t) = task {
-        let info = shared.own().runs.by_cgroup.get(&t.run_cgroup).cloned();
-        let Some(info) = info else { return Response::err(format!("task {spec}: its run is gone")) };
-        if let Err(why) = access::may_act_on(&caller, &info.id, info.started_by, admin_group(&shared)) {
-            return Response::err(why);
-        }
-        let result = respond::act(&shared.scope(), &t.dir, action, false, respond::TIMEOUT);
-        let (latency, processes) = match &result {
-            Ok(o) => (o.latency, o.processes),
-            Err(_) => (Duration::ZERO, 0),
-        };
-        let mut e = shared.base_event(action.kind(), Some(&info));
-        e.task = Some(t.id.clone());
-        e.task_labels = Some(t.labels.clone());
-        e.cgroup = Some(shared.rel(&t.dir));
-        e.detail = Detail::Action {
-            requested_by_uid: uid,
-            requested_by_pid: pid,
-            latency_ms: respond::millis(latency),
-            processes: processes as u64,
-            error: result.as_ref().err().map(|e| e.to_string()),
-        };
-        shared.emit(e);
-        return match result {
-            Ok(o) => Response {
-                action: Some(ActionReport {
-                    run: info.id.clone(),
-                    name: Some(t.id.clone()),
-                    cgroup: shared.rel(&t.dir),
-                    latency_ms: respond::millis(o.latency),
-                    processes: o.processes as u64,
-                    removed: false,
-                }),
-                ..Response::ok()
-            },
-            Err(e) => Response::err(e.to_string()),
-        };
-    }
     let cands = shared.candidates(false);
     let list: Vec<Candidate> = cands.iter().map(|(c, _)| c.clone()).collect();
     let c = match respond::resolve(spec, &list, &shared.mount, Lookup { names: true }) {
         Ok(c) => c.clone(),
-        Err(e) => return Response::err(e.to_string()),
+        Err(e) => {
+            // Runs come first: a task id is tried only when no run matches.
+            let task = shared.own().runs.tasks.values().find(|t| t.id == spec && t.ended.is_none()).cloned();
+            return match task {
+                Some(t) => act_on_task(&shared, action, &t, &caller),
+                None => Response::err(e.to_string()),
+            };
+        }
     };
     let info = cands
         .into_iter()
@@ -313,15 +323,7 @@ pub(crate) fn act(shared: Arc<Shared>, action: Action, spec: &str, caller: acces
         Ok(o) => (o.latency, o.processes),
         Err(_) => (start.elapsed(), respond::procs(&info.dir).map(|p| p.len()).unwrap_or(0)),
     };
-    let mut e = shared.base_event(action.kind(), Some(&info));
-    e.detail = Detail::Action {
-        requested_by_uid: uid,
-        requested_by_pid: pid,
-        latency_ms: respond::millis(latency),
-        processes: processes as u64,
-        error: result.as_ref().err().map(|e| e.to_string()),
-    };
-    shared.emit(e);
+    shared.emit(action_event(&shared, action, &info, (uid, pid), latency, processes, result.as_ref().err().map(|e| e.to_string())));
     if result.is_ok() {
         let mut runs_own = shared.own();
         let runs = &mut runs_own.runs;

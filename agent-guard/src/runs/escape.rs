@@ -25,11 +25,16 @@ const PER_RUN_MAX: usize = 8192;
 /// never taken for the process it replaced).
 static MEMBERS: Mutex<Option<HashMap<u64, HashMap<u32, u64>>>> = Mutex::new(None);
 
-fn start_time(pid: u32) -> Option<u64> {
+/// Field `n` (1-based, n >= 3) of /proc/PID/stat as a number.
+pub(crate) fn stat_field(pid: u32, n: usize) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Its start time (field 22), so that a reused pid is not taken for the process it replaced.
+fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
 }
 
 /// The kernel reported `tgid` as a process of run `run_cgroup`.

@@ -252,8 +252,7 @@ pub(crate) fn join(shared: &Shared, asker: &Asker, task: &str, pid: u32) -> Resp
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    crate::runs::escape::stat_field(pid, 4).map(|p| p as u32)
 }
 
 /// `task_end`: what is left in the task is killed, and the task is forgotten.
