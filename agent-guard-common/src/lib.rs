@@ -63,6 +63,8 @@ pub const SYSCALL_WORDS: usize = 8;
 /// `RunEntry::policy` of a run without a policy (observed, never enforced).
 pub const NO_POLICY: u32 = u32::MAX;
 
+pub mod dns;
+
 /// Map and global names, as the kernel object exports them.
 pub mod names {
     pub const RUNS: &str = "AG_RUNS";
@@ -100,6 +102,12 @@ pub mod names {
     pub const DECOY_HOSTS: &str = "AG_DECOY_HOSTS";
     /// [`DestKey`](super::DestKey) -> 1 (LRU).
     pub const DESTS: &str = "AG_DESTS";
+    /// [`dns::FwdKey`](super::dns::FwdKey) -> [`dns::Fwd`](super::dns::Fwd): runs whose DNS
+    /// queries go to the daemon's forwarder.
+    pub const DNS_FWD: &str = "AG_DNS_FWD";
+    /// [`dns::AllowKey`](super::dns::AllowKey) -> [`dns::Allow`](super::dns::Allow) (LRU):
+    /// addresses the run's allowed DNS answers opened.
+    pub const DNS_ALLOW: &str = "AG_DNS_ALLOW";
 }
 
 /// cgroup levels below the mount searched for a bound ancestor (`[bind] cgroups`).
@@ -187,6 +195,8 @@ named! {
         /// At start: the events log does not continue where the daemon's chain head says it
         /// ended (lines lost or removed, or the head itself missing).
         ChainGap = 109 => "chain_gap",
+        /// A DNS query of a run with name rules, as the daemon's forwarder answered it.
+        Dns = 110 => "dns",
     }
 }
 

@@ -11,6 +11,7 @@
 #![no_main]
 
 mod contain;
+mod dns;
 mod event;
 mod exec;
 mod exit;

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
 
-use crate::{event, kernel, policy, run};
+use crate::{dns, event, kernel, policy, run};
 
 const SOCK_DGRAM: u32 = 2;
 const SOCK_RAW: u32 = 3;
@@ -53,7 +53,9 @@ pub fn decide_connect(rs: &run::Ruleset, run: &run::CurrentRun, addr: &[u8; 16],
         // caller refuses it and stops the process.
         return policy::Decision { verdict: Verdict::Decoy, rule: Some(Rule::DecoyHosts) };
     }
-    if policy::net_allowed(rs, addr, port) {
+    // A DNS query the cgroup program sends to the run's forwarder (the lsm hook runs before
+    // it rewrites the destination), or an address an allowed answer opened.
+    if policy::net_allowed(rs, addr, port) || dns::redirect_port(run, addr, port).is_some() || dns::allowed(run, addr, port) {
         return policy::ALLOWED;
     }
     let d = policy::refusal(rs, Rule::Network);
@@ -170,22 +172,29 @@ fn v6_of(sa: *const bpf_sock_addr) -> ([u8; 16], u16) {
 }
 
 #[inline(always)]
-fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
+fn check_connect(sa: *mut bpf_sock_addr, v6: bool, addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
     // SAFETY: context fields the verifier allows reading.
     let (protocol, sock_type, family) = unsafe { ((*sa).protocol, (*sa).type_, (*sa).user_family) };
-    let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
-    let (mut reported, mut ret) = match &rs {
-        Some(rs) if d.verdict == Verdict::Deny => (kill_later(rs, true), REFUSE),
-        Some(_) if d.verdict == Verdict::Decoy => (stop_later(Verdict::Decoy), REFUSE),
-        _ => (d.verdict, PASS),
-    };
-    if let Some(rs) = &rs {
-        if budgeted(&run, rs, limit::CONNECTS, &addr, port, &d) && ret == PASS {
-            // Over a budget under freeze or kill: refused, and stopped or killed at the exit.
-            (reported, ret) = (Verdict::Deny, REFUSE);
+    let (d, rs, reported, ret) = if dns::redirect(sa, &run, v6, &addr, port) {
+        // A DNS query, now on its way to the run's forwarder (which judges the name): the
+        // event names the server the process asked for.
+        (policy::ALLOWED, run::ruleset(&run), Verdict::Allow, PASS)
+    } else {
+        let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
+        let (mut reported, mut ret) = match &rs {
+            Some(rs) if d.verdict == Verdict::Deny => (kill_later(rs, true), REFUSE),
+            Some(_) if d.verdict == Verdict::Decoy => (stop_later(Verdict::Decoy), REFUSE),
+            _ => (d.verdict, PASS),
+        };
+        if let Some(rs) = &rs {
+            if budgeted(&run, rs, limit::CONNECTS, &addr, port, &d) && ret == PASS {
+                // Over a budget under freeze or kill: refused, and stopped or killed at the exit.
+                (reported, ret) = (Verdict::Deny, REFUSE);
+            }
         }
-    }
+        (d, rs, reported, ret)
+    };
     // Inside connect(2) (its entry left a record): leave the judgment for the exit's event,
     // which then needs neither the socket's kernel structures nor a second rule lookup.
     if let Some(p) = AG_PENDING_CONNECT.get_ptr_mut(&bpf_get_current_pid_tgid()) {
@@ -207,8 +216,12 @@ fn check_connect(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
 /// UDP send to an explicit address: refused sends are reported here (allowed ones are not,
 /// to keep DNS-heavy agents quiet); connect()ed sends are reported by the connect event.
 #[inline(always)]
-fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
+fn check_sendmsg(sa: *mut bpf_sock_addr, v6: bool, addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
+    if dns::redirect(sa, &run, v6, &addr, port) {
+        // A DNS query: the forwarder judges (and reports) the name.
+        return PASS;
+    }
     // SAFETY: a context field the verifier allows reading.
     let protocol = unsafe { (*sa).protocol };
     let (d, rs) = net_decision(&run, &addr, port, Some(protocol));
@@ -240,25 +253,25 @@ fn check_sendmsg(sa: *const bpf_sock_addr, addr: [u8; 16], port: u16) -> i32 {
 #[cgroup_sock_addr(connect4)]
 pub fn ag_connect4(ctx: SockAddrContext) -> i32 {
     let (a, p) = v4_of(ctx.sock_addr);
-    check_connect(ctx.sock_addr, a, p)
+    check_connect(ctx.sock_addr, false, a, p)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn ag_connect6(ctx: SockAddrContext) -> i32 {
     let (a, p) = v6_of(ctx.sock_addr);
-    check_connect(ctx.sock_addr, a, p)
+    check_connect(ctx.sock_addr, true, a, p)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn ag_sendmsg4(ctx: SockAddrContext) -> i32 {
     let (a, p) = v4_of(ctx.sock_addr);
-    check_sendmsg(ctx.sock_addr, a, p)
+    check_sendmsg(ctx.sock_addr, false, a, p)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn ag_sendmsg6(ctx: SockAddrContext) -> i32 {
     let (a, p) = v6_of(ctx.sock_addr);
-    check_sendmsg(ctx.sock_addr, a, p)
+    check_sendmsg(ctx.sock_addr, true, a, p)
 }
 
 /// Raw sockets and ICMP datagram sockets, unless `[network] raw_sockets = true`. (Packet

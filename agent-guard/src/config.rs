@@ -99,6 +99,12 @@ pub struct Config {
     /// Size of the kernel ring buffer that carries events, in bytes (a power of two, at
     /// least one page). Losses when it is full are counted and reported as `drop` events.
     pub events_ring_bytes: u32,
+    /// Where the DNS forwarder of runs with name rules sends the queries it lets through
+    /// ("IP:PORT"; empty: the nameservers of the host's /etc/resolv.conf, port 53).
+    pub dns_upstream: Vec<SocketAddr>,
+    /// How long an address an allowed answer opened stays open after the record's TTL.
+    #[serde(with = "humantime_serde")]
+    pub dns_grace: std::time::Duration,
     /// The file this configuration was read from (None: the defaults, no file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -129,6 +135,8 @@ impl Default for Config {
             landlock: true,
             seccomp: true,
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
+            dns_upstream: Vec::new(),
+            dns_grace: std::time::Duration::from_secs(60),
             source: None,
         }
     }
@@ -227,6 +235,12 @@ impl Config {
         }
         if self.hold_timeout.is_zero() {
             return Err("hold_timeout: must be longer than 0 (like \"5m\")".into());
+        }
+        if self.dns_grace > std::time::Duration::from_secs(86_400) {
+            return Err("dns_grace: at most 24h (an answer's address stays open for its TTL plus this)".into());
+        }
+        if let Some(a) = self.dns_upstream.iter().find(|a| a.port() == 0 || a.ip().is_unspecified()) {
+            return Err(format!("dns_upstream: {a} is not a server address (write \"IP:PORT\", e.g. \"10.0.0.2:53\")"));
         }
         if !self.events_ring_bytes.is_power_of_two() || self.events_ring_bytes < 4096 {
             return Err(format!(

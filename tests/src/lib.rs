@@ -12,6 +12,7 @@ use std::{
 use serde_json::Value;
 
 pub mod daemons;
+pub mod dns;
 pub mod flood;
 pub mod scenarios;
 pub mod scenarios_tripwires;

@@ -257,6 +257,8 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 }
                 runs.next_index = runs.next_index.wrapping_add(1).max(1);
                 runs.by_cgroup.insert(id, info.clone());
+                // Name rules: the run's DNS forwarder exists before its first process does.
+                crate::daemon::dns::reconcile(shared, own);
             }
             let mut e = shared.base_event(crate::output::event::Kind::RunStart, Some(&info));
             e.detail = Detail::RunStart { requested_by_uid: uid, requested_by_pid: pid, argv };
@@ -267,6 +269,7 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
             let source = file.source.clone();
             let applied = apply(shared, file, Some((uid, pid)));
             rebind(shared);
+            crate::daemon::dns::reconcile(shared, &shared.own());
             match applied {
                 Ok((summary, installed)) => Response {
                     result: Some(installed.result().into()),
@@ -295,10 +298,12 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
         Request::TaskStart { run, id, labels, policy, policy_file, argv: _ } => {
             let run = run.unwrap_or_default();
             let info = shared.own().runs.by_cgroup.values().find(|r| r.ended.is_none() && (r.id == run || r.name.as_deref() == Some(&run))).cloned();
-            match info {
+            let r = match info {
                 Some(info) => crate::runs::task::start(shared, &crate::runs::task::Asker::Control { pid }, &info, id, labels, policy, policy_file),
                 None => Response::err(format!("no active run {run:?}")),
-            }
+            };
+            crate::daemon::dns::reconcile(shared, &shared.own());
+            r
         }
         Request::TaskJoin { task, pid: child } => crate::runs::task::join(shared, &crate::runs::task::Asker::Control { pid }, &task, child),
         Request::TaskEnd { task, .. } => crate::runs::task::end(shared, &crate::runs::task::Asker::Control { pid }, &task),

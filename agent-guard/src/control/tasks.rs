@@ -109,7 +109,10 @@ fn handle(shared: &Shared, asker: &Asker, req: Request) -> Response {
             if named.as_ref().is_some_and(|n| *n != run.id && run.name.as_ref() != Some(n)) {
                 return Response::err(format!("a process of run {} may start tasks of its own run only", run.id));
             }
-            task::start(shared, asker, &run, id, labels, policy, policy_file)
+            let r = task::start(shared, asker, &run, id, labels, policy, policy_file);
+            // A task whose policy has name rules resolves through its own forwarder.
+            crate::daemon::dns::reconcile(shared, &shared.own());
+            r
         }
         Request::TaskJoin { task: t, pid } => task::join(shared, asker, &t, pid),
         Request::TaskEnd { task: t, .. } => task::end(shared, asker, &t),

@@ -167,6 +167,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<crate::output::metrics::Metrics>,
     /// The enforcement backend in force, and why (`status`).
     pub(crate) backend: crate::kernel::backend::Choice,
+    /// Name rules' DNS forwarders.
+    pub(crate) dns: crate::daemon::dns::Dns,
+    /// This state itself, for what a request starts that outlives it (DNS forwarders).
+    pub(crate) me: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
 
 impl Shared {
@@ -184,6 +188,7 @@ impl Shared {
         ctl: Control,
         metrics: Arc<crate::output::metrics::Metrics>,
         backend: crate::kernel::backend::Choice,
+        dns: crate::daemon::dns::Dns,
     ) -> Self {
         Shared {
             owned: Mutex::new(owned),
@@ -204,6 +209,8 @@ impl Shared {
             ctl,
             metrics,
             backend,
+            dns,
+            me: std::sync::OnceLock::new(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! `agent-guard daemon`: loads the kernel programs, registers runs, streams events.
 pub(crate) mod adopt;
+pub(crate) mod dns;
 pub mod core;
 pub(crate) mod reload;
 pub mod history;
@@ -115,6 +116,7 @@ async fn serve(cfg: Config) -> Result<()> {
         held,
         adopted_links,
         backend,
+        dns: dns_maps,
     } = loaded;
     info!("enforcement backend: {} ({})", backend.backend.name(), backend.reason);
     let metrics = Arc::new(crate::output::metrics::Metrics::new(backend.backend.name()).context("setting up the metrics")?);
@@ -178,7 +180,9 @@ async fn serve(cfg: Config) -> Result<()> {
         Control::new(&cfg, control_gid),
         metrics.clone(),
         backend,
+        dns::Dns::new(dns_maps, cfg.dns_upstream.clone(), cfg.dns_grace),
     ));
+    let _ = shared.me.set(Arc::downgrade(&shared));
 
     // The writer drops a finished run's record once its run_end is in the log.
     let records = State::open(&cfg.state_dir).with_context(|| format!("state_dir {}", cfg.state_dir.display()))?;
@@ -189,6 +193,7 @@ async fn serve(cfg: Config) -> Result<()> {
     }
     load_policy_dir(&shared);
     rebind(&shared);
+    dns::start(&shared);
     tokio::spawn(read_ring(shared.clone(), events, after_ring_rx));
     tokio::spawn(watch_drops(shared.clone(), drops));
     tokio::spawn(accept(shared.clone(), listener));

@@ -54,6 +54,7 @@ pub(crate) fn rollback(shared: &Shared, name: &str, spec: Option<&str>, by: (u32
             let parsed = reload::check(&file);
             let applied = reload::apply_recorded(shared, file, parsed, Some(by), Some(target.number));
             reload::rebind(shared);
+            crate::daemon::dns::reconcile(shared, &shared.own());
             match applied {
                 Ok((summary, installed)) => Response {
                     result: Some(installed.result().into()),

@@ -62,7 +62,17 @@ const SYS_ENTER: (&str, &str) = ("ag_sys_enter", "sys_enter");
 /// cgroup sock_addr programs, attached to the managed root (never to any other cgroup).
 /// aya attaches them with bpf_link, which always lets other links coexist on the cgroup
 /// and refuses attach flags: hence `CgroupAttachMode::Single` (no flags).
-const SOCK_ADDR: &[&str] = &["ag_connect4", "ag_connect6", "ag_sendmsg4", "ag_sendmsg6", "ag_bind4", "ag_bind6"];
+const SOCK_ADDR: &[&str] = &[
+    "ag_connect4",
+    "ag_connect6",
+    "ag_sendmsg4",
+    "ag_sendmsg6",
+    "ag_bind4",
+    "ag_bind6",
+    // Replies of DNS queries sent to the forwarder (name rules).
+    "ag_recvmsg4",
+    "ag_recvmsg6",
+];
 const SOCK_CREATE: &str = "ag_sock_create";
 /// How many programs `attach_cgroup` attaches to a cgroup with aya (the unix ones of
 /// `sockaddr_unix`, on kernels that have them, come on top).
@@ -134,6 +144,7 @@ pub struct Loaded {
     pub adopted_links: usize,
     /// The enforcement backend in force, and why.
     pub backend: crate::kernel::backend::Choice,
+    pub dns: crate::kernel::dns::DnsMaps,
 }
 
 /// Every map of the object, all pinned: a restarted daemon (and the programs an earlier one
@@ -163,6 +174,7 @@ const PINNED_MAPS: &[&str] = &[
     names::NET_CONTAIN,
     names::LISTEN_RULES,
     names::LIMITS, names::LIMIT_COUNTS, names::DECOY_HOSTS, names::DESTS, "AG_TRIPPED",
+    names::DNS_FWD, names::DNS_ALLOW, "AG_DNS_ORIG",
 ];
 
 /// Where this build's kernel state is pinned: `<bpffs_dir>/<state>/{maps,links}/NAME`.
@@ -570,6 +582,7 @@ pub fn load(
         tasks: HashMap::try_from(take(&mut ebpf, names::TASKS)?).map_err(map_err(names::TASKS))?,
         drops: PerCpuArray::try_from(take(&mut ebpf, names::DROPS)?).map_err(map_err(names::DROPS))?,
         events: RingBuf::try_from(take(&mut ebpf, names::EVENTS)?).map_err(map_err(names::EVENTS))?,
+        dns: crate::kernel::dns::DnsMaps::take(&mut ebpf)?,
         ebpf,
         adopted_links,
         backend,

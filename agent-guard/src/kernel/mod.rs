@@ -2,6 +2,7 @@
 //! force, BTF offsets, and the maps that hold the compiled rule sets.
 pub mod backend;
 pub mod btf;
+pub mod dns;
 pub mod load;
 pub mod mounts;
 pub mod rules;

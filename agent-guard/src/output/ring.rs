@@ -176,6 +176,9 @@ pub(crate) fn enrich(
         }
     }
     e.detail = raw.detail;
+    if let (Detail::Connect { addr, domain, .. }, Some(_)) = (&mut e.detail, &run) {
+        *domain = shared.dns.domain_of(h.run_cgroup, addr);
+    }
     // Which layer decided: an operation the run's Landlock layer refused reached the eBPF
     // programs only as a failure; the daemon names the rule with the policy in force.
     e.layer = crate::runs::landlock::kernel_layer(e.kind);

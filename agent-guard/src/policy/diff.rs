@@ -103,7 +103,9 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
     }
     let lists: [(&'static str, &'static str, Rules); 10] = [
         ("exec", "exec", |p| p.exec_allow.clone()),
-        ("network", "connect", |p| p.network_connect.iter().map(ToString::to_string).collect()),
+        ("network", "connect", |p| {
+            p.network_connect.iter().map(ToString::to_string).chain(p.network_names.iter().map(ToString::to_string)).collect()
+        }),
         ("network", "unix", |p| p.network_unix.clone()),
         ("network", "family", |p| p.network_families.clone()),
         ("network", "listen", |p| p.network_listen.iter().map(ToString::to_string).collect()),

@@ -79,6 +79,7 @@ pub mod contain;
 pub mod diff;
 mod eval;
 mod narrow;
+pub mod names;
 mod net;
 mod parse;
 mod paths;
@@ -188,6 +189,8 @@ pub struct Policy {
     /// Exact files, and directory rules ending with '/'.
     pub exec_allow: Vec<String>,
     pub network_connect: Vec<NetRuleSpec>,
+    /// The name rules of `[network] connect` ("pypi.org:443", "*.example.com:443").
+    pub network_names: Vec<names::NameRuleSpec>,
     pub raw_sockets: bool,
     /// `[network] unix`: "/path", "/dir/" or "@name" (see contain.rs).
     pub network_unix: Vec<String>,
@@ -340,7 +343,8 @@ struct Canonical<'a> {
 
 impl Policy {
     fn compute_version(&self) -> String {
-        let mut network: Vec<String> = self.network_connect.iter().map(ToString::to_string).collect();
+        let mut network: Vec<String> =
+            self.network_connect.iter().map(ToString::to_string).chain(self.network_names.iter().map(ToString::to_string)).collect();
         network.sort_unstable();
         network.dedup();
         let canonical = Canonical {

@@ -8,7 +8,7 @@
 //! at every prefix of either policy, labelled by what both allow there.
 use std::collections::BTreeSet;
 
-use super::{paths, Mode, NetRuleSpec, OnViolation, Policy};
+use super::{names::NameRuleSpec, paths, Mode, NetRuleSpec, OnViolation, Policy};
 
 /// What a prefix lets through: the order is the meet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,6 +77,12 @@ pub fn narrow(run: &Policy, task: &Policy) -> (Policy, Vec<String>) {
     for r in &task.network_connect {
         if !run.network_connect.iter().any(|a| net_meet(a, r).as_ref() == Some(r)) {
             notes.push(format!("network.connect {r}: the run does not allow all of it; the task gets what both allow"));
+        }
+    }
+    out.network_names = meet_all(&run.network_names, &task.network_names, name_meet);
+    for r in &task.network_names {
+        if !run.network_names.iter().any(|a| name_meet(a, r).as_ref() == Some(r)) {
+            notes.push(format!("network.connect {r}: the run's name rules do not allow all of it; the task gets what both allow"));
         }
     }
     out.network_unix = meet_all(&run.network_unix, &task.network_unix, unix_meet);
@@ -169,6 +175,19 @@ fn net_meet(a: &NetRuleSpec, b: &NetRuleSpec) -> Option<NetRuleSpec> {
     };
     let (lo, hi) = (a.ports.0.max(b.ports.0), a.ports.1.min(b.ports.1));
     (lo <= hi).then_some(NetRuleSpec { net, ports: (lo, hi) })
+}
+
+/// Name rules: the narrower name, on the ports both allow.
+fn name_meet(a: &NameRuleSpec, b: &NameRuleSpec) -> Option<NameRuleSpec> {
+    let narrower = if a.covers_rule(b) {
+        b
+    } else if b.covers_rule(a) {
+        a
+    } else {
+        return None;
+    };
+    let (lo, hi) = (a.ports.0.max(b.ports.0), a.ports.1.min(b.ports.1));
+    (lo <= hi).then(|| NameRuleSpec { ports: (lo, hi), ..narrower.clone() })
 }
 
 /// `[network] unix` rules: "@name", "/path", "/dir/" (names below it) or "/" (every path).

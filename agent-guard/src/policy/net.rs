@@ -164,7 +164,7 @@ pub(super) fn parse_connect(s: &str) -> Result<NetRuleSpec, Problem> {
     Ok(NetRuleSpec { net, ports })
 }
 
-fn parse_ports(p: &str, whole: &str) -> Result<(u16, u16), Problem> {
+pub(super) fn parse_ports(p: &str, whole: &str) -> Result<(u16, u16), Problem> {
     if p.is_empty() {
         return Err((format!("{whole:?} has no port after ':'"), Some(FORMS.into())));
     }

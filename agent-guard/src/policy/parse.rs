@@ -288,9 +288,26 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
             (r.clone(), r)
         })
     });
-    let connect = ctx.list("network.connect", &raw.network.connect, |s| {
-        net::parse_connect(s).map(|r| (r, r.to_string()))
+    // Addresses and CIDRs, or DNS names (the forwarder's rules, see names.rs).
+    let connect_all = ctx.list("network.connect", &raw.network.connect, |s| {
+        let host = s.rsplit_once(':').map_or(s, |(h, _)| h);
+        if super::names::looks_like_name(host) {
+            super::names::parse_name_rule(s).map(|r| {
+                let key = r.to_string();
+                (Err(r), key)
+            })
+        } else {
+            net::parse_connect(s).map(|r| (Ok(r), r.to_string()))
+        }
     });
+    let mut connect = Vec::new();
+    let mut connect_names = Vec::new();
+    for i in connect_all {
+        match i.value {
+            Ok(r) => connect.push(Item { field: i.field, span: i.span, value: r }),
+            Err(n) => connect_names.push(n),
+        }
+    }
     let unix = ctx.list("network.unix", &raw.network.unix, super::contain::check_unix);
     let families = ctx.list("network.families", &raw.network.families, |s| {
         super::contain::check_family(s).map(|(f, k)| ((f, k.clone()), k))
@@ -381,6 +398,7 @@ fn parse_located(text: &str, origin: &str) -> (Checked, Located) {
             files_deny: deny.into_iter().map(|i| i.value).collect(),
             exec_allow: exec.into_iter().map(|i| i.value).collect(),
             network_connect: connect.into_iter().map(|i| i.value).collect(),
+            network_names: connect_names,
             raw_sockets: raw.network.raw_sockets.as_ref().is_some_and(|b| *b.get_ref()),
             network_unix: unix.into_iter().map(|i| i.value).collect(),
             network_families: families.into_iter().map(|i| i.value.1).collect(),

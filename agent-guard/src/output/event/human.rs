@@ -15,9 +15,15 @@ pub fn human(e: &Event) -> String {
         Detail::Open { path, access, error, .. } => {
             format!("{path} ({access}){}", error.as_deref().map(|e| format!(" {e}")).unwrap_or_default())
         }
-        Detail::Connect { addr, port, proto, error, .. } => format!(
-            "{proto} {addr}:{port}{}",
+        Detail::Connect { addr, port, proto, error, domain, .. } => format!(
+            "{proto} {addr}:{port}{}{}",
+            domain.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(),
             error.as_deref().map(|e| format!(" {e}")).unwrap_or_default()
+        ),
+        Detail::Dns { query, qtype, rcode, answers, error, .. } => format!(
+            "{query} {qtype} {rcode}{}{}",
+            if answers.is_empty() { String::new() } else { format!(" -> {}", answers.join(" ")) },
+            error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
         ),
         Detail::Exit { exit_code, signal } => match signal {
             Some(s) => format!("signal {s}"),

@@ -213,6 +213,31 @@ pub enum Detail {
         result: i32,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The name whose DNS answer opened the address for the run (name rules).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+    },
+    /// A DNS query of a run with name rules (kind `dns`), as the forwarder answered it.
+    Dns {
+        /// The name asked, lower case, without the trailing dot.
+        query: String,
+        /// A, AAAA, MX, ...
+        qtype: String,
+        /// udp | tcp
+        proto: &'static str,
+        /// NOERROR, NXDOMAIN, REFUSED (a name no rule covers), SERVFAIL (no upstream answer), ...
+        rcode: String,
+        /// The addresses the answer opened (allowed names only).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        answers: Vec<String>,
+        /// The CNAME chain followed from the name asked.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        cnames: Vec<String>,
+        /// The smallest TTL of the addresses opened, in seconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ttl: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     Syscall {
         name: String,
@@ -548,6 +573,7 @@ pub fn decode(bytes: &[u8]) -> Result<Raw, DecodeError> {
                 proto,
                 result,
                 error: errno_name(result),
+                domain: None,
             }
         }
         Kind::Syscall => {

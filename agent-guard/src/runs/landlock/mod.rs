@@ -74,7 +74,7 @@ use landlock::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{self, Mode, OnViolation, Policy};
+use crate::policy::{Mode, OnViolation, Policy};
 
 /// What the layer says when it cannot refuse something up front.
 mod apply;
@@ -258,7 +258,11 @@ impl Plan {
         // Carve-outs inside the trees: grant around them (module carve).
         let split = carve::split(&mut grants, &carve::carve_outs(policy, read_access() & fs), &mut carve::list);
         let exec_files = policy.exec_allow.iter().filter(|e| !e.ends_with('/')).cloned().collect();
-        let tcp = match (refuse_all, connect_ports(&policy.network_connect)) {
+        // Name rules' ports like CIDR rules' ports, and with them port 53: Landlock judges a
+        // TCP query before the cgroup program sends it to the forwarder.
+        let dns = (!policy.network_names.is_empty()).then_some((53, 53));
+        let ports = policy.network_connect.iter().map(|r| r.ports).chain(policy.network_names.iter().map(|r| r.ports)).chain(dns);
+        let tcp = match (refuse_all, connect_ports(ports)) {
             (false, _) => TcpPlan::Ebpf,
             (true, Ok(ports)) => TcpPlan::Ports(ports),
             (true, Err(count)) => TcpPlan::TooMany(count),
@@ -372,8 +376,8 @@ fn carve_notes(split: &Split) -> Vec<String> {
 
 /// Every port some connect rule allows (for some address), ascending; `Err(count)` when
 /// that is more than [`PORTS_MAX`].
-fn connect_ports(rules: &[policy::NetRuleSpec]) -> Result<Vec<u16>, usize> {
-    let mut ranges: Vec<(u32, u32)> = rules.iter().map(|r| (r.ports.0 as u32, r.ports.1 as u32)).collect();
+fn connect_ports(rules: impl Iterator<Item = (u16, u16)>) -> Result<Vec<u16>, usize> {
+    let mut ranges: Vec<(u32, u32)> = rules.map(|(lo, hi)| (lo as u32, hi as u32)).collect();
     ranges.sort_unstable();
     let mut merged: Vec<(u32, u32)> = Vec::new();
     for (lo, hi) in ranges {
