@@ -150,3 +150,188 @@ except OSError as e:
     let c = conn.iter().find(|e| e["kind"] == "connect" && e["addr"] == "127.0.53.1" && e["run_name"] == "names").unwrap();
     assert_eq!((c["verdict"].as_str(), c["domain"].as_str()), (Some("allow"), Some("api.agtest.test")), "{c:#}");
 }
+
+/// Python: a raw query for `name` (type A) to `server` over UDP or TCP; prints
+/// "NAME udp|tcp rcode N answers M" and, for UDP, "from ADDR PORT" (the reply's source).
+fn py_raw_query(name: &str, server: &str, tcp: bool) -> String {
+    format!(
+        "{PY} -c '
+import socket, struct
+name, server, tcp = \"{name}\", (\"{server}\", 53), {tcp}
+qn = b\"\".join(bytes([len(l)]) + l.encode() for l in name.split(\".\")) + b\"\\0\"
+pkt = struct.pack(\">HHHHHH\", 0x1234, 0x0100, 1, 0, 0, 0) + qn + struct.pack(\">HH\", 1, 1)
+try:
+    if tcp:
+        s = socket.create_connection(server, timeout=5)
+        s.sendall(struct.pack(\">H\", len(pkt)) + pkt)
+        n = struct.unpack(\">H\", s.recv(2))[0]
+        r = b\"\"
+        while len(r) < n:
+            r += s.recv(n - len(r))
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.sendto(pkt, server)
+        r, frm = s.recvfrom(4096)
+        print(\"from\", frm[0], frm[1])
+    print(name, \"tcp\" if tcp else \"udp\", \"rcode\", r[3] & 15, \"answers\", struct.unpack(\">H\", r[6:8])[0], flush=True)
+except OSError as e:
+    print(name, \"query failed\", e.errno, flush=True)
+'",
+        tcp = if tcp { "True" } else { "False" }
+    )
+}
+
+#[test]
+fn wildcards_cnames_aaaa_tcp_and_any_server() {
+    require_root!();
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let ips = [loopback(3), loopback(4), loopback(5), IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)];
+    let (port, _l) = listen(&ips);
+    server
+        .a("raw.cdn.agtest.test", Ipv4Addr::new(127, 0, 53, 3))
+        .a("a.b.cdn.agtest.test", Ipv4Addr::new(127, 0, 53, 3))
+        .a("cdn.agtest.test", Ipv4Addr::new(127, 0, 53, 4))
+        .add("alias.agtest.test", 300, Data::Cname("edge.unlisted.test".into()))
+        .a("edge.unlisted.test", Ipv4Addr::new(127, 0, 53, 5))
+        .add("v6.agtest.test", 300, Data::Aaaa(std::net::Ipv6Addr::LOCALHOST))
+        .a("tcp.agtest.test", Ipv4Addr::new(127, 0, 53, 3));
+    let d = daemon(&server, "60s");
+    let rules = ["*.cdn.agtest.test", "alias.agtest.test", "v6.agtest.test", "tcp.agtest.test"].map(|n| format!("{n}:{port}"));
+    let pol = policy(&d, "wild", &rules);
+    // 192.0.2.1 is no server at all (TEST-NET-1): the query is answered all the same, by the
+    // forwarder, and the UDP reply says it came from 192.0.2.1:53.
+    let script = [
+        py_connect(&["raw.cdn.agtest.test", "a.b.cdn.agtest.test", "cdn.agtest.test", "alias.agtest.test", "edge.unlisted.test"], port, "AF_INET"),
+        py_connect(&["v6.agtest.test"], port, "AF_INET6"),
+        py_raw_query("tcp.agtest.test", "192.0.2.1", true),
+        py_raw_query("tcp.agtest.test", "192.0.2.1", false),
+        py_raw_query("nope.unlisted.test", "192.0.2.1", true),
+    ]
+    .join("; ");
+    let o = run(&d, &pol, "wild", &script);
+    let out = stdout(&o);
+    for want in [
+        "raw.cdn.agtest.test connected 127.0.53.3",
+        "a.b.cdn.agtest.test connected 127.0.53.3",
+        // The bare suffix of a wildcard is not covered.
+        "cdn.agtest.test resolve gaierror",
+        // A CNAME to a name no rule covers follows the rule of the name asked...
+        "alias.agtest.test connected 127.0.53.5",
+        // ...but that name asked directly is refused.
+        "edge.unlisted.test resolve gaierror",
+        "v6.agtest.test connected ::1",
+        "tcp.agtest.test tcp rcode 0 answers 1",
+        "from 192.0.2.1 53",
+        "tcp.agtest.test udp rcode 0 answers 1",
+        // REFUSED is rcode 5.
+        "nope.unlisted.test tcp rcode 5 answers 0",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in: {o:?}");
+    }
+    assert!(server.tcp_queries.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the TCP query reached the server over TCP");
+    let ev = dns_events(&d, "wild");
+    let alias = ev.iter().find(|e| e["query"] == "alias.agtest.test" && e["qtype"] == "A").expect("alias event");
+    assert_eq!(alias["cnames"], serde_json::json!(["edge.unlisted.test"]), "{alias:#}");
+    assert!(ev.iter().any(|e| e["query"] == "tcp.agtest.test" && e["proto"] == "tcp" && e["verdict"] == "allow"), "{ev:#?}");
+}
+
+#[test]
+fn an_address_closes_after_its_ttl_and_the_grace() {
+    require_root!();
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let (port, _l) = listen(&[loopback(6)]);
+    server.add("short.agtest.test", 1, Data::A(Ipv4Addr::new(127, 0, 53, 6)));
+    let d = daemon(&server, "1s");
+    let pol = policy(&d, "ttl", &[format!("short.agtest.test:{port}")]);
+    // TTL 1 s + grace 1 s: open at once, closed 3.5 s later (no new query), open again after
+    // a new answer.
+    let again = format!(
+        "{PY} -c 'import socket; s = socket.socket()
+try:
+    s.connect((\"127.0.53.6\", {port})); print(\"late connected\")
+except OSError as e:
+    print(\"late\", e.errno)'"
+    );
+    let script = format!("{}; sleep 3.5; {again}; {}", py_connect(&["short.agtest.test"], port, "AF_INET"), py_connect(&["short.agtest.test"], port, "AF_INET"));
+    let o = run(&d, &pol, "ttl", &script);
+    let out = stdout(&o);
+    assert_eq!(out.matches("short.agtest.test connected 127.0.53.6").count(), 2, "{o:?}");
+    assert!(out.contains(&format!("late {}", libc::EPERM)), "{o:?}");
+    let ev = dns_events(&d, "ttl");
+    assert!(ev.iter().any(|e| e["query"] == "short.agtest.test" && e["ttl"] == 1), "{ev:#?}");
+}
+
+#[test]
+fn two_runs_resolve_the_same_name_and_only_the_allowed_one_connects() {
+    require_root!();
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let (port, _l) = listen(&[loopback(7)]);
+    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 7));
+    let d = daemon(&server, "60s");
+    let wide = policy(&d, "wide", &[format!("api.agtest.test:{port}")]);
+    // The same name on another port: it resolves, and its address stays closed on `port`.
+    let narrow = policy(&d, "narrow", &["api.agtest.test:1".to_string()]);
+    let direct = format!(
+        "{PY} -c 'import socket; s = socket.socket()
+try:
+    s.connect((\"127.0.53.7\", {port})); print(\"direct connected\")
+except OSError as e:
+    print(\"direct\", e.errno)'"
+    );
+    let o = run(&d, &wide, "wide", &py_connect(&["api.agtest.test"], port, "AF_INET"));
+    assert!(stdout(&o).contains("api.agtest.test connected 127.0.53.7"), "{o:?}");
+    // While the wide run's entry lives: the narrow run, as root and as nobody, cannot use it.
+    let script = format!("{}; {direct}", py_connect(&["api.agtest.test"], port, "AF_INET"));
+    let o = run(&d, &narrow, "narrow", &script);
+    let out = stdout(&o);
+    assert!(out.contains(&format!("api.agtest.test connect {}", libc::EPERM)), "{o:?}");
+    assert!(out.contains(&format!("direct {}", libc::EPERM)), "{o:?}");
+    let mut text = std::fs::read_to_string(&narrow).unwrap();
+    text.push_str("\n[process]\nuser = \"nobody\"\n");
+    let as_nobody = d.dir.path().join("narrow-nobody.toml");
+    std::fs::write(&as_nobody, text.replace("name = \"narrow\"", "name = \"narrow-nobody\"")).unwrap();
+    let o = run(&d, &as_nobody, "nobody", &format!("id -u; {script}"));
+    let out = stdout(&o);
+    assert!(out.starts_with("65534\n"), "{o:?}");
+    assert!(out.contains(&format!("api.agtest.test connect {}", libc::EPERM)) && out.contains(&format!("direct {}", libc::EPERM)), "{o:?}");
+    let ev = dns_events(&d, "narrow");
+    assert!(ev.iter().any(|e| e["query"] == "api.agtest.test" && e["verdict"] == "allow"), "the narrow run resolved it: {ev:#?}");
+}
+
+#[test]
+fn monitor_mode_answers_unlisted_names_and_reports_would_deny() {
+    require_root!();
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let (port, _l) = listen(&[loopback(8)]);
+    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 8)).a("other.agtest.test", Ipv4Addr::new(127, 0, 53, 8));
+    let d = daemon(&server, "60s");
+    let pol = PolicyFile::new("watch")
+        .mode("monitor")
+        .read(["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin"])
+        .exec(["/usr/bin/", "/bin/"])
+        .connect([format!("api.agtest.test:{port}")])
+        .write_to(d.dir.path());
+    let o = run(&d, &pol, "watch", &py_connect(&["other.agtest.test"], port, "AF_INET"));
+    assert!(stdout(&o).contains("other.agtest.test connected 127.0.53.8"), "{o:?}");
+    let ev = dns_events(&d, "watch");
+    let e = ev.iter().find(|e| e["query"] == "other.agtest.test").expect("event");
+    assert_eq!((e["verdict"].as_str(), e["rule"].as_str()), (Some("would_deny"), Some("network.connect")), "{e:#}");
+}
+
+#[test]
+fn policy_check_names_bad_name_rules_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "name = \"bad\"\n[network]\nconnect = [\"pypi.org:443\", \"*.com:443\",\n  \"a..b.org:1\", \"files.pythonhosted.org\"]\n").unwrap();
+    let o = Command::new(agent_guard_tests::binary()).args(["policy", "check"]).arg(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success(), "{err}");
+    for want in ["3:28: network.connect[1]", "top-level domain", "4:3: network.connect[2]", "empty label", "4:17: network.connect[3]", "has no port"] {
+        assert!(err.contains(want), "missing {want:?}: {err}");
+    }
+    assert!(!err.contains("network.connect[0]"), "the good rule is not an error: {err}");
+    std::fs::write(&p, "name = \"good\"\n[network]\nconnect = [\"PyPI.org:443\", \"*.githubusercontent.com:443\", \"10.0.0.0/8:5432\"]\n").unwrap();
+    let o = Command::new(agent_guard_tests::binary()).args(["policy", "check"]).arg(&p).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+}

@@ -31,7 +31,7 @@ fn render(p: &Policy) -> String {
         list(p.files_write.clone()),
         list(p.files_deny.clone()),
         list(p.exec_allow.clone()),
-        list(p.network_connect.iter().map(ToString::to_string).collect()),
+        list(p.network_connect.iter().map(ToString::to_string).chain(p.network_names.iter().map(ToString::to_string)).collect()),
         p.raw_sockets,
         list(p.syscalls_deny.iter().map(|(n, _)| n.clone()).collect()),
         list(p.bind_cgroups.clone()),

@@ -128,8 +128,13 @@ pub(super) fn parse_name_rule(s: &str) -> Result<NameRuleSpec, Problem> {
             Some("name a registered domain below it, e.g. \"*.example.com:443\"".into()),
         ));
     }
-    if labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
-        return Err((format!("{s:?} is neither an IP address nor a DNS name (its last label is a number)"), Some(FORMS.into())));
+    // A top-level label starts with a letter ("com", "xn--p1ai"): "127.0.0.1v32" is a typo
+    // of an address, not a name.
+    if labels.last().is_some_and(|l| !l.as_bytes()[0].is_ascii_alphabetic()) {
+        return Err((
+            format!("{s:?} is neither an IP address nor a DNS name (its last label does not start with a letter)"),
+            Some(FORMS.into()),
+        ));
     }
     Ok(NameRuleSpec { name: name.to_ascii_lowercase(), wildcard, ports })
 }
@@ -146,7 +151,7 @@ mod tests {
     fn parses_and_prints_canonically() {
         assert_eq!(r("PyPI.org:443").to_string(), "pypi.org:443");
         assert_eq!(r("*.githubusercontent.com.:80-443").to_string(), "*.githubusercontent.com:80-443");
-        for bad in ["pypi.org", "pypi.org:0", "a..b:1", "*.com:443", "a*.b.com:1", "x.*.com:1", "-a.com:1", "a.com:70000", "é.com:1", "1.2.3.999:80"] {
+        for bad in ["pypi.org", "pypi.org:0", "a..b:1", "*.com:443", "a*.b.com:1", "x.*.com:1", "-a.com:1", "a.com:70000", "é.com:1", "1.2.3.999:80", "127.0.0.1v32:80"] {
             assert!(parse_name_rule(bad).is_err(), "{bad} accepted");
         }
     }
@@ -168,8 +173,8 @@ mod tests {
 
     #[test]
     fn ports_merge_over_the_rules_that_cover_a_name() {
-        let rules = [r("pypi.org:443"), r("*.org:80"), r("other.net:22")];
-        assert_eq!(ports_for(&rules, "pypi.org"), vec![(80, 80), (443, 443)]);
+        let rules = [r("x.pypi.org:443"), r("*.pypi.org:80"), r("other.net:22")];
+        assert_eq!(ports_for(&rules, "x.pypi.org"), vec![(80, 80), (443, 443)]);
         assert!(ports_for(&rules, "other.com").is_empty());
     }
 

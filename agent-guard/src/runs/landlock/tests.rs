@@ -1,6 +1,7 @@
 //! Unit tests of the Landlock plan and layer.
 use super::*;
 use std::os::fd::AsRawFd;
+use crate::policy;
 use crate::output::event::{Detail, Event, Kind, Rule, Verdict};
 
 fn available() -> bool {
