@@ -62,7 +62,9 @@
 //! destinations (`::/0` allows no IPv4 address). Host bits set after the prefix are an error.
 //! A destination is allowed when any rule's CIDR contains its address and its port is in
 //! that rule's range. Rules apply alike to TCP connect and UDP connect/sendto. Raw, packet
-//! and ICMP sockets are refused unless `raw_sockets = true`.
+//! and ICMP sockets are refused unless `raw_sockets = true`. An entry whose host part is a
+//! DNS name (`pypi.org:443`, `*.githubusercontent.com:443`) is a name rule (names.rs): the
+//! daemon's DNS forwarder opens the addresses of allowed answers for the run.
 //!
 //! **Syscalls.** `syscalls.deny` names syscalls of the x86_64 table; each one is refused.
 //! Independently, in enforce mode the backend refuses the syscalls it cannot check (see
