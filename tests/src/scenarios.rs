@@ -660,8 +660,8 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
         return Err(format!("status gives no reason for the backend: {v}"));
     }
     let ops = v["enforcement"].as_array().map_or(0, Vec::len);
-    if ops != 15 {
-        return Err(format!("status lists {ops} operations, not 15: {}", v["enforcement"]));
+    if ops != 16 {
+        return Err(format!("status lists {ops} operations, not 16: {}", v["enforcement"]));
     }
     let want = format!("agent_guard_backend_info{{backend=\"{}\"}} 1", backend.name());
     let scrape = metrics(d)?;

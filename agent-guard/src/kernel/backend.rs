@@ -136,6 +136,13 @@ pub fn enforcement(backend: Backend) -> Vec<Enforcement> {
         ),
         e("sendmsg", "deny", "cgroup sendmsg4/sendmsg6: EPERM"),
         e(
+            "dns-names",
+            "deny",
+            "name rules: cgroup connect4/6 and sendmsg4/6 send every port-53 query of the run (any server) to the daemon's \
+             forwarder, which answers REFUSED for a name no rule covers; a connect is allowed only to an address an \
+             allowed answer opened for that run, for its TTL plus dns_grace",
+        ),
+        e(
             "syscalls",
             "deny/kill",
             "runs from `agent-guard run` with on_violation = \"deny\": the launcher's seccomp filter refuses [syscalls] deny \
