@@ -335,3 +335,71 @@ fn policy_check_names_bad_name_rules_with_line_and_column() {
     let o = Command::new(agent_guard_tests::binary()).args(["policy", "check"]).arg(&p).output().unwrap();
     assert!(o.status.success(), "{o:?}");
 }
+
+/// `agent-guard run` of `sh -c script` in the background.
+fn spawn(d: &Daemon, pol: &Path, name: &str, script: &str) -> std::process::Child {
+    Command::new(agent_guard_tests::binary())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["run", "--policy", pol.to_str().unwrap(), "--name", name, "--", "/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(c: std::process::Child) -> Output {
+    let pid = c.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(c.wait_with_output().unwrap()));
+    rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        panic!("the run did not finish")
+    })
+}
+
+#[test]
+fn under_freeze_an_unlisted_name_is_held_and_approve_or_deny_answers_it() {
+    require_root!();
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let (port, _l) = listen(&[loopback(9)]);
+    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 9)).a("new.agtest.test", Ipv4Addr::new(127, 0, 53, 9));
+    let d = daemon(&server, "60s");
+    let pol = PolicyFile::new("held")
+        .on_violation("freeze")
+        .read(["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin"])
+        .read([std::env::current_dir().unwrap()])
+        .exec(["/usr/bin/", "/bin/"])
+        .connect([format!("api.agtest.test:{port}")])
+        .write_to(d.dir.path());
+    for (name, answer) in [("approved", "approve"), ("denied", "deny")] {
+        let run = spawn(&d, &pol, name, &py_connect(&["new.agtest.test"], port, "AF_INET"));
+        let is_held = |e: &Value| e["kind"] == "hold" && e["hold"] == "held" && e["run_name"] == name;
+        let h = d.wait_for("hold", is_held).into_iter().find(is_held).unwrap();
+        // The evidence names the name, and the process that asked.
+        assert_eq!(h["attempts"][0]["kind"], "dns", "{h:#}");
+        assert_eq!(h["attempts"][0]["what"], "new.agtest.test", "{h:#}");
+        assert_eq!(h["comm"], "python3", "{h:#}");
+        assert!(h["pid"].as_u64().unwrap() > 0, "{h:#}");
+        let id = h["run"].as_str().unwrap().to_string();
+        let events = std::fs::read_to_string(d.cgroup_root.join(&id).join("cgroup.events")).unwrap_or_default();
+        assert!(events.contains("frozen 1"), "the run is frozen while the name waits: {events}");
+        let args: Vec<&str> = if answer == "approve" { vec!["approve", "--yes", &id] } else { vec!["deny", &id] };
+        let o = d.cli(&args);
+        assert!(o.status.success(), "{o:?}");
+        let o = finish(run);
+        let out = stdout(&o);
+        if answer == "approve" {
+            assert!(out.contains("new.agtest.test connected 127.0.53.9"), "{o:?}");
+            let ev = dns_events(&d, name);
+            assert!(ev.iter().any(|e| e["query"] == "new.agtest.test" && e["verdict"] == "allow" && e["rule"] == "grant"), "{ev:#?}");
+        } else {
+            assert!(out.contains("new.agtest.test resolve gaierror"), "{o:?}");
+            // The resolver's retries of the denied name are refused, not held again.
+            let holds = d.events().iter().filter(|e| e["kind"] == "hold" && e["hold"] == "held" && e["run_name"] == name).count();
+            assert_eq!(holds, 1, "one hold for the name");
+        }
+    }
+}

@@ -327,7 +327,7 @@ pub(crate) fn bound_run_info(shared: &Shared, id: u64, dir: &Path, slot: u32) ->
 pub(crate) fn metrics_snapshot(shared: &Shared) -> crate::output::metrics::Snapshot {
     let runs_active = shared.own().runs.by_cgroup.values().filter(|r| r.ended.is_none()).count();
     let policies = shared.own().policies.list().into_iter().map(|p| (p.name, p.version)).collect();
-    crate::output::metrics::Snapshot { runs_active, policies }
+    crate::output::metrics::Snapshot { runs_active, dns_forwarders: shared.dns.forwarders(), policies }
 }
 
 

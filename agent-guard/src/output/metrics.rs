@@ -49,6 +49,8 @@ const KILLED_MAX: usize = 4096;
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub runs_active: usize,
+    /// DNS forwarders serving runs with name rules.
+    pub dns_forwarders: usize,
     /// (name, version) of every loaded policy.
     pub policies: Vec<(String, String)>,
 }
@@ -61,6 +63,7 @@ pub struct Metrics {
     events: IntCounterVec,
     dropped: IntCounterVec,
     runs_active: IntGauge,
+    dns_forwarders: IntGauge,
     runs: IntCounterVec,
     policy_info: IntGaugeVec,
     reloads: IntCounterVec,
@@ -138,6 +141,10 @@ impl Metrics {
                 &["stage"],
             )?,
             runs_active: register(&r, IntGauge::new("agent_guard_runs_active", "Runs and bound cgroups being watched now.")?)?,
+            dns_forwarders: register(
+                &r,
+                IntGauge::new("agent_guard_dns_forwarders", "DNS forwarders serving runs whose policy has name rules.")?,
+            )?,
             runs: counter(
                 &r,
                 "agent_guard_runs_total",
@@ -264,6 +271,7 @@ impl Metrics {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = snap {
             self.runs_active.set(s.runs_active as i64);
+            self.dns_forwarders.set(s.dns_forwarders as i64);
             // Only what is loaded now: a replaced version's series goes with it.
             self.policy_info.reset();
             for (name, version) in &s.policies {
@@ -428,7 +436,7 @@ mod tests {
     #[test]
     fn events_are_counted_by_kind_verdict_and_policy() {
         let m = fed();
-        let snap = Snapshot { runs_active: 3, policies: vec![("coding".into(), "sha256:aa".into())] };
+        let snap = Snapshot { runs_active: 3, dns_forwarders: 0, policies: vec![("coding".into(), "sha256:aa".into())] };
         let t = m.render(Some(&snap)).unwrap();
         let v = |s: &str| sample(&t, s);
         assert_eq!(v(r#"agent_guard_violations_total{action="kill",kind="open",policy="coding"}"#), Some(2.0), "{t}");
@@ -458,7 +466,7 @@ mod tests {
         assert!(v("process_resident_memory_bytes").is_some_and(|b| b > 0.0), "{t}");
 
         // A reload replaces the version's series; without a snapshot the last state stays.
-        let snap = Snapshot { runs_active: 0, policies: vec![("coding".into(), "sha256:bb".into())] };
+        let snap = Snapshot { runs_active: 0, dns_forwarders: 0, policies: vec![("coding".into(), "sha256:bb".into())] };
         let t = m.render(Some(&snap)).unwrap();
         assert!(!t.contains("sha256:aa") && t.contains("sha256:bb"), "{t}");
         let t = m.render(None).unwrap();
@@ -488,7 +496,7 @@ mod tests {
     /// Every metric family the daemon exports, and every series name (a histogram's with its
     /// suffixes).
     fn exported() -> (Vec<String>, HashSet<String>) {
-        let t = fed().render(Some(&Snapshot { runs_active: 1, policies: vec![("p".into(), "v".into())] })).unwrap();
+        let t = fed().render(Some(&Snapshot { runs_active: 1, dns_forwarders: 1, policies: vec![("p".into(), "v".into())] })).unwrap();
         let (mut families, mut names) = (Vec::new(), HashSet::new());
         for l in t.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
             let mut it = l.split(' ');

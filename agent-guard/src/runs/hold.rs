@@ -204,6 +204,13 @@ pub(crate) fn answer(shared: &Shared, run: &str, only: Option<u64>, how: Answer,
             }
         }
     }
+    // A held DNS query waits in the forwarder for this answer (before the run is thawed, so
+    // the reply is there when its resolver runs again).
+    let names = hold.attempts.iter().filter(|a| a.kind == Kind::Dns).map(|a| a.what.clone());
+    shared.dns.answered(info.cgroup_id, names, match how {
+        Answer::Approve { for_run, .. } => Some(for_run),
+        _ => None,
+    });
     if let Answer::Deny { kill: true } = how {
         if let Err(e) = std::fs::write(info.dir.join("cgroup.kill"), "1") {
             notes.push(format!("cgroup.kill: {e}"));

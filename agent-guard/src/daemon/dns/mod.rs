@@ -18,6 +18,7 @@ use agent_guard_common::dns::FwdKey;
 
 use crate::{kernel::dns::DnsMaps, policy::names::NameRuleSpec};
 
+mod hold;
 mod serve;
 pub(crate) use serve::{reconcile, start};
 
@@ -28,12 +29,13 @@ pub(crate) struct Rules {
     pub(crate) version: String,
     pub(crate) names: Vec<NameRuleSpec>,
     pub(crate) enforce: bool,
+    /// `on_violation = "freeze"`: a name no rule covers is held for review.
+    pub(crate) holds: bool,
 }
 
 pub(crate) struct Forwarder {
     pub(crate) slot: u32,
     pub(crate) rules: Arc<RwLock<Arc<Rules>>>,
-    pub(crate) ports: (u16, u16),
     pub(crate) tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -55,7 +57,23 @@ pub(crate) struct Dns {
     pub(crate) opened: Mutex<HashMap<(u64, IpAddr), (String, u64)>>,
     /// Forwarder sockets could not be made: why (status).
     pub(crate) error: Mutex<Option<String>>,
+    /// Queries held for review (`on_violation = "freeze"`), by (run cgroup, name): told the
+    /// answer (Some(for_run): approved; None: denied or timed out).
+    pub(crate) waiters: Mutex<HashMap<(u64, String), Vec<tokio::sync::oneshot::Sender<Option<bool>>>>>,
+    /// Names a responder answered, by (run cgroup, name): approved for the run (`until`
+    /// None), or approved once or denied until the instant (the held query and the resolver's
+    /// retries of it, which are not held again).
+    pub(crate) decided: Mutex<HashMap<(u64, String), Decided>>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Decided {
+    pub(crate) approved: bool,
+    pub(crate) until: Option<std::time::Instant>,
+}
+
+/// How long an answer "once" (or a denial) of a held name also answers the resolver's retries.
+pub(crate) const ONCE_WINDOW: Duration = Duration::from_secs(30);
 
 impl Dns {
     pub(crate) fn new(maps: DnsMaps, upstream: Vec<SocketAddr>, grace: Duration) -> Self {
@@ -67,7 +85,46 @@ impl Dns {
             fwds: Mutex::new(HashMap::new()),
             opened: Mutex::new(HashMap::new()),
             error: Mutex::new(None),
+            waiters: Mutex::new(HashMap::new()),
+            decided: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A hold of run `run` was answered: its held names are let through (`approve`:
+    /// Some(for_run)) or refused, and their queries answered.
+    pub(crate) fn answered(&self, run: u64, names: impl Iterator<Item = String>, approve: Option<bool>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            let window = Some(std::time::Instant::now() + ONCE_WINDOW);
+            let d = match approve {
+                Some(true) => Decided { approved: true, until: None },
+                Some(false) => Decided { approved: true, until: window },
+                None => Decided { approved: false, until: window },
+            };
+            decided.insert((run, name.clone()), d);
+            for w in waiters.remove(&(run, name)).unwrap_or_default() {
+                let _ = w.send(approve);
+            }
+        }
+    }
+
+    /// What a responder decided of `name` for the run, while that decision holds.
+    pub(crate) fn decided(&self, run: u64, name: &str) -> Option<bool> {
+        let mut decided = self.decided.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (run, name.to_string());
+        let d = *decided.get(&key)?;
+        if d.until.is_some_and(|u| u <= std::time::Instant::now()) {
+            decided.remove(&key);
+            return None;
+        }
+        Some(d.approved)
+    }
+
+    /// A run's forwarders are gone: its held queries are refused, its approvals forgotten.
+    pub(crate) fn forget_run(&self, run: u64) {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| *r != run);
+        self.decided.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| *r != run);
     }
 
     /// The name whose answer opened `addr` for the run (connect events' `domain`).

@@ -44,6 +44,13 @@ struct Ctx {
     gate: Arc<Semaphore>,
 }
 
+impl Ctx {
+    /// Who sent a query from `from` (proto's socket table, then the run's processes).
+    fn asker(&self, from: SocketAddr) -> super::hold::Asker {
+        super::hold::Asker { port: from.port(), v6: from.is_ipv6() }
+    }
+}
+
 /// Starts the forwarders the state needs now, and a task that keeps them in step with runs,
 /// tasks, bindings and policies (each second), and purges expired addresses.
 pub(crate) fn start(shared: &Arc<Shared>) {
@@ -104,6 +111,7 @@ fn wanted(own: &Owned) -> HashMap<FwdKey, (u32, Rules)> {
                 version: p.version.clone(),
                 names: p.network_names.clone(),
                 enforce: p.mode == Mode::Enforce,
+                holds: p.on_violation == crate::policy::OnViolation::Freeze,
             };
             (!p.network_names.is_empty()).then_some((FwdKey { run, policy: slot, _pad: 0 }, (slot, rules)))
         })
@@ -123,6 +131,9 @@ pub(crate) fn reconcile(shared: &Shared, own: &Owned) {
         dns.maps.remove_forwarder(k);
         let runs_left: Vec<u64> = fwds.keys().map(|k| k.run).collect();
         dns.opened.lock().unwrap_or_else(|p| p.into_inner()).retain(|(run, _), _| runs_left.contains(run));
+        if !runs_left.contains(&k.run) {
+            dns.forget_run(k.run);
+        }
     }
     // An earlier daemon's forwarders (adopted state): their sockets are gone.
     for k in dns.maps.forwarders() {
@@ -197,7 +208,7 @@ fn spawn_forwarder(shared: &Shared, key: FwdKey, slot: u32, rules: Rules) -> Res
     }
     // The kernel redirects only once the sockets exist.
     shared.dns.maps.set_forwarder(key, port4, port6)?;
-    Ok(Forwarder { slot, rules, ports: (port4, port6), tasks })
+    Ok(Forwarder { slot, rules, tasks })
 }
 
 async fn udp_loop(sock: UdpSocket, ctx: Arc<Ctx>) {
@@ -209,7 +220,7 @@ async fn udp_loop(sock: UdpSocket, ctx: Arc<Ctx>) {
         let (q, sock, ctx) = (buf[..n].to_vec(), sock.clone(), ctx.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(reply) = answer(&ctx, &q, false).await {
+            if let Some(reply) = answer(&ctx, &q, false, from).await {
                 let _ = sock.send_to(&reply, from).await;
             }
         });
@@ -218,7 +229,7 @@ async fn udp_loop(sock: UdpSocket, ctx: Arc<Ctx>) {
 
 async fn tcp_loop(l: TcpListener, ctx: Arc<Ctx>) {
     loop {
-        let Ok((mut s, _)) = l.accept().await else { continue };
+        let Ok((mut s, from)) = l.accept().await else { continue };
         let ctx = ctx.clone();
         tokio::spawn(async move {
             loop {
@@ -232,7 +243,7 @@ async fn tcp_loop(l: TcpListener, ctx: Arc<Ctx>) {
                     return;
                 }
                 let Ok(permit) = ctx.gate.clone().try_acquire_owned() else { return };
-                let reply = answer(&ctx, &q, true).await;
+                let reply = answer(&ctx, &q, true, from).await;
                 drop(permit);
                 let Some(reply) = reply else { return };
                 let mut out = (reply.len() as u16).to_be_bytes().to_vec();
@@ -242,6 +253,19 @@ async fn tcp_loop(l: TcpListener, ctx: Arc<Ctx>) {
                 }
             }
         });
+    }
+}
+
+/// The mnemonic of a response code (RFC 1035, 6895): NOERROR, NXDOMAIN, ...
+fn rcode(c: ResponseCode) -> String {
+    match u16::from(c) {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        n => format!("RCODE{n}"),
     }
 }
 
@@ -259,7 +283,7 @@ fn error_reply(q: &Message, code: ResponseCode) -> Option<Vec<u8>> {
 }
 
 /// The answer to one query (None: not a DNS message; nothing is sent back).
-async fn answer(ctx: &Ctx, q: &[u8], tcp: bool) -> Option<Vec<u8>> {
+async fn answer(ctx: &Ctx, q: &[u8], tcp: bool, from: SocketAddr) -> Option<Vec<u8>> {
     let msg = Message::from_vec(q).ok()?;
     let proto = if tcp { "tcp" } else { "udp" };
     if msg.metadata.message_type != MessageType::Query || msg.queries.len() != 1 {
@@ -269,8 +293,25 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool) -> Option<Vec<u8>> {
     let query = norm(&question.name);
     let qtype = question.query_type.to_string();
     let rules = ctx.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let ports = names::ports_for(&rules.names, &query);
+    let mut ports = names::ports_for(&rules.names, &query);
     let mut d = DnsDetail { query, qtype, proto, ..Default::default() };
+    let mut rule = None;
+    if ports.is_empty() && rules.enforce && rules.holds {
+        // Held for review: the query waits here while the run is frozen; an approved name
+        // opens its addresses on every port (the responder approved the destination).
+        let approved = match ctx.shared.upgrade() {
+            Some(shared) => super::hold::hold_name(&shared, ctx.key, &rules, &d.query, &d.qtype, proto, ctx.asker(from)).await,
+            None => false,
+        };
+        if approved {
+            ports = vec![(1, u16::MAX)];
+            rule = Some(Rule::Grant);
+        } else {
+            d.rcode = "REFUSED".into();
+            report(ctx, &rules, d, Verdict::Deny, Some(Rule::Network));
+            return error_reply(&msg, ResponseCode::Refused);
+        }
+    }
     if ports.is_empty() {
         let verdict = if rules.enforce { Verdict::Deny } else { Verdict::WouldDeny };
         if rules.enforce {
@@ -280,7 +321,7 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool) -> Option<Vec<u8>> {
         }
         // Monitor mode: answered, reported, and nothing opened.
         let reply = upstream(&ctx.upstream, q, tcp, msg.metadata.id).await;
-        d.rcode = reply.as_ref().map_or("SERVFAIL".into(), |(_, m)| m.metadata.response_code.to_string());
+        d.rcode = reply.as_ref().map_or("SERVFAIL".into(), |(_, m)| rcode(m.metadata.response_code));
         report(ctx, &rules, d, verdict, Some(Rule::Network));
         return reply.map_or_else(|_| error_reply(&msg, ResponseCode::ServFail), |(r, _)| Some(r));
     }
@@ -293,7 +334,7 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool) -> Option<Vec<u8>> {
             return error_reply(&msg, ResponseCode::ServFail);
         }
     };
-    d.rcode = rmsg.metadata.response_code.to_string();
+    d.rcode = rcode(rmsg.metadata.response_code);
     let (addrs, cnames) = addresses(&rmsg, &d.query);
     d.cnames = cnames;
     let Some(shared) = ctx.shared.upgrade() else { return error_reply(&msg, ResponseCode::ServFail) };
@@ -312,7 +353,7 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool) -> Option<Vec<u8>> {
     }
     d.ttl = addrs.iter().map(|(_, t)| *t).min();
     d.answers = addrs.iter().map(|(ip, _)| ip.to_string()).collect();
-    report(ctx, &rules, d, Verdict::Allow, None);
+    report(ctx, &rules, d, Verdict::Allow, rule);
     Some(reply)
 }
 
