@@ -15,6 +15,7 @@ pub mod daemons;
 pub mod dns;
 pub mod flood;
 pub mod scenarios;
+pub mod scenarios_dns;
 pub mod scenarios_tripwires;
 pub mod soak;
 pub mod reliability;

@@ -716,9 +716,10 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
         }
     }
     type Check<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
-    let tripwires: [(&str, Check); 2] = [
+    let tripwires: [(&str, Check); 3] = [
         ("tripwire-decoy-read", Box::new(|| crate::scenarios_tripwires::decoy_read(&c, backend))),
         ("tripwire-connect-budget", Box::new(|| crate::scenarios_tripwires::connect_budget(&c))),
+        ("dns-names", Box::new(|| crate::scenarios_dns::names(backend))),
     ];
     for (name, check) in tripwires.iter().filter(|(n, _)| only.is_empty() || only.iter().any(|o| o == n)) {
         match check() {

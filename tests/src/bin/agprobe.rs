@@ -573,6 +573,16 @@ fn main() -> ExitCode {
             std::thread::sleep(std::time::Duration::from_secs_f64(a(1).parse().unwrap_or(1.0)));
             Ok("ok slept".into())
         }
+        // dns NAME PORT udp|tcp: an A query for NAME to 192.0.2.1:53 (a server that does not
+        // exist: name rules send it to the run's forwarder), then a TCP connect to the first
+        // address of the answer on PORT. "refused" for an answer REFUSED.
+        "dns" => {
+            let (name, port, tcp) = (a(1), a(2).parse::<u16>().unwrap_or(0), a(3) == "tcp");
+            match dns_query(name, tcp)? {
+                Err(rcode) => Ok(format!("refused rcode {rcode}")),
+                Ok(ip) => TcpStream::connect((ip, port)).map(|_| format!("ok connected {ip}")),
+            }
+        }
         other => Err(std::io::Error::other(format!("unknown probe {other:?}"))),
     })();
     let code = match r {
@@ -587,6 +597,76 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     code
+}
+
+/// An A query for `name` to 192.0.2.1:53 over UDP or TCP: the first address, or the rcode.
+fn dns_query(name: &str, tcp: bool) -> Result<Result<std::net::Ipv4Addr, u8>, std::io::Error> {
+    use std::io::Read;
+    let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in name.split('.') {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let server: SocketAddr = "192.0.2.1:53".parse().expect("address");
+    let timeout = Some(std::time::Duration::from_secs(5));
+    let r = if tcp {
+        let mut s = TcpStream::connect(server)?;
+        s.set_read_timeout(timeout)?;
+        let mut out = (q.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&q);
+        s.write_all(&out)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut r)?;
+        r
+    } else {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(timeout)?;
+        s.send_to(&q, server)?;
+        let mut r = vec![0u8; 4096];
+        let (n, from) = s.recv_from(&mut r)?;
+        if from != server {
+            return Err(std::io::Error::other(format!("reply from {from}, not {server}")));
+        }
+        r.truncate(n);
+        r
+    };
+    if r.len() < 12 || r[3] & 15 != 0 {
+        return Ok(Err(r.get(3).map_or(255, |b| b & 15)));
+    }
+    // Skip the question, then find the first A record of the answer section.
+    let mut i = 12;
+    while i < r.len() && r[i] != 0 {
+        i += 1 + r[i] as usize;
+    }
+    i += 5;
+    let answers = u16::from_be_bytes([r[6], r[7]]);
+    for _ in 0..answers {
+        if i >= r.len() {
+            break;
+        }
+        // A name: a pointer (2 bytes) or labels.
+        if r[i] & 0xc0 == 0xc0 {
+            i += 2;
+        } else {
+            while i < r.len() && r[i] != 0 {
+                i += 1 + r[i] as usize;
+            }
+            i += 1;
+        }
+        if i + 10 > r.len() {
+            break;
+        }
+        let (ty, len) = (u16::from_be_bytes([r[i], r[i + 1]]), u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize);
+        i += 10;
+        if ty == 1 && len == 4 && i + 4 <= r.len() {
+            return Ok(Ok(std::net::Ipv4Addr::new(r[i], r[i + 1], r[i + 2], r[i + 3])));
+        }
+        i += len;
+    }
+    Err(std::io::Error::other("no A record in the answer"))
 }
 
 /// Sends RTM_GETLINK (dump) on a NETLINK_ROUTE socket and counts RTM_NEWLINK answers.
