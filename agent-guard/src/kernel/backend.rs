@@ -319,6 +319,7 @@ mod tests {
                     "create/truncate/unlink/rename",
                     "connect",
                     "sendmsg",
+                    "dns-names",
                     "syscalls",
                     "unix-connect",
                     "socket-families",

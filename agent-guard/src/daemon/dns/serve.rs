@@ -32,6 +32,8 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const INFLIGHT: usize = 128;
 /// An idle TCP query connection is closed after this.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Addresses one run may have open at once (the kernel map holds `dns::ALLOW_MAX` for all).
+const OPEN_PER_RUN: usize = 4096;
 /// CNAMEs followed from the name asked.
 const CHAIN_MAX: usize = 16;
 
@@ -339,6 +341,19 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool, from: SocketAddr) -> Option<Vec<
     d.cnames = cnames;
     let Some(shared) = ctx.shared.upgrade() else { return error_reply(&msg, ResponseCode::ServFail) };
     let dns = &shared.dns;
+    // One run cannot fill the shared allow map (LRU) and so evict the entries of others.
+    {
+        let opened = dns.opened.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = addrs.iter().filter(|(ip, _)| !opened.contains_key(&(ctx.key.run, *ip))).count();
+        let held = opened.keys().filter(|(run, _)| *run == ctx.key.run).count();
+        if held + fresh > OPEN_PER_RUN {
+            drop(opened);
+            d.rcode = "SERVFAIL".into();
+            d.error = Some(format!("the run already has {held} addresses open (at most {OPEN_PER_RUN})"));
+            report(ctx, &rules, d, Verdict::Allow, None);
+            return error_reply(&msg, ResponseCode::ServFail);
+        }
+    }
     // Opened before the answer goes back: the run's first connect finds its address.
     for (ip, ttl) in &addrs {
         let life = Duration::from_secs(u64::from(*ttl)) + dns.grace;
