@@ -403,3 +403,40 @@ fn under_freeze_an_unlisted_name_is_held_and_approve_or_deny_answers_it() {
         }
     }
 }
+
+#[test]
+fn a_task_resolves_only_the_names_both_it_and_its_run_allow() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root!();
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let (port, _l) = listen(&[loopback(10)]);
+    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 10)).a("other.agtest.test", Ipv4Addr::new(127, 0, 53, 10));
+    let d = daemon(&server, "60s");
+    // The task socket lies in the daemon's directory: reachable by the run's processes.
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ag = agent_guard_tests::binary().canonicalize().unwrap();
+    let reads = ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin"];
+    let both = [format!("api.agtest.test:{port}"), format!("other.agtest.test:{port}")];
+    let run_pol = PolicyFile::new("taskrun").read(reads).read([ag.parent().unwrap()]).exec(["/usr/bin/", "/bin/"]).exec([&ag]).connect(&both).write_to(d.dir.path());
+    // The task's policy file: somewhere the run may read.
+    let tmp = tempfile::Builder::new().prefix("ag-dns-task-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let task_pol = PolicyFile::new("tasknames").read(reads).exec(["/usr/bin/", "/bin/"]).connect([&both[0]]).write_to(tmp.path());
+    let lookups = py_connect(&["api.agtest.test", "other.agtest.test"], port, "AF_INET");
+    let script = format!("{} task --id toolu_dns --policy {} -- /bin/sh -c {}; echo ---; {lookups}", ag.display(), task_pol.display(), shell_quote(&lookups));
+    let o = run(&d, &run_pol, "taskdns", &script);
+    let out = stdout(&o);
+    let (task, run) = out.split_once("---").unwrap_or_else(|| panic!("{o:?}"));
+    assert!(task.contains("api.agtest.test connected 127.0.53.10"), "{o:?}");
+    assert!(task.contains("other.agtest.test resolve gaierror"), "the task resolved a name only its run allows: {o:?}");
+    assert!(run.contains("other.agtest.test connected 127.0.53.10"), "{o:?}");
+    let ev = dns_events(&d, "taskdns");
+    let refused = ev.iter().find(|e| e["query"] == "other.agtest.test" && e["verdict"] == "deny").expect("refused in the task");
+    // The task's own rule set (the intersection), and the task named.
+    assert!(refused["policy"].as_str().unwrap_or("").starts_with("taskrun~tasknames"), "{refused:#}");
+    assert_eq!(refused["task"], "toolu_dns", "{refused:#}");
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}

@@ -454,6 +454,22 @@ struct DnsDetail {
     error: Option<String>,
 }
 
+/// The task a forwarder serves (its policy slot is a task's, not its run's): the one live task
+/// of the run under that slot, if exactly one.
+fn task_of(shared: &Shared, key: FwdKey) -> Option<(String, std::collections::BTreeMap<String, String>)> {
+    let own = shared.own();
+    if own.runs.by_cgroup.get(&key.run).is_some_and(|r| r.policy == Some(key.policy)) {
+        return None;
+    }
+    let mut tasks = own.runs.tasks.values().filter(|t| {
+        t.run_cgroup == key.run && t.ended.is_none() && own.runs.tasks_map.get(&t.cgroup_id, 0).is_ok_and(|e| e.policy == key.policy)
+    });
+    match (tasks.next(), tasks.next()) {
+        (Some(t), None) => Some((t.id.clone(), t.labels.clone())),
+        _ => None,
+    }
+}
+
 fn report(ctx: &Ctx, rules: &Rules, d: DnsDetail, verdict: Verdict, rule: Option<Rule>) {
     let Some(shared) = ctx.shared.upgrade() else { return };
     let run = shared.run_for(ctx.key.run);
@@ -463,6 +479,7 @@ fn report(ctx: &Ctx, rules: &Rules, d: DnsDetail, verdict: Verdict, rule: Option
     e.hook = Some("dns");
     e.policy = Some(rules.policy.clone());
     e.policy_version = Some(rules.version.clone());
+    (e.task, e.task_labels) = task_of(&shared, ctx.key).unzip();
     e.detail = Detail::Dns {
         query: d.query,
         qtype: d.qtype,
