@@ -317,6 +317,19 @@ fn monitor_mode_answers_unlisted_names_and_reports_would_deny() {
     let ev = dns_events(&d, "watch");
     let e = ev.iter().find(|e| e["query"] == "other.agtest.test").expect("event");
     assert_eq!((e["verdict"].as_str(), e["rule"].as_str()), (Some("would_deny"), Some("network.connect")), "{e:#}");
+    // The connect names the name it resolved, and `policy suggest` proposes the name, not
+    // the address.
+    let is = |e: &Value| e["kind"] == "connect" && e["run_name"] == "watch" && e["addr"] == "127.0.53.8";
+    let c = d.wait_for("the connect", is).into_iter().find(is).unwrap();
+    assert_eq!((c["verdict"].as_str(), c["domain"].as_str()), (Some("would_deny"), Some("other.agtest.test")), "{c:#}");
+    let o = d.cli(&["policy", "suggest", "--run", "watch"]);
+    let text = stdout(&o);
+    assert!(text.contains(&format!("\"other.agtest.test:{port}\"")), "{o:?}");
+    assert!(!text.contains("127.0.53.8/32"), "{text}");
+    let suggested = d.dir.path().join("suggested.toml");
+    std::fs::write(&suggested, &text).unwrap();
+    let o = Command::new(agent_guard_tests::binary()).args(["policy", "check"]).arg(&suggested).output().unwrap();
+    assert!(o.status.success(), "the suggested policy checks: {o:?}");
 }
 
 #[test]

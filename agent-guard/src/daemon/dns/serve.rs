@@ -321,9 +321,22 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool, from: SocketAddr) -> Option<Vec<
             report(ctx, &rules, d, verdict, Some(Rule::Network));
             return error_reply(&msg, ResponseCode::Refused);
         }
-        // Monitor mode: answered, reported, and nothing opened.
+        // Monitor mode: answered, reported, and nothing opened in the kernel; the daemon
+        // remembers the name of each address, so the connect events that follow carry it
+        // (`domain`, which `policy suggest` turns into a name rule).
         let reply = upstream(&ctx.upstream, q, tcp, msg.metadata.id).await;
         d.rcode = reply.as_ref().map_or("SERVFAIL".into(), |(_, m)| rcode(m.metadata.response_code));
+        if let (Ok((_, m)), Some(shared)) = (&reply, ctx.shared.upgrade()) {
+            let (addrs, cnames) = addresses(m, &d.query);
+            d.cnames = cnames;
+            let mut opened = shared.dns.opened.lock().unwrap_or_else(|p| p.into_inner());
+            for (ip, ttl) in &addrs {
+                let until = crate::kernel::dns::monotonic_ns().saturating_add((u64::from(*ttl) + shared.dns.grace.as_secs()) * 1_000_000_000);
+                if opened.len() < OPEN_PER_RUN * 16 {
+                    opened.insert((ctx.key.run, *ip), (d.query.clone(), until));
+                }
+            }
+        }
         report(ctx, &rules, d, verdict, Some(Rule::Network));
         return reply.map_or_else(|_| error_reply(&msg, ResponseCode::ServFail), |(r, _)| Some(r));
     }

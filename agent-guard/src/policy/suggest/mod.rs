@@ -154,9 +154,15 @@ fn observe(e: &Value) -> Result<Option<(Op, String)>, String> {
                 }
                 (Op::Unix(path.to_string()), format!("{kind} {path}"))
             }
-            _ => match host_rule(string(e, "addr")?, number(e, "port")?)? {
-                Some(r) => (Op::Connect(r), format!("{kind} {}:{}", string(e, "addr")?, number(e, "port")?)),
-                None => return Ok(None),
+            _ => match (e.get("domain").and_then(Value::as_str), host_rule(string(e, "addr")?, number(e, "port")?)?) {
+                // An address a DNS answer opened (a run with name rules): the name, which
+                // outlives the CDN's addresses.
+                (Some(domain), Some(_)) => {
+                    let port = number(e, "port")?;
+                    (Op::Connect(format!("{domain}:{port}")), format!("{kind} {domain} ({}:{port})", string(e, "addr")?))
+                }
+                (None, Some(r)) => (Op::Connect(r), format!("{kind} {}:{}", string(e, "addr")?, number(e, "port")?)),
+                (_, None) => return Ok(None),
             },
         },
         "bind" => match host_rule(string(e, "addr")?, number(e, "port")?)? {
@@ -267,7 +273,7 @@ fn already_allows(base: &Policy, op: &Op) -> bool {
     match op {
         Op::File { path, write, .. } => base.decide_file(path, if *write { Access::ReadWrite } else { Access::Read }) == FileVerdict::Allow,
         Op::Exec(p) => base.exec_allowed(p),
-        Op::Connect(r) => rule_allows(&base.network_connect, r),
+        Op::Connect(r) => rule_allows(&base.network_connect, r) || name_allows(&base.network_names, r),
         Op::Unix(p) => base.unix_allowed(p),
         Op::Listen(r) => rule_allows(&base.network_listen, r),
         Op::Family(f) => base.network_families.contains(f),
@@ -450,6 +456,13 @@ fn rule_allows(list: &[super::NetRuleSpec], rule: &str) -> bool {
         (Ok(a), Ok(p)) => list.iter().any(|r| r.allows(super::normalise_addr(a), p)),
         _ => false,
     }
+}
+
+/// Whether a name rule of `list` allows "NAME:PORT".
+fn name_allows(list: &[super::names::NameRuleSpec], rule: &str) -> bool {
+    let Some((name, port)) = rule.rsplit_once(':') else { return false };
+    let Ok(port) = port.parse::<u16>() else { return false };
+    list.iter().any(|r| r.covers(name) && r.ports.0 <= port && port <= r.ports.1)
 }
 
 #[cfg(test)]
