@@ -42,13 +42,24 @@ fn is_mapped(addr: &[u8; 16]) -> bool {
     addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }
 
+/// Whether a connect or send of `run` to `addr`:`port` may be redirected at all: not to a
+/// decoy host (a tripwire on port 53 still fires).
+#[inline(always)]
+pub fn redirectable(run: &CurrentRun, addr: &[u8; 16], port: u16) -> bool {
+    if port != PORT {
+        return false;
+    }
+    match run::ruleset(run) {
+        Some(rs) => !crate::tripwire::decoy_host(&rs, addr, port),
+        None => true,
+    }
+}
+
 /// The forwarder port a query of `run` to `addr` (IPv6, IPv4 as IPv4-mapped) on `port` goes
 /// to, if it is redirected: only port 53, only runs with a forwarder, only a family it
-/// listens on. Every hook that judges connects asks this first, so the lsm hook (which runs
-/// before the cgroup program rewrites the destination) lets through exactly what the cgroup
-/// program will redirect.
+/// listens on.
 #[inline(always)]
-pub fn redirect_port(run: &CurrentRun, addr: &[u8; 16], port: u16) -> Option<u16> {
+fn redirect_port(run: &CurrentRun, addr: &[u8; 16], port: u16) -> Option<u16> {
     if port != PORT {
         return None;
     }

@@ -53,9 +53,10 @@ pub fn decide_connect(rs: &run::Ruleset, run: &run::CurrentRun, addr: &[u8; 16],
         // caller refuses it and stops the process.
         return policy::Decision { verdict: Verdict::Decoy, rule: Some(Rule::DecoyHosts) };
     }
-    // A DNS query the cgroup program sends to the run's forwarder (the lsm hook runs before
-    // it rewrites the destination), or an address an allowed answer opened.
-    if policy::net_allowed(rs, addr, port) || dns::redirect_port(run, addr, port).is_some() || dns::allowed(run, addr, port) {
+    // Or an address an allowed DNS answer opened for the run. (A query to port 53 is no
+    // exception here: the cgroup programs redirect it before they judge, and only they can;
+    // the lsm hook judges sockets from outside the run, which no cgroup program rewrites.)
+    if policy::net_allowed(rs, addr, port) || dns::allowed(run, addr, port) {
         return policy::ALLOWED;
     }
     let d = policy::refusal(rs, Rule::Network);
@@ -176,7 +177,7 @@ fn check_connect(sa: *mut bpf_sock_addr, v6: bool, addr: [u8; 16], port: u16) ->
     let Some(run) = run::current_run() else { return PASS };
     // SAFETY: context fields the verifier allows reading.
     let (protocol, sock_type, family) = unsafe { ((*sa).protocol, (*sa).type_, (*sa).user_family) };
-    let (d, rs, reported, ret) = if dns::redirect(sa, &run, v6, &addr, port) {
+    let (d, rs, reported, ret) = if dns::redirectable(&run, &addr, port) && dns::redirect(sa, &run, v6, &addr, port) {
         // A DNS query, now on its way to the run's forwarder (which judges the name): the
         // event names the server the process asked for.
         (policy::ALLOWED, run::ruleset(&run), Verdict::Allow, PASS)
@@ -218,7 +219,7 @@ fn check_connect(sa: *mut bpf_sock_addr, v6: bool, addr: [u8; 16], port: u16) ->
 #[inline(always)]
 fn check_sendmsg(sa: *mut bpf_sock_addr, v6: bool, addr: [u8; 16], port: u16) -> i32 {
     let Some(run) = run::current_run() else { return PASS };
-    if dns::redirect(sa, &run, v6, &addr, port) {
+    if dns::redirectable(&run, &addr, port) && dns::redirect(sa, &run, v6, &addr, port) {
         // A DNS query: the forwarder judges (and reports) the name.
         return PASS;
     }

@@ -105,6 +105,10 @@ pub struct Config {
     /// How long an address an allowed answer opened stays open after the record's TTL.
     #[serde(with = "humantime_serde")]
     pub dns_grace: std::time::Duration,
+    /// Whether an allowed answer may open loopback addresses (127.0.0.0/8, ::1). Off: a name
+    /// that resolves to the host itself opens nothing (answers never open unspecified,
+    /// multicast, broadcast or link-local addresses, cloud metadata among them).
+    pub dns_loopback_answers: bool,
     /// The file this configuration was read from (None: the defaults, no file).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -137,6 +141,7 @@ impl Default for Config {
             events_ring_bytes: agent_guard_common::EVENTS_RING_BYTES,
             dns_upstream: Vec::new(),
             dns_grace: std::time::Duration::from_secs(60),
+            dns_loopback_answers: false,
             source: None,
         }
     }

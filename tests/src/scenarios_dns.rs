@@ -15,7 +15,7 @@ pub fn names(backend: Backend) -> Result<(), String> {
     let other = TcpListener::bind(("127.0.0.2", port)).map_err(|e| format!("127.0.0.2:{port}: {e}"))?;
     server.a("api.scenario.test", Ipv4Addr::new(127, 0, 0, 1)).a("other.scenario.test", Ipv4Addr::new(127, 0, 0, 2));
     let d = Daemon::start_with(&format!(
-        "backend = \"{}\"\nlandlock = false\nseccomp = false\ndns_upstream = [\"{}\"]\n",
+        "backend = \"{}\"\nlandlock = false\nseccomp = false\ndns_upstream = [\"{}\"]\ndns_loopback_answers = true\n",
         backend.name(),
         server.addr
     ));
@@ -28,6 +28,24 @@ pub fn names(backend: Backend) -> Result<(), String> {
         stdout(&o).trim().to_string()
     };
     let port_s = port.to_string();
+    // A socket created outside the run and passed in, connecting to port 53 of a host no rule
+    // allows: no cgroup program sees it, so nothing redirects it; the lsm hook must refuse it
+    // (the tracepoint backend does not judge passed sockets: see connect-passed-socket).
+    let dns53 = TcpListener::bind("127.0.0.3:53").map_err(|e| format!("127.0.0.3:53: {e}"))?;
+    // SAFETY: plain socket(2); the descriptor is inherited by the run (no CLOEXEC).
+    let passed = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    if passed < 0 {
+        return Err(format!("socket: {}", std::io::Error::last_os_error()));
+    }
+    let passed_s = passed.to_string();
+    let passed_out = run("dns-passed", &["connect-fd", &passed_s, "127.0.0.3:53"]);
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(passed) };
+    drop(dns53);
+    let passed_want = if backend == Backend::Tracepoint { "ok connected" } else { "err EPERM" };
+    if !passed_out.starts_with(passed_want) {
+        return Err(format!("a passed socket's connect to 127.0.0.3:53: expected {passed_want:?}, got {passed_out:?}"));
+    }
     let want = [
         (run("dns-udp", &["dns", "api.scenario.test", &port_s, "udp"]), "ok connected 127.0.0.1"),
         (run("dns-tcp", &["dns", "api.scenario.test", &port_s, "tcp"]), "ok connected 127.0.0.1"),

@@ -21,8 +21,9 @@ use serde_json::Value;
 const PY: &str = "/usr/bin/python3";
 
 /// A daemon whose forwarder asks `server`, with a short grace for the expiry test.
+/// Answers may open loopback addresses: the tests' names resolve to 127.0.53.N.
 fn daemon(server: &DnsServer, grace: &str) -> Daemon {
-    Daemon::start_with(&format!("dns_upstream = [\"{}\"]\ndns_grace = \"{grace}\"\n", server.addr))
+    Daemon::start_with(&format!("dns_upstream = [\"{}\"]\ndns_grace = \"{grace}\"\ndns_loopback_answers = true\n", server.addr))
 }
 
 /// TCP listeners on `ips`, all on one port, answering every connection with a tiny HTTP
@@ -154,12 +155,18 @@ except OSError as e:
 /// Python: a raw query for `name` (type A) to `server` over UDP or TCP; prints
 /// "NAME udp|tcp rcode N answers M" and, for UDP, "from ADDR PORT" (the reply's source).
 fn py_raw_query(name: &str, server: &str, tcp: bool) -> String {
+    py_raw_query_as(name, server, tcp, 1, 0)
+}
+
+/// [`py_raw_query`] with a query type and an opcode of its own.
+fn py_raw_query_as(name: &str, server: &str, tcp: bool, qtype: u16, opcode: u8) -> String {
+    let flags = 0x0100u16 | (u16::from(opcode) << 11);
     format!(
         "{PY} -c '
 import socket, struct
 name, server, tcp = \"{name}\", (\"{server}\", 53), {tcp}
 qn = b\"\".join(bytes([len(l)]) + l.encode() for l in name.split(\".\")) + b\"\\0\"
-pkt = struct.pack(\">HHHHHH\", 0x1234, 0x0100, 1, 0, 0, 0) + qn + struct.pack(\">HH\", 1, 1)
+pkt = struct.pack(\">HHHHHH\", 0x1234, {flags}, 1, 0, 0, 0) + qn + struct.pack(\">HH\", {qtype}, 1)
 try:
     if tcp:
         s = socket.create_connection(server, timeout=5)
@@ -452,4 +459,34 @@ fn a_task_resolves_only_the_names_both_it_and_its_run_allow() {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+#[test]
+fn answers_open_no_special_addresses_and_only_queries_go_upstream() {
+    require_root!();
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let (port, _l) = listen(&[loopback(11)]);
+    server.a("home.agtest.test", Ipv4Addr::new(127, 0, 53, 11)).a("meta.agtest.test", Ipv4Addr::new(169, 254, 169, 254));
+    // The default: loopback answers open nothing.
+    let d = Daemon::start_with(&format!("dns_upstream = [\"{}\"]\n", server.addr));
+    let rules = [format!("home.agtest.test:{port}"), "meta.agtest.test:80".to_string()];
+    let pol = policy(&d, "special", &rules);
+    let before = server.queries.load(std::sync::atomic::Ordering::SeqCst);
+    let script = [
+        py_connect(&["home.agtest.test"], port, "AF_INET"),
+        // AXFR (252) and an UPDATE (opcode 5) of an allowed name: NOTIMP (4), never upstream.
+        py_raw_query_as("home.agtest.test", "192.0.2.1", true, 252, 0),
+        py_raw_query_as("home.agtest.test", "192.0.2.1", false, 1, 5),
+    ]
+    .join("; ");
+    let o = run(&d, &pol, "special", &script);
+    let out = stdout(&o);
+    // The answer comes back unchanged, and the address stays closed.
+    assert!(out.contains(&format!("home.agtest.test connect {}", libc::EPERM)), "{o:?}");
+    assert_eq!(out.matches("rcode 4 answers 0").count(), 2, "{o:?}");
+    assert_eq!(server.queries.load(std::sync::atomic::Ordering::SeqCst) - before, 1, "only the A query reached the server");
+    let ev = dns_events(&d, "special");
+    let e = ev.iter().find(|e| e["query"] == "home.agtest.test" && e["qtype"] == "A").expect("event");
+    assert!(e["error"].as_str().unwrap_or("").contains("not opened: 127.0.53.11"), "{e:#}");
+    assert!(e.get("answers").is_none(), "{e:#}");
 }

@@ -180,7 +180,7 @@ async fn serve(cfg: Config) -> Result<()> {
         Control::new(&cfg, control_gid),
         metrics.clone(),
         backend,
-        dns::Dns::new(dns_maps, cfg.dns_upstream.clone(), cfg.dns_grace),
+        dns::Dns::new(dns_maps, cfg.dns_upstream.clone(), cfg.dns_grace, cfg.dns_loopback_answers),
     ));
     let _ = shared.me.set(Arc::downgrade(&shared));
 

@@ -41,13 +41,9 @@ pub fn attempt(e: &Event) -> Option<Attempt> {
             });
             (format!("{proto} {addr}:{port}"), grant, false)
         }
-        (Detail::Dns { query, .. }, _) => {
-            // A name held in the forwarder (name rules, `freeze`): approved by name.
-            let digest = <sha2::Sha256 as sha2::Digest>::digest(query.as_bytes());
-            let mut id = [0u8; 16];
-            id.copy_from_slice(&digest[..16]);
-            (query.clone(), Some(GrantKey { run, kind: Kind::Dns.as_raw(), port: 0, id }), false)
-        }
+        // A name held in the forwarder (name rules, `freeze`): the forwarder learns the answer
+        // itself (`Dns::answered`); no kernel grant.
+        (Detail::Dns { query, .. }, _) => (query.clone(), None, false),
         (Detail::Limit { limit, count, max, window_s, .. }, _) => {
             let window = window_s.map_or(String::new(), |w| format!(" in a {w} s window"));
             (format!("limits.{limit}: {count} over the budget of {max}{window}"), None, false)

@@ -105,7 +105,7 @@ fn main() {
     }
     let server = DnsServer::start(Ipv4Addr::LOCALHOST);
     server.a("api.bench.test", Ipv4Addr::new(127, 0, 53, 99));
-    let d = Daemon::start_with(&format!("dns_upstream = [\"{}\"]\n", server.addr));
+    let d = Daemon::start_with(&format!("dns_upstream = [\"{}\"]\ndns_loopback_answers = true\n", server.addr));
     let me = std::env::current_exe().unwrap().canonicalize().unwrap();
     let pol = PolicyFile::new("dnsbench")
         .read(["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev"])

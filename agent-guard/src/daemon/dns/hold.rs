@@ -3,7 +3,13 @@
 //! `approve` lets the name through (once: this query and the resolver's retries of it for
 //! `ONCE_WINDOW`; `--for-run`: for the rest of the run), `deny` or the hold's timeout refuse it
 //! (and its retries for `ONCE_WINDOW`).
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+};
 
 use agent_guard_common::dns::FwdKey;
 
@@ -19,23 +25,41 @@ pub(crate) struct Asker {
     pub(crate) v6: bool,
 }
 
-/// Holds the run for review of `query`; true when a responder approved it.
-pub(crate) async fn hold_name(shared: &Arc<Shared>, key: FwdKey, rules: &Rules, query: &str, qtype: &str, proto: &'static str, asker: Asker) -> bool {
+/// Holds the run for review of `query`; true when a responder approved it. Only a process of
+/// the run holds it (a query from anywhere else is refused), and at most `HELD_MAX` queries of
+/// one forwarder wait at once (`held` counts them).
+pub(crate) async fn hold_name(
+    shared: &Arc<Shared>,
+    key: FwdKey,
+    rules: &Rules,
+    (query, qtype, proto): (&str, &str, &'static str),
+    asker: Asker,
+    held: &AtomicUsize,
+) -> bool {
     // Answered a moment ago (the resolver retrying the held query): not held again.
     if let Some(approved) = shared.dns.decided(key.run, query) {
         return approved;
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    shared.dns.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry((key.run, query.to_string())).or_default().push(tx);
     let run = shared.run_for(key.run);
-    let who = run.as_ref().and_then(|r| find_asker(&r.dir, proto, &asker));
+    let dir = run.as_ref().map(|r| r.dir.clone());
+    let who = match dir {
+        Some(dir) => tokio::task::spawn_blocking(move || find_asker(&dir, proto, &asker)).await.ok().flatten(),
+        None => None,
+    };
+    let Some((pid, comm)) = who else { return false };
+    if held.fetch_add(1, Ordering::SeqCst) >= super::serve::HELD_MAX {
+        held.fetch_sub(1, Ordering::SeqCst);
+        return false;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let wkey = (key.run, query.to_string());
+    shared.dns.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(wkey.clone()).or_default().push(tx);
     let mut e = shared.base_event(Kind::Dns, run.as_ref());
     e.verdict = Verdict::Hold;
     e.rule = Some(Rule::Network);
     e.hook = Some("dns");
     e.policy = Some(rules.policy.clone());
     e.policy_version = Some(rules.version.clone());
-    let (pid, comm) = who.unwrap_or((0, String::new()));
     (e.pid, e.tgid) = (Some(pid), Some(pid));
     e.comm = (!comm.is_empty()).then_some(comm);
     e.facts = Facts { run_cgroup: key.run, ..Default::default() };
@@ -53,7 +77,17 @@ pub(crate) async fn hold_name(shared: &Arc<Shared>, key: FwdKey, rules: &Rules, 
     crate::runs::hold::on_hold(shared, e);
     // Answered by `answer` (approve, deny, timeout); a run that ends first refuses it.
     let wait = shared.hold_timeout + std::time::Duration::from_secs(10);
-    matches!(tokio::time::timeout(wait, rx).await, Ok(Ok(Some(_))))
+    let approved = matches!(tokio::time::timeout(wait, rx).await, Ok(Ok(Some(_))));
+    held.fetch_sub(1, Ordering::SeqCst);
+    // Unanswered (the run ended, say): nobody waits on this name any more.
+    let mut waiters = shared.dns.waiters.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = waiters.get_mut(&wkey) {
+        v.retain(|w| !w.is_closed());
+        if v.is_empty() {
+            waiters.remove(&wkey);
+        }
+    }
+    approved
 }
 
 /// The process of the run whose socket has local port `asker.port` (the evidence of the

@@ -52,9 +52,11 @@ pub(crate) struct Dns {
     pub(crate) upstream: Vec<SocketAddr>,
     pub(crate) grace: Duration,
     pub(crate) fwds: Mutex<HashMap<FwdKey, Forwarder>>,
-    /// (run cgroup, address) -> the name whose answer last opened it, and until when
-    /// (monotonic ns): connect events name it (`domain`).
-    pub(crate) opened: Mutex<HashMap<(u64, IpAddr), (String, u64)>>,
+    /// Monitor mode: (run cgroup, address) -> the name an answer gave it, and until when
+    /// (monotonic ns), opened nowhere: connect events name it (`domain`).
+    pub(crate) seen: Mutex<HashMap<(u64, IpAddr), (String, u64)>>,
+    /// Answers may open loopback addresses (config `dns_loopback_answers`).
+    pub(crate) loopback_answers: bool,
     /// Forwarder sockets could not be made: why (status).
     pub(crate) error: Mutex<Option<String>>,
     /// Queries held for review (`on_violation = "freeze"`), by (run cgroup, name): told the
@@ -76,14 +78,15 @@ pub(crate) struct Decided {
 pub(crate) const ONCE_WINDOW: Duration = Duration::from_secs(30);
 
 impl Dns {
-    pub(crate) fn new(maps: DnsMaps, upstream: Vec<SocketAddr>, grace: Duration) -> Self {
+    pub(crate) fn new(maps: DnsMaps, upstream: Vec<SocketAddr>, grace: Duration, loopback_answers: bool) -> Self {
         let upstream = if upstream.is_empty() { resolv_conf_servers() } else { upstream };
         Dns {
             maps,
             upstream,
             grace,
             fwds: Mutex::new(HashMap::new()),
-            opened: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            loopback_answers,
             error: Mutex::new(None),
             waiters: Mutex::new(HashMap::new()),
             decided: Mutex::new(HashMap::new()),
@@ -123,6 +126,7 @@ impl Dns {
 
     /// A run's forwarders are gone: its held queries are refused, its approvals forgotten.
     pub(crate) fn forget_run(&self, run: u64) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| *r != run);
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| *r != run);
         self.decided.lock().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| *r != run);
     }
@@ -130,8 +134,11 @@ impl Dns {
     /// The name whose answer opened `addr` for the run (connect events' `domain`).
     pub(crate) fn domain_of(&self, run_cgroup: u64, addr: &str) -> Option<String> {
         let ip: IpAddr = addr.parse().ok()?;
-        let opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
-        opened.get(&(run_cgroup, ip)).map(|(n, _)| n.clone())
+        let ip = crate::policy::normalise_addr(ip);
+        self.maps.domain_of(run_cgroup, ip).or_else(|| {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.get(&(run_cgroup, ip)).map(|(n, _)| n.clone())
+        })
     }
 
     /// How many forwarders serve runs now.

@@ -9,8 +9,8 @@ use std::{
 
 use agent_guard_common::{dns::FwdKey, NO_POLICY};
 use hickory_proto::{
-    op::{Message, MessageType, ResponseCode},
-    rr::{Name, RData},
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::{Name, RData, RecordType},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -32,8 +32,12 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 const INFLIGHT: usize = 128;
 /// An idle TCP query connection is closed after this.
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Addresses one run may have open at once (the kernel map holds `dns::ALLOW_MAX` for all).
-const OPEN_PER_RUN: usize = 4096;
+/// TCP query connections one forwarder serves at once; more are closed at once.
+const TCP_CONNS: usize = 16;
+/// Queries one forwarder holds for review at once; more are refused.
+pub(super) const HELD_MAX: usize = 16;
+/// Monitor mode: names remembered for connect events, over all runs.
+const SEEN_MAX: usize = 1 << 16;
 /// CNAMEs followed from the name asked.
 const CHAIN_MAX: usize = 16;
 
@@ -44,10 +48,14 @@ struct Ctx {
     shared: Weak<Shared>,
     upstream: Vec<SocketAddr>,
     gate: Arc<Semaphore>,
+    /// TCP connections being served.
+    conns: Arc<Semaphore>,
+    /// Queries held for review now.
+    pub(super) held: std::sync::atomic::AtomicUsize,
 }
 
 impl Ctx {
-    /// Who sent a query from `from` (proto's socket table, then the run's processes).
+    /// Where a query came from, for finding the asking process.
     fn asker(&self, from: SocketAddr) -> super::hold::Asker {
         super::hold::Asker { port: from.port(), v6: from.is_ipv6() }
     }
@@ -79,10 +87,10 @@ pub(crate) fn start(shared: &Arc<Shared>) {
 
 fn purge(shared: &Shared) {
     let dns = &shared.dns;
-    dns.maps.purge_expired(dns.grace);
+    dns.maps.purge_expired(Duration::from_secs(60));
     let now = crate::kernel::dns::monotonic_ns();
     let linger = Duration::from_secs(60).as_nanos() as u64;
-    dns.opened.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (_, until)| until.saturating_add(linger) > now);
+    dns.seen.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (_, until)| until.saturating_add(linger) > now);
 }
 
 /// Which forwarders should exist: one per live run, task and bound cgroup whose policy has
@@ -131,22 +139,21 @@ pub(crate) fn reconcile(shared: &Shared, own: &Owned) {
     for k in gone {
         fwds.remove(&k);
         dns.maps.remove_forwarder(k);
-        let runs_left: Vec<u64> = fwds.keys().map(|k| k.run).collect();
-        dns.opened.lock().unwrap_or_else(|p| p.into_inner()).retain(|(run, _), _| runs_left.contains(run));
-        if !runs_left.contains(&k.run) {
+        if !fwds.keys().any(|f| f.run == k.run) {
             dns.forget_run(k.run);
         }
     }
     // An earlier daemon's forwarders (adopted state): their sockets are gone.
-    for k in dns.maps.forwarders() {
-        if !want.contains_key(&k) {
-            dns.maps.remove_forwarder(k);
-        }
-    }
+    dns.maps.remove_stale(&|k| want.contains_key(k));
     for (k, (slot, rules)) in want {
         if let Some(f) = fwds.get(&k).filter(|f| f.slot == slot) {
             let mut cur = f.rules.write().unwrap_or_else(|p| p.into_inner());
             if **cur != rules {
+                // A reload that changes the names closes what the old ones opened: the run
+                // resolves again under the new rules.
+                if cur.names != rules.names || cur.enforce != rules.enforce {
+                    dns.maps.close_all(k);
+                }
                 *cur = Arc::new(rules);
             }
             continue;
@@ -190,7 +197,15 @@ fn spawn_forwarder(shared: &Shared, key: FwdKey, slot: u32, rules: Rules) -> Res
     let v6 = bind_pair(IpAddr::V6(Ipv6Addr::LOCALHOST)).ok();
     let port6 = v6.as_ref().map_or(0, |v| v.2);
     let rules = Arc::new(RwLock::new(Arc::new(rules)));
-    let ctx = Arc::new(Ctx { key, rules: rules.clone(), shared: weak, upstream: shared.dns.upstream.clone(), gate: Arc::new(Semaphore::new(INFLIGHT)) });
+    let ctx = Arc::new(Ctx {
+        key,
+        rules: rules.clone(),
+        shared: weak,
+        upstream: shared.dns.upstream.clone(),
+        gate: Arc::new(Semaphore::new(INFLIGHT)),
+        conns: Arc::new(Semaphore::new(TCP_CONNS)),
+        held: Default::default(),
+    });
     let mut tasks = Vec::new();
     let mut sockets = vec![(tcp4, udp4)];
     sockets.extend(v6.map(|(t, u, _)| (t, u)));
@@ -231,9 +246,19 @@ async fn udp_loop(sock: UdpSocket, ctx: Arc<Ctx>) {
 
 async fn tcp_loop(l: TcpListener, ctx: Arc<Ctx>) {
     loop {
-        let Ok((mut s, from)) = l.accept().await else { continue };
+        let (mut s, from) = match l.accept().await {
+            Ok(c) => c,
+            Err(_) => {
+                // Out of descriptors, say: no busy loop.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // At most TCP_CONNS at once per forwarder; one more is closed.
+        let Ok(conn) = ctx.conns.clone().try_acquire_owned() else { continue };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _conn = conn;
             loop {
                 let mut len = [0u8; 2];
                 match tokio::time::timeout(TCP_IDLE, s.read_exact(&mut len)).await {
@@ -241,7 +266,7 @@ async fn tcp_loop(l: TcpListener, ctx: Arc<Ctx>) {
                     _ => return,
                 }
                 let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
-                if s.read_exact(&mut q).await.is_err() {
+                if !matches!(tokio::time::timeout(TCP_IDLE, s.read_exact(&mut q)).await, Ok(Ok(_))) {
                     return;
                 }
                 let Ok(permit) = ctx.gate.clone().try_acquire_owned() else { return };
@@ -291,18 +316,26 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool, from: SocketAddr) -> Option<Vec<
     if msg.metadata.message_type != MessageType::Query || msg.queries.len() != 1 {
         return error_reply(&msg, ResponseCode::FormErr);
     }
+    // Queries only: no UPDATE or NOTIFY reaches a server, nor a zone transfer.
     let question = &msg.queries[0];
+    if msg.metadata.op_code != OpCode::Query || matches!(question.query_type, RecordType::AXFR | RecordType::IXFR) {
+        return error_reply(&msg, ResponseCode::NotImp);
+    }
+    // What goes upstream is the query as parsed, encoded again, not the run's bytes.
+    let q = &msg.to_vec().ok()?;
     let query = norm(&question.name);
     let qtype = question.query_type.to_string();
     let rules = ctx.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut ports = names::ports_for(&rules.names, &query);
+    // A label with a dot or another character a name rule cannot hold (escaped by to_ascii)
+    // is no name any rule covers.
+    let mut ports = if query.contains('\\') { Vec::new() } else { names::ports_for(&rules.names, &query) };
     let mut d = DnsDetail { query, qtype, proto, ..Default::default() };
     let mut rule = None;
     if ports.is_empty() && rules.enforce && rules.holds {
         // Held for review: the query waits here while the run is frozen; an approved name
         // opens its addresses on every port (the responder approved the destination).
         let approved = match ctx.shared.upgrade() {
-            Some(shared) => super::hold::hold_name(&shared, ctx.key, &rules, &d.query, &d.qtype, proto, ctx.asker(from)).await,
+            Some(shared) => super::hold::hold_name(&shared, ctx.key, &rules, (&d.query, &d.qtype, proto), ctx.asker(from), &ctx.held).await,
             None => false,
         };
         if approved {
@@ -329,11 +362,12 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool, from: SocketAddr) -> Option<Vec<
         if let (Ok((_, m)), Some(shared)) = (&reply, ctx.shared.upgrade()) {
             let (addrs, cnames) = addresses(m, &d.query);
             d.cnames = cnames;
-            let mut opened = shared.dns.opened.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = shared.dns.seen.lock().unwrap_or_else(|p| p.into_inner());
             for (ip, ttl) in &addrs {
-                let until = crate::kernel::dns::monotonic_ns().saturating_add((u64::from(*ttl) + shared.dns.grace.as_secs()) * 1_000_000_000);
-                if opened.len() < OPEN_PER_RUN * 16 {
-                    opened.insert((ctx.key.run, *ip), (d.query.clone(), until));
+                let life = Duration::from_secs(u64::from(*ttl)).min(crate::kernel::dns::TTL_MAX) + shared.dns.grace;
+                let until = crate::kernel::dns::monotonic_ns().saturating_add(life.as_nanos() as u64);
+                if seen.len() < SEEN_MAX {
+                    seen.insert((ctx.key.run, *ip), (d.query.clone(), until));
                 }
             }
         }
@@ -354,35 +388,42 @@ async fn answer(ctx: &Ctx, q: &[u8], tcp: bool, from: SocketAddr) -> Option<Vec<
     d.cnames = cnames;
     let Some(shared) = ctx.shared.upgrade() else { return error_reply(&msg, ResponseCode::ServFail) };
     let dns = &shared.dns;
-    // One run cannot fill the shared allow map (LRU) and so evict the entries of others.
-    {
-        let opened = dns.opened.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = addrs.iter().filter(|(ip, _)| !opened.contains_key(&(ctx.key.run, *ip))).count();
-        let held = opened.keys().filter(|(run, _)| *run == ctx.key.run).count();
-        if held + fresh > OPEN_PER_RUN {
-            drop(opened);
-            d.rcode = "SERVFAIL".into();
-            d.error = Some(format!("the run already has {held} addresses open (at most {OPEN_PER_RUN})"));
-            report(ctx, &rules, d, Verdict::Allow, None);
-            return error_reply(&msg, ResponseCode::ServFail);
-        }
+    // Addresses no answer opens: the host itself (unless configured), and what is no
+    // destination of its own (unspecified, multicast, broadcast, link-local: cloud metadata).
+    let (addrs, skipped): (Vec<(IpAddr, u32)>, Vec<(IpAddr, u32)>) = addrs.into_iter().partition(|(ip, _)| openable(*ip, dns.loopback_answers));
+    if !skipped.is_empty() {
+        d.error = Some(format!(
+            "not opened: {} (loopback, link-local, multicast, unspecified or IPv4-mapped)",
+            skipped.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>().join(", ")
+        ));
     }
-    // Opened before the answer goes back: the run's first connect finds its address.
+    // Opened before the answer goes back: the run's first connect finds its address. (The
+    // maps refuse a forwarder that has ended, and a run over its quota.)
     for (ip, ttl) in &addrs {
-        let life = Duration::from_secs(u64::from(*ttl)) + dns.grace;
-        if let Err(e) = dns.maps.open(ctx.key, *ip, &ports, life) {
+        if let Err(e) = dns.maps.open(ctx.key, *ip, &d.query, &ports, Duration::from_secs(u64::from(*ttl)), dns.grace) {
             d.error = Some(e);
             d.rcode = "SERVFAIL".into();
             report(ctx, &rules, d, Verdict::Allow, None);
             return error_reply(&msg, ResponseCode::ServFail);
         }
-        let until = crate::kernel::dns::monotonic_ns().saturating_add(life.as_nanos() as u64);
-        dns.opened.lock().unwrap_or_else(|p| p.into_inner()).insert((ctx.key.run, *ip), (d.query.clone(), until));
     }
     d.ttl = addrs.iter().map(|(_, t)| *t).min();
     d.answers = addrs.iter().map(|(ip, _)| ip.to_string()).collect();
     report(ctx, &rules, d, Verdict::Allow, rule);
     Some(reply)
+}
+
+/// Whether an answer may open `ip` (see [`answer`]).
+fn openable(ip: IpAddr, loopback: bool) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local() || (v4.is_loopback() && !loopback))
+        }
+        IpAddr::V6(v6) => {
+            let link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            !(v6.is_unspecified() || v6.is_multicast() || link_local || v6.to_ipv4_mapped().is_some() || (v6.is_loopback() && !loopback))
+        }
+    }
 }
 
 /// The A and AAAA records of the answer owned by the name asked or by a name its CNAME chain
