@@ -222,6 +222,7 @@ async fn serve(cfg: Config) -> Result<()> {
                 let _ = writer_cmd.send(WriterCmd::Reopen);
                 load_policy_dir(&shared);
                 rebind(&shared);
+                dns::reconcile(&shared, &shared.own());
             }
         }
     }
