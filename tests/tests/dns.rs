@@ -52,36 +52,33 @@ fn listen(ips: &[IpAddr]) -> (u16, Vec<TcpListener>) {
     }
 }
 
-/// A policy that runs shells, Python, getent and curl, and connects as `connect` says.
-fn policy(d: &Daemon, name: &str, connect: &[String]) -> PathBuf {
-    PolicyFile::new(name)
-        .read(["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin", "/sbin"])
-        .exec(["/usr/bin/", "/bin/"])
-        .connect(connect)
-        .write_to(d.dir.path())
+const READS: [&str; 8] = ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin"];
+
+/// The tests' server with `names` all at 127.0.53.`n`, a listener there, and a daemon
+/// forwarding to the server: (server, the listener's port, the listener, the daemon).
+fn world(n: u8, names: &[&str]) -> (DnsServer, u16, Vec<TcpListener>, Daemon) {
+    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
+    let (port, l) = listen(&[loopback(n)]);
+    for name in names {
+        server.a(name, Ipv4Addr::new(127, 0, 53, n));
+    }
+    let d = daemon(&server, "60s");
+    (server, port, l, d)
 }
 
-/// `agent-guard run` of `sh -c script` (at most 30 s).
+/// A policy named `name` that runs shells, Python, getent and curl (no network rules yet).
+fn base(name: &str) -> PolicyFile {
+    PolicyFile::new(name).read(READS).exec(["/usr/bin/", "/bin/"])
+}
+
+/// [`base`] that connects as `connect` says, written into the daemon's directory.
+fn policy(d: &Daemon, name: &str, connect: &[String]) -> PathBuf {
+    base(name).connect(connect).write_to(d.dir.path())
+}
+
+/// `agent-guard run` of `sh -c script`, to its end (at most 30 s).
 fn run(d: &Daemon, pol: &Path, name: &str, script: &str) -> Output {
-    let mut c = Command::new(agent_guard_tests::binary())
-        .arg("--config")
-        .arg(&d.config)
-        .args(["run", "--policy", pol.to_str().unwrap(), "--name", name, "--", "/bin/sh", "-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while c.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            // SAFETY: kill(2) of our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            panic!("run {name} did not finish: {:?}", c.wait_with_output());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    c.wait_with_output().unwrap()
+    finish(spawn(d, pol, name, script))
 }
 
 /// Python: resolve each name (IPv4 unless `family` says otherwise) and connect to `port`;
@@ -105,6 +102,17 @@ for h in [{list}]:
     )
 }
 
+/// Python: a TCP connect to `addr`:`port`, no name involved: "LABEL connected" or "LABEL ERRNO".
+fn py_direct(label: &str, addr: &str, port: u16) -> String {
+    format!(
+        "{PY} -c 'import socket; s = socket.socket()
+try:
+    s.connect((\"{addr}\", {port})); print(\"{label} connected\")
+except OSError as e:
+    print(\"{label}\", e.errno)'"
+    )
+}
+
 fn dns_events(d: &Daemon, run: &str) -> Vec<Value> {
     d.events().into_iter().filter(|e| e["kind"] == "dns" && e["run_name"] == run).collect()
 }
@@ -120,13 +128,9 @@ fn allowed_names_resolve_and_connect_unlisted_names_are_refused() {
     let pol = policy(&d, "names", &[format!("api.agtest.test:{port}")]);
     let script = format!(
         "{}; getent hosts api.agtest.test; getent hosts other.agtest.test || echo getent-other-failed; \
-         curl -s --max-time 5 http://api.agtest.test:{port}/; echo curl=$?; \
-         {PY} -c 'import socket; s = socket.socket()
-try:
-    s.connect((\"127.0.53.2\", {port})); print(\"direct connected\")
-except OSError as e:
-    print(\"direct\", e.errno)'",
-        py_connect(&["api.agtest.test", "other.agtest.test"], port, "AF_INET")
+         curl -s --max-time 5 http://api.agtest.test:{port}/; echo curl=$?; {}",
+        py_connect(&["api.agtest.test", "other.agtest.test"], port, "AF_INET"),
+        py_direct("direct", "127.0.53.2", port)
     );
     let o = run(&d, &pol, "names", &script);
     let out = stdout(&o);
@@ -253,13 +257,7 @@ fn an_address_closes_after_its_ttl_and_the_grace() {
     let pol = policy(&d, "ttl", &[format!("short.agtest.test:{port}")]);
     // TTL 1 s + grace 1 s: open at once, closed 3.5 s later (no new query), open again after
     // a new answer.
-    let again = format!(
-        "{PY} -c 'import socket; s = socket.socket()
-try:
-    s.connect((\"127.0.53.6\", {port})); print(\"late connected\")
-except OSError as e:
-    print(\"late\", e.errno)'"
-    );
+    let again = py_direct("late", "127.0.53.6", port);
     let script = format!("{}; sleep 3.5; {again}; {}", py_connect(&["short.agtest.test"], port, "AF_INET"), py_connect(&["short.agtest.test"], port, "AF_INET"));
     let o = run(&d, &pol, "ttl", &script);
     let out = stdout(&o);
@@ -272,20 +270,11 @@ except OSError as e:
 #[test]
 fn two_runs_resolve_the_same_name_and_only_the_allowed_one_connects() {
     require_root!();
-    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
-    let (port, _l) = listen(&[loopback(7)]);
-    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 7));
-    let d = daemon(&server, "60s");
+    let (_server, port, _l, d) = world(7, &["api.agtest.test"]);
     let wide = policy(&d, "wide", &[format!("api.agtest.test:{port}")]);
     // The same name on another port: it resolves, and its address stays closed on `port`.
     let narrow = policy(&d, "narrow", &["api.agtest.test:1".to_string()]);
-    let direct = format!(
-        "{PY} -c 'import socket; s = socket.socket()
-try:
-    s.connect((\"127.0.53.7\", {port})); print(\"direct connected\")
-except OSError as e:
-    print(\"direct\", e.errno)'"
-    );
+    let direct = py_direct("direct", "127.0.53.7", port);
     let o = run(&d, &wide, "wide", &py_connect(&["api.agtest.test"], port, "AF_INET"));
     assert!(stdout(&o).contains("api.agtest.test connected 127.0.53.7"), "{o:?}");
     // While the wide run's entry lives: the narrow run, as root and as nobody, cannot use it.
@@ -309,14 +298,9 @@ except OSError as e:
 #[test]
 fn monitor_mode_answers_unlisted_names_and_reports_would_deny() {
     require_root!();
-    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
-    let (port, _l) = listen(&[loopback(8)]);
-    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 8)).a("other.agtest.test", Ipv4Addr::new(127, 0, 53, 8));
-    let d = daemon(&server, "60s");
-    let pol = PolicyFile::new("watch")
+    let (_server, port, _l, d) = world(8, &["api.agtest.test", "other.agtest.test"]);
+    let pol = base("watch")
         .mode("monitor")
-        .read(["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin"])
-        .exec(["/usr/bin/", "/bin/"])
         .connect([format!("api.agtest.test:{port}")])
         .write_to(d.dir.path());
     let o = run(&d, &pol, "watch", &py_connect(&["other.agtest.test"], port, "AF_INET"));
@@ -383,15 +367,10 @@ fn finish(c: std::process::Child) -> Output {
 #[test]
 fn under_freeze_an_unlisted_name_is_held_and_approve_or_deny_answers_it() {
     require_root!();
-    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
-    let (port, _l) = listen(&[loopback(9)]);
-    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 9)).a("new.agtest.test", Ipv4Addr::new(127, 0, 53, 9));
-    let d = daemon(&server, "60s");
-    let pol = PolicyFile::new("held")
+    let (_server, port, _l, d) = world(9, &["api.agtest.test", "new.agtest.test"]);
+    let pol = base("held")
         .on_violation("freeze")
-        .read(["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin"])
         .read([std::env::current_dir().unwrap()])
-        .exec(["/usr/bin/", "/bin/"])
         .connect([format!("api.agtest.test:{port}")])
         .write_to(d.dir.path());
     for (name, answer) in [("approved", "approve"), ("denied", "deny")] {
@@ -428,20 +407,16 @@ fn under_freeze_an_unlisted_name_is_held_and_approve_or_deny_answers_it() {
 fn a_task_resolves_only_the_names_both_it_and_its_run_allow() {
     use std::os::unix::fs::PermissionsExt;
     require_root!();
-    let server = DnsServer::start(Ipv4Addr::LOCALHOST);
-    let (port, _l) = listen(&[loopback(10)]);
-    server.a("api.agtest.test", Ipv4Addr::new(127, 0, 53, 10)).a("other.agtest.test", Ipv4Addr::new(127, 0, 53, 10));
-    let d = daemon(&server, "60s");
+    let (_server, port, _l, d) = world(10, &["api.agtest.test", "other.agtest.test"]);
     // The task socket lies in the daemon's directory: reachable by the run's processes.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let ag = agent_guard_tests::binary().canonicalize().unwrap();
-    let reads = ["/usr", "/lib", "/lib64", "/etc", "/proc", "/dev", "/tmp", "/bin"];
     let both = [format!("api.agtest.test:{port}"), format!("other.agtest.test:{port}")];
-    let run_pol = PolicyFile::new("taskrun").read(reads).read([ag.parent().unwrap()]).exec(["/usr/bin/", "/bin/"]).exec([&ag]).connect(&both).write_to(d.dir.path());
+    let run_pol = base("taskrun").read([ag.parent().unwrap()]).exec([&ag]).connect(&both).write_to(d.dir.path());
     // The task's policy file: somewhere the run may read.
     let tmp = tempfile::Builder::new().prefix("ag-dns-task-").tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let task_pol = PolicyFile::new("tasknames").read(reads).exec(["/usr/bin/", "/bin/"]).connect([&both[0]]).write_to(tmp.path());
+    let task_pol = base("tasknames").connect([&both[0]]).write_to(tmp.path());
     let lookups = py_connect(&["api.agtest.test", "other.agtest.test"], port, "AF_INET");
     let script = format!("{} task --id toolu_dns --policy {} -- /bin/sh -c {}; echo ---; {lookups}", ag.display(), task_pol.display(), shell_quote(&lookups));
     let o = run(&d, &run_pol, "taskdns", &script);
