@@ -26,6 +26,9 @@ use crate::{layout, probe, s, status, stdout, Daemon, Layout, PolicyFile};
 pub enum Backend {
     Tracepoint,
     Lsm,
+    /// The lsm backend's decisions as fmod_ret programs on the security_* functions: the same
+    /// outcomes and events as lsm (`hook: "lsm"`, the security hook that decided).
+    Trampoline,
 }
 
 impl Backend {
@@ -33,6 +36,7 @@ impl Backend {
         match self {
             Backend::Tracepoint => "tracepoint",
             Backend::Lsm => "lsm",
+            Backend::Trampoline => "trampoline",
         }
     }
 
@@ -40,8 +44,14 @@ impl Backend {
         match s {
             "tracepoint" => Some(Backend::Tracepoint),
             "lsm" => Some(Backend::Lsm),
+            "trampoline" => Some(Backend::Trampoline),
             _ => None,
         }
+    }
+
+    /// Whether the security hooks decide (lsm, trampoline): refusals before the act.
+    pub fn hooks(self) -> bool {
+        self != Backend::Tracepoint
     }
 }
 
@@ -171,6 +181,7 @@ pub struct Scenario {
     /// agprobe's arguments.
     pub args: fn(&Ctx) -> Vec<String>,
     pub tracepoint: Outcome,
+    /// Under lsm and trampoline (the same decisions, made by the same code).
     pub lsm: Outcome,
     /// The event of a violation: kind and rule (checked where the outcome is not Ok, except
     /// for EACCES, which may come from the Landlock layer).
@@ -182,7 +193,7 @@ impl Scenario {
     pub fn expect(&self, b: Backend) -> Outcome {
         match b {
             Backend::Tracepoint => self.tracepoint,
-            Backend::Lsm => self.lsm,
+            Backend::Lsm | Backend::Trampoline => self.lsm,
         }
     }
 }
@@ -235,7 +246,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: Some(("open", "files.write")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.ws("ro.txt"), "READONLY\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.ws("ro.txt"), "READONLY\n") } else { Ok(()) }),
         },
         // A denied tree inside the write tree: only the eBPF layer can refuse these.
         Scenario {
@@ -244,7 +255,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.locked("new.txt")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.locked("new.txt")) } else { Ok(()) }),
         },
         Scenario {
             name: "truncate-open-denied",
@@ -252,7 +263,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("trunc-open.txt"), "LOCKED\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.locked("trunc-open.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         // truncate(2), unlink, mkdir and rename are not opens: the tracepoint backend does
         // not see them (a gap the lsm backend closes).
@@ -262,7 +273,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok truncated"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("trunc.txt"), "LOCKED\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.locked("trunc.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         Scenario {
             name: "unlink-denied",
@@ -270,7 +281,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok unlinked"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("unlink.txt"), "LOCKED\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.locked("unlink.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         Scenario {
             name: "mkdir-denied",
@@ -278,7 +289,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok made"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.locked("dir")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.locked("dir")) } else { Ok(()) }),
         },
         // The rename trick: move a denied file to an allowed name, then read it there.
         Scenario {
@@ -287,7 +298,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok renamed"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.out("renamed.txt")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.out("renamed.txt")) } else { Ok(()) }),
         },
         // The hard-link trick: a second, allowed name for a denied file. The tracepoint
         // backend kills link(2) as an operation it cannot judge (the link is made first).
@@ -297,7 +308,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: None,
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.out("linked.txt")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.out("linked.txt")) } else { Ok(()) }),
         },
         Scenario { name: "exec-allowed", args: |_| v(&["sleep", "0"]), tracepoint: Outcome::Ok("ok slept"), lsm: Outcome::Ok("ok slept"), event: None, after: None },
         Scenario {
@@ -610,7 +621,7 @@ pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
             let hook = hook(if e["op"] == "listen" { "listen" } else { kind }, rule, want, backend);
             // Unix peers: the cgroup unix programs (6.7+) refuse first; older kernels have
             // only the lsm hooks.
-            let hook = if rule == "network.unix" && backend == Backend::Lsm && got.2 == "lsm" { "lsm" } else { hook };
+            let hook = if rule == "network.unix" && backend.hooks() && got.2 == "lsm" { "lsm" } else { hook };
             if got != (want.verdict(), rule, hook) || e["layer"] != "ebpf" {
                 return Err(format!("event: expected verdict {} rule {rule} layer ebpf hook {hook}, got {e}", want.verdict()));
             }
@@ -626,13 +637,13 @@ pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
 fn hook(kind: &str, rule: &str, want: Outcome, backend: Backend) -> &'static str {
     // Socket families and listen(2): the backend's own hooks (no cgroup hook sees them).
     if rule == "network.families" || kind == "listen" {
-        return if backend == Backend::Lsm { "lsm" } else { "tracepoint" };
+        return if backend.hooks() { "lsm" } else { "tracepoint" };
     }
     match (kind, want, backend) {
         ("bind", _, _) => "cgroup",
         ("connect" | "sendmsg" | "socket", _, _) => "cgroup",
         ("syscall", Outcome::Killed, _) => "tracepoint",
-        (_, _, Backend::Lsm) => "lsm",
+        (_, _, Backend::Lsm | Backend::Trampoline) => "lsm",
         (_, _, Backend::Tracepoint) => "tracepoint",
     }
 }
@@ -677,6 +688,23 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `status` of a daemon with `backend = "auto"` that picked `auto` names why each better
+/// backend was refused.
+fn auto_reason(d: &Daemon, auto: Backend) -> Result<(), String> {
+    let o = d.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("status --json: {e}: {o:?}"))?;
+    let reason = v["backend_reason"].as_str().unwrap_or_default();
+    let want: &[&str] = match auto {
+        Backend::Lsm => &["auto: BPF LSM is active"],
+        Backend::Trampoline => &["lsm refused (", "fmod_ret programs on the security_* functions attached"],
+        Backend::Tracepoint => &["lsm refused (", "trampoline refused ("],
+    };
+    match want.iter().find(|w| !reason.contains(*w)) {
+        Some(missing) => Err(format!("auto picked {}, but its reason lacks {missing:?}: {reason}", auto.name())),
+        None => Ok(()),
+    }
 }
 
 /// A scrape of the daemon's metrics (the address it printed at start).
@@ -745,10 +773,12 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
             }
         }
     }
-    // backend = "auto" picks lsm in the VMs, where BPF LSM is active, and tracepoint on the
-    // development machines, whose kernel lists bpf but refuses its programs.
+    // backend = "auto" picks lsm in the VMs booted with bpf in lsm=, trampoline in those booted
+    // without it (the stock distribution boot), and tracepoint on the development machines,
+    // whose kernel lists bpf but refuses its programs and trampolines: it says why each better
+    // backend was refused.
     let auto_daemon = Daemon::start_with("backend = \"auto\"\nlandlock = false\nseccomp = false");
-    match status_names(&auto_daemon, auto) {
+    match status_names(&auto_daemon, auto).and_then(|()| auto_reason(&auto_daemon, auto)) {
         Ok(()) => {
             passed += 1;
             println!("AGSCENARIO pass status-auto");

@@ -4,5 +4,7 @@ pub mod backend;
 pub mod btf;
 pub mod load;
 pub mod mounts;
+pub mod rawbpf;
 pub mod rules;
 pub mod sockaddr_unix;
+pub mod trampoline;
