@@ -19,6 +19,7 @@ use aya::{maps::Map, Ebpf};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// bpf_attr for BPF_PROG_LOAD, up to attach_btf_obj_fd (the rest stays zero).
@@ -47,7 +48,19 @@ struct ProgLoad {
     /// The kernel BTF id of the function a tracing program attaches to.
     attach_btf_id: u32,
     attach_btf_obj_fd: u32,
+    // Named, not padding: a Rust struct's padding bytes are not zeroed, and the kernel
+    // refuses (EINVAL) non-zero bytes past the fields it knows.
+    core_relo_cnt: u32,
     _rest: [u64; 6],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdById {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+    _rest: [u32; 9],
 }
 
 #[repr(C)]
@@ -109,11 +122,31 @@ pub fn relocated(object: &[u8], ebpf: &Ebpf) -> Result<aya_obj::Object, String> 
 }
 
 /// What a program is loaded as.
-pub struct ProgType {
+pub struct ProgType<'a> {
     pub prog_type: u32,
     pub expected_attach_type: u32,
     /// Tracing programs: the kernel BTF id of the function (0 otherwise).
     pub attach_btf_id: u32,
+    /// The object's BTF as loaded in the kernel ([`object_btf`]), for the programs' function
+    /// info: tracing programs with calls need it ("missing btf func_info"). None: loaded
+    /// without BTF.
+    pub btf: Option<&'a OwnedFd>,
+}
+
+/// The object's BTF as aya loaded it into the kernel, found through `program` (one aya
+/// loaded already): the func_info type ids of a relocated object refer to it.
+pub fn object_btf(ebpf: &Ebpf, program: &str) -> Result<OwnedFd, String> {
+    let info = ebpf
+        .program(program)
+        .ok_or_else(|| format!("program {program} is missing from the object"))?
+        .info()
+        .map_err(|e| format!("the info of {program}: {e}"))?;
+    let id = info.btf_id().ok_or_else(|| format!("{program} was loaded without BTF"))?;
+    let mut attr = GetFdById { id, ..Default::default() };
+    // SAFETY: a new descriptor the kernel just returned.
+    bpf(BPF_BTF_GET_FD_BY_ID, &mut attr)
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        .map_err(|e| format!("BPF_BTF_GET_FD_BY_ID {id}: {e}"))
 }
 
 /// Why BPF_PROG_LOAD refused a program: the kernel's error and the verifier log's last lines
@@ -136,7 +169,9 @@ impl std::fmt::Display for Refused {
 /// Loads the program `name` of the relocated `obj` as `ty` (GPL).
 pub fn load_program(obj: &aya_obj::Object, name: &str, ty: &ProgType) -> Result<OwnedFd, Result<Refused, String>> {
     let prog = obj.programs.get(name).ok_or_else(|| Err(format!("program {name} is missing from the object")))?;
-    let insns = &obj.functions[&prog.function_key()].instructions;
+    let function = &obj.functions[&prog.function_key()];
+    let insns = &function.instructions;
+    let func_info = &function.func_info.func_info;
     let license = CString::new("GPL").expect("no NUL");
     // Without a log first (a full log fails a good load with ENOSPC); again with one (the
     // last lines are where the verifier says why) if that fails.
@@ -154,6 +189,12 @@ pub fn load_program(obj: &aya_obj::Object, name: &str, ty: &ProgType) -> Result<
             attach_btf_id: ty.attach_btf_id,
             ..Default::default()
         };
+        if let Some(btf) = ty.btf.filter(|_| !func_info.is_empty()) {
+            attr.prog_btf_fd = btf.as_raw_fd() as u32;
+            attr.func_info_rec_size = function.func_info_rec_size as u32;
+            attr.func_info = func_info.as_ptr() as u64;
+            attr.func_info_cnt = func_info.len() as u32;
+        }
         let short = &name.as_bytes()[..name.len().min(15)];
         attr.prog_name[..short.len()].copy_from_slice(short);
         bpf(BPF_PROG_LOAD, &mut attr)

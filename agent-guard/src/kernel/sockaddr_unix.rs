@@ -48,7 +48,7 @@ fn load_inner(object: &[u8], ebpf: &Ebpf) -> Result<Vec<(&'static str, u32, Owne
     let obj = rawbpf::relocated(object, ebpf)?;
     let mut out = Vec::new();
     for (name, attach) in PROGRAMS {
-        let ty = rawbpf::ProgType { prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR, expected_attach_type: *attach, attach_btf_id: 0 };
+        let ty = rawbpf::ProgType { prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR, expected_attach_type: *attach, attach_btf_id: 0, btf: None };
         let fd = match rawbpf::load_program(&obj, name, &ty) {
             Ok(fd) => fd,
             Err(Ok(r)) if r.error.raw_os_error() == Some(libc::EINVAL) && r.verifier.is_empty() => {

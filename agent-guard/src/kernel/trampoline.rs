@@ -7,7 +7,8 @@
 //! the kernel checks the expected attach type at load. The programs therefore sit in
 //! `fentry/` sections, aya never loads them, and this module loads each as
 //! `BPF_PROG_TYPE_TRACING` with expected attach type `BPF_MODIFY_RETURN` and the BTF id of
-//! its `security_*` function, attaches it with BPF_LINK_CREATE and pins the link. The kernel
+//! its `security_*` function (with the object's BTF function info, which the verifier needs
+//! for a tracing program with calls), attaches it with BPF_LINK_CREATE and pins the link. The kernel
 //! allows fmod_ret on any `security_*` function (`check_attach_modify_return`) whether or not
 //! BPF LSM is active; kernels that refuse trampolines (no JIT support, lockdown, or as on the
 //! development machines, EPERM for every fentry/fexit/fmod_ret program) fail the first load.
@@ -17,8 +18,8 @@ use aya::Ebpf;
 
 use crate::kernel::rawbpf;
 
-const BPF_PROG_TYPE_TRACING: u32 = 26;
-const BPF_MODIFY_RETURN: u32 = 26;
+const BPF_PROG_TYPE_TRACING: u32 = aya_obj::generated::bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
+const BPF_MODIFY_RETURN: u32 = aya_obj::generated::bpf_attach_type::BPF_MODIFY_RETURN as u32;
 
 /// Why the programs could not be loaded or attached, in the kernel's or the verifier's words.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub fn attach(
 ) -> Result<usize, Refused> {
     let obj = rawbpf::relocated(object, ebpf).map_err(Refused)?;
     let btf = aya::Btf::from_sys_fs().map_err(|e| Refused(format!("reading the kernel's BTF: {e}")))?;
+    // Any program aya loaded: the sched_process_exec one is loaded before any backend.
+    let object_btf = rawbpf::object_btf(ebpf, "ag_exec").map_err(Refused)?;
     let mut adopted = 0;
     let mut done: Vec<PathBuf> = Vec::new();
     let mut one = |name: &str, function: &str| -> Result<(), Refused> {
@@ -50,7 +53,12 @@ pub fn attach(
         let id = btf
             .id_by_type_name_kind(function, aya_obj::btf::BtfKind::Func)
             .map_err(|e| Refused(format!("{at}: the kernel's BTF has no function {function}: {e}")))?;
-        let ty = rawbpf::ProgType { prog_type: BPF_PROG_TYPE_TRACING, expected_attach_type: BPF_MODIFY_RETURN, attach_btf_id: id };
+        let ty = rawbpf::ProgType {
+            prog_type: BPF_PROG_TYPE_TRACING,
+            expected_attach_type: BPF_MODIFY_RETURN,
+            attach_btf_id: id,
+            btf: Some(&object_btf),
+        };
         let prog: OwnedFd = rawbpf::load_program(&obj, name, &ty).map_err(|e| match e {
             Ok(r) => Refused(format!("{at}: BPF_PROG_LOAD: {r}")),
             Err(e) => Refused(format!("{at}: {e}")),
