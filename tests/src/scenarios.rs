@@ -109,6 +109,10 @@ pub struct Ctx {
     pub passed_socket: i32,
     /// Unix sockets, abstract names and ports of the containment scenarios.
     pub contain: Contain,
+    /// Whether this kernel and backend judge unix peers (`status`: unix-connect is not
+    /// `none`): the tracepoint backend before 6.7 has neither BPF LSM nor the cgroup unix
+    /// hooks, so a denied unix connect goes through there (checked by `status_names`).
+    pub unix_judged: bool,
 }
 
 /// What the containment scenarios point at: listeners outside every run.
@@ -592,14 +596,19 @@ pub fn setup(backend: Backend) -> Ctx {
     let passed_socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     assert!(passed_socket >= 0, "socket: {}", std::io::Error::last_os_error());
     let outside = Command::new(probe()).args(["sleep", "600"]).stdout(Stdio::null()).spawn().unwrap();
-    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket, contain }
+    let unix_judged = status_action(&daemon, "unix-connect").is_some_and(|a| a != "none");
+    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket, contain, unix_judged }
 }
 
 /// Runs one scenario; Err says how the observed behaviour differs from the expected one.
 pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
     let args = (sc.args)(c);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let want = sc.expect(backend);
+    let mut want = sc.expect(backend);
+    // Not judged here (the status says `none`): the operation goes through.
+    if !c.unix_judged && sc.event.is_some_and(|(_, rule)| rule == "network.unix") {
+        want = Outcome::Ok("ok");
+    }
     let o = c.daemon.probe_run(&c.policy, sc.name, &args);
     if !want.matches(&o) {
         return Err(format!(
@@ -660,6 +669,20 @@ fn wait_event(d: &Daemon, name: &str, kind: &str, timeout: Duration) -> Option<V
     }
 }
 
+/// The action `status --json` gives for `operation`.
+fn status_action(d: &Daemon, operation: &str) -> Option<String> {
+    let o = d.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["enforcement"].as_array()?.iter().find(|r| r["operation"] == operation)?["action"].as_str().map(str::to_string)
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// `agent-guard status --json` names `backend` and lists what it does per operation.
 fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
     let o = d.cli(&["status", "--json"]);
@@ -674,6 +697,13 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
     if ops != 15 {
         return Err(format!("status lists {ops} operations, not 15: {}", v["enforcement"]));
     }
+    // Unix peers are judged by the hooks (lsm, trampoline) and by the cgroup unix programs
+    // (6.7+); only the tracepoint backend before 6.7 says `none`.
+    let unix = status_action(d, "unix-connect").unwrap_or_default();
+    let judged = backend.hooks() || kernel_at_least(6, 7);
+    if (unix != "none") != judged {
+        return Err(format!("status says unix-connect {unix:?} for {} on this kernel (judged: {judged})", backend.name()));
+    }
     let want = format!("agent_guard_backend_info{{backend=\"{}\"}} 1", backend.name());
     let scrape = metrics(d)?;
     if !scrape.lines().any(|l| l == want) {
@@ -686,6 +716,43 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
         if !scrape.lines().any(|l| l == want) {
             return Err(format!("no `{want}` in the metrics:\n{scrape}"));
         }
+    }
+    Ok(())
+}
+
+/// While a run exists, the backend's own programs are attached and no other's: lsm and
+/// trampoline attach their 19 hook programs (`lsm-*`, `fmr-*` links) and no open or exec
+/// syscall tracepoint (the hooks decide those); tracepoint attaches the open tracepoints and
+/// no hook program.
+fn backend_programs(c: &Ctx, backend: Backend) -> Result<(), String> {
+    let probe = probe();
+    let policy = s(&c.policy);
+    let _run = c.daemon.spawn_run(&["--policy", &policy, "--name", "sc-links", "--", &s(&probe), "sleep", "30"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.daemon.events().iter().any(|e| e["kind"] == "run_start" && e["run_name"] == "sc-links") {
+        if Instant::now() > deadline {
+            return Err("the run sc-links did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let links = c.daemon.pinned_links();
+    let count = |prefix: &str| links.iter().filter(|l| l.starts_with(prefix)).count();
+    let open_tps: Vec<&String> = links
+        .iter()
+        .filter(|l| ["openat", "open", "creat", "openat2", "execve", "execveat"].iter().any(|s| l.ends_with(&format!("_{s}")) && l.starts_with("tp-ag_")))
+        .collect();
+    let want = match backend {
+        Backend::Lsm => (19, 0, false),
+        Backend::Trampoline => (0, 19, false),
+        Backend::Tracepoint => (0, 0, true),
+    };
+    let got = (count("lsm-"), count("fmr-"), links.iter().any(|l| l == "tp-ag_exit_openat"));
+    if got != want || (backend.hooks() && !open_tps.is_empty()) {
+        return Err(format!(
+            "{} backend: expected (lsm links, fmod_ret links, open tracepoint) {want:?}, got {got:?}; open/exec tracepoints \
+             {open_tps:?}; links {links:?}",
+            backend.name()
+        ));
     }
     Ok(())
 }
@@ -744,7 +811,8 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
         }
     }
     type Check<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
-    let tripwires: [(&str, Check); 2] = [
+    let tripwires: [(&str, Check); 3] = [
+        ("backend-programs", Box::new(|| backend_programs(&c, backend))),
         ("tripwire-decoy-read", Box::new(|| crate::scenarios_tripwires::decoy_read(&c, backend))),
         ("tripwire-connect-budget", Box::new(|| crate::scenarios_tripwires::connect_budget(&c))),
     ];
