@@ -1,6 +1,6 @@
 //! `cargo xtask vm-test`: the scenario suite (tests/src/scenarios.rs) on Debian cloud kernels
 //! under QEMU, three ways on each kernel: `lsm` (booted with bpf in `lsm=`), `trampoline`
-//! (booted without it, as distributions boot by default: the fmod_ret programs) and
+//! (booted without it, as Ubuntu boots by default: the fmod_ret programs) and
 //! `tracepoint` (forced, booted with bpf). Each boot also checks what `backend = "auto"` picks
 //! there (lsm, trampoline, lsm).
 //!
@@ -43,8 +43,8 @@ const APPEND: &str = "console=ttyS0 panic=-1 oops=panic loglevel=4";
 pub const BACKENDS: &[&str] = &["lsm", "trampoline", "tracepoint"];
 
 /// The active LSMs a boot for `backend` gets, and what `backend = "auto"` must pick there.
-/// Debian does not list bpf by default (neither do Ubuntu's and Fedora's stock boots): the
-/// trampoline boot is that stock case; lsm and tracepoint boots add bpf.
+/// Debian's kernels list bpf by default (their CONFIG_LSM has it); Ubuntu's default boot does
+/// not, and the trampoline boot is that case.
 fn lsm_list(backend: &str) -> (&'static str, &'static str) {
     match backend {
         "trampoline" => ("lockdown,capability,landlock", "trampoline"),
