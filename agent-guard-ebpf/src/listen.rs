@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::{LsmContext, SockAddrContext, TracePointContext},
 };
 
-use crate::{event, kernel, lsm::answer, policy, run, sockets};
+use crate::{event, kernel, lsm::{answer, HookArgs}, policy, run, sockets};
 
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
@@ -135,6 +135,12 @@ pub fn ag_enter_listen(ctx: TracePointContext) -> u32 {
 /// socket_listen(struct socket *sock, int backlog).
 #[lsm(hook = "socket_listen")]
 pub fn ag_lsm_socket_listen(ctx: LsmContext) -> i32 {
+    on_socket_listen(&ctx)
+}
+
+/// The decision of `socket_listen` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_socket_listen(ctx: &impl HookArgs) -> i32 {
     let sock: u64 = ctx.arg(0);
     answer(&check_listen(sock, true))
 }

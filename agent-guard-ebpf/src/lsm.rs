@@ -10,12 +10,21 @@
 //! SIGKILL, `hold` SIGSTOP (see `policy::violation`). Events of LSM decisions carry
 //! `FLAG_LSM`.
 //!
+//! Each hook's decision is one function (`on_<hook>`) with two thin entry points: the BPF LSM
+//! program here (`ag_lsm_<hook>`, lsm backend) and the fmod_ret program on the kernel's
+//! `security_<hook>` function (`ag_fmr_<hook>` in `trampoline.rs`, trampoline backend). Both
+//! see the same arguments and return 0 or -EPERM.
+//!
 //! Errors inside a hook (an unreadable kernel structure) refuse: a path that cannot be
 //! rebuilt is `unseen`, never allowed by default, as in the tracepoint backend.
 use agent_guard_common::{
     Kind, Rule, Verdict, FLAG_LSM,
 };
-use aya_ebpf::{macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    macros::lsm,
+    programs::{FEntryContext, LsmContext},
+    Argument,
+};
 
 use crate::{
     event, kernel,
@@ -23,6 +32,26 @@ use crate::{
     run,
 };
 
+
+/// The arguments of a security hook, as its BPF LSM program and its fmod_ret program both see
+/// them (the hook's arguments in order, then the return value so far, which neither reads).
+pub trait HookArgs {
+    fn arg<T: Argument>(&self, n: usize) -> T;
+}
+
+impl HookArgs for LsmContext {
+    #[inline(always)]
+    fn arg<T: Argument>(&self, n: usize) -> T {
+        LsmContext::arg(self, n)
+    }
+}
+
+impl HookArgs for FEntryContext {
+    #[inline(always)]
+    fn arg<T: Argument>(&self, n: usize) -> T {
+        FEntryContext::arg(self, n)
+    }
+}
 
 const EPERM: i32 = 1;
 const FMODE_READ: u32 = 1;
@@ -63,6 +92,12 @@ fn report_path(run: &run::CurrentRun, rs_id: u32, d: &Decision, walked: Option<&
 /// file_open(struct file *file): every open of a file, with its real access mode.
 #[lsm(hook = "file_open")]
 pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
+    on_file_open(&ctx)
+}
+
+/// The decision of `file_open` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_file_open(ctx: &impl HookArgs) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let file: u64 = ctx.arg(0);
     let o = kernel::offsets();
@@ -95,6 +130,12 @@ pub fn ag_lsm_file_open(ctx: LsmContext) -> i32 {
 /// are reported by the tracepoint at sched_process_exec (with argv); refusals here.
 #[lsm(hook = "bprm_check_security")]
 pub fn ag_lsm_bprm_check(ctx: LsmContext) -> i32 {
+    on_bprm_check(&ctx)
+}
+
+/// The decision of `bprm_check_security` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_bprm_check(ctx: &impl HookArgs) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
     let bprm: u64 = ctx.arg(0);
@@ -158,6 +199,12 @@ fn unreadable() -> i32 {
 /// path_truncate(const struct path *path): truncate(2), ftruncate(2) (6.1: open(O_TRUNC) too).
 #[lsm(hook = "path_truncate")]
 pub fn ag_lsm_path_truncate(ctx: LsmContext) -> i32 {
+    on_path_truncate(&ctx)
+}
+
+/// The decision of `path_truncate` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_truncate(ctx: &impl HookArgs) -> i32 {
     let path: u64 = ctx.arg(0);
     let o = kernel::offsets();
     match (kernel::read::<u64>(path, o.path_dentry), kernel::read::<u64>(path, o.path_mnt)) {
@@ -169,18 +216,36 @@ pub fn ag_lsm_path_truncate(ctx: LsmContext) -> i32 {
 /// path_unlink(const struct path *dir, struct dentry *dentry)
 #[lsm(hook = "path_unlink")]
 pub fn ag_lsm_path_unlink(ctx: LsmContext) -> i32 {
+    on_path_unlink(&ctx)
+}
+
+/// The decision of `path_unlink` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_unlink(ctx: &impl HookArgs) -> i32 {
     write_in(ctx.arg(0), ctx.arg(1))
 }
 
 /// path_rmdir(const struct path *dir, struct dentry *dentry)
 #[lsm(hook = "path_rmdir")]
 pub fn ag_lsm_path_rmdir(ctx: LsmContext) -> i32 {
+    on_path_rmdir(&ctx)
+}
+
+/// The decision of `path_rmdir` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_rmdir(ctx: &impl HookArgs) -> i32 {
     write_in(ctx.arg(0), ctx.arg(1))
 }
 
 /// path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)
 #[lsm(hook = "path_mkdir")]
 pub fn ag_lsm_path_mkdir(ctx: LsmContext) -> i32 {
+    on_path_mkdir(&ctx)
+}
+
+/// The decision of `path_mkdir` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_mkdir(ctx: &impl HookArgs) -> i32 {
     write_in(ctx.arg(0), ctx.arg(1))
 }
 
@@ -188,12 +253,24 @@ pub fn ag_lsm_path_mkdir(ctx: LsmContext) -> i32 {
 /// also every open(O_CREAT) that creates a file, before it exists.
 #[lsm(hook = "path_mknod")]
 pub fn ag_lsm_path_mknod(ctx: LsmContext) -> i32 {
+    on_path_mknod(&ctx)
+}
+
+/// The decision of `path_mknod` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_mknod(ctx: &impl HookArgs) -> i32 {
     write_in(ctx.arg(0), ctx.arg(1))
 }
 
 /// path_symlink(const struct path *dir, struct dentry *dentry, const char *old_name)
 #[lsm(hook = "path_symlink")]
 pub fn ag_lsm_path_symlink(ctx: LsmContext) -> i32 {
+    on_path_symlink(&ctx)
+}
+
+/// The decision of `path_symlink` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_symlink(ctx: &impl HookArgs) -> i32 {
     write_in(ctx.arg(0), ctx.arg(1))
 }
 
@@ -203,6 +280,12 @@ pub fn ag_lsm_path_symlink(ctx: LsmContext) -> i32 {
 /// denies cannot get an allowed second name.
 #[lsm(hook = "path_link")]
 pub fn ag_lsm_path_link(ctx: LsmContext) -> i32 {
+    on_path_link(&ctx)
+}
+
+/// The decision of `path_link` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_link(ctx: &impl HookArgs) -> i32 {
     let (old_dentry, new_dir, new_dentry): (u64, u64, u64) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));
     let o = kernel::offsets();
     let Ok(mnt) = kernel::read::<u64>(new_dir, o.path_mnt) else { return unreadable() };
@@ -218,6 +301,12 @@ pub fn ag_lsm_path_link(ctx: LsmContext) -> i32 {
 /// (a denied file cannot be moved to an allowed name, nor an allowed one over a denied one).
 #[lsm(hook = "path_rename")]
 pub fn ag_lsm_path_rename(ctx: LsmContext) -> i32 {
+    on_path_rename(&ctx)
+}
+
+/// The decision of `path_rename` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_path_rename(ctx: &impl HookArgs) -> i32 {
     let r = write_in(ctx.arg(0), ctx.arg(1));
     if r != 0 {
         return r;
@@ -239,6 +328,12 @@ fn outside_run(run: &run::CurrentRun, nr: u32, arg0: u64) -> i32 {
 /// *cred): a signal (kill, tgkill, sigqueue, pidfd_send_signal) to a process outside the run.
 #[lsm(hook = "task_kill")]
 pub fn ag_lsm_task_kill(ctx: LsmContext) -> i32 {
+    on_task_kill(&ctx)
+}
+
+/// The decision of `task_kill` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_task_kill(ctx: &impl HookArgs) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let target: u64 = ctx.arg(0);
     let o = kernel::offsets();
@@ -253,6 +348,12 @@ pub fn ag_lsm_task_kill(ctx: LsmContext) -> i32 {
 /// another process's memory or descriptors through /proc, of a process outside the run.
 #[lsm(hook = "ptrace_access_check")]
 pub fn ag_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
+    on_ptrace_access_check(&ctx)
+}
+
+/// The decision of `ptrace_access_check` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_ptrace_access_check(ctx: &impl HookArgs) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let target: u64 = ctx.arg(0);
     let o = kernel::offsets();
@@ -266,6 +367,12 @@ pub fn ag_lsm_ptrace_access_check(ctx: LsmContext) -> i32 {
 /// bpf(int cmd, union bpf_attr *attr, unsigned int size[, bool kernel]): no bpf() from a run.
 #[lsm(hook = "bpf")]
 pub fn ag_lsm_bpf(ctx: LsmContext) -> i32 {
+    on_bpf(&ctx)
+}
+
+/// The decision of `bpf` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_bpf(ctx: &impl HookArgs) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let cmd: i32 = ctx.arg(0);
     outside_run(&run, NR_BPF, cmd as u64)
@@ -275,6 +382,12 @@ pub fn ag_lsm_bpf(ctx: LsmContext) -> i32 {
 /// flags, void *data): no mount from a run.
 #[lsm(hook = "sb_mount")]
 pub fn ag_lsm_sb_mount(ctx: LsmContext) -> i32 {
+    on_sb_mount(&ctx)
+}
+
+/// The decision of `sb_mount` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_sb_mount(ctx: &impl HookArgs) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let flags: u64 = ctx.arg(3);
     outside_run(&run, NR_MOUNT, flags)
@@ -290,6 +403,12 @@ const AF_INET6: u16 = 10;
 /// approvals, kills and holds).
 #[lsm(hook = "socket_connect")]
 pub fn ag_lsm_socket_connect(ctx: LsmContext) -> i32 {
+    on_socket_connect(&ctx)
+}
+
+/// The decision of `socket_connect` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_socket_connect(ctx: &impl HookArgs) -> i32 {
     let Some(run) = run::current_run() else { return 0 };
     let Some(rs) = run::ruleset(&run) else { return 0 };
     let (sock, addr, len): (u64, u64, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2));

@@ -1,5 +1,6 @@
 //! agent-guard kernel programs: the tracepoint backend and observation, the cgroup network
-//! programs, and the BPF LSM programs of the lsm backend (`lsm`).
+//! programs, the BPF LSM programs of the lsm backend (`lsm`) and the fmod_ret programs of the
+//! trampoline backend (`trampoline`), which share their decisions.
 //!
 //! Every program starts with [`run::current_run`]: one helper call and one compare decide
 //! whether the current task lives under this daemon's managed cgroup root. Every other process
@@ -25,6 +26,7 @@ mod run;
 mod scratch;
 mod sockets;
 mod syscalls;
+mod trampoline;
 mod tripwire;
 mod unix;
 

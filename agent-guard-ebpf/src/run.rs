@@ -144,11 +144,13 @@ static FAIL_CLOSED: RulesetHeader = RulesetHeader {
     unseen: [0; SYSCALL_WORDS],
 };
 
-/// [0] is 1 when the LSM programs are attached (the daemon sets it once it chose `lsm`).
+/// [0] is 1 when the security hook programs decide (the daemon sets it once it chose `lsm` or
+/// `trampoline`).
 #[map]
 static AG_LSM_ON: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Whether the LSM backend is in force: then `bprm_check_security` decides execs (then the exec tracepoint only reports).
+/// Whether the lsm or trampoline backend is in force: then `bprm_check_security` decides execs
+/// (the exec tracepoint only reports).
 #[inline(always)]
 pub fn decides_exec() -> bool {
     AG_LSM_ON.get(0).copied().unwrap_or(0) != 0

@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::{LsmContext, TracePointContext},
 };
 
-use crate::{event, kernel, lsm::answer, policy, run};
+use crate::{event, kernel, lsm::{answer, HookArgs}, policy, run};
 
 pub const AF_UNIX: u32 = 1;
 pub const AF_INET: u32 = 2;
@@ -125,6 +125,12 @@ pub fn ag_enter_socketpair(ctx: TracePointContext) -> u32 {
 /// itself (kern = 1) are not the process's.
 #[lsm(hook = "socket_create")]
 pub fn ag_lsm_socket_create(ctx: LsmContext) -> i32 {
+    on_socket_create(&ctx)
+}
+
+/// The decision of `socket_create` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_socket_create(ctx: &impl HookArgs) -> i32 {
     let (family, ty, protocol, kern): (i32, i32, i32, i32) = (ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.arg(3));
     if kern != 0 {
         return 0;

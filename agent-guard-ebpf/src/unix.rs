@@ -23,7 +23,7 @@ use aya_ebpf::{
     programs::{LsmContext, SockAddrContext},
 };
 
-use crate::{event, kernel, lsm::answer, policy, run, scratch, sockets};
+use crate::{event, kernel, lsm::{answer, HookArgs}, policy, run, scratch, sockets};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const PASS: i32 = 1;
@@ -273,6 +273,12 @@ fn check_peer(sock: u64, peer_sk: u64, kind: Kind) -> i32 {
 /// unix_stream_connect(struct socket *sock, struct sock *other, struct sock *newsk).
 #[lsm(hook = "unix_stream_connect")]
 pub fn ag_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
+    on_unix_stream_connect(&ctx)
+}
+
+/// The decision of `unix_stream_connect` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_unix_stream_connect(ctx: &impl HookArgs) -> i32 {
     let (sock, other): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     check_peer(sock, other, Kind::Connect)
 }
@@ -280,6 +286,12 @@ pub fn ag_lsm_unix_stream_connect(ctx: LsmContext) -> i32 {
 /// unix_may_send(struct socket *sock, struct socket *other): every datagram to a peer.
 #[lsm(hook = "unix_may_send")]
 pub fn ag_lsm_unix_may_send(ctx: LsmContext) -> i32 {
+    on_unix_may_send(&ctx)
+}
+
+/// The decision of `unix_may_send` (BPF LSM, or fmod_ret on its `security_*` function).
+#[inline(always)]
+pub fn on_unix_may_send(ctx: &impl HookArgs) -> i32 {
     let (sock, other): (u64, u64) = (ctx.arg(0), ctx.arg(1));
     let o = sockets::net_offsets();
     let Ok(sk) = kernel::read::<u64>(other, o.socket_sk) else { return 0 };

@@ -16,6 +16,7 @@ pub const DEFAULT_PATH: &str = "/etc/agent-guard/config.toml";
 pub enum BackendChoice {
     Auto,
     Lsm,
+    Trampoline,
     Tracepoint,
 }
 

@@ -26,6 +26,9 @@ use crate::{layout, probe, s, status, stdout, Daemon, Layout, PolicyFile};
 pub enum Backend {
     Tracepoint,
     Lsm,
+    /// The lsm backend's decisions as fmod_ret programs on the security_* functions: the same
+    /// outcomes and events as lsm (`hook: "lsm"`, the security hook that decided).
+    Trampoline,
 }
 
 impl Backend {
@@ -33,6 +36,7 @@ impl Backend {
         match self {
             Backend::Tracepoint => "tracepoint",
             Backend::Lsm => "lsm",
+            Backend::Trampoline => "trampoline",
         }
     }
 
@@ -40,8 +44,14 @@ impl Backend {
         match s {
             "tracepoint" => Some(Backend::Tracepoint),
             "lsm" => Some(Backend::Lsm),
+            "trampoline" => Some(Backend::Trampoline),
             _ => None,
         }
+    }
+
+    /// Whether the security hooks decide (lsm, trampoline): refusals before the act.
+    pub fn hooks(self) -> bool {
+        self != Backend::Tracepoint
     }
 }
 
@@ -99,6 +109,10 @@ pub struct Ctx {
     pub passed_socket: i32,
     /// Unix sockets, abstract names and ports of the containment scenarios.
     pub contain: Contain,
+    /// Whether this kernel and backend judge unix peers (`status`: unix-connect is not
+    /// `none`): the tracepoint backend before 6.7 has neither BPF LSM nor the cgroup unix
+    /// hooks, so a denied unix connect goes through there (checked by `status_names`).
+    pub unix_judged: bool,
 }
 
 /// What the containment scenarios point at: listeners outside every run.
@@ -171,6 +185,7 @@ pub struct Scenario {
     /// agprobe's arguments.
     pub args: fn(&Ctx) -> Vec<String>,
     pub tracepoint: Outcome,
+    /// Under lsm and trampoline (the same decisions, made by the same code).
     pub lsm: Outcome,
     /// The event of a violation: kind and rule (checked where the outcome is not Ok, except
     /// for EACCES, which may come from the Landlock layer).
@@ -182,7 +197,7 @@ impl Scenario {
     pub fn expect(&self, b: Backend) -> Outcome {
         match b {
             Backend::Tracepoint => self.tracepoint,
-            Backend::Lsm => self.lsm,
+            Backend::Lsm | Backend::Trampoline => self.lsm,
         }
     }
 }
@@ -235,7 +250,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: Some(("open", "files.write")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.ws("ro.txt"), "READONLY\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.ws("ro.txt"), "READONLY\n") } else { Ok(()) }),
         },
         // A denied tree inside the write tree: only the eBPF layer can refuse these.
         Scenario {
@@ -244,7 +259,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.locked("new.txt")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.locked("new.txt")) } else { Ok(()) }),
         },
         Scenario {
             name: "truncate-open-denied",
@@ -252,7 +267,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("trunc-open.txt"), "LOCKED\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.locked("trunc-open.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         // truncate(2), unlink, mkdir and rename are not opens: the tracepoint backend does
         // not see them (a gap the lsm backend closes).
@@ -262,7 +277,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok truncated"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("trunc.txt"), "LOCKED\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.locked("trunc.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         Scenario {
             name: "unlink-denied",
@@ -270,7 +285,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok unlinked"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { unchanged(&c.locked("unlink.txt"), "LOCKED\n") } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { unchanged(&c.locked("unlink.txt"), "LOCKED\n") } else { Ok(()) }),
         },
         Scenario {
             name: "mkdir-denied",
@@ -278,7 +293,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok made"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.locked("dir")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.locked("dir")) } else { Ok(()) }),
         },
         // The rename trick: move a denied file to an allowed name, then read it there.
         Scenario {
@@ -287,7 +302,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: Outcome::Ok("ok renamed"),
             lsm: EPERM,
             event: Some(("open", "files.deny")),
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.out("renamed.txt")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.out("renamed.txt")) } else { Ok(()) }),
         },
         // The hard-link trick: a second, allowed name for a denied file. The tracepoint
         // backend kills link(2) as an operation it cannot judge (the link is made first).
@@ -297,7 +312,7 @@ pub fn scenarios() -> Vec<Scenario> {
             tracepoint: KILLED,
             lsm: EPERM,
             event: None,
-            after: Some(|c, b| if b == Backend::Lsm { absent(&c.out("linked.txt")) } else { Ok(()) }),
+            after: Some(|c, b| if b.hooks() { absent(&c.out("linked.txt")) } else { Ok(()) }),
         },
         Scenario { name: "exec-allowed", args: |_| v(&["sleep", "0"]), tracepoint: Outcome::Ok("ok slept"), lsm: Outcome::Ok("ok slept"), event: None, after: None },
         Scenario {
@@ -581,14 +596,19 @@ pub fn setup(backend: Backend) -> Ctx {
     let passed_socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     assert!(passed_socket >= 0, "socket: {}", std::io::Error::last_os_error());
     let outside = Command::new(probe()).args(["sleep", "600"]).stdout(Stdio::null()).spawn().unwrap();
-    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket, contain }
+    let unix_judged = status_action(&daemon, "unix-connect").is_some_and(|a| a != "none");
+    Ctx { daemon, layout, policy, secret, outside, tcp_ok, tcp_bad, tcp6_ok, tcp6_bad, udp_ok, udp_bad, passed_socket, contain, unix_judged }
 }
 
 /// Runs one scenario; Err says how the observed behaviour differs from the expected one.
 pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
     let args = (sc.args)(c);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let want = sc.expect(backend);
+    let mut want = sc.expect(backend);
+    // Not judged here (the status says `none`): the operation goes through.
+    if !c.unix_judged && sc.event.is_some_and(|(_, rule)| rule == "network.unix") {
+        want = Outcome::Ok("ok");
+    }
     let o = c.daemon.probe_run(&c.policy, sc.name, &args);
     if !want.matches(&o) {
         return Err(format!(
@@ -610,7 +630,7 @@ pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
             let hook = hook(if e["op"] == "listen" { "listen" } else { kind }, rule, want, backend);
             // Unix peers: the cgroup unix programs (6.7+) refuse first; older kernels have
             // only the lsm hooks.
-            let hook = if rule == "network.unix" && backend == Backend::Lsm && got.2 == "lsm" { "lsm" } else { hook };
+            let hook = if rule == "network.unix" && backend.hooks() && got.2 == "lsm" { "lsm" } else { hook };
             if got != (want.verdict(), rule, hook) || e["layer"] != "ebpf" {
                 return Err(format!("event: expected verdict {} rule {rule} layer ebpf hook {hook}, got {e}", want.verdict()));
             }
@@ -626,13 +646,13 @@ pub fn run_one(c: &Ctx, sc: &Scenario, backend: Backend) -> Result<(), String> {
 fn hook(kind: &str, rule: &str, want: Outcome, backend: Backend) -> &'static str {
     // Socket families and listen(2): the backend's own hooks (no cgroup hook sees them).
     if rule == "network.families" || kind == "listen" {
-        return if backend == Backend::Lsm { "lsm" } else { "tracepoint" };
+        return if backend.hooks() { "lsm" } else { "tracepoint" };
     }
     match (kind, want, backend) {
         ("bind", _, _) => "cgroup",
         ("connect" | "sendmsg" | "socket", _, _) => "cgroup",
         ("syscall", Outcome::Killed, _) => "tracepoint",
-        (_, _, Backend::Lsm) => "lsm",
+        (_, _, Backend::Lsm | Backend::Trampoline) => "lsm",
         (_, _, Backend::Tracepoint) => "tracepoint",
     }
 }
@@ -649,6 +669,20 @@ fn wait_event(d: &Daemon, name: &str, kind: &str, timeout: Duration) -> Option<V
     }
 }
 
+/// The action `status --json` gives for `operation`.
+fn status_action(d: &Daemon, operation: &str) -> Option<String> {
+    let o = d.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["enforcement"].as_array()?.iter().find(|r| r["operation"] == operation)?["action"].as_str().map(str::to_string)
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// `agent-guard status --json` names `backend` and lists what it does per operation.
 fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
     let o = d.cli(&["status", "--json"]);
@@ -662,6 +696,13 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
     let ops = v["enforcement"].as_array().map_or(0, Vec::len);
     if ops != 16 {
         return Err(format!("status lists {ops} operations, not 16: {}", v["enforcement"]));
+    }
+    // Unix peers are judged by the hooks (lsm, trampoline) and by the cgroup unix programs
+    // (6.7+); only the tracepoint backend before 6.7 says `none`.
+    let unix = status_action(d, "unix-connect").unwrap_or_default();
+    let judged = backend.hooks() || kernel_at_least(6, 7);
+    if (unix != "none") != judged {
+        return Err(format!("status says unix-connect {unix:?} for {} on this kernel (judged: {judged})", backend.name()));
     }
     let want = format!("agent_guard_backend_info{{backend=\"{}\"}} 1", backend.name());
     let scrape = metrics(d)?;
@@ -677,6 +718,60 @@ fn status_names(d: &Daemon, backend: Backend) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// While a run exists, the backend's own programs are attached and no other's: lsm and
+/// trampoline attach their 19 hook programs (`lsm-*`, `fmr-*` links) and no open or exec
+/// syscall tracepoint (the hooks decide those); tracepoint attaches the open tracepoints and
+/// no hook program.
+fn backend_programs(c: &Ctx, backend: Backend) -> Result<(), String> {
+    let probe = probe();
+    let policy = s(&c.policy);
+    let _run = c.daemon.spawn_run(&["--policy", &policy, "--name", "sc-links", "--", &s(&probe), "sleep", "30"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.daemon.events().iter().any(|e| e["kind"] == "run_start" && e["run_name"] == "sc-links") {
+        if Instant::now() > deadline {
+            return Err("the run sc-links did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let links = c.daemon.pinned_links();
+    let count = |prefix: &str| links.iter().filter(|l| l.starts_with(prefix)).count();
+    let open_tps: Vec<&String> = links
+        .iter()
+        .filter(|l| ["openat", "open", "creat", "openat2", "execve", "execveat"].iter().any(|s| l.ends_with(&format!("_{s}")) && l.starts_with("tp-ag_")))
+        .collect();
+    let want = match backend {
+        Backend::Lsm => (19, 0, false),
+        Backend::Trampoline => (0, 19, false),
+        Backend::Tracepoint => (0, 0, true),
+    };
+    let got = (count("lsm-"), count("fmr-"), links.iter().any(|l| l == "tp-ag_exit_openat"));
+    if got != want || (backend.hooks() && !open_tps.is_empty()) {
+        return Err(format!(
+            "{} backend: expected (lsm links, fmod_ret links, open tracepoint) {want:?}, got {got:?}; open/exec tracepoints \
+             {open_tps:?}; links {links:?}",
+            backend.name()
+        ));
+    }
+    Ok(())
+}
+
+/// `status` of a daemon with `backend = "auto"` that picked `auto` names why each better
+/// backend was refused.
+fn auto_reason(d: &Daemon, auto: Backend) -> Result<(), String> {
+    let o = d.cli(&["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).map_err(|e| format!("status --json: {e}: {o:?}"))?;
+    let reason = v["backend_reason"].as_str().unwrap_or_default();
+    let want: &[&str] = match auto {
+        Backend::Lsm => &["auto: BPF LSM is active"],
+        Backend::Trampoline => &["lsm refused (", "fmod_ret programs on the security_* functions attached"],
+        Backend::Tracepoint => &["lsm refused (", "trampoline refused ("],
+    };
+    match want.iter().find(|w| !reason.contains(*w)) {
+        Some(missing) => Err(format!("auto picked {}, but its reason lacks {missing:?}: {reason}", auto.name())),
+        None => Ok(()),
+    }
 }
 
 /// A scrape of the daemon's metrics (the address it printed at start).
@@ -716,7 +811,8 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
         }
     }
     type Check<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
-    let tripwires: [(&str, Check); 3] = [
+    let tripwires: [(&str, Check); 4] = [
+        ("backend-programs", Box::new(|| backend_programs(&c, backend))),
         ("tripwire-decoy-read", Box::new(|| crate::scenarios_tripwires::decoy_read(&c, backend))),
         ("tripwire-connect-budget", Box::new(|| crate::scenarios_tripwires::connect_budget(&c))),
         ("dns-names", Box::new(|| crate::scenarios_dns::names(backend))),
@@ -746,10 +842,12 @@ pub fn run_suite(backend: Backend, auto: Backend, only: &[String]) -> Vec<String
             }
         }
     }
-    // backend = "auto" picks lsm in the VMs, where BPF LSM is active, and tracepoint on the
-    // development machines, whose kernel lists bpf but refuses its programs.
+    // backend = "auto" picks lsm in the VMs booted with bpf in lsm=, trampoline in those booted
+    // without it (the stock distribution boot), and tracepoint on the development machines,
+    // whose kernel lists bpf but refuses its programs and trampolines: it says why each better
+    // backend was refused.
     let auto_daemon = Daemon::start_with("backend = \"auto\"\nlandlock = false\nseccomp = false");
-    match status_names(&auto_daemon, auto) {
+    match status_names(&auto_daemon, auto).and_then(|()| auto_reason(&auto_daemon, auto)) {
         Ok(()) => {
             passed += 1;
             println!("AGSCENARIO pass status-auto");

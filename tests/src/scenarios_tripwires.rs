@@ -34,7 +34,7 @@ pub fn decoy_read(c: &crate::scenarios::Ctx, backend: Backend) -> Result<(), Str
         return Err(format!("hold: {h}"));
     }
     let open = event(d, "decoy-read", |e| e["kind"] == "open" && e["path"] == s(&decoy).as_str())?;
-    let hook = if backend == Backend::Lsm { "lsm" } else { "tracepoint" };
+    let hook = if backend.hooks() { "lsm" } else { "tracepoint" };
     if open["verdict"] != "decoy" || open["rule"] != "decoys.files" || open["hook"] != hook {
         return Err(format!("open: expected verdict decoy rule decoys.files hook {hook}, got {open}"));
     }

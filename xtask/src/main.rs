@@ -1,5 +1,6 @@
 //! Chores: `cargo xtask test` (everything CI runs), `cargo xtask vm-test` (the scenario suite
-//! against the lsm backend on Debian kernels under QEMU, also part of `test`), `cargo xtask
+//! against the lsm, trampoline and tracepoint backends on Debian kernels under QEMU, also part
+//! of `test`), `cargo xtask
 //! daemon` (build and start the daemon in the foreground), `cargo xtask deb` (the Debian
 //! package), `cargo xtask bench` (overhead benchmarks, see BENCHMARKS.md) and `cargo xtask
 //! soak` (the long soak with chaos, tests/src/soak.rs). Each first runs
@@ -41,16 +42,16 @@ enum Cmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Run the scenario suite against the lsm backend on Debian kernels with BPF LSM under
-    /// QEMU (root): fetches and caches the kernels, builds an initramfs, one pass/fail line
-    /// per kernel
+    /// Run the scenario suite against each backend on Debian kernels under QEMU (root):
+    /// fetches and caches the kernels, builds an initramfs, one pass/fail line per backend and
+    /// kernel (lsm: booted with bpf in lsm=; trampoline: booted without; tracepoint: forced)
     VmTest {
         /// Only this kernel (6.1, 6.12); repeatable (default: all)
         #[arg(long = "kernel")]
         kernels: Vec<String>,
-        /// The backend the daemon is forced to (tracepoint: how that backend fares there)
-        #[arg(long, default_value = "lsm", value_parser = ["lsm", "tracepoint"])]
-        backend: String,
+        /// Only this backend; repeatable (default: lsm, trampoline and tracepoint)
+        #[arg(long = "backend", value_parser = ["lsm", "trampoline", "tracepoint"])]
+        backends: Vec<String>,
     },
     /// Build the Debian package (target/debian/agent-guard_VERSION-1_amd64.deb): installs the
     /// build prerequisites and cargo-deb if missing, then `cargo deb -p agent-guard`
@@ -129,14 +130,16 @@ fn setup(test: bool) -> Result<()> {
 }
 
 /// Builds the daemon and the test binaries, then runs the VM kernel matrix.
-fn vm_test(kernels: &[String], backend: &str) -> Result<()> {
+fn vm_test(kernels: &[String], backends: &[String]) -> Result<()> {
+    let backends: Vec<&'static str> =
+        vm::BACKENDS.iter().copied().filter(|b| backends.is_empty() || backends.iter().any(|x| x == b)).collect();
     setup_with(false, true)?;
     // The test binaries (agprobe, agscenarios) the initramfs carries, and the daemon.
     let mut build = cargo();
     build.args(["build", "--package", "agent-guard", "--package", "agent-guard-tests", "--bins"]);
     run(build)?;
-    if !vm::vm_test(&root(), kernels, backend)? {
-        bail!("vm-test: the {backend} backend failed on at least one kernel (see above)");
+    if !vm::vm_test(&root(), kernels, &backends)? {
+        bail!("vm-test: a backend failed on at least one kernel (see above)");
     }
     Ok(())
 }
@@ -164,7 +167,7 @@ fn main() -> Result<()> {
                 eprintln!("skip vm-test: {why}");
                 return Ok(());
             }
-            vm_test(&[], "lsm")
+            vm_test(&[], &[])
         }
         Cmd::Daemon { config } => {
             setup(false)?;
@@ -189,7 +192,7 @@ fn main() -> Result<()> {
             run(build)?;
             bench::bench(&root(), quick, json)
         }
-        Cmd::VmTest { kernels, backend } => vm_test(&kernels, &backend),
+        Cmd::VmTest { kernels, backends } => vm_test(&kernels, &backends),
         Cmd::Soak { runs, minutes, daemon_kills, flood_pause_ms, seed, quiet_kills } => {
             setup(false)?;
             let mut build = cargo();

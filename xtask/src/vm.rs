@@ -1,14 +1,17 @@
-//! `cargo xtask vm-test`: the scenario suite (tests/src/scenarios.rs) against the `lsm`
-//! backend, on Debian cloud kernels booted with BPF LSM under QEMU.
+//! `cargo xtask vm-test`: the scenario suite (tests/src/scenarios.rs) on Debian cloud kernels
+//! under QEMU, three ways on each kernel: `lsm` (booted with bpf in `lsm=`), `trampoline`
+//! (booted without it, as Ubuntu boots by default: the fmod_ret programs) and
+//! `tracepoint` (forced, booted with bpf). Each boot also checks what `backend = "auto"` picks
+//! there (lsm, trampoline, lsm).
 //!
 //! For each kernel: the package comes from apt (bookworm's 6.1 through the machine's own
 //! sources, bookworm-backports' 6.12 through a private apt configuration that leaves the
 //! system's lists alone), cached in [`cache_dir`]; its vmlinuz boots with an initramfs built
 //! here (busybox-static, the test binaries and the libraries `ldd` names; no Docker) whose
-//! /init mounts what the daemon needs and runs `agscenarios --backend lsm`, which prints one
+//! /init mounts what the daemon needs and runs `agscenarios --backend B`, which prints one
 //! `AGSCENARIO` line per scenario. QEMU runs with TCG (KVM is not proven to work on these
-//! machines, see shared/design/KERNEL.md). The serial console of each boot is kept in
-//! target/vm/<kernel>.log.
+//! machines, see shared/design/KERNEL.md), one vCPU each, [`jobs`] VMs at a time. The serial
+//! console of each boot is kept in target/vm/<kernel>-<backend>.log.
 use std::{
     io::{BufRead, Write},
     path::{Path, PathBuf},
@@ -33,9 +36,26 @@ const META: &str = "linux-image-cloud-amd64";
 /// One boot may take this long before it counts as hung (TCG, a shared 2-core machine).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
 
-/// Kernel command line: the serial console, and BPF in the LSM list (Debian does not enable
-/// it by default).
-const APPEND: &str = "console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 oops=panic loglevel=4";
+/// Kernel command line: the serial console; the LSM list comes from [`lsm_list`].
+const APPEND: &str = "console=ttyS0 panic=-1 oops=panic loglevel=4";
+
+/// The backends of the matrix, in the order they are reported.
+pub const BACKENDS: &[&str] = &["lsm", "trampoline", "tracepoint"];
+
+/// The active LSMs a boot for `backend` gets, and what `backend = "auto"` must pick there.
+/// Debian's kernels list bpf by default (their CONFIG_LSM has it); Ubuntu's default boot does
+/// not, and the trampoline boot is that case.
+fn lsm_list(backend: &str) -> (&'static str, &'static str) {
+    match backend {
+        "trampoline" => ("lockdown,capability,landlock", "trampoline"),
+        _ => ("lockdown,capability,landlock,bpf", "lsm"),
+    }
+}
+
+/// How many VMs run at once (AG_VM_JOBS overrides): TCG keeps one host core busy per VM.
+fn jobs() -> usize {
+    std::env::var("AG_VM_JOBS").ok().and_then(|j| j.parse().ok()).filter(|j| *j > 0).unwrap_or(2)
+}
 
 /// The binaries the VM runs, from target/debug (built by the caller).
 const BINARIES: &[&str] = &["agent-guard", "agprobe", "agscenarios"];
@@ -63,10 +83,9 @@ impl Outcome {
     }
 }
 
-/// Runs the matrix against `backend` (lsm, or tracepoint to see how that backend fares on
-/// these kernels); `only`: kernel labels to run (empty: all). Returns whether every kernel
-/// passed.
-pub fn vm_test(root: &Path, only: &[String], backend: &str) -> Result<bool> {
+/// Runs the matrix: every backend of `backends` on every kernel of `only` (empty: all).
+/// Returns whether every boot passed.
+pub fn vm_test(root: &Path, only: &[String], backends: &[&'static str]) -> Result<bool> {
     let started = Instant::now();
     let kernels: Vec<&Kernel> = KERNELS.iter().filter(|k| only.is_empty() || only.iter().any(|o| o == k.label)).collect();
     if kernels.is_empty() {
@@ -82,20 +101,32 @@ pub fn vm_test(root: &Path, only: &[String], backend: &str) -> Result<bool> {
     std::fs::create_dir_all(&out)?;
     let initrd = initramfs(root, &out).context("building the initramfs")?;
     eprintln!("vm-test: initramfs {} ({} MiB)", initrd.display(), std::fs::metadata(&initrd)?.len() >> 20);
-    // One VM per kernel, side by side: TCG keeps one host core busy per VM.
-    let outcomes: Vec<Result<Outcome>> = std::thread::scope(|s| {
-        let handles: Vec<_> = images
-            .iter()
-            .map(|(k, vmlinuz)| {
-                let (initrd, out) = (&initrd, &out);
-                s.spawn(move || boot(k.label, vmlinuz, initrd, out, backend))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("boot thread panicked")))).collect()
+    // Every (backend, kernel) boot, `jobs()` at a time, in that order.
+    let boots: Vec<(&'static str, &Kernel, &PathBuf)> =
+        backends.iter().flat_map(|b| images.iter().map(move |(k, v)| (*b, *k, v))).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs().min(boots.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((backend, k, vmlinuz)) = boots.get(i) else { break };
+                let r = boot(k.label, vmlinuz, &initrd, &out, backend);
+                results.lock().expect("not poisoned").push((i, r));
+            });
+        }
     });
+    let mut results = results.into_inner().expect("not poisoned");
+    results.sort_by_key(|(i, _)| *i);
     let mut all_ok = true;
-    println!("\nvm-test: {backend} backend, kernel matrix ({:.0} s)", started.elapsed().as_secs_f64());
-    for o in outcomes {
+    println!("\nvm-test: kernel matrix, {} boots ({:.0} s)", boots.len(), started.elapsed().as_secs_f64());
+    let mut shown = None;
+    for (i, o) in results {
+        let backend = boots[i].0;
+        if shown != Some(backend) {
+            println!("vm-test: {backend} backend");
+            shown = Some(backend);
+        }
         let o = match o {
             Ok(o) => o,
             Err(e) => {
@@ -278,7 +309,8 @@ echo "AGVM kernel $(uname -r) lsm $(cat /sys/kernel/security/lsm) cpus $(nproc)"
 cd /tmp
 export AGENT_GUARD_READY_SECS=300 RUST_LOG=info AGENT_GUARD_BIN=/ag/agent-guard AGENT_GUARD_PROBE=/ag/agprobe
 backend=$(sed -n 's/.*agvm.backend=\([a-z]*\).*/\1/p' /proc/cmdline)
-/ag/agscenarios --backend "${backend:-lsm}" --auto lsm
+auto=$(sed -n 's/.*agvm.auto=\([a-z]*\).*/\1/p' /proc/cmdline)
+/ag/agscenarios --backend "${backend:-lsm}" --auto "${auto:-lsm}"
 echo "AGVM exit $?"
 if [ -x /ag/extra-test ]; then
     /ag/extra-test --test-threads=1 2>&1
@@ -389,8 +421,9 @@ fn cpu() -> String {
 }
 
 /// Boots `vmlinuz` with the initramfs and collects the scenario lines from its serial console.
-fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path, backend: &str) -> Result<Outcome> {
-    let log = out.join(format!("{label}.log"));
+fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path, backend: &'static str) -> Result<Outcome> {
+    let log = out.join(format!("{label}-{backend}.log"));
+    let (lsm, auto) = lsm_list(backend);
     let _ = std::fs::remove_file(&log);
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
@@ -403,7 +436,7 @@ fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path, backend:
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("{APPEND} agvm.backend={backend}"))
+        .arg(format!("{APPEND} lsm={lsm} agvm.backend={backend} agvm.auto={auto}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -457,7 +490,7 @@ fn boot(label: &'static str, vmlinuz: &Path, initrd: &Path, out: &Path, backend:
     let mut stdout = std::io::stdout().lock();
     for line in std::io::BufReader::new(text.as_bytes()).lines().map_while(Result::ok) {
         if line.starts_with("AGSCENARIO") || line.starts_with("AGVM") {
-            let _ = writeln!(stdout, "[{label}] {}", line.trim_end_matches('\r'));
+            let _ = writeln!(stdout, "[{label} {backend}] {}", line.trim_end_matches('\r'));
         }
     }
     Ok(o)

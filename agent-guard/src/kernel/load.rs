@@ -8,7 +8,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use crate::kernel::backend::{bpf_lsm_listed, first_line, Backend, Choice, LSM_LINK_PREFIX, LSM_LIST, LSM_PROGRAMS};
+use crate::kernel::backend::{
+    bpf_lsm_listed, first_line, Backend, Choice, LSM_LINK_PREFIX, LSM_LIST, LSM_PROGRAMS, TRAMPOLINE_LINK_PREFIX,
+    TRAMPOLINE_PROGRAMS,
+};
 use crate::config::BackendChoice;
 
 /// The object built by build.rs from agent-guard-ebpf.
@@ -365,8 +368,8 @@ fn is_eexist(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The open and refused-exec tracepoints: not attached under the lsm backend, whose
-/// file_open program decides and reports opens, and whose bprm_check_security program
+/// The open and refused-exec tracepoints: not attached under the lsm and trampoline backends,
+/// whose file_open program decides and reports opens, and whose bprm_check_security program
 /// refuses and reports execs.
 const LSM_DECIDES: &[&str] = &[
     "ag_enter_openat", "ag_exit_openat", "ag_enter_open", "ag_exit_open",
@@ -374,9 +377,10 @@ const LSM_DECIDES: &[&str] = &[
     "ag_enter_execve", "ag_exit_execve", "ag_enter_execveat", "ag_exit_execveat",
 ];
 
-/// The syscall tracepoints this backend uses (the LSM programs' links pinned: lsm).
+/// The syscall tracepoints this backend uses (the LSM or fmod_ret programs' links pinned: the
+/// hooks decide opens and execs).
 fn wanted_syscall_tracepoints(pins: &Pins) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str)> {
-    let lsm = lsm_pinned(pins);
+    let lsm = pinned_backend(pins).hooks_decide();
     SYSCALL_TRACEPOINTS.iter().filter(move |(name, _, _)| !(lsm && LSM_DECIDES.contains(name)))
 }
 
@@ -541,8 +545,9 @@ pub fn load(
         attach_tracepoint(&mut ebpf, pins, name, category, event)?;
     }
     let backend = choose(backend, &mut ebpf, pins, adopting)?;
+    tracing::info!("backend {}: {}", backend.backend.name(), backend.reason);
     mark(&mut ebpf, backend.backend)?;
-    adopted_links += if adopting { pins.links(LSM_LINK_PREFIX).len() } else { 0 };
+    adopted_links += if adopting { pins.links(LSM_LINK_PREFIX).len() + pins.links(TRAMPOLINE_LINK_PREFIX).len() } else { 0 };
     // Only those this backend uses (the open and exec ones are not even verified under lsm).
     for (name, _, _) in wanted_syscall_tracepoints(pins) {
         program::<TracePoint>(&mut ebpf, name)?.load().map_err(program_error(*name))?;
@@ -633,60 +638,38 @@ pub fn attach_lsm(ebpf: &mut Ebpf, pins: &Pins) -> Result<usize, LoadError> {
     Ok(adopted)
 }
 
-/// Tells the kernel programs which backend decides (AG_LSM_ON): under `lsm` the exec
-/// tracepoint reports and leaves the decision to `bprm_check_security`.
+/// Tells the kernel programs whether the security hooks decide (AG_LSM_ON): under lsm and
+/// trampoline the exec tracepoint reports and leaves the decision to `bprm_check_security`.
 pub fn mark(ebpf: &mut Ebpf, backend: Backend) -> Result<(), LoadError> {
     let name = agent_guard_common::names::LSM_ON;
     let map = ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
     let mut on: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).map_err(|source| LoadError::Map { name, source })?;
-    on.set(0, u32::from(backend == Backend::Lsm), 0).map_err(|source| LoadError::Map { name, source })
+    on.set(0, u32::from(backend.hooks_decide()), 0).map_err(|source| LoadError::Map { name, source })
 }
 
-/// Whether an earlier daemon left the LSM programs attached (then the backend is `lsm`).
-pub fn lsm_pinned(pins: &Pins) -> bool {
-    !pins.links(LSM_LINK_PREFIX).is_empty()
+/// The backend whose hook programs an earlier daemon left attached (tracepoint: none).
+pub fn pinned_backend(pins: &Pins) -> Backend {
+    crate::kernel::backend::pinned(|prefix| pins.links(prefix).len())
 }
 
-/// Picks the backend for `choice` and, for `lsm`, attaches the LSM programs. `adopting`:
-/// an earlier daemon's pinned state, whose backend is kept.
+/// Picks the backend for `choice` (`backend::choose`), attaching the LSM or the fmod_ret
+/// programs as it tries them. `adopting`: an earlier daemon's pinned state, whose backend is
+/// kept.
 pub fn choose(choice: BackendChoice, ebpf: &mut Ebpf, pins: &Pins, adopting: bool) -> Result<Choice, LoadError> {
-    if adopting {
-        let backend = if lsm_pinned(pins) { Backend::Lsm } else { Backend::Tracepoint };
-        if choice == BackendChoice::Lsm && backend != Backend::Lsm {
-            return Err(LoadError::Backend(format!(
-                "backend = \"lsm\", but the pinned state in {} was loaded with the tracepoint backend (stop it with \
-                 `agent-guard daemon --uninstall` to change backends)",
-                pins.dir().display()
-            )));
-        }
-        return Ok(Choice { backend, reason: "adopted from the pinned state of an earlier daemon".into() });
-    }
-    match choice {
-        BackendChoice::Tracepoint => {
-            Ok(Choice { backend: Backend::Tracepoint, reason: "backend = \"tracepoint\" in the config".into() })
-        }
-        BackendChoice::Lsm => {
-            bpf_lsm_listed().map_err(|why| LoadError::Backend(format!("backend = \"lsm\", but {why}")))?;
-            attach_lsm(ebpf, pins).map_err(|e| {
-                LoadError::Backend(format!(
-                    "backend = \"lsm\", but this kernel does not load BPF LSM programs (use backend = \"auto\" or \"tracepoint\"): {e}"
-                ))
-            })?;
-            Ok(Choice { backend: Backend::Lsm, reason: "backend = \"lsm\" in the config; BPF LSM programs attached".into() })
-        }
-        BackendChoice::Auto => {
-            if let Err(why) = bpf_lsm_listed() {
-                return Ok(Choice { backend: Backend::Tracepoint, reason: format!("auto: {why}") });
-            }
-            match attach_lsm(ebpf, pins) {
-                Ok(_) => Ok(Choice { backend: Backend::Lsm, reason: "auto: BPF LSM is active and its programs attached".into() }),
-                Err(e) => Ok(Choice {
-                    backend: Backend::Tracepoint,
-                    reason: format!("auto: bpf is listed in {LSM_LIST} but this kernel refuses BPF LSM programs ({})", first_line(&e)),
-                }),
-            }
-        }
-    }
+    let lsm = |ebpf: &mut Ebpf| {
+        bpf_lsm_listed()?;
+        attach_lsm(ebpf, pins)
+            .map(drop)
+            .map_err(|e| format!("bpf is listed in {LSM_LIST} but this kernel refuses BPF LSM programs: {}", first_line(&e)))
+    };
+    let trampoline = |ebpf: &Ebpf| {
+        crate::kernel::trampoline::attach(OBJECT, ebpf, TRAMPOLINE_PROGRAMS, |name| pins.link(&format!("{TRAMPOLINE_LINK_PREFIX}{name}")))
+            .map(drop)
+            .map_err(|e| format!("this kernel refuses fmod_ret programs on the security_* functions: {e}"))
+    };
+    let adopted = adopting.then(|| pinned_backend(pins));
+    // Both closures need the object; only one runs at a time.
+    let ebpf = std::cell::RefCell::new(ebpf);
+    crate::kernel::backend::choose(choice, adopted, || lsm(&mut ebpf.borrow_mut()), || trampoline(&ebpf.borrow()))
+        .map_err(LoadError::Backend)
 }
-
-

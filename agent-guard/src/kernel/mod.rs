@@ -5,5 +5,7 @@ pub mod btf;
 pub mod dns;
 pub mod load;
 pub mod mounts;
+pub mod rawbpf;
 pub mod rules;
 pub mod sockaddr_unix;
+pub mod trampoline;

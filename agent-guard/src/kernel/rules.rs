@@ -114,7 +114,7 @@ impl PolicyStore {
 
     /// Compiles for `backend` from now on (set once, before any policy is loaded).
     pub fn for_backend(mut self, backend: crate::kernel::backend::Backend) -> Self {
-        self.lsm = backend == crate::kernel::backend::Backend::Lsm;
+        self.lsm = backend.hooks_decide();
         self
     }
 

@@ -1,30 +1,19 @@
 //! The cgroup `connect_unix` and `sendmsg_unix` programs (kernel 6.7+), loaded and attached
-//! here with raw bpf(2) calls, because aya 0.14 has no attach type for them
-//! (`CgroupSockAddrAttachType` stops at the IP ones).
-//!
-//! The kernel checks that a cgroup sock_addr program was loaded for the attach type it is
-//! attached with (`expected_attach_type`), so they cannot be loaded by aya under another
-//! type and attached as unix ones. Instead: the object is parsed again with aya-obj, its map
-//! references are relocated to the maps aya created (same names, same file descriptors), and
-//! the two programs' instructions are loaded with BPF_PROG_LOAD (`BPF_PROG_TYPE_CGROUP_SOCK_ADDR`,
-//! expected attach type `BPF_CGROUP_UNIX_CONNECT` / `_SENDMSG`); they attach with
-//! BPF_LINK_CREATE and their links are pinned like every other link (BPF_OBJ_PIN).
+//! here with raw bpf(2) calls (`rawbpf`), because aya 0.14 has no attach type for them
+//! (`CgroupSockAddrAttachType` stops at the IP ones): `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`,
+//! expected attach type `BPF_CGROUP_UNIX_CONNECT` / `_SENDMSG`.
 //!
 //! On a kernel without these attach types (before 6.7) the load fails with EINVAL: the daemon
 //! says so (`status`) and unix connects are judged only by the lsm backend, if any.
 use std::{
-    collections::{HashMap, HashSet},
-    ffi::CString,
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
-    path::Path,
+    os::fd::{AsRawFd, OwnedFd},
     sync::Mutex,
 };
 
-use aya::{maps::Map, Ebpf};
+use aya::Ebpf;
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_LINK_CREATE: libc::c_long = 28;
+use crate::kernel::rawbpf;
+
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 const BPF_CGROUP_UNIX_CONNECT: u32 = 49;
 const BPF_CGROUP_UNIX_SENDMSG: u32 = 50;
@@ -45,65 +34,6 @@ pub fn state() -> Result<(), String> {
     }
 }
 
-/// bpf_attr for BPF_PROG_LOAD, up to expected_attach_type (the rest stays zero).
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoad {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    _rest: [u64; 10],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreate {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    _rest: [u64; 8],
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjPin {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    _rest: [u64; 4],
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
-    // SAFETY: attr is a zero-padded bpf_attr prefix of the given size.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
-    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
-}
-
-/// The file descriptor of a map aya created (the variants this object uses).
-fn map_fd(m: &Map) -> Option<RawFd> {
-    let data = match m {
-        Map::Array(d)
-        | Map::HashMap(d)
-        | Map::LruHashMap(d)
-        | Map::LpmTrie(d)
-        | Map::PerCpuArray(d)
-        | Map::PerCpuHashMap(d)
-        | Map::RingBuf(d) => d,
-        _ => return None,
-    };
-    Some(data.fd().as_fd().as_raw_fd())
-}
-
 /// Loads the unix programs of `object` against the maps of `ebpf` (call before any map is
 /// taken out of it). The outcome is kept for `attach` and `state`.
 pub fn load(object: &[u8], ebpf: &Ebpf) {
@@ -115,55 +45,19 @@ pub fn load(object: &[u8], ebpf: &Ebpf) {
 }
 
 fn load_inner(object: &[u8], ebpf: &Ebpf) -> Result<Vec<(&'static str, u32, OwnedFd)>, String> {
-    let mut obj = aya_obj::Object::parse(object).map_err(|e| format!("parsing the object: {e}"))?;
-    let defs = obj.maps.clone();
-    let fds: HashMap<String, RawFd> =
-        ebpf.maps().filter_map(|(name, m)| map_fd(m).map(|fd| (name.to_string(), fd))).collect();
-    let mut maps = Vec::new();
-    for (name, def) in &defs {
-        let fd = *fds.get(name).ok_or_else(|| format!("map {name} is not loaded"))?;
-        maps.push((name.as_str(), fd, def));
-    }
-    let text: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-    obj.relocate_maps(maps.into_iter(), &text).map_err(|e| format!("relocating maps: {e}"))?;
-    obj.relocate_calls(&text).map_err(|e| format!("relocating calls: {e}"))?;
-    let license = CString::new("GPL").expect("no NUL");
+    let obj = rawbpf::relocated(object, ebpf)?;
     let mut out = Vec::new();
     for (name, attach) in PROGRAMS {
-        let prog = obj.programs.get(*name).ok_or_else(|| format!("program {name} is missing from the object"))?;
-        let insns = &obj.functions[&prog.function_key()].instructions;
-        // Without a log first (a full log fails a good load with ENOSPC); again with one
-        // (the last lines are where the verifier says why) if that fails.
-        let mut log = vec![0u8; 1 << 22];
-        let mut try_load = |log_level: u32| {
-            let mut attr = ProgLoad {
-                prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-                insn_cnt: insns.len() as u32,
-                insns: insns.as_ptr() as u64,
-                license: license.as_ptr() as u64,
-                log_level,
-                log_size: if log_level == 0 { 0 } else { log.len() as u32 },
-                log_buf: if log_level == 0 { 0 } else { log.as_mut_ptr() as u64 },
-                expected_attach_type: *attach,
-                ..Default::default()
-            };
-            let short = name.as_bytes();
-            attr.prog_name[..short.len().min(15)].copy_from_slice(&short[..short.len().min(15)]);
-            bpf(BPF_PROG_LOAD, &mut attr)
-        };
-        let fd = match try_load(0).or_else(|_| try_load(1)) {
+        let ty = rawbpf::ProgType { prog_type: BPF_PROG_TYPE_CGROUP_SOCK_ADDR, expected_attach_type: *attach, attach_btf_id: 0, btf: None };
+        let fd = match rawbpf::load_program(&obj, name, &ty) {
             Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && log[0] == 0 => {
+            Err(Ok(r)) if r.error.raw_os_error() == Some(libc::EINVAL) && r.verifier.is_empty() => {
                 return Err("this kernel has no cgroup unix socket hooks (they came with 6.7)".into());
             }
-            Err(e) => {
-                let text = String::from_utf8_lossy(&log[..log.iter().position(|b| *b == 0).unwrap_or(log.len())]).into_owned();
-                let tail: Vec<&str> = text.lines().rev().take(8).collect();
-                return Err(format!("BPF_PROG_LOAD of {name}: {e}; verifier: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
-            }
+            Err(Ok(r)) => return Err(format!("BPF_PROG_LOAD of {name}: {r}")),
+            Err(Err(e)) => return Err(e),
         };
-        // SAFETY: a new descriptor the kernel just returned.
-        out.push((*name, *attach, unsafe { OwnedFd::from_raw_fd(fd as RawFd) }));
+        out.push((*name, *attach, fd));
     }
     Ok(out)
 }
@@ -180,37 +74,18 @@ pub fn attach(cgroup: &std::fs::File, pin: impl Fn(&str) -> std::path::PathBuf) 
         if path.exists() {
             continue;
         }
-        let mut attr = LinkCreate {
-            prog_fd: fd.as_raw_fd() as u32,
-            target_fd: cgroup.as_raw_fd() as u32,
-            attach_type: *attach,
-            ..Default::default()
-        };
-        let link = match bpf(BPF_LINK_CREATE, &mut attr) {
-            // SAFETY: a new descriptor the kernel just returned.
-            Ok(l) => unsafe { OwnedFd::from_raw_fd(l as RawFd) },
+        let link = match rawbpf::link_create(fd, cgroup.as_raw_fd(), *attach) {
+            Ok(l) => l,
             Err(e) => {
-                undo(&done);
+                rawbpf::unpin_all(&done);
                 return Err(format!("BPF_LINK_CREATE of {name}: {e}"));
             }
         };
-        if let Err(e) = pin_fd(&link, &path) {
-            undo(&done);
+        if let Err(e) = rawbpf::pin_fd(&link, &path) {
+            rawbpf::unpin_all(&done);
             return Err(format!("pinning {}: {e}", path.display()));
         }
         done.push(path);
     }
     Ok(done)
-}
-
-fn undo(pins: &[std::path::PathBuf]) {
-    for p in pins {
-        let _ = std::fs::remove_file(p);
-    }
-}
-
-fn pin_fd(fd: &OwnedFd, path: &Path) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
-    let mut attr = ObjPin { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, ..Default::default() };
-    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
