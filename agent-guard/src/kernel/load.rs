@@ -27,13 +27,10 @@ const SCHED_TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// attached only while some run or bound cgroup exists (see `attach_syscall_tracepoints`,
 /// called before a run's kernel entry is created): a host with no run pays nothing.
 const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("ag_enter_openat", "syscalls", "sys_enter_openat"),
+    // Opens: exit only (the flags come from the registers saved at entry, files.rs).
     ("ag_exit_openat", "syscalls", "sys_exit_openat"),
-    ("ag_enter_open", "syscalls", "sys_enter_open"),
     ("ag_exit_open", "syscalls", "sys_exit_open"),
-    ("ag_enter_creat", "syscalls", "sys_enter_creat"),
     ("ag_exit_creat", "syscalls", "sys_exit_creat"),
-    ("ag_enter_openat2", "syscalls", "sys_enter_openat2"),
     ("ag_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("ag_enter_execve", "syscalls", "sys_enter_execve"),
     ("ag_exit_execve", "syscalls", "sys_exit_execve"),
@@ -151,7 +148,6 @@ const PINNED_MAPS: &[&str] = &[
     names::DROPS,
     "AG_SCRATCH",
     "AG_UNIX_SCRATCH",
-    "AG_PENDING_OPEN",
     "AG_PENDING_EXEC",
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
@@ -357,8 +353,7 @@ fn is_eexist(e: &(dyn std::error::Error + 'static)) -> bool {
 /// file_open program decides and reports opens, and whose bprm_check_security program
 /// refuses and reports execs.
 const LSM_DECIDES: &[&str] = &[
-    "ag_enter_openat", "ag_exit_openat", "ag_enter_open", "ag_exit_open",
-    "ag_enter_creat", "ag_exit_creat", "ag_enter_openat2", "ag_exit_openat2",
+    "ag_exit_openat", "ag_exit_open", "ag_exit_creat", "ag_exit_openat2",
     "ag_enter_execve", "ag_exit_execve", "ag_enter_execveat", "ag_exit_execveat",
 ];
 
