@@ -222,7 +222,7 @@ pub fn guest(bin: &Path, agbench: &Path, backends: &[String], rounds: usize) -> 
     // samples[backend][cond][op]; backend "none" holds (a).
     let mut samples: BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<f64>>>> = BTreeMap::new();
     let mut status: BTreeMap<String, Value> = BTreeMap::new();
-    let mut measure = |samples: &mut BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<f64>>>>,
+    let measure = |samples: &mut BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<f64>>>>,
                        backend: &str,
                        cond: &str,
                        daemon: Option<&Daemon>,
