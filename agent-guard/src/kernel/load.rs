@@ -100,7 +100,7 @@ pub enum LoadError {
 pub struct PolicyMaps {
     pub cur: Array<MapData, u32>,
     pub rulesets: HashMap<MapData, u32, agent_guard_common::RulesetHeader>,
-    pub files: HashMap<MapData, agent_guard_common::FileNodeKey, agent_guard_common::FileNode>,
+    pub files: crate::kernel::trie::FileTrie,
     pub net: LpmTrie<MapData, agent_guard_common::NetKey, agent_guard_common::NetRule>,
     /// `[network] unix`, families and listen (see policy/contain.rs).
     pub unix: LpmTrie<MapData, agent_guard_common::UnixKey, u32>,
@@ -143,6 +143,7 @@ const PINNED_MAPS: &[&str] = &[
     names::POLICY_CUR,
     names::RULESETS,
     names::FILE_NODES,
+    names::FILE_NODES_SHORT,
     names::NET_RULES,
     names::EVENTS,
     names::DROPS,
@@ -546,7 +547,10 @@ pub fn load(
     let policy = PolicyMaps {
         cur: Array::try_from(take(&mut ebpf, names::POLICY_CUR)?).map_err(map_err(names::POLICY_CUR))?,
         rulesets: HashMap::try_from(take(&mut ebpf, names::RULESETS)?).map_err(map_err(names::RULESETS))?,
-        files: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
+        files: crate::kernel::trie::FileTrie {
+            long: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
+            short: HashMap::try_from(take(&mut ebpf, names::FILE_NODES_SHORT)?).map_err(map_err(names::FILE_NODES_SHORT))?,
+        },
         net: LpmTrie::try_from(take(&mut ebpf, names::NET_RULES)?).map_err(map_err(names::NET_RULES))?,
         unix: LpmTrie::try_from(take(&mut ebpf, names::UNIX_RULES)?).map_err(map_err(names::UNIX_RULES))?,
         contain: HashMap::try_from(take(&mut ebpf, names::NET_CONTAIN)?).map_err(map_err(names::NET_CONTAIN))?,

@@ -8,3 +8,4 @@ pub mod mounts;
 pub mod ondemand;
 pub mod rules;
 pub mod sockaddr_unix;
+pub mod trie;
