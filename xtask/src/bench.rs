@@ -233,7 +233,8 @@ pub fn bench(root: &Path, quick: bool, json_out: bool) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask bench needs root (eBPF programs, cgroups, kernel.bpf_stats_enabled)");
     }
-    let bin = root.join("target/release/agent-guard");
+    // AG_BENCH_BIN: another daemon build (an earlier commit's) under the same harness and agbench.
+    let bin = std::env::var_os("AG_BENCH_BIN").map_or_else(|| root.join("target/release/agent-guard"), PathBuf::from);
     let agbench = root
         .join("target/release/agbench")
         .canonicalize()
