@@ -104,13 +104,15 @@ fn choose_accel(vmlinuz: &Path, initrd: &Path, out: &Path) -> (&'static str, Str
         return ("tcg", format!("/dev/kvm: {e}"));
     }
     let log = out.join("bench-kvm-probe.log");
-    let up = boot(vmlinuz, initrd, &log, "kvm", "agvm.probe=1", Duration::from_secs(120)).unwrap_or(false)
+    let up = boot(vmlinuz, initrd, &log, "kvm", "agvm.probe=1", Duration::from_secs(30)).unwrap_or(false)
         && std::fs::read_to_string(&log).is_ok_and(|t| t.contains("AGVM kernel"));
     if up {
         return ("kvm", "a probe boot under KVM reached /init".into());
     }
-    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
-    let err = text.lines().find(|l| l.contains("KVM") || l.contains("kvm")).unwrap_or("no output").trim().to_string();
+    // QEMU says on stderr why KVM failed (e.g. "KVM internal error" on a nested hypervisor that
+    // cannot run a stock kernel), and then waits rather than exits.
+    let text = String::from_utf8_lossy(&std::fs::read(log.with_extension("qemu.err")).unwrap_or_default()).into_owned();
+    let err = text.lines().find(|l| l.contains("KVM") || l.contains("kvm")).unwrap_or("no console output").trim().to_string();
     ("tcg", format!("/dev/kvm opens, but a probe boot under KVM did not reach /init ({err}; see {})", log.display()))
 }
 
@@ -139,7 +141,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, accel: &str, extra: &str, tim
         .spawn()
         .context("starting qemu-system-x86_64 (deploy/setup-build.sh --vm installs it)")?;
     let started = Instant::now();
-    let mut seen = 0;
+    let mut seen = 0; // complete lines of the log shown so far
     loop {
         if child.try_wait()?.is_some() {
             return Ok(true);
@@ -153,12 +155,13 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, accel: &str, extra: &str, tim
         // Progress from the guest, as it comes.
         if let Ok(text) = std::fs::read(log) {
             let text = String::from_utf8_lossy(&text);
-            for l in text.lines().skip(seen) {
+            let complete = text.matches('\n').count();
+            for l in text.lines().take(complete).skip(seen) {
                 if l.starts_with("AGBENCH ") || l.starts_with("AGVM") {
                     eprintln!("[vm] {}", l.trim_end_matches('\r'));
                 }
             }
-            seen = text.lines().count().saturating_sub(1);
+            seen = complete;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
