@@ -78,9 +78,11 @@ fn start(daemon: &mut Daemon, ours: &mut HashSet<u32>) -> Result<f64> {
     Ok(ready.as_secs_f64() * 1e3)
 }
 
-/// Whether the daemon's syscall tracepoints are attached (their links are pinned).
+/// Whether any of the daemon's syscall tracepoints is attached (their links are pinned; the
+/// sched ones, always attached, aside). Which ones a backend attaches differs: under lsm the
+/// open tracepoints are not.
 fn syscall_tracepoints(daemon: &Daemon) -> bool {
-    daemon.pinned_links().iter().any(|l| l == "tp-ag_exit_openat")
+    daemon.pinned_links().iter().any(|l| l.starts_with("tp-") && l != "tp-ag_exec" && l != "tp-ag_exit")
 }
 
 /// Waits until no run is left and the daemon has detached its syscall tracepoints.
@@ -444,8 +446,9 @@ impl Holder {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(daemon.dir.path().join("holder.stderr"))?)
             .spawn()?;
-        // Its cgroup holds the sleep (the launcher has exec'd) and the hooks are attached.
-        if let Some(cgroup) = new_run(daemon, &before, Duration::from_secs(20), |procs| procs > 0 && syscall_tracepoints(daemon)) {
+        // Its cgroup holds the sleep (the launcher has exec'd; the hooks a run needs are
+        // attached before its kernel entry exists).
+        if let Some(cgroup) = new_run(daemon, &before, Duration::from_secs(60), |procs| procs > 0) {
             return Ok(Holder { child, cgroup });
         }
         let mut err = std::fs::read_to_string(daemon.dir.path().join("holder.stderr")).unwrap_or_default();
