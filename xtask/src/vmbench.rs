@@ -87,7 +87,7 @@ pub fn bench_vm(root: &Path, label: &str, rounds: usize, json_out: bool) -> Resu
         );
     };
     let mut v: Value = serde_json::from_str(result).context("the VM's AGBENCH-RESULT line")?;
-    let release = text.lines().find_map(|l| l.strip_prefix("AGVM kernel ")).unwrap_or_default().trim_end_matches('\r').to_string();
+    let release = text.lines().find_map(|l| l.strip_prefix("AGVM kernel ")).and_then(|r| r.split_whitespace().next()).unwrap_or_default().to_string();
     v["vm"] = json!({"kernel": release, "accelerator": accel, "why": why, "seconds": started.elapsed().as_secs_f64(), "log": log});
     if json_out {
         println!("{v}");
