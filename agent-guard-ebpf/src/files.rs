@@ -1,76 +1,69 @@
-//! open: flags are taken at syscall entry; at exit the path is rebuilt from the new
+//! open: at syscall exit the flags are read from the registers saved at entry, and the path is rebuilt from the new
 //! descriptor's `struct file` (the path the kernel resolved: symlinks, `..`, relative paths
 //! and dirfds are already applied). A failed open reports the string the process passed.
-use agent_guard_common::{drop_slot, limit, GrantKey, Kind, Rule, Verdict, PENDING_MAX, FLAG_READ_ERROR};
+use agent_guard_common::{limit, GrantKey, Kind, Rule, Verdict, FLAG_READ_ERROR};
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::{map, tracepoint},
-    maps::LruHashMap,
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    macros::tracepoint,
     programs::TracePointContext,
 };
 
 use crate::{event, kernel, policy, run};
 
-#[repr(C)]
+/// What the process asked for: the path pointer it passed and the open flags.
 #[derive(Clone, Copy)]
 struct PendingOpen {
     filename: u64,
     flags: u32,
-    _pad: u32,
 }
 
-#[map]
-static AG_PENDING_OPEN: LruHashMap<u64, PendingOpen> = LruHashMap::with_max_entries(PENDING_MAX, 0);
-
-// Offsets of syscall arguments in the syscalls:sys_enter_* records (8-byte slots from 16).
-const ARG0: usize = 16;
-const ARG1: usize = 24;
-const ARG2: usize = 32;
+// Offsets of the return value in the syscalls:sys_exit_* records.
 const RET: usize = 16;
 
 const O_WRONLY: u32 = 0o1;
 const O_CREAT: u32 = 0o100;
 const O_TRUNC: u32 = 0o1000;
 
+/// Which open syscall: where its arguments are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Openat,
+    Open,
+    Creat,
+    Openat2,
+}
+
+/// The open's arguments, read at its exit from the registers the kernel saved when the
+/// syscall entered (x86_64 `struct pt_regs`: di, si and dx are the first three arguments and
+/// stay as they were until the syscall returns; a run may not ptrace, which alone could change
+/// them). One exit program, where there used to be an entry program too, with an LRU record
+/// from one to the other: the entry tracepoints ran for every open of the host while a run
+/// existed, and cost a run's opens a map insert, lookup and delete each. None: the registers
+/// could not be read (the open is then judged as if it asked for write access).
 #[inline(always)]
-fn remember(filename: u64, flags: u32) {
-    if run::current_run().is_none() {
-        return;
+fn asked(call: Call) -> Option<PendingOpen> {
+    // SAFETY: helpers on the current task (a trusted pointer the kernel hands out).
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
     }
-    let p = PendingOpen { filename, flags, _pad: 0 };
-    if AG_PENDING_OPEN.insert(&bpf_get_current_pid_tgid(), &p, 0).is_err() {
-        event::count_drop(drop_slot::PENDING_FULL);
-    }
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
-pub fn ag_enter_openat(ctx: TracePointContext) -> u32 {
-    remember(kernel::tp_u64(&ctx, ARG1), kernel::tp_u64(&ctx, ARG2) as u32);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_open")]
-pub fn ag_enter_open(ctx: TracePointContext) -> u32 {
-    remember(kernel::tp_u64(&ctx, ARG0), kernel::tp_u64(&ctx, ARG1) as u32);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_creat")]
-pub fn ag_enter_creat(ctx: TracePointContext) -> u32 {
-    remember(kernel::tp_u64(&ctx, ARG0), O_CREAT | O_WRONLY | O_TRUNC);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
-pub fn ag_enter_openat2(ctx: TracePointContext) -> u32 {
-    let (filename, how) = (kernel::tp_u64(&ctx, ARG1), kernel::tp_u64(&ctx, ARG2));
-    // SAFETY: `how` is a user pointer whose first field is the u64 flags; a failed read is 0.
-    let flags = match how {
-        0 => 0,
-        how => unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0),
-    };
-    remember(filename, flags as u32);
-    0
+    // dx, si, di: adjacent, in this order, in every x86_64 kernel (the uapi layout).
+    let [dx, si, di]: [u64; 3] = kernel::read(regs, kernel::offsets().pt_regs_di - 16).ok()?;
+    Some(match call {
+        Call::Openat => PendingOpen { filename: si, flags: dx as u32 },
+        Call::Open => PendingOpen { filename: di, flags: si as u32 },
+        Call::Creat => PendingOpen { filename: di, flags: O_CREAT | O_WRONLY | O_TRUNC },
+        Call::Openat2 => {
+            // `how` is a user pointer whose first field is the u64 flags; unreadable: 0, as
+            // the kernel then fails the open.
+            let flags = match dx {
+                0 => 0,
+                // SAFETY: user read; a failure is handled.
+                how => unsafe { aya_ebpf::helpers::bpf_probe_read_user(how as *const u64) }.unwrap_or(0),
+            };
+            PendingOpen { filename: si, flags: flags as u32 }
+        }
+    })
 }
 
 const O_ACCMODE: u32 = 0o3;
@@ -122,20 +115,12 @@ pub fn decide_open(
 /// does not depend on the entry record (which can be lost under pressure) nor on the ring
 /// buffer having room.
 #[inline(always)]
-fn finish(ctx: &TracePointContext) -> u32 {
+fn finish(ctx: &TracePointContext, call: Call) -> u32 {
     let Some(run) = run::current_run() else { return 0 };
     let rs = run::ruleset(&run);
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: the entry is copied out before it is removed.
-    let pending = (unsafe { AG_PENDING_OPEN.get(&key) }).copied();
-    if pending.is_some() {
-        let _ = AG_PENDING_OPEN.remove(&key);
-    }
     let ret = kernel::tp_u64(ctx, RET) as i64;
-    if pending.is_none() && (ret < 0 || rs.is_none()) {
-        return 0; // nothing was opened, or nothing to enforce: the lost entry is counted
-    }
-    let p = pending.unwrap_or(PendingOpen { filename: 0, flags: 0, _pad: 0 });
+    // Unreadable registers: no path to report for a failed open, and write intent assumed.
+    let p = asked(call).unwrap_or(PendingOpen { filename: 0, flags: O_CREAT | O_WRONLY });
     let o = kernel::offsets();
     let mut flags = 0u32;
     let mut walk = kernel::Walk::NONE;
@@ -172,20 +157,20 @@ fn finish(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat")]
 pub fn ag_exit_openat(ctx: TracePointContext) -> u32 {
-    finish(&ctx)
+    finish(&ctx, Call::Openat)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_open")]
 pub fn ag_exit_open(ctx: TracePointContext) -> u32 {
-    finish(&ctx)
+    finish(&ctx, Call::Open)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_creat")]
 pub fn ag_exit_creat(ctx: TracePointContext) -> u32 {
-    finish(&ctx)
+    finish(&ctx, Call::Creat)
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_openat2")]
 pub fn ag_exit_openat2(ctx: TracePointContext) -> u32 {
-    finish(&ctx)
+    finish(&ctx, Call::Openat2)
 }

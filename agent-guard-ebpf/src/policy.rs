@@ -2,7 +2,7 @@
 //! syscall bitmaps, and the one place where a violation becomes EPERM, SIGKILL or a
 //! would_deny report. The userspace compiler side is agent-guard/src/policy.rs.
 use agent_guard_common::{
-    action, file_rule, grant, mode, FileNode, FileNodeKey, GrantKey, NetKey, NetRule,
+    action, file_rule, grant, mode, FileNode, FileNodeKey, FileNodeShortKey, GrantKey, NetKey, NetRule, SHORT_NAME_BYTES,
     FILE_NODES_MAX, GRANTS_MAX, NAME_BYTES, NET_RULES_MAX, PATH_MAX, PORT_RANGES_MAX, SYSCALL_WORDS, Rule, Verdict,
 };
 use aya_ebpf::{
@@ -72,6 +72,12 @@ pub fn holds(rs: &Ruleset) -> bool {
 /// (rule set, parent node, component) -> node. Node 0 of every rule set is "/".
 #[map]
 static AG_FILE_NODES: HashMap<FileNodeKey, FileNode> =
+    HashMap::with_max_entries(FILE_NODES_MAX, BPF_F_NO_PREALLOC);
+
+/// The same for components of at most `SHORT_NAME_BYTES` bytes (the daemon puts each node in
+/// the map its component's length says): a 32-byte key to hash instead of 264.
+#[map]
+static AG_FILE_NODES_SHORT: HashMap<FileNodeShortKey, FileNode> =
     HashMap::with_max_entries(FILE_NODES_MAX, BPF_F_NO_PREALLOC);
 
 /// (rule set, address prefix) -> allowed ports. IPv4 is stored IPv4-mapped.
@@ -206,6 +212,32 @@ extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
     };
     // SAFETY: the key lives in per-CPU scratch; the copy reads `len` < 256 bytes from
     // buf[start..] with start < PATH_MAX inside a 2 * PATH_MAX buffer.
+    let src = unsafe { (*s).buf.as_ptr().add(start as usize) };
+    if len as usize <= SHORT_NAME_BYTES {
+        // SAFETY: as below, for a key of SHORT_NAME_BYTES; the volatile read keeps the bound
+        // check in the code for the verifier.
+        let node = unsafe {
+            let n = core::ptr::read_volatile(&len);
+            if n as usize > SHORT_NAME_BYTES {
+                return 1;
+            }
+            let key = &mut (*s).short;
+            key.ruleset = st.ruleset;
+            key.parent = st.node;
+            let words = key.name.as_mut_ptr().cast::<u64>();
+            for i in 0..SHORT_NAME_BYTES / 8 {
+                core::ptr::write_volatile(words.add(i), 0);
+            }
+            if bpf_probe_read_kernel(key.name.as_mut_ptr().cast(), n, src.cast()) != 0 {
+                return 1;
+            }
+            match AG_FILE_NODES_SHORT.get(&*key) {
+                Some(n) => *n,
+                None => return 1,
+            }
+        };
+        return step(st, node);
+    }
     let node = unsafe {
         let key = &mut (*s).key;
         key.ruleset = st.ruleset;
@@ -216,7 +248,6 @@ extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
         for i in 0..NAME_BYTES / 8 {
             core::ptr::write_volatile(words.add(i), 0);
         }
-        let src = (*s).buf.as_ptr().add(start as usize);
         if bpf_probe_read_kernel(key.name.as_mut_ptr().cast(), len, src.cast()) != 0 {
             return 1;
         }
@@ -225,6 +256,12 @@ extern "C" fn match_step(_index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
             None => return 1,
         }
     };
+    step(st, node)
+}
+
+/// Moves the match one component down to `node`.
+#[inline(always)]
+fn step(st: &mut MatchState, node: FileNode) -> i64 {
     st.node = node.id;
     st.i += 1;
     if node.flags & file_rule::ACCESS_MASK != 0 {

@@ -1,6 +1,6 @@
 //! Per-CPU scratch space: room to rebuild a path, where its components start, and the state
 //! of a trie match over it (see `policy`).
-use agent_guard_common::{FileNodeKey, PATH_DEPTH_MAX, PATH_MAX};
+use agent_guard_common::{FileNodeKey, FileNodeShortKey, PATH_DEPTH_MAX, PATH_MAX};
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 #[repr(C)]
@@ -31,6 +31,8 @@ pub struct Scratch {
     pub _pad: u32,
     pub m: MatchState,
     pub key: FileNodeKey,
+    /// The key of a short component (see `SHORT_NAME_BYTES`).
+    pub short: FileNodeShortKey,
 }
 
 #[map]

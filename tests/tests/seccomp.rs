@@ -265,3 +265,79 @@ fn kill_policies_and_bound_cgroups_keep_the_ebpf_kill() {
     let how = sys["how"].as_str().unwrap();
     assert!(how.contains("seccomp") && how.contains("EPERM") && how.contains("SIGKILL") && how.contains("bound"), "{sys}");
 }
+
+/// Whether the daemon's syscall check (sys_enter) is attached: its pinned link, and what
+/// `status` says, which must agree.
+fn check_attached(d: &Daemon) -> bool {
+    let pinned = d.pinned_links().iter().any(|n| n == "sys_enter");
+    let v: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(v["syscall_check_attached"], pinned, "status and the pins disagree: {v}");
+    pinned
+}
+
+/// Waits up to 10 s for the syscall check to be attached (`want`) or detached.
+fn wait_check(d: &Daemon, want: bool, why: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while check_attached(d) != want {
+        assert!(std::time::Instant::now() < deadline, "{why}: the syscall check is still {}attached\n{}", if want { "not " } else { "" }, d.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The host-wide syscall check (sys_enter, run by every syscall of the host) is attached only
+/// while a run needs it: a run whose launcher's seccomp filter refuses all its policy asks
+/// does not (and its refusals still happen); a run under `on_violation = "kill"` does, and a
+/// denied syscall there is killed as before; when that run ends the check goes, while the
+/// covered run goes on. A reload that asks more than the covered run's filter refuses brings
+/// the check back before it is published, and the covered run is killed for what its filter
+/// lets through.
+#[test]
+fn the_syscall_check_is_attached_only_while_a_run_needs_it() {
+    if !privileged("the_syscall_check_is_attached_only_while_a_run_needs_it") {
+        return;
+    }
+    let d = Daemon::start();
+    let l = layout();
+    let file = l.ws.join("out/ondemand.txt");
+    std::fs::write(&file, "x").unwrap();
+    assert!(!check_attached(&d));
+
+    // Covered: the filter is in place before the command starts; the check goes.
+    let deny = d.write_policy("covered", &policy("covered", &l).to_string());
+    let sh = "while :; do sleep 0.05; done";
+    let mut covered = d.spawn_run(&["--policy", deny.to_str().unwrap(), "--name", "covered", "--", "sh", "-c", sh]);
+    let id = agent_guard_tests::run_id(&d.wait_for("run_start of covered", |e| e["kind"] == "run_start" && e["run_name"] == "covered"), "covered");
+    covered.cgroup = Some(d.cgroup_root.join(&id));
+    wait_check(&d, false, "only a covered run exists");
+    assert!(d.stderr().contains("syscall check detached"), "{}", d.stderr());
+    assert!(d.pinned_links().iter().any(|n| n == "tp-ag_exit_openat"), "the syscall tracepoints stay: {:?}", d.pinned_links());
+    // Its refusals need no check: an errno, the process goes on.
+    went_on(&d.probe_run(&deny, "covered-utimensat", &["and-go-on", "utimensat", &s(&file)]), "err EPERM");
+    assert!(!check_attached(&d));
+
+    // on_violation = "kill": no filter, so the check is attached while it runs, and kills.
+    let kill = d.write_policy("needs", &policy("needs", &l).on_violation("kill").to_string());
+    let mut needs = d.spawn_run(&["--policy", kill.to_str().unwrap(), "--name", "needs", "--", "sh", "-c", sh]);
+    let nid = agent_guard_tests::run_id(&d.wait_for("run_start of needs", |e| e["kind"] == "run_start" && e["run_name"] == "needs"), "needs");
+    needs.cgroup = Some(d.cgroup_root.join(&nid));
+    assert!(check_attached(&d), "attached before the run's entry exists");
+    let o = d.probe_run(&kill, "needs-utimensat", &["and-go-on", "utimensat", &s(&file)]);
+    assert_eq!(status(&o), KILLED, "{o:?}");
+    let e = refusals(&d, "needs-utimensat", 1);
+    assert_eq!((e[0]["verdict"].as_str(), e[0]["layer"].as_str()), (Some("kill"), Some("ebpf")), "{e:?}");
+    // The last run that needs it ends: detached, the covered run still alive.
+    assert!(d.cli(&["kill", &nid]).status.success());
+    assert_eq!(needs.wait_exit(std::time::Duration::from_secs(10)), Some(KILLED));
+    wait_check(&d, false, "the run that needed the check ended");
+    assert!(agent_guard_tests::cgroup_populated(&d.cgroup_root.join(&id)), "the covered run goes on");
+
+    // A reload that denies what the covered run's filter lets through: attached first.
+    let more = policy("covered", &l).syscalls_deny(["mkdir"]);
+    let o = d.cli(&["policy", "apply", d.write_policy("covered", &more.to_string()).to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(check_attached(&d), "attached before the new version was published");
+    let probe_in_run = agent_guard_tests::probe_in(&d.cgroup_root.join(&id), &["and-go-on", "mkdir", &s(&l.ws.join("out/made"))]);
+    assert_eq!(shell_status(&probe_in_run), KILLED, "{probe_in_run:?}");
+    drop(covered);
+    wait_check(&d, false, "no run left");
+}

@@ -78,13 +78,15 @@ fn start(daemon: &mut Daemon, ours: &mut HashSet<u32>) -> Result<f64> {
     Ok(ready.as_secs_f64() * 1e3)
 }
 
-/// Whether the daemon's syscall tracepoints are attached (their links are pinned).
+/// Whether any of the daemon's syscall tracepoints is attached (their links are pinned; the
+/// sched ones, always attached, aside). Which ones a backend attaches differs: under lsm the
+/// open tracepoints are not.
 fn syscall_tracepoints(daemon: &Daemon) -> bool {
-    daemon.pinned_links().iter().any(|l| l == "tp-ag_enter_openat")
+    daemon.pinned_links().iter().any(|l| l.starts_with("tp-") && l != "tp-ag_exec" && l != "tp-ag_exit")
 }
 
 /// Waits until no run is left and the daemon has detached its syscall tracepoints.
-fn wait_idle(daemon: &Daemon) -> Result<()> {
+pub(crate) fn wait_idle(daemon: &Daemon) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !daemon.runs().is_empty() || syscall_tracepoints(daemon) {
         if Instant::now() > deadline {
@@ -114,7 +116,7 @@ fn new_run(daemon: &Daemon, before: &HashSet<PathBuf>, timeout: Duration, ready:
 }
 
 /// A policy that allows what agbench does, among 1,000 file rules and 1,000 CIDR rules.
-fn policy(name: &str, agbench: &Path, data: &Path) -> PolicyFile {
+pub(crate) fn policy(name: &str, agbench: &Path, data: &Path) -> PolicyFile {
     let mut read: Vec<String> = [
         "/usr",
         "/lib",
@@ -128,6 +130,8 @@ fn policy(name: &str, agbench: &Path, data: &Path) -> PolicyFile {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // The VM of `bench --vm` has busybox's applets there (on merged-/usr hosts a link to /usr/bin).
+    read.push("/bin".into());
     read.push(agbench.parent().unwrap().display().to_string());
     read.push(data.parent().unwrap().display().to_string());
     let mut i = 0;
@@ -149,13 +153,13 @@ fn policy(name: &str, agbench: &Path, data: &Path) -> PolicyFile {
         .mode("enforce")
         .on_violation("deny")
         .read(read)
-        .exec([Path::new("/usr/bin/"), agbench])
+        .exec([Path::new("/usr/bin/"), Path::new("/bin/"), agbench])
         .connect(cidrs)
         // agbench's connect test accepts on a loopback listener of its own (an ephemeral port).
         .listen(["127.0.0.1:1024-65535"])
 }
 
-fn parse_result(out: &std::process::Output, what: &str) -> Result<BTreeMap<String, f64>> {
+pub(crate) fn parse_result(out: &std::process::Output, what: &str) -> Result<BTreeMap<String, f64>> {
     if !out.status.success() {
         bail!(
             "{what} failed ({}):\n{}",
@@ -176,7 +180,7 @@ fn parse_result(out: &std::process::Output, what: &str) -> Result<BTreeMap<Strin
         .collect())
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -231,7 +235,8 @@ pub fn bench(root: &Path, quick: bool, json_out: bool) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("cargo xtask bench needs root (eBPF programs, cgroups, kernel.bpf_stats_enabled)");
     }
-    let bin = root.join("target/release/agent-guard");
+    // AG_BENCH_BIN: another daemon build (an earlier commit's) under the same harness and agbench.
+    let bin = std::env::var_os("AG_BENCH_BIN").map_or_else(|| root.join("target/release/agent-guard"), PathBuf::from);
     let agbench = root
         .join("target/release/agbench")
         .canonicalize()
@@ -391,7 +396,7 @@ fn bench_in(bin: &Path, agbench: &Path, dir: &Path, quick: bool, json_out: bool)
 /// agbench in condition `cond`: (a) and (b) as a plain process, (d) the same with a holder
 /// run alive elsewhere, (c) as a run under the policy. Before (b) it waits until the daemon
 /// has detached the syscall tracepoints the last run needed, so (b) is an idle host.
-fn run_in_condition(
+pub(crate) fn run_in_condition(
     daemon: &Daemon,
     cond: &str,
     policy_file: &Path,
@@ -417,6 +422,11 @@ fn run_in_condition(
     Ok(out?)
 }
 
+/// sleep(1): /usr/bin/sleep, or busybox's in the VM of `bench --vm`.
+fn sleep_path() -> &'static str {
+    if Path::new("/usr/bin/sleep").exists() { "/usr/bin/sleep" } else { "/bin/sleep" }
+}
+
 /// A run under the policy that only sleeps: the "another run alive" of condition (d), and
 /// what keeps pinned state for the restart measurements.
 struct Holder {
@@ -431,13 +441,14 @@ impl Holder {
             .command(&[])
             .args(["run", "--policy"])
             .arg(policy_file)
-            .args(["--name", "agbench-holder", "--", "/usr/bin/sleep", "600"])
+            .args(["--name", "agbench-holder", "--", sleep_path(), "600"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(daemon.dir.path().join("holder.stderr"))?)
             .spawn()?;
-        // Its cgroup holds the sleep (the launcher has exec'd) and the hooks are attached.
-        if let Some(cgroup) = new_run(daemon, &before, Duration::from_secs(20), |procs| procs > 0 && syscall_tracepoints(daemon)) {
+        // Its cgroup holds the sleep (the launcher has exec'd; the hooks a run needs are
+        // attached before its kernel entry exists).
+        if let Some(cgroup) = new_run(daemon, &before, Duration::from_secs(60), |procs| procs > 0) {
             return Ok(Holder { child, cgroup });
         }
         let mut err = std::fs::read_to_string(daemon.dir.path().join("holder.stderr")).unwrap_or_default();

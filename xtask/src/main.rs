@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod soak;
 mod vm;
+mod vmbench;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -90,6 +91,29 @@ enum Cmd {
         /// Fewer rounds and iterations (a smoke run, noisy numbers)
         #[arg(long)]
         quick: bool,
+        /// Instead: every backend side by side in one boot of a Debian kernel under QEMU
+        /// (KVM when it works, else TCG), as ratios to no agent-guard in the same boot
+        #[arg(long)]
+        vm: bool,
+        /// With --vm: the kernel to boot (6.1, 6.12)
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// With --vm: rounds of (b), (d) and (c) per backend
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Inside the VM of `bench --vm` (its /init runs it): measures and prints the result
+    #[command(hide = true)]
+    BenchGuest {
+        #[arg(long)]
+        bin: PathBuf,
+        #[arg(long)]
+        agbench: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Comma-separated
+        #[arg(long)]
+        backends: String,
     },
 }
 
@@ -181,8 +205,12 @@ fn main() -> Result<()> {
             d.arg("daemon");
             run(d)
         }
-        Cmd::Bench { json, quick } => {
-            setup(false)?;
+        Cmd::BenchGuest { bin, agbench, rounds, backends } => {
+            let backends: Vec<String> = backends.split(',').filter(|b| !b.is_empty()).map(str::to_string).collect();
+            vmbench::guest(&bin, &agbench, &backends, rounds)
+        }
+        Cmd::Bench { json, quick, vm, kernel, rounds } => {
+            setup_with(false, vm)?;
             let mut build = cargo();
             build.args(["build", "--release", "--package", "agent-guard", "--package", "agent-guard-tests"]);
             build.args(["--bin", "agent-guard", "--bin", "agbench"]);
@@ -190,6 +218,9 @@ fn main() -> Result<()> {
                 build.arg("--quiet");
             }
             run(build)?;
+            if vm {
+                return vmbench::bench_vm(&root(), &kernel, rounds, json);
+            }
             bench::bench(&root(), quick, json)
         }
         Cmd::VmTest { kernels, backends } => vm_test(&kernels, &backends),

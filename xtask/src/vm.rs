@@ -23,12 +23,12 @@ use anyhow::{bail, Context, Result};
 
 /// A kernel of the matrix: its label, and the apt suite its metapackage comes from (None:
 /// the machine's default sources).
-struct Kernel {
-    label: &'static str,
+pub(crate) struct Kernel {
+    pub(crate) label: &'static str,
     suite: Option<&'static str>,
 }
 
-const KERNELS: &[Kernel] = &[Kernel { label: "6.1", suite: None }, Kernel { label: "6.12", suite: Some("bookworm-backports") }];
+pub(crate) const KERNELS: &[Kernel] = &[Kernel { label: "6.1", suite: None }, Kernel { label: "6.12", suite: Some("bookworm-backports") }];
 
 /// The metapackage whose dependency names the current cloud kernel image.
 const META: &str = "linux-image-cloud-amd64";
@@ -232,7 +232,7 @@ fn newest_cached(cache: &Path, k: &Kernel) -> Option<PathBuf> {
 }
 
 /// The kernel image (vmlinuz) of `k`, downloaded and extracted into the cache if needed.
-fn fetch(cache: &Path, k: &Kernel) -> Result<PathBuf> {
+pub(crate) fn fetch(cache: &Path, k: &Kernel) -> Result<PathBuf> {
     let opts = apt_options(cache, k.suite)?;
     if k.suite.is_some() {
         let lists = cache.join(format!("apt-{}/lists", k.suite.unwrap_or_default()));
@@ -373,7 +373,7 @@ fn initramfs(root: &Path, out: &Path) -> Result<PathBuf> {
     Ok(cpio)
 }
 
-fn write_exec(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_exec(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
@@ -382,7 +382,7 @@ fn write_exec(path: &Path, text: &str) -> Result<()> {
 
 /// Copies a binary without its debug info (the initramfs stays small), or as it is when no
 /// strip tool is there.
-fn strip_copy(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn strip_copy(src: &Path, dst: &Path) -> Result<()> {
     for tool in ["strip", "llvm-strip-22"] {
         if Command::new(tool).arg("--strip-debug").arg("-o").arg(dst).arg(src).status().is_ok_and(|s| s.success()) {
             return Ok(());
@@ -393,7 +393,7 @@ fn strip_copy(src: &Path, dst: &Path) -> Result<()> {
 }
 
 /// The shared libraries (and the loader) `bin` needs, as absolute paths.
-fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
     let o = Command::new("ldd").arg(bin).output().context("running ldd")?;
     if !o.status.success() {
         bail!("ldd {} failed: {}", bin.display(), String::from_utf8_lossy(&o.stderr));
@@ -416,7 +416,7 @@ fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
 /// state on the `gs`-relative cmpxchg16b that SLUB runs on every allocation, and Debian's
 /// 6.12 then dies of a double fault within seconds to a minute (6.1 survives longer); the
 /// kernel falls back to its lock-based path without it.
-fn cpu() -> String {
+pub(crate) fn cpu() -> String {
     std::env::var("AG_VM_CPU").unwrap_or_else(|_| "max,-cx16".into())
 }
 

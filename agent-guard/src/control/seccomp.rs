@@ -38,6 +38,13 @@ pub(crate) fn handle(shared: &Shared, req: Request, registered: Option<&str>) ->
             if let Err(e) = runs.map.insert(info.cgroup_id, entry, 0) {
                 return Response::err(format!("kernel run map: {e}"));
             }
+            // The filter the run was offered is in place (its command has not started): the
+            // syscall check goes when no other run needs it (kernel::ondemand).
+            if own.binder.covered.in_place(info.cgroup_id) {
+                if let Err(e) = crate::daemon::reload::settle_hooks(&mut own) {
+                    tracing::warn!("kernel hooks: {e}");
+                }
+            }
             Response::ok()
         }
         Request::SeccompRefusal { refusal, .. } => {

@@ -176,7 +176,8 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 },
             };
             // `run` builds its Landlock layer from this plan of the policy now bound.
-            let (plan, seccomp, process) = match &bound {
+            // `cover`: what the seccomp filter built from this plan refuses (kernel::ondemand).
+            let (plan, seccomp, process, cover) = match &bound {
                 Some(b) => {
                     let own = shared.own();
                     let slot = own.policies.by_slot(b.slot);
@@ -184,9 +185,10 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                         slot.and_then(|s| landlock::Plan::for_policy(&s.policy)).map(Arc::new),
                         slot.and_then(|s| crate::runs::seccomp::SeccompPlan::for_policy(&s.policy)),
                         slot.map(|s| crate::runs::privileges::ProcessPlan::for_policy(&s.policy)),
+                        slot.and_then(|s| crate::runs::seccomp::cover_key(&s.policy)),
                     )
                 }
-                None => (None, None, None),
+                None => (None, None, None, None),
             };
             // Hard links of carve-outs inside write trees: the Landlock layer refuses them where
             // it refuses the carve-outs themselves (REFER: a link may not give a file more
@@ -257,6 +259,8 @@ pub(crate) fn handle(shared: &Shared, req: Request, uid: u32, pid: u32) -> Respo
                 }
                 runs.next_index = runs.next_index.wrapping_add(1).max(1);
                 runs.by_cgroup.insert(id, info.clone());
+                // Needs the syscall check until its launcher says this filter is in place.
+                own.binder.covered.offer(id, cover);
                 // Name rules: the run's DNS forwarder exists before its first process does.
                 crate::daemon::dns::reconcile(shared, own);
             }

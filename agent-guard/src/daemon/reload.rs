@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use agent_guard_common::{RunEntry, NO_POLICY};
+use agent_guard_common::RunEntry;
 use anyhow::Result;
 use tracing::{info, warn};
 use crate::{daemon::state::PolicyRecord, control::PolicyText, output::event::Detail, kernel::rules::Installed, policy};
@@ -108,6 +108,7 @@ fn install_and_report(
         e.policy = Some(name.clone());
         e.policy_version = Some(version);
         let mut store_guard = shared.own();
+        check_before_reload(&mut store_guard, &p)?;
         let store = &mut store_guard.policies;
         let installed = store.install(p, file.text.clone())?;
         let summary = store.summary(installed.slot()).expect("installed");
@@ -214,6 +215,35 @@ pub(crate) fn load_policy_dir(shared: &Shared) {
     }
 }
 
+/// The host-wide hooks as the runs in the kernel need them now (no bound cgroup): the syscall
+/// tracepoints while any run exists, the syscall check while one needs it (see
+/// `kernel::ondemand`: a run whose launcher's seccomp filter refuses all its policy asks does
+/// not).
+pub(crate) fn settle_hooks(own: &mut Owned) -> Result<(), String> {
+    let entries: Vec<(u64, RunEntry)> = own.runs.map.iter().flatten().collect();
+    own.binder.covered.retain(|c| entries.iter().any(|(id, _)| *id == c));
+    let policies = &own.policies;
+    let key_of = |slot| policies.by_slot(slot).and_then(|s| crate::runs::seccomp::cover_key(&s.policy));
+    let needs = crate::kernel::ondemand::any_needs(&own.binder.covered, &entries, key_of);
+    own.binder.hooks(!entries.is_empty(), needs)
+}
+
+/// Before a reload of the policy named `name` to `new` is published: when a run whose seccomp
+/// filter stood in for the syscall check would no longer be covered by it, the check is
+/// attached first (Err: it could not be, and the reload must not happen).
+fn check_before_reload(own: &mut Owned, new: &policy::Policy) -> Result<(), String> {
+    let Some(slot) = own.policies.slot_of(&new.name) else { return Ok(()) };
+    if own.binder.syscall_hook_attached() {
+        return Ok(());
+    }
+    let entries: Vec<(u64, RunEntry)> = own.runs.map.iter().flatten().collect();
+    let key = crate::runs::seccomp::cover_key(new);
+    if own.binder.covered.uncovered_by(&entries, slot, key.as_ref()) {
+        own.binder.hooks(true, true).map_err(|e| format!("cannot attach the syscall check the new version needs: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Brings `[bind] cgroups` bindings up to date and reports each change as a run start/end.
 pub(crate) fn rebind(shared: &Shared) {
     let globs: Vec<(u32, globset::GlobSet)> = {
@@ -230,21 +260,16 @@ pub(crate) fn rebind(shared: &Shared) {
     };
     let mut guard = shared.own();
     let own = &mut *guard;
-    let binder = &mut own.binder;
     if shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    if globs.is_empty() && binder.bound.is_empty() {
-        let (runs, policied) = {
-            let runs = &own.runs;
-            let entries: Vec<RunEntry> = runs.map.iter().flatten().map(|(_, e)| e).collect();
-            (!entries.is_empty(), entries.iter().any(|e| e.policy != NO_POLICY))
-        };
-        if let Err(e) = binder.hooks(runs, policied) {
+    if globs.is_empty() && own.binder.bound.is_empty() {
+        if let Err(e) = settle_hooks(own) {
             warn!("kernel hooks: {e}");
         }
         return;
     }
+    let binder = &mut own.binder;
     if let Err(e) = binder.hooks(true, true) {
         warn!("cannot attach the kernel hooks; cgroups are not bound: {e}");
         return;

@@ -30,13 +30,10 @@ const SCHED_TRACEPOINTS: &[(&str, &str, &str)] = &[
 /// attached only while some run or bound cgroup exists (see `attach_syscall_tracepoints`,
 /// called before a run's kernel entry is created): a host with no run pays nothing.
 const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("ag_enter_openat", "syscalls", "sys_enter_openat"),
+    // Opens: exit only (the flags come from the registers saved at entry, files.rs).
     ("ag_exit_openat", "syscalls", "sys_exit_openat"),
-    ("ag_enter_open", "syscalls", "sys_enter_open"),
     ("ag_exit_open", "syscalls", "sys_exit_open"),
-    ("ag_enter_creat", "syscalls", "sys_enter_creat"),
     ("ag_exit_creat", "syscalls", "sys_exit_creat"),
-    ("ag_enter_openat2", "syscalls", "sys_enter_openat2"),
     ("ag_exit_openat2", "syscalls", "sys_exit_openat2"),
     ("ag_enter_execve", "syscalls", "sys_enter_execve"),
     ("ag_exit_execve", "syscalls", "sys_exit_execve"),
@@ -116,7 +113,7 @@ pub enum LoadError {
 pub struct PolicyMaps {
     pub cur: Array<MapData, u32>,
     pub rulesets: HashMap<MapData, u32, agent_guard_common::RulesetHeader>,
-    pub files: HashMap<MapData, agent_guard_common::FileNodeKey, agent_guard_common::FileNode>,
+    pub files: crate::kernel::trie::FileTrie,
     pub net: LpmTrie<MapData, agent_guard_common::NetKey, agent_guard_common::NetRule>,
     /// `[network] unix`, families and listen (see policy/contain.rs).
     pub unix: LpmTrie<MapData, agent_guard_common::UnixKey, u32>,
@@ -160,12 +157,12 @@ const PINNED_MAPS: &[&str] = &[
     names::POLICY_CUR,
     names::RULESETS,
     names::FILE_NODES,
+    names::FILE_NODES_SHORT,
     names::NET_RULES,
     names::EVENTS,
     names::DROPS,
     "AG_SCRATCH",
     "AG_UNIX_SCRATCH",
-    "AG_PENDING_OPEN",
     "AG_PENDING_EXEC",
     "AG_PENDING_CONNECT",
     "AG_KILL_PENDING",
@@ -372,8 +369,7 @@ fn is_eexist(e: &(dyn std::error::Error + 'static)) -> bool {
 /// whose file_open program decides and reports opens, and whose bprm_check_security program
 /// refuses and reports execs.
 const LSM_DECIDES: &[&str] = &[
-    "ag_enter_openat", "ag_exit_openat", "ag_enter_open", "ag_exit_open",
-    "ag_enter_creat", "ag_exit_creat", "ag_enter_openat2", "ag_exit_openat2",
+    "ag_exit_openat", "ag_exit_open", "ag_exit_creat", "ag_exit_openat2",
     "ag_enter_execve", "ag_exit_execve", "ag_enter_execveat", "ag_exit_execveat",
 ];
 
@@ -568,7 +564,10 @@ pub fn load(
     let policy = PolicyMaps {
         cur: Array::try_from(take(&mut ebpf, names::POLICY_CUR)?).map_err(map_err(names::POLICY_CUR))?,
         rulesets: HashMap::try_from(take(&mut ebpf, names::RULESETS)?).map_err(map_err(names::RULESETS))?,
-        files: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
+        files: crate::kernel::trie::FileTrie {
+            long: HashMap::try_from(take(&mut ebpf, names::FILE_NODES)?).map_err(map_err(names::FILE_NODES))?,
+            short: HashMap::try_from(take(&mut ebpf, names::FILE_NODES_SHORT)?).map_err(map_err(names::FILE_NODES_SHORT))?,
+        },
         net: LpmTrie::try_from(take(&mut ebpf, names::NET_RULES)?).map_err(map_err(names::NET_RULES))?,
         unix: LpmTrie::try_from(take(&mut ebpf, names::UNIX_RULES)?).map_err(map_err(names::UNIX_RULES))?,
         contain: HashMap::try_from(take(&mut ebpf, names::NET_CONTAIN)?).map_err(map_err(names::NET_CONTAIN))?,

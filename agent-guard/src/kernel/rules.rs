@@ -176,7 +176,7 @@ impl PolicyStore {
                 let _ = self.maps.rulesets.remove(id);
             }
             let nodes: Vec<FileNodeKey> =
-                self.maps.files.keys().flatten().filter(|k| stale.contains(&k.ruleset)).collect();
+                self.maps.files.keys().into_iter().filter(|k| stale.contains(&k.ruleset)).collect();
             for k in nodes {
                 let _ = self.maps.files.remove(&k);
             }

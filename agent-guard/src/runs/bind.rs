@@ -35,6 +35,8 @@ pub struct Binder {
     map: BpfHashMap<MapData, u64, RunEntry>,
     on: Array<MapData, u32>,
     pub bound: HashMap<u64, Bound>,
+    /// Runs whose seccomp filter stands in for the syscall check (see `kernel::ondemand`).
+    pub covered: crate::kernel::ondemand::Covered,
 }
 
 /// What a scan changed.
@@ -47,7 +49,7 @@ pub struct Changes {
 
 impl Binder {
     pub fn new(ebpf: Ebpf, pins: ebpf::Pins, map: BpfHashMap<MapData, u64, RunEntry>, on: Array<MapData, u32>) -> Self {
-        Self { ebpf, pins, map, on, bound: HashMap::new() }
+        Self { ebpf, pins, map, on, bound: HashMap::new(), covered: Default::default() }
     }
 
     /// Takes over the bindings an earlier daemon left in the kernel: each one whose cgroup
@@ -81,8 +83,9 @@ impl Binder {
     }
 
     /// Attaches or detaches the host-wide hooks as needed: the syscall tracepoints while any
-    /// run or bound cgroup exists (`runs`), the syscall check while any of them is under a
-    /// policy (`policied`). Idle hosts pay for neither. Callers hold this Binder's lock while
+    /// run or bound cgroup exists (`runs`), the syscall check while any of them needs it
+    /// (`policied`: under a policy that no seccomp filter of its launcher stands in for, see
+    /// `kernel::ondemand`). Idle hosts pay for neither. Callers hold this Binder's lock while
     /// they add a run, so a concurrent "nothing needs it" check cannot detach them under it.
     pub fn hooks(&mut self, runs: bool, policied: bool) -> Result<(), String> {
         let policied = runs && policied;
@@ -97,7 +100,7 @@ impl Binder {
             }
             (false, true) => {
                 ebpf::detach_syscall_hook(&self.pins).map_err(|e| format!("detaching the syscall check: {e}"))?;
-                tracing::info!("syscall check detached (no run or cgroup under a policy)");
+                tracing::info!("syscall check detached (no run or cgroup under a policy that its seccomp filter does not cover)");
             }
             _ => {}
         }

@@ -188,17 +188,18 @@ fn seccomp_for(
         eprintln!("agent-guard: warning: {w}");
     }
     let Some(filter) = prepared.filter else { return (None, None) };
-    if let Err(e) = client.call(control::Request::Seccomp { run: run.to_string() }) {
-        // Without the mark the sys_enter check kills link/linkat, which the filter lets
-        // through to the Landlock layer; everything else works as it should.
-        eprintln!("agent-guard: telling the daemon about the run's seccomp filter: {e}");
-    }
+    // The connection is shared: the mark below goes after the listener started, refusals
+    // come later on the same connection (the daemon accepts both only there).
+    let client = std::sync::Arc::new(std::sync::Mutex::new(client));
+    let reporter = client.clone();
     let run = run.to_string();
+    let marked = run.clone();
     let (mut gone, mut warned) = (false, false);
     let report = move |refusal| {
         if gone {
             return;
         }
+        let mut client = reporter.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = client.call(control::Request::SeccompRefusal { run: run.clone(), refusal }) {
             // Once the daemon is gone (or this connection is), later refusals are not reported:
             // a hung daemon must not hold up the run's answers.
@@ -209,7 +210,17 @@ fn seccomp_for(
         }
     };
     match seccomp::Notifier::start(filter, report) {
-        Ok((n, child)) => (Some(n), Some(child)),
+        Ok((n, child)) => {
+            // Only once the filter will be installed (the child refuses to start without
+            // it): the daemon may then detach the host-wide syscall check if no other run
+            // needs it (kernel::ondemand). Without the mark the check stays, and kills
+            // link/linkat, which the filter lets through to the Landlock layer.
+            let mut client = client.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = client.call(control::Request::Seccomp { run: marked }) {
+                eprintln!("agent-guard: telling the daemon about the run's seccomp filter: {e}");
+            }
+            (Some(n), Some(child))
+        }
         Err(e) => {
             eprintln!("agent-guard: warning: cannot start the seccomp listener: {e}: no seccomp filter; the eBPF layer kills what it would refuse");
             (None, None)

@@ -150,6 +150,12 @@ pub(crate) fn start(
             return Response::err(format!("task cgroup {}: {e}", dir.display()));
         }
     };
+    // A task's policy may deny what the run's seccomp filter lets through: the syscall check
+    // is attached before the task's entry exists (kernel::ondemand).
+    if let Err(e) = own.binder.hooks_for_new_run(true) {
+        let _ = std::fs::remove_dir(&dir);
+        return Response::err(format!("cannot attach the kernel hooks, task refused: {e}"));
+    }
     let runs = &mut own.runs;
     let Ok(mut entry) = runs.map.get(&run.cgroup_id, 0) else {
         let _ = std::fs::remove_dir(&dir);

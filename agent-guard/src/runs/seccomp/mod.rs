@@ -202,6 +202,24 @@ impl SeccompPlan {
     }
 }
 
+/// What the filter of a run under `policy` refuses, as a key the daemon compares when it
+/// decides whether the run still needs the eBPF syscall check (`kernel::ondemand`). None when
+/// a filter cannot stand in for the check: no filter (monitor mode, `kill`, `freeze`), a
+/// `[syscalls] deny` of a syscall the filter never refuses, or a policy that holds processes
+/// (decoys, `on_limit = "freeze"`: the check kills a held process someone else resumed).
+pub fn cover_key(policy: &Policy) -> Option<crate::kernel::ondemand::CoverKey> {
+    let plan = SeccompPlan::for_policy(policy).filter(|p| !p.monitor && policy.mode == Mode::Enforce)?;
+    let never = policy::NEVER_ERRNO_SYSCALLS.iter().filter_map(|n| policy::syscall_number(n)).collect::<BTreeSet<u32>>();
+    let t = &policy.tripwires;
+    let holds = !t.decoy_files.is_empty()
+        || !t.decoy_hosts.is_empty()
+        || (t.has_limits() && t.on_limit == crate::policy::tripwire::OnLimit::Freeze);
+    if holds || policy.syscalls_deny.iter().any(|(_, n)| never.contains(n)) {
+        return None;
+    }
+    Some(format!("denied {:?} unseen {:?} families {:?} devices {}", plan.denied, plan.unseen, plan.families, plan.devices))
+}
+
 /// The filter for `policy` on a host whose Landlock layer does (or not) refuse writes.
 pub fn for_policy(policy: &Policy, landlock_writes: bool) -> Prepared {
     SeccompPlan::for_policy(policy).filter(|p| !p.monitor).map(|p| p.filter(landlock_writes)).unwrap_or_default()
