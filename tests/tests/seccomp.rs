@@ -269,10 +269,20 @@ fn kill_policies_and_bound_cgroups_keep_the_ebpf_kill() {
 /// Whether the daemon's syscall check (sys_enter) is attached: its pinned link, and what
 /// `status` says, which must agree.
 fn check_attached(d: &Daemon) -> bool {
-    let pinned = d.pinned_links().iter().any(|n| n == "sys_enter");
-    let v: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
-    assert_eq!(v["syscall_check_attached"], pinned, "status and the pins disagree: {v}");
-    pinned
+    // Read while nothing changes (pins, status, pins again): a detach between two reads is
+    // no disagreement.
+    let mut last = None;
+    for _ in 0..50 {
+        let pinned = d.pinned_links().iter().any(|n| n == "sys_enter");
+        let v: Value = serde_json::from_slice(&d.cli(&["status", "--json"]).stdout).unwrap();
+        let again = d.pinned_links().iter().any(|n| n == "sys_enter");
+        if pinned == again && v["syscall_check_attached"] == pinned {
+            return pinned;
+        }
+        last = Some((pinned, again, v));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("status and the pins disagree for 1 s: {last:?}");
 }
 
 /// Waits up to 10 s for the syscall check to be attached (`want`) or detached.
@@ -338,6 +348,9 @@ fn the_syscall_check_is_attached_only_while_a_run_needs_it() {
     assert!(check_attached(&d), "attached before the new version was published");
     let probe_in_run = agent_guard_tests::probe_in(&d.cgroup_root.join(&id), &["and-go-on", "mkdir", &s(&l.ws.join("out/made"))]);
     assert_eq!(shell_status(&probe_in_run), KILLED, "{probe_in_run:?}");
-    drop(covered);
+    // Ended through the daemon (its launcher reports the end; a launcher killed before it
+    // could would leave the run registered, and the check with it).
+    assert!(d.cli(&["kill", &id]).status.success());
+    assert_eq!(covered.wait_exit(std::time::Duration::from_secs(10)), Some(KILLED));
     wait_check(&d, false, "no run left");
 }
