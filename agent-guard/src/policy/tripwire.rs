@@ -16,7 +16,8 @@
 //! ```
 //! A decoy file is an exact file (not a prefix); opening it (read or write) in any mode, under
 //! any other rule, stops the process and holds the run (verdict `decoy`). A decoy host is an
-//! address and port; names wait for DNS rules.
+//! address and port (a name is refused: a decoy is an exact destination, and the name rules
+//! of `[network] connect` open addresses, they do not watch them).
 use std::net::{IpAddr, SocketAddr};
 
 use agent_guard_common::{limit, DecoyHostKey, Limits};
@@ -206,7 +207,7 @@ pub(super) fn check_decoy_host(s: &str) -> Result<(SocketAddr, String), Problem>
             let host = s.rsplit_once(':').map_or(s, |(h, _)| h);
             if !host.is_empty() && host.parse::<IpAddr>().is_err() && host.chars().any(|c| c.is_ascii_alphabetic()) && !host.contains(['[', ']']) {
                 Err((
-                    format!("decoy host {s:?} is a name; names need DNS rules, which agent-guard does not have yet"),
+                    format!("decoy host {s:?} is a name; a decoy host is an address (names are for [network] connect)"),
                     Some("give the address the name resolves to, e.g. \"203.0.113.7:443\"".into()),
                 ))
             } else {
