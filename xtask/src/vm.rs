@@ -323,18 +323,7 @@ poweroff -f
 /// and the shared libraries they load.
 fn initramfs(root: &Path, out: &Path) -> Result<PathBuf> {
     let stage = out.join("initramfs");
-    let _ = std::fs::remove_dir_all(&stage);
-    for d in ["bin", "ag", "proc", "sys", "dev", "tmp", "run", "etc", "root"] {
-        std::fs::create_dir_all(stage.join(d))?;
-    }
-    let busybox = Path::new("/bin/busybox");
-    if !busybox.exists() {
-        bail!("/bin/busybox is missing (deploy/setup-build.sh --vm installs busybox-static)");
-    }
-    std::fs::copy(busybox, stage.join("bin/busybox"))?;
-    write_exec(&stage.join("init"), INIT)?;
-    std::fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    std::fs::write(stage.join("etc/group"), "root:x:0:\n")?;
+    stage_base(&stage, INIT)?;
     let mut libs = std::collections::BTreeSet::new();
     for b in BINARIES {
         let src = root.join("target/debug").join(b);
@@ -352,25 +341,47 @@ fn initramfs(root: &Path, out: &Path) -> Result<PathBuf> {
         strip_copy(&extra, &stage.join("ag/extra-test"))?;
         libs.extend(ldd(&extra)?);
     }
+    pack(&stage, libs, &out.join("initramfs.cpio"))
+}
+
+/// A fresh initramfs stage directory: the mount points, busybox, `init`, root's passwd and
+/// group entries.
+pub(crate) fn stage_base(stage: &Path, init: &str) -> Result<()> {
+    let _ = std::fs::remove_dir_all(stage);
+    for d in ["bin", "ag", "proc", "sys", "dev", "tmp", "run", "etc", "root"] {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        bail!("/bin/busybox is missing (deploy/setup-build.sh --vm installs busybox-static)");
+    }
+    std::fs::copy(busybox, stage.join("bin/busybox"))?;
+    write_exec(&stage.join("init"), init)?;
+    std::fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    std::fs::write(stage.join("etc/group"), "root:x:0:\n")?;
+    Ok(())
+}
+
+/// Copies `libs` into `stage`, packs it as the newc archive `cpio` and removes the stage.
+pub(crate) fn pack(stage: &Path, libs: std::collections::BTreeSet<PathBuf>, cpio: &Path) -> Result<PathBuf> {
     for lib in libs {
         let rel = lib.strip_prefix("/").unwrap_or(&lib);
         let dst = stage.join(rel);
         std::fs::create_dir_all(dst.parent().expect("a library path has a parent"))?;
         std::fs::copy(&lib, &dst).with_context(|| format!("copying {}", lib.display()))?;
     }
-    let cpio = out.join("initramfs.cpio");
     let files = Command::new("sh")
         .arg("-c")
         .arg("find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0")
         .current_dir(&stage)
-        .stdout(std::fs::File::create(&cpio)?)
+        .stdout(std::fs::File::create(cpio)?)
         .status()
         .context("running cpio (deploy/setup-build.sh --vm installs it)")?;
     if !files.success() {
         bail!("cpio failed");
     }
-    std::fs::remove_dir_all(&stage)?;
-    Ok(cpio)
+    std::fs::remove_dir_all(stage)?;
+    Ok(cpio.to_path_buf())
 }
 
 pub(crate) fn write_exec(path: &Path, text: &str) -> Result<()> {

@@ -171,14 +171,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, accel: &str, extra: &str, tim
 /// binary, and the libraries they load.
 fn initramfs(root: &Path, out: &Path) -> Result<PathBuf> {
     let stage = out.join("bench-initramfs");
-    let _ = std::fs::remove_dir_all(&stage);
-    for d in ["bin", "ag", "proc", "sys", "dev", "tmp", "run", "etc", "root"] {
-        std::fs::create_dir_all(stage.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", stage.join("bin/busybox")).context("/bin/busybox (deploy/setup-build.sh --vm installs busybox-static)")?;
-    vm::write_exec(&stage.join("init"), INIT)?;
-    std::fs::write(stage.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    std::fs::write(stage.join("etc/group"), "root:x:0:\n")?;
+    vm::stage_base(&stage, INIT)?;
     let xtask = std::env::current_exe().context("this xtask binary")?;
     let bins = [
         (root.join("target/release/agent-guard"), "agent-guard"),
@@ -193,24 +186,7 @@ fn initramfs(root: &Path, out: &Path) -> Result<PathBuf> {
         vm::strip_copy(src, &stage.join("ag").join(name))?;
         libs.extend(vm::ldd(src)?);
     }
-    for lib in libs {
-        let dst = stage.join(lib.strip_prefix("/").unwrap_or(&lib));
-        std::fs::create_dir_all(dst.parent().expect("a library path has a parent"))?;
-        std::fs::copy(&lib, &dst).with_context(|| format!("copying {}", lib.display()))?;
-    }
-    let cpio = out.join("bench-initramfs.cpio");
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg("find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc --owner=0:0")
-        .current_dir(&stage)
-        .stdout(std::fs::File::create(&cpio)?)
-        .status()
-        .context("running cpio")?;
-    if !st.success() {
-        bail!("cpio failed");
-    }
-    std::fs::remove_dir_all(&stage)?;
-    Ok(cpio)
+    vm::pack(&stage, libs, &out.join("bench-initramfs.cpio"))
 }
 
 /// Guest side (`xtask bench-guest`, run by the VM's /init): measures and prints the result.
